@@ -1,0 +1,1 @@
+"""The SQL catalog of members, sites, embodiments, datasets, shards and key wraps."""

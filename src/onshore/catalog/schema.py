@@ -1,0 +1,98 @@
+"""Catalog tables (SQLAlchemy 2 Core). The same definitions run on SQLite and PostgreSQL.
+
+Times are ISO 8601 UTC strings so that both backends store and compare them the same way.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+sites = Table(
+    "sites",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("jurisdiction", String(2), nullable=False),
+    Column("roles", String(64), nullable=False),  # comma-separated, sorted
+    Column("operator", Text, nullable=False, default=""),
+    Column("root", Text, nullable=False),  # storage folder (or URL later)
+    Column("public_key", String(64), nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+
+members = Table(
+    "members",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("public_key", String(64), nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+
+embodiments = Table(
+    "embodiments",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("spec", Text, nullable=False),  # the TOML as registered
+    Column("sha256", String(64), nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("owner", String(64), ForeignKey("members.name"), nullable=False),
+    Column("embodiment", String(64), ForeignKey("embodiments.name"), nullable=False),
+    Column("policy", Text, nullable=False),  # the member's policy TOML, verbatim
+    Column("policy_hash", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # active | withdrawn
+    Column("episodes", BigInteger, nullable=False),
+    Column("frames", BigInteger, nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("withdrawn_at", String(32)),
+)
+
+shards = Table(
+    "shards",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dataset", String(64), ForeignKey("datasets.name"), nullable=False),
+    Column("site", String(64), ForeignKey("sites.name"), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("path", Text, nullable=False),  # relative to the site root
+    Column("salt", String(32), nullable=False),  # hex; with the dataset key derives the shard key
+    Column("bytes", BigInteger, nullable=False),
+    Column("frames", BigInteger, nullable=False),
+    Column("created_at", String(32), nullable=False),
+    UniqueConstraint("dataset", "site", "sha256"),
+)
+
+# A dataset's data key wrapped under one site's KEK. Withdrawal deletes every row of a dataset
+# and overwrites the bytes first (crypto-shredding); a site with no row cannot read the dataset.
+key_wraps = Table(
+    "key_wraps",
+    metadata,
+    Column("dataset", String(64), ForeignKey("datasets.name"), primary_key=True),
+    Column("site", String(64), ForeignKey("sites.name"), primary_key=True),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("created_at", String(32), nullable=False),
+)

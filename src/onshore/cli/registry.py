@@ -1,0 +1,92 @@
+"""`onshore site`, `onshore member` and `onshore embodiment`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+
+from onshore.cli.context import open_workspace
+from onshore.cli.output import console, print_json, table
+from onshore.workspace import registry
+
+site_app = typer.Typer(help="Sites: where data may sit, be computed on and served.", no_args_is_help=True)
+member_app = typer.Typer(help="Members: the companies that own datasets.", no_args_is_help=True)
+embodiment_app = typer.Typer(help="Embodiments: machine types and their channels.", no_args_is_help=True)
+
+JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
+
+
+@site_app.command("add")
+def site_add(
+    name: str,
+    jurisdiction: str = typer.Option(..., "--jurisdiction", help="ISO 3166-1 alpha-2 code, e.g. JP."),
+    roles: str = typer.Option(..., "--roles", help="Comma-separated: storage,compute,serve."),
+    operator: str = typer.Option("", "--operator", help="Who runs the site."),
+    root: Path | None = typer.Option(None, "--root", help="Storage folder (default: in the workspace)."),
+) -> None:
+    """Register a site; it gets its own identity key and key-encryption key."""
+    with open_workspace() as ws:
+        site = registry.add_site(ws, name, jurisdiction, roles, operator, root)
+    console.print(f"site [bold]{site.name}[/] added in {site.jurisdiction} with roles {','.join(site.roles)}")
+
+
+@site_app.command("set")
+def site_set(name: str, jurisdiction: str = typer.Option(..., "--jurisdiction")) -> None:
+    """Change a site's jurisdiction (refused once data has been placed there)."""
+    with open_workspace() as ws:
+        site = registry.set_site_jurisdiction(ws, name, jurisdiction)
+    console.print(f"site [bold]{site.name}[/] is now in {site.jurisdiction}")
+
+
+@site_app.command("list")
+def site_list(json_: bool = JSON) -> None:
+    """List sites with their jurisdictions and roles."""
+    with open_workspace() as ws:
+        sites = registry.list_sites(ws)
+    if json_:
+        print_json([{**asdict(s), "roles": list(s.roles)} for s in sites])
+        return
+    table("Sites", ["name", "jurisdiction", "roles", "operator", "root"],
+          [(s.name, s.jurisdiction, ",".join(s.roles), s.operator, s.root) for s in sites])
+
+
+@member_app.command("add")
+def member_add(name: str) -> None:
+    """Register a member; it gets its own Ed25519 key."""
+    with open_workspace() as ws:
+        registry.add_member(ws, name)
+    console.print(f"member [bold]{name}[/] added")
+
+
+@member_app.command("list")
+def member_list(json_: bool = JSON) -> None:
+    """List members."""
+    with open_workspace() as ws:
+        members = registry.list_members(ws)
+    if json_:
+        print_json(members)
+        return
+    table("Members", ["name", "public key", "added"], [(m["name"], m["public_key"], m["created_at"]) for m in members])
+
+
+@embodiment_app.command("add")
+def embodiment_add(file: Path) -> None:
+    """Register an embodiment spec (TOML)."""
+    with open_workspace() as ws:
+        emb = registry.add_embodiment(ws, file)
+    console.print(f"embodiment [bold]{emb.name}[/]: {emb.state_dim} state, {emb.action_dim} action channels "
+                  f"at {emb.control_hz:g} Hz")
+
+
+@embodiment_app.command("list")
+def embodiment_list(json_: bool = JSON) -> None:
+    """List embodiments."""
+    with open_workspace() as ws:
+        embs = registry.list_embodiments(ws)
+    if json_:
+        print_json([e.to_dict() for e in embs])
+        return
+    table("Embodiments", ["name", "control Hz", "state", "action"],
+          [(e.name, f"{e.control_hz:g}", e.state_dim, e.action_dim) for e in embs])

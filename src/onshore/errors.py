@@ -1,0 +1,34 @@
+"""Errors a person can cause, each with a message that says what to do.
+
+The CLI maps them to exit codes: 1 for an error the user can fix, 3 for a refusal by policy.
+"""
+
+from __future__ import annotations
+
+
+class OnshoreError(Exception):
+    """An error the user can fix; the message says which file, which field and what to do."""
+
+    exit_code: int = 1
+
+
+class NotFoundError(OnshoreError):
+    """A named site, member, dataset, embodiment or file does not exist."""
+
+
+class ValidationError(OnshoreError):
+    """Input (a name, a TOML file, telemetry) breaks a rule; nothing was changed."""
+
+
+class IntegrityError(OnshoreError):
+    """Stored bytes do not match what the catalog or ledger says they should be."""
+
+
+class PolicyDenied(OnshoreError):
+    """The policy decision point refused the action; ``rules`` names the deciding policies."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, rules: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.rules = rules or []

@@ -1,0 +1,95 @@
+"""A key store: one folder holding an Ed25519 identity key and, for sites, a key-encryption key.
+
+The embedded default keeps key files under the owner's folder with mode 0600; an HSM or a Vault
+transit engine would implement the same three methods. A process acting as one site opens only
+that site's key store.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from onshore.errors import IntegrityError, NotFoundError, ValidationError
+
+IDENTITY_FILE = "identity.pem"
+KEK_FILE = "kek.bin"
+KEK_BYTES = 32
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    """Create ``path`` with mode 0600 holding ``data``; refuse to overwrite an existing key."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ValidationError(f"{path}: a key already exists here; keys are never overwritten") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def public_key_b64(key: Ed25519PublicKey) -> str:
+    """The raw 32-byte public key, base64: the form used in the catalog, ledger and trust root."""
+    return base64.b64encode(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+
+
+def public_key_from_b64(text: str) -> Ed25519PublicKey:
+    try:
+        raw = base64.b64decode(text, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as e:
+        raise ValidationError(f"not a base64 Ed25519 public key: {text!r} ({e})") from None
+
+
+class KeyStore:
+    """The key files of one site, member or log, in ``directory`` (created mode 0700)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._identity: Ed25519PrivateKey | None = None
+
+    @classmethod
+    def create(cls, directory: Path, with_kek: bool) -> KeyStore:
+        """Generate a new identity key (and a KEK when ``with_kek``); refuses an existing store."""
+        store = cls(directory)
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        _write_secret(store.directory / IDENTITY_FILE, pem)
+        if with_kek:
+            _write_secret(store.directory / KEK_FILE, secrets.token_bytes(KEK_BYTES))
+        return store
+
+    def identity(self) -> Ed25519PrivateKey:
+        """The Ed25519 signing key; loaded once per store object."""
+        if self._identity is None:
+            path = self.directory / IDENTITY_FILE
+            try:
+                key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            except FileNotFoundError:
+                raise NotFoundError(f"{path}: identity key missing; this key store was not created") from None
+            if not isinstance(key, Ed25519PrivateKey):
+                raise IntegrityError(f"{path}: not an Ed25519 private key")
+            self._identity = key
+        return self._identity
+
+    def public_key(self) -> Ed25519PublicKey:
+        return self.identity().public_key()
+
+    def kek(self) -> bytes:
+        """The site's 256-bit key-encryption key. Only the site's key service should call this."""
+        path = self.directory / KEK_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"{path}: key-encryption key missing; only sites hold one") from None
+        if len(data) != KEK_BYTES:
+            raise IntegrityError(f"{path}: key-encryption key has {len(data)} bytes, expected {KEK_BYTES}")
+        return data

@@ -1,0 +1,233 @@
+"""The append-only ledger: signed entries in SQL, with the RFC 9162 tree kept incrementally.
+
+Two tables: ``ledger_entries`` (index, kind, actor, leaf bytes, leaf hash) and ``ledger_nodes``
+(level, index, hash) holding the hash of every complete subtree. An append writes its leaf and
+the subtrees it completes, reading only the compact range (the right edge, kept in memory);
+roots and proofs read O(log n) stored nodes. Nothing is ever updated or deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.exc import IntegrityError as SQLIntegrityError
+
+from onshore.errors import IntegrityError, OnshoreError
+from onshore.ledger import merkle
+from onshore.ledger.entries import Entry, parse_leaf, verify_entry
+
+ledger_metadata = MetaData()
+
+ledger_entries = Table(
+    "ledger_entries",
+    ledger_metadata,
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(32), nullable=False),
+    Column("actor", String(80), nullable=False),
+    Column("leaf", LargeBinary, nullable=False),
+    Column("leaf_hash", LargeBinary(32), nullable=False),
+)
+
+ledger_nodes = Table(
+    "ledger_nodes",
+    ledger_metadata,
+    Column("level", Integer, nullable=False),
+    Column("idx", BigInteger, nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    PrimaryKeyConstraint("level", "idx"),
+)
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    index: int
+    entry: Entry
+    leaf: bytes
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    size: int
+    root: bytes
+    signatures_checked: int
+
+
+class Ledger:
+    """Append-only, signed, Merkle-hashed log in the database behind ``engine``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._edge: dict[tuple[int, int], bytes] = {}
+        self._size = -1
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def size(self) -> int:
+        with self.engine.connect() as conn:
+            return self._count(conn)
+
+    def _getter(self, conn) -> Callable[[int, int], bytes]:  # type: ignore[no-untyped-def]
+        def get(level: int, index: int) -> bytes:
+            h = self._edge.get((level, index))
+            if h is not None:
+                return h
+            row = conn.execute(
+                select(ledger_nodes.c.hash).where(ledger_nodes.c.level == level, ledger_nodes.c.idx == index)
+            ).first()
+            if row is None:
+                raise IntegrityError(f"ledger node ({level}, {index}) is missing: the ledger store is damaged")
+            return bytes(row[0])
+        return get
+
+    def root(self, size: int | None = None) -> bytes:
+        """MTH of the first ``size`` entries (default: all)."""
+        with self.engine.connect() as conn:
+            n = self._count(conn) if size is None else size
+            return merkle.root_at(n, self._getter(conn))
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        with self.engine.connect() as conn:
+            n = self._count(conn) if size is None else self._check_size(conn, size)
+            if not 0 <= index < n:
+                raise OnshoreError(f"entry {index} is not in a tree of size {n}")
+            return merkle.inclusion_proof(index, n, self._getter(conn))
+
+    def consistency_proof(self, old: int, new: int | None = None) -> list[bytes]:
+        with self.engine.connect() as conn:
+            n = self._count(conn) if new is None else self._check_size(conn, new)
+            if not 0 <= old <= n:
+                raise OnshoreError(f"old size {old} must be between 0 and the new size {n}")
+            return merkle.consistency_proof(old, n, self._getter(conn))
+
+    def _count(self, conn) -> int:  # type: ignore[no-untyped-def]
+        # max over the primary key is an index lookup; count(*) would scan the table
+        top = conn.execute(select(func.max(ledger_entries.c.idx))).scalar_one()
+        return 0 if top is None else int(top) + 1
+
+    def _check_size(self, conn, size: int) -> int:  # type: ignore[no-untyped-def]
+        n = self._count(conn)
+        if not 0 <= size <= n:
+            raise OnshoreError(f"tree size {size} is not between 0 and the ledger size {n}")
+        return size
+
+    def entries(self, start: int = 0, end: int | None = None, kinds: Sequence[str] | None = None
+                ) -> Iterator[StoredEntry]:
+        q = select(ledger_entries.c.idx, ledger_entries.c.leaf).where(ledger_entries.c.idx >= start)
+        if end is not None:
+            q = q.where(ledger_entries.c.idx < end)
+        if kinds:
+            q = q.where(ledger_entries.c.kind.in_(list(kinds)))
+        with self.engine.connect() as conn:
+            for idx, leaf in conn.execute(q.order_by(ledger_entries.c.idx)):
+                leaf = bytes(leaf)
+                yield StoredEntry(int(idx), parse_leaf(leaf), leaf)
+
+    def get(self, index: int) -> StoredEntry:
+        for e in self.entries(index, index + 1):
+            return e
+        raise OnshoreError(f"ledger has no entry {index}")
+
+    # -- appending ---------------------------------------------------------------------------------
+
+    def _load_edge(self, conn, size: int) -> None:  # type: ignore[no-untyped-def]
+        """Load the compact range of a tree of ``size`` leaves: one stored node per set bit."""
+        self._edge = {}
+        pos = 0
+        get = self._getter(conn)
+        for level in range(size.bit_length() - 1, -1, -1):
+            if size >> level & 1:
+                idx = pos >> level
+                self._edge[(level, idx)] = get(level, idx)
+                pos += 1 << level
+        self._size = size
+
+    def append(self, entries: Sequence[Entry]) -> list[int]:
+        """Append ``entries`` in one transaction; returns their indices. All or none are stored."""
+        if not entries:
+            return []
+        with self.engine.begin() as conn:
+            size = self._count(conn)
+            if size != self._size:  # another process appended since we last looked
+                self._load_edge(conn, size)
+            edge = dict(self._edge)
+            get = self._getter(conn)
+            rows, nodes, first = [], [], size
+            try:
+                for e in entries:
+                    leaf = e.leaf()
+                    lh = merkle.leaf_hash(leaf)
+                    new = merkle.nodes_to_store_on_append(size, lh, get)
+                    rows.append({"idx": size, "kind": e.kind, "actor": e.actor, "leaf": leaf, "leaf_hash": lh})
+                    nodes += [{"level": level, "idx": idx, "hash": h} for level, idx, h in new]
+                    # each left sibling merged into a parent leaves the compact range; the top
+                    # of the new nodes joins it
+                    for level, idx, _ in new[:-1]:
+                        del self._edge[(level, idx - 1)]
+                    self._edge[new[-1][:2]] = new[-1][2]
+                    size += 1
+                conn.execute(insert(ledger_entries), rows)
+                conn.execute(insert(ledger_nodes), nodes)
+            except SQLIntegrityError:
+                self._edge, self._size = edge, -1
+                raise OnshoreError("another process appended to the ledger at the same time; retry") from None
+            except BaseException:
+                self._edge, self._size = edge, -1
+                raise
+        self._size = size
+        return list(range(first, size))
+
+    # -- verification ------------------------------------------------------------------------------
+
+    def verify(self, key_for: Callable[[str], Ed25519PublicKey | None]) -> VerifyReport:
+        """Recompute every signature and the tree root from the leaves alone.
+
+        ``key_for(actor)`` gives the public key of an actor. Raises IntegrityError naming the first
+        entry whose signature, leaf hash or canonical form is wrong, or a root mismatch.
+        """
+        hashes: list[bytes] = []
+        with self.engine.connect() as conn:
+            q = select(ledger_entries.c.idx, ledger_entries.c.leaf, ledger_entries.c.leaf_hash).order_by(
+                ledger_entries.c.idx)
+            for expect, (idx, leaf, stored_hash) in enumerate(conn.execute(q)):
+                if idx != expect:
+                    raise IntegrityError(f"ledger entry {expect} is missing (next stored index is {idx})")
+                leaf = bytes(leaf)
+                try:
+                    entry = parse_leaf(leaf)
+                except IntegrityError as e:
+                    raise IntegrityError(f"ledger entry {idx}: {e}") from None
+                key = key_for(entry.actor)
+                if key is None:
+                    raise IntegrityError(f"ledger entry {idx}: actor {entry.actor!r} has no known public key")
+                try:
+                    verify_entry(entry, key)
+                except IntegrityError as e:
+                    raise IntegrityError(f"ledger entry {idx}: {e}") from None
+                lh = merkle.leaf_hash(leaf)
+                if lh != bytes(stored_hash):
+                    raise IntegrityError(f"ledger entry {idx}: stored leaf hash does not match its bytes")
+                hashes.append(lh)
+            recomputed = merkle.root_from_leaf_hashes(hashes)
+            stored = merkle.root_at(len(hashes), self._getter(conn))
+        if recomputed != stored:
+            raise IntegrityError(
+                "ledger tree root recomputed from the entries does not match the stored tree nodes: "
+                f"{recomputed.hex()} != {stored.hex()}"
+            )
+        return VerifyReport(len(hashes), recomputed, len(hashes))

@@ -1,0 +1,1 @@
+"""Residency: jurisdictions, usage policies compiled to Cedar, and the policy decision point."""

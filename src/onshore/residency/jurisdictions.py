@@ -1,0 +1,24 @@
+"""ISO 3166-1 alpha-2 jurisdiction codes (from pycountry, which tracks the standard)."""
+
+from __future__ import annotations
+
+import pycountry
+
+from onshore.errors import ValidationError
+
+CODES: frozenset[str] = frozenset(c.alpha_2 for c in pycountry.countries)
+
+
+def check_jurisdiction(code: str, where: str = "jurisdiction") -> str:
+    """Return ``code`` if it is an assigned ISO 3166-1 alpha-2 code (upper case); else raise."""
+    if not isinstance(code, str) or code not in CODES:
+        hint = f" (did you mean {code.upper()!r}?)" if isinstance(code, str) and code.upper() in CODES else ""
+        raise ValidationError(
+            f"{where}: {code!r} is not an ISO 3166-1 alpha-2 country code such as 'JP' or 'US'{hint}"
+        )
+    return code
+
+
+def country_name(code: str) -> str:
+    c = pycountry.countries.get(alpha_2=code)
+    return c.name if c else code

@@ -1,0 +1,137 @@
+"""The policy decision point: Cedar decides every data-plane action.
+
+Policies and entities are parsed once into cedarpy handles when the PDP is built; the workspace
+builds a new PDP whenever sites, datasets or rules change. Decisions are memoised per request on
+top of that: a Cedar decision is a pure function of (policy set, entities, request), and the PDP
+object is immutable, so a cached answer is exactly the answer Cedar would give again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import cedarpy
+
+from onshore.errors import OnshoreError
+from onshore.residency.policy import ACTIONS, day_number
+
+DEFAULT_DENY = "default-deny (no permit policy matched)"
+
+
+@dataclass(frozen=True)
+class Request:
+    """Who (``principal``: "site:NAME" or "member:NAME") does ``action`` to ``dataset`` at ``site``."""
+
+    principal: str
+    action: str
+    dataset: str
+    site: str | None = None
+    purpose: str | None = None
+    today: dt.date = field(default_factory=lambda: dt.datetime.now(dt.UTC).date())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "principal": self.principal,
+            "action": self.action,
+            "dataset": self.dataset,
+            "site": self.site,
+            "purpose": self.purpose,
+            "today": self.today.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    request: Request
+    allowed: bool
+    rules: tuple[str, ...]  # @id of each deciding policy (forbids on deny, permits on allow)
+    policy_hash: str        # SHA-256 of the whole Cedar policy set in force
+    site_jurisdiction: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request": self.request.to_json(),
+            "decision": "allow" if self.allowed else "deny",
+            "rules": list(self.rules),
+            "policy_hash": self.policy_hash,
+            "site_jurisdiction": self.site_jurisdiction,
+        }
+
+
+@dataclass(frozen=True)
+class SiteFacts:
+    name: str
+    jurisdiction: str
+    roles: tuple[str, ...]
+
+
+def _uid(principal: str) -> dict[str, str]:
+    kind, _, name = principal.partition(":")
+    types = {"site": "Onshore::Site", "member": "Onshore::Member"}
+    if kind not in types or not name:
+        raise OnshoreError(f"principal {principal!r} must be 'site:NAME' or 'member:NAME'")
+    return {"type": types[kind], "id": name}
+
+
+class PolicyDecisionPoint:
+    """Decides requests against one fixed policy set and site registry."""
+
+    def __init__(self, policy_text: str, sites: list[SiteFacts], cache_size: int = 65536) -> None:
+        self.policy_text = policy_text
+        self.policy_hash = hashlib.sha256(policy_text.encode()).hexdigest()
+        try:
+            self._policies = cedarpy.PolicySet.from_str(policy_text)
+        except ValueError as e:  # only reachable through a bug in the compiler
+            raise OnshoreError(f"internal error: compiled Cedar policies do not parse: {e}") from None
+        self._sites = {s.name: s for s in sites}
+        entities = [
+            {"uid": {"type": "Onshore::Site", "id": s.name},
+             "attrs": {"jurisdiction": s.jurisdiction, "roles": list(s.roles)}, "parents": []}
+            for s in sites
+        ]
+        self._entities = cedarpy.Entities.from_json_str(json.dumps(entities))
+        self._cache: dict[Request, Decision] = {}
+        self._cache_size = cache_size
+
+    def decide(self, request: Request) -> Decision:
+        """Allow or deny, with the deciding policy ids. Never records anything."""
+        hit = self._cache.get(request)
+        if hit is not None:
+            return hit
+        if request.action not in ACTIONS:
+            raise OnshoreError(f"unknown action {request.action!r}; use one of {', '.join(ACTIONS)}")
+        context: dict[str, Any] = {"today": day_number(request.today)}
+        site = None
+        if request.site is not None:
+            site = self._sites.get(request.site)
+            if site is None:
+                raise OnshoreError(f"unknown site {request.site!r}; see 'onshore site list'")
+            context["site"] = {"__entity": {"type": "Onshore::Site", "id": site.name}}
+        if request.purpose:
+            context["purpose"] = request.purpose
+        result = cedarpy.is_authorized(
+            {
+                "principal": _uid(request.principal),
+                "action": {"type": "Onshore::Action", "id": request.action},
+                "resource": {"type": "Onshore::Dataset", "id": request.dataset},
+                "context": context,
+            },
+            self._policies,
+            self._entities,
+        )
+        if result.diagnostics.errors:
+            raise OnshoreError(f"Cedar could not evaluate {request}: {result.diagnostics.errors}")
+        by_id = result.diagnostics.id_annotations_by_reason
+        rules = tuple(sorted(by_id.get(r, r) for r in result.diagnostics.reasons))
+        if not result.allowed and not rules:
+            rules = (DEFAULT_DENY,)
+        decision = Decision(request, result.allowed, rules, self.policy_hash,
+                            site.jurisdiction if site else None)
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[request] = decision
+        return decision

@@ -1,0 +1,1 @@
+"""Resident storage: encrypted, content-addressed Parquet shards in a site's folder."""

@@ -1,0 +1,1 @@
+"""Telemetry: embodiment specs, the frame schema, validation, LeRobot v3 interchange."""

@@ -1,0 +1,320 @@
+"""Datasets: ingest, copy, read, list, show and withdraw, each decided by the policy decision point.
+
+Every function here asks the PDP first (the decision goes to the ledger, allow or deny) and only
+then touches data. A refusal raises PolicyDenied and changes nothing but the ledger's record of it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import insert, select, update
+
+from onshore.catalog import schema as T
+from onshore.errors import NotFoundError, OnshoreError, ValidationError
+from onshore.keys.envelope import new_data_key
+from onshore.ledger.entries import now_iso
+from onshore.names import check_name
+from onshore.residency.pdp import Request
+from onshore.residency.policy import UsagePolicy, load_policy, parse_policy
+from onshore.store import shards as S
+from onshore.telemetry import frames as F
+from onshore.telemetry.embodiment import Embodiment
+from onshore.telemetry.lerobot import is_lerobot_v3, read_lerobot_v3
+from onshore.telemetry.validate import TelemetryError, validate_frames
+from onshore.workspace import keyservice
+from onshore.workspace.registry import get_embodiment, get_site
+from onshore.workspace.workspace import Workspace
+
+#: Frames per shard: large enough for efficient Parquet, small enough to copy and verify in pieces.
+SHARD_FRAMES = 1_000_000
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    dataset: str
+    site: str
+    shards: list[S.ShardInfo]
+    episodes: int
+    frames: int
+    ledger_indices: list[int]
+
+
+def _read_input(path: Path, emb: Embodiment) -> pa.Table:
+    """Read one input (a Parquet file or a LeRobot v3.0 folder) and validate it."""
+    path = Path(path)
+    if path.is_dir():
+        if not is_lerobot_v3(path):
+            raise ValidationError(f"{path}: a folder must be a LeRobotDataset v3.0 (meta/info.json missing)")
+        table = read_lerobot_v3(path).table
+    else:
+        try:
+            table = pq.read_table(path)
+        except FileNotFoundError:
+            raise ValidationError(f"{path}: no such file") from None
+        except (OSError, pa.ArrowInvalid) as e:
+            raise ValidationError(f"{path}: not a readable Parquet file ({e})") from None
+    return validate_frames(table, emb, str(path))
+
+
+def _unify(tables: list[pa.Table], sources: list[str]) -> pa.Table:
+    """Concatenate validated inputs; refuses an episode that appears in two inputs."""
+    seen: dict[int, str] = {}
+    for table, src in zip(tables, sources, strict=True):
+        for ep in pa.compute.unique(table.column(F.EPISODE)).to_pylist():
+            if ep in seen:
+                raise TelemetryError(f"{src}: episode {ep} also appears in {seen[ep]}; episode indices "
+                                     "must be unique across the files of one ingest")
+            seen[ep] = src
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except pa.ArrowInvalid as e:
+        raise TelemetryError(f"inputs have incompatible columns: {e}") from None
+
+
+def _check_policy_sites(ws: Workspace, policy: UsagePolicy, source: str) -> None:
+    for s in policy.sites:
+        try:
+            site = get_site(ws, s)
+        except NotFoundError:
+            raise ValidationError(f"{source}: field 'sites' names unknown site {s!r}") from None
+        if site.jurisdiction not in policy.jurisdictions:
+            raise ValidationError(
+                f"{source}: field 'sites' names {s!r} in {site.jurisdiction}, outside the policy's "
+                f"jurisdictions {list(policy.jurisdictions)}"
+            )
+
+
+def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, embodiment: str,
+           inputs: Sequence[Path], progress: Progress | None = None) -> IngestResult:
+    """Ingest telemetry into ``site`` as dataset ``name`` owned by ``member``. All or nothing.
+
+    Order: check names and registry, decide (``ingest`` by the member at the site), validate every
+    frame of every input, encrypt shards, then commit the catalog rows and ledger entries together.
+    A refusal or a crash at any step leaves no shard and no catalog row visible.
+    """
+    check_name(name, "dataset")
+    ws.row("member", member)
+    site_info = get_site(ws, site)
+    emb = get_embodiment(ws, embodiment)
+    with ws.catalog.connect() as conn:
+        if conn.execute(select(T.datasets.c.name).where(T.datasets.c.name == name)).first():
+            raise ValidationError(f"dataset {name!r} already exists; ingest under a new name")
+    policy, policy_text = load_policy(policy_path)
+    _check_policy_sites(ws, policy, str(policy_path))
+    if not inputs:
+        raise ValidationError("no input files given: name Parquet files or a LeRobot v3.0 folder")
+
+    decision, decision_idx = ws.authorize(Request(f"member:{member}", "ingest", name, site), (name, member, policy))
+
+    tables, sources = [], []
+    for i, path in enumerate(inputs):
+        tables.append(_read_input(Path(path), emb))
+        sources.append(str(path))
+        if progress:
+            progress("validate", i + 1, len(inputs))
+    table = _unify(tables, sources)
+    episodes = len(pa.compute.unique(table.column(F.EPISODE)))
+
+    root = Path(site_info.root)
+    # Shards of an earlier crashed ingest under this (still unused) name are invisible leftovers.
+    shutil.rmtree(root / "datasets" / name, ignore_errors=True)
+    data_key = new_data_key()
+    written: list[S.ShardInfo] = []
+    try:
+        for start in range(0, table.num_rows, SHARD_FRAMES):
+            written.append(S.write_shard(table.slice(start, SHARD_FRAMES), root, name, data_key))
+            if progress:
+                progress("encrypt", min(start + SHARD_FRAMES, table.num_rows), table.num_rows)
+        shard_json = [{"sha256": s.sha256, "salt": s.salt, "bytes": s.bytes, "frames": s.frames} for s in written]
+        with ws.catalog.begin() as conn:
+            now = now_iso()
+            conn.execute(insert(T.datasets).values(
+                name=name, owner=member, embodiment=emb.name, policy=policy_text, policy_hash=policy.hash,
+                status="active", episodes=episodes, frames=table.num_rows, created_at=now))
+            conn.execute(insert(T.shards), [
+                {"dataset": name, "site": site, "sha256": s.sha256, "path": s.path, "salt": s.salt,
+                 "bytes": s.bytes, "frames": s.frames, "created_at": now} for s in written])
+            keyservice.wrap_for_site(ws, conn, name, site, data_key)
+            indices = ws.record_many([
+                ("consent.grant", f"member:{member}", {
+                    "dataset": name, "owner": member, "policy": policy.to_json(), "policy_hash": policy.hash}),
+                ("data.ingest", f"site:{site}", {
+                    "dataset": name, "owner": member, "site": site, "jurisdiction": site_info.jurisdiction,
+                    "embodiment": emb.name, "policy_hash": policy.hash, "decision_index": decision_idx,
+                    "episodes": episodes, "frames": table.num_rows, "shards": shard_json}),
+            ])
+    except BaseException:
+        for s in written:
+            (root / s.path).unlink(missing_ok=True)
+        raise
+    finally:
+        del data_key
+    ws.invalidate()
+    return IngestResult(name, site, written, episodes, table.num_rows, [decision_idx, *indices])
+
+
+def _shards_at(ws: Workspace, name: str, site: str | None = None) -> list[dict[str, Any]]:
+    q = select(T.shards).where(T.shards.c.dataset == name)
+    if site is not None:
+        q = q.where(T.shards.c.site == site)
+    with ws.catalog.connect() as conn:
+        return [dict(r) for r in conn.execute(q.order_by(T.shards.c.id)).mappings()]
+
+
+def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None) -> dict[str, Any]:
+    """Copy a dataset's shards to ``to_site`` and wrap its key for that site.
+
+    Decided as ``copy`` by the target site at the target site: a target outside the policy is
+    refused (exit 3) before any byte moves, and the refusal is in the ledger.
+    """
+    ws.row("dataset", name)
+    target = get_site(ws, to_site)
+    held = _shards_at(ws, name)
+    sources = sorted({s["site"] for s in held})
+    if to_site in sources:
+        raise ValidationError(f"dataset {name!r} is already at site {to_site!r}")
+    decision, decision_idx = ws.authorize(Request(f"site:{to_site}", "copy", name, to_site))
+    if from_site is None:
+        if not sources:
+            raise OnshoreError(f"dataset {name!r} has no shards to copy")
+        from_site = sources[0]
+    elif from_site not in sources:
+        raise ValidationError(f"dataset {name!r} has no shards at site {from_site!r}; it sits at {sources}")
+    source = get_site(ws, from_site)
+    data_key = keyservice.release(ws, name, from_site, decision, decision_idx)
+    rows = [s for s in held if s["site"] == from_site]
+    copied: list[Path] = []
+    try:
+        for s in rows:
+            S.copy_shard(Path(source.root), Path(target.root), s["path"], s["sha256"])
+            copied.append(Path(target.root) / s["path"])
+        with ws.catalog.begin() as conn:
+            now = now_iso()
+            conn.execute(insert(T.shards), [
+                {**{k: s[k] for k in ("dataset", "sha256", "path", "salt", "bytes", "frames")},
+                 "site": to_site, "created_at": now} for s in rows])
+            keyservice.wrap_for_site(ws, conn, name, to_site, data_key)
+            idx = ws.record("data.copy", f"site:{to_site}", {
+                "dataset": name, "from": from_site, "to": to_site, "jurisdiction": target.jurisdiction,
+                "decision_index": decision_idx, "policy_hash": decision.policy_hash,
+                "shards": [s["sha256"] for s in rows]})
+    except BaseException:
+        for p in copied:
+            p.unlink(missing_ok=True)
+        raise
+    return {"dataset": name, "from": from_site, "to": to_site, "shards": len(rows), "ledger_index": idx}
+
+
+def _open_for_read(ws: Workspace, name: str, site: str, purpose: str | None, action: str = "read"
+                   ) -> tuple[list[dict[str, Any]], Path, bytes]:
+    ws.row("dataset", name)
+    site_info = get_site(ws, site)
+    decision, idx = ws.authorize(Request(f"site:{site}", action, name, site, purpose))
+    rows = _shards_at(ws, name, site)
+    if not rows:
+        raise OnshoreError(f"dataset {name!r} has no shards at site {site!r}; see 'onshore dataset show {name}'")
+    key = keyservice.release(ws, name, site, decision, idx)
+    return rows, Path(site_info.root), key
+
+
+def iter_batches(ws: Workspace, name: str, site: str, purpose: str | None = None, action: str = "read"
+                 ) -> Iterator[pa.RecordBatch]:
+    """Stream the dataset's frames at ``site`` (decided and key-released once, up front)."""
+    rows, root, key = _open_for_read(ws, name, site, purpose, action)
+
+    def gen() -> Iterator[pa.RecordBatch]:
+        for s in rows:
+            yield from S.iter_shard_batches(root, s["path"], s["sha256"], s["salt"], name, key)
+    return gen()
+
+
+def read(ws: Workspace, name: str, site: str, purpose: str | None = None, action: str = "read") -> pa.Table:
+    """The whole dataset as one Arrow table, read at ``site`` (which must be allowed and hold it)."""
+    rows, root, key = _open_for_read(ws, name, site, purpose, action)
+    return pa.concat_tables([S.read_shard(root, s["path"], s["sha256"], s["salt"], name, key) for s in rows])
+
+
+def derived_models(ws: Workspace, name: str) -> list[dict[str, Any]]:
+    """Models trained on ``name``. The hook for training: none exist until the train layer lands."""
+    return []
+
+
+def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
+    """Withdraw consent: crypto-shred every wrap of the dataset key and record it.
+
+    Only the owning member may withdraw. Afterwards every read, copy, export or training of the
+    dataset is refused by the ``dataset/NAME/withdrawn`` rule, and the shard bytes are noise.
+    Returns the sites whose keys were destroyed and the derived models (with the policy's
+    derived-model clause).
+    """
+    row = ws.row("dataset", name)
+    ws.row("member", member)
+    decision, decision_idx = ws.authorize(Request(f"member:{member}", "withdraw", name))
+    with ws.catalog.begin() as conn:
+        sites = keyservice.shred(ws, conn, name)
+        now = now_iso()
+        conn.execute(update(T.datasets).where(T.datasets.c.name == name).values(status="withdrawn", withdrawn_at=now))
+        models = derived_models(ws, name)
+        clause = parse_policy(row["policy"]).derived_models
+        indices = ws.record_many(
+            [("consent.withdraw", f"member:{member}", {"dataset": name, "decision_index": decision_idx,
+                                                       "derived_models": models, "derived_models_clause": clause})]
+            + [("key.shred", f"site:{s}", {"dataset": name, "site": s}) for s in sites]
+        )
+    ws.invalidate()
+    return {"dataset": name, "shredded_at": sites, "derived_models": models, "derived_models_clause": clause,
+            "ledger_indices": indices}
+
+
+def list_datasets(ws: Workspace) -> list[dict[str, Any]]:
+    with ws.catalog.connect() as conn:
+        rows = conn.execute(select(T.datasets.c.name, T.datasets.c.owner, T.datasets.c.embodiment,
+                                   T.datasets.c.status, T.datasets.c.episodes, T.datasets.c.frames,
+                                   T.datasets.c.policy_hash, T.datasets.c.created_at)
+                            .order_by(T.datasets.c.name)).mappings().all()
+        placed = conn.execute(select(T.shards.c.dataset, T.shards.c.site).distinct()).all()
+    sites: dict[str, list[str]] = {}
+    for d, s in placed:
+        sites.setdefault(d, []).append(s)
+    return [{**dict(r), "sites": sorted(sites.get(r["name"], []))} for r in rows]
+
+
+def show(ws: Workspace, name: str) -> dict[str, Any]:
+    """Everything about a dataset: owner, policy, and where every shard sits."""
+    row = ws.row("dataset", name)
+    policy = parse_policy(row["policy"], f"dataset {name} policy")
+    with ws.catalog.connect() as conn:
+        wraps = [r[0] for r in conn.execute(select(T.key_wraps.c.site).where(T.key_wraps.c.dataset == name))]
+    shards = []
+    for s in _shards_at(ws, name):
+        site = get_site(ws, s["site"])
+        shards.append({"sha256": s["sha256"], "site": s["site"], "jurisdiction": site.jurisdiction,
+                       "path": str(Path(site.root) / s["path"]), "bytes": s["bytes"], "frames": s["frames"]})
+    return {
+        "name": name, "owner": row["owner"], "embodiment": row["embodiment"], "status": row["status"],
+        "episodes": row["episodes"], "frames": row["frames"], "created_at": row["created_at"],
+        "withdrawn_at": row["withdrawn_at"], "policy": policy.to_json(), "policy_hash": row["policy_hash"],
+        "key_held_at": sorted(wraps), "shards": shards,
+    }
+
+
+def sweep_staging(ws: Workspace) -> int:
+    """Remove staging leftovers of crashed writes at every site; returns how many were removed."""
+    from onshore.workspace.registry import list_sites
+
+    removed = 0
+    for site in list_sites(ws):
+        stage = S.staging_dir(Path(site.root))
+        if stage.exists():
+            removed += sum(1 for _ in stage.iterdir())
+            shutil.rmtree(stage, ignore_errors=True)
+    return removed

@@ -1,0 +1,168 @@
+"""The consortium registry: sites, members and embodiments. Every change is signed into the ledger."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, insert, select, update
+
+from onshore.catalog import schema as T
+from onshore.errors import ValidationError
+from onshore.keys.keystore import KeyStore, public_key_b64
+from onshore.ledger.entries import now_iso
+from onshore.names import check_name
+from onshore.residency.jurisdictions import check_jurisdiction
+from onshore.telemetry.embodiment import Embodiment
+from onshore.workspace.workspace import LOG_ACTOR, Workspace
+
+ROLES = ("storage", "compute", "serve")
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    jurisdiction: str
+    roles: tuple[str, ...]
+    operator: str
+    root: str
+    public_key: str
+
+
+def parse_roles(text: str) -> tuple[str, ...]:
+    roles = tuple(sorted({r.strip() for r in text.split(",") if r.strip()}))
+    bad = [r for r in roles if r not in ROLES]
+    if not roles or bad:
+        raise ValidationError(f"--roles {text!r}: use a comma-separated subset of {', '.join(ROLES)}")
+    return roles
+
+
+def _exists(ws: Workspace, table, name: str) -> bool:  # type: ignore[no-untyped-def]
+    with ws.catalog.connect() as conn:
+        return conn.execute(select(table.c.name).where(table.c.name == name)).first() is not None
+
+
+def add_site(ws: Workspace, name: str, jurisdiction: str, roles: tuple[str, ...] | str,
+             operator: str = "", root: Path | None = None) -> Site:
+    """Register a site with its own key store (identity key and KEK, mode 0600).
+
+    Refuses a bad name or jurisdiction, unknown roles, and a name already taken.
+    """
+    check_name(name, "site")
+    check_jurisdiction(jurisdiction, "--jurisdiction")
+    roles = parse_roles(roles) if isinstance(roles, str) else parse_roles(",".join(roles))
+    if _exists(ws, T.sites, name):
+        raise ValidationError(f"site {name!r} already exists; see 'onshore site list'")
+    site_root = Path(root).resolve() if root else ws.root / "sites" / name / "data"
+    keys_dir = ws.keys_dir(f"site:{name}")
+    if keys_dir.exists():
+        raise ValidationError(f"{keys_dir} exists but no site {name!r} is registered; move it away first")
+    keys = KeyStore.create(keys_dir, with_kek=True)
+    try:
+        site_root.mkdir(parents=True, exist_ok=True)
+        site = Site(name, jurisdiction, roles, operator, str(site_root), public_key_b64(keys.public_key()))
+        with ws.catalog.begin() as conn:
+            conn.execute(insert(T.sites).values(
+                name=name, jurisdiction=jurisdiction, roles=",".join(roles), operator=operator,
+                root=site.root, public_key=site.public_key, created_at=now_iso()))
+            ws.record("site.add", LOG_ACTOR, {
+                "site": name, "jurisdiction": jurisdiction, "roles": list(roles), "operator": operator,
+                "public_key": site.public_key})
+    except BaseException:
+        shutil.rmtree(keys_dir.parent, ignore_errors=True) if not any(keys_dir.parent.glob("data/*")) else None
+        raise
+    ws.invalidate()
+    return site
+
+
+def set_site_jurisdiction(ws: Workspace, name: str, jurisdiction: str) -> Site:
+    """Change a site's jurisdiction; refused once any shard has been placed there."""
+    check_jurisdiction(jurisdiction, "--jurisdiction")
+    row = ws.row("site", name)
+    with ws.catalog.begin() as conn:
+        placed = conn.execute(select(func.count()).select_from(T.shards).where(T.shards.c.site == name)).scalar_one()
+        if placed:
+            raise ValidationError(
+                f"site {name!r} holds {placed} shard(s): its jurisdiction cannot change once data is placed there"
+            )
+        conn.execute(update(T.sites).where(T.sites.c.name == name).values(jurisdiction=jurisdiction))
+        ws.record("site.add", LOG_ACTOR, {
+            "site": name, "jurisdiction": jurisdiction, "roles": row["roles"].split(","),
+            "operator": row["operator"], "public_key": row["public_key"], "previous_jurisdiction": row["jurisdiction"]})
+    ws.invalidate()
+    return get_site(ws, name)
+
+
+def get_site(ws: Workspace, name: str) -> Site:
+    r = ws.row("site", name)
+    return Site(r["name"], r["jurisdiction"], tuple(r["roles"].split(",")), r["operator"], r["root"], r["public_key"])
+
+
+def list_sites(ws: Workspace) -> list[Site]:
+    with ws.catalog.connect() as conn:
+        rows = conn.execute(select(T.sites).order_by(T.sites.c.name)).mappings().all()
+    return [Site(r["name"], r["jurisdiction"], tuple(r["roles"].split(",")), r["operator"], r["root"],
+                 r["public_key"]) for r in rows]
+
+
+def add_member(ws: Workspace, name: str) -> dict[str, str]:
+    """Register a member (a data-owning company) with its own Ed25519 key."""
+    check_name(name, "member")
+    if _exists(ws, T.members, name):
+        raise ValidationError(f"member {name!r} already exists; see 'onshore member list'")
+    keys_dir = ws.keys_dir(f"member:{name}")
+    if keys_dir.exists():
+        raise ValidationError(f"{keys_dir} exists but no member {name!r} is registered; move it away first")
+    keys = KeyStore.create(keys_dir, with_kek=False)
+    pk = public_key_b64(keys.public_key())
+    try:
+        with ws.catalog.begin() as conn:
+            conn.execute(insert(T.members).values(name=name, public_key=pk, created_at=now_iso()))
+            ws.record("member.add", LOG_ACTOR, {"member": name, "public_key": pk})
+    except BaseException:
+        shutil.rmtree(keys_dir.parent, ignore_errors=True)
+        raise
+    return {"name": name, "public_key": pk}
+
+
+def list_members(ws: Workspace) -> list[dict[str, str]]:
+    with ws.catalog.connect() as conn:
+        rows = conn.execute(select(T.members.c.name, T.members.c.public_key, T.members.c.created_at)
+                            .order_by(T.members.c.name)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def add_embodiment(ws: Workspace, path: Path) -> Embodiment:
+    """Register an embodiment TOML. Re-adding identical bytes is a no-op; different bytes are refused."""
+    emb = Embodiment.from_toml(path)
+    text = Path(path).read_text()
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    with ws.catalog.begin() as conn:
+        row = conn.execute(select(T.embodiments.c.sha256).where(T.embodiments.c.name == emb.name)).first()
+        if row is not None:
+            if row[0] == digest:
+                return emb
+            raise ValidationError(
+                f"{path}: embodiment {emb.name!r} is already registered with a different spec; "
+                "embodiments are immutable, register the new one under a new name"
+            )
+        conn.execute(insert(T.embodiments).values(name=emb.name, spec=text, sha256=digest, created_at=now_iso()))
+        ws.record("embodiment.add", LOG_ACTOR, {"embodiment": emb.name, "sha256": digest,
+                                                "state_dim": emb.state_dim, "action_dim": emb.action_dim,
+                                                "control_hz": emb.control_hz})
+    return emb
+
+
+def get_embodiment(ws: Workspace, name: str) -> Embodiment:
+    row = ws.row("embodiment", name)
+    import tomllib
+
+    return Embodiment.from_dict(tomllib.loads(row["spec"]), source=f"embodiment {name}")
+
+
+def list_embodiments(ws: Workspace) -> list[Embodiment]:
+    with ws.catalog.connect() as conn:
+        names = [r[0] for r in conn.execute(select(T.embodiments.c.name).order_by(T.embodiments.c.name))]
+    return [get_embodiment(ws, n) for n in names]
