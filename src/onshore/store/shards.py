@@ -85,23 +85,41 @@ def check_shard(site_root: Path, rel: str, sha256: str) -> Path:
     return path
 
 
+def _open_error(path: Path, sha256: str, e: Exception) -> IntegrityError:
+    """Name the cause of a failed decryption: altered bytes, or a key that does not fit."""
+    if not path.exists():
+        return IntegrityError(f"shard {path} is missing from its site")
+    if _sha256_file(path) != sha256:
+        return IntegrityError(f"shard {path} was altered: its SHA-256 no longer matches the catalog and ledger")
+    return IntegrityError(f"shard {path} does not decrypt with the released dataset key: {e}")
+
+
 def read_shard(site_root: Path, rel: str, sha256: str, salt: str, dataset: str, dataset_key: bytes
                ) -> pa.Table:
-    """Check the digest, then decrypt and read the whole shard."""
-    path = check_shard(site_root, rel, sha256)
+    """Decrypt and read the whole shard.
+
+    No separate SHA-256 pass: every page and the footer carry an AES-GCM tag bound to this
+    shard's AAD prefix, so any altered byte (or a shard swapped in from elsewhere) fails to
+    decrypt; the digest is then computed only to say which it was.
+    """
+    path = Path(site_root) / rel
     props = decryption_properties(dataset_key, dataset, bytes.fromhex(salt))
     try:
         return pq.read_table(path, decryption_properties=props)
     except OSError as e:
-        raise IntegrityError(f"shard {path} does not decrypt with the released dataset key: {e}") from None
+        raise _open_error(path, sha256, e) from None
 
 
 def iter_shard_batches(site_root: Path, rel: str, sha256: str, salt: str, dataset: str,
                        dataset_key: bytes, batch_size: int = ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
-    path = check_shard(site_root, rel, sha256)
+    """Stream a shard's frames; authenticated as in ``read_shard``."""
+    path = Path(site_root) / rel
     props = decryption_properties(dataset_key, dataset, bytes.fromhex(salt))
-    pf = pq.ParquetFile(path, decryption_properties=props)
-    yield from pf.iter_batches(batch_size=batch_size)
+    try:
+        pf = pq.ParquetFile(path, decryption_properties=props)
+        yield from pf.iter_batches(batch_size=batch_size)
+    except OSError as e:
+        raise _open_error(path, sha256, e) from None
 
 
 def copy_shard(src_root: Path, dst_root: Path, rel: str, sha256: str) -> int:

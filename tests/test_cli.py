@@ -1,0 +1,99 @@
+"""The CLI as a person and a script use it: exit codes, --json, messages without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import EMBODIMENT_TOML, POLICY_JP, write_frames
+from onshore.cli.app import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def cli_ws(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    w = tmp_path / "ws"
+    assert run(capsys, "init", str(w), "--name", "cli-test")[0] == 0
+    for args in (["site", "add", "sakai", "--jurisdiction", "JP", "--roles", "storage,compute"],
+                 ["site", "add", "ohio", "--jurisdiction", "US", "--roles", "storage"],
+                 ["member", "add", "steelco"]):
+        assert run(capsys, "-w", str(w), *args)[0] == 0
+    (tmp_path / "emb.toml").write_text(EMBODIMENT_TOML)
+    (tmp_path / "policy.toml").write_text(POLICY_JP)
+    assert run(capsys, "-w", str(w), "embodiment", "add", str(tmp_path / "emb.toml"))[0] == 0
+    return w
+
+
+def test_full_flow_with_exit_codes(cli_ws: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    w = str(cli_ws)
+    f = write_frames(tmp_path / "f.parquet")
+    code, out, _ = run(capsys, "-w", w, "dataset", "ingest", "furnace", str(f), "--member", "steelco",
+                       "--site", "sakai", "--policy", str(tmp_path / "policy.toml"),
+                       "--embodiment", "furnace-line-3", "--json")
+    assert code == 0 and json.loads(out)["frames"] == 200
+    code, out, err = run(capsys, "-w", w, "dataset", "copy", "furnace", "--to", "ohio")
+    assert code == 3 and "dataset/furnace/jurisdictions" in err and "Traceback" not in err
+    code, out, _ = run(capsys, "-w", w, "policy", "check", "--action", "read", "--dataset", "furnace",
+                       "--site", "sakai", "--json")
+    assert code == 0 and json.loads(out)["decision"] == "allow"
+    code, out, _ = run(capsys, "-w", w, "policy", "check", "--action", "copy", "--dataset", "furnace",
+                       "--site", "ohio", "--json")
+    body = json.loads(out)
+    assert code == 3 and body["decision"] == "deny" and body["rules"] == ["dataset/furnace/jurisdictions"]
+    out_file = tmp_path / "back.parquet"
+    assert run(capsys, "-w", w, "dataset", "read", "furnace", "--site", "sakai", "--out", str(out_file))[0] == 0
+    assert out_file.exists()
+    for listing in (["site", "list"], ["member", "list"], ["embodiment", "list"], ["dataset", "list"],
+                    ["dataset", "show", "furnace"], ["ledger", "log"]):
+        code, out, _ = run(capsys, "-w", w, *listing, "--json")
+        assert code == 0, listing
+        json.loads(out)  # JSON only
+    code, out, _ = run(capsys, "-w", w, "ledger", "verify", "--json")
+    assert code == 0 and json.loads(out)["ok"] is True
+    code, out, _ = run(capsys, "-w", w, "dataset", "withdraw", "furnace", "--member", "steelco", "--json")
+    assert code == 0 and json.loads(out)["shredded_at"] == ["sakai"]
+    code, _, err = run(capsys, "-w", w, "dataset", "read", "furnace", "--site", "sakai")
+    assert code == 3 and "dataset/furnace/withdrawn" in err
+
+
+def test_user_errors_exit_1_without_traceback(cli_ws: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    w = str(cli_ws)
+    for args, needle in [
+        (["site", "add", "x", "--jurisdiction", "XX", "--roles", "storage"], "'XX' is not an ISO 3166-1"),
+        (["site", "add", "Bad", "--jurisdiction", "JP", "--roles", "storage"], "invalid site name"),
+        (["site", "add", "y", "--jurisdiction", "JP", "--roles", "storage,cooking"], "--roles"),
+        (["member", "add", "steelco"], "already exists"),
+        (["dataset", "show", "nope"], "no dataset named 'nope'"),
+        (["embodiment", "add", str(tmp_path / "missing.toml")], "no such embodiment file"),
+    ]:
+        code, out, err = run(capsys, "-w", w, *args)
+        assert code == 1 and needle in err and "Traceback" not in err, (args, err)
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert run(capsys, "site", "add")[0] == 2
+    assert run(capsys, "no-such-command")[0] == 2
+
+
+def test_not_a_workspace_says_what_to_do(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "-w", str(tmp_path), "site", "list")
+    assert code == 1 and "onshore init" in err
+
+
+def test_console_script_runs(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "onshore"
+    proc = subprocess.run([str(exe), "-w", str(tmp_path / "w"), "init", "--name", "x", "--jurisdiction", "JP"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([str(exe), "-w", str(tmp_path / "w"), "ledger", "verify"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "ledger verified" in proc.stdout
