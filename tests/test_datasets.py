@@ -306,3 +306,26 @@ def test_lerobot_folder_ingests(ws: Workspace, tmp_path: Path, policy_file: Path
     assert result.frames == 60
     back = datasets.read(ws, "lr", "sakai")
     assert back.column("observation.state").to_pylist() == src.column("observation.state").to_pylist()
+
+
+def test_export_then_reingest_is_lossless(ws: Workspace, tmp_path: Path, policy_file: Path) -> None:
+    src = make_frames(episodes=3, frames=25)
+    _ingest(ws, tmp_path, policy_file, files=[write_frames(tmp_path / "src.parquet", src)])
+    out = tmp_path / "export"
+    result = datasets.export(ws, "furnace", "sakai", out, purpose="fine-tuning")
+    assert result["frames"] == 75 and (out / "meta" / "info.json").exists()
+    entry = ws.ledger.get(result["ledger_index"]).entry
+    assert entry.kind == "data.export" and entry.actor == "site:sakai" and "meta/info.json" in entry.body["files"]
+    datasets.ingest(ws, "again", "steelco", "tokyo", policy_file, "furnace-line-3", [out])
+    a, b = datasets.read(ws, "furnace", "sakai"), datasets.read(ws, "again", "tokyo")
+    for col in ("episode_index", "frame_index", "timestamp", "observation.state", "action", "task",
+                "next.reward", "next.done"):
+        assert a.column(col).to_pylist() == b.column(col).to_pylist(), col
+
+
+def test_export_outside_policy_is_refused(ws: Workspace, tmp_path: Path, policy_file: Path) -> None:
+    _ingest(ws, tmp_path, policy_file)
+    with pytest.raises(PolicyDenied) as err:
+        datasets.export(ws, "furnace", "sakai", tmp_path / "x", purpose="advertising")
+    assert err.value.rules == ["dataset/furnace/purposes"]
+    assert not (tmp_path / "x").exists()

@@ -80,6 +80,21 @@ def read(name: str, site: str = typer.Option(..., "--site", help="The site readi
         console.print(f"{t.num_rows} frames, columns: {', '.join(t.column_names)}")
 
 
+@dataset_app.command("export")
+def export(name: str, site: str = typer.Option(..., "--site", help="The site exporting (must hold the data)."),
+           out: Path = typer.Option(..., "--out", help="A new folder for the exported dataset."),
+           fmt: str = typer.Option("lerobot", "--format", help="Only 'lerobot' (LeRobotDataset v3.0)."),
+           purpose: str | None = typer.Option(None, "--purpose"), json_: bool = JSON) -> None:
+    """Export a dataset at an allowed site, policy-checked and recorded in the ledger."""
+    with open_workspace() as ws:
+        result = datasets.export(ws, name, site, out, fmt, purpose)
+    if json_:
+        print_json(result)
+        return
+    console.print(f"exported [bold]{name}[/] at {site} to {result['out']} ({result['frames']} frames, "
+                  f"{result['files']} files; ledger entry {result['ledger_index']})")
+
+
 @dataset_app.command("list")
 def list_(json_: bool = JSON) -> None:
     """List datasets and where they sit."""

@@ -31,8 +31,8 @@ from onshore.residency.jurisdictions import check_jurisdiction
 ACTIONS = ("ingest", "read", "copy", "export", "train", "serve", "withdraw")
 #: Actions that place, read, compute on or serve data somewhere: they always name a site.
 SITED_ACTIONS = ("ingest", "read", "copy", "export", "train", "serve")
-#: Actions that use data for a purpose: the purpose must be named and allowed.
-PURPOSED_ACTIONS = ("export", "train", "serve")
+#: Actions that use data for a purpose: the purpose must be named (and, like any named purpose, allowed).
+PURPOSED_ACTIONS = ("train", "serve")
 
 _PURPOSE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _KEYS = {"jurisdictions", "sites", "purposes", "expires", "derived_models"}

@@ -6,12 +6,14 @@ then touches data. A refusal raises PolicyDenied and changes nothing but the led
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import insert, select, update
@@ -26,7 +28,7 @@ from onshore.residency.policy import UsagePolicy, load_policy, parse_policy
 from onshore.store import shards as S
 from onshore.telemetry import frames as F
 from onshore.telemetry.embodiment import Embodiment
-from onshore.telemetry.lerobot import is_lerobot_v3, read_lerobot_v3
+from onshore.telemetry.lerobot import is_lerobot_v3, read_lerobot_v3, write_lerobot_v3
 from onshore.telemetry.validate import TelemetryError, validate_frames
 from onshore.workspace import keyservice
 from onshore.workspace.registry import get_embodiment, get_site
@@ -241,6 +243,48 @@ def read(ws: Workspace, name: str, site: str, purpose: str | None = None, action
     """The whole dataset as one Arrow table, read at ``site`` (which must be allowed and hold it)."""
     rows, root, key = _open_for_read(ws, name, site, purpose, action)
     return pa.concat_tables([S.read_shard(root, s["path"], s["sha256"], s["salt"], name, key) for s in rows])
+
+
+def renumber_episodes(table: pa.Table) -> pa.Table:
+    """Episodes numbered 0..N-1 and frames 0..len-1 in order, as LeRobot v3.0 requires.
+
+    A table already numbered so comes back unchanged (so export then re-ingest is lossless);
+    otherwise indices are reassigned in sorted order and timestamps are kept.
+    """
+    table = table.sort_by([(F.EPISODE, "ascending"), (F.FRAME, "ascending")])
+    ep = table.column(F.EPISODE).to_numpy()
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(ep)) + 1))
+    lengths = np.diff(np.append(starts, len(ep)))
+    new_ep = np.repeat(np.arange(len(starts)), lengths)
+    new_fr = np.arange(len(ep)) - np.repeat(starts, lengths)
+    if (new_ep == ep).all() and (new_fr == table.column(F.FRAME).to_numpy()).all():
+        return table
+    table = table.set_column(table.column_names.index(F.EPISODE), F.EPISODE, pa.array(new_ep, pa.int64()))
+    return table.set_column(table.column_names.index(F.FRAME), F.FRAME, pa.array(new_fr, pa.int64()))
+
+
+def export(ws: Workspace, name: str, site: str, out: Path, fmt: str = "lerobot",
+           purpose: str | None = None) -> dict[str, Any]:
+    """Export a dataset at ``site`` as a LeRobotDataset v3.0 folder (plaintext) at ``out``.
+
+    Decided as ``export`` at ``site`` (which must be allowed and hold the data); the export, with
+    the SHA-256 of every file written, is recorded in the ledger, signed by the site.
+    """
+    if fmt != "lerobot":
+        raise ValidationError(f"--format {fmt!r}: only 'lerobot' (LeRobotDataset v3.0) is supported")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValidationError(f"{out}: already exists and is not an empty folder; choose a new folder")
+    emb = get_embodiment(ws, ws.row("dataset", name)["embodiment"])
+    table = renumber_episodes(read(ws, name, site, purpose, action="export"))
+    write_lerobot_v3(table, emb, out)
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    digests = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    idx = ws.record("data.export", f"site:{site}", {
+        "dataset": name, "site": site, "jurisdiction": get_site(ws, site).jurisdiction, "format": "lerobot-v3.0",
+        "purpose": purpose, "frames": table.num_rows, "files": digests})
+    return {"dataset": name, "site": site, "out": str(out), "frames": table.num_rows, "files": len(files),
+            "ledger_index": idx}
 
 
 def derived_models(ws: Workspace, name: str) -> list[dict[str, Any]]:
