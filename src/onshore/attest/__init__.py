@@ -1,0 +1,1 @@
+"""Residency attestations: in-toto Statements in DSSE envelopes, signed and verified offline."""
