@@ -96,3 +96,12 @@ key_wraps = Table(
     Column("wrapped", LargeBinary, nullable=False),
     Column("created_at", String(32), nullable=False),
 )
+
+# Witnesses whose cosignatures the consortium asks for; their keys go into the trust root.
+witnesses = Table(
+    "witnesses",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("vkey", Text, nullable=False),  # C2SP verifier key (cosignature/v1, type 0x04)
+    Column("created_at", String(32), nullable=False),
+)

@@ -12,6 +12,7 @@ from onshore.cli.data import dataset_app, policy_app
 from onshore.cli.ledger import ledger_app
 from onshore.cli.output import console, err
 from onshore.cli.registry import embodiment_app, member_app, site_app
+from onshore.cli.witness import trust_app, witness_app
 from onshore.errors import OnshoreError
 from onshore.workspace import Workspace
 
@@ -54,6 +55,8 @@ app.add_typer(embodiment_app, name="embodiment")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(policy_app, name="policy")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(witness_app, name="witness")
+app.add_typer(trust_app, name="trust")
 
 
 def main(argv: list[str] | None = None) -> int:

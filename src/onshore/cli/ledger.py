@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 import typer
 
 from onshore.cli.context import open_workspace
 from onshore.cli.output import console, print_json, table
+from onshore.errors import OnshoreError
+from onshore.ledger import merkle
 
 ledger_app = typer.Typer(help="The transparency ledger.", no_args_is_help=True)
 
@@ -46,3 +51,65 @@ def verify(json_: bool = JSON) -> None:
         return
     console.print(f"[green]ledger verified[/]: {report.size} entries, {report.signatures_checked} signatures, "
                   f"root {report.root.hex()}")
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+@ledger_app.command("prove")
+def prove(index: int, size: int | None = typer.Option(None, "--size", help="Tree size (default: now)."),
+          json_: bool = JSON) -> None:
+    """Print an RFC 9162 inclusion proof for entry INDEX."""
+    with open_workspace() as ws:
+        n = ws.ledger.size() if size is None else size
+        proof = ws.ledger.inclusion_proof(index, n)
+        stored = ws.ledger.get(index)
+        root = ws.ledger.root(n)
+    out = {"index": index, "size": n, "leaf_hash": _b64(merkle.leaf_hash(stored.leaf)), "root": _b64(root),
+           "proof": [_b64(h) for h in proof], "entry": stored.entry.to_json()}
+    if json_:
+        print_json(out)
+        return
+    console.print(f"entry {index} ({stored.entry.kind}) in tree of size {n}, root {out['root']}")
+    for i, h in enumerate(out["proof"]):
+        console.print(f"  {i}: {h}")
+
+
+@ledger_app.command("consistency")
+def consistency(old: int, new: int, json_: bool = JSON) -> None:
+    """Print an RFC 9162 consistency proof between tree sizes OLD and NEW."""
+    with open_workspace() as ws:
+        proof = ws.ledger.consistency_proof(old, new)
+        out = {"origin": ws.origin, "old_size": old, "new_size": new, "old_root": _b64(ws.ledger.root(old)),
+               "new_root": _b64(ws.ledger.root(new)), "proof": [_b64(h) for h in proof]}
+    if json_:
+        print_json(out)
+        return
+    console.print(f"consistency {old} -> {new}: {len(proof)} hashes")
+    for i, h in enumerate(out["proof"]):
+        console.print(f"  {i}: {h}")
+
+
+@ledger_app.command("checkpoint")
+def checkpoint(out: Path | None = typer.Option(None, "-o", "--out", help="Also write the note to this file."),
+               add_cosigned: Path | None = typer.Option(
+                   None, "--add-cosigned", help="Merge a witness's cosigned checkpoint into the stored one.")) -> None:
+    """Sign, store and print the newest checkpoint (a C2SP signed note); or merge cosignatures."""
+    with open_workspace() as ws:
+        if add_cosigned is not None:
+            cp = ws.add_cosignatures(_read_text(add_cosigned))
+            note = ws.ledger.checkpoint_note(cp.size)
+        else:
+            note = ws.make_checkpoint()
+    assert note is not None
+    if out is not None:
+        out.write_text(note)
+    print(note, end="")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise OnshoreError(f"{path}: no such file") from None

@@ -22,9 +22,11 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    Text,
     func,
     insert,
     select,
+    update,
 )
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
@@ -51,6 +53,15 @@ ledger_nodes = Table(
     Column("idx", BigInteger, nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
     PrimaryKeyConstraint("level", "idx"),
+)
+
+
+# Signed tree heads (C2SP checkpoint notes), with any witness cosignatures merged in.
+ledger_checkpoints = Table(
+    "ledger_checkpoints",
+    ledger_metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("note", Text, nullable=False),
 )
 
 
@@ -191,6 +202,26 @@ class Ledger:
                 raise
         self._size = size
         return list(range(first, size))
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def store_checkpoint(self, size: int, note: str) -> None:
+        """Keep the signed checkpoint note for ``size``, replacing an earlier note of that size."""
+        with self.engine.begin() as conn:
+            exists = conn.execute(select(ledger_checkpoints.c.size).where(ledger_checkpoints.c.size == size)).first()
+            if exists:
+                conn.execute(update(ledger_checkpoints).where(ledger_checkpoints.c.size == size).values(note=note))
+            else:
+                conn.execute(insert(ledger_checkpoints).values(size=size, note=note))
+
+    def checkpoint_note(self, size: int | None = None) -> str | None:
+        """The stored note for ``size``, or the newest one when ``size`` is None."""
+        q = select(ledger_checkpoints.c.note)
+        q = q.where(ledger_checkpoints.c.size == size) if size is not None else q.order_by(
+            ledger_checkpoints.c.size.desc()).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return row[0] if row else None
 
     # -- verification ------------------------------------------------------------------------------
 

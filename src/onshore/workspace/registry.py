@@ -12,6 +12,7 @@ from sqlalchemy import func, insert, select, update
 from onshore.catalog import schema as T
 from onshore.errors import ValidationError
 from onshore.keys.keystore import KeyStore, public_key_b64
+from onshore.ledger.checkpoint import CosignatureVerifier
 from onshore.ledger.entries import now_iso
 from onshore.names import check_name
 from onshore.residency.jurisdictions import check_jurisdiction
@@ -166,3 +167,24 @@ def list_embodiments(ws: Workspace) -> list[Embodiment]:
     with ws.catalog.connect() as conn:
         names = [r[0] for r in conn.execute(select(T.embodiments.c.name).order_by(T.embodiments.c.name))]
     return [get_embodiment(ws, n) for n in names]
+
+
+def add_witness(ws: Workspace, name: str, vkey: str) -> dict[str, str]:
+    """Register a witness by its C2SP cosignature verifier key (from `onshore witness init`)."""
+    check_name(name, "witness")
+    try:
+        CosignatureVerifier.from_vkey(vkey)
+    except ValidationError as e:
+        raise ValidationError(f"witness {name!r}: {e}") from None
+    if _exists(ws, T.witnesses, name):
+        raise ValidationError(f"witness {name!r} already exists; see 'onshore witness list'")
+    with ws.catalog.begin() as conn:
+        conn.execute(insert(T.witnesses).values(name=name, vkey=vkey, created_at=now_iso()))
+        ws.record("key.create", LOG_ACTOR, {"witness": name, "vkey": vkey})
+    return {"name": name, "vkey": vkey}
+
+
+def list_witnesses(ws: Workspace) -> list[dict[str, str]]:
+    with ws.catalog.connect() as conn:
+        rows = conn.execute(select(T.witnesses.c.name, T.witnesses.c.vkey).order_by(T.witnesses.c.name)).mappings()
+        return [dict(r) for r in rows]

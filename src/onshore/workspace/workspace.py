@@ -15,6 +15,8 @@ from onshore.catalog.db import open_engine
 from onshore.catalog.schema import metadata as catalog_metadata
 from onshore.errors import NotFoundError, OnshoreError, PolicyDenied, ValidationError
 from onshore.keys.keystore import KeyStore, public_key_b64, public_key_from_b64
+from onshore.ledger import checkpoint as ckpt
+from onshore.ledger import notes
 from onshore.ledger.entries import now_iso, sign_entry
 from onshore.ledger.log import Ledger, ledger_metadata
 from onshore.residency.jurisdictions import check_jurisdiction
@@ -165,6 +167,47 @@ class Workspace:
     def verify_ledger(self):  # type: ignore[no-untyped-def]
         """Recompute every signature and the tree root (see Ledger.verify)."""
         return self.ledger.verify(self.public_key)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    @property
+    def origin(self) -> str:
+        """The log's C2SP origin line (and note key name): ``onshore/<workspace name>``."""
+        slug = "".join(c if c.isalnum() or c in "-._" else "-" for c in self.config.name.lower())
+        return f"onshore/{slug}"
+
+    @property
+    def log_vkey(self) -> str:
+        """The log's C2SP verifier key (Ed25519), which witnesses and auditors pin."""
+        key = self.public_key(LOG_ACTOR)
+        assert key is not None
+        return notes.encode_verifier_key(self.origin, key)
+
+    def make_checkpoint(self) -> str:
+        """Sign a checkpoint of the ledger as it is now (log key) and keep it; returns the note."""
+        size = self.ledger.size()
+        note = ckpt.sign_checkpoint(ckpt.Checkpoint(self.origin, size, self.ledger.root(size)), self.origin,
+                                    self.signer(LOG_ACTOR))
+        if self.ledger.checkpoint_note(size) is None:
+            self.ledger.store_checkpoint(size, note)
+        return self.ledger.checkpoint_note(size) or note
+
+    def add_cosignatures(self, cosigned_note: str) -> ckpt.Checkpoint:
+        """Merge a witness's cosignature lines into the stored checkpoint of the same size.
+
+        Refuses a note the log did not sign, or one whose root differs from the ledger's own
+        root at that size (a witness cannot make us adopt a forked head).
+        """
+        cp = ckpt.verify_checkpoint(cosigned_note, self.log_vkey, self.origin)
+        if cp.size > self.ledger.size() or cp.root_hash != self.ledger.root(cp.size):
+            raise ValidationError(f"checkpoint of size {cp.size} does not match this ledger's tree")
+        stored = self.ledger.checkpoint_note(cp.size) or cosigned_note
+        text, have = notes.split_note(stored)
+        _, incoming = notes.split_note(cosigned_note)
+        seen = {(s.name, s.key_id) for s in have}
+        merged = notes.add_signatures(stored, [s for s in incoming if (s.name, s.key_id) not in seen])
+        self.ledger.store_checkpoint(cp.size, merged)
+        return cp
 
     # -- policy ----------------------------------------------------------------------------------
 

@@ -1,0 +1,81 @@
+"""``onshore eval``: closed-loop evaluation of a policy in a simulator.
+
+``eval_command`` is ready for ``app.command("eval")(eval_command)`` in the main app. With
+``--json`` it prints only JSON: ``{"env", "policy", "seed", "episodes", "tasks": {task:
+{"success_rate", "ci95", ...}}}``; otherwise a Rich table. ``--reports DIR`` also writes the full
+report (JSON and PNG) there. ``OnshoreError`` propagates to the main app.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from onshore.cli.sim import split_tasks
+from onshore.eval.report import write_report
+from onshore.eval.runner import Report, evaluate
+
+
+def summary(report: Report) -> dict[str, Any]:
+    """The short JSON form printed by ``--json``: one entry per task with its success rate."""
+    tasks: dict[str, Any] = {}
+    for t in report.tasks:
+        entry: dict[str, Any] = {"success_rate": t.success_rate, "ci95": list(t.ci95),
+                                 "episodes": t.episodes, "successes": t.successes,
+                                 "mean_return": t.mean_return, "mean_length": t.mean_length}
+        if report.env == "tep":
+            entry.update({"iae": t.metrics["iae"], "shutdowns": t.metrics["shutdowns"],
+                          "mean_violation_frames": t.metrics["mean_violation_frames"],
+                          "baseline": t.baseline})
+        tasks[t.task] = entry
+    return {"env": report.env, "policy": report.policy, "seed": report.seed,
+            "episodes": report.episodes_per_task, "success_definition": report.success_definition,
+            "tasks": tasks}
+
+
+def eval_command(
+    env: Annotated[str, typer.Option(help="Simulator: metaworld or tep.")],
+    tasks: Annotated[str | None, typer.Option(
+        help="Comma-separated tasks (default: the env's set: MT10 for metaworld, base for tep).")] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same episodes.")] = 0,
+    policy: Annotated[str, typer.Option(help="Policy to evaluate: expert (the scripted expert).")] = "expert",
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    reports: Annotated[Path | None, typer.Option(
+        help="Folder to write the full report (JSON + PNG) into, e.g. the workspace's reports/.")] = None,
+) -> None:
+    """Evaluate a policy in closed loop: success rate with a 95 % interval per task (TEP: IAE,
+    constraint violations and shutdowns against the PI controller)."""
+    report = evaluate(env, split_tasks(tasks), episodes, seed, policy=policy, workers=workers)
+    written = write_report(report, reports) if reports is not None else []
+    if json_out:
+        data = summary(report)
+        if written:
+            data["report_files"] = [str(p) for p in written]
+        typer.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    table = Table(title=f"{env} · {report.policy} · {episodes} episodes/task · seed {seed}")
+    for col in ("task", "success", "95 % interval", "mean return", "mean length"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    if env == "tep":
+        table.add_column("shutdowns", justify="right")
+        table.add_column("IAE pressure (kPa·h)", justify="right")
+        table.add_column("PI IAE pressure", justify="right")
+    for t in report.tasks:
+        row = [t.task, f"{t.successes}/{t.episodes} ({t.success_rate:.0%})",
+               f"{t.ci95[0]:.2f}–{t.ci95[1]:.2f}", f"{t.mean_return:.1f}", f"{t.mean_length:.1f}"]
+        if env == "tep":
+            row += [str(t.metrics["shutdowns"]), f"{t.metrics['iae']['reactor_pressure']:.2f}",
+                    f"{(t.baseline or {}).get('iae', {}).get('reactor_pressure', float('nan')):.2f}"]
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"success: {report.success_definition}")
+    for p in written:
+        console.print(f"wrote {p}")
