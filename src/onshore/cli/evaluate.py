@@ -16,9 +16,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from onshore.cli.context import workspace_path
 from onshore.cli.sim import split_tasks
 from onshore.eval.report import write_report
 from onshore.eval.runner import Report, evaluate
+from onshore.workspace.config import CONFIG_FILE
 
 
 def summary(report: Report) -> dict[str, Any]:
@@ -48,10 +50,13 @@ def eval_command(
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
     reports: Annotated[Path | None, typer.Option(
-        help="Folder to write the full report (JSON + PNG) into, e.g. the workspace's reports/.")] = None,
+        help="Folder for the full report (JSON + PNG); default: the workspace's reports/ when run in one.")] = None,
 ) -> None:
     """Evaluate a policy in closed loop: success rate with a 95 % interval per task (TEP: IAE,
     constraint violations and shutdowns against the PI controller)."""
+    if reports is None:
+        ws = workspace_path()
+        reports = ws / "reports" if (ws / CONFIG_FILE).exists() else None
     report = evaluate(env, split_tasks(tasks), episodes, seed, policy=policy, workers=workers)
     written = write_report(report, reports) if reports is not None else []
     if json_out:

@@ -1,0 +1,1 @@
+"""Closed-loop evaluation in simulators: success rates, tracking errors, reports and plots."""

@@ -1,0 +1,173 @@
+"""Closed-loop evaluation: run a policy in a simulator and score it per task.
+
+``evaluate`` runs ``episodes`` episodes per task, in worker processes, with the same
+per-episode seeding as generation (an episode is fixed by env, seed, task and index), so a
+number in a report can be reproduced from the seed alone. Scoring is per environment
+(:mod:`onshore.eval.metaworld_eval`, :mod:`onshore.eval.tep_eval`); for Tennessee Eastman the
+same episodes are also run with the PI controller as the baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from types import ModuleType
+from typing import Any
+
+from onshore.errors import ValidationError
+from onshore.eval import metaworld_eval, tep_eval
+from onshore.eval.protocol import PolicyFactory
+from onshore.eval.stats import wilson_interval
+from onshore.sim import registry
+from onshore.sim.generate import episode_specs
+from onshore.sim.parallel import check_workers, map_ordered
+from onshore.sim.rollout import EpisodeSpec, rollout
+from onshore.sim.versions import package_versions
+
+ENV_VERSIONS = {
+    "metaworld": "Meta-World v3 task suite (metaworld package), MuJoCo physics",
+    "tep": "modified Tennessee Eastman (temexd_mod, Bathelt/Ricker/Jelali 2015) via tep-studio, Mode 1",
+}
+
+
+@dataclass
+class TaskResult:
+    """One task's score. ``metrics`` are env-specific; ``baseline`` is the expert's, if run."""
+
+    task: str
+    text: str
+    episodes: int
+    successes: int
+    success_rate: float
+    ci95: tuple[float, float]
+    mean_return: float
+    mean_length: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    baseline: dict[str, Any] | None = None
+    episode_results: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """An evaluation: what ran, how success was defined, and every number needed to redo it."""
+
+    env: str
+    policy: str
+    seed: int
+    episodes_per_task: int
+    embodiment: str
+    control_hz: float
+    episode_seconds: float
+    success_definition: str
+    env_version: str
+    versions: dict[str, str]
+    tasks: list[TaskResult]
+
+    def task(self, name: str) -> TaskResult:
+        for t in self.tasks:
+            if t.task == name:
+                return t
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for t in d["tasks"]:
+            t["ci95"] = list(t["ci95"])
+        return d
+
+
+def _scorer(env: str) -> ModuleType:
+    return metaworld_eval if env == "metaworld" else tep_eval
+
+
+def _run(spec: EpisodeSpec, policy: str | PolicyFactory) -> dict[str, Any]:
+    """Worker job: one episode, scored (module level, so worker processes can unpickle it)."""
+    env = registry.make_env(spec.env)
+    agent = env.expert(env.dt) if policy == "expert" else policy()  # type: ignore[operator]
+    scorer = _scorer(spec.env)
+    ep = rollout(env, agent, spec, after_success=scorer.AFTER_SUCCESS)
+    success = (not ep.terminated) if spec.env == "tep" else ep.succeeded
+    return {"task": spec.task, "index": spec.index, "episode_seed": spec.episode_seed,
+            "success": bool(success), "return": ep.total_return, "length": ep.length,
+            "metrics": scorer.episode_metrics(ep)}
+
+
+def _score(task: str, text: str, results: list[dict[str, Any]], scorer: ModuleType) -> TaskResult:
+    n = len(results)
+    k = sum(r["success"] for r in results)
+    return TaskResult(
+        task=task, text=text, episodes=n, successes=k, success_rate=k / n,
+        ci95=wilson_interval(k, n),
+        mean_return=sum(r["return"] for r in results) / n,
+        mean_length=sum(r["length"] for r in results) / n,
+        metrics=scorer.task_metrics(results), episode_results=results)
+
+
+def evaluate(
+    env: str,
+    tasks: list[str] | None = None,
+    episodes: int = 10,
+    seed: int = 0,
+    policy: str | PolicyFactory = "expert",
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Evaluate ``policy`` on ``episodes`` episodes of each task of ``env``; return a Report.
+
+    ``policy`` is ``"expert"`` (the scripted expert: Meta-World's policies, the TEP PI
+    controller) or a picklable factory returning a :class:`~onshore.eval.protocol.Policy`.
+    For TEP the PI controller is also run on the same episodes as ``baseline``.
+
+    Refused (``ValidationError``): an unknown env, task or policy name, ``episodes`` < 1,
+    ``workers`` < 1, a negative seed.
+    """
+    mod = registry.env_module(env)
+    task_list = registry.resolve_tasks(env, tasks)
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValidationError(f"--episodes must be a whole number >= 1, got {episodes}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValidationError(f"--seed must be a whole number >= 0, got {seed}")
+    if isinstance(policy, str) and policy != "expert":
+        raise ValidationError(f"unknown policy {policy!r}; only 'expert' (the scripted expert) "
+                              "is available until trained models can be evaluated")
+    if not isinstance(policy, str) and not callable(policy):
+        raise ValidationError("policy must be 'expert' or a function that builds a policy")
+    n_workers = check_workers(workers)
+    scorer = _scorer(env)
+    specs = episode_specs(env, task_list, episodes, seed)
+    jobs: list[tuple[EpisodeSpec, str | PolicyFactory]] = [(s, policy) for s in specs]
+    # TEP compares against the PI controller on the same episodes; the expert is its own baseline.
+    with_baseline = env == "tep" and policy != "expert"
+    if with_baseline:
+        jobs += [(s, "expert") for s in specs]
+    chunk = max(1, min(episodes, math.ceil(len(jobs) / (2 * n_workers))))
+    results = list(map_ordered(_job, jobs, n_workers, progress, chunksize=chunk))
+
+    sim_env = registry.make_env(env)
+    emb = mod.embodiment()
+    out = []
+    for t_i, task in enumerate(task_list):
+        mine = results[t_i * episodes:(t_i + 1) * episodes]
+        tr = _score(task, mod.task_text(task), mine, scorer)
+        if env == "tep":
+            base = (results[len(specs) + t_i * episodes:len(specs) + (t_i + 1) * episodes]
+                    if with_baseline else mine)
+            b = _score(task, tr.text, base, scorer)
+            tr.baseline = {"policy": "pi-controller (tep-studio RickerMultiLoopController)",
+                           "success_rate": b.success_rate, "mean_return": b.mean_return,
+                           **b.metrics}
+        out.append(tr)
+    name = policy if isinstance(policy, str) else getattr(policy, "__qualname__", repr(policy))
+    return Report(
+        env=env, policy=name, seed=seed, episodes_per_task=episodes, embodiment=emb.name,
+        control_hz=emb.control_hz, episode_seconds=sim_env.default_seconds,
+        success_definition=scorer.SUCCESS_DEFINITION, env_version=ENV_VERSIONS[env],
+        versions=package_versions(), tasks=out)
+
+
+def _job(job: tuple[EpisodeSpec, str | PolicyFactory]) -> dict[str, Any]:
+    return _run(*job)
+
+
+__all__ = ["Report", "TaskResult", "evaluate"]

@@ -1,0 +1,77 @@
+"""Evaluation: the Wilson interval, reports, the eval command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from onshore.cli.evaluate import eval_command
+from onshore.errors import ValidationError
+from onshore.eval.report import write_report
+from onshore.eval.runner import evaluate
+from onshore.eval.stats import wilson_interval
+
+
+@pytest.mark.parametrize(("k", "n", "low", "high"), [
+    (8, 10, 0.4902, 0.9433),   # textbook example (Newcombe 1998 method 3 style)
+    (0, 10, 0.0, 0.2775),
+    (10, 10, 0.7225, 1.0),
+    (45, 50, 0.7864, 0.9565),
+    (1, 2, 0.0945, 0.9055),
+    (81, 263, 0.2553, 0.3662),  # Newcombe (1998), Statistics in Medicine 17:857, example
+])
+def test_wilson_known_values(k, n, low, high):
+    lo, hi = wilson_interval(k, n)
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_wilson_edges_and_refusals():
+    assert wilson_interval(0, 5)[0] == 0.0 and wilson_interval(5, 5)[1] == 1.0
+    with pytest.raises(ValidationError):
+        wilson_interval(0, 0)
+    with pytest.raises(ValidationError):
+        wilson_interval(6, 5)
+
+
+def test_unknown_policy_refused():
+    with pytest.raises(ValidationError, match="unknown policy"):
+        evaluate("metaworld", ["reach-v3"], 1, 0, policy="gpt", workers=1)
+
+
+def test_report_json_and_png(tmp_path):
+    report = evaluate("metaworld", ["reach-v3"], episodes=2, seed=3, workers=1)
+    paths = write_report(report, tmp_path / "reports")
+    data = json.loads(paths[0].read_text())
+    assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data["versions"]["metaworld"] == "3.1.1" and data["versions"]["mujoco"] == "3.3.0"
+    assert data["seed"] == 3 and "success" in data["success_definition"]
+    task = data["tasks"][0]
+    assert task["task"] == "reach-v3" and len(task["episode_results"]) == 2
+    assert all(isinstance(e["episode_seed"], int) for e in task["episode_results"])
+    again = evaluate("metaworld", ["reach-v3"], episodes=2, seed=3, workers=1)
+    assert again.to_dict()["tasks"] == report.to_dict()["tasks"]
+
+
+def test_tep_report_plot(tmp_path):
+    report = evaluate("tep", ["base"], episodes=1, seed=0, workers=1)
+    paths = write_report(report, tmp_path)
+    assert paths[1].stat().st_size > 1000
+
+
+def test_eval_command_json(tmp_path):
+    app = typer.Typer()
+    app.command("eval")(eval_command)
+    app.command("noop")(lambda: None)  # two commands, so "eval" is a subcommand as in the main app
+    out = CliRunner().invoke(app, ["eval", "--env", "metaworld", "--tasks", "reach-v3", "--episodes", "2",
+                                   "--seed", "1", "--workers", "1", "--json",
+                                   "--reports", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["tasks"]["reach-v3"]["success_rate"] == 1.0
+    assert (tmp_path / "eval-metaworld-expert-seed1.json").exists()
+    table = CliRunner().invoke(app, ["eval", "--env", "metaworld", "--tasks", "reach-v3", "--episodes",
+                                     "1", "--workers", "1"])
+    assert table.exit_code == 0 and "reach-v3" in table.output
