@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from onshore.catalog.db import open_engine
 from onshore.errors import IntegrityError
 from onshore.ledger import merkle
-from onshore.ledger.entries import Entry, parse_leaf, sign_entry
+from onshore.ledger.entries import Entry, canonical_json, parse_leaf, sign_entry
 from onshore.ledger.log import Ledger, ledger_metadata
 from onshore.workspace import Workspace
 
@@ -113,3 +116,41 @@ def test_workspace_ledger_verifies_with_registered_keys(ws: Workspace) -> None:
     assert report.size == ws.ledger.size() > 5
     kinds = [e.entry.kind for e in ws.ledger.entries()]
     assert kinds[:4] == ["workspace.init", "site.add", "site.add", "site.add"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values)
+def test_canonical_json_fast_path_matches_rfc8785(value: object) -> None:
+    import rfc8785
+
+    try:
+        expected = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError:
+        return  # values RFC 8785 refuses (e.g. integers beyond 2**53) are refused by both
+    assert canonical_json(value) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), json_values, max_size=5), st.sampled_from(["site:a", "member:b", "log"]))
+def test_signed_entry_leaf_is_the_canonical_form(body: dict, actor: str) -> None:  # type: ignore[type-arg]
+    import rfc8785
+
+    try:
+        rfc8785.dumps(body)
+    except rfc8785.CanonicalizationError:
+        return
+    e = sign_entry("decision", actor, body, KEY)
+    assert e.leaf() == rfc8785.dumps({**e.unsigned(), "sig": e.sig})
+    try:
+        rfc8785.dumps(json.loads(e.leaf()))
+    except rfc8785.CanonicalizationError:
+        return  # e.g. 2.0**53 reads back as an int beyond the safe range: such bodies are not used
+    assert parse_leaf(e.leaf()) == e

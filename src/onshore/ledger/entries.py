@@ -24,12 +24,56 @@ VERSION = 1
 KINDS = {
     "governance": ("workspace.init", "site.add", "member.add", "embodiment.add", "key.create"),
     "consent": ("consent.grant", "consent.withdraw"),
-    "data": ("data.ingest", "data.copy", "data.export", "data.read", "key.release", "key.shred"),
+    "data": ("data.ingest", "data.copy", "data.export", "data.read", "key.release", "key.shred", "data.attest"),
     "decision": ("decision",),
     "job": ("job.start", "job.end", "job.checkpoint"),
     "model": ("model.release", "model.attest", "model.taint", "model.serve"),
 }
 ALL_KINDS = frozenset(k for ks in KINDS.values() for k in ks)
+
+
+_SAFE_INT = 2**53
+
+
+def _bmp(text: str) -> bool:
+    return text.isascii() or all(ord(c) < 0xD800 for c in text)
+
+
+def _plain(obj: Any) -> bool:
+    """True when ``obj`` holds only values whose RFC 8785 form equals Python's sorted compact JSON.
+
+    That is: strings and keys within the Basic Multilingual Plane below the surrogates (JCS sorts
+    keys by UTF-16 code units, Python by code points; they agree there), booleans, None, and
+    integers that are exact doubles. Floats go to the reference implementation (JCS formats them
+    as ECMAScript does). Iterative, since it runs on every ledger append.
+    """
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        t = type(o)
+        if t is str:
+            if not _bmp(o):
+                return False
+        elif t is dict:
+            for k, v in o.items():
+                if type(k) is not str or not _bmp(k):
+                    return False
+                stack.append(v)
+        elif t is list or t is tuple:
+            stack.extend(o)
+        elif t is int:
+            if not -_SAFE_INT < o < _SAFE_INT:
+                return False
+        elif o is not None and t is not bool:
+            return False
+    return True
+
+
+def canonical_json(obj: Any) -> bytes:
+    """RFC 8785 canonical JSON. Plain data takes a fast path (same bytes; tested against rfc8785)."""
+    if _plain(obj):
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return rfc8785.dumps(obj)
 
 
 class EntrySignatureError(IntegrityError):
@@ -54,11 +98,12 @@ class Entry:
         return {"v": VERSION, "kind": self.kind, "actor": self.actor, "time": self.time, "body": self.body}
 
     def signed_bytes(self) -> bytes:
-        return rfc8785.dumps(self.unsigned())
+        return canonical_json(self.unsigned())
 
     def leaf(self) -> bytes:
         """The Merkle leaf data: canonical JSON of the entry with its signature."""
-        return rfc8785.dumps({**self.unsigned(), "sig": self.sig})
+        cached = self.__dict__.get("_leaf")
+        return cached if cached is not None else canonical_json({**self.unsigned(), "sig": self.sig})
 
     def to_json(self) -> dict[str, Any]:
         return {**self.unsigned(), "sig": self.sig}
@@ -70,8 +115,15 @@ def sign_entry(kind: str, actor: str, body: dict[str, Any], key: Ed25519PrivateK
     if kind not in ALL_KINDS:
         raise ValueError(f"unknown ledger entry kind {kind!r}")
     unsigned = Entry(kind, actor, time or now_iso(), body, "")
-    sig = key.sign(unsigned.signed_bytes())
-    return Entry(kind, actor, unsigned.time, body, base64.b64encode(sig).decode())
+    signed = unsigned.signed_bytes()
+    sig = base64.b64encode(key.sign(signed)).decode()
+    # The leaf is the same canonical object plus "sig", which sorts just before the top-level
+    # "time" key (the last key but "v"), so it is spliced in rather than serialised again.
+    cut = signed.rindex(b',"time":')
+    leaf = signed[:cut] + b',"sig":"' + sig.encode() + b'"' + signed[cut:]
+    entry = Entry(kind, actor, unsigned.time, body, sig)
+    object.__setattr__(entry, "_leaf", leaf)
+    return entry
 
 
 def parse_leaf(leaf: bytes) -> Entry:
@@ -83,7 +135,11 @@ def parse_leaf(leaf: bytes) -> Entry:
         raise IntegrityError(f"ledger leaf is not a valid entry: {e}") from None
     if d.get("v") != VERSION or set(d) != {"v", "kind", "actor", "time", "body", "sig"}:
         raise IntegrityError("ledger leaf has an unknown version or extra fields")
-    if entry.leaf() != leaf:
+    try:
+        canonical = entry.leaf()
+    except rfc8785.CanonicalizationError as e:
+        raise IntegrityError(f"ledger leaf holds a value RFC 8785 cannot represent: {e}") from None
+    if canonical != leaf:
         raise IntegrityError("ledger leaf is not in canonical JSON form (RFC 8785)")
     return entry
 

@@ -1,9 +1,10 @@
 """The append-only ledger: signed entries in SQL, with the RFC 9162 tree kept incrementally.
 
-Two tables: ``ledger_entries`` (index, kind, actor, leaf bytes, leaf hash) and ``ledger_nodes``
-(level, index, hash) holding the hash of every complete subtree. An append writes its leaf and
-the subtrees it completes, reading only the compact range (the right edge, kept in memory);
-roots and proofs read O(log n) stored nodes. Nothing is ever updated or deleted.
+Tables: ``ledger_entries`` (index, kind, actor, leaf bytes, leaf hash), ``ledger_nodes`` (a key
+made of level and index, hash) holding the hash of every complete subtree, and
+``ledger_checkpoints``. An append writes its leaf and the subtrees it completes, reading only the
+compact range (the right edge, kept in memory); roots and proofs read O(log n) stored nodes in
+one query. Entries and nodes are never updated or deleted.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Engine,
-    Integer,
     LargeBinary,
     MetaData,
-    PrimaryKeyConstraint,
     String,
     Table,
     Text,
+    bindparam,
     func,
     insert,
     select,
@@ -49,11 +49,19 @@ ledger_entries = Table(
 ledger_nodes = Table(
     "ledger_nodes",
     ledger_metadata,
-    Column("level", Integer, nullable=False),
-    Column("idx", BigInteger, nullable=False),
+    # (level << 56) | index: one integer key, so that a proof's nodes are one indexed IN lookup
+    Column("node", BigInteger, primary_key=True, autoincrement=False),
     Column("hash", LargeBinary(32), nullable=False),
-    PrimaryKeyConstraint("level", "idx"),
 )
+
+
+def node_key(level: int, index: int) -> int:
+    """The stored key of node (level, index); level < 64 and index < 2**56 cover any real log."""
+    return (level << 56) | index
+
+
+_NODES_BY_KEY = select(ledger_nodes.c.node, ledger_nodes.c.hash).where(
+    ledger_nodes.c.node.in_(bindparam("keys", expanding=True)))
 
 
 # Signed tree heads (C2SP checkpoint notes), with any witness cosignatures merged in.
@@ -98,33 +106,46 @@ class Ledger:
             h = self._edge.get((level, index))
             if h is not None:
                 return h
-            row = conn.execute(
-                select(ledger_nodes.c.hash).where(ledger_nodes.c.level == level, ledger_nodes.c.idx == index)
-            ).first()
+            row = conn.execute(select(ledger_nodes.c.hash).where(ledger_nodes.c.node == node_key(level, index))).first()
             if row is None:
                 raise IntegrityError(f"ledger node ({level}, {index}) is missing: the ledger store is damaged")
             return bytes(row[0])
         return get
 
+    def _read_plan(self, conn, plan: merkle.NodePlan) -> list[bytes]:  # type: ignore[no-untyped-def]
+        """Fetch every node a root or proof needs in one query (O(log n) rows), then fold them."""
+        if not plan.node_ids:
+            return merkle.assemble(plan, [])
+        keys = [node_key(lv, ix) for lv, ix in plan.node_ids]
+        found = {int(k): bytes(h) for k, h in conn.execute(_NODES_BY_KEY, {"keys": list(set(keys))})}
+        missing = [n for n, k in zip(plan.node_ids, keys, strict=True) if k not in found]
+        if missing:
+            raise IntegrityError(f"ledger nodes {missing[:3]} are missing: the ledger store is damaged")
+        return merkle.assemble(plan, [found[k] for k in keys])
+
     def root(self, size: int | None = None) -> bytes:
         """MTH of the first ``size`` entries (default: all)."""
         with self.engine.connect() as conn:
-            n = self._count(conn) if size is None else size
-            return merkle.root_at(n, self._getter(conn))
+            n = self._count(conn) if size is None else self._check_size(conn, size)
+            if n == 0:
+                return merkle.EMPTY_ROOT
+            return self._read_plan(conn, merkle.root_plan(n))[0]
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """PATH(index, D[size]) of RFC 9162 §2.1.3.1 from O(log n) stored nodes, one query."""
         with self.engine.connect() as conn:
             n = self._count(conn) if size is None else self._check_size(conn, size)
             if not 0 <= index < n:
                 raise OnshoreError(f"entry {index} is not in a tree of size {n}")
-            return merkle.inclusion_proof(index, n, self._getter(conn))
+            return self._read_plan(conn, merkle.inclusion_proof_plan(index, n))
 
     def consistency_proof(self, old: int, new: int | None = None) -> list[bytes]:
+        """PROOF(old, D[new]) of RFC 9162 §2.1.4.1 from O(log n) stored nodes, one query."""
         with self.engine.connect() as conn:
             n = self._count(conn) if new is None else self._check_size(conn, new)
-            if not 0 <= old <= n:
-                raise OnshoreError(f"old size {old} must be between 0 and the new size {n}")
-            return merkle.consistency_proof(old, n, self._getter(conn))
+            if not 0 < old <= n:
+                raise OnshoreError(f"old size {old} must be between 1 and the new size {n}")
+            return self._read_plan(conn, merkle.consistency_proof_plan(old, n))
 
     def _count(self, conn) -> int:  # type: ignore[no-untyped-def]
         # max over the primary key is an index lookup; count(*) would scan the table
@@ -185,7 +206,7 @@ class Ledger:
                     lh = merkle.leaf_hash(leaf)
                     new = merkle.nodes_to_store_on_append(size, lh, get)
                     rows.append({"idx": size, "kind": e.kind, "actor": e.actor, "leaf": leaf, "leaf_hash": lh})
-                    nodes += [{"level": level, "idx": idx, "hash": h} for level, idx, h in new]
+                    nodes += [{"node": node_key(level, idx), "hash": h} for level, idx, h in new]
                     # each left sibling merged into a parent leaves the compact range; the top
                     # of the new nodes joins it
                     for level, idx, _ in new[:-1]:
