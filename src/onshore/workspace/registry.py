@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from onshore.catalog import schema as T
 from onshore.errors import ValidationError
 from onshore.keys.keystore import KeyStore, public_key_b64
 from onshore.ledger.checkpoint import CosignatureVerifier
-from onshore.ledger.entries import now_iso
+from onshore.ledger.entries import canonical_json, now_iso
 from onshore.names import check_name
 from onshore.residency.jurisdictions import check_jurisdiction
 from onshore.telemetry.embodiment import Embodiment
@@ -136,30 +137,34 @@ def list_members(ws: Workspace) -> list[dict[str, str]]:
 
 
 def add_embodiment(ws: Workspace, path: Path) -> Embodiment:
-    """Register an embodiment TOML. Re-adding identical bytes is a no-op; different bytes are refused."""
+    """Register an embodiment TOML.
+
+    A machine type is its name, control rate and channels; ``extra`` (e.g. one member's sensor
+    settings) and ``description`` are not part of it. Re-adding the same machine type is a no-op
+    (the first registration is kept); the same name with other channels or rate is refused.
+    """
     emb = Embodiment.from_toml(path)
     text = Path(path).read_text()
-    digest = hashlib.sha256(text.encode()).hexdigest()
+    identity = {k: v for k, v in emb.to_dict().items() if k not in ("extra", "description")}
+    digest = hashlib.sha256(canonical_json(identity)).hexdigest()
     with ws.catalog.begin() as conn:
         row = conn.execute(select(T.embodiments.c.sha256).where(T.embodiments.c.name == emb.name)).first()
         if row is not None:
             if row[0] == digest:
                 return emb
             raise ValidationError(
-                f"{path}: embodiment {emb.name!r} is already registered with a different spec; "
+                f"{path}: embodiment {emb.name!r} is already registered with other channels or control rate; "
                 "embodiments are immutable, register the new one under a new name"
             )
         conn.execute(insert(T.embodiments).values(name=emb.name, spec=text, sha256=digest, created_at=now_iso()))
         ws.record("embodiment.add", LOG_ACTOR, {"embodiment": emb.name, "sha256": digest,
                                                 "state_dim": emb.state_dim, "action_dim": emb.action_dim,
-                                                "control_hz": emb.control_hz})
+                                                "control_hz": str(emb.control_hz)})
     return emb
 
 
 def get_embodiment(ws: Workspace, name: str) -> Embodiment:
     row = ws.row("embodiment", name)
-    import tomllib
-
     return Embodiment.from_dict(tomllib.loads(row["spec"]), source=f"embodiment {name}")
 
 

@@ -1,0 +1,5 @@
+"""`python -m onshore` runs the CLI."""
+
+from onshore.cli.app import main
+
+main()

@@ -1,0 +1,22 @@
+"""`onshore demo`: the end-to-end story on the embedded default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from onshore.cli.output import console
+
+
+def demo_command(
+    directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="Folder for the demo (remade each run)."),
+    episodes: int = typer.Option(3, "--episodes", help="Episodes per task for each member."),
+    workers: int | None = typer.Option(None, "--workers", help="Simulator processes (default: all cores)."),
+) -> None:
+    """Build a three-member consortium on simulator telemetry and prove where its data sat."""
+    from onshore.demo import run_demo
+
+    code = run_demo(directory, episodes, workers, console)
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,172 @@
+"""The end-to-end story on the embedded default, as `onshore demo` tells it.
+
+A consortium of three members (two robot-arm makers on Meta-World task families, one chemical
+plant on the Tennessee Eastman process) pools simulator telemetry at two sites in Japan; a site in
+the United States exists but their policies keep data out of it. The demo ingests, copies inside
+the policy, shows the copy to the US refused with the rule that refused it, evaluates the experts
+in closed loop, has an outside witness cosign the ledger, attests a dataset, and verifies the
+bundle from a folder outside the workspace with only the trust root, as an auditor would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from onshore.errors import OnshoreError, PolicyDenied, ValidationError
+from onshore.residency.pdp import Request
+
+MARKER = ".onshore-demo"
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    env: str
+    tasks: tuple[str, ...]
+    site: str
+    dataset: str
+    policy: str
+
+
+MEMBERS = (
+    Member("kansai-robotics", "metaworld", ("pick-place-v3", "push-v3"), "sakai", "kansai-pick-place",
+           'jurisdictions = ["JP"]\nsites = []\npurposes = ["foundation-pretraining", "fine-tuning"]\n'
+           'expires = 2031-03-31\nderived_models = "stop-serving"\n'),
+    Member("chubu-motors", "metaworld", ("door-open-v3", "drawer-open-v3"), "tokyo", "chubu-doors-drawers",
+           'jurisdictions = ["JP"]\nsites = ["tokyo"]\npurposes = ["fine-tuning"]\n'
+           'expires = 2030-12-31\nderived_models = "retrain-by:2031-06-30"\n'),
+    Member("setouchi-chemical", "tep", ("base", "idv-1"), "sakai", "setouchi-tep",
+           'jurisdictions = ["JP"]\nsites = []\npurposes = ["foundation-pretraining", "predictive-maintenance"]\n'
+           'expires = 2032-01-31\nderived_models = "keep"\n'),
+)
+
+SITES = (("sakai", "JP", "storage,compute", "Sakai data centre"),
+         ("tokyo", "JP", "storage,compute,serve", "Tokyo edge site"),
+         ("ohio", "US", "storage,compute", "Ohio cloud region"))
+
+
+def _prepare(directory: Path) -> None:
+    """Start from an empty demo folder; only ever delete a folder an earlier demo made."""
+    if directory.exists():
+        if not (directory / MARKER).exists():
+            raise ValidationError(f"{directory} exists and was not made by 'onshore demo'; choose another --dir")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    (directory / MARKER).write_text("made by onshore demo; deleted and remade by the next run\n")
+
+
+def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
+             console: Console | None = None) -> int:
+    """Run the whole story in ``directory``; returns 0 when the auditor's verify passes."""
+    from onshore.attest.bundle import attest_dataset, write_bundle
+    from onshore.attest.trust import build_trust_root
+    from onshore.eval.runner import evaluate
+    from onshore.eval.report import write_report
+    from onshore.ledger.witness import Witness
+    from onshore.sim.generate import generate
+    from onshore.sim.sensors import SensorOptions
+    from onshore.workspace import Workspace, datasets, registry
+
+    c = console or Console()
+    directory = Path(directory).resolve()
+    _prepare(directory)
+    step = iter(range(1, 100))
+
+    def head(text: str) -> None:
+        c.rule(f"[bold]{next(step)}. {text}")
+
+    head("A consortium workspace with two sites in Japan and one in the United States")
+    ws = Workspace.init(directory / "workspace", "onshore-demo")
+    for name, jur, roles, operator in SITES:
+        registry.add_site(ws, name, jur, roles, operator)
+    for m in MEMBERS:
+        registry.add_member(ws, m.name)
+    t = Table("site", "jurisdiction", "roles", "operator")
+    for s in registry.list_sites(ws):
+        t.add_row(s.name, s.jurisdiction, ",".join(s.roles), s.operator)
+    c.print(t)
+    c.print(f"members: {', '.join(m.name for m in MEMBERS)}")
+
+    head("Each member generates telemetry on its own premises (real simulators)")
+    for i, m in enumerate(MEMBERS):
+        out = directory / "members" / m.name / "telemetry"
+        sensors = SensorOptions(noise=0.001, quantize=True)
+        res = generate(m.env, list(m.tasks), episodes, seed=100 + i, out=out, workers=workers, sensors=sensors,
+                       seconds=1800.0 if m.env == "tep" else None)
+        c.print(f"{m.name}: {res.episodes} episodes, {res.frames} frames of {res.embodiment} "
+                f"({', '.join(m.tasks)}), expert success {res.successes}/{res.episodes}")
+
+    head("Ingest under each member's usage policy: encrypted, at an allowed site")
+    for m in MEMBERS:
+        tel = directory / "members" / m.name / "telemetry"
+        emb_file = next(tel.glob("*.toml"))
+        emb = registry.add_embodiment(ws, emb_file)
+        policy = directory / "members" / m.name / "policy.toml"
+        policy.write_text(m.policy)
+        r = datasets.ingest(ws, m.dataset, m.name, m.site, policy, emb.name, sorted(tel.glob("*.parquet")))
+        c.print(f"{m.dataset} ({m.name}) at {m.site}: {r.episodes} episodes, {r.frames} frames, "
+                f"{len(r.shards)} encrypted shard(s)")
+
+    head("Copies: inside the policy allowed, outside refused with the rule that refused")
+    kansai = MEMBERS[0]
+    out = datasets.copy(ws, kansai.dataset, "tokyo")
+    c.print(f"[green]allowed[/] copy of {kansai.dataset} {out['from']} -> {out['to']} (JP)")
+    for dataset, target in ((kansai.dataset, "ohio"), (MEMBERS[1].dataset, "sakai")):
+        try:
+            datasets.copy(ws, dataset, target)
+            raise OnshoreError(f"demo expected the copy of {dataset} to {target} to be refused")
+        except PolicyDenied as e:
+            c.print(f"[red]refused[/] copy of {dataset} to {target}: rule {', '.join(e.rules)}")
+    d = ws.decide(Request("site:sakai", "train", MEMBERS[2].dataset, "sakai", "advertising"))[0]
+    c.print(f"[red]refused[/] training on {MEMBERS[2].dataset} for 'advertising': rule {', '.join(d.rules)}")
+
+    head("Closed-loop evaluation of each member's expert")
+    t = Table("member", "task", "success", "95% interval", "mean length")
+    for i, m in enumerate(MEMBERS):
+        report = evaluate(m.env, list(m.tasks), episodes, seed=1000 + i, workers=workers)
+        write_report(report, ws.reports_dir)
+        for r in report.tasks:
+            t.add_row(m.name, r.task, f"{r.successes}/{r.episodes}", f"{r.ci95[0]:.2f}-{r.ci95[1]:.2f}",
+                      f"{r.mean_length:.0f}")
+    c.print(t)
+    c.print(f"reports (JSON + PNG) in {ws.reports_dir}")
+
+    head("An outside witness cosigns the ledger's checkpoint")
+    witness_dir = directory / "witness-elsewhere"
+    witness = Witness.init("kyoto-witness", witness_dir)
+    registry.add_witness(ws, "kyoto-witness", witness.vkey)
+    note = ws.make_checkpoint()
+    ws.add_cosignatures(witness.cosign(note, ws.log_vkey, []))
+    c.print(f"checkpoint of size {ws.ledger.size()} signed by the log and cosigned by kyoto-witness")
+
+    head("Attest where a dataset sat; an auditor verifies offline")
+    trust_file = directory / "auditor" / "trust.json"
+    trust_file.parent.mkdir()
+    build_trust_root(ws).write(trust_file)
+    bundle = attest_dataset(ws, kansai.dataset)
+    bundle_file = directory / "auditor" / f"{kansai.dataset}.bundle.json"
+    write_bundle(bundle, bundle_file)
+    report = ws.verify_ledger()
+    c.print(f"[green]ledger verify[/]: {report.size} entries, every signature and the Merkle root recomputed")
+    ws.close()
+    env = {k: v for k, v in os.environ.items() if k != "ONSHORE_WORKSPACE"}
+    cmd = [sys.executable, "-m", "onshore", "verify", bundle_file.name, "--trust-root", "trust.json",
+           "--min-witnesses", "1"]
+    c.print(f"[dim]$ cd {trust_file.parent} && onshore verify {bundle_file.name} --trust-root trust.json "
+            "--min-witnesses 1[/]")
+    proc = subprocess.run(cmd, cwd=trust_file.parent, env=env, capture_output=True, text=True)
+    c.print(proc.stdout, end="", markup=False, highlight=False)
+    if proc.returncode != 0:
+        c.print(proc.stderr, markup=False)
+        c.print("[red]auditor verify failed[/]")
+        return 1
+    c.rule("[bold green]demo complete")
+    return 0

@@ -1,0 +1,36 @@
+"""`onshore demo` end to end on real simulators, as `make demo` runs it (fewer episodes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from onshore.demo import MARKER, run_demo
+from onshore.errors import ValidationError
+
+
+@pytest.mark.slow
+def test_demo_runs_and_the_auditor_verifies(tmp_path: Path) -> None:
+    console = Console(record=True, width=200)
+    assert run_demo(tmp_path / "demo", episodes=1, workers=2, console=console) == 0
+    text = console.export_text()
+    assert "refused copy of kansai-pick-place to ohio: rule dataset/kansai-pick-place/jurisdictions" in text
+    assert "verified: dataset kansai-pick-place" in text
+    trust = json.loads((tmp_path / "demo" / "auditor" / "trust.json").read_text())
+    assert {s["name"]: s["jurisdiction"] for s in trust["sites"]} == {"sakai": "JP", "tokyo": "JP", "ohio": "US"}
+    assert [w["name"] for w in trust["witnesses"]] == ["kyoto-witness"]
+    assert list((tmp_path / "demo" / "workspace" / "reports").glob("*.png"))
+    # a second run remakes its own folder
+    assert run_demo(tmp_path / "demo", episodes=1, workers=2, console=Console(file=open("/dev/null", "w"))) == 0
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "data.txt").write_text("keep me")
+    with pytest.raises(ValidationError, match="not made by 'onshore demo'"):
+        run_demo(tmp_path / "precious", episodes=1)
+    assert (tmp_path / "precious" / "data.txt").read_text() == "keep me"
+    assert not (tmp_path / "precious" / MARKER).exists()
