@@ -7,8 +7,11 @@ from pathlib import Path
 
 import typer
 
-from onshore.cli import context
+from onshore.cli import context, sim
+from onshore.cli.attest import attest_app, verify_command
 from onshore.cli.data import dataset_app, policy_app
+from onshore.cli.demo import demo_command
+from onshore.cli.evaluate import eval_command
 from onshore.cli.ledger import ledger_app
 from onshore.cli.output import console, err
 from onshore.cli.registry import embodiment_app, member_app, site_app
@@ -57,6 +60,11 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(witness_app, name="witness")
 app.add_typer(trust_app, name="trust")
+app.add_typer(sim.app, name="sim")
+app.command("eval")(eval_command)
+app.command("demo")(demo_command)
+app.add_typer(attest_app, name="attest")
+app.command("verify")(verify_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,10 +124,7 @@ def evaluate(
     """
     mod = registry.env_module(env)
     task_list = registry.resolve_tasks(env, tasks)
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise ValidationError(f"--episodes must be a whole number >= 1, got {episodes}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValidationError(f"--seed must be a whole number >= 0, got {seed}")
+    registry.check_episodes_and_seed(episodes, seed)
     if isinstance(policy, str) and policy != "expert":
         raise ValidationError(f"unknown policy {policy!r}; only 'expert' (the scripted expert) "
                               "is available until trained models can be evaluated")

@@ -153,10 +153,7 @@ def generate(
     started = time.monotonic()
     mod = registry.env_module(env)
     task_list = registry.resolve_tasks(env, tasks)
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise ValidationError(f"--episodes must be a whole number >= 1, got {episodes}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValidationError(f"--seed must be a whole number >= 0, got {seed}")
+    registry.check_episodes_and_seed(episodes, seed)
     if seconds is not None and not seconds > 0:
         raise ValidationError(f"episode length must be a positive number of seconds, got {seconds}")
     n_workers = check_workers(workers)

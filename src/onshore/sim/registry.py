@@ -51,3 +51,11 @@ def make_env(name: str) -> SimEnv:
         mod = env_module(name)
         _built[name] = mod.MetaWorldEnv() if name == "metaworld" else mod.TepEnv()
     return _built[name]
+
+
+def check_episodes_and_seed(episodes: int, seed: int) -> None:
+    """Refuse (``ValidationError``) a non-integer or < 1 episode count and a negative seed."""
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValidationError(f"--episodes must be a whole number >= 1, got {episodes}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValidationError(f"--seed must be a whole number >= 0, got {seed}")

@@ -217,7 +217,8 @@ def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None) -
 
 
 def _open_for_read(ws: Workspace, name: str, site: str, purpose: str | None, action: str = "read"
-                   ) -> tuple[list[dict[str, Any]], Path, bytes]:
+                   ) -> tuple[list[dict[str, Any]], Path, bytes, int]:
+    """Decide ``action`` at ``site``, release the key there; returns shards, root, key, decision index."""
     ws.row("dataset", name)
     site_info = get_site(ws, site)
     decision, idx = ws.authorize(Request(f"site:{site}", action, name, site, purpose))
@@ -225,13 +226,13 @@ def _open_for_read(ws: Workspace, name: str, site: str, purpose: str | None, act
     if not rows:
         raise OnshoreError(f"dataset {name!r} has no shards at site {site!r}; see 'onshore dataset show {name}'")
     key = keyservice.release(ws, name, site, decision, idx)
-    return rows, Path(site_info.root), key
+    return rows, Path(site_info.root), key, idx
 
 
 def iter_batches(ws: Workspace, name: str, site: str, purpose: str | None = None, action: str = "read"
                  ) -> Iterator[pa.RecordBatch]:
     """Stream the dataset's frames at ``site`` (decided and key-released once, up front)."""
-    rows, root, key = _open_for_read(ws, name, site, purpose, action)
+    rows, root, key, _ = _open_for_read(ws, name, site, purpose, action)
 
     def gen() -> Iterator[pa.RecordBatch]:
         for s in rows:
@@ -241,7 +242,11 @@ def iter_batches(ws: Workspace, name: str, site: str, purpose: str | None = None
 
 def read(ws: Workspace, name: str, site: str, purpose: str | None = None, action: str = "read") -> pa.Table:
     """The whole dataset as one Arrow table, read at ``site`` (which must be allowed and hold it)."""
-    rows, root, key = _open_for_read(ws, name, site, purpose, action)
+    rows, root, key, _ = _open_for_read(ws, name, site, purpose, action)
+    return _read_all(rows, root, name, key)
+
+
+def _read_all(rows: list[dict[str, Any]], root: Path, name: str, key: bytes) -> pa.Table:
     return pa.concat_tables([S.read_shard(root, s["path"], s["sha256"], s["salt"], name, key) for s in rows])
 
 
@@ -276,13 +281,14 @@ def export(ws: Workspace, name: str, site: str, out: Path, fmt: str = "lerobot",
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValidationError(f"{out}: already exists and is not an empty folder; choose a new folder")
     emb = get_embodiment(ws, ws.row("dataset", name)["embodiment"])
-    table = renumber_episodes(read(ws, name, site, purpose, action="export"))
+    rows, root, key, decision_idx = _open_for_read(ws, name, site, purpose, "export")
+    table = renumber_episodes(_read_all(rows, root, name, key))
     write_lerobot_v3(table, emb, out)
     files = sorted(p for p in out.rglob("*") if p.is_file())
     digests = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     idx = ws.record("data.export", f"site:{site}", {
         "dataset": name, "site": site, "jurisdiction": get_site(ws, site).jurisdiction, "format": "lerobot-v3.0",
-        "purpose": purpose, "frames": table.num_rows, "files": digests})
+        "purpose": purpose, "decision_index": decision_idx, "frames": table.num_rows, "files": digests})
     return {"dataset": name, "site": site, "out": str(out), "frames": table.num_rows, "files": len(files),
             "ledger_index": idx}
 

@@ -1,0 +1,84 @@
+"""`onshore attest dataset` (needs the workspace) and `onshore verify` (needs only a bundle and trust.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from onshore.cli.context import open_workspace
+from onshore.cli.output import console, err, print_json
+from onshore.errors import ValidationError
+
+attest_app = typer.Typer(help="Residency attestations: signed claims an auditor verifies offline.",
+                         no_args_is_help=True)
+
+_STYLE = {"pass": "green", "fail": "red", "not run": "yellow"}
+
+
+@attest_app.command("dataset")
+def dataset(
+    name: str = typer.Argument(..., help="The dataset to attest."),
+    out: Path = typer.Option(..., "-o", "--out", help="Where to write the bundle (JSON)."),
+    site: str | None = typer.Option(None, "--site", help="The site that makes and signs the claim "
+                                    "(default: where the dataset was ingested); it must hold the data."),
+) -> None:
+    """Sign where a dataset sits and has been, and write a bundle that `onshore verify` checks offline.
+
+    Take a checkpoint and collect witness cosignatures first ('onshore ledger checkpoint',
+    'onshore witness cosign', 'onshore ledger checkpoint --add-cosigned'); otherwise the bundle
+    carries a fresh checkpoint that no witness has cosigned.
+    """
+    from onshore.attest.bundle import attest_dataset, write_bundle
+    from onshore.ledger import notes
+
+    with open_workspace() as ws:
+        bundle = attest_dataset(ws, name, site)
+    write_bundle(bundle, out)
+    _, sigs = notes.split_note(bundle["checkpoint"])
+    size = bundle["checkpoint"].split("\n", 2)[1]
+    err.print(f"wrote {out}: dataset {name} attested by {bundle['dsseEnvelope']['signatures'][0]['keyid']}, "
+              f"{len(bundle['entries'])} ledger entries, checkpoint of size {size} with "
+              f"{len(sigs) - 1} cosignature(s)", highlight=False)
+    if len(sigs) <= 1:
+        err.print("[yellow]warning:[/] the checkpoint has no witness cosignatures; verifiers asking for "
+                  "--min-witnesses will refuse it. Cosign a checkpoint before attesting.")
+
+
+def verify_command(
+    bundle: Path = typer.Argument(..., help="The bundle from 'onshore attest dataset'."),
+    trust_root: Path = typer.Option(..., "--trust-root", help="trust.json from 'onshore trust export'."),
+    min_witnesses: int = typer.Option(0, "--min-witnesses", min=0,
+                                      help="How many trust-root witnesses must have cosigned the checkpoint."),
+    json_: bool = typer.Option(False, "--json", help="Print the report as JSON only, for scripts."),
+) -> None:
+    """Verify a residency bundle offline: no workspace, no network. Exit 0 only if every check passes."""
+    from onshore.attest.trust import TrustRoot
+    from onshore.attest.verify import VerificationFailed, verify_bundle
+
+    try:
+        data = bundle.read_bytes()
+    except FileNotFoundError:
+        raise ValidationError(f"{bundle}: no such bundle file") from None
+    except IsADirectoryError:
+        raise ValidationError(f"{bundle}: is a folder, not a bundle file") from None
+    report = verify_bundle(data, TrustRoot.load(trust_root), min_witnesses)
+    if json_:
+        print_json(report.to_json())
+    else:
+        t = Table(title=f"Residency bundle {bundle}", title_justify="left")
+        for col in ("check", "result", "detail"):
+            t.add_column(col)
+        for c in report.checks:
+            t.add_row(c.name, f"[{_STYLE[c.status]}]{c.status}[/]", c.message)
+        console.print(t)
+    if not report.ok:
+        not_run = [c.name for c in report.checks if c.status == "not run"]
+        raise VerificationFailed(
+            f"bundle NOT verified; failed check(s): {', '.join(report.failed)}"
+            + (f" (not run: {', '.join(not_run)})" if not_run else ""))
+    if not json_:
+        console.print(f"[green]verified[/]: dataset {report.dataset} attested by site:{report.attester}, "
+                      f"checkpoint size {report.checkpoint_size}, witnesses: "
+                      f"{', '.join(report.witnesses) or 'none'}", highlight=False)
