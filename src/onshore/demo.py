@@ -68,8 +68,8 @@ def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
     """Run the whole story in ``directory``; returns 0 when the auditor's verify passes."""
     from onshore.attest.bundle import attest_dataset, write_bundle
     from onshore.attest.trust import build_trust_root
-    from onshore.eval.runner import evaluate
     from onshore.eval.report import write_report
+    from onshore.eval.runner import evaluate
     from onshore.ledger.witness import Witness
     from onshore.sim.generate import generate
     from onshore.sim.sensors import SensorOptions
