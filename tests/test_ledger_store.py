@@ -102,8 +102,9 @@ def test_verify_catches_deletion_and_reordering(tmp_path: Path, ledger: Ledger) 
     ok = lambda actor: KEY.public_key()  # noqa: E731
     rows = {i: (e.leaf, merkle.leaf_hash(e.leaf)) for i, e in enumerate(x for x in ledger.entries())}
     # swap two entries, with their leaf hashes: signatures still verify, the root does not
-    _tamper(db, "UPDATE ledger_entries SET leaf = ?, leaf_hash = ? WHERE idx = 3", *rows[5])
-    _tamper(db, "UPDATE ledger_entries SET leaf = ?, leaf_hash = ? WHERE idx = 5", *rows[3])
+    for a, b in ((3, 5), (5, 3)):
+        _tamper(db, "UPDATE ledger_entries SET leaf = ? WHERE idx = ?", rows[b][0], a)
+        _tamper(db, "UPDATE ledger_nodes SET hash = ? WHERE node = ?", rows[b][1], a)
     with pytest.raises(IntegrityError, match="root recomputed"):
         ledger.verify(ok)
     _tamper(db, "DELETE FROM ledger_entries WHERE idx = 3")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import rfc8785
@@ -93,6 +93,8 @@ class Entry:
     time: str
     body: dict[str, Any]
     sig: str  # base64 Ed25519 signature over ``signed_bytes()``
+    # the leaf bytes when already known (set by sign_entry); not part of the entry's identity
+    cached_leaf: bytes | None = field(default=None, compare=False, repr=False)
 
     def unsigned(self) -> dict[str, Any]:
         return {"v": VERSION, "kind": self.kind, "actor": self.actor, "time": self.time, "body": self.body}
@@ -102,8 +104,9 @@ class Entry:
 
     def leaf(self) -> bytes:
         """The Merkle leaf data: canonical JSON of the entry with its signature."""
-        cached = self.__dict__.get("_leaf")
-        return cached if cached is not None else canonical_json({**self.unsigned(), "sig": self.sig})
+        if self.cached_leaf is not None:
+            return self.cached_leaf
+        return canonical_json({**self.unsigned(), "sig": self.sig})
 
     def to_json(self) -> dict[str, Any]:
         return {**self.unsigned(), "sig": self.sig}
@@ -114,16 +117,14 @@ def sign_entry(kind: str, actor: str, body: dict[str, Any], key: Ed25519PrivateK
     """Make a signed entry. Refuses unknown kinds so that the log stays interpretable."""
     if kind not in ALL_KINDS:
         raise ValueError(f"unknown ledger entry kind {kind!r}")
-    unsigned = Entry(kind, actor, time or now_iso(), body, "")
-    signed = unsigned.signed_bytes()
-    sig = base64.b64encode(key.sign(signed)).decode()
+    time = time or now_iso()
+    signed = canonical_json({"v": VERSION, "kind": kind, "actor": actor, "time": time, "body": body})
+    sig = base64.b64encode(key.sign(signed))
     # The leaf is the same canonical object plus "sig", which sorts just before the top-level
     # "time" key (the last key but "v"), so it is spliced in rather than serialised again.
     cut = signed.rindex(b',"time":')
-    leaf = signed[:cut] + b',"sig":"' + sig.encode() + b'"' + signed[cut:]
-    entry = Entry(kind, actor, unsigned.time, body, sig)
-    object.__setattr__(entry, "_leaf", leaf)
-    return entry
+    leaf = b"".join((signed[:cut], b',"sig":"', sig, b'"', signed[cut:]))
+    return Entry(kind, actor, time, body, sig.decode(), leaf)
 
 
 def parse_leaf(leaf: bytes) -> Entry:

@@ -1,7 +1,7 @@
 """The append-only ledger: signed entries in SQL, with the RFC 9162 tree kept incrementally.
 
-Tables: ``ledger_entries`` (index, kind, actor, leaf bytes, leaf hash), ``ledger_nodes`` (a key
-made of level and index, hash) holding the hash of every complete subtree, and
+Tables: ``ledger_entries`` (index, kind, actor, leaf bytes), ``ledger_nodes`` (a key made of
+level and index, hash; level 0 holds the leaf hashes) holding the hash of every complete subtree, and
 ``ledger_checkpoints``. An append writes its leaf and the subtrees it completes, reading only the
 compact range (the right edge, kept in memory); roots and proofs read O(log n) stored nodes in
 one query. Entries and nodes are never updated or deleted.
@@ -43,7 +43,6 @@ ledger_entries = Table(
     Column("kind", String(32), nullable=False),
     Column("actor", String(80), nullable=False),
     Column("leaf", LargeBinary, nullable=False),
-    Column("leaf_hash", LargeBinary(32), nullable=False),
 )
 
 ledger_nodes = Table(
@@ -71,6 +70,18 @@ ledger_checkpoints = Table(
     Column("size", BigInteger, primary_key=True, autoincrement=False),
     Column("note", Text, nullable=False),
 )
+
+
+def _insert_many(conn, table: Table, rows: list[tuple]) -> None:  # type: ignore[no-untyped-def,type-arg]
+    """Insert rows (tuples in column order) straight through the DB-API driver.
+
+    The ledger's appends are its hot path; SQLAlchemy's per-parameter processing cost more than
+    the inserts themselves (bench/ledger_bench.py).
+    """
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    cols = ", ".join(c.name for c in table.columns)
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) VALUES ({', '.join([mark] * len(table.columns))})",
+                         rows)
 
 
 @dataclass(frozen=True)
@@ -205,16 +216,16 @@ class Ledger:
                     leaf = e.leaf()
                     lh = merkle.leaf_hash(leaf)
                     new = merkle.nodes_to_store_on_append(size, lh, get)
-                    rows.append({"idx": size, "kind": e.kind, "actor": e.actor, "leaf": leaf, "leaf_hash": lh})
-                    nodes += [{"node": node_key(level, idx), "hash": h} for level, idx, h in new]
+                    rows.append((size, e.kind, e.actor, leaf))
+                    nodes += [(node_key(level, idx), h) for level, idx, h in new]
                     # each left sibling merged into a parent leaves the compact range; the top
                     # of the new nodes joins it
                     for level, idx, _ in new[:-1]:
                         del self._edge[(level, idx - 1)]
                     self._edge[new[-1][:2]] = new[-1][2]
                     size += 1
-                conn.execute(insert(ledger_entries), rows)
-                conn.execute(insert(ledger_nodes), nodes)
+                _insert_many(conn, ledger_entries, rows)
+                _insert_many(conn, ledger_nodes, nodes)
             except SQLIntegrityError:
                 self._edge, self._size = edge, -1
                 raise OnshoreError("another process appended to the ledger at the same time; retry") from None
@@ -254,7 +265,9 @@ class Ledger:
         """
         hashes: list[bytes] = []
         with self.engine.connect() as conn:
-            q = select(ledger_entries.c.idx, ledger_entries.c.leaf, ledger_entries.c.leaf_hash).order_by(
+            # a leaf's hash is stored once, as the level-0 node whose key is the entry index
+            q = select(ledger_entries.c.idx, ledger_entries.c.leaf, ledger_nodes.c.hash).join_from(
+                ledger_entries, ledger_nodes, ledger_nodes.c.node == ledger_entries.c.idx, isouter=True).order_by(
                 ledger_entries.c.idx)
             for expect, (idx, leaf, stored_hash) in enumerate(conn.execute(q)):
                 if idx != expect:
@@ -272,7 +285,7 @@ class Ledger:
                 except IntegrityError as e:
                     raise IntegrityError(f"ledger entry {idx}: {e}") from None
                 lh = merkle.leaf_hash(leaf)
-                if lh != bytes(stored_hash):
+                if stored_hash is None or lh != bytes(stored_hash):
                     raise IntegrityError(f"ledger entry {idx}: stored leaf hash does not match its bytes")
                 hashes.append(lh)
             recomputed = merkle.root_from_leaf_hashes(hashes)
