@@ -1,8 +1,9 @@
 """Shards: immutable, content-addressed, encrypted Parquet files under a site's root.
 
 A shard is written to a temporary name, fsynced, hashed (SHA-256 of the encrypted bytes) and then
-renamed to ``datasets/NAME/SHA256.parquet``. A shard no catalog row names is invisible; the
-workspace sweeps such leftovers from a crashed ingest.
+renamed to ``datasets/NAME/SHA256.parquet``. A shard no catalog row names is invisible: a
+crashed ingest's leftovers are removed by the next ingest under that name, and a killed writer
+can leave a file in ``.staging/`` that nothing reads.
 """
 
 from __future__ import annotations

@@ -355,16 +355,3 @@ def show(ws: Workspace, name: str) -> dict[str, Any]:
         "withdrawn_at": row["withdrawn_at"], "policy": policy.to_json(), "policy_hash": row["policy_hash"],
         "key_held_at": sorted(wraps), "shards": shards,
     }
-
-
-def sweep_staging(ws: Workspace) -> int:
-    """Remove staging leftovers of crashed writes at every site; returns how many were removed."""
-    from onshore.workspace.registry import list_sites
-
-    removed = 0
-    for site in list_sites(ws):
-        stage = S.staging_dir(Path(site.root))
-        if stage.exists():
-            removed += sum(1 for _ in stage.iterdir())
-            shutil.rmtree(stage, ignore_errors=True)
-    return removed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
@@ -275,6 +274,3 @@ class Workspace:
         if row is None:
             raise NotFoundError(f"no {table_name} named {name!r}; see 'onshore {table_name} list'")
         return dict(row)
-
-    def today(self) -> dt.date:
-        return dt.datetime.now(dt.UTC).date()
