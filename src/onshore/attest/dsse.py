@@ -8,7 +8,6 @@ re-serialised freely. Keys are Ed25519. The envelope's JSON form is
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from onshore.encoding import b64decode_canonical
 from onshore.errors import ValidationError
 
 # One error class for every failed signature check, notes and envelopes alike, so that callers
@@ -55,17 +55,12 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: Any, what: str) -> bytes:
-    # DSSE accepts standard or URL-safe base64; we accept only the standard, canonical form we
-    # emit, so that an envelope has one spelling and a flipped padding bit cannot pass unnoticed.
-    if not isinstance(text, str):
-        raise EnvelopeError(f"{what} must be a base64 string")
+    # DSSE accepts standard or URL-safe base64; we accept only the canonical standard form we
+    # emit, so that an envelope has one spelling.
     try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise EnvelopeError(f"{what} is not valid base64") from None
-    if _b64(raw) != text:
-        raise EnvelopeError(f"{what} is not canonical standard base64")
-    return raw
+        return b64decode_canonical(text, what)
+    except ValueError as e:
+        raise EnvelopeError(str(e)) from None
 
 
 def sign_envelope(payload: bytes, payload_type: str, key: Ed25519PrivateKey, keyid: str) -> dict[str, Any]:

@@ -43,8 +43,6 @@ message, and the report is ``ok`` only when every check passed. The checks, in o
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import hashlib
 import json
@@ -67,6 +65,7 @@ from onshore.attest.bundle import (
 from onshore.attest.dsse import verify_envelope
 from onshore.attest.statement import PAYLOAD_TYPE, Statement, parse_statement
 from onshore.attest.trust import TrustRoot
+from onshore.encoding import b64decode_canonical
 from onshore.errors import OnshoreError
 from onshore.keys.keystore import public_key_from_b64
 from onshore.ledger import checkpoint as ckpt
@@ -174,15 +173,10 @@ def _no_constants(name: str) -> Any:
 
 
 def _strict_b64(text: Any, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise _FormatError(f"{what} must be a base64 string")
     try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise _FormatError(f"{what} is not valid base64") from None
-    if base64.b64encode(raw).decode("ascii") != text:
-        raise _FormatError(f"{what} is not canonical base64")
-    return raw
+        return b64decode_canonical(text, what)
+    except ValueError as e:
+        raise _FormatError(str(e)) from None
 
 
 def _exact(d: Any, keys: frozenset[str], where: str) -> dict[str, Any]:

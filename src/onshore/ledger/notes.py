@@ -9,7 +9,6 @@ cosignatures of c2sp.org/tlog-cosignature, type 0x04) plug in through :class:`No
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import unicodedata
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from onshore.encoding import b64decode_canonical
 from onshore.errors import IntegrityError, ValidationError
 
 SIG_ED25519 = 0x01
@@ -103,18 +103,11 @@ def encode_verifier_key(name: str, public_key: Ed25519PublicKey, sig_type: int =
 
 
 def b64decode_strict(text: str, what: str) -> bytes:
-    """Standard base64 (RFC 4648 §4) with padding, refusing anything that does not re-encode equal.
-
-    Strictness matters for signed material: two spellings of the same bytes would let a note be
-    altered without breaking a signature.
-    """
+    """Canonical standard base64 (see onshore.encoding), or NoteError."""
     try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise NoteError(f"{what} is not valid base64") from None
-    if base64.b64encode(raw).decode("ascii") != text:
-        raise NoteError(f"{what} is not canonical base64")
-    return raw
+        return b64decode_canonical(text, what)
+    except ValueError as e:
+        raise NoteError(str(e)) from None
 
 
 @dataclass(frozen=True)
