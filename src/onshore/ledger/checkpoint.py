@@ -23,7 +23,6 @@ from onshore.ledger.notes import (
     Ed25519Verifier,
     NoteError,
     NoteSignature,
-    SignatureError,
     b64decode_strict,
     check_key_name,
     encode_verifier_key,
@@ -33,6 +32,7 @@ from onshore.ledger.notes import (
     raw_public_key,
     sign_note,
     split_note,
+    verified_lines,
 )
 
 HASH_SIZE = 32
@@ -219,17 +219,11 @@ def verified_cosignatures(
     text, sigs = split_note(note)
     parse(text)
     verifiers = [CosignatureVerifier.from_vkey(v) if isinstance(v, str) else v for v in witness_vkeys]
-    known = {(v.name, bytes(v.key_id)): v for v in verifiers}
-    text_bytes = text.encode("utf-8")
+    lines = verified_lines(
+        text, sigs, verifiers,
+        lambda s: f"cosignature by witness {s.name} does not verify; the checkpoint or the cosignature was altered")
     out: list[VerifiedCosignature] = []
-    for sig in sigs:
-        v = known.get((sig.name, sig.key_id))
-        if v is None:
-            continue
-        if not v.verify(text_bytes, sig.signature):
-            raise SignatureError(
-                f"cosignature by witness {sig.name} does not verify; the checkpoint or the cosignature was altered"
-            )
+    for sig in lines:
         ts = timestamp_of(sig.signature)
         assert ts is not None  # verify() returned True
         if all(c.name != sig.name for c in out):

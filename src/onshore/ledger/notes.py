@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -256,6 +256,26 @@ def _as_verifier(v: NoteVerifier | str) -> NoteVerifier:
     return parse_verifier_key(v) if isinstance(v, str) else v
 
 
+def verified_lines(text: str, sigs: Sequence[NoteSignature], verifiers: Sequence[NoteVerifier],
+                   failure: Callable[[NoteSignature], str]) -> list[NoteSignature]:
+    """The signature lines made by trusted keys, each checked over ``text`` (signed-note, "Signatures").
+
+    Lines whose name and key ID match no trusted key are skipped; a trusted key's line that does
+    not verify raises SignatureError with ``failure(line)``: it means the note was altered.
+    """
+    known = {(v.name, bytes(v.key_id)): v for v in verifiers}
+    text_bytes = text.encode("utf-8")
+    out: list[NoteSignature] = []
+    for sig in sigs:
+        v = known.get((sig.name, sig.key_id))
+        if v is None:
+            continue
+        if not v.verify(text_bytes, sig.signature):
+            raise SignatureError(failure(sig))
+        out.append(sig)
+    return out
+
+
 def open_note(note: str | bytes, verifiers: Sequence[NoteVerifier | str]) -> tuple[str, list[str]]:
     """Verify a note against trusted keys; return its text and the names of the keys that signed.
 
@@ -265,22 +285,14 @@ def open_note(note: str | bytes, verifiers: Sequence[NoteVerifier | str]) -> tup
     :class:`NoteError` for a malformed note and :class:`SignatureError` for a bad signature.
     """
     text, sigs = split_note(note)
-    known = {(v.name, bytes(v.key_id)): v for v in map(_as_verifier, verifiers)}
-    text_bytes = text.encode("utf-8")
-    signed: list[str] = []
-    for sig in sigs:
-        v = known.get((sig.name, sig.key_id))
-        if v is None:
-            continue
-        if not v.verify(text_bytes, sig.signature):
-            raise SignatureError(
-                f"signature by {sig.name} (key {sig.key_id.hex()}) does not verify; the note was"
-                " altered or signed by another key"
-            )
-        if sig.name not in signed:
-            signed.append(sig.name)
+    trusted = list(map(_as_verifier, verifiers))
+    lines = verified_lines(
+        text, sigs, trusted,
+        lambda s: f"signature by {s.name} (key {s.key_id.hex()}) does not verify; the note was altered or signed "
+                  "by another key")
+    signed = list(dict.fromkeys(s.name for s in lines))
     if not signed:
         raise SignatureError(
-            "note is not signed by any trusted key (trusted: " + ", ".join(sorted(n for n, _ in known)) + ")"
+            "note is not signed by any trusted key (trusted: " + ", ".join(sorted({v.name for v in trusted})) + ")"
         )
     return text, signed
