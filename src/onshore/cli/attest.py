@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from onshore.cli.context import open_workspace
+from onshore.cli.inputs import read_input
 from onshore.cli.output import console, err, print_json
-from onshore.errors import ValidationError
 
 attest_app = typer.Typer(help="Residency attestations: signed claims an auditor verifies offline.",
                          no_args_is_help=True)
@@ -57,13 +57,7 @@ def verify_command(
     from onshore.attest.trust import TrustRoot
     from onshore.attest.verify import VerificationFailed, verify_bundle
 
-    try:
-        data = bundle.read_bytes()
-    except FileNotFoundError:
-        raise ValidationError(f"{bundle}: no such bundle file") from None
-    except IsADirectoryError:
-        raise ValidationError(f"{bundle}: is a folder, not a bundle file") from None
-    report = verify_bundle(data, TrustRoot.load(trust_root), min_witnesses)
+    report = verify_bundle(read_input(bundle, "bundle"), TrustRoot.load(trust_root), min_witnesses)
     if json_:
         print_json(report.to_json())
     else:

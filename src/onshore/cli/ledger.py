@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from onshore.cli.context import open_workspace
+from onshore.cli.inputs import read_input
 from onshore.cli.output import console, print_json, table
-from onshore.errors import OnshoreError
 from onshore.ledger import merkle
 
 ledger_app = typer.Typer(help="The transparency ledger.", no_args_is_help=True)
@@ -57,6 +57,12 @@ def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode()
 
 
+def _print_proof(heading: str, hashes: list[str]) -> None:
+    console.print(heading)
+    for i, h in enumerate(hashes):
+        console.print(f"  {i}: {h}")
+
+
 @ledger_app.command("prove")
 def prove(index: int, size: int | None = typer.Option(None, "--size", help="Tree size (default: now)."),
           json_: bool = JSON) -> None:
@@ -71,9 +77,7 @@ def prove(index: int, size: int | None = typer.Option(None, "--size", help="Tree
     if json_:
         print_json(out)
         return
-    console.print(f"entry {index} ({stored.entry.kind}) in tree of size {n}, root {out['root']}")
-    for i, h in enumerate(out["proof"]):
-        console.print(f"  {i}: {h}")
+    _print_proof(f"entry {index} ({stored.entry.kind}) in tree of size {n}, root {out['root']}", out["proof"])
 
 
 @ledger_app.command("consistency")
@@ -86,9 +90,7 @@ def consistency(old: int, new: int, json_: bool = JSON) -> None:
     if json_:
         print_json(out)
         return
-    console.print(f"consistency {old} -> {new}: {len(proof)} hashes")
-    for i, h in enumerate(out["proof"]):
-        console.print(f"  {i}: {h}")
+    _print_proof(f"consistency {old} -> {new}: {len(proof)} hashes", out["proof"])
 
 
 @ledger_app.command("checkpoint")
@@ -98,7 +100,7 @@ def checkpoint(out: Path | None = typer.Option(None, "-o", "--out", help="Also w
     """Sign, store and print the newest checkpoint (a C2SP signed note); or merge cosignatures."""
     with open_workspace() as ws:
         if add_cosigned is not None:
-            cp = ws.add_cosignatures(_read_text(add_cosigned))
+            cp = ws.add_cosignatures(read_input(add_cosigned, "cosigned checkpoint").decode())
             note = ws.ledger.checkpoint_note(cp.size)
         else:
             note = ws.make_checkpoint()
@@ -106,10 +108,3 @@ def checkpoint(out: Path | None = typer.Option(None, "-o", "--out", help="Also w
     if out is not None:
         out.write_text(note)
     print(note, end="")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise OnshoreError(f"{path}: no such file") from None

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from onshore.cli.context import open_workspace
+from onshore.cli.inputs import read_input
 from onshore.cli.output import console, err, print_json, table
 from onshore.errors import ValidationError
 from onshore.ledger import checkpoint as ckpt
@@ -33,11 +34,10 @@ def init(name: str, directory: Path = typer.Option(..., "--dir", help="The witne
 def _load_proof(path: Path | None) -> tuple[list[bytes], dict | None]:  # type: ignore[type-arg]
     if path is None:
         return [], None
+    raw = read_input(path, "proof")
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(raw)
         return [base64.b64decode(h, validate=True) for h in d["proof"]], d
-    except FileNotFoundError:
-        raise ValidationError(f"{path}: no such proof file") from None
     except (ValueError, KeyError, TypeError) as e:
         raise ValidationError(f"{path}: not a consistency proof from 'onshore ledger consistency --json' ({e})"
                               ) from None
@@ -54,10 +54,7 @@ def cosign(
 ) -> None:
     """Cosign a checkpoint only if it extends the last one this witness cosigned (exit 3 if not)."""
     w = Witness.open(directory)
-    try:
-        note = checkpoint.read_text()
-    except FileNotFoundError:
-        raise ValidationError(f"{checkpoint}: no such checkpoint file") from None
+    note = read_input(checkpoint, "checkpoint").decode()
     origin = note.split("\n", 1)[0]
     if log_key is None:
         known = w.logs().get(origin)
