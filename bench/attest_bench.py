@@ -22,12 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest import POLICY_JP, build_consortium, write_frames  # noqa: E402
+from conftest import POLICY_JP, build_consortium, cosign_with_witnesses, write_frames  # noqa: E402
 from onshore.attest.bundle import attest_dataset  # noqa: E402
 from onshore.attest.trust import build_trust_root  # noqa: E402
 from onshore.attest.verify import verify_bundle  # noqa: E402
-from onshore.ledger.witness import Witness  # noqa: E402
-from onshore.workspace import Workspace, registry  # noqa: E402
+from onshore.workspace import Workspace  # noqa: E402
 from onshore.workspace import datasets as D  # noqa: E402
 
 
@@ -50,11 +49,7 @@ def main() -> None:
             # Opening for reading decides and releases the key up front; no shard is decrypted.
             D.iter_batches(ws, "furnace", ("sakai", "tokyo")[i % 2], "fine-tuning")
         setup = time.perf_counter() - t
-        note = ws.make_checkpoint()
-        for name in ("w1", "w2"):
-            w = Witness.init(f"witness.example/{name}", tmp / name)
-            registry.add_witness(ws, name, w.vkey)
-            ws.add_cosignatures(w.cosign(note, ws.log_vkey, []))
+        cosign_with_witnesses(ws, tmp)
         trust = build_trust_root(ws)
         t = time.perf_counter()
         bundle = attest_dataset(ws, "furnace")

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from onshore.ledger.witness import Witness
 from onshore.workspace import Workspace, registry
 
 EMBODIMENT_TOML = """\
@@ -105,6 +106,15 @@ def build_consortium(ws: Workspace, tmp: Path) -> Workspace:
     emb.write_text(EMBODIMENT_TOML)
     registry.add_embodiment(ws, emb)
     return ws
+
+
+def cosign_with_witnesses(ws: Workspace, folder: Path, names: tuple[str, ...] = ("w1", "w2")) -> None:
+    """Checkpoint the ledger now and have a new witness per name cosign it (each registered in ``ws``)."""
+    note = ws.make_checkpoint()
+    for name in names:
+        w = Witness.init(f"witness.example/{name}", folder / name)
+        registry.add_witness(ws, name, w.vkey)
+        ws.add_cosignatures(w.cosign(note, ws.log_vkey, []))
 
 
 @pytest.fixture

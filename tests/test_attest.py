@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import update
 
-from conftest import EMBODIMENT_TOML, POLICY_JP, build_consortium, write_frames
+from conftest import EMBODIMENT_TOML, POLICY_JP, build_consortium, cosign_with_witnesses, write_frames
 from onshore.attest.bundle import PREDICATE_TYPE, attest_dataset, attest_model, write_bundle
 from onshore.attest.dsse import sign_envelope
 from onshore.attest.statement import PAYLOAD_TYPE
@@ -32,8 +32,7 @@ from onshore.cli.app import main
 from onshore.errors import OnshoreError, PolicyDenied, ValidationError
 from onshore.ledger.entries import parse_leaf
 from onshore.ledger.log import ledger_entries
-from onshore.ledger.witness import Witness
-from onshore.workspace import Workspace, registry
+from onshore.workspace import Workspace
 from onshore.workspace import datasets as D
 
 ONSHORE = [sys.executable, "-c", "from onshore.cli.app import main; main()"]
@@ -65,11 +64,7 @@ def attested(tmp_path_factory: pytest.TempPathFactory) -> Attested:
             D.copy(ws, "furnace", "ohio")
         D.read(ws, "furnace", "tokyo", "fine-tuning")
         D.export(ws, "furnace", "sakai", tmp / "export")
-        note = ws.make_checkpoint()
-        for name in ("w1", "w2"):
-            w = Witness.init(f"witness.example/{name}", tmp / name)
-            registry.add_witness(ws, name, w.vkey)
-            ws.add_cosignatures(w.cosign(note, ws.log_vkey, []))
+        cosign_with_witnesses(ws, tmp)
         trust = build_trust_root(ws)
         trust.write(tmp / "trust.json")
         write_bundle(attest_dataset(ws, "furnace"), tmp / "bundle.json")
