@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import insert, select, update
 
@@ -71,7 +72,7 @@ def _unify(tables: list[pa.Table], sources: list[str]) -> pa.Table:
     """Concatenate validated inputs; refuses an episode that appears in two inputs."""
     seen: dict[int, str] = {}
     for table, src in zip(tables, sources, strict=True):
-        for ep in pa.compute.unique(table.column(F.EPISODE)).to_pylist():
+        for ep in pc.unique(table.column(F.EPISODE)).to_pylist():
             if ep in seen:
                 raise TelemetryError(f"{src}: episode {ep} also appears in {seen[ep]}; episode indices "
                                      "must be unique across the files of one ingest")
@@ -124,7 +125,7 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
         if progress:
             progress("validate", i + 1, len(inputs))
     table = _unify(tables, sources)
-    episodes = len(pa.compute.unique(table.column(F.EPISODE)))
+    episodes = len(pc.unique(table.column(F.EPISODE)))
 
     root = Path(site_info.root)
     # Shards of an earlier crashed ingest under this (still unused) name are invisible leftovers.

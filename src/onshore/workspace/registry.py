@@ -73,7 +73,9 @@ def add_site(ws: Workspace, name: str, jurisdiction: str, roles: tuple[str, ...]
                 "site": name, "jurisdiction": jurisdiction, "roles": list(roles), "operator": operator,
                 "public_key": site.public_key})
     except BaseException:
-        shutil.rmtree(keys_dir.parent, ignore_errors=True) if not any(keys_dir.parent.glob("data/*")) else None
+        # undo what this call made: the keys, and the default storage folder while it is empty
+        shutil.rmtree(keys_dir.parent if root is None and not any(site_root.glob("*")) else keys_dir,
+                      ignore_errors=True)
         raise
     ws.invalidate()
     return site

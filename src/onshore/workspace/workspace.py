@@ -201,7 +201,7 @@ class Workspace:
         if cp.size > self.ledger.size() or cp.root_hash != self.ledger.root(cp.size):
             raise ValidationError(f"checkpoint of size {cp.size} does not match this ledger's tree")
         stored = self.ledger.checkpoint_note(cp.size) or cosigned_note
-        text, have = notes.split_note(stored)
+        _, have = notes.split_note(stored)
         _, incoming = notes.split_note(cosigned_note)
         seen = {(s.name, s.key_id) for s in have}
         merged = notes.add_signatures(stored, [s for s in incoming if (s.name, s.key_id) not in seen])
