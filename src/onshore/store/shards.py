@@ -1,9 +1,10 @@
 """Shards: immutable, content-addressed, encrypted Parquet files under a site's root.
 
 A shard is written to a temporary name, fsynced, hashed (SHA-256 of the encrypted bytes) and then
-renamed to ``datasets/NAME/SHA256.parquet``. A shard no catalog row names is invisible: a
-crashed ingest's leftovers are removed by the next ingest under that name, and a killed writer
-can leave a file in ``.staging/`` that nothing reads.
+renamed to ``datasets/NAME/SHA256.parquet``. Commands that write several shards stage them in a
+folder of their own (``.staging/ATTEMPT/``, see onshore.workspace.attempts) and publish them only
+once it is their turn to commit, so that two attempts never touch each other's files. A shard no
+catalog row names is invisible; `onshore doctor --repair` removes such leftovers.
 """
 
 from __future__ import annotations
@@ -51,12 +52,29 @@ def staging_dir(site_root: Path) -> Path:
     return Path(site_root) / STAGING
 
 
-def write_shard(table: pa.Table, site_root: Path, dataset: str, dataset_key: bytes) -> ShardInfo:
-    """Encrypt ``table`` into a new shard at ``site_root``; returns where it sits and its digest."""
+def _staged(stage: Path, rel: str) -> Path:
+    return Path(stage) / Path(rel).name
+
+
+def publish(stage: Path, site_root: Path, rel: str) -> Path:
+    """Move a shard staged in ``stage`` (by ``write_shard`` or ``copy_shard``) to ``rel`` under the site root."""
+    final = Path(site_root) / rel
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(_staged(stage, rel), final)
+    return final
+
+
+def write_shard(table: pa.Table, site_root: Path, dataset: str, dataset_key: bytes,
+                stage: Path | None = None) -> ShardInfo:
+    """Encrypt ``table`` into a new shard at ``site_root``; returns where it sits and its digest.
+
+    With ``stage`` (a folder of the caller's own), the finished shard stays there until the
+    caller calls ``publish``; without, it is published at once.
+    """
     root = Path(site_root)
-    stage = staging_dir(root)
-    stage.mkdir(parents=True, exist_ok=True)
-    tmp = stage / f"{uuid.uuid4().hex}.parquet"
+    folder = Path(stage) if stage is not None else staging_dir(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{uuid.uuid4().hex}.tmp"
     salt = new_salt()
     try:
         pq.write_table(table, tmp, encryption_properties=encryption_properties(dataset_key, dataset, salt),
@@ -65,10 +83,11 @@ def write_shard(table: pa.Table, site_root: Path, dataset: str, dataset_key: byt
             os.fsync(f.fileno())
         digest = _sha256_file(tmp)
         rel = shard_path(dataset, digest)
-        final = root / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
-        return ShardInfo(digest, rel, salt.hex(), final.stat().st_size, table.num_rows)
+        size = tmp.stat().st_size
+        os.replace(tmp, _staged(folder, rel))
+        if stage is None:
+            publish(folder, root, rel)
+        return ShardInfo(digest, rel, salt.hex(), size, table.num_rows)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -123,21 +142,25 @@ def iter_shard_batches(site_root: Path, rel: str, sha256: str, salt: str, datase
         raise _open_error(path, sha256, e) from None
 
 
-def copy_shard(src_root: Path, dst_root: Path, rel: str, sha256: str) -> int:
-    """Copy a shard's bytes unchanged (they stay encrypted) and check the copy's digest."""
+def copy_shard(src_root: Path, dst_root: Path, rel: str, sha256: str, stage: Path | None = None) -> int:
+    """Copy a shard's bytes unchanged (they stay encrypted) and check the copy's digest.
+
+    With ``stage``, the copy waits there for ``publish`` (as in ``write_shard``).
+    """
     src = check_shard(src_root, rel, sha256)
-    stage = staging_dir(dst_root)
-    stage.mkdir(parents=True, exist_ok=True)
-    tmp = stage / f"{uuid.uuid4().hex}.parquet"
+    folder = Path(stage) if stage is not None else staging_dir(dst_root)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{uuid.uuid4().hex}.tmp"
     try:
         shutil.copyfile(src, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         if _sha256_file(tmp) != sha256:
             raise IntegrityError(f"copy of shard {rel} to {dst_root} changed its bytes")
-        final = Path(dst_root) / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
-        return final.stat().st_size
+        size = tmp.stat().st_size
+        os.replace(tmp, _staged(folder, rel))
+        if stage is None:
+            publish(folder, Path(dst_root), rel)
+        return size
     finally:
         tmp.unlink(missing_ok=True)

@@ -7,7 +7,6 @@ then touches data. A refusal raises PolicyDenied and changes nothing but the led
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,9 @@ import pyarrow.parquet as pq
 from sqlalchemy import insert, select, update
 
 from onshore.catalog import schema as T
-from onshore.errors import NotFoundError, OnshoreError, ValidationError
+from onshore.catalog.db import write_transaction
+from onshore.errors import NotFoundError, OnshoreError, PolicyDenied, ValidationError
+from onshore.faults import crash_point
 from onshore.keys.envelope import new_data_key
 from onshore.ledger.entries import now_iso
 from onshore.names import check_name
@@ -31,7 +32,7 @@ from onshore.telemetry import frames as F
 from onshore.telemetry.embodiment import Embodiment
 from onshore.telemetry.lerobot import is_lerobot_v3, read_lerobot_v3, write_lerobot_v3
 from onshore.telemetry.validate import TelemetryError, validate_frames
-from onshore.workspace import keyservice
+from onshore.workspace import attempts, keyservice
 from onshore.workspace.registry import get_embodiment, get_site
 from onshore.workspace.workspace import Workspace
 
@@ -100,69 +101,86 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
            inputs: Sequence[Path], progress: Progress | None = None) -> IngestResult:
     """Ingest telemetry into ``site`` as dataset ``name`` owned by ``member``. All or nothing.
 
-    Order: check names and registry, decide (``ingest`` by the member at the site), validate every
-    frame of every input, encrypt shards, then commit the catalog rows and ledger entries together.
-    A refusal or a crash at any step leaves no shard and no catalog row visible.
+    Order (docs/residency.md, "Crashes"): check names and registry; decide ``ingest`` (the allow
+    decision opens an attempt); validate every frame and encrypt shards into the attempt's own
+    staging folder; then, in the catalog's write turn, refuse a name taken meanwhile, publish the
+    shards, write the catalog rows and append consent.grant and data.ingest, and commit. Of two
+    same-name ingests exactly one wins; the other is refused with ValidationError and touches
+    nothing of the winner's. A refusal or crash at any step leaves no shard and no catalog row
+    visible, and the attempt is closed in the ledger (``data.abandoned``) with its reason.
     """
     check_name(name, "dataset")
     ws.row("member", member)
     site_info = get_site(ws, site)
     emb = get_embodiment(ws, embodiment)
-    with ws.catalog.connect() as conn:
-        if conn.execute(select(T.datasets.c.name).where(T.datasets.c.name == name)).first():
-            raise ValidationError(f"dataset {name!r} already exists; ingest under a new name")
+    attempts.recover(ws)
+    if _dataset_exists(ws, name):
+        raise ValidationError(f"dataset {name!r} already exists; ingest under a new name")
     policy, policy_text = load_policy(policy_path)
     _check_policy_sites(ws, policy, str(policy_path))
     if not inputs:
         raise ValidationError("no input files given: name Parquet files or a LeRobot v3.0 folder")
 
-    decision, decision_idx = ws.authorize(Request(f"member:{member}", "ingest", name, site), (name, member, policy))
-
-    tables, sources = [], []
-    for i, path in enumerate(inputs):
-        tables.append(_read_input(Path(path), emb))
-        sources.append(str(path))
-        if progress:
-            progress("validate", i + 1, len(inputs))
-    table = _unify(tables, sources)
-    episodes = len(pc.unique(table.column(F.EPISODE)))
-
+    decision, attempt = attempts.start(ws, "ingest", Request(f"member:{member}", "ingest", name, site), name, site,
+                                       (name, member, policy))
     root = Path(site_info.root)
-    # Shards of an earlier crashed ingest under this (still unused) name are invisible leftovers.
-    shutil.rmtree(root / "datasets" / name, ignore_errors=True)
+    stage = attempt.staging(root)
     data_key = new_data_key()
-    written: list[S.ShardInfo] = []
     try:
-        for start in range(0, table.num_rows, SHARD_FRAMES):
-            written.append(S.write_shard(table.slice(start, SHARD_FRAMES), root, name, data_key))
-            if progress:
-                progress("encrypt", min(start + SHARD_FRAMES, table.num_rows), table.num_rows)
-        shard_json = [{"sha256": s.sha256, "salt": s.salt, "bytes": s.bytes, "frames": s.frames} for s in written]
-        with ws.catalog.begin() as conn:
-            now = now_iso()
-            conn.execute(insert(T.datasets).values(
-                name=name, owner=member, embodiment=emb.name, policy=policy_text, policy_hash=policy.hash,
-                status="active", episodes=episodes, frames=table.num_rows, created_at=now))
-            conn.execute(insert(T.shards), [
-                {"dataset": name, "site": site, "sha256": s.sha256, "path": s.path, "salt": s.salt,
-                 "bytes": s.bytes, "frames": s.frames, "created_at": now} for s in written])
-            keyservice.wrap_for_site(ws, conn, name, site, data_key)
-            indices = ws.record_many([
-                ("consent.grant", f"member:{member}", {
-                    "dataset": name, "owner": member, "policy": policy.to_json(), "policy_hash": policy.hash}),
-                ("data.ingest", f"site:{site}", {
-                    "dataset": name, "owner": member, "site": site, "jurisdiction": site_info.jurisdiction,
-                    "embodiment": emb.name, "policy_hash": policy.hash, "decision_index": decision_idx,
-                    "episodes": episodes, "frames": table.num_rows, "shards": shard_json}),
-            ])
-    except BaseException:
-        for s in written:
-            (root / s.path).unlink(missing_ok=True)
-        raise
+        with attempts.guard(ws, attempt):
+            tables, sources = [], []
+            for i, path in enumerate(inputs):
+                tables.append(_read_input(Path(path), emb))
+                sources.append(str(path))
+                if progress:
+                    progress("validate", i + 1, len(inputs))
+            table = _unify(tables, sources)
+            episodes = len(pc.unique(table.column(F.EPISODE)))
+            written: list[S.ShardInfo] = []
+            for start in range(0, table.num_rows, SHARD_FRAMES):
+                written.append(S.write_shard(table.slice(start, SHARD_FRAMES), root, name, data_key, stage))
+                if progress:
+                    progress("encrypt", min(start + SHARD_FRAMES, table.num_rows), table.num_rows)
+            crash_point("ingest.staged")
+            shard_json = [{"sha256": s.sha256, "salt": s.salt, "bytes": s.bytes, "frames": s.frames}
+                          for s in written]
+            with write_transaction(ws.catalog, "the catalog") as conn:
+                if _dataset_exists(ws, name, conn):  # another ingest of this name won the race
+                    raise ValidationError(f"dataset {name!r} already exists (another ingest of that name "
+                                          "finished first); ingest under a new name")
+                attempts.publish(attempt, stage, root, [s.path for s in written])
+                crash_point("ingest.published")
+                now = now_iso()
+                conn.execute(insert(T.datasets).values(
+                    name=name, owner=member, embodiment=emb.name, policy=policy_text, policy_hash=policy.hash,
+                    status="active", episodes=episodes, frames=table.num_rows, created_at=now))
+                conn.execute(insert(T.shards), [
+                    {"dataset": name, "site": site, "sha256": s.sha256, "path": s.path, "salt": s.salt,
+                     "bytes": s.bytes, "frames": s.frames, "created_at": now} for s in written])
+                keyservice.wrap_for_site(ws, conn, name, site, data_key)
+                attempt.outcome = ws.record_many([
+                    ("consent.grant", f"member:{member}", {
+                        "dataset": name, "owner": member, "policy": policy.to_json(), "policy_hash": policy.hash}),
+                    ("data.ingest", f"site:{site}", {
+                        "dataset": name, "owner": member, "site": site, "jurisdiction": site_info.jurisdiction,
+                        "embodiment": emb.name, "policy_hash": policy.hash, "decision_index": attempt.decision_index,
+                        "episodes": episodes, "frames": table.num_rows, "shards": shard_json}),
+                ], attempts.ledgered(attempt))
+                crash_point("ingest.ledgered")
     finally:
         del data_key
+    crash_point("ingest.committed")
+    attempts.finish(ws, attempt)
     ws.invalidate()
-    return IngestResult(name, site, written, episodes, table.num_rows, [decision_idx, *indices])
+    return IngestResult(name, site, written, episodes, table.num_rows, [attempt.decision_index, *attempt.outcome])
+
+
+def _dataset_exists(ws: Workspace, name: str, conn: Any = None) -> bool:
+    q = select(T.datasets.c.name).where(T.datasets.c.name == name)
+    if conn is not None:
+        return conn.execute(q).first() is not None
+    with ws.catalog.connect() as c:
+        return c.execute(q).first() is not None
 
 
 def _shards_at(ws: Workspace, name: str, site: str | None = None) -> list[dict[str, Any]]:
@@ -177,44 +195,56 @@ def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None) -
     """Copy a dataset's shards to ``to_site`` and wrap its key for that site.
 
     Decided as ``copy`` by the target site at the target site: a target outside the policy is
-    refused (exit 3) before any byte moves, and the refusal is in the ledger.
+    refused (exit 3) before any byte moves, and the refusal is in the ledger. The shards are
+    staged in the attempt's own folder at the target and published in the catalog's write turn,
+    where a copy to the same site that finished first, or a withdrawal, refuses this one.
     """
     ws.row("dataset", name)
     target = get_site(ws, to_site)
+    attempts.recover(ws)
     held = _shards_at(ws, name)
     sources = sorted({s["site"] for s in held})
     if to_site in sources:
         raise ValidationError(f"dataset {name!r} is already at site {to_site!r}")
-    decision, decision_idx = ws.authorize(Request(f"site:{to_site}", "copy", name, to_site))
-    if from_site is None:
-        if not sources:
-            raise OnshoreError(f"dataset {name!r} has no shards to copy")
-        from_site = sources[0]
-    elif from_site not in sources:
-        raise ValidationError(f"dataset {name!r} has no shards at site {from_site!r}; it sits at {sources}")
-    source = get_site(ws, from_site)
-    data_key = keyservice.release(ws, name, from_site, decision, decision_idx)
-    rows = [s for s in held if s["site"] == from_site]
-    copied: list[Path] = []
-    try:
+    decision, attempt = attempts.start(ws, "copy", Request(f"site:{to_site}", "copy", name, to_site), name, to_site)
+    with attempts.guard(ws, attempt):
+        if from_site is None:
+            if not sources:
+                raise OnshoreError(f"dataset {name!r} has no shards to copy")
+            from_site = sources[0]
+        elif from_site not in sources:
+            raise ValidationError(f"dataset {name!r} has no shards at site {from_site!r}; it sits at {sources}")
+        source = get_site(ws, from_site)
+        data_key = keyservice.release(ws, name, from_site, decision, attempt.decision_index)
+        crash_point("copy.released")
+        rows = [s for s in held if s["site"] == from_site]
+        stage = attempt.staging(target.root)
         for s in rows:
-            S.copy_shard(Path(source.root), Path(target.root), s["path"], s["sha256"])
-            copied.append(Path(target.root) / s["path"])
-        with ws.catalog.begin() as conn:
+            S.copy_shard(Path(source.root), Path(target.root), s["path"], s["sha256"], stage)
+        crash_point("copy.staged")
+        with write_transaction(ws.catalog, "the catalog") as conn:
+            status = conn.execute(select(T.datasets.c.status).where(T.datasets.c.name == name)).scalar()
+            if status != "active":
+                raise PolicyDenied(f"dataset {name!r} was withdrawn while it was being copied; nothing was placed "
+                                   f"at {to_site!r}", [f"dataset/{name}/withdrawn"])
+            if conn.execute(select(T.shards.c.id).where(T.shards.c.dataset == name,
+                                                        T.shards.c.site == to_site)).first():
+                raise ValidationError(f"dataset {name!r} is already at site {to_site!r} (another copy finished first)")
+            attempts.publish(attempt, stage, target.root, [s["path"] for s in rows])
+            crash_point("copy.published")
             now = now_iso()
             conn.execute(insert(T.shards), [
                 {**{k: s[k] for k in ("dataset", "sha256", "path", "salt", "bytes", "frames")},
                  "site": to_site, "created_at": now} for s in rows])
             keyservice.wrap_for_site(ws, conn, name, to_site, data_key)
-            idx = ws.record("data.copy", f"site:{to_site}", {
+            attempt.outcome = [ws.record("data.copy", f"site:{to_site}", {
                 "dataset": name, "from": from_site, "to": to_site, "jurisdiction": target.jurisdiction,
-                "decision_index": decision_idx, "policy_hash": decision.policy_hash,
-                "shards": [s["sha256"] for s in rows]})
-    except BaseException:
-        for p in copied:
-            p.unlink(missing_ok=True)
-        raise
-    return {"dataset": name, "from": from_site, "to": to_site, "shards": len(rows), "ledger_index": idx}
+                "decision_index": attempt.decision_index, "policy_hash": decision.policy_hash,
+                "shards": [s["sha256"] for s in rows]}, attempts.ledgered(attempt))]
+            crash_point("copy.ledgered")
+    crash_point("copy.committed")
+    attempts.finish(ws, attempt)
+    return {"dataset": name, "from": from_site, "to": to_site, "shards": len(rows), "ledger_index": attempt.outcome[0]}
 
 
 def _open_for_read(ws: Workspace, name: str, site: str, purpose: str | None, action: str = "read"
@@ -305,25 +335,36 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
     Only the owning member may withdraw. Afterwards every read, copy, export or training of the
     dataset is refused by the ``dataset/NAME/withdrawn`` rule, and the shard bytes are noise.
     Returns the sites whose keys were destroyed and the derived models (with the policy's
-    derived-model clause).
+    derived-model clause). In the catalog's write turn the wraps are destroyed and the entries
+    appended before the catalog commits; a crash after the append is rolled forward by the next
+    command or `onshore doctor --repair`, never back.
     """
     row = ws.row("dataset", name)
     ws.row("member", member)
-    decision, decision_idx = ws.authorize(Request(f"member:{member}", "withdraw", name))
-    with ws.catalog.begin() as conn:
-        sites = keyservice.shred(ws, conn, name)
-        now = now_iso()
-        conn.execute(update(T.datasets).where(T.datasets.c.name == name).values(status="withdrawn", withdrawn_at=now))
-        models = derived_models(ws, name)
-        clause = parse_policy(row["policy"]).derived_models
-        indices = ws.record_many(
-            [("consent.withdraw", f"member:{member}", {"dataset": name, "decision_index": decision_idx,
-                                                       "derived_models": models, "derived_models_clause": clause})]
-            + [("key.shred", f"site:{s}", {"dataset": name, "site": s}) for s in sites]
-        )
+    attempts.recover(ws)
+    decision, attempt = attempts.start(ws, "withdraw", Request(f"member:{member}", "withdraw", name), name, None)
+    with attempts.guard(ws, attempt):
+        with write_transaction(ws.catalog, "the catalog") as conn:
+            status = conn.execute(select(T.datasets.c.status).where(T.datasets.c.name == name)).scalar()
+            if status != "active":
+                raise ValidationError(f"dataset {name!r} was already withdrawn (by another command meanwhile)")
+            sites = keyservice.shred(ws, conn, name)
+            now = now_iso()
+            conn.execute(update(T.datasets).where(T.datasets.c.name == name).values(status="withdrawn",
+                                                                                    withdrawn_at=now))
+            models = derived_models(ws, name)
+            clause = parse_policy(row["policy"]).derived_models
+            attempt.outcome = ws.record_many(
+                [("consent.withdraw", f"member:{member}", {"dataset": name, "decision_index": attempt.decision_index,
+                                                           "derived_models": models, "derived_models_clause": clause})]
+                + [("key.shred", f"site:{s}", {"dataset": name, "site": s}) for s in sites],
+                attempts.ledgered(attempt))
+            crash_point("withdraw.ledgered")
+    crash_point("withdraw.committed")
+    attempts.finish(ws, attempt)
     ws.invalidate()
     return {"dataset": name, "shredded_at": sites, "derived_models": models, "derived_models_clause": clause,
-            "ledger_indices": indices}
+            "ledger_indices": attempt.outcome}
 
 
 def list_datasets(ws: Workspace) -> list[dict[str, Any]]:
