@@ -11,6 +11,7 @@ from onshore.cli import context, sim
 from onshore.cli.attest import attest_app, verify_command
 from onshore.cli.data import dataset_app, policy_app
 from onshore.cli.demo import demo_command
+from onshore.cli.doctor import doctor_command
 from onshore.cli.evaluate import eval_command
 from onshore.cli.ledger import ledger_app
 from onshore.cli.output import console, err
@@ -65,6 +66,7 @@ app.command("eval")(eval_command)
 app.command("demo")(demo_command)
 app.add_typer(attest_app, name="attest")
 app.command("verify")(verify_command)
+app.command("doctor")(doctor_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,10 +61,12 @@ class Attempt:
     outcome: list[int] = field(default_factory=list)
     published: list[Path] = field(default_factory=list)  # files moved out of staging, not yet committed
     lock: IO[str] | None = field(default=None, repr=False)
+    stage: Path | None = None
 
     def staging(self, site_root: str | Path) -> Path:
-        """This attempt's own staging folder at a site."""
-        return S.staging_dir(Path(site_root)) / self.id
+        """This attempt's own staging folder at a site (removed when the attempt ends)."""
+        self.stage = S.staging_dir(Path(site_root)) / self.id
+        return self.stage
 
 
 class _AlreadyClosed(Exception):
@@ -91,6 +93,8 @@ def is_alive(ws: Workspace, attempt_id: str) -> bool:
 
 
 def _release(ws: Workspace, attempt: Attempt) -> None:
+    if attempt.stage is not None:
+        shutil.rmtree(attempt.stage, ignore_errors=True)
     if attempt.lock is not None:
         _lock_path(ws, attempt.id).unlink(missing_ok=True)
         attempt.lock.close()
@@ -203,9 +207,6 @@ def guard(ws: Workspace, attempt: Attempt) -> Iterator[None]:
         reason = str(e) if isinstance(e, OnshoreError) else f"{type(e).__name__}: {e}"
         try:
             _abandon_entry(ws, _row_of(attempt), [attempt.decision_index, *attempt.outcome], reason)
-            if attempt.site is not None:
-                with ws.catalog.connect() as conn:
-                    _remove_staging(ws, conn, attempt.id, attempt.site)
         finally:
             _release(ws, attempt)
         raise

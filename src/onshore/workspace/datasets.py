@@ -251,6 +251,7 @@ def _open_for_read(ws: Workspace, name: str, site: str, purpose: str | None, act
                    ) -> tuple[list[dict[str, Any]], Path, bytes, int]:
     """Decide ``action`` at ``site``, release the key there; returns shards, root, key, decision index."""
     ws.row("dataset", name)
+    attempts.recover(ws)  # a withdrawal a crash left in the ledger only must take effect before any read
     site_info = get_site(ws, site)
     decision, idx = ws.authorize(Request(f"site:{site}", action, name, site, purpose))
     rows = _shards_at(ws, name, site)
