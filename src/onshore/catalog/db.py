@@ -24,6 +24,13 @@ DEFAULT_LOCK_TIMEOUT = 120.0
 LOCK_TIMEOUT_VAR = "ONSHORE_LOCK_TIMEOUT"
 _IMMEDIATE = "onshore_immediate"
 
+_waited = [0.0]  # seconds this process's write transactions spent waiting for their turn
+
+
+def seconds_waited() -> float:
+    """Total seconds this process has waited for write turns (benchmarks take differences)."""
+    return _waited[0]
+
 
 def lock_timeout() -> float:
     """The configured wait for a write turn, in seconds; refuses a value that is not a positive number."""
@@ -128,5 +135,6 @@ def write_transaction(engine: Engine, what: str) -> Iterator[Connection]:
             if _is_lock_wait_failure(e):
                 raise timed_out() from None
             raise
+        _waited[0] += time.monotonic() - started
         with tx:
             yield conn
