@@ -116,16 +116,16 @@ class _Pending:
     done: bool = False
 
 
-def _insert_many(conn, table: Table, rows: list[tuple]) -> None:  # type: ignore[no-untyped-def,type-arg]
-    """Insert rows (tuples in column order) straight through the DB-API driver.
+def _insert_many(cur, paramstyle: str, table: Table, rows: list[tuple]) -> None:  # type: ignore[no-untyped-def,type-arg]
+    """Insert rows (tuples in column order) with a DB-API cursor of the append's transaction.
 
-    The ledger's appends are its hot path; SQLAlchemy's per-parameter processing cost more than
-    the inserts themselves (bench/ledger_bench.py).
+    The ledger's appends are its hot path; SQLAlchemy's per-statement and per-parameter
+    processing cost more than the inserts themselves (bench/ledger_bench.py,
+    bench/concurrency_bench.py).
     """
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = "?" if paramstyle == "qmark" else "%s"
     cols = ", ".join(c.name for c in table.columns)
-    conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) VALUES ({', '.join([mark] * len(table.columns))})",
-                         rows)
+    cur.executemany(f"INSERT INTO {table.name} ({cols}) VALUES ({', '.join([mark] * len(table.columns))})", rows)
 
 
 @dataclass(frozen=True)
@@ -322,7 +322,10 @@ class Ledger:
 
     def _commit(self, batch: list[_Pending]) -> None:
         with write_transaction(self.engine, "the ledger") as conn:
-            size = self._count(conn)
+            cur = conn.connection.dbapi_connection.cursor()  # the same transaction, without SQLAlchemy's toll
+            cur.execute("SELECT max(idx) FROM ledger_entries")
+            top = cur.fetchone()[0]
+            size = 0 if top is None else int(top) + 1
             if size != self._size:  # another process appended since we last looked
                 self._load_edge(conn, size)
             edge = dict(self._edge)
@@ -343,8 +346,8 @@ class Ledger:
                         self._edge[new[-1][:2]] = new[-1][2]
                         size += 1
                     p.indices = list(range(first, size))
-                _insert_many(conn, ledger_entries, rows)
-                _insert_many(conn, ledger_nodes, nodes)
+                _insert_many(cur, conn.dialect.paramstyle, ledger_entries, rows)
+                _insert_many(cur, conn.dialect.paramstyle, ledger_nodes, nodes)
                 for p in batch:
                     if p.then is not None:
                         p.then(conn, p.indices)
