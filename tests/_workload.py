@@ -68,11 +68,16 @@ def _one(ws: Workspace, rng: random.Random, me: str, n: int, inputs: Path) -> tu
     return op, d["name"]
 
 
-def work(workspace: Path, seconds: float, seed: int, out: Path) -> None:
+def work(workspace: Path, seconds: float, seed: int, out: Path, start_at: float = 0.0) -> None:
+    """Run the mix for ``seconds``, from wall-clock time ``start_at`` (so that N workers, warmed
+    up, start together) or at once."""
     rng = random.Random(seed)
     inputs = workspace.parent
     records = []
     with Workspace.open(workspace) as ws:
+        datasets.list_datasets(ws)  # warm up: imports and connections, outside the timed run
+        ws.pdp()
+        time.sleep(max(0.0, start_at - time.time()))
         deadline = time.monotonic() + seconds
         n = 0
         while time.monotonic() < deadline:
@@ -94,4 +99,5 @@ def work(workspace: Path, seconds: float, seed: int, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    work(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+    work(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]),
+         float(sys.argv[5]) if len(sys.argv) > 5 else 0.0)

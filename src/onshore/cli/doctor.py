@@ -21,7 +21,8 @@ def doctor_command(
         print_json(report.to_json())
     else:
         for f in report.findings:
-            mark = "[green]repaired[/]" if f.repaired else ("[yellow]repairable[/]" if f.repairable else "[red]problem[/]")
+            mark = ("[green]repaired[/]" if f.repaired else
+                    "[yellow]repairable[/]" if f.repairable else "[red]problem[/]")
             console.print(f"{mark} [{f.check}] {f.subject}: {f.problem}", highlight=False)
             console.print(f"    {f.repaired if f.repaired else 'to do: ' + f.fix}", highlight=False)
         for what in report.in_progress:
