@@ -17,6 +17,7 @@ from typing import Any
 import cedarpy
 
 from onshore.errors import OnshoreError
+from onshore.names import check_name, parse_principal
 from onshore.residency.policy import ACTIONS, day_number
 
 DEFAULT_DENY = "default-deny (no permit policy matched)"
@@ -70,11 +71,22 @@ class SiteFacts:
 
 
 def _uid(principal: str) -> dict[str, str]:
-    kind, _, name = principal.partition(":")
-    types = {"site": "Onshore::Site", "member": "Onshore::Member"}
-    if kind not in types or not name:
-        raise OnshoreError(f"principal {principal!r} must be 'site:NAME' or 'member:NAME'")
-    return {"type": types[kind], "id": name}
+    kind, name = parse_principal(principal)
+    return {"type": {"site": "Onshore::Site", "member": "Onshore::Member"}[kind], "id": name}
+
+
+def check_request(request: Request) -> None:
+    """Refuse a request whose principal, dataset, site or purpose is not a valid name.
+
+    Every request is checked before Cedar sees it, so that no id reaching the policy engine or the
+    ledger can carry a path, a quote or a control character.
+    """
+    parse_principal(request.principal)
+    check_name(request.dataset, "dataset")
+    if request.site is not None:
+        check_name(request.site, "site")
+    if request.purpose is not None:
+        check_name(request.purpose, "purpose")
 
 
 class PolicyDecisionPoint:
@@ -104,6 +116,7 @@ class PolicyDecisionPoint:
             return hit
         if request.action not in ACTIONS:
             raise OnshoreError(f"unknown action {request.action!r}; use one of {', '.join(ACTIONS)}")
+        check_request(request)
         context: dict[str, Any] = {"today": day_number(request.today)}
         site = None
         if request.site is not None:

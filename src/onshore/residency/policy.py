@@ -25,7 +25,7 @@ from typing import Any
 import rfc8785
 
 from onshore.errors import ValidationError
-from onshore.names import check_name
+from onshore.names import check_name, is_name
 from onshore.residency.jurisdictions import check_jurisdiction
 
 ACTIONS = ("ingest", "read", "copy", "export", "train", "serve", "withdraw")
@@ -34,7 +34,6 @@ SITED_ACTIONS = ("ingest", "read", "copy", "export", "train", "serve")
 #: Actions that use data for a purpose: the purpose must be named (and, like any named purpose, allowed).
 PURPOSED_ACTIONS = ("train", "serve")
 
-_PURPOSE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _KEYS = {"jurisdictions", "sites", "purposes", "expires", "derived_models"}
 
 
@@ -103,7 +102,7 @@ def parse_policy(text: str, source: str = "<policy>") -> UsagePolicy:
             raise fail("sites", f"has a bad entry: {e}") from None
     purposes = str_list("purposes", False)
     for p in purposes:
-        if not _PURPOSE.match(p):
+        if not is_name(p):
             raise fail("purposes", f"has a bad entry {p!r}: use lowercase letters, digits and '-'")
     expires = data["expires"]
     if isinstance(expires, dt.datetime) or not isinstance(expires, dt.date):

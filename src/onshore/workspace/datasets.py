@@ -185,7 +185,6 @@ def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None) -
     sources = sorted({s["site"] for s in held})
     if to_site in sources:
         raise ValidationError(f"dataset {name!r} is already at site {to_site!r}")
-    decision, decision_idx = ws.authorize(Request(f"site:{to_site}", "copy", name, to_site))
     if from_site is None:
         if not sources:
             raise OnshoreError(f"dataset {name!r} has no shards to copy")
@@ -193,7 +192,9 @@ def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None) -
     elif from_site not in sources:
         raise ValidationError(f"dataset {name!r} has no shards at site {from_site!r}; it sits at {sources}")
     source = get_site(ws, from_site)
-    data_key = keyservice.release(ws, name, from_site, decision, decision_idx)
+    # the source site's key service decides (copy by the target, to the target) and records it
+    rel = keyservice.release(ws, name, from_site, "copy", copy_to=to_site)
+    decision, decision_idx, data_key = rel.decision, rel.decision_index, rel.key
     rows = [s for s in held if s["site"] == from_site]
     copied: list[Path] = []
     try:
@@ -222,12 +223,11 @@ def _open_for_read(ws: Workspace, name: str, site: str, purpose: str | None, act
     """Decide ``action`` at ``site``, release the key there; returns shards, root, key, decision index."""
     ws.row("dataset", name)
     site_info = get_site(ws, site)
-    decision, idx = ws.authorize(Request(f"site:{site}", action, name, site, purpose))
+    rel = keyservice.release(ws, name, site, action, purpose)  # decides, records, unwraps
     rows = _shards_at(ws, name, site)
     if not rows:
         raise OnshoreError(f"dataset {name!r} has no shards at site {site!r}; see 'onshore dataset show {name}'")
-    key = keyservice.release(ws, name, site, decision, idx)
-    return rows, Path(site_info.root), key, idx
+    return rows, Path(site_info.root), rel.key, rel.decision_index
 
 
 def iter_batches(ws: Workspace, name: str, site: str, purpose: str | None = None, action: str = "read"

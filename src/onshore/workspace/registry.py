@@ -15,7 +15,7 @@ from onshore.errors import ValidationError
 from onshore.keys.keystore import KeyStore, public_key_b64
 from onshore.ledger.checkpoint import CosignatureVerifier
 from onshore.ledger.entries import canonical_json, now_iso
-from onshore.names import check_name
+from onshore.names import check_name, check_text
 from onshore.residency.jurisdictions import check_jurisdiction
 from onshore.telemetry.embodiment import Embodiment
 from onshore.workspace.workspace import LOG_ACTOR, Workspace
@@ -54,6 +54,7 @@ def add_site(ws: Workspace, name: str, jurisdiction: str, roles: tuple[str, ...]
     """
     check_name(name, "site")
     check_jurisdiction(jurisdiction, "--jurisdiction")
+    check_text(operator, "--operator")
     roles = parse_roles(roles) if isinstance(roles, str) else parse_roles(",".join(roles))
     if _exists(ws, T.sites, name):
         raise ValidationError(f"site {name!r} already exists; see 'onshore site list'")
