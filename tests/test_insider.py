@@ -270,3 +270,53 @@ def test_no_input_adds_an_entry_that_ledger_verify_rejects(tmp_path_factory: pyt
         assert report.size == ws.ledger.size()
         for s in registry.list_sites(ws):
             assert s.name.isascii() and "\n" not in s.name and "/" not in s.name
+
+
+# ---- 5. site roots do not overlap; no plaintext in a site's folder ------------------------------
+
+def test_site_roots_may_not_overlap_each_other_or_the_workspace(ws: Workspace, tmp_path: Path) -> None:
+    ohio = Path(registry.get_site(ws, "ohio").root)
+    for bad, why in ((ohio / "jp", "overlaps the storage folder of site 'ohio'"),
+                     (ohio.parent, "overlaps the storage folder of site 'ohio'"),
+                     (ws.root / "keys" / "x", "inside the workspace"),
+                     (ws.root / "members" / "steelco", "inside the workspace"),
+                     (ws.root, "overlaps the storage folder"),
+                     (tmp_path / "elsewhere", None)):
+        if why is None:
+            continue
+        with pytest.raises(ValidationError, match=why):
+            registry.add_site(ws, "kobe", "JP", "storage", root=bad)
+    with Workspace.init(tmp_path / "home" / "ws2", "w2") as ws2:  # its sites live outside it
+        registry.add_site(ws2, "far", "JP", "storage", root=tmp_path / "far-store")
+        with pytest.raises(ValidationError, match="contains the workspace"):
+            registry.add_site(ws2, "near", "JP", "storage", root=tmp_path / "home")
+    registry.add_site(ws, "kobe", "JP", "storage", root=tmp_path / "kobe-store")
+    for bad in (tmp_path / "kobe-store" / "inner", tmp_path / "kobe-store"):
+        with pytest.raises(ValidationError, match="overlaps the storage folder of site 'kobe'"):
+            registry.add_site(ws, "nara", "JP", "storage", root=bad)
+    link = tmp_path / "innocent"
+    link.symlink_to(ohio)
+    with pytest.raises(ValidationError, match="site 'ohio'"):
+        registry.add_site(ws, "nara", "JP", "storage", root=link)
+    assert {s.name for s in registry.list_sites(ws)} == {"sakai", "tokyo", "ohio", "kobe"}
+    ws.verify_ledger()
+
+
+def test_no_plaintext_is_written_into_a_site_folder(ws: Workspace, tmp_path: Path, policy_file: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    _ingest(ws, tmp_path, policy_file)
+    ohio = Path(registry.get_site(ws, "ohio").root)
+    target = ohio / "frames.parquet"
+    code = main(["-w", str(ws.root), "dataset", "read", "furnace", "--site", "sakai", "--out", str(target)])
+    assert code == 1 and "inside the storage folder of site 'ohio'" in capsys.readouterr().err
+    link = tmp_path / "looks-harmless"
+    link.symlink_to(ohio)
+    assert main(["-w", str(ws.root), "dataset", "read", "furnace", "--site", "sakai",
+                 "--out", str(link / "f.parquet")]) == 1
+    with pytest.raises(ValidationError, match="site 'sakai'"):
+        datasets.export(ws, "furnace", "sakai", Path(registry.get_site(ws, "sakai").root) / "export")
+    with pytest.raises(ValidationError, match="workspace's own folder"):
+        datasets.export(ws, "furnace", "sakai", ws.root / "keys" / "export")
+    assert not list(ohio.rglob("*")) and not (ws.root / "keys" / "export").exists()
+    assert main(["-w", str(ws.root), "dataset", "read", "furnace", "--site", "sakai",
+                 "--out", str(tmp_path / "ok.parquet")]) == 0

@@ -13,6 +13,7 @@ from onshore.cli.output import console, err, print_json, table
 from onshore.errors import PolicyDenied
 from onshore.residency.pdp import Request
 from onshore.workspace import datasets
+from onshore.workspace.paths import check_plaintext_destination
 
 dataset_app = typer.Typer(help="Datasets: ingest, copy, read, show, withdraw.", no_args_is_help=True)
 policy_app = typer.Typer(help="Usage policies: check what the policy decision point decides.",
@@ -72,6 +73,8 @@ def read(name: str, site: str = typer.Option(..., "--site", help="The site readi
          out: Path | None = typer.Option(None, "--out", help="Write the frames to this Parquet file.")) -> None:
     """Read a dataset at an allowed site."""
     with open_workspace() as ws:
+        if out:
+            check_plaintext_destination(ws, out, "--out")
         t = datasets.read(ws, name, site, purpose)
     if out:
         pq.write_table(t, out)

@@ -32,6 +32,7 @@ from onshore.telemetry.embodiment import Embodiment
 from onshore.telemetry.lerobot import is_lerobot_v3, read_lerobot_v3, write_lerobot_v3
 from onshore.telemetry.validate import TelemetryError, validate_frames
 from onshore.workspace import keyservice
+from onshore.workspace.paths import check_plaintext_destination
 from onshore.workspace.registry import get_embodiment, get_site
 from onshore.workspace.workspace import Workspace
 
@@ -279,6 +280,7 @@ def export(ws: Workspace, name: str, site: str, out: Path, fmt: str = "lerobot",
     if fmt != "lerobot":
         raise ValidationError(f"--format {fmt!r}: only 'lerobot' (LeRobotDataset v3.0) is supported")
     out = Path(out)
+    check_plaintext_destination(ws, out, "--out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValidationError(f"{out}: already exists and is not an empty folder; choose a new folder")
     emb = get_embodiment(ws, ws.row("dataset", name)["embodiment"])
