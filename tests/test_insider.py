@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
 
-from conftest import POLICY_JP, build_consortium, write_frames
+from conftest import build_consortium, write_frames
 from onshore.catalog import schema as T
 from onshore.cli.app import main
 from onshore.errors import IntegrityError, OnshoreError, PolicyDenied, ValidationError
@@ -113,16 +113,17 @@ def test_restored_catalog_backup_does_not_undo_withdrawal(tmp_path: Path, policy
         for action in ("read", "export"):
             with pytest.raises(PolicyDenied):
                 datasets.read(ws, "furnace", "sakai", action=action)
-        with pytest.raises(PolicyDenied) as err:
+        with pytest.raises(PolicyDenied):
             datasets.copy(ws, "furnace", "ohio", from_site="tokyo")
         # and even going around the key service, the restored wraps no longer open: the key that
         # wrapped them was in the site's custody and is gone
         for site, wrapped in wraps:
             store = KeyStore(root / "sites" / site / "keys")
+            context = f"onshore-dataset-key:v1:furnace:{site}".encode()
             with pytest.raises(OnshoreError):
-                unwrap_key(store.dataset_key("furnace"), bytes(wrapped), f"onshore-dataset-key:v1:furnace:{site}".encode())
+                unwrap_key(store.dataset_key("furnace"), bytes(wrapped), context)
             with pytest.raises(OnshoreError):
-                unwrap_key(store.kek(), bytes(wrapped), f"onshore-dataset-key:v1:furnace:{site}".encode())
+                unwrap_key(store.kek(), bytes(wrapped), context)
         ws.verify_ledger()
 
 

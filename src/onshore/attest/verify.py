@@ -71,6 +71,7 @@ from onshore.keys.keystore import public_key_from_b64
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import merkle, notes
 from onshore.ledger.entries import Entry, parse_leaf, verify_entry
+from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar
 
 PASS, FAIL, NOT_RUN = "pass", "fail", "not run"
 
@@ -388,6 +389,34 @@ class _Entries:
             self.problems.append(f"{what}: the claim says {name} {claimed!r}, entry {index} records {recorded!r}")
 
 
+def _check_cedar(claim: ResidencyClaim, parsed: dict[int, Entry], p: list[str]) -> None:
+    """The claim's Cedar text is what its policy compiles to, its hash is that text's, and every
+    decision about the dataset was made with that Cedar in force (or, after the withdrawal, with
+    the same Cedar plus the withdrawal's forbid)."""
+    try:
+        policy = UsagePolicy.from_json(claim.policy, "predicate.policy")
+    except OnshoreError as e:
+        p.append(f"the claimed policy does not compile to Cedar: {e}")
+        return
+    if claim.cedar != dataset_cedar(claim.dataset, claim.owner, policy, withdrawn=False):
+        p.append("cedar: the claimed Cedar text is not what the claimed policy compiles to")
+    if cedar_hash(claim.cedar) != claim.cedar_hash:
+        p.append("cedarHash is not the SHA-256 of the claimed Cedar text")
+    withdrawn_hash = cedar_hash(dataset_cedar(claim.dataset, claim.owner, policy, withdrawn=True))
+    withdrawn_from = claim.withdrawal.decision_index if claim.withdrawal else None
+    for d in claim.decisions:
+        e = parsed.get(d.index)
+        if e is None or e.kind != "decision":
+            continue  # reported by the decision checks
+        recorded = e.body.get("dataset_policy_hash")
+        if recorded == claim.cedar_hash:
+            continue
+        if recorded == withdrawn_hash and withdrawn_from is not None and d.index > withdrawn_from:
+            continue
+        p.append(f"decision {d.index} was made under dataset Cedar {str(recorded)[:12]}…, not the claimed "
+                 f"{claim.cedar_hash[:12]}…")
+
+
 def _check_claim(claim: ResidencyClaim, statement: Statement, parsed: dict[int, Entry], carried: set[int]) -> Check:
     ents = _Entries(parsed, carried)
     p = ents.problems
@@ -396,8 +425,9 @@ def _check_claim(claim: ResidencyClaim, statement: Statement, parsed: dict[int, 
     body = ents.body(claim.consent_index, "consent.grant", owner, "consent")
     if body is not None:
         for key, claimed in (("dataset", ds), ("owner", claim.owner), ("policy", claim.policy),
-                             ("policy_hash", claim.policy_hash)):
+                             ("policy_hash", claim.policy_hash), ("cedar_hash", claim.cedar_hash)):
             ents.same("consent", claim.consent_index, key, claimed, body.get(key))
+    _check_cedar(claim, parsed, p)
     try:
         recomputed = hashlib.sha256(rfc8785.dumps(claim.policy)).hexdigest()
     except Exception:  # noqa: BLE001 - any value rfc8785 refuses makes the claim wrong, not the verifier

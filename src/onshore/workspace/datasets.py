@@ -25,7 +25,7 @@ from onshore.keys.envelope import new_data_key
 from onshore.ledger.entries import now_iso
 from onshore.names import check_name
 from onshore.residency.pdp import Request
-from onshore.residency.policy import UsagePolicy, load_policy, parse_policy
+from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar, load_policy, parse_policy
 from onshore.store import shards as S
 from onshore.telemetry import frames as F
 from onshore.telemetry.embodiment import Embodiment
@@ -150,7 +150,8 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
             keyservice.wrap_for_site(ws, conn, name, site, data_key)
             indices = ws.record_many([
                 ("consent.grant", f"member:{member}", {
-                    "dataset": name, "owner": member, "policy": policy.to_json(), "policy_hash": policy.hash}),
+                    "dataset": name, "owner": member, "policy": policy.to_json(), "policy_hash": policy.hash,
+                    "cedar_hash": cedar_hash(dataset_cedar(name, member, policy, withdrawn=False))}),
                 ("data.ingest", f"site:{site}", {
                     "dataset": name, "owner": member, "site": site, "jurisdiction": site_info.jurisdiction,
                     "embodiment": emb.name, "policy_hash": policy.hash, "decision_index": decision_idx,

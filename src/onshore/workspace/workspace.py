@@ -22,7 +22,7 @@ from onshore.ledger.log import Ledger, ledger_metadata
 from onshore.names import check_principal, check_text, is_name, parse_principal
 from onshore.residency.jurisdictions import check_jurisdiction
 from onshore.residency.pdp import Decision, PolicyDecisionPoint, Request, SiteFacts
-from onshore.residency.policy import UsagePolicy, dataset_cedar, parse_policy, workspace_cedar
+from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar, parse_policy, workspace_cedar
 from onshore.workspace import governance
 from onshore.workspace.config import CONFIG_FILE, WorkspaceConfig
 
@@ -272,6 +272,20 @@ class Workspace:
         governance.check_catalog_sites(gov, [tuple(r) for r in rows])
         return [SiteFacts(s.name, s.jurisdiction, s.roles) for s in (gov.sites[r[0]] for r in rows)]
 
+    def _policy_parts(self, extra: tuple[str, str, UsagePolicy] | None, gov: governance.Governance
+                      ) -> tuple[str, dict[str, str]]:
+        """The workspace rules' Cedar text, and each dataset's own Cedar text by name."""
+        texts: dict[str, str] = {}
+        with self.catalog.connect() as conn:
+            rows = conn.execute(select(T.datasets.c.name, T.datasets.c.owner, T.datasets.c.policy,
+                                       T.datasets.c.status).order_by(T.datasets.c.name)).all()
+        for name, owner, text, status in rows:
+            texts[name] = dataset_cedar(name, owner, parse_policy(text, f"dataset {name} policy"),
+                                        withdrawn=status == "withdrawn" or name in gov.withdrawn)
+        if extra is not None:
+            texts[extra[0]] = dataset_cedar(extra[0], extra[1], extra[2], withdrawn=False)
+        return workspace_cedar(self.jurisdiction), texts
+
     def policy_text(self, extra: tuple[str, str, UsagePolicy] | None = None,
                     gov: governance.Governance | None = None) -> str:
         """The whole Cedar policy set in force: workspace rules, then every dataset's policies.
@@ -279,17 +293,14 @@ class Workspace:
         The workspace rule comes from the ledger's ``workspace.init``, and a dataset is withdrawn
         when the ledger says so, whatever the catalog's status column says.
         """
-        gov = gov or self.ledger_governance()
-        parts = [workspace_cedar(self.jurisdiction)]
-        with self.catalog.connect() as conn:
-            rows = conn.execute(select(T.datasets.c.name, T.datasets.c.owner, T.datasets.c.policy,
-                                       T.datasets.c.status).order_by(T.datasets.c.name)).all()
-        for name, owner, text, status in rows:
-            parts.append(dataset_cedar(name, owner, parse_policy(text, f"dataset {name} policy"),
-                                       withdrawn=status == "withdrawn" or name in gov.withdrawn))
-        if extra is not None:
-            parts.append(dataset_cedar(extra[0], extra[1], extra[2], withdrawn=False))
-        return "\n".join(parts)
+        rules, texts = self._policy_parts(extra, gov or self.ledger_governance())
+        return "\n".join([rules, *texts.values()])
+
+    def dataset_policy(self, name: str) -> tuple[str, str]:
+        """The Cedar text of dataset ``name``'s own policies as in force now, and its hash."""
+        self.row("dataset", name)
+        text = self._policy_parts(None, self.ledger_governance())[1][name]
+        return text, cedar_hash(text)
 
     def pdp(self, extra: tuple[str, str, UsagePolicy] | None = None) -> PolicyDecisionPoint:
         """The decision point for the policies in force (``extra``: a dataset about to be ingested).
@@ -298,7 +309,9 @@ class Workspace:
         """
         if extra is not None or self._pdp is None:
             gov = self.ledger_governance()
-            pdp = PolicyDecisionPoint(self.policy_text(extra, gov), self.site_facts(gov))
+            rules, texts = self._policy_parts(extra, gov)
+            pdp = PolicyDecisionPoint("\n".join([rules, *texts.values()]), self.site_facts(gov),
+                                      dataset_hashes={n: cedar_hash(t) for n, t in texts.items()})
             if extra is not None:
                 return pdp
             self._pdp = pdp
