@@ -321,3 +321,73 @@ def test_no_plaintext_is_written_into_a_site_folder(ws: Workspace, tmp_path: Pat
     assert not list(ohio.rglob("*")) and not (ws.root / "keys" / "export").exists()
     assert main(["-w", str(ws.root), "dataset", "read", "furnace", "--site", "sakai",
                  "--out", str(tmp_path / "ok.parquet")]) == 0
+
+
+# ---- 6. provenance survives export; laundering into another member's dataset is refused -------
+
+def _strip(table):  # type: ignore[no-untyped-def]
+    return table.replace_schema_metadata(None)
+
+
+def test_exported_data_carries_provenance_and_cannot_be_laundered(ws: Workspace, tmp_path: Path,
+                                                                  policy_file: Path) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    from onshore.telemetry.lerobot import read_lerobot_v3
+    from onshore.telemetry.provenance import PARQUET_KEY, episode_fingerprints
+
+    _ingest(ws, tmp_path, policy_file)
+    out = datasets.export(ws, "furnace", "sakai", tmp_path / "export")
+    info = json.loads((tmp_path / "export" / "meta" / "info.json").read_text())
+    block = info["onshore"]
+    assert (block["dataset"], block["owner"], block["decision_index"]) == ("furnace", "steelco",
+                                                                           _last(ws, "data.export").entry.body["decision_index"])
+    assert block["policy_hash"] == ws.row("dataset", "furnace")["policy_hash"]
+    data_file = next((tmp_path / "export" / "data").rglob("*.parquet"))
+    assert json.loads(pq.read_schema(data_file).metadata[PARQUET_KEY]) == block
+    assert out["frames"] == 200
+    ingest = _last(ws, "data.ingest").entry.body
+    assert len(ingest["fingerprints"]) == 4
+
+    # 1. the exported folder, as is, ingested by another member with a looser policy
+    loose = tmp_path / "loose.toml"
+    loose.write_text('jurisdictions = ["JP", "US"]\npurposes = ["anything"]\nexpires = 2035-01-01\n')
+
+    def launder(name: str, files: list[Path]) -> None:
+        datasets.ingest(ws, name, "autoco", "sakai", loose, "furnace-line-3", files)
+
+    with pytest.raises(PolicyDenied, match="dataset 'furnace' of member 'steelco'") as err:
+        launder("mine", [tmp_path / "export"])
+    assert err.value.rules == ["dataset/furnace/redistribution"]
+    # 2. provenance stripped: the frames re-written as plain Parquet; the fingerprints still match
+    table = _strip(read_lerobot_v3(tmp_path / "export").table)
+    assert episode_fingerprints(table) == ingest["fingerprints"]
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(table, plain)
+    with pytest.raises(PolicyDenied, match="episodes identical to episodes of dataset 'furnace'"):
+        launder("mine", [plain])
+    # 3. a read-out Parquet file carries the block too
+    read_out = tmp_path / "read.parquet"
+    pq.write_table(datasets.read(ws, "furnace", "sakai"), read_out)
+    assert json.loads(pq.read_schema(read_out).metadata[PARQUET_KEY])["owner"] == "steelco"
+    with pytest.raises(PolicyDenied, match="read.parquet says was exported from dataset 'furnace'"):
+        launder("mine", [read_out])
+    assert [d["name"] for d in datasets.list_datasets(ws)] == ["furnace"]
+    # the owner may ingest its own data again
+    datasets.ingest(ws, "furnace-again", "steelco", "sakai", policy_file, "furnace-line-3", [plain])
+    ws.verify_ledger()
+
+
+def test_redistribution_allowed_by_the_owners_policy(ws: Workspace, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    open_policy = tmp_path / "open.toml"
+    open_policy.write_text('jurisdictions = ["JP"]\npurposes = ["x"]\nexpires = 2031-01-01\nredistribution = true\n')
+    datasets.ingest(ws, "shared", "steelco", "sakai", open_policy, "furnace-line-3",
+                    [write_frames(tmp_path / "s.parquet")])
+    out = tmp_path / "r.parquet"
+    pq.write_table(datasets.read(ws, "shared", "sakai"), out)
+    datasets.ingest(ws, "derived", "autoco", "sakai", open_policy, "furnace-line-3", [out])
+    assert {d["name"] for d in datasets.list_datasets(ws)} == {"shared", "derived"}

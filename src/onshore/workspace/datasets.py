@@ -30,8 +30,10 @@ from onshore.store import shards as S
 from onshore.telemetry import frames as F
 from onshore.telemetry.embodiment import Embodiment
 from onshore.telemetry.lerobot import is_lerobot_v3, read_lerobot_v3, write_lerobot_v3
+from onshore.telemetry.provenance import episode_fingerprints, read_provenance, with_provenance
 from onshore.telemetry.validate import TelemetryError, validate_frames
 from onshore.workspace import keyservice
+from onshore.workspace.lineage import check_redistribution
 from onshore.workspace.paths import check_plaintext_destination
 from onshore.workspace.registry import get_embodiment, get_site
 from onshore.workspace.workspace import Workspace
@@ -127,6 +129,9 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
             progress("validate", i + 1, len(inputs))
     table = _unify(tables, sources)
     episodes = len(pc.unique(table.column(F.EPISODE)))
+    fingerprints = episode_fingerprints(table)
+    check_redistribution(ws, member, fingerprints,
+                         [(str(p), b) for p in inputs if (b := read_provenance(Path(p))) is not None])
 
     root = Path(site_info.root)
     # Shards of an earlier crashed ingest under this (still unused) name are invisible leftovers.
@@ -155,7 +160,8 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
                 ("data.ingest", f"site:{site}", {
                     "dataset": name, "owner": member, "site": site, "jurisdiction": site_info.jurisdiction,
                     "embodiment": emb.name, "policy_hash": policy.hash, "decision_index": decision_idx,
-                    "episodes": episodes, "frames": table.num_rows, "shards": shard_json}),
+                    "episodes": episodes, "frames": table.num_rows, "shards": shard_json,
+                    "fingerprints": fingerprints}),
             ])
     except BaseException:
         for s in written:
@@ -245,8 +251,16 @@ def iter_batches(ws: Workspace, name: str, site: str, purpose: str | None = None
 
 def read(ws: Workspace, name: str, site: str, purpose: str | None = None, action: str = "read") -> pa.Table:
     """The whole dataset as one Arrow table, read at ``site`` (which must be allowed and hold it)."""
-    rows, root, key, _ = _open_for_read(ws, name, site, purpose, action)
-    return _read_all(rows, root, name, key)
+    rows, root, key, decision_idx = _open_for_read(ws, name, site, purpose, action)
+    return with_provenance(_read_all(rows, root, name, key), _provenance(ws, name, site, action, decision_idx))
+
+
+def _provenance(ws: Workspace, name: str, site: str, action: str, decision_index: int) -> dict[str, Any]:
+    """The block that plaintext leaving a site carries (telemetry/provenance.py)."""
+    row = ws.row("dataset", name)
+    return {"dataset": name, "owner": row["owner"], "workspace": ws.origin, "site": site, "action": action,
+            "decision_index": decision_index, "policy_hash": row["policy_hash"],
+            "cedar_hash": cedar_hash(dataset_cedar(name, row["owner"], parse_policy(row["policy"]), withdrawn=False))}
 
 
 def _read_all(rows: list[dict[str, Any]], root: Path, name: str, key: bytes) -> pa.Table:
@@ -287,7 +301,7 @@ def export(ws: Workspace, name: str, site: str, out: Path, fmt: str = "lerobot",
     emb = get_embodiment(ws, ws.row("dataset", name)["embodiment"])
     rows, root, key, decision_idx = _open_for_read(ws, name, site, purpose, "export")
     table = renumber_episodes(_read_all(rows, root, name, key))
-    write_lerobot_v3(table, emb, out)
+    write_lerobot_v3(table, emb, out, provenance=_provenance(ws, name, site, "export", decision_idx))
     files = sorted(p for p in out.rglob("*") if p.is_file())
     digests = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     idx = ws.record("data.export", f"site:{site}", {
