@@ -342,8 +342,9 @@ def test_exported_data_carries_provenance_and_cannot_be_laundered(ws: Workspace,
     out = datasets.export(ws, "furnace", "sakai", tmp_path / "export")
     info = json.loads((tmp_path / "export" / "meta" / "info.json").read_text())
     block = info["onshore"]
+    exported = _last(ws, "data.export").entry.body
     assert (block["dataset"], block["owner"], block["decision_index"]) == ("furnace", "steelco",
-                                                                           _last(ws, "data.export").entry.body["decision_index"])
+                                                                           exported["decision_index"])
     assert block["policy_hash"] == ws.row("dataset", "furnace")["policy_hash"]
     data_file = next((tmp_path / "export" / "data").rglob("*.parquet"))
     assert json.loads(pq.read_schema(data_file).metadata[PARQUET_KEY]) == block
