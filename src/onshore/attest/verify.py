@@ -77,7 +77,7 @@ PASS, FAIL, NOT_RUN = "pass", "fail", "not run"
 
 CHECK_NAMES = (
     "bundle format", "envelope signature", "statement", "checkpoint signature", "witness cosignatures",
-    "entry signatures", "inclusion proofs", "claim matches ledger", "jurisdictions", "decisions",
+    "entry signatures", "inclusion proofs", "claim matches ledger", "jurisdictions", "decisions", "freshness",
 )
 """Every check a report holds, in the order they are reported."""
 
@@ -703,14 +703,35 @@ def _alone(c: Check) -> Check:
     return c
 
 
-def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min_witnesses: int = 0
-                  ) -> VerificationReport:
+def _check_freshness(note: str, trust: TrustRoot, max_age: dt.timedelta | None, now: dt.datetime) -> Check:
+    name = "freshness"
+    if max_age is None:
+        return Check(name, PASS, "no maximum age asked (--max-age)")
+    try:
+        cosigs = ckpt.verified_cosignatures(note, [w.vkey for w in trust.witnesses])
+    except OnshoreError as e:
+        return Check(name, FAIL, str(e))
+    if not cosigs:
+        return Check(name, FAIL, "no trust-root witness cosigned the checkpoint, so nothing vouches for its age")
+    newest = dt.datetime.fromtimestamp(max(c.timestamp for c in cosigs), dt.UTC)
+    age = now - newest
+    if age > max_age:
+        return Check(name, FAIL, f"the checkpoint was last witnessed at {newest.isoformat()}, {age} ago, more than "
+                                 f"the maximum age {max_age}; ask for a bundle on a newer checkpoint")
+    return Check(name, PASS, f"witnessed at {newest.isoformat()}, {age} ago (maximum {max_age})")
+
+
+def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min_witnesses: int = 0,
+                  max_age: dt.timedelta | None = None, now: dt.datetime | None = None) -> VerificationReport:
     """Verify a residency bundle against ``trust`` alone, offline; see the module docstring.
 
     ``bundle`` is the parsed JSON object or its bytes/text. ``min_witnesses`` (K) is how many
     distinct trust-root witnesses must have cosigned the checkpoint. Never raises for a bad
     bundle: a malformed one fails "bundle format" and the other checks are "not run"; when the
-    claim cannot be read, the checks that need it are "not run". Raises ValueError for K < 0.
+    claim cannot be read, the checks that need it are "not run". ``max_age``: the newest trust-root
+    witness cosignature of the checkpoint must be at most that old at ``now`` (default: the clock),
+    else ``freshness`` fails; a checkpoint no trusted witness cosigned has no age and fails too.
+    Raises ValueError for K < 0.
     """
     if min_witnesses < 0:
         raise ValueError("min_witnesses must not be negative")
@@ -748,6 +769,8 @@ def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min
                              _alone))
         checks.append(_guard("jurisdictions", lambda: _check_jurisdictions(claim, trust), _alone))
         checks.append(_guard("decisions", lambda: _check_decisions(claim, entries), _alone))
+    when = now or dt.datetime.now(dt.UTC)
+    checks.append(_guard("freshness", lambda: _check_freshness(b.note, trust, max_age, when), _alone))
     shown = cp or _unverified_checkpoint(b.note)
     return VerificationReport(tuple(checks), claim.dataset if claim else None, attester,
                               shown.size if shown else None, witnesses)
