@@ -21,8 +21,7 @@ POINTS = (
     "ingest.published",   # shards moved into datasets/NAME; catalog transaction open, nothing appended
     "ingest.ledgered",    # consent.grant and data.ingest appended; catalog not yet committed
     "ingest.committed",   # catalog committed; attempt row not yet removed
-    "copy.decided",
-    "copy.released",      # key.release appended
+    "copy.released",      # the allow decision (which opens the attempt) and key.release appended
     "copy.staged",
     "copy.published",
     "copy.ledgered",      # data.copy appended; catalog not yet committed

@@ -51,6 +51,7 @@ from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import notes
 from onshore.ledger.entries import now_iso
 from onshore.ledger.log import StoredEntry
+from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar
 from onshore.workspace.attempts import ABANDONED
 
 if TYPE_CHECKING:
@@ -232,6 +233,10 @@ class ResidencyClaim:
     decisions: tuple[DecisionClaim, ...]
     withdrawal: WithdrawalClaim | None
     attested_at: str
+    # the dataset's own Cedar policies as compiled from ``policy`` (not withdrawn), and their
+    # SHA-256: an auditor recompiles the policy and compares, and the consent entry records the hash
+    cedar: str = ""
+    cedar_hash: str = ""
 
     @property
     def jurisdictions(self) -> tuple[str, ...]:
@@ -255,7 +260,7 @@ class ResidencyClaim:
             "keyReleases": [r.to_json() for r in self.releases], "exports": [e.to_json() for e in self.exports],
             "decisions": [d.to_json() for d in self.decisions],
             "withdrawal": self.withdrawal.to_json() if self.withdrawal else None,
-            "attestedAt": self.attested_at,
+            "attestedAt": self.attested_at, "cedar": self.cedar, "cedarHash": self.cedar_hash,
         }
 
     def own_indices(self) -> list[int]:
@@ -354,7 +359,7 @@ def claim_from_json(p: Any) -> ResidencyClaim:
     w = "predicate"
     p = _fields(p, w, ("dataset", "owner", "embodiment", "attester", "policy", "policyHash", "allowedJurisdictions",
                        "allowedSites", "consentIndex", "ingest", "shards", "copies", "keyReleases", "exports",
-                       "decisions", "withdrawal", "attestedAt"))
+                       "decisions", "withdrawal", "attestedAt", "cedar", "cedarHash"))
     att = _fields(p["attester"], f"{w}.attester", ("site", "jurisdiction"))
     if not isinstance(p["policy"], dict):
         raise ClaimFormatError(f"{w}.policy must be an object")
@@ -406,6 +411,7 @@ def claim_from_json(p: Any) -> ResidencyClaim:
                            _str(ing, "jurisdiction", f"{w}.ingest"), _int(ing, "decisionIndex", f"{w}.ingest")),
         shards=tuple(shards), copies=tuple(copies), releases=tuple(releases), exports=tuple(exports),
         decisions=decisions, withdrawal=withdrawal, attested_at=_str(p, "attestedAt", w),
+        cedar=_str(p, "cedar", w), cedar_hash=_str(p, "cedarHash", w),
     )
     # The two lists are derived from the policy; a claim whose copies disagree is self-contradictory.
     if list(_strs(p, "allowedJurisdictions", w)) != list(claim.jurisdictions):
@@ -492,6 +498,7 @@ def _export_release(export: StoredEntry, releases: tuple[StoredEntry, ...]) -> S
 def build_claim(h: DatasetHistory, attester_site: str, attester_jurisdiction: str) -> ResidencyClaim:
     """The claim that ``h`` supports, made by ``attester_site``. Pure: reads only ``h``."""
     grant, ing = h.consent.entry.body, h.ingest.entry.body
+    cedar = dataset_cedar(h.dataset, grant["owner"], UsagePolicy.from_json(grant["policy"]), withdrawn=False)
     placements: dict[str, list[Placement]] = {
         s["sha256"]: [Placement(ing["site"], ing["jurisdiction"], h.ingest.index)] for s in ing["shards"]}
     copies = []
@@ -526,7 +533,7 @@ def build_claim(h: DatasetHistory, attester_site: str, attester_jurisdiction: st
         shards=tuple(ShardClaim(s["sha256"], s["frames"], s["bytes"], tuple(placements[s["sha256"]]))
                      for s in ing["shards"]),
         copies=tuple(copies), releases=releases, exports=tuple(exports), decisions=tuple(decisions),
-        withdrawal=withdrawal, attested_at=now_iso(),
+        withdrawal=withdrawal, attested_at=now_iso(), cedar=cedar, cedar_hash=cedar_hash(cedar),
     )
 
 

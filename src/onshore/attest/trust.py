@@ -115,6 +115,7 @@ def build_trust_root(ws: Workspace) -> TrustRoot:
 
     log_key = ws.public_key("log")
     assert log_key is not None
+    ws.site_facts()  # refuses a catalog whose sites disagree with the signed ledger
     return TrustRoot(
         workspace=ws.config.name, log_origin=ws.origin, log_vkey=ws.log_vkey, log_public_key=public_key_b64(log_key),
         sites=[TrustedSite(s.name, s.jurisdiction, list(s.roles), s.public_key) for s in registry.list_sites(ws)],

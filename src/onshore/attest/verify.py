@@ -71,12 +71,13 @@ from onshore.keys.keystore import public_key_from_b64
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import merkle, notes
 from onshore.ledger.entries import Entry, parse_leaf, verify_entry
+from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar
 
 PASS, FAIL, NOT_RUN = "pass", "fail", "not run"
 
 CHECK_NAMES = (
     "bundle format", "envelope signature", "statement", "checkpoint signature", "witness cosignatures",
-    "entry signatures", "inclusion proofs", "claim matches ledger", "jurisdictions", "decisions",
+    "entry signatures", "inclusion proofs", "claim matches ledger", "jurisdictions", "decisions", "freshness",
 )
 """Every check a report holds, in the order they are reported."""
 
@@ -388,6 +389,34 @@ class _Entries:
             self.problems.append(f"{what}: the claim says {name} {claimed!r}, entry {index} records {recorded!r}")
 
 
+def _check_cedar(claim: ResidencyClaim, parsed: dict[int, Entry], p: list[str]) -> None:
+    """The claim's Cedar text is what its policy compiles to, its hash is that text's, and every
+    decision about the dataset was made with that Cedar in force (or, after the withdrawal, with
+    the same Cedar plus the withdrawal's forbid)."""
+    try:
+        policy = UsagePolicy.from_json(claim.policy, "predicate.policy")
+    except OnshoreError as e:
+        p.append(f"the claimed policy does not compile to Cedar: {e}")
+        return
+    if claim.cedar != dataset_cedar(claim.dataset, claim.owner, policy, withdrawn=False):
+        p.append("cedar: the claimed Cedar text is not what the claimed policy compiles to")
+    if cedar_hash(claim.cedar) != claim.cedar_hash:
+        p.append("cedarHash is not the SHA-256 of the claimed Cedar text")
+    withdrawn_hash = cedar_hash(dataset_cedar(claim.dataset, claim.owner, policy, withdrawn=True))
+    withdrawn_from = claim.withdrawal.decision_index if claim.withdrawal else None
+    for d in claim.decisions:
+        e = parsed.get(d.index)
+        if e is None or e.kind != "decision":
+            continue  # reported by the decision checks
+        recorded = e.body.get("dataset_policy_hash")
+        if recorded == claim.cedar_hash:
+            continue
+        if recorded == withdrawn_hash and withdrawn_from is not None and d.index > withdrawn_from:
+            continue
+        p.append(f"decision {d.index} was made under dataset Cedar {str(recorded)[:12]}…, not the claimed "
+                 f"{claim.cedar_hash[:12]}…")
+
+
 def _check_claim(claim: ResidencyClaim, statement: Statement, parsed: dict[int, Entry], carried: set[int]) -> Check:
     ents = _Entries(parsed, carried)
     p = ents.problems
@@ -396,8 +425,9 @@ def _check_claim(claim: ResidencyClaim, statement: Statement, parsed: dict[int, 
     body = ents.body(claim.consent_index, "consent.grant", owner, "consent")
     if body is not None:
         for key, claimed in (("dataset", ds), ("owner", claim.owner), ("policy", claim.policy),
-                             ("policy_hash", claim.policy_hash)):
+                             ("policy_hash", claim.policy_hash), ("cedar_hash", claim.cedar_hash)):
             ents.same("consent", claim.consent_index, key, claimed, body.get(key))
+    _check_cedar(claim, parsed, p)
     try:
         recomputed = hashlib.sha256(rfc8785.dumps(claim.policy)).hexdigest()
     except Exception:  # noqa: BLE001 - any value rfc8785 refuses makes the claim wrong, not the verifier
@@ -673,14 +703,35 @@ def _alone(c: Check) -> Check:
     return c
 
 
-def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min_witnesses: int = 0
-                  ) -> VerificationReport:
+def _check_freshness(note: str, trust: TrustRoot, max_age: dt.timedelta | None, now: dt.datetime) -> Check:
+    name = "freshness"
+    if max_age is None:
+        return Check(name, PASS, "no maximum age asked (--max-age)")
+    try:
+        cosigs = ckpt.verified_cosignatures(note, [w.vkey for w in trust.witnesses])
+    except OnshoreError as e:
+        return Check(name, FAIL, str(e))
+    if not cosigs:
+        return Check(name, FAIL, "no trust-root witness cosigned the checkpoint, so nothing vouches for its age")
+    newest = dt.datetime.fromtimestamp(max(c.timestamp for c in cosigs), dt.UTC)
+    age = now - newest
+    if age > max_age:
+        return Check(name, FAIL, f"the checkpoint was last witnessed at {newest.isoformat()}, {age} ago, more than "
+                                 f"the maximum age {max_age}; ask for a bundle on a newer checkpoint")
+    return Check(name, PASS, f"witnessed at {newest.isoformat()}, {age} ago (maximum {max_age})")
+
+
+def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min_witnesses: int = 0,
+                  max_age: dt.timedelta | None = None, now: dt.datetime | None = None) -> VerificationReport:
     """Verify a residency bundle against ``trust`` alone, offline; see the module docstring.
 
     ``bundle`` is the parsed JSON object or its bytes/text. ``min_witnesses`` (K) is how many
     distinct trust-root witnesses must have cosigned the checkpoint. Never raises for a bad
     bundle: a malformed one fails "bundle format" and the other checks are "not run"; when the
-    claim cannot be read, the checks that need it are "not run". Raises ValueError for K < 0.
+    claim cannot be read, the checks that need it are "not run". ``max_age``: the newest trust-root
+    witness cosignature of the checkpoint must be at most that old at ``now`` (default: the clock),
+    else ``freshness`` fails; a checkpoint no trusted witness cosigned has no age and fails too.
+    Raises ValueError for K < 0.
     """
     if min_witnesses < 0:
         raise ValueError("min_witnesses must not be negative")
@@ -718,6 +769,8 @@ def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min
                              _alone))
         checks.append(_guard("jurisdictions", lambda: _check_jurisdictions(claim, trust), _alone))
         checks.append(_guard("decisions", lambda: _check_decisions(claim, entries), _alone))
+    when = now or dt.datetime.now(dt.UTC)
+    checks.append(_guard("freshness", lambda: _check_freshness(b.note, trust, max_age, when), _alone))
     shown = cp or _unverified_checkpoint(b.note)
     return VerificationReport(tuple(checks), claim.dataset if claim else None, attester,
                               shown.size if shown else None, witnesses)

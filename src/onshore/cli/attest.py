@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from onshore.cli.context import open_workspace
-from onshore.cli.inputs import read_input
+from onshore.cli.inputs import parse_duration, read_input
 from onshore.cli.output import console, err, print_json
 
 attest_app = typer.Typer(help="Residency attestations: signed claims an auditor verifies offline.",
@@ -51,13 +51,16 @@ def verify_command(
     trust_root: Path = typer.Option(..., "--trust-root", help="trust.json from 'onshore trust export'."),
     min_witnesses: int = typer.Option(0, "--min-witnesses", min=0,
                                       help="How many trust-root witnesses must have cosigned the checkpoint."),
+    max_age: str | None = typer.Option(None, "--max-age", help="Refuse a bundle whose checkpoint was last "
+                                       "witnessed longer ago than this (e.g. 30d, 12h)."),
     json_: bool = typer.Option(False, "--json", help="Print the report as JSON only, for scripts."),
 ) -> None:
     """Verify a residency bundle offline: no workspace, no network. Exit 0 only if every check passes."""
     from onshore.attest.trust import TrustRoot
     from onshore.attest.verify import VerificationFailed, verify_bundle
 
-    report = verify_bundle(read_input(bundle, "bundle"), TrustRoot.load(trust_root), min_witnesses)
+    age = parse_duration(max_age, "--max-age") if max_age is not None else None
+    report = verify_bundle(read_input(bundle, "bundle"), TrustRoot.load(trust_root), min_witnesses, age)
     if json_:
         print_json(report.to_json())
     else:

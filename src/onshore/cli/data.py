@@ -12,10 +12,12 @@ from onshore.cli.context import open_workspace
 from onshore.cli.output import console, err, print_json, table
 from onshore.errors import PolicyDenied
 from onshore.residency.pdp import Request
+from onshore.residency.policy import cedar_hash, workspace_cedar
 from onshore.workspace import datasets
+from onshore.workspace.paths import check_plaintext_destination
 
 dataset_app = typer.Typer(help="Datasets: ingest, copy, read, show, withdraw.", no_args_is_help=True)
-policy_app = typer.Typer(help="Usage policies: check what the policy decision point decides.",
+policy_app = typer.Typer(help="Usage policies: check what the policy decision point decides, show the Cedar.",
                          no_args_is_help=True)
 
 JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
@@ -72,6 +74,8 @@ def read(name: str, site: str = typer.Option(..., "--site", help="The site readi
          out: Path | None = typer.Option(None, "--out", help="Write the frames to this Parquet file.")) -> None:
     """Read a dataset at an allowed site."""
     with open_workspace() as ws:
+        if out:
+            check_plaintext_destination(ws, out, "--out")
         t = datasets.read(ws, name, site, purpose)
     if out:
         pq.write_table(t, out)
@@ -162,3 +166,22 @@ def check(
                       f"{' at ' + site if site else ''}: {', '.join(decision.rules)} (ledger entry {index})")
     if not decision.allowed:
         raise typer.Exit(PolicyDenied.exit_code)
+
+
+@policy_app.command("show")
+def show_policy(dataset: str, json_: bool = JSON) -> None:
+    """Print the Cedar policies in force for a dataset (its own, then the workspace-wide rules).
+
+    The dataset's hash is the SHA-256 of its Cedar text as printed (UTF-8): the hash its consent
+    entry, every decision about it and its residency bundles carry.
+    """
+    with open_workspace() as ws:
+        text, digest = ws.dataset_policy(dataset)
+        rules = workspace_cedar(ws.jurisdiction)
+    if json_:
+        print_json({"dataset": dataset, "cedar": text, "sha256": digest, "workspace_cedar": rules,
+                    "workspace_sha256": cedar_hash(rules)})
+        return
+    # Cedar text is printed verbatim (no Rich markup: it is full of brackets)
+    typer.echo(f"// dataset {dataset}: sha256 {digest}\n{text}\n// workspace-wide rules: sha256 "
+               f"{cedar_hash(rules)}\n{rules}", nl=False)

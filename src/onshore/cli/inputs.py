@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from pathlib import Path
 
 from onshore.errors import ValidationError
@@ -15,3 +17,14 @@ def read_input(path: Path, what: str) -> bytes:
         raise ValidationError(f"{path}: no such {what} file") from None
     except IsADirectoryError:
         raise ValidationError(f"{path}: is a folder, not a {what} file") from None
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, option: str) -> dt.timedelta:
+    """``30d``, ``12h``, ``90m``, ``3600s`` or ``2w``; a ValidationError naming ``option`` otherwise."""
+    m = re.fullmatch(r"([0-9]{1,9})([smhdw])", text.strip())
+    if m is None:
+        raise ValidationError(f"{option} {text!r}: use a number and a unit, e.g. 30d, 12h, 90m, 3600s or 2w")
+    return dt.timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])

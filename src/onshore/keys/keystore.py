@@ -1,8 +1,13 @@
-"""A key store: one folder holding an Ed25519 identity key and, for sites, a key-encryption key.
+"""A key store: one folder holding an Ed25519 identity key and, for sites, key-encryption keys.
 
 The embedded default keeps key files under the owner's folder with mode 0600; an HSM or a Vault
-transit engine would implement the same three methods. A process acting as one site opens only
-that site's key store.
+transit engine would implement the same methods. A process acting as one site opens only that
+site's key store.
+
+A site holds one key-encryption key per dataset placed there (``datasets/NAME.key``). The
+dataset's data key is wrapped under it, and withdrawal destroys it. It lives here, in the site's
+custody, and not in the catalog, so that restoring a catalog backup taken before a withdrawal
+cannot bring the dataset back: the wrap in the old catalog no longer opens.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from onshore.errors import IntegrityError, NotFoundError, ValidationError
+from onshore.names import check_name
 
 IDENTITY_FILE = "identity.pem"
 KEK_FILE = "kek.bin"
 KEK_BYTES = 32
+DATASET_KEYS = "datasets"
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -93,3 +100,58 @@ class KeyStore:
         if len(data) != KEK_BYTES:
             raise IntegrityError(f"{path}: key-encryption key has {len(data)} bytes, expected {KEK_BYTES}")
         return data
+
+    # -- per-dataset key-encryption keys (sites only) ---------------------------------------------
+
+    def _dataset_key_path(self, dataset: str) -> Path:
+        return self.directory / DATASET_KEYS / f"{check_name(dataset, 'dataset')}.key"
+
+    def has_dataset_key(self, dataset: str) -> bool:
+        return self._dataset_key_path(dataset).exists()
+
+    def create_dataset_key(self, dataset: str) -> bytes:
+        """Generate and keep the key-encryption key of ``dataset`` at this site; refuses an existing one."""
+        key = secrets.token_bytes(KEK_BYTES)
+        _write_secret(self._dataset_key_path(dataset), key)
+        return key
+
+    def dataset_key(self, dataset: str) -> bytes:
+        """The key-encryption key of ``dataset`` at this site. Only the site's key service calls this.
+
+        Raises NotFoundError when there is none: the dataset was never placed here, or its key was
+        destroyed on withdrawal (then no backup of the catalog can open its data here).
+        """
+        path = self._dataset_key_path(dataset)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"{path}: no key for dataset {dataset!r} in this site's custody; it was never placed here "
+                "or its key was destroyed when consent was withdrawn") from None
+        if len(data) != KEK_BYTES:
+            raise IntegrityError(f"{path}: dataset key has {len(data)} bytes, expected {KEK_BYTES}")
+        return data
+
+    def destroy_dataset_key(self, dataset: str) -> bool:
+        """Overwrite and delete the key of ``dataset`` here (crypto-shredding); True if one existed.
+
+        The bytes are overwritten and synced before the unlink, and the folder is synced after, so
+        that neither the old key nor its directory entry survive a crash. Copies of the custody
+        folder made earlier (a backup of the site's keys) are out of reach: see the threat model.
+        """
+        path = self._dataset_key_path(dataset)
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except FileNotFoundError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(KEK_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        path.unlink()
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return True

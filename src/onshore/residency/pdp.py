@@ -17,7 +17,9 @@ from typing import Any
 import cedarpy
 
 from onshore.errors import OnshoreError
+from onshore.names import check_name, parse_principal
 from onshore.residency.policy import ACTIONS, day_number
+from onshore.residency.schema import validate_policy_set
 
 DEFAULT_DENY = "default-deny (no permit policy matched)"
 
@@ -51,6 +53,8 @@ class Decision:
     rules: tuple[str, ...]  # @id of each deciding policy (forbids on deny, permits on allow)
     policy_hash: str        # SHA-256 of the whole Cedar policy set in force
     site_jurisdiction: str | None = None
+    # SHA-256 of the dataset's own Cedar policies in that set (policy.cedar_hash), None if it has none
+    dataset_policy_hash: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,6 +62,7 @@ class Decision:
             "decision": "allow" if self.allowed else "deny",
             "rules": list(self.rules),
             "policy_hash": self.policy_hash,
+            "dataset_policy_hash": self.dataset_policy_hash,
             "site_jurisdiction": self.site_jurisdiction,
         }
 
@@ -70,23 +75,42 @@ class SiteFacts:
 
 
 def _uid(principal: str) -> dict[str, str]:
-    kind, _, name = principal.partition(":")
-    types = {"site": "Onshore::Site", "member": "Onshore::Member"}
-    if kind not in types or not name:
-        raise OnshoreError(f"principal {principal!r} must be 'site:NAME' or 'member:NAME'")
-    return {"type": types[kind], "id": name}
+    kind, name = parse_principal(principal)
+    return {"type": {"site": "Onshore::Site", "member": "Onshore::Member"}[kind], "id": name}
+
+
+def check_request(request: Request) -> None:
+    """Refuse a request whose principal, dataset, site or purpose is not a valid name.
+
+    Every request is checked before Cedar sees it, so that no id reaching the policy engine or the
+    ledger can carry a path, a quote or a control character.
+    """
+    parse_principal(request.principal)
+    check_name(request.dataset, "dataset")
+    if request.site is not None:
+        check_name(request.site, "site")
+    if request.purpose is not None:
+        check_name(request.purpose, "purpose")
 
 
 class PolicyDecisionPoint:
     """Decides requests against one fixed policy set and site registry."""
 
-    def __init__(self, policy_text: str, sites: list[SiteFacts], cache_size: int = 65536) -> None:
+    def __init__(self, policy_text: str, sites: list[SiteFacts], cache_size: int = 65536,
+                 dataset_hashes: dict[str, str] | None = None) -> None:
+        """``dataset_hashes``: each dataset's own Cedar hash, recorded with decisions about it.
+
+        Refuses (OnshoreError, a compiler bug) policy text that does not parse or does not
+        validate against the shipped Cedar schema.
+        """
         self.policy_text = policy_text
         self.policy_hash = hashlib.sha256(policy_text.encode()).hexdigest()
+        self._dataset_hashes = dict(dataset_hashes or {})
         try:
             self._policies = cedarpy.PolicySet.from_str(policy_text)
         except ValueError as e:  # only reachable through a bug in the compiler
             raise OnshoreError(f"internal error: compiled Cedar policies do not parse: {e}") from None
+        validate_policy_set(policy_text)
         self._sites = {s.name: s for s in sites}
         entities = [
             {"uid": {"type": "Onshore::Site", "id": s.name},
@@ -104,6 +128,7 @@ class PolicyDecisionPoint:
             return hit
         if request.action not in ACTIONS:
             raise OnshoreError(f"unknown action {request.action!r}; use one of {', '.join(ACTIONS)}")
+        check_request(request)
         context: dict[str, Any] = {"today": day_number(request.today)}
         site = None
         if request.site is not None:
@@ -130,7 +155,7 @@ class PolicyDecisionPoint:
         if not result.allowed and not rules:
             rules = (DEFAULT_DENY,)
         decision = Decision(request, result.allowed, rules, self.policy_hash,
-                            site.jurisdiction if site else None)
+                            site.jurisdiction if site else None, self._dataset_hashes.get(request.dataset))
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
         self._cache[request] = decision

@@ -6,6 +6,7 @@ sites = []                        # empty: any site in those jurisdictions
 purposes = ["foundation-pretraining", "fine-tuning"]
 expires = 2031-03-31
 derived_models = "stop-serving"   # keep | stop-serving | retrain-by:YYYY-MM-DD
+redistribution = false            # may others ingest copies of this data as their own? (default false)
 ```
 
 Each clause compiles to its own Cedar ``forbid`` policy with an ``@id`` naming the dataset and the
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import rfc8785
+import tomli_w
 
 from onshore.errors import ValidationError
-from onshore.names import check_name
+from onshore.names import check_name, is_name
 from onshore.residency.jurisdictions import check_jurisdiction
 
 ACTIONS = ("ingest", "read", "copy", "export", "train", "serve", "withdraw")
@@ -34,8 +36,7 @@ SITED_ACTIONS = ("ingest", "read", "copy", "export", "train", "serve")
 #: Actions that use data for a purpose: the purpose must be named (and, like any named purpose, allowed).
 PURPOSED_ACTIONS = ("train", "serve")
 
-_PURPOSE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-_KEYS = {"jurisdictions", "sites", "purposes", "expires", "derived_models"}
+_KEYS = {"jurisdictions", "sites", "purposes", "expires", "derived_models", "redistribution"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class UsagePolicy:
     purposes: tuple[str, ...]
     expires: dt.date
     derived_models: str  # keep | stop-serving | retrain-by:YYYY-MM-DD
+    # True lets another member ingest data whose provenance or fingerprints match this dataset
+    redistribution: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,7 +56,25 @@ class UsagePolicy:
             "purposes": list(self.purposes),
             "expires": self.expires.isoformat(),
             "derived_models": self.derived_models,
+            "redistribution": self.redistribution,
         }
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "<policy>") -> UsagePolicy:
+        """The inverse of ``to_json`` (as recorded in the ledger), checked like a TOML file."""
+        if not isinstance(data, dict):
+            raise ValidationError(f"{source}: a policy must be a JSON object")
+        d = dict(data)
+        if isinstance(d.get("expires"), str):
+            try:
+                d["expires"] = dt.date.fromisoformat(d["expires"])
+            except ValueError:
+                raise ValidationError(f"{source}: field 'expires' is not a date") from None
+        try:
+            text = tomli_w.dumps(d)
+        except (TypeError, ValueError) as e:
+            raise ValidationError(f"{source}: not a policy ({e})") from None
+        return parse_policy(text, source)
 
     @property
     def hash(self) -> str:
@@ -103,7 +124,7 @@ def parse_policy(text: str, source: str = "<policy>") -> UsagePolicy:
             raise fail("sites", f"has a bad entry: {e}") from None
     purposes = str_list("purposes", False)
     for p in purposes:
-        if not _PURPOSE.match(p):
+        if not is_name(p):
             raise fail("purposes", f"has a bad entry {p!r}: use lowercase letters, digits and '-'")
     expires = data["expires"]
     if isinstance(expires, dt.datetime) or not isinstance(expires, dt.date):
@@ -119,7 +140,10 @@ def parse_policy(text: str, source: str = "<policy>") -> UsagePolicy:
             ok = False
         if not ok:
             raise fail("derived_models", f"is {clause!r}; use keep, stop-serving or retrain-by:YYYY-MM-DD")
-    return UsagePolicy(tuple(jur), tuple(sites), tuple(purposes), expires, clause)
+    redistribution = data.get("redistribution", False)
+    if not isinstance(redistribution, bool):
+        raise fail("redistribution", "must be true or false")
+    return UsagePolicy(tuple(jur), tuple(sites), tuple(purposes), expires, clause, redistribution)
 
 
 def load_policy(path: Path) -> tuple[UsagePolicy, str]:
@@ -174,6 +198,13 @@ def dataset_cedar(name: str, owner: str, policy: UsagePolicy, withdrawn: bool) -
     if withdrawn:
         parts.append(f'@id("dataset/{name}/withdrawn")\nforbid (principal, action, resource == {res});')
     return "\n".join(parts) + "\n"
+
+
+def cedar_hash(text: str) -> str:
+    """SHA-256 (hex) of Cedar policy text as UTF-8: the per-dataset hash that consent entries,
+    decisions and bundles carry, and that an auditor recomputes from the policy with
+    :func:`dataset_cedar`."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def workspace_cedar(jurisdiction: str | None) -> str:

@@ -67,6 +67,8 @@ from onshore.errors import ValidationError
 from onshore.names import check_name
 from onshore.telemetry import frames as F
 from onshore.telemetry.embodiment import Channel, Embodiment
+from onshore.telemetry.provenance import INFO_KEY as PROVENANCE_INFO_KEY
+from onshore.telemetry.provenance import with_provenance
 
 CODEBASE_VERSION = "v3.0"
 INFO_PATH = "meta/info.json"
@@ -713,13 +715,15 @@ def _tasks_table(tasks: list[str]) -> pa.Table:
 
 def write_lerobot_v3(table: pa.Table, embodiment: Embodiment, out: Path, *,
                      robot_type: str | None = None, chunks_size: int = 1000,
-                     data_file_size_mb: float = 100) -> None:
+                     data_file_size_mb: float = 100, provenance: dict[str, Any] | None = None) -> None:
     """Write ``table`` (our frame schema) as a complete LeRobotDataset v3.0 folder at ``out``.
 
     ``out`` must not exist or be an empty folder. Feature names are the embodiment's channel
     names, ``fps`` its ``control_hz`` (an integer when it is whole), ``robot_type`` defaults to
-    the embodiment's name. Extra columns are kept as features. Raises ``ValidationError`` before
-    writing anything if the table does not fit (see the module docstring).
+    the embodiment's name. Extra columns are kept as features. ``provenance`` (see
+    ``telemetry/provenance.py``) goes into ``meta/info.json`` and every data file's Parquet
+    metadata. Raises ``ValidationError`` before writing anything if the table does not fit (see
+    the module docstring).
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -732,6 +736,8 @@ def write_lerobot_v3(table: pa.Table, embodiment: Embodiment, out: Path, *,
         raise ValidationError(f"data_file_size_mb must be a positive number, got {data_file_size_mb!r}")
 
     data, features, tasks = _prepare(table, embodiment)
+    if provenance is not None:
+        data = with_provenance(data, provenance)
     n = data.num_rows
     ep = data.column(F.EPISODE).to_numpy()
     starts = np.concatenate(([0], np.nonzero(np.diff(ep))[0] + 1))
@@ -796,6 +802,8 @@ def write_lerobot_v3(table: pa.Table, embodiment: Embodiment, out: Path, *,
         "video_path": None,
         "features": features,
     }
+    if provenance is not None:
+        info[PROVENANCE_INFO_KEY] = provenance
 
     # Assemble next to `out`, then move into place.
     out.parent.mkdir(parents=True, exist_ok=True)

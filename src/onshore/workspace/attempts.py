@@ -37,7 +37,7 @@ from onshore.catalog.db import write_transaction
 from onshore.errors import OnshoreError
 from onshore.faults import crash_point
 from onshore.ledger.entries import now_iso
-from onshore.ledger.log import ledger_attempts
+from onshore.ledger.log import AppendHook, ledger_attempts
 from onshore.residency.pdp import Decision, Request
 from onshore.residency.policy import UsagePolicy
 from onshore.store import shards as S
@@ -101,25 +101,35 @@ def _release(ws: Workspace, attempt: Attempt) -> None:
         attempt.lock = None
 
 
+def prepare(ws: Workspace, op: str, dataset: str, site: str | None, actor: str) -> Attempt:
+    """A new attempt holding its lock file; it opens (gets its row) with its allow decision (:func:`opener`)."""
+    attempt = Attempt(uuid.uuid4().hex, op, dataset, site, actor)
+    path = _lock_path(ws, attempt.id)
+    path.parent.mkdir(exist_ok=True)
+    attempt.lock = open(path, "w")  # noqa: SIM115 - held for the attempt's life
+    fcntl.flock(attempt.lock, fcntl.LOCK_EX)
+    return attempt
+
+
+def opener(attempt: Attempt) -> AppendHook:
+    """The append hook, for the allow decision's transaction, that writes the attempt's row."""
+    def open_row(conn: Any, indices: list[int]) -> None:
+        conn.execute(insert(ledger_attempts).values(
+            id=attempt.id, op=attempt.op, dataset=attempt.dataset, site=attempt.site, actor=attempt.actor,
+            decision_index=indices[0], state="open", outcome="[]", started_at=now_iso()))
+        attempt.decision_index = indices[0]
+    return open_row
+
+
 def start(ws: Workspace, op: str, request: Request, dataset: str, site: str | None,
           extra: tuple[str, str, UsagePolicy] | None = None) -> tuple[Decision, Attempt]:
     """Decide ``request`` and, when allowed, open an attempt in the decision's own transaction.
 
     Raises PolicyDenied on a deny (the decision is recorded, no attempt is opened).
     """
-    attempt = Attempt(uuid.uuid4().hex, op, dataset, site, request.principal)
-    path = _lock_path(ws, attempt.id)
-    path.parent.mkdir(exist_ok=True)
-    attempt.lock = open(path, "w")  # noqa: SIM115 - held for the attempt's life
-    fcntl.flock(attempt.lock, fcntl.LOCK_EX)
-
-    def open_row(conn: Any, indices: list[int]) -> None:
-        conn.execute(insert(ledger_attempts).values(
-            id=attempt.id, op=op, dataset=dataset, site=site, actor=request.principal,
-            decision_index=indices[0], state="open", outcome="[]", started_at=now_iso()))
-
+    attempt = prepare(ws, op, dataset, site, request.principal)
     try:
-        decision, attempt.decision_index = ws.authorize(request, extra, open_row)
+        decision, _ = ws.authorize(request, extra, opener(attempt))
     except BaseException:
         _release(ws, attempt)
         raise
@@ -127,7 +137,7 @@ def start(ws: Workspace, op: str, request: Request, dataset: str, site: str | No
     return decision, attempt
 
 
-def ledgered(attempt: Attempt):  # type: ignore[no-untyped-def]
+def ledgered(attempt: Attempt) -> AppendHook:
     """The append hook that marks the attempt's row ``ledgered`` with its outcome entries."""
     def mark(conn: Any, indices: list[int]) -> None:
         conn.execute(update(ledger_attempts).where(ledger_attempts.c.id == attempt.id).values(
@@ -204,6 +214,11 @@ def guard(ws: Workspace, attempt: Attempt) -> Iterator[None]:
     except BaseException as e:
         for p in attempt.published:  # the catalog transaction that would name them rolled back
             p.unlink(missing_ok=True)
+        if attempt.decision_index < 0 or (attempt.op == "withdraw" and attempt.outcome):
+            # no allow decision, so nothing to close; or a withdrawal the ledger already records,
+            # which recovery rolls forward (its row stays, and this process's lock goes)
+            _release(ws, attempt)
+            raise
         reason = str(e) if isinstance(e, OnshoreError) else f"{type(e).__name__}: {e}"
         try:
             _abandon_entry(ws, _row_of(attempt), [attempt.decision_index, *attempt.outcome], reason)
@@ -304,4 +319,4 @@ def abandoned_indices(ws: Workspace) -> set[int]:
 
 
 __all__ = ["ABANDONED", "Attempt", "abandoned_indices", "close", "finish", "guard", "is_alive", "ledgered",
-           "open_attempts", "publish", "recover", "remove_orphans", "start"]
+           "open_attempts", "opener", "prepare", "publish", "recover", "remove_orphans", "start"]

@@ -26,13 +26,16 @@ from onshore.keys.envelope import new_data_key
 from onshore.ledger.entries import now_iso
 from onshore.names import check_name
 from onshore.residency.pdp import Request
-from onshore.residency.policy import UsagePolicy, load_policy, parse_policy
+from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar, load_policy, parse_policy
 from onshore.store import shards as S
 from onshore.telemetry import frames as F
 from onshore.telemetry.embodiment import Embodiment
 from onshore.telemetry.lerobot import is_lerobot_v3, read_lerobot_v3, write_lerobot_v3
+from onshore.telemetry.provenance import episode_fingerprints, read_provenance, with_provenance
 from onshore.telemetry.validate import TelemetryError, validate_frames
 from onshore.workspace import attempts, keyservice
+from onshore.workspace.lineage import check_redistribution
+from onshore.workspace.paths import check_plaintext_destination
 from onshore.workspace.registry import get_embodiment, get_site
 from onshore.workspace.workspace import Workspace
 
@@ -136,6 +139,9 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
                     progress("validate", i + 1, len(inputs))
             table = _unify(tables, sources)
             episodes = len(pc.unique(table.column(F.EPISODE)))
+            fingerprints = episode_fingerprints(table)
+            check_redistribution(ws, member, fingerprints,
+                                 [(str(p), b) for p in inputs if (b := read_provenance(Path(p))) is not None])
             written: list[S.ShardInfo] = []
             for start in range(0, table.num_rows, SHARD_FRAMES):
                 written.append(S.write_shard(table.slice(start, SHARD_FRAMES), root, name, data_key, stage))
@@ -160,11 +166,13 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
                 keyservice.wrap_for_site(ws, conn, name, site, data_key)
                 attempt.outcome = ws.record_many([
                     ("consent.grant", f"member:{member}", {
-                        "dataset": name, "owner": member, "policy": policy.to_json(), "policy_hash": policy.hash}),
+                        "dataset": name, "owner": member, "policy": policy.to_json(), "policy_hash": policy.hash,
+                        "cedar_hash": cedar_hash(dataset_cedar(name, member, policy, withdrawn=False))}),
                     ("data.ingest", f"site:{site}", {
                         "dataset": name, "owner": member, "site": site, "jurisdiction": site_info.jurisdiction,
                         "embodiment": emb.name, "policy_hash": policy.hash, "decision_index": attempt.decision_index,
-                        "episodes": episodes, "frames": table.num_rows, "shards": shard_json}),
+                        "episodes": episodes, "frames": table.num_rows, "shards": shard_json,
+                        "fingerprints": fingerprints}),
                 ], attempts.ledgered(attempt))
                 crash_point("ingest.ledgered")
     finally:
@@ -206,7 +214,7 @@ def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None) -
     sources = sorted({s["site"] for s in held})
     if to_site in sources:
         raise ValidationError(f"dataset {name!r} is already at site {to_site!r}")
-    decision, attempt = attempts.start(ws, "copy", Request(f"site:{to_site}", "copy", name, to_site), name, to_site)
+    attempt = attempts.prepare(ws, "copy", name, to_site, f"site:{to_site}")
     with attempts.guard(ws, attempt):
         if from_site is None:
             if not sources:
@@ -215,7 +223,10 @@ def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None) -
         elif from_site not in sources:
             raise ValidationError(f"dataset {name!r} has no shards at site {from_site!r}; it sits at {sources}")
         source = get_site(ws, from_site)
-        data_key = keyservice.release(ws, name, from_site, decision, attempt.decision_index)
+        # the source site's key service decides (copy by the target, to the target) and records it;
+        # its allow decision opens the attempt
+        rel = keyservice.release(ws, name, from_site, "copy", copy_to=to_site, on_allow=attempts.opener(attempt))
+        decision, data_key = rel.decision, rel.key
         crash_point("copy.released")
         rows = [s for s in held if s["site"] == from_site]
         stage = attempt.staging(target.root)
@@ -253,12 +264,11 @@ def _open_for_read(ws: Workspace, name: str, site: str, purpose: str | None, act
     ws.row("dataset", name)
     attempts.recover(ws)  # a withdrawal a crash left in the ledger only must take effect before any read
     site_info = get_site(ws, site)
-    decision, idx = ws.authorize(Request(f"site:{site}", action, name, site, purpose))
+    rel = keyservice.release(ws, name, site, action, purpose)  # decides, records, unwraps
     rows = _shards_at(ws, name, site)
     if not rows:
         raise OnshoreError(f"dataset {name!r} has no shards at site {site!r}; see 'onshore dataset show {name}'")
-    key = keyservice.release(ws, name, site, decision, idx)
-    return rows, Path(site_info.root), key, idx
+    return rows, Path(site_info.root), rel.key, rel.decision_index
 
 
 def iter_batches(ws: Workspace, name: str, site: str, purpose: str | None = None, action: str = "read"
@@ -274,8 +284,16 @@ def iter_batches(ws: Workspace, name: str, site: str, purpose: str | None = None
 
 def read(ws: Workspace, name: str, site: str, purpose: str | None = None, action: str = "read") -> pa.Table:
     """The whole dataset as one Arrow table, read at ``site`` (which must be allowed and hold it)."""
-    rows, root, key, _ = _open_for_read(ws, name, site, purpose, action)
-    return _read_all(rows, root, name, key)
+    rows, root, key, decision_idx = _open_for_read(ws, name, site, purpose, action)
+    return with_provenance(_read_all(rows, root, name, key), _provenance(ws, name, site, action, decision_idx))
+
+
+def _provenance(ws: Workspace, name: str, site: str, action: str, decision_index: int) -> dict[str, Any]:
+    """The block that plaintext leaving a site carries (telemetry/provenance.py)."""
+    row = ws.row("dataset", name)
+    return {"dataset": name, "owner": row["owner"], "workspace": ws.origin, "site": site, "action": action,
+            "decision_index": decision_index, "policy_hash": row["policy_hash"],
+            "cedar_hash": cedar_hash(dataset_cedar(name, row["owner"], parse_policy(row["policy"]), withdrawn=False))}
 
 
 def _read_all(rows: list[dict[str, Any]], root: Path, name: str, key: bytes) -> pa.Table:
@@ -310,12 +328,13 @@ def export(ws: Workspace, name: str, site: str, out: Path, fmt: str = "lerobot",
     if fmt != "lerobot":
         raise ValidationError(f"--format {fmt!r}: only 'lerobot' (LeRobotDataset v3.0) is supported")
     out = Path(out)
+    check_plaintext_destination(ws, out, "--out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValidationError(f"{out}: already exists and is not an empty folder; choose a new folder")
     emb = get_embodiment(ws, ws.row("dataset", name)["embodiment"])
     rows, root, key, decision_idx = _open_for_read(ws, name, site, purpose, "export")
     table = renumber_episodes(_read_all(rows, root, name, key))
-    write_lerobot_v3(table, emb, out)
+    write_lerobot_v3(table, emb, out, provenance=_provenance(ws, name, site, "export", decision_idx))
     files = sorted(p for p in out.rglob("*") if p.is_file())
     digests = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     idx = ws.record("data.export", f"site:{site}", {
@@ -336,8 +355,8 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
     Only the owning member may withdraw. Afterwards every read, copy, export or training of the
     dataset is refused by the ``dataset/NAME/withdrawn`` rule, and the shard bytes are noise.
     Returns the sites whose keys were destroyed and the derived models (with the policy's
-    derived-model clause). In the catalog's write turn the wraps are destroyed and the entries
-    appended before the catalog commits; a crash after the append is rolled forward by the next
+    derived-model clause). In the catalog's write turn the entries are appended, then the keys
+    destroyed, then the catalog commits; a crash after the append is rolled forward by the next
     command or `onshore doctor --repair`, never back.
     """
     row = ws.row("dataset", name)
@@ -349,10 +368,9 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
             status = conn.execute(select(T.datasets.c.status).where(T.datasets.c.name == name)).scalar()
             if status != "active":
                 raise ValidationError(f"dataset {name!r} was already withdrawn (by another command meanwhile)")
-            sites = keyservice.shred(ws, conn, name)
-            now = now_iso()
-            conn.execute(update(T.datasets).where(T.datasets.c.name == name).values(status="withdrawn",
-                                                                                    withdrawn_at=now))
+            # the entries first, then the irreversible destruction of custody keys: a crash in
+            # between is rolled forward (the ledger already says so), never left half-done
+            sites = keyservice.key_sites(ws, conn, name)
             models = derived_models(ws, name)
             clause = parse_policy(row["policy"]).derived_models
             attempt.outcome = ws.record_many(
@@ -361,6 +379,9 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
                 + [("key.shred", f"site:{s}", {"dataset": name, "site": s}) for s in sites],
                 attempts.ledgered(attempt))
             crash_point("withdraw.ledgered")
+            keyservice.shred(ws, conn, name)
+            conn.execute(update(T.datasets).where(T.datasets.c.name == name).values(status="withdrawn",
+                                                                                    withdrawn_at=now_iso()))
     crash_point("withdraw.committed")
     attempts.finish(ws, attempt)
     ws.invalidate()

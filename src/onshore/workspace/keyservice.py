@@ -1,72 +1,155 @@
 """A site's key service: the only way a dataset's data key is wrapped for, or released at, a site.
 
-Release is tied to an allow decision already made by the policy decision point and recorded in
-the ledger; the release itself is recorded too, signed by the site, citing that decision.
+The key service decides for itself. A caller names what it wants (dataset, site, action, purpose);
+the service refuses any dataset whose withdrawal is in the signed ledger, then asks the policy
+decision point itself, records that decision, and only on an allow unwraps and records the release
+citing its own decision. No decision object is ever taken from a caller, so a decision made for
+another site, dataset or purpose, or one built by hand, cannot release a key.
+
+Key material: the data key is wrapped (AES-256-GCM, bound to dataset and site) under the dataset's
+key-encryption key in the site's key custody (``KeyStore.dataset_key``); the catalog keeps only the
+wrap. Withdrawal destroys the custody key at every site, so a catalog restored from a backup holds
+wraps that no longer open.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
 from onshore.catalog import schema as T
-from onshore.errors import OnshoreError, PolicyDenied
+from onshore.errors import NotFoundError, OnshoreError, PolicyDenied, ValidationError
 from onshore.keys.envelope import unwrap_key, wrap_key
 from onshore.ledger.entries import now_iso
-from onshore.residency.pdp import Decision
+from onshore.ledger.log import AppendHook
+from onshore.names import check_name
+from onshore.residency.pdp import Decision, Request
 from onshore.workspace.workspace import Workspace
+
+#: The rule a refusal names when the ledger records a withdrawal of the dataset.
+WITHDRAWN_RULE = "keyservice/withdrawn-in-ledger"
+
+
+@dataclass(frozen=True)
+class Release:
+    """A released data key with the decision the key service made for it and the ledger indices."""
+
+    key: bytes
+    decision: Decision
+    decision_index: int
+    index: int  # the key.release entry
 
 
 def _context(dataset: str, site: str) -> bytes:
     return f"onshore-dataset-key:v1:{dataset}:{site}".encode()
 
 
-def wrap_for_site(ws: Workspace, conn: Any, dataset: str, site: str, data_key: bytes) -> None:
-    """Store ``data_key`` wrapped under ``site``'s KEK, inside the caller's catalog transaction.
+def withdrawal_index(ws: Workspace, dataset: str) -> int | None:
+    """The ledger index of the dataset's ``consent.withdraw`` entry, or None.
 
-    Callers only do this after an allow decision for placing the dataset at ``site``.
+    Read from the signed ledger, not from the catalog's status column, which a restored backup
+    would set back to active.
     """
-    wrapped = wrap_key(ws.keystore(f"site:{site}").kek(), data_key, _context(dataset, site))
+    for e in ws.ledger.entries(kinds=("consent.withdraw",)):
+        if e.entry.body.get("dataset") == dataset:
+            return e.index
+    return None
+
+
+def _refuse_withdrawn(ws: Workspace, dataset: str, what: str) -> None:
+    idx = withdrawal_index(ws, dataset)
+    if idx is not None:
+        raise PolicyDenied(
+            f"refused: {what} of dataset {dataset!r}: consent was withdrawn (ledger entry {idx}) and its keys "
+            f"destroyed; the key service never handles it again, whatever the catalog says; "
+            f"deciding rule(s): {WITHDRAWN_RULE}", [WITHDRAWN_RULE])
+
+
+def wrap_for_site(ws: Workspace, conn: Any, dataset: str, site: str, data_key: bytes) -> None:
+    """Store ``data_key`` wrapped for ``site``, inside the caller's catalog transaction.
+
+    Creates the dataset's key-encryption key in the site's custody (a leftover one from a crashed
+    attempt, with no wrap in the catalog, is replaced). Callers only do this after an allow
+    decision for placing the dataset at ``site``. Refuses a dataset withdrawn in the ledger.
+    """
+    check_name(dataset, "dataset")
+    _refuse_withdrawn(ws, dataset, f"placing a key at site {site!r}")
+    store = ws.keystore(f"site:{site}")
+    if store.has_dataset_key(dataset):
+        held = conn.execute(select(T.key_wraps.c.site).where(
+            T.key_wraps.c.dataset == dataset, T.key_wraps.c.site == site)).first()
+        if held is not None:
+            raise ValidationError(f"site {site!r} already holds a key for dataset {dataset!r}")
+        store.destroy_dataset_key(dataset)  # a crashed attempt's key: nothing committed uses it
+    kek = store.create_dataset_key(dataset)
+    wrapped = wrap_key(kek, data_key, _context(dataset, site))
     conn.execute(insert(T.key_wraps).values(dataset=dataset, site=site, wrapped=wrapped, created_at=now_iso()))
 
 
-def release(ws: Workspace, dataset: str, site: str, decision: Decision, decision_index: int) -> bytes:
-    """Unwrap the dataset key at ``site`` for the allowed ``decision``; records a key.release entry.
+def release(ws: Workspace, dataset: str, site: str, action: str, purpose: str | None = None,
+            copy_to: str | None = None, on_allow: AppendHook | None = None) -> Release:
+    """Unwrap the dataset key at ``site`` for ``action``, after deciding so itself; records both.
 
-    Refuses a deny decision, a decision about another dataset, and a site that holds no wrap
-    (the policy never allowed the data there, or the dataset was withdrawn).
+    For a copy, ``copy_to`` names the target: the key service of the source ``site`` asks whether
+    the target may copy the dataset there (the same question ``copy`` is decided by). Refuses
+    (PolicyDenied, exit 3): a dataset with a withdrawal in the ledger, and any request the decision
+    point denies; the decision is in the ledger either way. Refuses (OnshoreError) a site that holds
+    no wrap or no custody key for the dataset (never placed there, or destroyed on withdrawal).
+    ``on_allow`` runs in the allow decision's ledger transaction (a copy opens its attempt there).
     """
-    if not decision.allowed or decision.request.dataset != dataset:
-        raise PolicyDenied(f"key release for {dataset!r} at {site!r} needs an allow decision for that dataset",
-                           list(decision.rules))
+    check_name(dataset, "dataset")
+    check_name(site, "site")
+    if (action == "copy") != (copy_to is not None):
+        raise ValidationError("a key release for a copy names its target (copy_to), and only a copy does")
+    if copy_to is not None:
+        request = Request(f"site:{copy_to}", "copy", dataset, copy_to)
+    else:
+        request = Request(f"site:{site}", action, dataset, site, purpose)
+    decision, decision_index = ws.authorize(request, None, on_allow)
+    # The decision point already forbids withdrawn datasets; this second look at the ledger holds
+    # even when the catalog (and so the compiled policy set) was restored from an older backup.
+    _refuse_withdrawn(ws, dataset, f"{action} at site {site!r}")
     with ws.catalog.connect() as conn:
         row = conn.execute(select(T.key_wraps.c.wrapped).where(
             T.key_wraps.c.dataset == dataset, T.key_wraps.c.site == site)).first()
+    missing = (f"dataset {dataset!r} has no shards at site {site!r} (no key there): it was never placed there "
+               "(copy it there first, if its policy allows) or its keys were destroyed on withdrawal")
     if row is None:
-        raise OnshoreError(
-            f"site {site!r} holds no key for dataset {dataset!r}: it was never placed there "
-            "(copy it there first, if its policy allows) or its keys were destroyed on withdrawal"
-        )
-    key = unwrap_key(ws.keystore(f"site:{site}").kek(), bytes(row[0]), _context(dataset, site))
-    ws.record("key.release", f"site:{site}", {
-        "dataset": dataset, "site": site, "action": decision.request.action,
-        "purpose": decision.request.purpose, "decision_index": decision_index,
-        "policy_hash": decision.policy_hash,
+        raise OnshoreError(missing)
+    try:
+        kek = ws.keystore(f"site:{site}").dataset_key(dataset)
+    except NotFoundError as e:
+        raise OnshoreError(f"{missing} ({e})") from None
+    key = unwrap_key(kek, bytes(row[0]), _context(dataset, site))
+    index = ws.record("key.release", f"site:{site}", {
+        "dataset": dataset, "site": site, "action": action, "purpose": purpose,
+        "decision_index": decision_index, "policy_hash": decision.policy_hash,
     })
-    return key
+    return Release(key, decision, decision_index, index)
+
+
+def key_sites(ws: Workspace, conn: Any, dataset: str) -> list[str]:
+    """The sites holding a wrap of the dataset key in the catalog or its key in custody (what ``shred`` destroys)."""
+    listed = {r[0] for r in conn.execute(select(T.key_wraps.c.site).where(T.key_wraps.c.dataset == dataset))}
+    all_sites = [r[0] for r in conn.execute(select(T.sites.c.name).order_by(T.sites.c.name))]
+    return sorted(listed | {s for s in all_sites if ws.keystore(f"site:{s}").has_dataset_key(dataset)})
 
 
 def shred(ws: Workspace, conn: Any, dataset: str) -> list[str]:
-    """Destroy every wrap of the dataset key (inside the caller's transaction); returns the sites.
+    """Destroy the dataset's key at every site (inside the caller's transaction); returns the sites.
 
-    The wrapped bytes are overwritten before the rows are deleted so that the old value is not
-    left in the database page in place.
+    Every registered site's custody is searched, not only the sites the catalog lists, so a
+    catalog that lost a row (a restored backup) still leaves no key behind. Catalog wraps are
+    overwritten before the rows are deleted, so the old bytes are not left in the page in place.
     """
-    sites = [r[0] for r in conn.execute(select(T.key_wraps.c.site).where(T.key_wraps.c.dataset == dataset))]
-    for site in sites:
+    listed = {r[0] for r in conn.execute(select(T.key_wraps.c.site).where(T.key_wraps.c.dataset == dataset))}
+    all_sites = [r[0] for r in conn.execute(select(T.sites.c.name).order_by(T.sites.c.name))]
+    destroyed = {s for s in all_sites if ws.keystore(f"site:{s}").destroy_dataset_key(dataset)}
+    for site in listed:
         conn.execute(update(T.key_wraps).where(T.key_wraps.c.dataset == dataset, T.key_wraps.c.site == site)
                      .values(wrapped=os.urandom(60)))
     conn.execute(delete(T.key_wraps).where(T.key_wraps.c.dataset == dataset))
-    return sites
+    return sorted(listed | destroyed)

@@ -16,9 +16,10 @@ from onshore.errors import ValidationError
 from onshore.keys.keystore import KeyStore, public_key_b64
 from onshore.ledger.checkpoint import CosignatureVerifier
 from onshore.ledger.entries import canonical_json, now_iso
-from onshore.names import check_name
+from onshore.names import check_name, check_text
 from onshore.residency.jurisdictions import check_jurisdiction
 from onshore.telemetry.embodiment import Embodiment
+from onshore.workspace.paths import check_site_root
 from onshore.workspace.workspace import LOG_ACTOR, Workspace
 
 ROLES = ("storage", "compute", "serve")
@@ -51,14 +52,16 @@ def add_site(ws: Workspace, name: str, jurisdiction: str, roles: tuple[str, ...]
              operator: str = "", root: Path | None = None) -> Site:
     """Register a site with its own key store (identity key and KEK, mode 0600).
 
-    Refuses a bad name or jurisdiction, unknown roles, and a name already taken.
+    Refuses a bad name, operator text or jurisdiction, unknown roles, a name already taken, and a
+    storage folder that overlaps another site's or the workspace's internals (``paths``).
     """
     check_name(name, "site")
     check_jurisdiction(jurisdiction, "--jurisdiction")
+    check_text(operator, "--operator")
     roles = parse_roles(roles) if isinstance(roles, str) else parse_roles(",".join(roles))
     if _exists(ws, T.sites, name):
         raise ValidationError(f"site {name!r} already exists; see 'onshore site list'")
-    site_root = Path(root).resolve() if root else ws.root / "sites" / name / "data"
+    site_root = check_site_root(ws, name, root)
     keys_dir = ws.keys_dir(f"site:{name}")
     if keys_dir.exists():
         raise ValidationError(f"{keys_dir} exists but no site {name!r} is registered; move it away first")

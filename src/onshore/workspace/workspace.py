@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -12,15 +13,17 @@ from sqlalchemy import Engine, insert, select
 from onshore.catalog import schema as T
 from onshore.catalog.db import open_engine, write_transaction
 from onshore.catalog.schema import metadata as catalog_metadata
-from onshore.errors import NotFoundError, OnshoreError, PolicyDenied, ValidationError
-from onshore.keys.keystore import KeyStore, public_key_b64, public_key_from_b64
+from onshore.errors import IntegrityError, NotFoundError, PolicyDenied, ValidationError
+from onshore.keys.keystore import IDENTITY_FILE, KeyStore, public_key_b64, public_key_from_b64
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import notes
 from onshore.ledger.entries import now_iso, sign_entry
 from onshore.ledger.log import AppendHook, Ledger, ledger_metadata
+from onshore.names import check_principal, check_text, is_name, parse_principal
 from onshore.residency.jurisdictions import check_jurisdiction
 from onshore.residency.pdp import Decision, PolicyDecisionPoint, Request, SiteFacts
-from onshore.residency.policy import UsagePolicy, dataset_cedar, parse_policy, workspace_cedar
+from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar, parse_policy, workspace_cedar
+from onshore.workspace import governance
 from onshore.workspace.config import CONFIG_FILE, WorkspaceConfig
 
 ENV_VAR = "ONSHORE_WORKSPACE"
@@ -38,13 +41,16 @@ def find_workspace(option: Path | None = None) -> Path:
 class Workspace:
     """An open workspace. Create with ``Workspace.init`` or open with ``Workspace.open``."""
 
-    def __init__(self, root: Path, config: WorkspaceConfig, catalog: Engine, ledger: Ledger) -> None:
+    def __init__(self, root: Path, config: WorkspaceConfig, catalog: Engine, ledger: Ledger,
+                 init: dict[str, Any] | None = None) -> None:
         self.root = Path(root).resolve()
         self.config = config
+        self._init = init
         self.catalog = catalog
         self.ledger = ledger
         self._pdp: PolicyDecisionPoint | None = None
         self._keystores: dict[str, KeyStore] = {}
+        self._signers: dict[str, Ed25519PrivateKey] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -59,8 +65,7 @@ class Workspace:
         root = Path(root)
         if (root / CONFIG_FILE).exists():
             raise ValidationError(f"{root / CONFIG_FILE} exists: {root} is already a workspace")
-        if not name or not name.strip():
-            raise ValidationError("workspace name must not be empty (--name)")
+        check_text(name, "workspace name (--name)", allow_empty=False)
         if jurisdiction is not None:
             check_jurisdiction(jurisdiction, "--jurisdiction")
         config = WorkspaceConfig(name, jurisdiction, catalog_url or "", ledger_url or "")
@@ -86,17 +91,36 @@ class Workspace:
         ws.record("workspace.init", LOG_ACTOR, {
             "name": name, "jurisdiction": jurisdiction,
             "log_public_key": public_key_b64(log_keys.public_key()),
-            "workspace_rules_hash": ws.pdp().policy_hash,
+            "workspace_rules_hash": hashlib.sha256(workspace_cedar(jurisdiction).encode()).hexdigest(),
         })
         return ws
 
     @classmethod
     def open(cls, root: Path) -> Workspace:
+        """Open a workspace; refuses an ``onshore.toml`` whose name or rule differs from the ledger.
+
+        The file only points at the databases; the workspace's name and its workspace-wide rule are
+        those of the signed ``workspace.init`` entry, and a file saying otherwise (an edited or
+        deleted ``jurisdiction``) is refused with the difference named. So is a catalog whose log
+        key is not the one that entry registered.
+        """
         root = Path(root)
         config = WorkspaceConfig.read(root)
         catalog = open_engine(cls._catalog_url(root, config), catalog_metadata)
         ledger = Ledger(open_engine(cls._ledger_url(root, config), ledger_metadata))
-        return cls(root, config, catalog, ledger)
+        try:
+            init = governance.init_entry(ledger)
+            governance.check_config(config.name, config.jurisdiction, init, str(root / CONFIG_FILE))
+            with catalog.connect() as conn:
+                row = conn.execute(select(T.settings.c.value).where(T.settings.c.key == "log_public_key")).first()
+            if row is None or row[0] != init.get("log_public_key"):
+                raise IntegrityError("the catalog's log key is not the one the ledger's workspace.init entry "
+                                     "registered: the catalog and ledger belong to different workspaces")
+        except BaseException:
+            catalog.dispose()
+            ledger.engine.dispose()
+            raise
+        return cls(root, config, catalog, ledger, init)
 
     @staticmethod
     def _catalog_url(root: Path, config: WorkspaceConfig) -> str:
@@ -123,14 +147,11 @@ class Workspace:
     # -- keys ------------------------------------------------------------------------------------
 
     def keys_dir(self, actor: str) -> Path:
-        if actor == LOG_ACTOR:
+        """The key custody folder of ``actor``; refuses anything but a valid principal or the log."""
+        kind, name = parse_principal(actor, allow_log=True)
+        if kind == LOG_ACTOR:
             return self.root / "keys" / "log"
-        kind, _, name = actor.partition(":")
-        if kind == "site":
-            return self.root / "sites" / name / "keys"
-        if kind == "member":
-            return self.root / "members" / name / "keys"
-        raise OnshoreError(f"unknown actor {actor!r}")
+        return self.root / ("sites" if kind == "site" else "members") / name / "keys"
 
     def keystore(self, actor: str) -> KeyStore:
         ks = self._keystores.get(actor)
@@ -139,7 +160,28 @@ class Workspace:
         return ks
 
     def signer(self, actor: str) -> Ed25519PrivateKey:
-        return self.keystore(actor).identity()
+        """The signing key of ``actor``, only if it is the key the ledger registered for that actor.
+
+        Every ledger entry is signed here, so this is where "the signer of an entry is the key of
+        the actor it names" is kept: an unregistered actor, or a key file that is not the
+        registered key (a swapped or planted file), is refused before anything is signed, and
+        ``ledger verify`` can never be made to fail through an input.
+        """
+        key = self._signers.get(actor)
+        if key is not None:
+            return key
+        check_principal(actor, allow_log=True)
+        registered = self.public_key(actor)
+        if registered is None:
+            raise ValidationError(f"{actor} is not registered in this workspace; see 'onshore site list' "
+                                  "and 'onshore member list'")
+        key = self.keystore(actor).identity()
+        if public_key_b64(key.public_key()) != public_key_b64(registered):
+            raise IntegrityError(
+                f"{self.keys_dir(actor) / IDENTITY_FILE}: this key is not the public key registered for {actor}; "
+                "restore the site's or member's own key file")
+        self._signers[actor] = key
+        return key
 
     def public_key(self, actor: str) -> Ed25519PublicKey | None:
         """The registered public key of ``actor`` (from the catalog, not from key files)."""
@@ -149,7 +191,7 @@ class Workspace:
             else:
                 kind, _, name = actor.partition(":")
                 table = {"site": T.sites, "member": T.members}.get(kind)
-                if table is None:
+                if table is None or not is_name(name):
                     return None
                 row = conn.execute(select(table.c.public_key).where(table.c.name == name)).first()
         return public_key_from_b64(row[0]) if row else None
@@ -219,33 +261,69 @@ class Workspace:
 
     # -- policy ----------------------------------------------------------------------------------
 
-    def site_facts(self) -> list[SiteFacts]:
-        with self.catalog.connect() as conn:
-            rows = conn.execute(select(T.sites.c.name, T.sites.c.jurisdiction, T.sites.c.roles)).all()
-        return [SiteFacts(n, j, tuple(r.split(","))) for n, j, r in rows]
+    @property
+    def jurisdiction(self) -> str | None:
+        """The workspace-wide jurisdiction rule, as the signed ``workspace.init`` entry states it."""
+        if self._init is None:
+            self._init = governance.init_entry(self.ledger)
+        return self._init.get("jurisdiction")
 
-    def policy_text(self, extra: tuple[str, str, UsagePolicy] | None = None) -> str:
-        """The whole Cedar policy set in force: workspace rules, then every dataset's policies."""
-        parts = [workspace_cedar(self.config.jurisdiction)]
+    def ledger_governance(self) -> governance.Governance:
+        """Sites, members and withdrawals as the signed ledger records them (read each time)."""
+        return governance.read_governance(self.ledger)
+
+    def site_facts(self, gov: governance.Governance | None = None) -> list[SiteFacts]:
+        """Each site's jurisdiction and roles, from the ledger; refuses a catalog that disagrees."""
+        gov = gov or self.ledger_governance()
+        with self.catalog.connect() as conn:
+            rows = conn.execute(select(T.sites.c.name, T.sites.c.jurisdiction, T.sites.c.roles,
+                                       T.sites.c.public_key)).all()
+        governance.check_catalog_sites(gov, [tuple(r) for r in rows])
+        return [SiteFacts(s.name, s.jurisdiction, s.roles) for s in (gov.sites[r[0]] for r in rows)]
+
+    def _policy_parts(self, extra: tuple[str, str, UsagePolicy] | None, gov: governance.Governance
+                      ) -> tuple[str, dict[str, str]]:
+        """The workspace rules' Cedar text, and each dataset's own Cedar text by name."""
+        texts: dict[str, str] = {}
         with self.catalog.connect() as conn:
             rows = conn.execute(select(T.datasets.c.name, T.datasets.c.owner, T.datasets.c.policy,
                                        T.datasets.c.status).order_by(T.datasets.c.name)).all()
         for name, owner, text, status in rows:
-            parts.append(dataset_cedar(name, owner, parse_policy(text, f"dataset {name} policy"),
-                                       withdrawn=status == "withdrawn"))
+            texts[name] = dataset_cedar(name, owner, parse_policy(text, f"dataset {name} policy"),
+                                        withdrawn=status == "withdrawn" or name in gov.withdrawn)
         if extra is not None:
-            parts.append(dataset_cedar(extra[0], extra[1], extra[2], withdrawn=False))
-        return "\n".join(parts)
+            texts[extra[0]] = dataset_cedar(extra[0], extra[1], extra[2], withdrawn=False)
+        return workspace_cedar(self.jurisdiction), texts
+
+    def policy_text(self, extra: tuple[str, str, UsagePolicy] | None = None,
+                    gov: governance.Governance | None = None) -> str:
+        """The whole Cedar policy set in force: workspace rules, then every dataset's policies.
+
+        The workspace rule comes from the ledger's ``workspace.init``, and a dataset is withdrawn
+        when the ledger says so, whatever the catalog's status column says.
+        """
+        rules, texts = self._policy_parts(extra, gov or self.ledger_governance())
+        return "\n".join([rules, *texts.values()])
+
+    def dataset_policy(self, name: str) -> tuple[str, str]:
+        """The Cedar text of dataset ``name``'s own policies as in force now, and its hash."""
+        self.row("dataset", name)
+        text = self._policy_parts(None, self.ledger_governance())[1][name]
+        return text, cedar_hash(text)
 
     def pdp(self, extra: tuple[str, str, UsagePolicy] | None = None) -> PolicyDecisionPoint:
         """The decision point for the policies in force (``extra``: a dataset about to be ingested).
 
         Parsed once and kept until the registry or a dataset changes (``invalidate``).
         """
-        if extra is not None:
-            return PolicyDecisionPoint(self.policy_text(extra), self.site_facts())
-        if self._pdp is None:
-            self._pdp = PolicyDecisionPoint(self.policy_text(), self.site_facts())
+        if extra is not None or self._pdp is None:
+            gov = self.ledger_governance()
+            rules, texts = self._policy_parts(extra, gov)
+            pdp = PolicyDecisionPoint("\n".join([rules, *texts.values()]), self.site_facts(gov),
+                                      dataset_hashes={n: cedar_hash(t) for n, t in texts.items()})
+            if extra is not None:
+                return pdp
+            self._pdp = pdp
         return self._pdp
 
     def invalidate(self) -> None:
