@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,16 +122,29 @@ def iter_shard_batches(site_root: Path, rel: str, sha256: str, salt: str, datase
         raise _open_error(path, sha256, e) from None
 
 
-def copy_shard(src_root: Path, dst_root: Path, rel: str, sha256: str) -> int:
-    """Copy a shard's bytes unchanged (they stay encrypted) and check the copy's digest."""
+COPY_CHUNK = 8 << 20
+
+
+def copy_shard(src_root: Path, dst_root: Path, rel: str, sha256: str,
+               progress: Callable[[int], None] | None = None) -> int:
+    """Copy a shard's bytes unchanged (they stay encrypted) and check the copy's digest.
+
+    ``progress`` is called with the number of bytes copied so far, chunk by chunk.
+    """
     src = check_shard(src_root, rel, sha256)
     stage = staging_dir(dst_root)
     stage.mkdir(parents=True, exist_ok=True)
     tmp = stage / f"{uuid.uuid4().hex}.parquet"
     try:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            done = 0
+            while chunk := fin.read(COPY_CHUNK):
+                fout.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done)
+            fout.flush()
+            os.fsync(fout.fileno())
         if _sha256_file(tmp) != sha256:
             raise IntegrityError(f"copy of shard {rel} to {dst_root} changed its bytes")
         final = Path(dst_root) / rel

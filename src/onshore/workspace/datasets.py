@@ -7,7 +7,9 @@ then touches data. A refusal raises PolicyDenied and changes nothing but the led
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from sqlalchemy import insert, select, update
 
 from onshore.catalog import schema as T
 from onshore.errors import NotFoundError, OnshoreError, ValidationError
+from onshore.files import check_output_file
 from onshore.keys.envelope import new_data_key
 from onshore.ledger.entries import now_iso
 from onshore.names import check_name
@@ -31,7 +34,7 @@ from onshore.telemetry import frames as F
 from onshore.telemetry.embodiment import Embodiment
 from onshore.telemetry.lerobot import is_lerobot_v3, read_lerobot_v3, write_lerobot_v3
 from onshore.telemetry.provenance import episode_fingerprints, read_provenance, with_provenance
-from onshore.telemetry.validate import TelemetryError, validate_frames
+from onshore.telemetry.validate import TelemetryError, Validated, validate_frames
 from onshore.workspace import keyservice
 from onshore.workspace.lineage import check_redistribution
 from onshore.workspace.paths import check_plaintext_destination
@@ -52,9 +55,10 @@ class IngestResult:
     episodes: int
     frames: int
     ledger_indices: list[int]
+    out_of_limits: int = 0  # state values outside their limits, kept under allow_out_of_limits
 
 
-def _read_input(path: Path, emb: Embodiment) -> pa.Table:
+def _read_input(path: Path, emb: Embodiment, allow_out_of_limits: bool = False) -> Validated:
     """Read one input (a Parquet file or a LeRobot v3.0 folder) and validate it."""
     path = Path(path)
     if path.is_dir():
@@ -68,7 +72,7 @@ def _read_input(path: Path, emb: Embodiment) -> pa.Table:
             raise ValidationError(f"{path}: no such file") from None
         except (OSError, pa.ArrowInvalid) as e:
             raise ValidationError(f"{path}: not a readable Parquet file ({e})") from None
-    return validate_frames(table, emb, str(path))
+    return validate_frames(table, emb, str(path), allow_out_of_limits)
 
 
 def _unify(tables: list[pa.Table], sources: list[str]) -> pa.Table:
@@ -100,8 +104,13 @@ def _check_policy_sites(ws: Workspace, policy: UsagePolicy, source: str) -> None
 
 
 def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, embodiment: str,
-           inputs: Sequence[Path], progress: Progress | None = None) -> IngestResult:
+           inputs: Sequence[Path], progress: Progress | None = None,
+           allow_out_of_limits: bool = False) -> IngestResult:
     """Ingest telemetry into ``site`` as dataset ``name`` owned by ``member``. All or nothing.
+
+    A state value outside its channel's limits is refused unless ``allow_out_of_limits``; then
+    the number of such values is recorded in the ``data.ingest`` entry (``state_out_of_limits``).
+    An action outside its limits is always refused.
 
     Order: check names and registry, decide (``ingest`` by the member at the site), validate every
     frame of every input, encrypt shards, then commit the catalog rows and ledger entries together.
@@ -121,9 +130,11 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
 
     decision, decision_idx = ws.authorize(Request(f"member:{member}", "ingest", name, site), (name, member, policy))
 
-    tables, sources = [], []
+    tables, sources, out_of_limits = [], [], 0
     for i, path in enumerate(inputs):
-        tables.append(_read_input(Path(path), emb))
+        checked = _read_input(Path(path), emb, allow_out_of_limits)
+        tables.append(checked.table)
+        out_of_limits += checked.out_of_limits
         sources.append(str(path))
         if progress:
             progress("validate", i + 1, len(inputs))
@@ -161,7 +172,8 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
                     "dataset": name, "owner": member, "site": site, "jurisdiction": site_info.jurisdiction,
                     "embodiment": emb.name, "policy_hash": policy.hash, "decision_index": decision_idx,
                     "episodes": episodes, "frames": table.num_rows, "shards": shard_json,
-                    "fingerprints": fingerprints}),
+                    "fingerprints": fingerprints,
+                    **({"state_out_of_limits": out_of_limits} if allow_out_of_limits else {})}),
             ])
     except BaseException:
         for s in written:
@@ -170,7 +182,7 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
     finally:
         del data_key
     ws.invalidate()
-    return IngestResult(name, site, written, episodes, table.num_rows, [decision_idx, *indices])
+    return IngestResult(name, site, written, episodes, table.num_rows, [decision_idx, *indices], out_of_limits)
 
 
 def _shards_at(ws: Workspace, name: str, site: str | None = None) -> list[dict[str, Any]]:
@@ -181,11 +193,13 @@ def _shards_at(ws: Workspace, name: str, site: str | None = None) -> list[dict[s
         return [dict(r) for r in conn.execute(q.order_by(T.shards.c.id)).mappings()]
 
 
-def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None) -> dict[str, Any]:
+def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None,
+         progress: Progress | None = None) -> dict[str, Any]:
     """Copy a dataset's shards to ``to_site`` and wrap its key for that site.
 
     Decided as ``copy`` by the target site at the target site: a target outside the policy is
-    refused (exit 3) before any byte moves, and the refusal is in the ledger.
+    refused (exit 3) before any byte moves, and the refusal is in the ledger. ``progress`` gets
+    ``("copy", bytes copied, bytes in all)``.
     """
     ws.row("dataset", name)
     target = get_site(ws, to_site)
@@ -205,9 +219,12 @@ def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None) -
     decision, decision_idx, data_key = rel.decision, rel.decision_index, rel.key
     rows = [s for s in held if s["site"] == from_site]
     copied: list[Path] = []
+    total, before = sum(s["bytes"] for s in rows), 0
     try:
         for s in rows:
-            S.copy_shard(Path(source.root), Path(target.root), s["path"], s["sha256"])
+            S.copy_shard(Path(source.root), Path(target.root), s["path"], s["sha256"],
+                         (lambda n, b=before: progress("copy", b + n, total)) if progress else None)
+            before += s["bytes"]
             copied.append(Path(target.root) / s["path"])
         with ws.catalog.begin() as conn:
             now = now_iso()
@@ -261,6 +278,43 @@ def _provenance(ws: Workspace, name: str, site: str, action: str, decision_index
     return {"dataset": name, "owner": row["owner"], "workspace": ws.origin, "site": site, "action": action,
             "decision_index": decision_index, "policy_hash": row["policy_hash"],
             "cedar_hash": cedar_hash(dataset_cedar(name, row["owner"], parse_policy(row["policy"]), withdrawn=False))}
+
+
+def read_to_file(ws: Workspace, name: str, site: str, out: Path, purpose: str | None = None,
+                 force: bool = False, progress: Progress | None = None) -> int:
+    """Decrypt the dataset at ``site`` into the plain Parquet file ``out``; returns the frames.
+
+    ``out`` is checked before anything is decided or any key released (refused: a folder, a
+    missing parent folder, an existing file unless ``force``, a place inside a site's folder or
+    the workspace's internals). Frames stream through batch by
+    batch, into a temporary file beside ``out`` that replaces it only when complete.
+    ``progress`` gets ``("decrypt", frames written, frames in all)``.
+    """
+    out = check_output_file(out, force)
+    check_plaintext_destination(ws, out, "--out")
+    total = int(ws.row("dataset", name)["frames"])
+    batches = iter_batches(ws, name, site, purpose)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    done = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for batch in batches:
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, batch.schema)
+            writer.write_batch(batch)
+            done += batch.num_rows
+            if progress:
+                progress("decrypt", done, total)
+        if writer is None:
+            raise OnshoreError(f"dataset {name!r} has no frames at site {site!r}")
+        writer.close()
+        writer = None
+        os.replace(tmp, out)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return done
 
 
 def _read_all(rows: list[dict[str, Any]], root: Path, name: str, key: bytes) -> pa.Table:
