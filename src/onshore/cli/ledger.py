@@ -18,9 +18,19 @@ ledger_app = typer.Typer(help="The transparency ledger.", no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
 
 
+def _count(value: int | None) -> int | None:
+    """Entry indices and tree sizes: 0 up to what a 64-bit database integer holds (else exit 2)."""
+    if value is not None and not 0 <= value < 2**63:
+        raise typer.BadParameter(f"{value} is not an entry index or tree size (0 or more, below 2**63)")
+    return value
+
+
+COUNT = {"callback": _count}
+
+
 @ledger_app.command("log")
-def log(json_: bool = JSON, start: int = typer.Option(0, "--from", metavar="INDEX", help="First entry index."),
-        limit: int | None = typer.Option(None, "--limit", metavar="N", help="At most this many entries."),
+def log(json_: bool = JSON, start: int = typer.Option(0, "--from", metavar="INDEX", help="First entry index.", **COUNT),
+        limit: int | None = typer.Option(None, "--limit", metavar="N", help="At most this many entries.", **COUNT),
         kind: list[str] = typer.Option([], "--kind", metavar="KIND",
                                        help="Only entries of this kind, e.g. data.ingest (repeatable).")) -> None:
     """List ledger entries."""
@@ -66,8 +76,8 @@ def _print_proof(heading: str, hashes: list[str]) -> None:
 
 
 @ledger_app.command("prove")
-def prove(index: int = typer.Argument(..., help="The entry's index, as in 'onshore ledger log'."),
-          size: int | None = typer.Option(None, "--size", metavar="N", help="Tree size (default: now)."),
+def prove(index: int = typer.Argument(..., help="The entry's index, as in 'onshore ledger log'.", **COUNT),
+          size: int | None = typer.Option(None, "--size", metavar="N", help="Tree size (default: now).", **COUNT),
           json_: bool = JSON) -> None:
     """Print an RFC 9162 inclusion proof for entry INDEX."""
     with open_workspace() as ws:
@@ -84,8 +94,8 @@ def prove(index: int = typer.Argument(..., help="The entry's index, as in 'onsho
 
 
 @ledger_app.command("consistency")
-def consistency(old: int = typer.Argument(..., help="The older tree size (a witness's last cosigned size)."),
-                new: int = typer.Argument(..., help="The newer tree size."), json_: bool = JSON) -> None:
+def consistency(old: int = typer.Argument(..., help="The older tree size (a witness's last cosigned size).", **COUNT),
+                new: int = typer.Argument(..., help="The newer tree size.", **COUNT), json_: bool = JSON) -> None:
     """Print an RFC 9162 consistency proof between tree sizes OLD and NEW."""
     with open_workspace() as ws:
         proof = ws.ledger.consistency_proof(old, new)
