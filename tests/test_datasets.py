@@ -190,16 +190,16 @@ def test_episode_repeated_across_files_is_refused(ws: Workspace, tmp_path: Path,
 def test_ingest_is_all_or_nothing_under_a_failure_midway(ws: Workspace, tmp_path: Path, policy_file: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datasets, "SHARD_FRAMES", 50)
-    real = S.write_shard
+    real = S.ShardWriter._finish
     calls = {"n": 0}
 
-    def failing(*args, **kw):  # type: ignore[no-untyped-def]
+    def failing(self, *args, **kw):  # type: ignore[no-untyped-def]
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 3:  # the third shard's fsync and rename fail
             raise OSError("disk full (injected)")
-        return real(*args, **kw)
+        return real(self, *args, **kw)
 
-    monkeypatch.setattr(S, "write_shard", failing)
+    monkeypatch.setattr(S.ShardWriter, "_finish", failing)
     before = ws.ledger.size()
     with pytest.raises(OSError, match="injected"):
         _ingest(ws, tmp_path, policy_file)
@@ -209,7 +209,7 @@ def test_ingest_is_all_or_nothing_under_a_failure_midway(ws: Workspace, tmp_path
     assert not list(Path(registry.get_site(ws, "sakai").root).rglob("*.parquet"))
     # only the allow decision was recorded; no ingest entry claims data that is not there
     assert [e.entry.kind for e in ws.ledger.entries(before)] == ["decision"]
-    monkeypatch.setattr(S, "write_shard", real)
+    monkeypatch.setattr(S.ShardWriter, "_finish", real)
     assert _ingest(ws, tmp_path, policy_file).frames == 200
 
 
@@ -332,3 +332,27 @@ def test_export_outside_policy_is_refused(ws: Workspace, tmp_path: Path, policy_
         datasets.export(ws, "furnace", "sakai", tmp_path / "x", purpose="advertising")
     assert err.value.rules == ["dataset/furnace/purposes"]
     assert not (tmp_path / "x").exists()
+
+
+def test_a_large_single_file_streams_with_frame_progress(ws: Workspace, tmp_path: Path, policy_file: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datasets, "SHARD_FRAMES", 100_000)
+    f = write_frames(tmp_path / "big.parquet", make_frames(episodes=3, frames=50_000))
+    seen: list[tuple[str, int, int]] = []
+    result = datasets.ingest(ws, "big", "steelco", "sakai", policy_file, "furnace-line-3", [f],
+                             lambda *a: seen.append(a))
+    # frames validated and encrypted batch by batch, not "0 of 1 file" until the end
+    assert [s[0] for s in seen] == ["validate + encrypt"] * len(seen) and len(seen) >= 3
+    assert [s[1] for s in seen] == sorted(s[1] for s in seen) and seen[-1][1:] == (150_000, 150_000)
+    assert [s.frames for s in result.shards] == [100_000, 50_000]
+    assert datasets.read(ws, "big", "sakai").equals(pq.read_table(f).cast(datasets.read(ws, "big", "sakai").schema))
+
+
+def test_a_file_out_of_frame_order_is_still_ingested_in_order(ws: Workspace, tmp_path: Path,
+                                                              policy_file: Path) -> None:
+    src = make_frames(episodes=3, frames=20)
+    shuffled = src.take(np.random.default_rng(1).permutation(src.num_rows))
+    result = _ingest(ws, tmp_path, policy_file, files=[write_frames(tmp_path / "shuffled.parquet", shuffled)])
+    back = datasets.read(ws, "furnace", "sakai")
+    assert result.frames == 60 and back.column("episode_index").to_pylist() == src.column("episode_index").to_pylist()
+    assert back.column("frame_index").to_pylist() == src.column("frame_index").to_pylist()

@@ -55,7 +55,8 @@ def verify_command(
                                     help="trust.json from 'onshore trust export'."),
     min_witnesses: int = typer.Option(0, "--min-witnesses", min=0,
                                       help="How many trust-root witnesses must have cosigned the checkpoint."),
-    max_age: str | None = typer.Option(None, "--max-age", metavar="DURATION", help="Refuse a bundle whose checkpoint was last "
+    max_age: str | None = typer.Option(None, "--max-age", metavar="DURATION",
+                                       help="Refuse a bundle whose checkpoint was last "
                                        "witnessed longer ago than this (e.g. 30d, 12h)."),
     json_: bool = typer.Option(False, "--json", help="Print the report as JSON only, for scripts."),
 ) -> None:

@@ -50,26 +50,92 @@ def staging_dir(site_root: Path) -> Path:
     return Path(site_root) / STAGING
 
 
+class ShardWriter:
+    """Streams frames into encrypted shards of at most ``max_frames`` frames each.
+
+    Each shard is written to ``.staging/``, fsynced, hashed and renamed into place when it is
+    full or on ``close``; memory holds one Parquet row group, whatever the size of the stream.
+    ``abort`` removes the shard being written (finished shards are the caller's to remove,
+    listed in ``shards``). Every table written must have ``schema``.
+    """
+
+    def __init__(self, site_root: Path, dataset: str, dataset_key: bytes, schema: pa.Schema,
+                 max_frames: int | None = None) -> None:
+        self.root = Path(site_root)
+        self.dataset = dataset
+        self.schema = schema
+        self.max_frames = max_frames
+        self.shards: list[ShardInfo] = []
+        self._key = dataset_key
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp: Path | None = None
+        self._salt = b""
+        self._frames = 0
+
+    def write(self, table: pa.Table) -> None:
+        start = 0
+        while start < table.num_rows:
+            if self._writer is None:
+                self._open()
+            room = table.num_rows - start if self.max_frames is None else self.max_frames - self._frames
+            part = table.slice(start, room)
+            assert self._writer is not None
+            self._writer.write_table(part, row_group_size=ROW_GROUP_ROWS)
+            self._frames += part.num_rows
+            start += part.num_rows
+            if self.max_frames is not None and self._frames >= self.max_frames:
+                self._finish()
+
+    def close(self) -> list[ShardInfo]:
+        """Finish the open shard (if any frames went into it); returns every shard written."""
+        if self._writer is not None:
+            self._finish()
+        return self.shards
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+    def _open(self) -> None:
+        stage = staging_dir(self.root)
+        stage.mkdir(parents=True, exist_ok=True)
+        self._tmp = stage / f"{uuid.uuid4().hex}.parquet"
+        self._salt = new_salt()
+        self._frames = 0
+        self._writer = pq.ParquetWriter(
+            self._tmp, self.schema, compression="zstd",
+            encryption_properties=encryption_properties(self._key, self.dataset, self._salt))
+
+    def _finish(self) -> None:
+        assert self._writer is not None and self._tmp is not None
+        self._writer.close()
+        self._writer = None
+        tmp, self._tmp = self._tmp, None
+        try:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            digest = _sha256_file(tmp)
+            rel = shard_path(self.dataset, digest)
+            final = self.root / rel
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.shards.append(ShardInfo(digest, rel, self._salt.hex(), final.stat().st_size, self._frames))
+
+
 def write_shard(table: pa.Table, site_root: Path, dataset: str, dataset_key: bytes) -> ShardInfo:
     """Encrypt ``table`` into a new shard at ``site_root``; returns where it sits and its digest."""
-    root = Path(site_root)
-    stage = staging_dir(root)
-    stage.mkdir(parents=True, exist_ok=True)
-    tmp = stage / f"{uuid.uuid4().hex}.parquet"
-    salt = new_salt()
+    writer = ShardWriter(site_root, dataset, dataset_key, table.schema)
     try:
-        pq.write_table(table, tmp, encryption_properties=encryption_properties(dataset_key, dataset, salt),
-                       row_group_size=ROW_GROUP_ROWS, compression="zstd")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        digest = _sha256_file(tmp)
-        rel = shard_path(dataset, digest)
-        final = root / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
-        return ShardInfo(digest, rel, salt.hex(), final.stat().st_size, table.num_rows)
+        writer.write(table)
+        return writer.close()[0]
     finally:
-        tmp.unlink(missing_ok=True)
+        writer.abort()
 
 
 def check_shard(site_root: Path, rel: str, sha256: str) -> Path:

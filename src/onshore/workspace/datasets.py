@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import insert, select, update
 
@@ -31,10 +30,9 @@ from onshore.residency.pdp import Request
 from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar, load_policy, parse_policy
 from onshore.store import shards as S
 from onshore.telemetry import frames as F
-from onshore.telemetry.embodiment import Embodiment
-from onshore.telemetry.lerobot import is_lerobot_v3, read_lerobot_v3, write_lerobot_v3
-from onshore.telemetry.provenance import episode_fingerprints, read_provenance, with_provenance
-from onshore.telemetry.validate import TelemetryError, Validated, validate_frames
+from onshore.telemetry.inputs import open_inputs
+from onshore.telemetry.lerobot import write_lerobot_v3
+from onshore.telemetry.provenance import read_provenance, with_provenance
 from onshore.workspace import keyservice
 from onshore.workspace.lineage import check_redistribution
 from onshore.workspace.paths import check_plaintext_destination
@@ -56,38 +54,6 @@ class IngestResult:
     frames: int
     ledger_indices: list[int]
     out_of_limits: int = 0  # state values outside their limits, kept under allow_out_of_limits
-
-
-def _read_input(path: Path, emb: Embodiment, allow_out_of_limits: bool = False) -> Validated:
-    """Read one input (a Parquet file or a LeRobot v3.0 folder) and validate it."""
-    path = Path(path)
-    if path.is_dir():
-        if not is_lerobot_v3(path):
-            raise ValidationError(f"{path}: a folder must be a LeRobotDataset v3.0 (meta/info.json missing)")
-        table = read_lerobot_v3(path).table
-    else:
-        try:
-            table = pq.read_table(path)
-        except FileNotFoundError:
-            raise ValidationError(f"{path}: no such file") from None
-        except (OSError, pa.ArrowInvalid) as e:
-            raise ValidationError(f"{path}: not a readable Parquet file ({e})") from None
-    return validate_frames(table, emb, str(path), allow_out_of_limits)
-
-
-def _unify(tables: list[pa.Table], sources: list[str]) -> pa.Table:
-    """Concatenate validated inputs; refuses an episode that appears in two inputs."""
-    seen: dict[int, str] = {}
-    for table, src in zip(tables, sources, strict=True):
-        for ep in pc.unique(table.column(F.EPISODE)).to_pylist():
-            if ep in seen:
-                raise TelemetryError(f"{src}: episode {ep} also appears in {seen[ep]}; episode indices "
-                                     "must be unique across the files of one ingest")
-            seen[ep] = src
-    try:
-        return pa.concat_tables(tables, promote_options="permissive")
-    except pa.ArrowInvalid as e:
-        raise TelemetryError(f"inputs have incompatible columns: {e}") from None
 
 
 def _check_policy_sites(ws: Workspace, policy: UsagePolicy, source: str) -> None:
@@ -112,9 +78,10 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
     the number of such values is recorded in the ``data.ingest`` entry (``state_out_of_limits``).
     An action outside its limits is always refused.
 
-    Order: check names and registry, decide (``ingest`` by the member at the site), validate every
-    frame of every input, encrypt shards, then commit the catalog rows and ledger entries together.
-    A refusal or a crash at any step leaves no shard and no catalog row visible.
+    Order: check names and registry, decide (``ingest`` by the member at the site), then validate
+    and encrypt the inputs batch by batch into shards (``onshore.telemetry.inputs``: memory does
+    not grow with the inputs), then commit the catalog rows and ledger entries together. A
+    refusal or a crash at any step leaves no shard and no catalog row visible.
     """
     check_name(name, "dataset")
     ws.row("member", member)
@@ -130,36 +97,35 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
 
     decision, decision_idx = ws.authorize(Request(f"member:{member}", "ingest", name, site), (name, member, policy))
 
-    tables, sources, out_of_limits = [], [], 0
-    for i, path in enumerate(inputs):
-        checked = _read_input(Path(path), emb, allow_out_of_limits)
-        tables.append(checked.table)
-        out_of_limits += checked.out_of_limits
-        sources.append(str(path))
-        if progress:
-            progress("validate", i + 1, len(inputs))
-    table = _unify(tables, sources)
-    episodes = len(pc.unique(table.column(F.EPISODE)))
-    fingerprints = episode_fingerprints(table)
-    check_redistribution(ws, member, fingerprints,
+    # Provenance blocks are read from the inputs' metadata now; fingerprints, which need every
+    # frame, are checked once the stream has been read, before anything is committed.
+    check_redistribution(ws, member, [],
                          [(str(p), b) for p in inputs if (b := read_provenance(Path(p))) is not None])
+    stream = open_inputs([Path(p) for p in inputs], emb, allow_out_of_limits)
+    total = stream.total_frames
 
     root = Path(site_info.root)
     # Shards of an earlier crashed ingest under this (still unused) name are invisible leftovers.
     shutil.rmtree(root / "datasets" / name, ignore_errors=True)
     data_key = new_data_key()
-    written: list[S.ShardInfo] = []
+    writer = S.ShardWriter(root, name, data_key, stream.schema, SHARD_FRAMES)
     try:
-        for start in range(0, table.num_rows, SHARD_FRAMES):
-            written.append(S.write_shard(table.slice(start, SHARD_FRAMES), root, name, data_key))
+        # Validate and encrypt batch by batch: memory stays flat whatever the size of the inputs;
+        # a refusal midway removes what was written, and nothing reaches the catalog or ledger.
+        for batch in stream.batches():
+            writer.write(batch)
             if progress:
-                progress("encrypt", min(start + SHARD_FRAMES, table.num_rows), table.num_rows)
+                progress("validate + encrypt", stream.frames, max(total, stream.frames))
+        written = writer.close()
+        episodes, frames, out_of_limits = len(stream.episodes), stream.frames, stream.out_of_limits
+        fingerprints = stream.fingerprints.result()
+        check_redistribution(ws, member, fingerprints, [])
         shard_json = [{"sha256": s.sha256, "salt": s.salt, "bytes": s.bytes, "frames": s.frames} for s in written]
         with ws.catalog.begin() as conn:
             now = now_iso()
             conn.execute(insert(T.datasets).values(
                 name=name, owner=member, embodiment=emb.name, policy=policy_text, policy_hash=policy.hash,
-                status="active", episodes=episodes, frames=table.num_rows, created_at=now))
+                status="active", episodes=episodes, frames=frames, created_at=now))
             conn.execute(insert(T.shards), [
                 {"dataset": name, "site": site, "sha256": s.sha256, "path": s.path, "salt": s.salt,
                  "bytes": s.bytes, "frames": s.frames, "created_at": now} for s in written])
@@ -171,18 +137,19 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
                 ("data.ingest", f"site:{site}", {
                     "dataset": name, "owner": member, "site": site, "jurisdiction": site_info.jurisdiction,
                     "embodiment": emb.name, "policy_hash": policy.hash, "decision_index": decision_idx,
-                    "episodes": episodes, "frames": table.num_rows, "shards": shard_json,
+                    "episodes": episodes, "frames": frames, "shards": shard_json,
                     "fingerprints": fingerprints,
                     **({"state_out_of_limits": out_of_limits} if allow_out_of_limits else {})}),
             ])
     except BaseException:
-        for s in written:
+        writer.abort()
+        for s in writer.shards:
             (root / s.path).unlink(missing_ok=True)
         raise
     finally:
         del data_key
     ws.invalidate()
-    return IngestResult(name, site, written, episodes, table.num_rows, [decision_idx, *indices], out_of_limits)
+    return IngestResult(name, site, written, episodes, frames, [decision_idx, *indices], out_of_limits)
 
 
 def _shards_at(ws: Workspace, name: str, site: str | None = None) -> list[dict[str, Any]]:
