@@ -182,7 +182,7 @@ def iter_shard_batches(site_root: Path, rel: str, sha256: str, salt: str, datase
     path = Path(site_root) / rel
     props = decryption_properties(dataset_key, dataset, bytes.fromhex(salt))
     try:
-        pf = pq.ParquetFile(path, decryption_properties=props)
+        pf = pq.ParquetFile(path, decryption_properties=props, pre_buffer=False)  # memory flat (see inputs)
         yield from pf.iter_batches(batch_size=batch_size)
     except OSError as e:
         raise _open_error(path, sha256, e) from None
