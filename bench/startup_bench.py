@@ -35,9 +35,12 @@ def main() -> None:
     def run(*argv: str) -> None:
         subprocess.run([exe, *argv], check=True, capture_output=True)
 
+    def run_python() -> None:
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+
     times = interleaved({"onshore --help": lambda: run("--help"),
                          "onshore site list": lambda: run("-w", str(ws), "site", "list"),
-                         "python -c pass": lambda: subprocess.run([sys.executable, "-c", "pass"], check=True)},
+                         "python -c pass": lambda: run_python()},
                         args.repeat)
     print(f"repeat {args.repeat}, interleaved, fresh process each; seconds min / median / max")
     for name, t in times.items():
