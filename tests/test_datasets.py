@@ -345,6 +345,10 @@ def test_a_large_single_file_streams_with_frame_progress(ws: Workspace, tmp_path
     assert [s[0] for s in seen] == ["validate + encrypt"] * len(seen) and len(seen) >= 3
     assert [s[1] for s in seen] == sorted(s[1] for s in seen) and seen[-1][1:] == (150_000, 150_000)
     assert [s.frames for s in result.shards] == [100_000, 50_000]
+    # fingerprints taken batch by batch (episodes span batches) equal those of the whole table
+    from onshore.telemetry.provenance import episode_fingerprints
+    entry = ws.ledger.get(result.ledger_indices[-1]).entry
+    assert entry.body["fingerprints"] == episode_fingerprints(pq.read_table(f))
     assert datasets.read(ws, "big", "sakai").equals(pq.read_table(f).cast(datasets.read(ws, "big", "sakai").schema))
 
 
