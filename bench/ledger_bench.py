@@ -4,7 +4,8 @@
 
 Pinned to one core. Appends are real entries (RFC 8785 canonical JSON, Ed25519 signature,
 leaf hash, the subtrees they complete) committed to SQLite in batches of B. pymerkle's SqliteTree
-appends the same leaf bytes (no signatures) in the same run. Proof figures read the nodes from
+appends the same leaf bytes (no signatures) on the same SQLite settings (WAL, synchronous=NORMAL),
+interleaved with Onshore's appends of the same pre-signed entries. Proof figures read the nodes from
 SQLite with one query per proof. Goals (issue 3): >= 10,000 signed appends/s; proofs at 1,000,000
 entries >= 50,000/s (see bench/merkle_bench.py for the in-memory figures).
 """
@@ -14,11 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stats import interleaved, rate_spread  # noqa: E402
 
 from onshore.catalog.db import open_engine
 from onshore.ledger import merkle
@@ -38,12 +43,12 @@ def main() -> None:
     ap.add_argument("--entries", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--proofs", type=int, default=20_000)
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
     tmp = Path(tempfile.mkdtemp(prefix="onshore-ledger-bench-"))
     key = Ed25519PrivateKey.generate()
-    ledger = Ledger(open_engine(f"sqlite:///{tmp / 'ledger.db'}", ledger_metadata, create=True))
 
     sample = b"x" * 400  # about the size of a decision entry's signed bytes
     t = time.perf_counter()
@@ -51,35 +56,70 @@ def main() -> None:
         key.sign(sample)
     print(f"Ed25519 signing alone (cryptography/OpenSSL), the ceiling for signed appends "
           f"{20_000 / (time.perf_counter() - t):10,.0f}/s")
-    t = time.perf_counter()
-    leaves: list[bytes] = []
-    for start in range(0, args.entries, args.batch):
-        batch = [sign_entry("decision", "site:sakai", body(i), key)
-                 for i in range(start, min(start + args.batch, args.entries))]
-        leaves += [e.leaf() for e in batch]
-        ledger.append(batch)
-    dt = time.perf_counter() - t
-    ledger.engine.dispose()
-    size = sum(f.stat().st_size for f in tmp.glob("ledger.db*"))
-    print(f"onshore  signed appends (sign + canonical JSON + SQLite, batch {args.batch}) "
-          f"{args.entries / dt:10,.0f}/s  ({args.entries:,} in {dt:.1f} s; goal >= 10,000/s)")
-    print(f"onshore  ledger bytes per entry on disk (entries + nodes + indexes)  {size / args.entries:10,.0f}")
-
+    # Both sides append the same leaves in the same batches to SQLite with the same durability
+    # (WAL, synchronous=NORMAL: Onshore's settings, given to pymerkle's connection too), one
+    # round each in turn, --repeat rounds, into fresh databases.
     try:
         from pymerkle import SqliteTree
     except ImportError:
-        print("pymerkle not installed: skipped")
-    else:
-        tree = SqliteTree(str(tmp / "pymerkle.db"))
-        t = time.perf_counter()
+        SqliteTree = None  # noqa: N806
+        print("pymerkle not installed: its side is skipped")
+    leaves: list[bytes] = []
+    entries = [[sign_entry("decision", "site:sakai", body(i), key)
+                for i in range(start, min(start + args.batch, args.entries))]
+               for start in range(0, args.entries, args.batch)]
+    leaves = [e.leaf() for batch in entries for e in batch]
+    rounds = iter(range(1000))
+
+    def onshore_sign_and_append() -> None:
+        r = next(rounds)
+        lg = Ledger(open_engine(f"sqlite:///{tmp / f'ledger{r}.db'}", ledger_metadata, create=True))
+        t0 = time.perf_counter()
+        for start in range(0, args.entries, args.batch):
+            lg.append([sign_entry("decision", "site:sakai", body(i), key)
+                       for i in range(start, min(start + args.batch, args.entries))])
+        times["onshore"].append(time.perf_counter() - t0)
+        lg.engine.dispose()
+
+    def onshore_append_only() -> None:
+        r = next(rounds)
+        lg = Ledger(open_engine(f"sqlite:///{tmp / f'ledger{r}.db'}", ledger_metadata, create=True))
+        t0 = time.perf_counter()
+        for batch in entries:
+            lg.append(batch)
+        times["onshore-unsigned-work"].append(time.perf_counter() - t0)
+        lg.engine.dispose()
+
+    def pymerkle_append() -> None:
+        r = next(rounds)
+        tree = SqliteTree(str(tmp / f"pymerkle{r}.db"))
+        tree.con.execute("PRAGMA journal_mode=WAL")
+        tree.con.execute("PRAGMA synchronous=NORMAL")
+        t0 = time.perf_counter()
         for start in range(0, len(leaves), args.batch):
             tree.append_entries(leaves[start:start + args.batch])
-        dt = time.perf_counter() - t
-        print(f"pymerkle SqliteTree.append_entries (same leaves, no signatures)       "
-              f"{len(leaves) / dt:10,.0f}/s")
+        times["pymerkle"].append(time.perf_counter() - t0)
         tree.close()
-        print(f"pymerkle bytes per entry on disk                                       "
-              f"{(tmp / 'pymerkle.db').stat().st_size / len(leaves):10,.0f}")
+
+    times: dict[str, list[float]] = {"onshore": [], "onshore-unsigned-work": [], "pymerkle": []}
+    cases = {"onshore": onshore_sign_and_append, "onshore-unsigned-work": onshore_append_only}
+    if SqliteTree is not None:
+        cases["pymerkle"] = pymerkle_append
+    interleaved({k: (lambda f=f: f() or 0.0) for k, f in cases.items()}, args.repeat)
+    print(f"repeat {args.repeat}, interleaved; min / median / max")
+    print(f"onshore  sign + append (canonical JSON, Ed25519, SQLite, batch {args.batch}) "
+          f"{rate_spread(args.entries, times['onshore'])}/s (goal >= 10,000/s)")
+    print(f"onshore  append of pre-signed entries (the work pymerkle does)            "
+          f"{rate_spread(args.entries, times['onshore-unsigned-work'])}/s")
+    if times["pymerkle"]:
+        print(f"pymerkle SqliteTree.append_entries, same leaves, same pragmas           "
+              f"{rate_spread(args.entries, times['pymerkle'])}/s")
+        print(f"pymerkle bytes per entry on disk "
+              f"{(tmp / 'pymerkle2.db').stat().st_size / len(leaves):10,.0f}" if (tmp / "pymerkle2.db").exists()
+              else "")
+    size = sum(f.stat().st_size for f in tmp.glob("ledger1.db*"))
+    print(f"onshore  ledger bytes per entry on disk (entries + nodes + indexes)  {size / args.entries:10,.0f}")
+    os.replace(tmp / "ledger1.db", tmp / "ledger.db")  # holds exactly `leaves`, for the proofs below
 
     ledger = Ledger(open_engine(f"sqlite:///{tmp / 'ledger.db'}", ledger_metadata))
     n = ledger.size()

@@ -1,19 +1,28 @@
-"""Residency core figures, measured side by side in one run.
+"""Residency core: what `onshore dataset ingest` and `dataset read` cost beside the plain work.
 
-    .venv/bin/python bench/residency_bench.py [--frames N] [--repeat R]
+    .venv/bin/python bench/residency_bench.py [--frames 500000,2000000] [--repeat 3]
 
-Prints: encrypted shard write vs plain pyarrow.parquet.write_table of the same frames (frames/s,
-MB/s of Arrow data), full `dataset ingest` (validation + encryption + catalog + ledger), read at an
-allowed site vs a plain read, and policy decisions per second on one core (raw Cedar with parsed
-policy and entity handles, and the PDP's memoised decisions). Goals (issue 2): encrypted >= 0.8x
-plain, read >= 0.9x plain, cached decisions >= 20,000/s.
+Ingest is the CLI's library call (``datasets.ingest``: read, validate, encrypt, fsync, SHA-256,
+catalog, ledger), each run in a fresh process as a person pays for it. Its baseline does the
+same durable work on the same file without Onshore: ``pq.read_table`` + zstd ``pq.write_table``
+with the same row groups + fsync + SHA-256 of the output, also in a fresh process. The two are
+interleaved (baseline, ingest, baseline, ingest...) so load on a shared machine falls on both.
+Peak RSS is each child's own high-water mark (VmHWM). Read compares ``datasets.read`` at an allowed site with
+``pq.read_table`` of the plain file, interleaved in this process. Decisions are Cedar
+evaluations, each request distinct (no memo); memoised repeats are printed apart. Every figure
+is min / median / max over the repetitions. Goals (issue 12): ingest >= 0.8x the baseline's
+throughput; ingest peak RSS <= 1.2x the baseline's and flat from 500k to 5M frames.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
+import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,18 +32,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import EMBODIMENT_TOML, POLICY_JP, build_consortium  # noqa: E402
-from onshore.residency.pdp import PolicyDecisionPoint, Request  # noqa: E402
-from onshore.store import shards as S  # noqa: E402
-from onshore.workspace import Workspace, datasets  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from _stats import interleaved, rate_spread, spread  # noqa: E402
 
 
-def frames(n: int, state_dim: int, action_dim: int) -> pa.Table:
+def frames(n: int, state_dim: int = 3, action_dim: int = 2) -> pa.Table:
+    """Frames inside the limits of the test embodiment (furnace-line-3), 500 per episode."""
     rng = np.random.default_rng(0)
     per_ep = 500
-    state = rng.normal(size=(n, state_dim)).astype(np.float32)
-    action = rng.normal(size=(n, action_dim)).astype(np.float32)
+    state = rng.uniform(0, 25, size=(n, state_dim)).astype(np.float32)
+    action = rng.uniform(0, 100, size=(n, action_dim)).astype(np.float32)
     return pa.table({
         "episode_index": (np.arange(n) // per_ep).astype(np.int64),
         "frame_index": (np.arange(n) % per_ep).astype(np.int64),
@@ -44,87 +53,115 @@ def frames(n: int, state_dim: int, action_dim: int) -> pa.Table:
     })
 
 
-def best(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(repeat):
+def child(mode: str, src: Path, ws_path: Path, name: str) -> None:
+    """One measured run in this (fresh) process; prints seconds and peak RSS as JSON."""
+    if mode == "baseline":
+        from onshore.store.shards import ROW_GROUP_ROWS
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        out = ws_path.parent / f"{name}.parquet"
+        pq.write_table(pq.read_table(src), out, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+        with open(out, "rb+") as f:
+            os.fsync(f.fileno())
+        h = hashlib.sha256()
+        with open(out, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        seconds = time.perf_counter() - t
+        out.unlink()
+    else:
+        from onshore.workspace import Workspace, datasets
+        with Workspace.open(ws_path) as ws:
+            t = time.perf_counter()
+            datasets.ingest(ws, name, "steelco", "sakai", ws_path.parent / "p.toml", "furnace-line-3", [src])
+            seconds = time.perf_counter() - t
+    print(json.dumps({"seconds": seconds, "rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Not ``ru_maxrss``: Linux carries that over from the
+    parent across fork and exec, so a child would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--frames", type=int, default=500_000)
+    ap.add_argument("--frames", default="500000,2000000", help="comma-separated sizes")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--child", nargs=4, metavar=("MODE", "SRC", "WS", "NAME"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    os.sched_setaffinity(0, {0}) if hasattr(os, "sched_setaffinity") else None
+    if args.child:
+        mode, src, ws, name = args.child
+        child(mode, Path(src), Path(ws), name)
+        return
+
+    from conftest import EMBODIMENT_TOML, POLICY_JP, build_consortium
+    from onshore.residency.pdp import PolicyDecisionPoint, Request
+    from onshore.workspace import Workspace, datasets
 
     tmp = Path(tempfile.mkdtemp(prefix="onshore-bench-"))
-    table = frames(args.frames, 3, 2)
-    mb = table.nbytes / 1e6
-    key = os.urandom(32)
-    print(f"frames: {args.frames:,} ({mb:.1f} MB as Arrow), 3 state + 2 action channels; one core; best of "
-          f"{args.repeat}")
-
-    def plain_write() -> None:
-        pq.write_table(table, tmp / "plain.parquet", row_group_size=S.ROW_GROUP_ROWS, compression="zstd")
-
-    def enc_write() -> None:
-        info = S.write_shard(table, tmp / "site", "bench", key)
-        (tmp / "site" / info.path).unlink()
-
-    t_plain = best(plain_write, args.repeat)
-    t_enc = best(enc_write, args.repeat)
-    print(f"write  plain      {args.frames / t_plain:12,.0f} frames/s {mb / t_plain:8.1f} MB/s")
-    print(f"write  encrypted  {args.frames / t_enc:12,.0f} frames/s {mb / t_enc:8.1f} MB/s   "
-          f"ratio {t_plain / t_enc:.2f}x (goal >= 0.8x)")
-
-    ws = build_consortium(Workspace.init(tmp / "ws", "bench"), tmp)
     (tmp / "emb.toml").write_text(EMBODIMENT_TOML)
-    policy = tmp / "p.toml"
-    policy.write_text(POLICY_JP)
-    plain_write()
-    counter = iter(range(1000))
-
-    def ingest() -> None:
-        datasets.ingest(ws, f"d{next(counter)}", "steelco", "sakai", policy, "furnace-line-3",
-                        [tmp / "plain.parquet"])
-
-    t_ing = best(ingest, args.repeat)
-    print(f"ingest (validate + encrypt + catalog + ledger) {args.frames / t_ing:12,.0f} frames/s "
-          f"{mb / t_ing:8.1f} MB/s   ratio to plain write {t_plain / t_ing:.2f}x")
-
-    t_pread = best(lambda: pq.read_table(tmp / "plain.parquet"), args.repeat)
-    t_eread = best(lambda: datasets.read(ws, "d0", "sakai"), args.repeat)
-    info = S.write_shard(table, tmp / "site", "bench", key)
-    t_dread = best(lambda: S.read_shard(tmp / "site", info.path, info.sha256, info.salt, "bench", key), args.repeat)
-    print(f"read   plain      {args.frames / t_pread:12,.0f} frames/s {mb / t_pread:8.1f} MB/s")
-    print(f"read   shard only {args.frames / t_dread:12,.0f} frames/s {mb / t_dread:8.1f} MB/s   "
-          f"ratio {t_pread / t_dread:.2f}x (decrypt + authenticate)")
-    print(f"read   at site    {args.frames / t_eread:12,.0f} frames/s {mb / t_eread:8.1f} MB/s   "
-          f"ratio {t_pread / t_eread:.2f}x (goal >= 0.9x; adds the decision, key release and 2 ledger appends)")
-
-    pdp = ws.pdp()
-    assert isinstance(pdp, PolicyDecisionPoint)
-    today = dt.date(2026, 11, 29)
-    reqs = [Request(f"site:{s}", a, f"d{i % 3}", s, p, today)
-            for i, (s, a, p) in enumerate([(s, a, p) for s in ("sakai", "tokyo", "ohio")
-                                           for a in ("read", "copy", "train") for p in (None, "fine-tuning")])]
-    n = 2000
-    fresh = PolicyDecisionPoint(pdp.policy_text, ws.site_facts(), cache_size=1)
-    t = time.perf_counter()
-    for i in range(n):
-        fresh.decide(reqs[i % len(reqs)])
-    raw = n / (time.perf_counter() - t)
-    n = 200_000
-    t = time.perf_counter()
-    for i in range(n):
-        pdp.decide(reqs[i % len(reqs)])
-    cached = n / (time.perf_counter() - t)
-    print(f"decisions  Cedar (parsed policy + entity handles) {raw:12,.0f}/s")
-    print(f"decisions  cached                                 {cached:12,.0f}/s (goal >= 20,000/s)")
+    (tmp / "p.toml").write_text(POLICY_JP)
+    ws = build_consortium(Workspace.init(tmp / "ws", "bench"), tmp)
     ws.close()
+    print(f"{os.cpu_count()} cores (shared), repeat {args.repeat}, interleaved; figures are min / median / max")
+    names = iter(range(10_000))
+    rss: dict[int, tuple[list[float], list[float]]] = {}
+    for n in (int(x) for x in args.frames.split(",")):
+        src = tmp / f"in-{n}.parquet"
+        pq.write_table(frames(n), src, row_group_size=65536)  # the table is freed before any child runs
+        mb = src.stat().st_size / 1e6
+        runs: dict[str, list[dict[str, float]]] = {"baseline": [], "ingest": []}
+
+        def run(mode: str, src: Path = src, runs: dict[str, list[dict[str, float]]] = runs) -> float:
+            out = subprocess.run([sys.executable, __file__, "--child", mode, str(src), str(tmp / "ws"),
+                                  f"d{next(names)}"], capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            runs[mode].append(r)
+            return float(r["seconds"])
+
+        t = interleaved({"baseline": lambda: run("baseline"), "ingest": lambda: run("ingest")}, args.repeat)
+        ratio = [b / i for b, i in zip(t["baseline"], t["ingest"], strict=True)]
+        rss_b = [r["rss_mb"] for r in runs["baseline"]]
+        rss_i = [r["rss_mb"] for r in runs["ingest"]]
+        rss[n] = (rss_b, rss_i)
+        print(f"\n{n:,} frames ({mb:.1f} MB Parquet on disk)")
+        print(f"  baseline read+zstd write+fsync+sha256  {rate_spread(n, t['baseline'])} frames/s")
+        print(f"  dataset ingest (library call)          {rate_spread(n, t['ingest'])} frames/s")
+        print(f"  ingest / baseline throughput           {spread(ratio, fmt='.2f')}x   (goal >= 0.8x)")
+        print(f"  peak RSS baseline                      {spread(rss_b)} MB")
+        print(f"  peak RSS ingest                        {spread(rss_i)} MB")
+        rss_ratio = [i / b for b, i in zip(rss_b, rss_i, strict=True)]
+        print(f"  ingest / baseline peak RSS             {spread(rss_ratio, fmt='.2f')}x   (goal <= 1.2x)")
+
+        with Workspace.open(tmp / "ws") as ws:
+            last = datasets.list_datasets(ws)[-1]["name"]
+            rt = interleaved({"plain": lambda src=src: pq.read_table(src) and None,
+                              "site": lambda last=last: datasets.read(ws, last, "sakai") and None}, args.repeat)
+        print(f"  read plain pq.read_table               {rate_spread(n, rt['plain'])} frames/s")
+        print(f"  read at an allowed site                {rate_spread(n, rt['site'])} frames/s   ratio "
+              f"{spread([p / s for p, s in zip(rt['plain'], rt['site'], strict=True)], fmt='.2f')}x (goal >= 0.9x)")
+    if len(rss) > 1:
+        sizes = sorted(rss)
+        med = {n: sorted(rss[n][1])[len(rss[n][1]) // 2] for n in sizes}
+        print("\ningest peak RSS (median) by size: " + ", ".join(f"{n:,}: {med[n]:.0f} MB" for n in sizes)
+              + f"; growth {med[sizes[-1]] / med[sizes[0]]:.2f}x (goal: flat)")
+
+    with Workspace.open(tmp / "ws") as ws:
+        pdp = ws.pdp()
+        today = dt.date(2026, 11, 29)
+        # distinct requests: the memo never answers, every decision is a Cedar evaluation
+        reqs = [Request(f"site:{s}", a, f"d{i}", s, p, today) for i in range(100)
+                for s in ("sakai", "tokyo", "ohio") for a in ("read", "copy", "train") for p in (None, "fine-tuning")]
+        fresh = PolicyDecisionPoint(pdp.policy_text, ws.site_facts(), cache_size=1)
+        k = 600
+        d = interleaved({"cedar": lambda: [fresh.decide(r) for r in reqs[:k]] and None}, args.repeat)
+        same = reqs[:18]
+        m = interleaved({"memo": lambda: [pdp.decide(same[i % 18]) for i in range(100_000)] and None}, args.repeat)
+    print(f"decisions, each a Cedar evaluation       {rate_spread(k, d['cedar'])}/s")
+    print(f"decisions repeated (memoised)            {rate_spread(100_000, m['memo'])}/s")
 
 
 if __name__ == "__main__":

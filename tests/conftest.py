@@ -64,7 +64,8 @@ def make_frames(episodes: int = 4, frames: int = 50, state_dim: int = 3, action_
                 seed: int = 0, first_episode: int = 0) -> pa.Table:
     rng = np.random.default_rng(seed)
     n = episodes * frames
-    state = rng.uniform(0, 100, size=(n, state_dim)).astype(np.float32)
+    # inside every state channel's limits of EMBODIMENT_TOML (o2_percent is 0..25)
+    state = rng.uniform(0, 25, size=(n, state_dim)).astype(np.float32)
     action = rng.uniform(0, 100, size=(n, action_dim)).astype(np.float32)
     return pa.table({
         "episode_index": np.repeat(np.arange(first_episode, first_episode + episodes), frames).astype(np.int64),

@@ -102,3 +102,22 @@ def test_a_kill_at_any_point_is_recovered(op: str, backend: str, tmp_path: Path,
             root = Path(datasets.get_site(ws, site).root)
             assert not any((root / ".staging").glob("*")), list((root / ".staging").glob("*"))
         assert not any((ws.root / "locks").glob("*"))
+
+
+def test_fingerprints_of_an_abandoned_ingest_claim_nothing(tmp_path: Path) -> None:
+    """An ingest killed after its entries were appended made no dataset: its data is nobody's."""
+    ws_path = make_workspace(tmp_path)
+    killed = _cli(ws_path, *_ingest_args(ws_path, "lost"), fault="ingest.ledgered")
+    assert killed.returncode == -9, killed.stderr[-1000:]
+    inputs = ws_path.parent
+    with Workspace.open(ws_path) as ws:
+        assert any(e.entry.body.get("fingerprints") for e in ws.ledger.entries(kinds=["data.ingest"]))
+        doctor.run(ws, repair=True)  # closes the attempt with data.abandoned
+        assert [e.entry.kind for e in ws.ledger.entries(kinds=["data.abandoned"])] == ["data.abandoned"]
+        # another member may ingest the same frames: nothing of steelco's holds them
+        datasets.ingest(ws, "theirs", "autoco", "sakai", inputs / "policy.toml", "furnace-line-3",
+                        [inputs / "frames.parquet"])
+        # while a dataset that exists keeps its frames its owner's
+        with pytest.raises(PolicyDenied, match="identical to episodes of dataset 'theirs'"):
+            datasets.ingest(ws, "again", "steelco", "sakai", inputs / "policy.toml", "furnace-line-3",
+                            [inputs / "frames.parquet"])

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from onshore.cli.evaluate import eval_command
 from onshore.errors import ValidationError
-from onshore.eval.report import write_report
+from onshore.eval.report import figure, report_stem, write_report
 from onshore.eval.runner import evaluate
 from onshore.eval.stats import wilson_interval
 
@@ -56,9 +56,30 @@ def test_report_json_and_png(tmp_path):
 
 
 def test_tep_report_plot(tmp_path):
-    report = evaluate("tep", ["base"], episodes=1, seed=0, workers=1)
+    report = evaluate("tep", ["base"], episodes=1, seed=0, workers=1, label="kansai-chemicals")
     paths = write_report(report, tmp_path)
     assert paths[1].stat().st_size > 1000
+    # named for whose evaluation it is, in the file names and the title
+    assert [p.name for p in paths] == ["eval-kansai-chemicals-tep-expert-seed0.json",
+                                       "eval-kansai-chemicals-tep-expert-seed0.png"]
+    fig = figure(report)
+    assert "kansai-chemicals" in fig._suptitle.get_text()
+    axes = [ax for ax in fig.axes if ax.has_data()]
+    assert len(axes) == 6
+    for ax in axes:
+        assert ax.get_xlabel() and ax.get_ylabel().startswith("IAE (") and ax.get_ylabel().endswith("·h)")
+        # the expert is the PI controller: one bar per scenario, no "PI controller" twin
+        assert len(ax.containers) == 1
+    pressure = next(ax for ax in axes if ax.get_title() == "IAE reactor_pressure")
+    assert pressure.get_ylabel() == "IAE (kPa gauge·h)"
+
+
+def test_success_report_names_member_and_units(tmp_path):
+    report = evaluate("metaworld", ["reach-v3"], episodes=1, seed=0, workers=1, label="kansai-robotics")
+    assert report_stem(report) == "eval-kansai-robotics-metaworld-expert-seed0"
+    ax = figure(report).axes[0]
+    assert "kansai-robotics" in ax.get_title()
+    assert "fraction of episodes" in ax.get_xlabel() and ax.get_ylabel() == "task"
 
 
 def test_eval_command_json(tmp_path):

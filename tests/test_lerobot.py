@@ -45,7 +45,8 @@ def frame_table(lengths=(7, 5, 9), tasks=("pick the bolt", "place the bolt"), se
     cols = {
         F.EPISODE: pa.array(ep, pa.int64()),
         F.FRAME: pa.array(fr, pa.int64()),
-        F.TIMESTAMP: pa.array(fr / 10.0 + 1e-9 * ep, pa.float64()),  # float64 detail must survive
+        # LeRobot stores timestamps as float32: values exactly representable there round-trip
+        F.TIMESTAMP: pa.array((fr / 10.0).astype(np.float32).astype(np.float64), pa.float64()),
         F.STATE: pa.array(list(state), pa.list_(pa.float32())),
         F.ACTION: pa.array(list(action), pa.list_(pa.float32())),
         F.TASK: pa.array([tasks[i] for i in task_idx], pa.string()),
@@ -85,6 +86,22 @@ def test_round_trip_is_lossless_across_files_and_chunks(tmp_path: Path) -> None:
     assert got.state_names == ["joint_a", "joint_b", "gripper"]
     assert got.action_names == ["dq_a", "dq_b"]
     assert got.tasks == ["pick the bolt", "place the bolt"]
+
+
+def test_timestamp_is_written_as_float32_like_lerobot(tmp_path: Path) -> None:
+    t = frame_table(lengths=(4, 3))
+    detailed = t.set_column(t.column_names.index(F.TIMESTAMP), F.TIMESTAMP,
+                            pa.array(t.column(F.TIMESTAMP).to_numpy() + 1e-9, pa.float64()))
+    write_lerobot_v3(detailed, ARM, tmp_path / "ds")
+    info = json.loads((tmp_path / "ds/meta/info.json").read_text())
+    assert info["features"]["timestamp"]["dtype"] == "float32"
+    data = pq.read_table(tmp_path / "ds/data/chunk-000/file-000.parquet")
+    assert data.schema.field("timestamp").type == pa.float32()
+    # read back as our float64, rounded to float32 precision
+    got = read_lerobot_v3(tmp_path / "ds").table.column(F.TIMESTAMP).to_numpy()
+    assert got.dtype == np.float64
+    expected = detailed.column(F.TIMESTAMP).to_numpy().astype(np.float32).astype(np.float64)
+    assert np.array_equal(got, expected)
 
 
 def test_round_trip_single_file_and_without_extras(tmp_path: Path) -> None:

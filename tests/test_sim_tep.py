@@ -64,4 +64,6 @@ def test_eval_reports_iae_against_pi_baseline():
     assert t.success_rate == 1.0 and t.metrics["shutdowns"] == 0
     assert set(t.metrics["iae"]) == set(tep.CONTROLLED)
     assert all(v >= 0 for v in t.metrics["iae"].values())
-    assert t.baseline is not None and t.baseline["iae"] == t.metrics["iae"]
+    # the expert *is* the PI controller: it is not shown against itself
+    assert t.baseline is None
+    assert report.units["iae.reactor_pressure"] == "kPa gauge·h"

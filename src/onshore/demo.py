@@ -131,7 +131,7 @@ def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
     head("Closed-loop evaluation of each member's expert")
     t = Table("member", "task", "success", "95% interval", "mean length")
     for i, m in enumerate(MEMBERS):
-        report = evaluate(m.env, list(m.tasks), episodes, seed=1000 + i, workers=workers)
+        report = evaluate(m.env, list(m.tasks), episodes, seed=1000 + i, workers=workers, label=m.name)
         write_report(report, ws.reports_dir)
         for r in report.tasks:
             t.add_row(m.name, r.task, f"{r.successes}/{r.episodes}", f"{r.ci95[0]:.2f}-{r.ci95[1]:.2f}",

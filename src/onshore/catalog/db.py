@@ -78,6 +78,11 @@ def open_engine(url: str, tables: MetaData, create: bool = False) -> Engine:
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     try:
         engine = create_engine(url)
+    except ModuleNotFoundError as e:
+        if e.name == "psycopg":
+            raise OnshoreError(f"cannot open database {url!r}: PostgreSQL support is not installed; "
+                               "run: pip install 'onshore[postgres]'") from None
+        raise OnshoreError(f"cannot open database {url!r}: {e}") from None
     except (ArgumentError, ImportError) as e:
         raise OnshoreError(f"cannot open database {url!r}: {e}") from None
     if engine.dialect.name == "sqlite":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -13,16 +15,17 @@ from onshore.cli.data import dataset_app, policy_app
 from onshore.cli.demo import demo_command
 from onshore.cli.doctor import doctor_command
 from onshore.cli.evaluate import eval_command
+from onshore.cli.helptext import tidy
 from onshore.cli.ledger import ledger_app
-from onshore.cli.output import console, err
+from onshore.cli.output import console, err, esc
 from onshore.cli.registry import embodiment_app, member_app, site_app
 from onshore.cli.witness import trust_app, witness_app
 from onshore.errors import OnshoreError
-from onshore.workspace import Workspace
 
 app = typer.Typer(
     name="onshore",
-    help="Onshore: resident industrial telemetry, cross-embodiment models, offline-verifiable residency.",
+    help="Onshore: resident industrial telemetry, cross-embodiment models, offline-verifiable "
+         "residency.\n\nExit codes: 0 ok, 1 an error you can fix, 2 usage, 3 refused by policy.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -32,25 +35,38 @@ app = typer.Typer(
 @app.callback()
 def _global(
     workspace: Path | None = typer.Option(
-        None, "-w", "--workspace", help="Workspace folder (else $ONSHORE_WORKSPACE, else the current folder)."),
+        None, "-w", "--workspace", metavar="DIR",
+        help="Workspace folder (else $ONSHORE_WORKSPACE, else the current folder)."),
 ) -> None:
     context.set_workspace_path(workspace)
 
 
 @app.command("init")
 def init(
-    directory: Path | None = typer.Argument(None, help="Folder for the workspace (default: -w or current)."),
-    name: str = typer.Option(..., "--name", help="The consortium's name."),
+    directory: Path | None = typer.Argument(
+        None, metavar="DIR", help="New or empty folder for the workspace (default: -w, else the current folder)."),
+    name: str = typer.Option(..., "--name", help="The consortium's name, e.g. kansai-consortium."),
     jurisdiction: str | None = typer.Option(
-        None, "--jurisdiction", help="Workspace-wide rule: nothing is placed, read, computed or served outside."),
-    catalog: str | None = typer.Option(None, "--catalog", help="Catalog URL (default: SQLite in the workspace)."),
-    ledger: str | None = typer.Option(None, "--ledger", help="Ledger URL (default: SQLite in the workspace)."),
+        None, "--jurisdiction", metavar="CODE",
+        help="Workspace-wide rule, e.g. JP: nothing is placed, read, computed or served outside."),
+    catalog: str | None = typer.Option(
+        None, "--catalog", metavar="URL",
+        help="Catalog database (default: SQLite in the workspace), e.g. "
+             "postgresql://onshore@db.example/catalog (needs pip install 'onshore\\[postgres]')."),
+    ledger: str | None = typer.Option(
+        None, "--ledger", metavar="URL",
+        help="Ledger database (default: SQLite in the workspace), e.g. postgresql://onshore@db.example/ledger."),
 ) -> None:
-    """Create a workspace: onshore.toml, catalog, ledger and the log key."""
+    """Create a workspace: onshore.toml, catalog, ledger and the log key.
+
+    Example: onshore init consortium --name kansai-consortium --jurisdiction JP
+    """
+    from onshore.workspace.workspace import Workspace
+
     root = directory or context.workspace_path()
     with Workspace.init(root, name, jurisdiction, catalog, ledger) as ws:
-        console.print(f"workspace [bold]{name}[/] created in {ws.root}"
-                      + (f" (rule: nothing outside {jurisdiction})" if jurisdiction else ""))
+        console.print(f"workspace [bold]{esc(name)}[/] created in {esc(ws.root)}"
+                      + (f" (rule: nothing outside {esc(jurisdiction)})" if jurisdiction else ""))
 
 
 app.add_typer(site_app, name="site")
@@ -69,20 +85,37 @@ app.command("verify")(verify_command)
 app.command("doctor")(doctor_command)
 
 
+@functools.cache
+def command() -> Any:
+    """The click command tree behind ``app``, with help placeholders tidied (built once)."""
+    return tidy(typer.main.get_command(app))
+
+
+def _os_message(e: OSError) -> str:
+    """An operating-system refusal (permissions, a full disk, a file where a folder should be)."""
+    what = e.strerror or type(e).__name__
+    where = e.filename if e.filename is not None else ""
+    return f"{where}: {what.lower()}" if where else what
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; OnshoreErrors are printed without a traceback and set the exit code.
 
-    Usage errors are Typer's own (exit 2). With ``argv`` given, returns the exit code instead of
-    exiting, for tests.
+    Usage errors are click's own (exit 2). An OSError that no command turned into an
+    OnshoreError (a permission refused, a disk full) is still a one-line message, exit 1. With
+    ``argv`` given, returns the exit code instead of exiting, for tests.
     """
     try:
-        app(args=argv, prog_name="onshore")
+        command()(args=argv, prog_name="onshore")
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except OnshoreError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, markup=True)
+        err.print(f"[red]error:[/] {esc(e)}", highlight=False)
         code = e.exit_code
+    except OSError as e:
+        err.print(f"[red]error:[/] {esc(_os_message(e))}", highlight=False)
+        code = 1
     except KeyboardInterrupt:
         err.print("interrupted")
         code = 130

@@ -9,7 +9,8 @@ from rich.table import Table
 
 from onshore.cli.context import open_workspace
 from onshore.cli.inputs import parse_duration, read_input
-from onshore.cli.output import console, err, print_json
+from onshore.cli.output import console, err, esc, print_json, table
+from onshore.files import check_output_file
 
 attest_app = typer.Typer(help="Residency attestations: signed claims an auditor verifies offline.",
                          no_args_is_help=True)
@@ -20,8 +21,8 @@ _STYLE = {"pass": "green", "fail": "red", "not run": "yellow"}
 @attest_app.command("dataset")
 def dataset(
     name: str = typer.Argument(..., help="The dataset to attest."),
-    out: Path = typer.Option(..., "-o", "--out", help="Where to write the bundle (JSON)."),
-    site: str | None = typer.Option(None, "--site", help="The site that makes and signs the claim "
+    out: Path = typer.Option(..., "-o", "--out", metavar="FILE", help="Where to write the bundle (JSON)."),
+    site: str | None = typer.Option(None, "--site", metavar="SITE", help="The site that makes and signs the claim "
                                     "(default: where the dataset was ingested); it must hold the data."),
 ) -> None:
     """Sign where a dataset sits and has been, and write a bundle that `onshore verify` checks offline.
@@ -33,12 +34,14 @@ def dataset(
     from onshore.attest.bundle import attest_dataset, write_bundle
     from onshore.ledger import notes
 
+    check_output_file(out, force=True, option="-o")
     with open_workspace() as ws:
         bundle = attest_dataset(ws, name, site)
     write_bundle(bundle, out)
     _, sigs = notes.split_note(bundle["checkpoint"])
     size = bundle["checkpoint"].split("\n", 2)[1]
-    err.print(f"wrote {out}: dataset {name} attested by {bundle['dsseEnvelope']['signatures'][0]['keyid']}, "
+    keyid = bundle["dsseEnvelope"]["signatures"][0]["keyid"]
+    err.print(f"wrote {esc(out)}: dataset {esc(name)} attested by {esc(keyid)}, "
               f"{len(bundle['entries'])} ledger entries, checkpoint of size {size} with "
               f"{len(sigs) - 1} cosignature(s)", highlight=False)
     if len(sigs) <= 1:
@@ -48,14 +51,19 @@ def dataset(
 
 def verify_command(
     bundle: Path = typer.Argument(..., help="The bundle from 'onshore attest dataset'."),
-    trust_root: Path = typer.Option(..., "--trust-root", help="trust.json from 'onshore trust export'."),
+    trust_root: Path = typer.Option(..., "--trust-root", metavar="FILE",
+                                    help="trust.json from 'onshore trust export'."),
     min_witnesses: int = typer.Option(0, "--min-witnesses", min=0,
                                       help="How many trust-root witnesses must have cosigned the checkpoint."),
-    max_age: str | None = typer.Option(None, "--max-age", help="Refuse a bundle whose checkpoint was last "
+    max_age: str | None = typer.Option(None, "--max-age", metavar="DURATION",
+                                       help="Refuse a bundle whose checkpoint was last "
                                        "witnessed longer ago than this (e.g. 30d, 12h)."),
     json_: bool = typer.Option(False, "--json", help="Print the report as JSON only, for scripts."),
 ) -> None:
-    """Verify a residency bundle offline: no workspace, no network. Exit 0 only if every check passes."""
+    """Verify a residency bundle offline: no workspace, no network. Exit 0 only if every check passes.
+
+    Example: onshore verify arms.bundle.json --trust-root trust.json --min-witnesses 1
+    """
     from onshore.attest.trust import TrustRoot
     from onshore.attest.verify import VerificationFailed, verify_bundle
 
@@ -63,12 +71,15 @@ def verify_command(
     report = verify_bundle(read_input(bundle, "bundle"), TrustRoot.load(trust_root), min_witnesses, age)
     if json_:
         print_json(report.to_json())
+    elif not console.is_terminal:
+        table(f"Residency bundle {bundle}", ["check", "result", "detail"],
+              [(c.name, c.status, c.message) for c in report.checks])
     else:
-        t = Table(title=f"Residency bundle {bundle}", title_justify="left")
+        t = Table(title=f"Residency bundle {esc(bundle)}", title_justify="left")
         for col in ("check", "result", "detail"):
             t.add_column(col)
         for c in report.checks:
-            t.add_row(c.name, f"[{_STYLE[c.status]}]{c.status}[/]", c.message)
+            t.add_row(esc(c.name), f"[{_STYLE[c.status]}]{c.status}[/]", esc(c.message))
         console.print(t)
     if not report.ok:
         not_run = [c.name for c in report.checks if c.status == "not run"]
@@ -76,6 +87,6 @@ def verify_command(
             f"bundle NOT verified; failed check(s): {', '.join(report.failed)}"
             + (f" (not run: {', '.join(not_run)})" if not_run else ""))
     if not json_:
-        console.print(f"[green]verified[/]: dataset {report.dataset} attested by site:{report.attester}, "
+        console.print(f"[green]verified[/]: dataset {esc(report.dataset)} attested by site:{esc(report.attester)}, "
                       f"checkpoint size {report.checkpoint_size}, witnesses: "
-                      f"{', '.join(report.witnesses) or 'none'}", highlight=False)
+                      f"{esc(', '.join(report.witnesses) or 'none')}", highlight=False)

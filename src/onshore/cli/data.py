@@ -4,104 +4,129 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from onshore.cli.context import open_workspace
-from onshore.cli.output import console, err, print_json, table
+from onshore.cli.output import StageProgress, console, err, esc, print_json, table
 from onshore.errors import PolicyDenied
-from onshore.residency.pdp import Request
-from onshore.residency.policy import cedar_hash, workspace_cedar
-from onshore.workspace import datasets
-from onshore.workspace.paths import check_plaintext_destination
 
-dataset_app = typer.Typer(help="Datasets: ingest, copy, read, show, withdraw.", no_args_is_help=True)
+dataset_app = typer.Typer(help="Datasets: ingest, copy, read, export, list, show, withdraw.", no_args_is_help=True)
 policy_app = typer.Typer(help="Usage policies: check what the policy decision point decides, show the Cedar.",
                          no_args_is_help=True)
 
 JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
+NAME = typer.Argument(..., help="The dataset's name, e.g. arms.")
+PURPOSE = typer.Option(None, "--purpose", help="Why it is read, e.g. fine-tuning (checked against the policy).")
 
 
 @dataset_app.command("ingest")
 def ingest(
-    name: str,
+    name: str = typer.Argument(..., help="A new dataset name, e.g. arms."),
     files: list[Path] = typer.Argument(..., help="Frame-schema Parquet files or a LeRobot v3.0 folder."),
     member: str = typer.Option(..., "--member", help="The owning member."),
-    site: str = typer.Option(..., "--site", help="Where the data is placed."),
-    policy: Path = typer.Option(..., "--policy", help="The member's usage policy (TOML)."),
+    site: str = typer.Option(..., "--site", help="The site where the data is placed."),
+    policy: Path = typer.Option(..., "--policy", metavar="FILE", help="The member's usage policy (TOML)."),
     embodiment: str = typer.Option(..., "--embodiment", help="A registered embodiment name."),
+    allow_out_of_limits: bool = typer.Option(
+        False, "--allow-out-of-limits",
+        help="Keep state values outside the embodiment's limits (counted in the ledger entry). Actions outside "
+             "their limits are always refused."),
     json_: bool = JSON,
 ) -> None:
-    """Validate and ingest telemetry into a site, encrypted. All or nothing."""
-    with open_workspace() as ws, Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, transient=True, disable=json_,
-    ) as bar:
-        tasks: dict[str, int] = {}
+    """Validate and ingest telemetry into a site, encrypted. All or nothing.
 
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done)
+    Example: onshore dataset ingest arms tel/*.parquet --member kansai-robotics --site sakai
+    --policy policy.toml --embodiment sawyer-metaworld
+    """
+    from onshore.workspace import datasets
 
-        result = datasets.ingest(ws, name, member, site, policy, embodiment, files, progress)
+    with open_workspace() as ws, StageProgress(enabled=not json_) as bar:
+        result = datasets.ingest(ws, name, member, site, policy, embodiment, files, bar.update,
+                                 allow_out_of_limits=allow_out_of_limits)
     if json_:
         print_json({"dataset": result.dataset, "site": result.site, "episodes": result.episodes,
                     "frames": result.frames, "shards": [s.sha256 for s in result.shards],
-                    "ledger_indices": result.ledger_indices})
+                    "ledger_indices": result.ledger_indices,
+                    **({"state_out_of_limits": result.out_of_limits} if allow_out_of_limits else {})})
         return
-    console.print(f"ingested [bold]{result.dataset}[/] at {result.site}: {result.episodes} episodes, "
-                  f"{result.frames} frames in {len(result.shards)} encrypted shard(s)")
+    console.print(f"ingested [bold]{esc(result.dataset)}[/] at {esc(result.site)}: {result.episodes} episodes, "
+                  f"{result.frames} frames in {len(result.shards)} encrypted shard(s)"
+                  + (f"; {result.out_of_limits} state value(s) outside limits kept" if allow_out_of_limits else ""))
 
 
 @dataset_app.command("copy")
-def copy(name: str, to: str = typer.Option(..., "--to", help="Target site."),
-         from_: str | None = typer.Option(None, "--from", help="Source site (default: any holding it)."),
+def copy(name: str = NAME, to: str = typer.Option(..., "--to", metavar="SITE", help="Target site."),
+         from_: str | None = typer.Option(None, "--from", metavar="SITE",
+                                          help="Source site (default: any site holding it)."),
          json_: bool = JSON) -> None:
-    """Copy a dataset to another site, if its policy allows that site."""
-    with open_workspace() as ws:
-        out = datasets.copy(ws, name, to, from_)
+    """Copy a dataset to another site, if its policy allows that site.
+
+    Example: onshore dataset copy arms --to tokyo
+    """
+    from onshore.workspace import datasets
+
+    with open_workspace() as ws, StageProgress(enabled=not json_, unit="bytes") as bar:
+        out = datasets.copy(ws, name, to, from_, bar.update)
     if json_:
         print_json(out)
         return
-    console.print(f"copied [bold]{name}[/] from {out['from']} to {out['to']} ({out['shards']} shard(s))")
+    console.print(f"copied [bold]{esc(name)}[/] from {esc(out['from'])} to {esc(out['to'])} "
+                  f"({out['shards']} shard(s))")
 
 
 @dataset_app.command("read")
-def read(name: str, site: str = typer.Option(..., "--site", help="The site reading (must hold the data)."),
-         purpose: str | None = typer.Option(None, "--purpose"),
-         out: Path | None = typer.Option(None, "--out", help="Write the frames to this Parquet file.")) -> None:
-    """Read a dataset at an allowed site."""
+def read(name: str = NAME,
+         site: str = typer.Option(..., "--site", help="The site reading (must hold the data)."),
+         purpose: str | None = PURPOSE,
+         out: Path | None = typer.Option(None, "--out", metavar="FILE",
+                                         help="Write the frames to this new Parquet file (plaintext)."),
+         force: bool = typer.Option(False, "--force", help="Replace the --out file if it exists.")) -> None:
+    """Read a dataset at an allowed site; with --out, decrypt it into a Parquet file.
+
+    Example: onshore dataset read arms --site tokyo --purpose fine-tuning --out arms.parquet
+    """
+    from onshore.workspace import datasets
+
     with open_workspace() as ws:
-        if out:
-            check_plaintext_destination(ws, out, "--out")
-        t = datasets.read(ws, name, site, purpose)
-    if out:
-        pq.write_table(t, out)
-        err.print(f"wrote {t.num_rows} frames to {out}")
-    else:
-        console.print(f"{t.num_rows} frames, columns: {', '.join(t.column_names)}")
+        if out is not None:
+            with StageProgress() as bar:
+                frames = datasets.read_to_file(ws, name, site, out, purpose, force, bar.update)
+            err.print(f"wrote {frames} frames to {esc(out)}", highlight=False)
+            return
+        frames, columns = 0, []
+        for batch in datasets.iter_batches(ws, name, site, purpose):
+            frames += batch.num_rows
+            columns = batch.schema.names
+    console.print(f"{frames} frames, columns: {esc(', '.join(columns))}", highlight=False)
 
 
 @dataset_app.command("export")
-def export(name: str, site: str = typer.Option(..., "--site", help="The site exporting (must hold the data)."),
-           out: Path = typer.Option(..., "--out", help="A new folder for the exported dataset."),
-           fmt: str = typer.Option("lerobot", "--format", help="Only 'lerobot' (LeRobotDataset v3.0)."),
-           purpose: str | None = typer.Option(None, "--purpose"), json_: bool = JSON) -> None:
-    """Export a dataset at an allowed site, policy-checked and recorded in the ledger."""
+def export(name: str = NAME,
+           site: str = typer.Option(..., "--site", help="The site exporting (must hold the data)."),
+           out: Path = typer.Option(..., "--out", metavar="DIR", help="A new folder for the exported dataset."),
+           fmt: str = typer.Option("lerobot", "--format", metavar="FORMAT",
+                                   help="Only 'lerobot' (LeRobotDataset v3.0)."),
+           purpose: str | None = PURPOSE, json_: bool = JSON) -> None:
+    """Export a dataset at an allowed site, policy-checked and recorded in the ledger.
+
+    Example: onshore dataset export arms --site sakai --format lerobot --out arms-lerobot/
+    """
+    from onshore.workspace import datasets
+
     with open_workspace() as ws:
         result = datasets.export(ws, name, site, out, fmt, purpose)
     if json_:
         print_json(result)
         return
-    console.print(f"exported [bold]{name}[/] at {site} to {result['out']} ({result['frames']} frames, "
-                  f"{result['files']} files; ledger entry {result['ledger_index']})")
+    console.print(f"exported [bold]{esc(name)}[/] at {esc(site)} to {esc(result['out'])} ({result['frames']} "
+                  f"frames, {result['files']} files; ledger entry {result['ledger_index']})")
 
 
 @dataset_app.command("list")
 def list_(json_: bool = JSON) -> None:
     """List datasets and where they sit."""
+    from onshore.workspace import datasets
+
     with open_workspace() as ws:
         rows = datasets.list_datasets(ws)
     if json_:
@@ -113,46 +138,56 @@ def list_(json_: bool = JSON) -> None:
 
 
 @dataset_app.command("show")
-def show(name: str, json_: bool = JSON) -> None:
+def show(name: str = NAME, json_: bool = JSON) -> None:
     """Show a dataset's policy and where every shard sits."""
+    from onshore.workspace import datasets
+
     with open_workspace() as ws:
         d = datasets.show(ws, name)
     if json_:
         print_json(d)
         return
-    console.print(f"[bold]{d['name']}[/] owned by {d['owner']} ({d['status']}), embodiment {d['embodiment']}, "
-                  f"{d['episodes']} episodes, {d['frames']} frames")
-    console.print(f"policy {d['policy_hash'][:16]}…: {d['policy']}")
-    console.print(f"data key held at: {', '.join(d['key_held_at']) or 'nowhere (withdrawn)'}")
+    console.print(f"[bold]{esc(d['name'])}[/] owned by {esc(d['owner'])} ({d['status']}), embodiment "
+                  f"{esc(d['embodiment'])}, {d['episodes']} episodes, {d['frames']} frames")
+    console.print(f"policy {d['policy_hash'][:16]}…: {esc(d['policy'])}")
+    console.print(f"data key held at: {esc(', '.join(d['key_held_at']) or 'nowhere (withdrawn)')}")
     table("Shards", ["sha256", "site", "jurisdiction", "frames", "bytes", "path"],
-          [(s["sha256"][:16] + "…", s["site"], s["jurisdiction"], s["frames"], s["bytes"], s["path"])
-           for s in d["shards"]])
+          [(s["sha256"] if not console.is_terminal else s["sha256"][:16] + "…", s["site"], s["jurisdiction"],
+            s["frames"], s["bytes"], s["path"]) for s in d["shards"]])
 
 
 @dataset_app.command("withdraw")
-def withdraw(name: str, member: str = typer.Option(..., "--member", help="The owning member."),
+def withdraw(name: str = NAME, member: str = typer.Option(..., "--member", help="The owning member."),
              json_: bool = JSON) -> None:
     """Withdraw consent: destroy every key of the dataset (crypto-shredding)."""
+    from onshore.workspace import datasets
+
     with open_workspace() as ws:
         out = datasets.withdraw(ws, name, member)
     if json_:
         print_json(out)
         return
-    console.print(f"withdrew [bold]{name}[/]: keys destroyed at {', '.join(out['shredded_at']) or 'no site'}; "
-                  f"derived models: {len(out['derived_models'])} (clause: {out['derived_models_clause']})")
+    shredded = ", ".join(out["shredded_at"]) or "no site"
+    console.print(f"withdrew [bold]{esc(name)}[/]: keys destroyed at {esc(shredded)}; "
+                  f"derived models: {len(out['derived_models'])} (clause: {esc(out['derived_models_clause'])})")
 
 
 @policy_app.command("check")
 def check(
     action: str = typer.Option(..., "--action", help="ingest, read, copy, export, train, serve or withdraw."),
-    dataset: str = typer.Option(..., "--dataset"),
-    site: str | None = typer.Option(None, "--site"),
-    purpose: str | None = typer.Option(None, "--purpose"),
+    dataset: str = typer.Option(..., "--dataset", help="The dataset whose policy decides, e.g. arms."),
+    site: str | None = typer.Option(None, "--site", help="The site where the action would happen."),
+    purpose: str | None = PURPOSE,
     principal: str | None = typer.Option(
         None, "--principal", help="site:NAME or member:NAME (default: the site, or the owner for ingest/withdraw)."),
     json_: bool = JSON,
 ) -> None:
-    """Ask the policy decision point; exit 0 for allow, 3 for deny. The decision is recorded."""
+    """Ask the policy decision point; exit 0 for allow, 3 for deny. The decision is recorded.
+
+    Example: onshore policy check --action train --dataset arms --site sakai --purpose fine-tuning
+    """
+    from onshore.residency.pdp import Request
+
     with open_workspace() as ws:
         row = ws.row("dataset", dataset)
         if principal is None:
@@ -162,19 +197,23 @@ def check(
         print_json({**decision.to_json(), "ledger_index": index})
     else:
         verdict = "[green]allow[/]" if decision.allowed else "[red]deny[/]"
-        console.print(f"{verdict} {action} of {dataset} by {principal}"
-                      f"{' at ' + site if site else ''}: {', '.join(decision.rules)} (ledger entry {index})")
+        console.print(f"{verdict} {esc(action)} of {esc(dataset)} by {esc(principal)}"
+                      f"{' at ' + esc(site) if site else ''}: {esc(', '.join(decision.rules))} "
+                      f"(ledger entry {index})")
     if not decision.allowed:
         raise typer.Exit(PolicyDenied.exit_code)
 
 
 @policy_app.command("show")
-def show_policy(dataset: str, json_: bool = JSON) -> None:
+def show_policy(dataset: str = typer.Argument(..., help="The dataset whose policy to print, e.g. arms."),
+                json_: bool = JSON) -> None:
     """Print the Cedar policies in force for a dataset (its own, then the workspace-wide rules).
 
     The dataset's hash is the SHA-256 of its Cedar text as printed (UTF-8): the hash its consent
     entry, every decision about it and its residency bundles carry.
     """
+    from onshore.residency.policy import cedar_hash, workspace_cedar
+
     with open_workspace() as ws:
         text, digest = ws.dataset_policy(dataset)
         rules = workspace_cedar(ws.jurisdiction)

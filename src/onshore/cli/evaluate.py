@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from onshore.cli.context import workspace_path
+from onshore.cli.output import StageProgress, console, esc, table
 from onshore.cli.sim import split_tasks
-from onshore.eval.report import write_report
-from onshore.eval.runner import Report, evaluate
-from onshore.workspace.config import CONFIG_FILE
+
+if TYPE_CHECKING:  # the runner imports the simulators: only `onshore eval` itself pays for that
+    from onshore.eval.runner import Report
 
 
 def summary(report: Report) -> dict[str, Any]:
@@ -32,32 +31,50 @@ def summary(report: Report) -> dict[str, Any]:
                                  "mean_return": t.mean_return, "mean_length": t.mean_length}
         if report.env == "tep":
             entry.update({"iae": t.metrics["iae"], "shutdowns": t.metrics["shutdowns"],
-                          "mean_violation_frames": t.metrics["mean_violation_frames"],
-                          "baseline": t.baseline})
+                          "mean_violation_frames": t.metrics["mean_violation_frames"]})
+            if t.baseline is not None:
+                entry["baseline"] = t.baseline
         tasks[t.task] = entry
-    return {"env": report.env, "policy": report.policy, "seed": report.seed,
+    return {"env": report.env, "policy": report.policy, "label": report.label, "units": report.units,
+            "seed": report.seed,
             "episodes": report.episodes_per_task, "success_definition": report.success_definition,
             "tasks": tasks}
 
 
 def eval_command(
-    env: Annotated[str, typer.Option(help="Simulator: metaworld or tep.")],
+    env: Annotated[str, typer.Option(metavar="ENV", help="Simulator: metaworld or tep.")],
     tasks: Annotated[str | None, typer.Option(
+        metavar="TASKS",
         help="Comma-separated tasks (default: the env's set: MT10 for metaworld, base for tep).")] = None,
-    episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same episodes.")] = 0,
-    policy: Annotated[str, typer.Option(help="Policy to evaluate: expert (the scripted expert).")] = "expert",
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    episodes: Annotated[int, typer.Option(metavar="N", help="Episodes per task.")] = 10,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed; the same seed gives the same episodes.")] = 0,
+    policy: Annotated[str, typer.Option(metavar="POLICY",
+                                        help="Policy to evaluate: expert (the scripted expert).")] = "expert",
+    workers: Annotated[int | None, typer.Option(metavar="N", help="Worker processes (default: all cores).")] = None,
+    name: Annotated[str, typer.Option(
+        "--name", metavar="NAME",
+        help="Whose evaluation this is (a member or dataset, e.g. kansai-robotics): named in the report's title "
+             "and file names.")] = "",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
     reports: Annotated[Path | None, typer.Option(
+        metavar="DIR",
         help="Folder for the full report (JSON + PNG); default: the workspace's reports/ when run in one.")] = None,
 ) -> None:
     """Evaluate a policy in closed loop: success rate with a 95 % interval per task (TEP: IAE,
-    constraint violations and shutdowns against the PI controller)."""
+    constraint violations and shutdowns; a policy other than the PI controller is compared with it).
+
+    Example: onshore eval --env metaworld --tasks pick-place-v3 --episodes 10 --name kansai-robotics
+    """
+    from onshore.eval.report import write_report
+    from onshore.eval.runner import evaluate
+    from onshore.workspace.config import CONFIG_FILE
+
     if reports is None:
         ws = workspace_path()
-        reports = ws / "reports" if (ws / CONFIG_FILE).exists() else None
-    report = evaluate(env, split_tasks(tasks), episodes, seed, policy=policy, workers=workers)
+        reports = ws / "reports" if ws.is_dir() and (ws / CONFIG_FILE).exists() else None
+    with StageProgress(enabled=not json_out, unit="episodes") as bar:
+        report = evaluate(env, split_tasks(tasks), episodes, seed, policy=policy, workers=workers,
+                          progress=lambda done, total: bar.update(f"{env} eval", done, total), label=name)
     written = write_report(report, reports) if reports is not None else []
     if json_out:
         data = summary(report)
@@ -65,22 +82,22 @@ def eval_command(
             data["report_files"] = [str(p) for p in written]
         typer.echo(json.dumps(data, indent=2))
         return
-    console = Console()
-    table = Table(title=f"{env} · {report.policy} · {episodes} episodes/task · seed {seed}")
-    for col in ("task", "success", "95 % interval", "mean return", "mean length"):
-        table.add_column(col, justify="left" if col == "task" else "right")
+    with_baseline = any(t.baseline for t in report.tasks)
+    columns = ["task", "success", "95 % interval", "mean return", "mean length"]
     if env == "tep":
-        table.add_column("shutdowns", justify="right")
-        table.add_column("IAE pressure (kPa·h)", justify="right")
-        table.add_column("PI IAE pressure", justify="right")
+        unit = report.units.get("iae.reactor_pressure", "")
+        columns += ["shutdowns", f"IAE pressure ({unit})"] + ([f"PI IAE pressure ({unit})"] if with_baseline else [])
+    rows = []
     for t in report.tasks:
         row = [t.task, f"{t.successes}/{t.episodes} ({t.success_rate:.0%})",
                f"{t.ci95[0]:.2f}–{t.ci95[1]:.2f}", f"{t.mean_return:.1f}", f"{t.mean_length:.1f}"]
         if env == "tep":
-            row += [str(t.metrics["shutdowns"]), f"{t.metrics['iae']['reactor_pressure']:.2f}",
-                    f"{(t.baseline or {}).get('iae', {}).get('reactor_pressure', float('nan')):.2f}"]
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"success: {report.success_definition}")
+            row += [str(t.metrics["shutdowns"]), f"{t.metrics['iae']['reactor_pressure']:.2f}"]
+            if with_baseline:
+                row.append(f"{(t.baseline or {}).get('iae', {}).get('reactor_pressure', float('nan')):.2f}")
+        rows.append(row)
+    title = f"{name + ' · ' if name else ''}{env} · {report.policy} · {episodes} episodes/task · seed {seed}"
+    table(title, columns, rows)
+    console.print(f"success: {esc(report.success_definition)}", highlight=False)
     for p in written:
-        console.print(f"wrote {p}")
+        console.print(f"wrote {esc(p)}", highlight=False)

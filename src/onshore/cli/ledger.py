@@ -8,8 +8,9 @@ from pathlib import Path
 import typer
 
 from onshore.cli.context import open_workspace
-from onshore.cli.inputs import read_input
+from onshore.cli.inputs import naming, read_text_input
 from onshore.cli.output import console, print_json, table
+from onshore.files import check_output_file
 from onshore.ledger import merkle
 
 ledger_app = typer.Typer(help="The transparency ledger.", no_args_is_help=True)
@@ -17,10 +18,21 @@ ledger_app = typer.Typer(help="The transparency ledger.", no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
 
 
+def _count(value: int | None) -> int | None:
+    """Entry indices and tree sizes: 0 up to what a 64-bit database integer holds (else exit 2)."""
+    if value is not None and not 0 <= value < 2**63:
+        raise typer.BadParameter(f"{value} is not an entry index or tree size (0 or more, below 2**63)")
+    return value
+
+
+COUNT = {"callback": _count}
+
+
 @ledger_app.command("log")
-def log(json_: bool = JSON, start: int = typer.Option(0, "--from", help="First entry index."),
-        limit: int | None = typer.Option(None, "--limit", help="At most this many entries."),
-        kind: list[str] = typer.Option([], "--kind", help="Only entries of this kind (repeatable).")) -> None:
+def log(json_: bool = JSON, start: int = typer.Option(0, "--from", metavar="INDEX", help="First entry index.", **COUNT),
+        limit: int | None = typer.Option(None, "--limit", metavar="N", help="At most this many entries.", **COUNT),
+        kind: list[str] = typer.Option([], "--kind", metavar="KIND",
+                                       help="Only entries of this kind, e.g. data.ingest (repeatable).")) -> None:
     """List ledger entries."""
     with open_workspace() as ws:
         end = None if limit is None else start + limit
@@ -34,7 +46,7 @@ def log(json_: bool = JSON, start: int = typer.Option(0, "--from", help="First e
             r = body["request"]
             return (f"{body['decision']} {r['action']} {r['dataset']}"
                     f"{' @' + r['site'] if r['site'] else ''}: {', '.join(body['rules'])}")
-        return ", ".join(f"{k}={v}" for k, v in body.items() if not isinstance(v, list | dict))[:100]
+        return ", ".join(f"{k}={v}" for k, v in body.items() if not isinstance(v, list | dict))
 
     table("Ledger", ["#", "time", "kind", "actor", "summary"],
           [(e.index, e.entry.time[:19], e.entry.kind, e.entry.actor, summary(e.entry.body)) for e in entries])
@@ -58,13 +70,14 @@ def _b64(b: bytes) -> str:
 
 
 def _print_proof(heading: str, hashes: list[str]) -> None:
-    console.print(heading)
+    console.print(heading, highlight=False)
     for i, h in enumerate(hashes):
         console.print(f"  {i}: {h}")
 
 
 @ledger_app.command("prove")
-def prove(index: int, size: int | None = typer.Option(None, "--size", help="Tree size (default: now)."),
+def prove(index: int = typer.Argument(..., help="The entry's index, as in 'onshore ledger log'.", **COUNT),
+          size: int | None = typer.Option(None, "--size", metavar="N", help="Tree size (default: now).", **COUNT),
           json_: bool = JSON) -> None:
     """Print an RFC 9162 inclusion proof for entry INDEX."""
     with open_workspace() as ws:
@@ -81,7 +94,8 @@ def prove(index: int, size: int | None = typer.Option(None, "--size", help="Tree
 
 
 @ledger_app.command("consistency")
-def consistency(old: int, new: int, json_: bool = JSON) -> None:
+def consistency(old: int = typer.Argument(..., help="The older tree size (a witness's last cosigned size).", **COUNT),
+                new: int = typer.Argument(..., help="The newer tree size.", **COUNT), json_: bool = JSON) -> None:
     """Print an RFC 9162 consistency proof between tree sizes OLD and NEW."""
     with open_workspace() as ws:
         proof = ws.ledger.consistency_proof(old, new)
@@ -94,13 +108,18 @@ def consistency(old: int, new: int, json_: bool = JSON) -> None:
 
 
 @ledger_app.command("checkpoint")
-def checkpoint(out: Path | None = typer.Option(None, "-o", "--out", help="Also write the note to this file."),
+def checkpoint(out: Path | None = typer.Option(None, "-o", "--out", metavar="FILE",
+                                              help="Also write the note to this file."),
                add_cosigned: Path | None = typer.Option(
-                   None, "--add-cosigned", help="Merge a witness's cosigned checkpoint into the stored one.")) -> None:
+                   None, "--add-cosigned", metavar="FILE",
+                   help="Merge a witness's cosigned checkpoint into the stored one.")) -> None:
     """Sign, store and print the newest checkpoint (a C2SP signed note); or merge cosignatures."""
+    if out is not None:
+        check_output_file(out, force=True, option="-o")
     with open_workspace() as ws:
         if add_cosigned is not None:
-            cp = ws.add_cosignatures(read_input(add_cosigned, "cosigned checkpoint").decode())
+            with naming(add_cosigned):
+                cp = ws.add_cosignatures(read_text_input(add_cosigned, "cosigned checkpoint"))
             note = ws.ledger.checkpoint_note(cp.size)
         else:
             note = ws.make_checkpoint()

@@ -8,8 +8,7 @@ from pathlib import Path
 import typer
 
 from onshore.cli.context import open_workspace
-from onshore.cli.output import console, print_json, table
-from onshore.workspace import registry
+from onshore.cli.output import console, esc, print_json, table
 
 site_app = typer.Typer(help="Sites: where data may sit, be computed on and served.", no_args_is_help=True)
 member_app = typer.Typer(help="Members: the companies that own datasets.", no_args_is_help=True)
@@ -20,29 +19,40 @@ JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
 
 @site_app.command("add")
 def site_add(
-    name: str,
-    jurisdiction: str = typer.Option(..., "--jurisdiction", help="ISO 3166-1 alpha-2 code, e.g. JP."),
-    roles: str = typer.Option(..., "--roles", help="Comma-separated: storage,compute,serve."),
-    operator: str = typer.Option("", "--operator", help="Who runs the site."),
-    root: Path | None = typer.Option(None, "--root", help="Storage folder (default: in the workspace)."),
+    name: str = typer.Argument(..., help="A new site name, e.g. sakai."),
+    jurisdiction: str = typer.Option(..., "--jurisdiction", metavar="CODE", help="ISO 3166-1 alpha-2 code, e.g. JP."),
+    roles: str = typer.Option(..., "--roles", metavar="ROLES", help="Comma-separated: storage,compute,serve."),
+    operator: str = typer.Option("", "--operator", help="Who runs the site, e.g. \"Sakai DC\"."),
+    root: Path | None = typer.Option(None, "--root", metavar="DIR", help="Storage folder (default: in the workspace)."),
 ) -> None:
-    """Register a site; it gets its own identity key and key-encryption key."""
+    """Register a site; it gets its own identity key and key-encryption key.
+
+    Example: onshore site add sakai --jurisdiction JP --roles storage,compute --operator "Sakai DC"
+    """
+    from onshore.workspace import registry
+
     with open_workspace() as ws:
         site = registry.add_site(ws, name, jurisdiction, roles, operator, root)
-    console.print(f"site [bold]{site.name}[/] added in {site.jurisdiction} with roles {','.join(site.roles)}")
+    console.print(f"site [bold]{esc(site.name)}[/] added in {site.jurisdiction} with roles {','.join(site.roles)}")
 
 
 @site_app.command("set")
-def site_set(name: str, jurisdiction: str = typer.Option(..., "--jurisdiction")) -> None:
+def site_set(name: str = typer.Argument(..., help="A registered site."),
+             jurisdiction: str = typer.Option(..., "--jurisdiction", metavar="CODE",
+                                              help="The new ISO 3166-1 alpha-2 code, e.g. JP.")) -> None:
     """Change a site's jurisdiction (refused once data has been placed there)."""
+    from onshore.workspace import registry
+
     with open_workspace() as ws:
         site = registry.set_site_jurisdiction(ws, name, jurisdiction)
-    console.print(f"site [bold]{site.name}[/] is now in {site.jurisdiction}")
+    console.print(f"site [bold]{esc(site.name)}[/] is now in {site.jurisdiction}")
 
 
 @site_app.command("list")
 def site_list(json_: bool = JSON) -> None:
     """List sites with their jurisdictions and roles."""
+    from onshore.workspace import registry
+
     with open_workspace() as ws:
         sites = registry.list_sites(ws)
     if json_:
@@ -53,16 +63,20 @@ def site_list(json_: bool = JSON) -> None:
 
 
 @member_app.command("add")
-def member_add(name: str) -> None:
+def member_add(name: str = typer.Argument(..., help="A new member name, e.g. kansai-robotics.")) -> None:
     """Register a member; it gets its own Ed25519 key."""
+    from onshore.workspace import registry
+
     with open_workspace() as ws:
         registry.add_member(ws, name)
-    console.print(f"member [bold]{name}[/] added")
+    console.print(f"member [bold]{esc(name)}[/] added")
 
 
 @member_app.command("list")
 def member_list(json_: bool = JSON) -> None:
     """List members."""
+    from onshore.workspace import registry
+
     with open_workspace() as ws:
         members = registry.list_members(ws)
     if json_:
@@ -72,17 +86,22 @@ def member_list(json_: bool = JSON) -> None:
 
 
 @embodiment_app.command("add")
-def embodiment_add(file: Path) -> None:
-    """Register an embodiment spec (TOML)."""
+def embodiment_add(file: Path = typer.Argument(..., help="The embodiment spec (TOML), e.g. tel/sawyer-metaworld.toml."
+                                               )) -> None:
+    """Register an embodiment spec (TOML): channels with units and limits, and the control rate."""
+    from onshore.workspace import registry
+
     with open_workspace() as ws:
         emb = registry.add_embodiment(ws, file)
-    console.print(f"embodiment [bold]{emb.name}[/]: {emb.state_dim} state, {emb.action_dim} action channels "
+    console.print(f"embodiment [bold]{esc(emb.name)}[/]: {emb.state_dim} state, {emb.action_dim} action channels "
                   f"at {emb.control_hz:g} Hz")
 
 
 @embodiment_app.command("list")
 def embodiment_list(json_: bool = JSON) -> None:
     """List embodiments."""
+    from onshore.workspace import registry
+
     with open_workspace() as ws:
         embs = registry.list_embodiments(ws)
     if json_:

@@ -10,11 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from onshore.sim.generate import generate
-from onshore.sim.sensors import SensorOptions
+from onshore.cli.output import StageProgress, console, esc
 
 app = typer.Typer(help="Simulated consortium members: generate telemetry from simulators.",
                   no_args_is_help=True)
@@ -33,37 +30,40 @@ def split_tasks(tasks: str | None) -> list[str] | None:
 
 @app.command("generate")
 def generate_command(
-    env: Annotated[str, typer.Option(help="Simulator: metaworld or tep.")],
-    out: Annotated[Path, typer.Option(help="Folder to write Parquet frames and the embodiment TOML into.")],
+    env: Annotated[str, typer.Option(metavar="ENV", help="Simulator: metaworld or tep.")],
+    out: Annotated[Path, typer.Option(metavar="DIR",
+                                      help="Folder to write Parquet frames and the embodiment TOML into.")],
     tasks: Annotated[str | None, typer.Option(
+        metavar="TASKS",
         help="Comma-separated tasks, e.g. pick-place-v3,reach-v3 or base,idv-1 (default: the env's set).")] = None,
-    episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same files.")] = 0,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
-    noise: Annotated[float, typer.Option(help="Sensor noise, std as a fraction of each channel's range.")] = 0.0,
+    episodes: Annotated[int, typer.Option(metavar="N", help="Episodes per task.")] = 10,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed; the same seed gives the same files.")] = 0,
+    workers: Annotated[int | None, typer.Option(metavar="N", help="Worker processes (default: all cores).")] = None,
+    noise: Annotated[float, typer.Option(metavar="FRACTION",
+                                         help="Sensor noise, std as a fraction of each channel's range, e.g. "
+                                              "0.01.")] = 0.0,
     quantize: Annotated[bool, typer.Option("--quantize/--no-quantize",
                                            help="Quantise state readings over each channel's range.")] = False,
-    bits: Annotated[int, typer.Option(help="Quantisation bits.")] = 16,
+    bits: Annotated[int, typer.Option(metavar="N", help="Quantisation bits.")] = 16,
     control_hz: Annotated[float | None, typer.Option(
-        help="Control and logging rate in Hz (default: one frame per simulator step).")] = None,
+        metavar="HZ", help="Control and logging rate in Hz (default: one frame per simulator step).")] = None,
     seconds: Annotated[float | None, typer.Option(
-        help="Simulated seconds per episode (default: the env's episode length).")] = None,
+        metavar="SECONDS", help="Simulated seconds per episode (default: the env's episode length).")] = None,
 ) -> None:
-    """Run the scripted expert and write frame-schema Parquet plus <embodiment>.toml, ready for ingest."""
-    console = Console(stderr=True)
+    """Run the scripted expert and write frame-schema Parquet plus EMBODIMENT.toml, ready for ingest.
+
+    Example: onshore sim generate --env metaworld --tasks pick-place-v3,push-v3 --episodes 5 --seed 1 --out tel/
+    """
+    from onshore.sim.generate import generate
+    from onshore.sim.sensors import SensorOptions
+
     sensors = SensorOptions(noise=noise, quantize=quantize, bits=bits, control_hz=control_hz)
-    with Progress(TextColumn(f"[bold]{env}[/] episodes"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as bar:
-        job = bar.add_task("generate", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(job, completed=done, total=total)
-
-        result = generate(env, split_tasks(tasks), episodes, seed, out, workers=workers,
-                          sensors=sensors, progress=progress, seconds=seconds)
+    with StageProgress(unit="episodes") as bar:
+        result = generate(env, split_tasks(tasks), episodes, seed, out, workers=workers, sensors=sensors,
+                          progress=lambda done, total: bar.update(f"{env} generate", done, total), seconds=seconds)
     extra = f", {result.shutdowns} shutdowns" if env == "tep" else ""
-    Console().print(
+    console.print(esc(
         f"wrote {result.episodes} episodes ({result.frames} frames, {result.successes} reached "
         f"success{extra}) to {result.out} in {result.wall_seconds:.1f} s with {result.workers} "
         f"workers: {', '.join(f.name for f in result.files)}, {result.embodiment_path.name}, "
-        f"{result.sidecar_path.name}")
+        f"{result.sidecar_path.name}"), highlight=False)

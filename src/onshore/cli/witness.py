@@ -9,11 +9,10 @@ from pathlib import Path
 import typer
 
 from onshore.cli.context import open_workspace
-from onshore.cli.inputs import read_input
-from onshore.cli.output import console, err, print_json, table
+from onshore.cli.inputs import naming, read_input, read_text_input
+from onshore.cli.output import console, err, esc, print_json, table
 from onshore.errors import ValidationError
-from onshore.ledger import checkpoint as ckpt
-from onshore.ledger.witness import Witness
+from onshore.files import check_output_file
 
 witness_app = typer.Typer(help="Witnesses: cosign checkpoints that extend what they saw before.",
                           no_args_is_help=True)
@@ -23,18 +22,24 @@ JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
 
 
 @witness_app.command("init")
-def init(name: str, directory: Path = typer.Option(..., "--dir", help="The witness's own folder (key, state).")
-         ) -> None:
-    """Make a witness with its own key and state. Needs no workspace."""
+def init(name: str = typer.Argument(..., help="The witness's name, e.g. kyoto."),
+         directory: Path = typer.Option(..., "--dir", metavar="DIR",
+                                        help="A new folder for the witness's own key and state.")) -> None:
+    """Make a witness with its own key and state. Needs no workspace.
+
+    Example: onshore witness init kyoto --dir ~/witness
+    """
+    from onshore.ledger.witness import Witness
+
     w = Witness.init(name, directory)
-    console.print(f"witness [bold]{name}[/] created in {directory}")
-    console.print(f"verifier key: {w.vkey}")
+    console.print(f"witness [bold]{esc(name)}[/] created in {esc(directory)}")
+    console.print(f"verifier key: {esc(w.vkey)}", highlight=False)
 
 
 def _load_proof(path: Path | None) -> tuple[list[bytes], dict | None]:  # type: ignore[type-arg]
     if path is None:
         return [], None
-    raw = read_input(path, "proof")
+    raw = read_input(path, "consistency proof")
     try:
         d = json.loads(raw)
         return [base64.b64decode(h, validate=True) for h in d["proof"]], d
@@ -45,37 +50,57 @@ def _load_proof(path: Path | None) -> tuple[list[bytes], dict | None]:  # type: 
 
 @witness_app.command("cosign")
 def cosign(
-    checkpoint: Path = typer.Argument(..., help="The log's signed checkpoint note."),
-    directory: Path = typer.Option(..., "--dir", help="The witness's folder."),
-    proof: Path | None = typer.Option(None, "--proof", help="Consistency proof from the last cosigned size "
+    checkpoint: Path = typer.Argument(..., help="The log's signed checkpoint note, from 'onshore ledger checkpoint'."),
+    directory: Path = typer.Option(..., "--dir", metavar="DIR", help="The witness's folder."),
+    proof: Path | None = typer.Option(None, "--proof", metavar="FILE",
+                                      help="Consistency proof from the last cosigned size "
                                       "('onshore ledger consistency OLD NEW --json'); not needed the first time."),
-    log_key: str | None = typer.Option(None, "--log-key", help="The log's verifier key (first time; then pinned)."),
-    out: Path | None = typer.Option(None, "-o", "--out", help="Write the cosigned note here (default: stdout)."),
+    log_key: str | None = typer.Option(None, "--log-key", metavar="VKEY",
+                                       help="The log's verifier key (first time; then pinned), "
+                                            "from 'onshore trust export'."),
+    out: Path | None = typer.Option(None, "-o", "--out", metavar="FILE",
+                                    help="Write the cosigned note here (default: stdout)."),
 ) -> None:
-    """Cosign a checkpoint only if it extends the last one this witness cosigned (exit 3 if not)."""
+    """Cosign a checkpoint only if it extends the last one this witness cosigned (exit 3 if not).
+
+    Example: onshore witness cosign cp.txt --dir ~/witness --log-key "$(jq -r .log.vkey trust.json)" -o cp2.txt
+    """
+    from onshore.ledger import checkpoint as ckpt
+    from onshore.ledger.witness import Witness
+
+    if out is not None:
+        check_output_file(out, force=True, option="-o")
     w = Witness.open(directory)
-    note = read_input(checkpoint, "checkpoint").decode()
+    note = read_text_input(checkpoint, "checkpoint")
     origin = note.split("\n", 1)[0]
     if log_key is None:
         known = w.logs().get(origin)
         if known is None:
-            raise ValidationError(f"witness has never seen log {origin!r}: pass its verifier key with --log-key "
-                                  "(from 'onshore trust export')")
+            raise ValidationError(f"{checkpoint}: witness has never seen log {origin!r}: pass its verifier key "
+                                  "with --log-key (from 'onshore trust export')")
         log_key = known.log_vkey
     hashes, _ = _load_proof(proof)
-    cosigned = w.cosign(note, log_key, hashes)
-    cp = ckpt.parse(note.split("\n\n", 1)[0] + "\n")
+    with naming(checkpoint):
+        cosigned = w.cosign(note, log_key, hashes)
+        cp = ckpt.parse(note.split("\n\n", 1)[0] + "\n")
     if out is not None:
         out.write_text(cosigned)
-        err.print(f"cosigned {origin} at size {cp.size}; wrote {out}")
+        err.print(f"cosigned {esc(origin)} at size {cp.size}; wrote {esc(out)}", highlight=False)
     else:
         print(cosigned, end="")
 
 
 @witness_app.command("add")
-def add(name: str, vkey: str | None = typer.Option(None, "--vkey", help="The witness's verifier key."),
-        directory: Path | None = typer.Option(None, "--dir", help="Or read it from the witness's folder.")) -> None:
-    """Register a witness in the workspace so that its key goes into the trust root."""
+def add(name: str = typer.Argument(..., help="The witness's name, e.g. kyoto."),
+        vkey: str | None = typer.Option(None, "--vkey", metavar="VKEY",
+                                        help="The witness's verifier key (from 'onshore witness init')."),
+        directory: Path | None = typer.Option(None, "--dir", metavar="DIR",
+                                              help="Or read it from the witness's folder.")) -> None:
+    """Register a witness in the workspace so that its key goes into the trust root.
+
+    Example: onshore witness add kyoto --dir ~/witness
+    """
+    from onshore.ledger.witness import Witness
     from onshore.workspace import registry
 
     if (vkey is None) == (directory is None):
@@ -83,7 +108,7 @@ def add(name: str, vkey: str | None = typer.Option(None, "--vkey", help="The wit
     key = vkey if vkey is not None else Witness.open(directory).vkey  # type: ignore[arg-type]
     with open_workspace() as ws:
         registry.add_witness(ws, name, key)
-    console.print(f"witness [bold]{name}[/] registered")
+    console.print(f"witness [bold]{esc(name)}[/] registered")
 
 
 @witness_app.command("list")
@@ -100,12 +125,16 @@ def list_(json_: bool = JSON) -> None:
 
 
 @trust_app.command("export")
-def export(out: Path = typer.Option(..., "-o", "--out", help="Where to write trust.json.")) -> None:
-    """Write the public keys of the log, every site (with jurisdiction), member and witness."""
+def export(out: Path = typer.Option(..., "-o", "--out", metavar="FILE", help="Where to write trust.json.")) -> None:
+    """Write the public keys of the log, every site (with jurisdiction), member and witness.
+
+    Example: onshore trust export -o trust.json
+    """
     from onshore.attest.trust import build_trust_root
 
+    check_output_file(out, force=True, option="-o")
     with open_workspace() as ws:
         root = build_trust_root(ws)
     root.write(out)
-    err.print(f"wrote {out}: log {root.log_origin}, {len(root.sites)} sites, {len(root.members)} members, "
+    err.print(f"wrote {esc(out)}: log {esc(root.log_origin)}, {len(root.sites)} sites, {len(root.members)} members, "
               f"{len(root.witnesses)} witnesses")

@@ -33,7 +33,8 @@ ENV_VERSIONS = {
 
 @dataclass
 class TaskResult:
-    """One task's score. ``metrics`` are env-specific; ``baseline`` is the expert's, if run."""
+    """One task's score. ``metrics`` are env-specific; ``baseline`` is the PI controller's on the
+    same episodes, for a TEP policy other than the PI controller itself (else ``None``)."""
 
     task: str
     text: str
@@ -63,6 +64,8 @@ class Report:
     env_version: str
     versions: dict[str, str]
     tasks: list[TaskResult]
+    label: str = ""  # whose evaluation: a member or dataset name; names the report's title and files
+    units: dict[str, str] = field(default_factory=dict)  # metric -> unit, e.g. TEP IAE per variable
 
     def task(self, name: str) -> TaskResult:
         for t in self.tasks:
@@ -112,12 +115,15 @@ def evaluate(
     policy: str | PolicyFactory = "expert",
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    label: str = "",
 ) -> Report:
     """Evaluate ``policy`` on ``episodes`` episodes of each task of ``env``; return a Report.
 
     ``policy`` is ``"expert"`` (the scripted expert: Meta-World's policies, the TEP PI
     controller) or a picklable factory returning a :class:`~onshore.eval.protocol.Policy`.
-    For TEP the PI controller is also run on the same episodes as ``baseline``.
+    For TEP a policy other than the PI controller is compared with the PI controller run on the
+    same episodes (``baseline``); the expert *is* the PI controller, so it has no baseline.
+    ``label`` says whose evaluation it is (a member or dataset).
 
     Refused (``ValidationError``): an unknown env, task or policy name, ``episodes`` < 1,
     ``workers`` < 1, a negative seed.
@@ -147,9 +153,8 @@ def evaluate(
     for t_i, task in enumerate(task_list):
         mine = results[t_i * episodes:(t_i + 1) * episodes]
         tr = _score(task, mod.task_text(task), mine, scorer)
-        if env == "tep":
-            base = (results[len(specs) + t_i * episodes:len(specs) + (t_i + 1) * episodes]
-                    if with_baseline else mine)
+        if with_baseline:
+            base = results[len(specs) + t_i * episodes:len(specs) + (t_i + 1) * episodes]
             b = _score(task, tr.text, base, scorer)
             tr.baseline = {"policy": "pi-controller (tep-studio RickerMultiLoopController)",
                            "success_rate": b.success_rate, "mean_return": b.mean_return,
@@ -160,7 +165,8 @@ def evaluate(
         env=env, policy=name, seed=seed, episodes_per_task=episodes, embodiment=emb.name,
         control_hz=emb.control_hz, episode_seconds=sim_env.default_seconds,
         success_definition=scorer.SUCCESS_DEFINITION, env_version=ENV_VERSIONS[env],
-        versions=package_versions(), tasks=out)
+        versions=package_versions(), tasks=out, label=label,
+        units={f"iae.{cv}": u for cv, u in tep_eval.iae_units().items()} if env == "tep" else {})
 
 
 def _job(job: tuple[EpisodeSpec, str | PolicyFactory]) -> dict[str, Any]:

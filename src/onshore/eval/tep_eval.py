@@ -27,6 +27,12 @@ SUCCESS_DEFINITION = (
 AFTER_SUCCESS = None  # a plant is never "done": run the full episode
 
 
+def iae_units() -> dict[str, str]:
+    """The unit of each controlled variable's IAE: the variable's own unit times hours."""
+    state = tep.embodiment().state
+    return {cv: f"{state[idx].unit}·h" for cv, (idx, _field) in tep.CONTROLLED.items()}
+
+
 def episode_metrics(ep: EpisodeFrames) -> dict[str, float]:
     """IAE per controlled variable, violation frames, shutdown (1.0/0.0) and its time."""
     targets = tep.setpoint_targets(ep.spec.task, ep.state[0])

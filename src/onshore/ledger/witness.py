@@ -108,7 +108,8 @@ class Witness:
         d = Path(directory)
         key_path = d / KEY_FILE
         if not key_path.is_file() or not (d / STATE_FILE).is_file():
-            raise NotFoundError(f"{d} is not a witness directory; create one with Witness.init")
+            raise NotFoundError(f"{d} is not a witness folder (no {KEY_FILE} and {STATE_FILE}); create one with "
+                                f"'onshore witness init NAME --dir {d}'")
         try:
             key = load_pem_private_key(key_path.read_bytes(), password=None)
         except ValueError:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import pycountry
+import functools
 
 from onshore.errors import ValidationError
 
-CODES: frozenset[str] = frozenset(c.alpha_2 for c in pycountry.countries)
+
+@functools.cache
+def codes() -> frozenset[str]:
+    """Every assigned code; pycountry's database is loaded on the first check, not at import."""
+    import pycountry
+
+    return frozenset(c.alpha_2 for c in pycountry.countries)
 
 
 def check_jurisdiction(code: str, where: str = "jurisdiction") -> str:
     """Return ``code`` if it is an assigned ISO 3166-1 alpha-2 code (upper case); else raise."""
-    if not isinstance(code, str) or code not in CODES:
-        hint = f" (did you mean {code.upper()!r}?)" if isinstance(code, str) and code.upper() in CODES else ""
+    if not isinstance(code, str) or code not in codes():
+        hint = f" (did you mean {code.upper()!r}?)" if isinstance(code, str) and code.upper() in codes() else ""
         raise ValidationError(
             f"{where}: {code!r} is not an ISO 3166-1 alpha-2 country code such as 'JP' or 'US'{hint}"
         )
@@ -20,5 +26,7 @@ def check_jurisdiction(code: str, where: str = "jurisdiction") -> str:
 
 
 def country_name(code: str) -> str:
+    import pycountry
+
     c = pycountry.countries.get(alpha_2=code)
     return c.name if c else code

@@ -14,14 +14,19 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import cedarpy
-
 from onshore.errors import OnshoreError
 from onshore.names import check_name, parse_principal
 from onshore.residency.policy import ACTIONS, day_number
 from onshore.residency.schema import validate_policy_set
 
 DEFAULT_DENY = "default-deny (no permit policy matched)"
+
+
+def _cedar() -> Any:
+    """cedarpy, imported on first decision: listing sites or entries needs no policy engine."""
+    import cedarpy
+
+    return cedarpy
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ class PolicyDecisionPoint:
         self.policy_hash = hashlib.sha256(policy_text.encode()).hexdigest()
         self._dataset_hashes = dict(dataset_hashes or {})
         try:
-            self._policies = cedarpy.PolicySet.from_str(policy_text)
+            self._policies = _cedar().PolicySet.from_str(policy_text)
         except ValueError as e:  # only reachable through a bug in the compiler
             raise OnshoreError(f"internal error: compiled Cedar policies do not parse: {e}") from None
         validate_policy_set(policy_text)
@@ -117,7 +122,7 @@ class PolicyDecisionPoint:
              "attrs": {"jurisdiction": s.jurisdiction, "roles": list(s.roles)}, "parents": []}
             for s in sites
         ]
-        self._entities = cedarpy.Entities.from_json_str(json.dumps(entities))
+        self._entities = _cedar().Entities.from_json_str(json.dumps(entities))
         self._cache: dict[Request, Decision] = {}
         self._cache_size = cache_size
 
@@ -138,7 +143,7 @@ class PolicyDecisionPoint:
             context["site"] = {"__entity": {"type": "Onshore::Site", "id": site.name}}
         if request.purpose:
             context["purpose"] = request.purpose
-        result = cedarpy.is_authorized(
+        result = _cedar().is_authorized(
             {
                 "principal": _uid(request.principal),
                 "action": {"type": "Onshore::Action", "id": request.action},

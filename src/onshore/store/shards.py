@@ -1,19 +1,19 @@
 """Shards: immutable, content-addressed, encrypted Parquet files under a site's root.
 
-A shard is written to a temporary name, fsynced, hashed (SHA-256 of the encrypted bytes) and then
-renamed to ``datasets/NAME/SHA256.parquet``. Commands that write several shards stage them in a
-folder of their own (``.staging/ATTEMPT/``, see onshore.workspace.attempts) and publish them only
-once it is their turn to commit, so that two attempts never touch each other's files. A shard no
-catalog row names is invisible; `onshore doctor --repair` removes such leftovers.
-"""
+One way to write them: a ``ShardWriter`` streams frames into shards, each written to a temporary
+name, fsynced, hashed (SHA-256 of the encrypted bytes) and renamed to its digest inside a staging
+folder of the caller's own (``.staging/ATTEMPT/``, see onshore.workspace.attempts); ``copy_shard``
+stages a copy of an existing shard the same way. Only :func:`publish`, called once it is the
+caller's turn to commit, moves a staged shard to ``datasets/NAME/SHA256.parquet``, so two attempts
+never touch each other's files. A shard no catalog row names is invisible; `onshore doctor
+--repair` removes such leftovers."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,39 +57,92 @@ def _staged(stage: Path, rel: str) -> Path:
 
 
 def publish(stage: Path, site_root: Path, rel: str) -> Path:
-    """Move a shard staged in ``stage`` (by ``write_shard`` or ``copy_shard``) to ``rel`` under the site root."""
+    """Move a shard staged in ``stage`` (by ``ShardWriter`` or ``copy_shard``) to ``rel`` under the site root."""
     final = Path(site_root) / rel
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(_staged(stage, rel), final)
     return final
 
 
-def write_shard(table: pa.Table, site_root: Path, dataset: str, dataset_key: bytes,
-                stage: Path | None = None) -> ShardInfo:
-    """Encrypt ``table`` into a new shard at ``site_root``; returns where it sits and its digest.
+class ShardWriter:
+    """Streams frames into encrypted shards of at most ``max_frames`` frames each, in ``stage``.
 
-    With ``stage`` (a folder of the caller's own), the finished shard stays there until the
-    caller calls ``publish``; without, it is published at once.
+    ``stage`` is a folder of the caller's own (an attempt's ``.staging/ATTEMPT/``, never shared
+    by name). Each shard is written there under a temporary name, fsynced, hashed and renamed
+    to its digest when it is full or on ``close``; it stays in ``stage`` until the caller moves
+    it into place with :func:`publish` (``ShardInfo.path`` says where). Memory holds one Parquet
+    row group, whatever the size of the stream. ``abort`` removes every file this writer left in
+    ``stage`` (shards already published are the caller's). Every table written must have ``schema``.
     """
-    root = Path(site_root)
-    folder = Path(stage) if stage is not None else staging_dir(root)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{uuid.uuid4().hex}.tmp"
-    salt = new_salt()
-    try:
-        pq.write_table(table, tmp, encryption_properties=encryption_properties(dataset_key, dataset, salt),
-                       row_group_size=ROW_GROUP_ROWS, compression="zstd")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        digest = _sha256_file(tmp)
-        rel = shard_path(dataset, digest)
-        size = tmp.stat().st_size
-        os.replace(tmp, _staged(folder, rel))
-        if stage is None:
-            publish(folder, root, rel)
-        return ShardInfo(digest, rel, salt.hex(), size, table.num_rows)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def __init__(self, stage: Path, dataset: str, dataset_key: bytes, schema: pa.Schema,
+                 max_frames: int | None = None) -> None:
+        self.stage = Path(stage)
+        self.dataset = dataset
+        self.schema = schema
+        self.max_frames = max_frames
+        self.shards: list[ShardInfo] = []
+        self._key = dataset_key
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp: Path | None = None
+        self._salt = b""
+        self._frames = 0
+
+    def write(self, table: pa.Table) -> None:
+        start = 0
+        while start < table.num_rows:
+            if self._writer is None:
+                self._open()
+            room = table.num_rows - start if self.max_frames is None else self.max_frames - self._frames
+            part = table.slice(start, room)
+            assert self._writer is not None
+            self._writer.write_table(part, row_group_size=ROW_GROUP_ROWS)
+            self._frames += part.num_rows
+            start += part.num_rows
+            if self.max_frames is not None and self._frames >= self.max_frames:
+                self._finish()
+
+    def close(self) -> list[ShardInfo]:
+        """Finish the open shard (if any frames went into it); returns every shard written (staged)."""
+        if self._writer is not None:
+            self._finish()
+        return self.shards
+
+    def abort(self) -> None:
+        """Drop the shard being written and every finished shard still staged."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+        for s in self.shards:
+            _staged(self.stage, s.path).unlink(missing_ok=True)
+
+    def _open(self) -> None:
+        self.stage.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.stage / f"{uuid.uuid4().hex}.tmp"
+        self._salt = new_salt()
+        self._frames = 0
+        self._writer = pq.ParquetWriter(
+            self._tmp, self.schema, compression="zstd",
+            encryption_properties=encryption_properties(self._key, self.dataset, self._salt))
+
+    def _finish(self) -> None:
+        assert self._writer is not None and self._tmp is not None
+        self._writer.close()
+        self._writer = None
+        tmp, self._tmp = self._tmp, None
+        try:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            digest = _sha256_file(tmp)
+            rel = shard_path(self.dataset, digest)
+            size = tmp.stat().st_size
+            os.replace(tmp, _staged(self.stage, rel))
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.shards.append(ShardInfo(digest, rel, self._salt.hex(), size, self._frames))
 
 
 def check_shard(site_root: Path, rel: str, sha256: str) -> Path:
@@ -136,31 +189,42 @@ def iter_shard_batches(site_root: Path, rel: str, sha256: str, salt: str, datase
     path = Path(site_root) / rel
     props = decryption_properties(dataset_key, dataset, bytes.fromhex(salt))
     try:
-        pf = pq.ParquetFile(path, decryption_properties=props)
+        pf = pq.ParquetFile(path, decryption_properties=props, pre_buffer=False)  # memory flat (see inputs)
         yield from pf.iter_batches(batch_size=batch_size)
     except OSError as e:
         raise _open_error(path, sha256, e) from None
 
 
-def copy_shard(src_root: Path, dst_root: Path, rel: str, sha256: str, stage: Path | None = None) -> int:
-    """Copy a shard's bytes unchanged (they stay encrypted) and check the copy's digest.
+COPY_CHUNK = 8 << 20
 
-    With ``stage``, the copy waits there for ``publish`` (as in ``write_shard``).
+
+def copy_shard(src_root: Path, dst_root: Path, rel: str, sha256: str, stage: Path,
+               progress: Callable[[int], None] | None = None) -> int:
+    """Copy a shard's bytes unchanged (they stay encrypted) into ``stage`` and check the copy's digest.
+
+    The copy waits in ``stage`` (a folder of the caller's own) for :func:`publish`, as a
+    ``ShardWriter``'s shards do. ``progress`` is called with the number of bytes copied so far,
+    chunk by chunk. Refused (IntegrityError): a source missing or not matching ``sha256``, or a
+    copy whose bytes differ from it.
     """
     src = check_shard(src_root, rel, sha256)
-    folder = Path(stage) if stage is not None else staging_dir(dst_root)
+    folder = Path(stage)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"{uuid.uuid4().hex}.tmp"
     try:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            done = 0
+            while chunk := fin.read(COPY_CHUNK):
+                fout.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done)
+            fout.flush()
+            os.fsync(fout.fileno())
         if _sha256_file(tmp) != sha256:
             raise IntegrityError(f"copy of shard {rel} to {dst_root} changed its bytes")
         size = tmp.stat().st_size
         os.replace(tmp, _staged(folder, rel))
-        if stage is None:
-            publish(folder, Path(dst_root), rel)
         return size
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,7 +1,9 @@
 """Embodiment specs: a machine type's state and action channels and its control rate.
 
 Written as TOML (see README); ``Embodiment.from_toml`` refuses anything malformed with a message
-naming the file and field.
+naming the file and field: an unknown field (a typo such as ``limit_hi`` would otherwise be
+silently ignored), a limit that is not a finite number, ``low`` not below ``high``.
+Telemetry is validated against the limits (``onshore.telemetry.validate``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import tomli_w
 
 from onshore.errors import ValidationError
 from onshore.names import check_name
+
+_KEYS = frozenset({"name", "control_hz", "description", "extra", "state", "action"})
+_CHANNEL_KEYS = frozenset({"name", "unit", "low", "high", "max_rate"})
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,9 @@ class Embodiment:
         def fail(msg: str) -> ValidationError:
             return ValidationError(f"{source}: {msg}")
 
+        unknown = set(data) - _KEYS
+        if unknown:
+            raise fail(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_KEYS)}")
         if not isinstance(data.get("name"), str):
             raise fail("field 'name' is required and must be a string")
         try:
@@ -94,6 +102,9 @@ class Embodiment:
                 where = f"[[{key}]] #{i + 1}"
                 if not isinstance(c, dict):
                     raise fail(f"{where} must be a table")
+                unknown = set(c) - _CHANNEL_KEYS
+                if unknown:
+                    raise fail(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_CHANNEL_KEYS)}")
                 cname, unit = c.get("name"), c.get("unit", "")
                 if not isinstance(cname, str) or not cname:
                     raise fail(f"{where}: field 'name' must be a non-empty string")
@@ -104,8 +115,9 @@ class Embodiment:
                     raise fail(f"{where} ({cname}): field 'unit' must be a string")
                 lo, hi = c.get("low"), c.get("high")
                 for fname, v in (("low", lo), ("high", hi)):
-                    if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v):
-                        raise fail(f"{where} ({cname}): field '{fname}' must be a number")
+                    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                        raise fail(f"{where} ({cname}): field '{fname}' must be a finite number "
+                                   "(telemetry is checked against it; give the sensor's real range)")
                 if not lo < hi:
                     raise fail(f"{where} ({cname}): 'low' ({lo}) must be below 'high' ({hi})")
                 rate = c.get("max_rate")

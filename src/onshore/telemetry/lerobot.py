@@ -13,10 +13,13 @@ imported). A v3.0 dataset is a folder::
 
 Choices made here, each on purpose:
 
-* Lossless for our frame schema (``onshore.telemetry.frames``): ``read_lerobot_v3`` of what
-  ``write_lerobot_v3`` wrote gives back the same columns, values and Arrow types. To keep that,
-  ``timestamp`` is written as float64 and declared ``"dtype": "float64"`` in ``info.json``
-  (LeRobot's recorder uses float32; its loader follows the declared dtype). Vectors
+* Lossless for our frame schema (``onshore.telemetry.frames``) but for one column:
+  ``read_lerobot_v3`` of what ``write_lerobot_v3`` wrote gives back the same columns, values and
+  Arrow types, except that ``timestamp`` is written as float32 and declared ``"dtype":
+  "float32"``, as LeRobot writes and expects it (LeRobot's ``aggregate_datasets`` refuses to
+  merge datasets whose features differ, so a float64 timestamp could never join a recorded
+  dataset); it reads back as float64 rounded to float32 (about 7 significant digits: 0.1 ms
+  after an hour). The reader accepts float32 and float64 timestamps. Vectors
   (``observation.state``, ``action``, list-valued extras) are written as fixed-size lists, as
   LeRobot writes them, and read back as ``list<...>``.
 * The ``task`` text is not stored per frame (as in LeRobot): frames carry ``task_index`` and
@@ -683,8 +686,8 @@ def _prepare(table: pa.Table, embodiment: Embodiment) -> tuple[pa.Table, dict[st
             continue
         features[key], t = _feature_of(key, cols[key].type, cols[key])
         stored[key] = cols[key].cast(t)
-    features[F.TIMESTAMP] = {"dtype": "float64", "shape": [1], "names": None}
-    stored[F.TIMESTAMP] = cols[F.TIMESTAMP]
+    features[F.TIMESTAMP] = {"dtype": "float32", "shape": [1], "names": None}
+    stored[F.TIMESTAMP] = cols[F.TIMESTAMP].cast(pa.float32())
     for key in _LEROBOT_INDEX_COLUMNS:
         features[key] = {"dtype": "int64", "shape": [1], "names": None}
         stored[key] = pa.chunked_array([pa.array(np.arange(n, dtype=np.int64))]) if key == INDEX \

@@ -71,24 +71,53 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
     return None if raw is None else _parse(raw, str(path))
 
 
+class EpisodeFingerprints:
+    """Fingerprints computed batch by batch over frames in (episode, frame) order.
+
+    An episode may span batches: its state bytes go straight into its hash, its action bytes
+    (which the hash takes after all the state) wait in memory until the episode ends, so memory
+    holds one episode's actions, not the stream.
+    """
+
+    def __init__(self) -> None:
+        self._done: dict[int, str] = {}
+        self._ep: int | None = None
+        self._hash: Any = None
+        self._actions: list[bytes] = []
+
+    def feed(self, table: pa.Table) -> None:
+        """Add a batch; it must continue the previous one in (episode, frame) order."""
+        if table.num_rows == 0:
+            return
+        ep = table.column(F.EPISODE).to_numpy()
+        state, action = (table.column(n).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                         .astype("<f4", copy=False).reshape(len(ep), -1) for n in (F.STATE, F.ACTION))
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(ep)) + 1))
+        ends = np.append(starts[1:], len(ep))
+        for s, e in zip(starts, ends, strict=True):
+            if self._ep != int(ep[s]):
+                self._close()
+                self._ep = int(ep[s])
+                header = f"onshore-episode:v1:{state.shape[1]}:{action.shape[1]}:".encode()
+                self._hash = hashlib.sha256(header)
+            self._hash.update(np.ascontiguousarray(state[s:e]).tobytes())
+            self._actions.append(np.ascontiguousarray(action[s:e]).tobytes())
+
+    def _close(self) -> None:
+        if self._ep is not None:
+            for chunk in self._actions:
+                self._hash.update(chunk)
+            self._done[self._ep] = self._hash.hexdigest()[:_FINGERPRINT_HEX]
+        self._ep, self._hash, self._actions = None, None, []
+
+    def result(self) -> list[str]:
+        """One fingerprint per episode, in episode order."""
+        self._close()
+        return [self._done[e] for e in sorted(self._done)]
+
+
 def episode_fingerprints(table: pa.Table) -> list[str]:
     """One fingerprint per episode of a validated frame table, in episode order."""
-    if table.num_rows == 0:
-        return []
-    t = table.sort_by([(F.EPISODE, "ascending"), (F.FRAME, "ascending")])
-    ep = t.column(F.EPISODE).to_numpy()
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(ep)) + 1))
-    ends = np.append(starts[1:], len(ep))
-    cols = []
-    for name in (F.STATE, F.ACTION):
-        flat = t.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False).astype("<f4", copy=False)
-        cols.append(flat.reshape(len(ep), -1))
-    state, action = cols
-    header = f"onshore-episode:v1:{state.shape[1]}:{action.shape[1]}:".encode()
-    out = []
-    for s, e in zip(starts, ends, strict=True):
-        h = hashlib.sha256(header)
-        h.update(np.ascontiguousarray(state[s:e]).tobytes())
-        h.update(np.ascontiguousarray(action[s:e]).tobytes())
-        out.append(h.hexdigest()[:_FINGERPRINT_HEX])
-    return out
+    fp = EpisodeFingerprints()
+    fp.feed(table.sort_by([(F.EPISODE, "ascending"), (F.FRAME, "ascending")]))
+    return fp.result()

@@ -34,6 +34,9 @@ class WorkspaceConfig:
     @classmethod
     def read(cls, root: Path) -> WorkspaceConfig:
         path = Path(root) / CONFIG_FILE
+        if Path(root).exists() and not Path(root).is_dir():
+            raise ValidationError(f"{root} is a file, not a workspace folder; point -w/--workspace or "
+                                  "ONSHORE_WORKSPACE at the folder that holds onshore.toml")
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:

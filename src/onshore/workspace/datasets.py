@@ -7,6 +7,8 @@ then touches data. A refusal raises PolicyDenied and changes nothing but the led
 from __future__ import annotations
 
 import hashlib
+import os
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import insert, select, update
 
@@ -22,6 +23,7 @@ from onshore.catalog import schema as T
 from onshore.catalog.db import write_transaction
 from onshore.errors import NotFoundError, OnshoreError, PolicyDenied, ValidationError
 from onshore.faults import crash_point
+from onshore.files import check_output_file
 from onshore.keys.envelope import new_data_key
 from onshore.ledger.entries import now_iso
 from onshore.names import check_name
@@ -29,10 +31,9 @@ from onshore.residency.pdp import Request
 from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar, load_policy, parse_policy
 from onshore.store import shards as S
 from onshore.telemetry import frames as F
-from onshore.telemetry.embodiment import Embodiment
-from onshore.telemetry.lerobot import is_lerobot_v3, read_lerobot_v3, write_lerobot_v3
-from onshore.telemetry.provenance import episode_fingerprints, read_provenance, with_provenance
-from onshore.telemetry.validate import TelemetryError, validate_frames
+from onshore.telemetry.inputs import open_inputs
+from onshore.telemetry.lerobot import write_lerobot_v3
+from onshore.telemetry.provenance import read_provenance, with_provenance
 from onshore.workspace import attempts, keyservice
 from onshore.workspace.lineage import check_redistribution
 from onshore.workspace.paths import check_plaintext_destination
@@ -53,38 +54,7 @@ class IngestResult:
     episodes: int
     frames: int
     ledger_indices: list[int]
-
-
-def _read_input(path: Path, emb: Embodiment) -> pa.Table:
-    """Read one input (a Parquet file or a LeRobot v3.0 folder) and validate it."""
-    path = Path(path)
-    if path.is_dir():
-        if not is_lerobot_v3(path):
-            raise ValidationError(f"{path}: a folder must be a LeRobotDataset v3.0 (meta/info.json missing)")
-        table = read_lerobot_v3(path).table
-    else:
-        try:
-            table = pq.read_table(path)
-        except FileNotFoundError:
-            raise ValidationError(f"{path}: no such file") from None
-        except (OSError, pa.ArrowInvalid) as e:
-            raise ValidationError(f"{path}: not a readable Parquet file ({e})") from None
-    return validate_frames(table, emb, str(path))
-
-
-def _unify(tables: list[pa.Table], sources: list[str]) -> pa.Table:
-    """Concatenate validated inputs; refuses an episode that appears in two inputs."""
-    seen: dict[int, str] = {}
-    for table, src in zip(tables, sources, strict=True):
-        for ep in pc.unique(table.column(F.EPISODE)).to_pylist():
-            if ep in seen:
-                raise TelemetryError(f"{src}: episode {ep} also appears in {seen[ep]}; episode indices "
-                                     "must be unique across the files of one ingest")
-            seen[ep] = src
-    try:
-        return pa.concat_tables(tables, promote_options="permissive")
-    except pa.ArrowInvalid as e:
-        raise TelemetryError(f"inputs have incompatible columns: {e}") from None
+    out_of_limits: int = 0  # state values outside their limits, kept under allow_out_of_limits
 
 
 def _check_policy_sites(ws: Workspace, policy: UsagePolicy, source: str) -> None:
@@ -101,16 +71,24 @@ def _check_policy_sites(ws: Workspace, policy: UsagePolicy, source: str) -> None
 
 
 def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, embodiment: str,
-           inputs: Sequence[Path], progress: Progress | None = None) -> IngestResult:
+           inputs: Sequence[Path], progress: Progress | None = None,
+           allow_out_of_limits: bool = False) -> IngestResult:
     """Ingest telemetry into ``site`` as dataset ``name`` owned by ``member``. All or nothing.
 
+    A state value outside its channel's limits is refused unless ``allow_out_of_limits``; then
+    the number of such values is recorded in the ``data.ingest`` entry (``state_out_of_limits``).
+    An action outside its limits is always refused.
+
     Order (docs/residency.md, "Crashes"): check names and registry; decide ``ingest`` (the allow
-    decision opens an attempt); validate every frame and encrypt shards into the attempt's own
-    staging folder; then, in the catalog's write turn, refuse a name taken meanwhile, publish the
-    shards, write the catalog rows and append consent.grant and data.ingest, and commit. Of two
-    same-name ingests exactly one wins; the other is refused with ValidationError and touches
-    nothing of the winner's. A refusal or crash at any step leaves no shard and no catalog row
-    visible, and the attempt is closed in the ledger (``data.abandoned``) with its reason.
+    decision opens an attempt); check the inputs' provenance blocks; validate, fingerprint and
+    encrypt the inputs batch by batch (``onshore.telemetry.inputs``: memory does not grow with
+    the inputs) into shards in the attempt's own staging folder; check the fingerprints
+    (redistribution, ``onshore.workspace.lineage``); then, in the catalog's write turn, refuse a
+    name taken meanwhile, publish the shards, write the catalog rows and append consent.grant and
+    data.ingest, and commit. Of two same-name ingests exactly one wins; the other is refused with
+    ValidationError and touches nothing of the winner's. A refusal or crash at any step leaves no
+    shard and no catalog row visible, and the attempt is closed in the ledger
+    (``data.abandoned``) with its reason.
     """
     check_name(name, "dataset")
     ws.row("member", member)
@@ -129,24 +107,27 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
     root = Path(site_info.root)
     stage = attempt.staging(root)
     data_key = new_data_key()
+    writer: S.ShardWriter | None = None
     try:
         with attempts.guard(ws, attempt):
-            tables, sources = [], []
-            for i, path in enumerate(inputs):
-                tables.append(_read_input(Path(path), emb))
-                sources.append(str(path))
-                if progress:
-                    progress("validate", i + 1, len(inputs))
-            table = _unify(tables, sources)
-            episodes = len(pc.unique(table.column(F.EPISODE)))
-            fingerprints = episode_fingerprints(table)
-            check_redistribution(ws, member, fingerprints,
+            # Provenance blocks are read from the inputs' metadata now; fingerprints, which need
+            # every frame, are checked once the stream has been read, before anything is published.
+            check_redistribution(ws, member, [],
                                  [(str(p), b) for p in inputs if (b := read_provenance(Path(p))) is not None])
-            written: list[S.ShardInfo] = []
-            for start in range(0, table.num_rows, SHARD_FRAMES):
-                written.append(S.write_shard(table.slice(start, SHARD_FRAMES), root, name, data_key, stage))
+            stream = open_inputs([Path(p) for p in inputs], emb, allow_out_of_limits)
+            total = stream.total_frames
+            # Validate and encrypt batch by batch into the attempt's staging folder: memory stays
+            # flat whatever the size of the inputs; a refusal midway leaves only staged files,
+            # which the guard removes with the folder.
+            writer = S.ShardWriter(stage, name, data_key, stream.schema, SHARD_FRAMES)
+            for batch in stream.batches():
+                writer.write(batch)
                 if progress:
-                    progress("encrypt", min(start + SHARD_FRAMES, table.num_rows), table.num_rows)
+                    progress("validate + encrypt", stream.frames, max(total, stream.frames))
+            written = writer.close()
+            episodes, frames, out_of_limits = len(stream.episodes), stream.frames, stream.out_of_limits
+            fingerprints = stream.fingerprints.result()
+            check_redistribution(ws, member, fingerprints, [])
             crash_point("ingest.staged")
             shard_json = [{"sha256": s.sha256, "salt": s.salt, "bytes": s.bytes, "frames": s.frames}
                           for s in written]
@@ -159,7 +140,7 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
                 now = now_iso()
                 conn.execute(insert(T.datasets).values(
                     name=name, owner=member, embodiment=emb.name, policy=policy_text, policy_hash=policy.hash,
-                    status="active", episodes=episodes, frames=table.num_rows, created_at=now))
+                    status="active", episodes=episodes, frames=frames, created_at=now))
                 conn.execute(insert(T.shards), [
                     {"dataset": name, "site": site, "sha256": s.sha256, "path": s.path, "salt": s.salt,
                      "bytes": s.bytes, "frames": s.frames, "created_at": now} for s in written])
@@ -171,16 +152,22 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
                     ("data.ingest", f"site:{site}", {
                         "dataset": name, "owner": member, "site": site, "jurisdiction": site_info.jurisdiction,
                         "embodiment": emb.name, "policy_hash": policy.hash, "decision_index": attempt.decision_index,
-                        "episodes": episodes, "frames": table.num_rows, "shards": shard_json,
-                        "fingerprints": fingerprints}),
+                        "episodes": episodes, "frames": frames, "shards": shard_json,
+                        "fingerprints": fingerprints,
+                        **({"state_out_of_limits": out_of_limits} if allow_out_of_limits else {})}),
                 ], attempts.ledgered(attempt))
                 crash_point("ingest.ledgered")
+    except BaseException:
+        if writer is not None:
+            writer.abort()  # its open file and staged shards (the guard also removes the folder)
+        raise
     finally:
         del data_key
     crash_point("ingest.committed")
     attempts.finish(ws, attempt)
     ws.invalidate()
-    return IngestResult(name, site, written, episodes, table.num_rows, [attempt.decision_index, *attempt.outcome])
+    return IngestResult(name, site, written, episodes, frames, [attempt.decision_index, *attempt.outcome],
+                        out_of_limits)
 
 
 def _dataset_exists(ws: Workspace, name: str, conn: Any = None) -> bool:
@@ -199,13 +186,15 @@ def _shards_at(ws: Workspace, name: str, site: str | None = None) -> list[dict[s
         return [dict(r) for r in conn.execute(q.order_by(T.shards.c.id)).mappings()]
 
 
-def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None) -> dict[str, Any]:
+def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None,
+         progress: Progress | None = None) -> dict[str, Any]:
     """Copy a dataset's shards to ``to_site`` and wrap its key for that site.
 
     Decided as ``copy`` by the target site at the target site: a target outside the policy is
     refused (exit 3) before any byte moves, and the refusal is in the ledger. The shards are
     staged in the attempt's own folder at the target and published in the catalog's write turn,
     where a copy to the same site that finished first, or a withdrawal, refuses this one.
+    ``progress`` gets ``("copy", bytes copied, bytes in all)``.
     """
     ws.row("dataset", name)
     target = get_site(ws, to_site)
@@ -230,8 +219,11 @@ def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None) -
         crash_point("copy.released")
         rows = [s for s in held if s["site"] == from_site]
         stage = attempt.staging(target.root)
+        total, before = sum(s["bytes"] for s in rows), 0
         for s in rows:
-            S.copy_shard(Path(source.root), Path(target.root), s["path"], s["sha256"], stage)
+            S.copy_shard(Path(source.root), Path(target.root), s["path"], s["sha256"], stage,
+                         (lambda n, b=before: progress("copy", b + n, total)) if progress else None)
+            before += s["bytes"]
         crash_point("copy.staged")
         with write_transaction(ws.catalog, "the catalog") as conn:
             status = conn.execute(select(T.datasets.c.status).where(T.datasets.c.name == name)).scalar()
@@ -294,6 +286,43 @@ def _provenance(ws: Workspace, name: str, site: str, action: str, decision_index
     return {"dataset": name, "owner": row["owner"], "workspace": ws.origin, "site": site, "action": action,
             "decision_index": decision_index, "policy_hash": row["policy_hash"],
             "cedar_hash": cedar_hash(dataset_cedar(name, row["owner"], parse_policy(row["policy"]), withdrawn=False))}
+
+
+def read_to_file(ws: Workspace, name: str, site: str, out: Path, purpose: str | None = None,
+                 force: bool = False, progress: Progress | None = None) -> int:
+    """Decrypt the dataset at ``site`` into the plain Parquet file ``out``; returns the frames.
+
+    ``out`` is checked before anything is decided or any key released (refused: a folder, a
+    missing parent folder, an existing file unless ``force``, a place inside a site's folder or
+    the workspace's internals). Frames stream through batch by
+    batch, into a temporary file beside ``out`` that replaces it only when complete.
+    ``progress`` gets ``("decrypt", frames written, frames in all)``.
+    """
+    out = check_output_file(out, force)
+    check_plaintext_destination(ws, out, "--out")
+    total = int(ws.row("dataset", name)["frames"])
+    batches = iter_batches(ws, name, site, purpose)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    done = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for batch in batches:
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, batch.schema)
+            writer.write_batch(batch)
+            done += batch.num_rows
+            if progress:
+                progress("decrypt", done, total)
+        if writer is None:
+            raise OnshoreError(f"dataset {name!r} has no frames at site {site!r}")
+        writer.close()
+        writer = None
+        os.replace(tmp, out)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return done
 
 
 def _read_all(rows: list[dict[str, Any]], root: Path, name: str, key: bytes) -> pa.Table:

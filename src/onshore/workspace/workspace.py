@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +60,31 @@ class Workspace:
              catalog_url: str | None = None, ledger_url: str | None = None) -> Workspace:
         """Create a workspace in ``root``: config, catalog, ledger and the log key.
 
-        Refuses a folder that already holds a workspace, a bad jurisdiction code, and a catalog
-        database that already belongs to another workspace.
+        Refuses a path that is a file, a folder that already holds a workspace, a bad
+        jurisdiction code, and a catalog database that already belongs to another workspace. A
+        refused or failed init removes the folder if it made it.
         """
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise ValidationError(f"{root} is a file; give a new or empty folder for the workspace")
         if (root / CONFIG_FILE).exists():
             raise ValidationError(f"{root / CONFIG_FILE} exists: {root} is already a workspace")
         check_text(name, "workspace name (--name)", allow_empty=False)
         if jurisdiction is not None:
             check_jurisdiction(jurisdiction, "--jurisdiction")
         config = WorkspaceConfig(name, jurisdiction, catalog_url or "", ledger_url or "")
+        created = not root.exists()
         root.mkdir(parents=True, exist_ok=True)
+        try:
+            return cls._init_in(root, config)
+        except BaseException:
+            if created:
+                shutil.rmtree(root, ignore_errors=True)
+            raise
+
+    @classmethod
+    def _init_in(cls, root: Path, config: WorkspaceConfig) -> Workspace:
+        name, jurisdiction = config.name, config.jurisdiction
         catalog = open_engine(cls._catalog_url(root, config), catalog_metadata, create=True)
         with catalog.connect() as conn:
             if conn.execute(select(T.settings.c.value).where(T.settings.c.key == "name")).first():

@@ -1,0 +1,26 @@
+"""Output files a person names: check them before any work (or any ledger entry) is done."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onshore.errors import ValidationError
+
+
+def check_output_file(path: Path, force: bool = False, option: str = "--out") -> Path:
+    """``path`` if a new file can be written there (or, with ``force``, an old one replaced).
+
+    Refuses a folder, a missing parent folder, a parent that is a file, and an existing file
+    unless ``force``; each message names ``option`` and says what to do.
+    """
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise ValidationError(f"{option} {path}: is a folder; give a file name")
+    if not parent.exists():
+        raise ValidationError(f"{option} {path}: folder {parent} does not exist; create it first")
+    if not parent.is_dir():
+        raise ValidationError(f"{option} {path}: {parent} is a file, not a folder")
+    if path.exists() and not force:
+        raise ValidationError(f"{option} {path}: already exists; choose a new name or pass --force to replace it")
+    return path
