@@ -3,8 +3,12 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch is never needed here; the pin keeps any resolver from pulling a CUDA build
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
+# torch is pinned (==2.13.0 in pyproject.toml). Its CPU build comes first from PyTorch's index so
+# that pip neither resolves a newer torch nor pulls the multi-GB CUDA build; set TORCH_INDEX to
+# https://download.pytorch.org/whl/cu128 (or empty, for PyPI's default) on a GPU machine.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIN := torch==2.13.0
 
 .PHONY: demo test setup setup-dev lint bench clean
 
@@ -12,11 +16,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip setuptools wheel
 
-setup: $(BIN)/python
-	$(PIP_INSTALL) -e .
+$(VENV)/.torch: $(BIN)/python
+	$(PIP_INSTALL) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) '$(TORCH_PIN)'
+	touch $@
 
-setup-dev: $(BIN)/python
-	$(PIP_INSTALL) -e '.[dev]'
+setup: $(VENV)/.torch
+	$(PIP_INSTALL) -e . '$(TORCH_PIN)'
+
+setup-dev: $(VENV)/.torch
+	$(PIP_INSTALL) -e '.[dev]' '$(TORCH_PIN)'
 
 demo: setup
 	$(BIN)/onshore demo
