@@ -233,8 +233,10 @@ def _claim_folder(folder: Path, req: TrainRequest) -> Path | None:
 # ---- checkpoints -------------------------------------------------------------------------------------
 
 def _write_checkpoint(folder: Path, step: int, model_state: dict[str, Any], optim_state: dict[str, Any],
-                      ema: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, str]:
+                      ema: dict[str, torch.Tensor], meta: dict[str, Any], task_vectors: np.ndarray
+                      ) -> dict[str, str]:
     tensors = {f"model.{k}": v for k, v in model_state.items()}
+    tensors["task_vectors"] = torch.from_numpy(np.ascontiguousarray(task_vectors, dtype=np.float32))
     tensors.update({f"ema.{k}": v for k, v in ema.items()})
     for fqn, st in optim_state["state"].items():
         for k, v in st.items():
@@ -361,13 +363,19 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
     if tc.freeze_trunk:
         for p in net.trunk_parameters():
             p.requires_grad_(False)
+    # A base model's embodiments that this run has no data for stay exactly as they were.
+    for name in net.specs:
+        if name not in {s.embodiment for s in sources}:
+            for p in net.embodiment_parameters(name):
+                p.requires_grad_(False)
     net.to(world.device)
     model = D.wrap(net, world, tc.strategy)
     trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
     decay = [p for n, p in trainable if p.ndim >= 2 and not n.startswith("tokens.") and not n.endswith(".pos")]
     no_decay = [p for n, p in trainable if not (p.ndim >= 2 and not n.startswith("tokens.") and not n.endswith(".pos"))]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95))
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95),
+                                  foreach=True)
     ema = {n: p.detach().clone() for n, p in net.named_parameters()}
     mixer = Mixer(sources, embodiments, req.weights_or_default(), tc.batch_size, scanned, vectors, cfg, tc.seed,
                   tc.holdout, world.rank, world.size)
@@ -395,7 +403,7 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
     if world.main:
         assert ws is not None
         ws.record("job.start", f"site:{req.site}", {
-            "job": job, "kind": "finetune" if req.base else "train", "model": req.name, "site": req.site,
+            "job": job, "type": "finetune" if req.base else "train", "model": req.name, "site": req.site,
             "jurisdiction": payload["jurisdiction"], "purpose": req.purpose, "base": req.base,
             "datasets": [{k: d[k] for k in ("name", "owner", "shards", "decision_index")} for d in lineage],
             "config": cfg.to_json(), "train": asdict(tc), "world_size": world.size, "resumed_from_step": start,
@@ -418,13 +426,14 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
         if world.main:
             assert ws is not None
             files = _write_checkpoint(folder, step, model_state, optim_state, ema_full, {
-                **static_meta, "mixer": mixer.state(), "job": job})
-            # the task vectors live in the checkpoint so a resume does not re-encode them
+                **static_meta, "mixer": mixer.state(), "job": job}, vectors)  # a resume does not re-encode tasks
             ws.record("job.checkpoint", f"site:{req.site}", {"job": job, "model": req.name, "step": step,
                                                               "files": files})
         D.barrier(world)
 
     # -- the steps --
+    ema_list = [ema[n] for n, _ in net.named_parameters()]
+    params_list = [p.detach() for _, p in net.named_parameters()]
     t0 = time.perf_counter()
     done_samples = 0
     last: dict[str, float] = {}
@@ -443,8 +452,7 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
         optimizer.step()
         decay_t = min(tc.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for n, p in net.named_parameters():
-                ema[n].lerp_(p.detach(), 1.0 - decay_t)
+            torch._foreach_lerp_(ema_list, params_list, 1.0 - decay_t)
         done_samples += tc.batch_size
         n_done = step + 1
         if n_done % tc.log_every == 0 or n_done == steps_total or n_done % tc.checkpoint_every == 0:
