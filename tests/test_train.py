@@ -16,64 +16,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _training import make_consortium
 from onshore.cli.app import main
 from onshore.errors import PolicyDenied
 from onshore.model.text import HASHED
-from onshore.sim.generate import generate
 from onshore.train import data as TD
 from onshore.train.loop import TrainConfig, TrainRequest, granted_datasets, train
 from onshore.workspace import Workspace, datasets, models, registry
 from onshore.workspace.registry import get_embodiment
-
-POLICY = """jurisdictions = ["JP"]
-sites = []
-purposes = [{purposes}]
-expires = 2031-03-31
-derived_models = "{clause}"
-"""
-
-
-@pytest.fixture(scope="session")
-def telemetry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Real simulator telemetry, made once: Sawyer arms on two tasks, the TEP plant for 10 minutes."""
-    root = tmp_path_factory.mktemp("telemetry")
-    generate("metaworld", ["reach-v3", "push-v3"], 3, seed=1, out=root / "arms", workers=2)
-    generate("tep", ["base"], 1, seed=2, out=root / "plant", workers=1, seconds=600.0)
-    return {"arms": root / "arms", "plant": root / "plant"}
-
-
-def make_consortium(root: Path, telemetry: dict[str, Path], shard_frames: int | None = None) -> Workspace:
-    """Sites sakai/tokyo (JP) and ohio (US); arms and plant at sakai, a tokyo-only set at tokyo."""
-    ws = Workspace.init(root / "ws", "train-test")
-    registry.add_site(ws, "sakai", "JP", "storage,compute")
-    registry.add_site(ws, "tokyo", "JP", "storage,compute,serve")
-    registry.add_site(ws, "ohio", "US", "storage,compute")
-    registry.add_member(ws, "arm-maker")
-    registry.add_member(ws, "chem")
-    for name, folder, member, site, purposes, clause in (
-        ("arms", telemetry["arms"], "arm-maker", "sakai", '"foundation-pretraining", "fine-tuning"', "stop-serving"),
-        ("plant", telemetry["plant"], "chem", "sakai", '"foundation-pretraining", "fine-tuning"', "keep"),
-        ("arms-tokyo", telemetry["arms"], "arm-maker", "tokyo", '"fine-tuning"', "keep"),
-    ):
-        emb = next(folder.glob("*.toml"))
-        try:
-            registry.add_embodiment(ws, emb)
-        except Exception:  # noqa: BLE001 - the second dataset of an embodiment finds it registered
-            pass
-        policy = root / f"{name}.toml"
-        text = POLICY.format(purposes=purposes, clause=clause)
-        if name == "arms-tokyo":
-            text = text.replace("sites = []", 'sites = ["tokyo"]')
-        policy.write_text(text)
-        emb_name = "sawyer-metaworld" if "arms" in name else "tennessee-eastman"
-        old = datasets.SHARD_FRAMES
-        if shard_frames:
-            datasets.SHARD_FRAMES = shard_frames
-        try:
-            datasets.ingest(ws, name, member, site, policy, emb_name, sorted(folder.glob("*.parquet")))
-        finally:
-            datasets.SHARD_FRAMES = old
-    return ws
 
 
 @pytest.fixture
@@ -127,7 +77,8 @@ def test_train_arms_and_plant_lineage_metrics_and_eval(consortium: Workspace, tm
     for f in ("model.safetensors", "model.json", "metrics.csv", "loss.png"):
         assert (folder / f).is_file(), f
     rows = (folder / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("step,loss") and [r.split(",")[0] for r in rows[1:]] == ["2", "4", "5", "6", "8", "10", "12"]
+    assert rows[0].startswith("step,loss")
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "5", "6", "8", "10", "12"]
     meta = json.loads((folder / "model.json").read_text())
     assert {e["name"] for e in meta["embodiments"]} == {"sawyer-metaworld", "tennessee-eastman"}
     assert meta["site"] == "sakai" and meta["world_size"] == 1 and meta["code_version"].startswith("0.1.0+")

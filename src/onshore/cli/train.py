@@ -101,7 +101,8 @@ WARMUP = typer.Option(100, "--warmup", help="Warm-up steps (at most a tenth of t
 CKPT = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints (default: 500, or the run).")
 HOLDOUT = typer.Option(0.0, "--holdout", help="Fraction of episodes held out for a validation loss.")
 SEED = typer.Option(0, "--seed", help="Seed of initial weights and data order.")
-PRECISION = typer.Option("auto", "--precision", help="auto (bf16 on GPUs that have it), bf16 (also CPUs with AVX512-BF16/AMX) or fp32.")
+PRECISION = typer.Option("auto", "--precision",
+                         help="auto (bf16 on GPUs that have it), bf16 (also CPUs with AVX512-BF16/AMX) or fp32.")
 STRATEGY = typer.Option("ddp", "--strategy", help="Under torchrun: ddp or fsdp (FSDP2).")
 DEVICE = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present).")
 THREADS = typer.Option(None, "--threads", help="Torch CPU threads per process.")

@@ -45,7 +45,6 @@ class World:
 def setup(device: str | None = None) -> World:
     """Join torchrun's process group if there is one; pick the device (CUDA when present)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     want = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if want not in ("cpu", "cuda"):
