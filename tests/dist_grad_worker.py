@@ -1,6 +1,7 @@
 """Run under torchrun (or plain python for 1 process): one training step's gradients, saved.
 
-Usage: python tests/dist_grad_worker.py STRATEGY OUT.safetensors. Every process builds the same
+Usage: python tests/dist_grad_worker.py OUT_FOLDER (writes ddp.safetensors and fsdp.safetensors
+there, one after the other in the same process group). Every process builds the same
 model and the same global batch, keeps its share (windows rank, rank + W, ...), scales its summed
 loss like the training loop does, and backpropagates through ``onshore.train.distributed.wrap``.
 Rank 0 saves the full gradients. With correct averaging they equal one process's gradients;
@@ -20,9 +21,15 @@ from onshore.model.network import EmbodimentSpec, FoundationModel, init_seed, mo
 from onshore.train import distributed as D
 
 
-def main(strategy: str, out: str) -> None:
+def main(out: str) -> None:
     torch.set_num_threads(1)
     world = D.setup("cpu")
+    for strategy in D.STRATEGIES:
+        step(world, strategy, f"{out}/{strategy}.safetensors")
+    D.teardown(world)
+
+
+def step(world: D.World, strategy: str, out: str) -> None:
     cfg = model_config("tiny")
     specs = [EmbodimentSpec("arm", 6, 2, (("a", (0, 1, 2)), ("b", (3, 4, 5))), (0.0,) * 6, (1.0,) * 6,
                             (-1.0,) * 2, (1.0,) * 2),
@@ -50,8 +57,8 @@ def main(strategy: str, out: str) -> None:
     grads = {n: D.to_full(p.grad).detach().clone() for n, p in net.named_parameters()}
     if world.main:
         save_file(grads, out)
-    D.teardown(world)
+    D.barrier(world)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1])

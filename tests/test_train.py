@@ -155,9 +155,9 @@ def test_stream_holds_one_shard_and_the_mix_is_resumable(tmp_path: Path, telemet
         def __init__(self, d: datasets.ResidentDataset) -> None:
             self.d, self.name, self.embodiment, self.shards = d, d.name, d.embodiment, d.shards
 
-        def read_shard(self, i: int):  # type: ignore[no-untyped-def]
+        def iter_shard(self, i: int):  # type: ignore[no-untyped-def]
             reads.append((self.name, i))
-            return self.d.read_shard(i)
+            return self.d.iter_shard(i)
 
     sources = [Counting(d) for d in opened]
     from onshore.model.network import model_config

@@ -19,7 +19,7 @@ so the split is the same whichever shard an episode sits in.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,9 +38,9 @@ class ShardSource(Protocol):
 
     name: str
     embodiment: str
-    shards: list[dict[str, Any]]
+    shards: list[dict[str, Any]]  # each with "frames"
 
-    def read_shard(self, i: int) -> pa.Table: ...
+    def iter_shard(self, i: int) -> Iterator[pa.RecordBatch]: ...
 
 
 @dataclass
@@ -57,11 +57,10 @@ class Frames:
     held: np.ndarray  # [N] bool: the row's episode is held out
 
 
-def _column(table: pa.Table, name: str, width: int | None = None) -> np.ndarray:
-    col = table.column(name).combine_chunks()
+def _values(col: pa.Array, width: int | None = None) -> np.ndarray:
     if width is None:
         return col.to_numpy(zero_copy_only=False)
-    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, width)
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
 
 
 def held_out_episodes(dataset: str, episodes: np.ndarray, fraction: float) -> np.ndarray:
@@ -73,26 +72,51 @@ def held_out_episodes(dataset: str, episodes: np.ndarray, fraction: float) -> np
                      for e in episodes], dtype=bool)
 
 
-def read_frames(table: pa.Table, dataset: str, state_dim: int, action_dim: int, task_ids: dict[str, int],
-                holdout: float) -> Frames:
-    """A shard's table as arrays (see :class:`Frames`)."""
-    ep = _column(table, F.EPISODE).astype(np.int64)
-    order = np.lexsort((_column(table, F.FRAME).astype(np.int64), ep))
-    ep = ep[order]
-    state = _column(table, F.STATE, state_dim)[order]
-    action = _column(table, F.ACTION, action_dim)[order]
-    tasks, local = [""], np.zeros(len(ep), dtype=np.int64)
-    if F.TASK in table.column_names and len(ep):
-        codes = pc.fill_null(table.column(F.TASK).combine_chunks(), "").dictionary_encode()
-        tasks = codes.dictionary.to_pylist()
-        local = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)[order]
-    starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]]) if len(ep) else np.zeros(0, dtype=np.int64)
-    ends = np.r_[starts[1:], len(ep)]
+def read_frames(batches: Iterable[pa.RecordBatch], rows: int, dataset: str, state_dim: int, action_dim: int,
+                task_ids: dict[str, int], holdout: float) -> Frames:
+    """A shard's frames as arrays (see :class:`Frames`), filled batch by batch.
+
+    Memory: the arrays themselves plus one decrypted batch; rows are reordered (a copy) only if
+    the shard is not already sorted by episode and frame.
+    """
+    ep = np.empty(rows, np.int64)
+    frame = np.empty(rows, np.int64)
+    state = np.empty((rows, state_dim), np.float32)
+    action = np.empty((rows, action_dim), np.float32)
+    local = np.zeros(rows, np.int64)
+    tasks: dict[str, int] = {}
+    at = 0
+    for b in batches:
+        n = b.num_rows
+        if at + n > rows:
+            raise ValidationError(f"dataset {dataset}: a shard holds more frames than the catalog says ({rows})")
+        ep[at:at + n] = _values(b.column(F.EPISODE))
+        frame[at:at + n] = _values(b.column(F.FRAME))
+        state[at:at + n] = _values(b.column(F.STATE), state_dim)
+        action[at:at + n] = _values(b.column(F.ACTION), action_dim)
+        if F.TASK in b.schema.names:
+            codes = pc.fill_null(b.column(F.TASK), "").dictionary_encode()
+            remap = np.array([tasks.setdefault(t, len(tasks)) for t in codes.dictionary.to_pylist()], np.int64)
+            if len(remap):
+                local[at:at + n] = remap[_values(codes.indices).astype(np.int64)]
+        else:
+            tasks.setdefault("", len(tasks))
+        at += n
+    if at != rows:
+        raise ValidationError(f"dataset {dataset}: a shard holds {at} frames, the catalog says {rows}")
+    pa.default_memory_pool().release_unused()
+    key_sorted = rows < 2 or bool(np.all((np.diff(ep) > 0) | ((np.diff(ep) == 0) & (np.diff(frame) > 0))))
+    if not key_sorted:
+        order = np.lexsort((frame, ep))
+        ep, state, action, local = ep[order], state[order], action[order], local[order]
+    task_list = sorted(tasks, key=tasks.__getitem__) or [""]
+    starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]]) if rows else np.zeros(0, dtype=np.int64)
+    ends = np.r_[starts[1:], rows]
     lengths = ends - starts
     held_ep = held_out_episodes(dataset, ep[starts], holdout)
-    lookup = np.array([task_ids.get(t, -1) for t in tasks], dtype=np.int64)
-    return Frames(state, action, lookup[local], tasks, local, np.repeat(starts, lengths), np.repeat(ends, lengths),
-                  np.repeat(held_ep, lengths))
+    lookup = np.array([task_ids.get(t, -1) for t in task_list], dtype=np.int64)
+    return Frames(state, action, lookup[local], task_list, local, np.repeat(starts, lengths),
+                  np.repeat(ends, lengths), np.repeat(held_ep, lengths))
 
 
 def windows(fr: Frames, rows: np.ndarray, history: int, chunk: int) -> dict[str, np.ndarray]:
@@ -166,17 +190,20 @@ def scan(sources: Sequence[ShardSource], embodiments: dict[str, Embodiment], cfg
         counts[src.name] = 0
         left = heldout_cap
         for s_i in range(len(src.shards)):
-            fr = read_frames(src.read_shard(s_i), src.name, emb.state_dim, emb.action_dim, {}, holdout)
+            fr = read_frames(src.iter_shard(s_i), int(src.shards[s_i]["frames"]), src.name, emb.state_dim,
+                             emb.action_dim, {}, holdout)
             tasks.update(fr.tasks)
             train = ~fr.held
             counts[src.name] += int(train.sum())
             if src.embodiment not in keep and train.any():
                 a = acc.setdefault(src.embodiment, [0.0, 0.0, 0, None, None])
-                st = fr.state[train].astype(np.float64)
-                ac = fr.action[train]
-                a[0] = a[0] + st.sum(0)
-                a[1] = a[1] + (st**2).sum(0)
-                a[2] += len(st)
+                rows = np.flatnonzero(train)
+                for c in range(0, len(rows), 65536):  # float64 sums, a slice at a time (bounded memory)
+                    st = fr.state[rows[c:c + 65536]].astype(np.float64)
+                    a[0] = a[0] + st.sum(0)
+                    a[1] = a[1] + (st * st).sum(0)
+                ac = fr.action[rows]
+                a[2] += len(rows)
                 a[3] = ac.min(0) if a[3] is None else np.minimum(a[3], ac.min(0))
                 a[4] = ac.max(0) if a[4] is None else np.maximum(a[4], ac.max(0))
             held_rows = np.flatnonzero(fr.held)
@@ -243,8 +270,8 @@ class Stream:
     def _load(self) -> None:
         order = np.random.default_rng([self.seed, self.index, self.epoch]).permutation(len(self.src.shards))
         shard = int(order[self.pos])
-        fr = read_frames(self.src.read_shard(shard), self.src.name, self.emb.state_dim, self.emb.action_dim,
-                         self.task_ids, self.holdout)
+        fr = read_frames(self.src.iter_shard(shard), int(self.src.shards[shard]["frames"]), self.src.name,
+                         self.emb.state_dim, self.emb.action_dim, self.task_ids, self.holdout)
         rng = np.random.default_rng([self.seed, self.index, self.epoch, shard])
         self._frames, self._perm = fr, rng.permutation(np.flatnonzero(~fr.held))
 

@@ -249,9 +249,14 @@ class ResidentDataset:
         return int(sum(s["frames"] for s in self.shards))
 
     def read_shard(self, i: int) -> pa.Table:
-        """Decrypt and return shard ``i`` (its digest is checked against the catalog first)."""
+        """Decrypt and return shard ``i`` whole (authenticated page by page, see ``store.shards``)."""
         s = self.shards[i]
         return S.read_shard(self.root, s["path"], s["sha256"], s["salt"], self.name, self.key)
+
+    def iter_shard(self, i: int) -> Iterator[pa.RecordBatch]:
+        """Decrypt shard ``i`` batch by batch (a row group at a time), for bounded memory."""
+        s = self.shards[i]
+        return S.iter_shard_batches(self.root, s["path"], s["sha256"], s["salt"], self.name, self.key)
 
 
 def open_resident(ws: Workspace, names: Sequence[str], site: str, purpose: str | None, action: str
