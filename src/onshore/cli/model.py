@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from onshore.cli.context import open_workspace
-from onshore.cli.output import console, print_json, table
+from onshore.cli.output import console, esc, print_json, table
 from onshore.workspace import models
 
 model_app = typer.Typer(help="Trained models: list, show lineage.", no_args_is_help=True)
@@ -26,21 +26,22 @@ def list_(json_: bool = JSON) -> None:
 
 
 @model_app.command("show")
-def show(name: str, json_: bool = JSON) -> None:
+def show(name: str = typer.Argument(..., help="The model's name (see 'onshore model list')."),
+         json_: bool = JSON) -> None:
     """A model's size, metrics, files and lineage: model -> datasets (shards) -> members -> site."""
     with open_workspace() as ws:
         info = models.show_model(ws, name)
     if json_:
         print_json(info)
         return
-    console.print(f"[bold]{name}[/]: {info['size']}, {info['parameters']:,} parameters, {info['steps']} steps on "
-                  f"{info['world_size']} process(es); trained at {info['site']} ({info['jurisdiction']}) for "
-                  f"{info['purpose']!r}" + (f", fine-tuned from {info['base']}" if info["base"] else ""))
+    console.print(f"[bold]{esc(name)}[/]: {info['size']}, {info['parameters']:,} parameters, {info['steps']} steps "
+                  f"on {info['world_size']} process(es); trained at {esc(info['site'])} ({info['jurisdiction']}) for "
+                  f"{esc(repr(info['purpose']))}" + (f", fine-tuned from {esc(info['base'])}" if info["base"] else ""))
     m = info["metrics"]
     console.print("metrics: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                           for k, v in m.items() if v is not None))
     for fname, f in info["files"].items():
-        console.print(f"  {fname}  sha256 {f['sha256'][:16]}…  {f['path']}", highlight=False)
+        console.print(f"  {fname}  sha256 {f['sha256']}  {esc(f['path'])}", highlight=False)
     rows = []
     for level in info["lineage"]:
         for d in level["datasets"]:

@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from onshore.cli.context import open_workspace
-from onshore.cli.output import console, err, print_json
+from onshore.cli.output import console, err, esc, print_json
 from onshore.errors import ValidationError
 
 JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
@@ -77,10 +77,10 @@ def _run(request: Any, device: str | None, threads: int | None, json_: bool) -> 
         print_json(out)
         return
     resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
-    console.print(f"model [bold]{result.name}[/] trained at {result.site}: {result.steps} steps{resumed}, "
+    console.print(f"model [bold]{esc(result.name)}[/] trained at {esc(result.site)}: {result.steps} steps{resumed}, "
                   f"{result.parameters:,} parameters, {result.samples_per_s:.0f} samples/s on "
                   f"{result.world_size} process(es); final loss {result.metrics['final_loss']:.4f}")
-    console.print(f"files in {result.folder} (model.safetensors, model.json, metrics.csv, loss.png)")
+    console.print(f"files in {esc(result.folder)} (model.safetensors, model.json, metrics.csv, loss.png)")
 
 
 def _config(steps: int, batch_size: int, lr: float, warmup: int, checkpoint_every: int | None, holdout: float,

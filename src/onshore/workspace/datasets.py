@@ -35,8 +35,8 @@ from onshore.telemetry.lerobot import write_lerobot_v3
 from onshore.telemetry.provenance import read_provenance, with_provenance
 from onshore.workspace import keyservice
 from onshore.workspace.lineage import check_redistribution
-from onshore.workspace.paths import check_plaintext_destination
 from onshore.workspace.models import derived_from
+from onshore.workspace.paths import check_plaintext_destination
 from onshore.workspace.registry import get_embodiment, get_site
 from onshore.workspace.workspace import Workspace
 
