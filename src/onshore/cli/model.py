@@ -6,7 +6,6 @@ import typer
 
 from onshore.cli.context import open_workspace
 from onshore.cli.output import console, esc, print_json, table
-from onshore.workspace import models
 
 model_app = typer.Typer(help="Trained models: list, show lineage.", no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
@@ -15,6 +14,8 @@ JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
 @model_app.command("list")
 def list_(json_: bool = JSON) -> None:
     """Every model: where it was trained, for what, from which datasets."""
+    from onshore.workspace import models  # the catalog only when a command runs
+
     with open_workspace() as ws:
         rows = models.list_models(ws)
     if json_:
@@ -29,6 +30,8 @@ def list_(json_: bool = JSON) -> None:
 def show(name: str = typer.Argument(..., help="The model's name (see 'onshore model list')."),
          json_: bool = JSON) -> None:
     """A model's size, metrics, files and lineage: model -> datasets (shards) -> members -> site."""
+    from onshore.workspace import models
+
     with open_workspace() as ws:
         info = models.show_model(ws, name)
     if json_:
