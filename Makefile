@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
-# torch is pinned (==2.13.0 in pyproject.toml). Its CPU build comes first from PyTorch's index so
-# that pip neither resolves a newer torch nor pulls the multi-GB CUDA build; set TORCH_INDEX to
-# https://download.pytorch.org/whl/cu128 (or empty, for PyPI's default) on a GPU machine.
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# torch is pinned (==2.13.0 in pyproject.toml) and installed first, alone, so that pip never
+# resolves a newer torch or pulls the multi-GB CUDA build while it solves the rest. Our machines
+# reach PyPI only, where pip finds the CPU build of this pin; set TORCH_INDEX to an extra index
+# (e.g. PyTorch's CPU or CUDA wheel index) where that is reachable and wanted.
+TORCH_INDEX ?=
 TORCH_PIN := torch==2.13.0
 
 .PHONY: demo test setup setup-dev lint bench clean
