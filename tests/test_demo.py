@@ -15,8 +15,12 @@ from onshore.errors import ValidationError
 @pytest.mark.slow
 def test_demo_runs_and_the_auditor_verifies(tmp_path: Path) -> None:
     console = Console(record=True, width=200)
-    assert run_demo(tmp_path / "demo", episodes=1, workers=2, console=console) == 0
+    assert run_demo(tmp_path / "demo", episodes=1, workers=2, console=console, train_steps=40) == 0
     text = console.export_text()
+    assert "trained consortium-tiny at sakai" in text
+    assert ("refused training at ohio (US): rule(s) dataset/kansai-pick-place/jurisdictions, "
+            "dataset/setouchi-tep/jurisdictions") in text
+    assert "Lineage: model -> datasets" in text
     assert "refused copy of kansai-pick-place to ohio: rule dataset/kansai-pick-place/jurisdictions" in text
     assert "verified: dataset kansai-pick-place" in text
     assert "doctor: nothing to do" in text
@@ -25,7 +29,8 @@ def test_demo_runs_and_the_auditor_verifies(tmp_path: Path) -> None:
     assert [w["name"] for w in trust["witnesses"]] == ["kyoto-witness"]
     assert list((tmp_path / "demo" / "workspace" / "reports").glob("*.png"))
     # a second run remakes its own folder
-    assert run_demo(tmp_path / "demo", episodes=1, workers=2, console=Console(file=open("/dev/null", "w"))) == 0
+    assert run_demo(tmp_path / "demo", episodes=1, workers=2, console=Console(file=open("/dev/null", "w")),
+                    train_steps=0) == 0
 
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
