@@ -155,14 +155,15 @@ def authorize_use(ws: Workspace, name: str, site: str) -> dict[str, Any]:
     row = get_model(ws, name)
     get_site(ws, site)
     decisions, refused, rules = [], [], set()
-    for level in lineage(ws, name):
-        for d in level["datasets"]:
-            decision, idx = ws.decide(Request(f"site:{site}", "read", d["dataset"], site, level["purpose"]))
-            decisions.append(idx)
-            if not decision.allowed:
-                refused.append(f"dataset {d['dataset']!r} (via model {level['model']}): rule(s) "
-                               f"{', '.join(decision.rules)} (ledger entry {idx})")
-                rules.update(decision.rules)
+    asked = [(level["model"], Request(f"site:{site}", "read", d["dataset"], site, level["purpose"]))
+             for level in lineage(ws, name) for d in level["datasets"]]
+    # the whole lineage's decisions in one ledger transaction (group commit)
+    for (via, request), (decision, idx) in zip(asked, ws.decide_many([r for _, r in asked]), strict=True):
+        decisions.append(idx)
+        if not decision.allowed:
+            refused.append(f"dataset {request.dataset!r} (via model {via}): rule(s) "
+                           f"{', '.join(decision.rules)} (ledger entry {idx})")
+            rules.update(decision.rules)
     if refused:
         raise PolicyDenied(f"refused: model {name!r} may not be used at site {site!r}: " + "; ".join(refused),
                            sorted(rules))
