@@ -327,6 +327,17 @@ def export_model(ws: Workspace, name: str, site: str, out: Path, purpose: str | 
     return {"model": name, "site": site, "out": str(out), "files": digests, "ledger_index": idx}
 
 
+def record_eval(ws: Workspace, name: str, site: str, env: str, seed: int, tasks: dict[str, Any]) -> int:
+    """Record an evaluation's results (``model.eval`` signed by the site) for the model's attestation.
+
+    ``tasks``: {task: {"success_rate", "episodes", ...}} as ``onshore eval --json`` prints them.
+    """
+    get_model(ws, name)
+    get_site(ws, site)
+    return ws.record("model.eval", f"site:{site}", {"model": name, "site": site, "env": env, "seed": seed,
+                                                     "tasks": tasks})
+
+
 def taint_entries(ws: Workspace, dataset: str, member: str, clause: str) -> list[tuple[str, str, dict[str, Any]]]:
     """The ``model.taint`` entries a withdrawal of ``dataset`` records, one per derived model.
 
