@@ -27,6 +27,7 @@ def test_demo_runs_and_the_auditor_verifies(tmp_path: Path) -> None:
     assert "consortium-tiny was trained at sakai (JP) on kansai-pick-place of kansai-robotics" in text
     assert ("refused serve of consortium-tiny at tokyo: rule "
             "model/consortium-tiny/dataset/kansai-pick-place/withdrawn-stop-serving") in text
+    assert "doctor: nothing to do" in text
     trust = json.loads((tmp_path / "demo" / "auditor" / "trust.json").read_text())
     assert {s["name"]: s["jurisdiction"] for s in trust["sites"]} == {"sakai": "JP", "tokyo": "JP", "ohio": "US"}
     assert [w["name"] for w in trust["witnesses"]] == ["kyoto-witness"]
