@@ -460,8 +460,8 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
     derived-model clause); each derived model, directly or through fine-tuning, gets a
     ``model.taint`` entry in the same append, and from then on the clause governs it (the
     models' Cedar is rebuilt from the ledger's withdrawals). In the catalog's write turn the
-    entries are appended, then the keys destroyed, then the catalog commits; a crash after the append is rolled forward by the next
-    command or `onshore doctor --repair`, never back.
+    entries are appended, then the keys destroyed, then the catalog commits; a crash after the
+    append is rolled forward by the next command or `onshore doctor --repair`, never back.
     """
     row = ws.row("dataset", name)
     ws.row("member", member)
