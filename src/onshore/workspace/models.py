@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import insert, select
 
 from onshore.catalog import schema as T
+from onshore.catalog.db import write_transaction
 from onshore.errors import IntegrityError, NotFoundError, ValidationError
 from onshore.files import check_output_file
 from onshore.ledger.entries import now_iso
@@ -87,7 +88,10 @@ def release(ws: Workspace, r: ModelRelease, data_key: bytes) -> int:
     """Record a finished model: catalog rows, a ``model.release`` ledger entry signed by the site,
     and its data key wrapped for the training site (the only site that holds it so far)."""
     ensure_tables(ws)
-    with ws.catalog.begin() as conn:
+    with write_transaction(ws.catalog, "the catalog") as conn:
+        # checked again in the write turn: two runs with the same --name race to here
+        if conn.execute(select(T.models.c.name).where(T.models.c.name == r.name)).first():
+            raise ValidationError(f"model {r.name!r} already exists; choose a new --name (see 'onshore model list')")
         idx = ws.record("model.release", f"site:{r.site}", {
             "model": r.name, "site": r.site, "jurisdiction": get_site(ws, r.site).jurisdiction,
             "purpose": r.purpose, "base": r.base, "size": r.size, "files": r.files, "sealed": r.sealed,
