@@ -91,6 +91,11 @@ def eval_command(
     with StageProgress(enabled=not json_out, unit="episodes") as bar:
         report = evaluate(env, split_tasks(tasks), episodes, seed, policy=agent, workers=workers,
                           progress=lambda done, total: bar.update(f"{env} eval", done, total), label=name)
+    if policy != "expert":
+        from onshore.workspace.models import record_eval
+
+        with open_workspace() as ws:  # the results join the ledger, for the model's attestation
+            record_eval(ws, policy, str(site), env, seed, summary(report)["tasks"])
     written = write_report(report, reports) if reports is not None else []
     if json_out:
         data = summary(report)
