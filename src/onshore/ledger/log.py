@@ -363,7 +363,7 @@ class Ledger:
             start = size
             heads: dict[str, tuple[int, bytes] | None] = {}  # subject -> newest entry, as of this batch
             try:
-                heads = self._read_heads(conn, batch)
+                heads = self._read_heads(conn, cur, batch)
                 for p in batch:
                     first = size
                     for e in p.entries:
@@ -385,11 +385,13 @@ class Ledger:
                     p.indices = list(range(first, size))
                 _insert_many(cur, conn.dialect.paramstyle, ledger_entries, rows)
                 _insert_many(cur, conn.dialect.paramstyle, ledger_nodes, nodes)
-                moved = {s: h for s, h in heads.items() if h is not None and h[0] >= start}
+                moved = [(s, h[0], h[1]) for s, h in heads.items() if h is not None and h[0] >= start]
                 if moved:
-                    conn.execute(ledger_heads.delete().where(ledger_heads.c.subject.in_(list(moved))))
-                    conn.execute(insert(ledger_heads), [{"subject": s, "idx": i, "leaf_hash": h}
-                                                        for s, (i, h) in moved.items()])
+                    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+                    # SQLite and PostgreSQL both take ON CONFLICT; one statement on the hot path
+                    cur.executemany("INSERT INTO ledger_heads (subject, idx, leaf_hash) "
+                                    f"VALUES ({mark}, {mark}, {mark}) ON CONFLICT (subject) "
+                                    "DO UPDATE SET idx = excluded.idx, leaf_hash = excluded.leaf_hash", moved)
                 for p in batch:
                     if p.then is not None:
                         p.then(conn, p.indices)
@@ -399,18 +401,21 @@ class Ledger:
                 raise
         self._size = size
 
-    def _read_heads(self, conn, batch: list[_Pending]) -> dict[str, tuple[int, bytes] | None]:  # type: ignore[no-untyped-def]
+    def _read_heads(self, conn, cur, batch: list[_Pending]) -> dict[str, tuple[int, bytes] | None]:  # type: ignore[no-untyped-def]
         """The newest entry about each subject the batch's drafts are about (None: no entry yet),
-        read in one query inside the append transaction."""
+        read in one query inside the append transaction (DB-API cursor: the hot path)."""
         wanted = sorted({s for p in batch for e in p.entries if isinstance(e, Draft)
                          for s in subjects_of(e.kind, e.body)})
         if not wanted:
             return {}
         self._ensure_heads(conn)
         heads: dict[str, tuple[int, bytes] | None] = dict.fromkeys(wanted)
-        heads.update({r[0]: (int(r[1]), bytes(r[2])) for r in conn.execute(
-            select(ledger_heads.c.subject, ledger_heads.c.idx, ledger_heads.c.leaf_hash).where(
-                ledger_heads.c.subject.in_(wanted)))})
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        for start in range(0, len(wanted), 500):  # under every driver's parameter limit
+            part = wanted[start:start + 500]
+            cur.execute(f"SELECT subject, idx, leaf_hash FROM ledger_heads WHERE subject IN "
+                        f"({', '.join([mark] * len(part))})", part)
+            heads.update({r[0]: (int(r[1]), bytes(r[2])) for r in cur.fetchall()})
         return heads
 
     @staticmethod
