@@ -3,8 +3,13 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch is never needed here; the pin keeps any resolver from pulling a CUDA build
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
+# torch is pinned (==2.13.0 in pyproject.toml) and installed first, alone, so that pip never
+# resolves a newer torch or pulls the multi-GB CUDA build while it solves the rest. Our machines
+# reach PyPI only, where pip finds the CPU build of this pin; set TORCH_INDEX to an extra index
+# (e.g. PyTorch's CPU or CUDA wheel index) where that is reachable and wanted.
+TORCH_INDEX ?=
+TORCH_PIN := torch==2.13.0
 
 .PHONY: demo test setup setup-dev lint bench clean
 
@@ -12,11 +17,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip setuptools wheel
 
-setup: $(BIN)/python
-	$(PIP_INSTALL) -e .
+$(VENV)/.torch: $(BIN)/python
+	$(PIP_INSTALL) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) '$(TORCH_PIN)'
+	touch $@
 
-setup-dev: $(BIN)/python
-	$(PIP_INSTALL) -e '.[dev]'
+setup: $(VENV)/.torch
+	$(PIP_INSTALL) -e . '$(TORCH_PIN)'
+
+setup-dev: $(VENV)/.torch
+	$(PIP_INSTALL) -e '.[dev]' '$(TORCH_PIN)'
 
 demo: setup
 	$(BIN)/onshore demo

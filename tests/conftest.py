@@ -182,3 +182,16 @@ def fresh_postgres_db(postgres_url: str) -> str:
     with psycopg.connect(postgres_url.replace("postgresql://", "postgresql://", 1), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return postgres_url.rsplit("/", 1)[0] + "/" + name
+
+
+# ---- simulator telemetry for training tests, made once per session --------------------------------
+
+@pytest.fixture(scope="session")
+def telemetry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real simulator telemetry, made once: Sawyer arms on two tasks, the TEP plant for 10 minutes."""
+    from onshore.sim.generate import generate
+
+    root = tmp_path_factory.mktemp("telemetry")
+    generate("metaworld", ["reach-v3", "push-v3"], 3, seed=1, out=root / "arms", workers=2)
+    generate("tep", ["base"], 1, seed=2, out=root / "plant", workers=1, seconds=600.0)
+    return {"arms": root / "arms", "plant": root / "plant"}

@@ -63,9 +63,68 @@ def _prepare(directory: Path) -> None:
     (directory / MARKER).write_text("made by onshore demo; deleted and remade by the next run\n")
 
 
+def _train_and_evaluate(ws, c: Console, head, episodes: int, workers: int | None,  # type: ignore[no-untyped-def]
+                        steps: int, expert_success: dict[str, str]) -> None:
+    """Pre-train a tiny model where the data may be read, show the US refused, evaluate, show lineage."""
+    from onshore.eval.runner import evaluate
+    from onshore.train.loop import TrainConfig, TrainRequest, granted_datasets, train
+    from onshore.workspace import models
+
+    head("Pre-train a foundation model at sakai on every dataset granted for it")
+    purpose = "foundation-pretraining"
+    names = granted_datasets(ws, "sakai", purpose)
+    c.print(f"granted at sakai for {purpose!r}: {', '.join(names)} "
+            f"(not {MEMBERS[1].dataset}: its policy allows fine-tuning at tokyo only)")
+    config = TrainConfig(steps=steps, batch_size=64, lr=1e-3, checkpoint_every=max(1, steps // 2), log_every=10)
+    result = train(ws, TrainRequest("consortium-tiny", "sakai", purpose, tuple(names), size="tiny", train=config))
+    assert result is not None
+    c.print(f"[green]trained[/] consortium-tiny at sakai: {result.parameters:,} parameters, {result.steps} steps, "
+            f"{result.samples_per_s:.0f} samples/s, final loss {result.metrics['final_loss']:.3f}; "
+            f"files, metrics.csv and loss.png in {result.folder}")
+
+    head("The same training requested at the US site is refused before any byte is read")
+    try:
+        train(ws, TrainRequest("consortium-us", "ohio", purpose, tuple(names), size="tiny", train=config))
+        raise OnshoreError("demo expected training at ohio to be refused")
+    except PolicyDenied as e:
+        c.print(f"[red]refused[/] training at ohio (US): rule(s) {', '.join(e.rules)}")
+
+    head("The model in closed loop beside the experts (evaluated at sakai, where it may be used)")
+    t = Table("member", "task", "model success", "expert success", "model mean length")
+    for i, m in enumerate(MEMBERS):
+        if m.dataset not in names:
+            continue
+        emb = "sawyer-metaworld" if m.env == "metaworld" else "tennessee-eastman"
+        factory = models.policy_factory(ws, "consortium-tiny", "sakai", emb)
+        tasks = list(m.tasks[:1]) if m.env == "tep" else list(m.tasks)
+        # the same seeds as the experts' evaluation above: the same episodes
+        report = evaluate(m.env, tasks, episodes, seed=1000 + i, policy=factory, workers=workers)
+        models.record_eval(ws, "consortium-tiny", "sakai", m.env, 1000 + i,  # results join its attestation
+                           {r.task: {"success_rate": r.success_rate, "episodes": r.episodes} for r in report.tasks})
+        for r in report.tasks:
+            extra = ""
+            if m.env == "tep":
+                extra = f" (shutdowns {r.metrics['shutdowns']}, PI shutdowns {(r.baseline or {}).get('shutdowns')})"
+            t.add_row(m.name, r.task, f"{r.successes}/{r.episodes}{extra}", expert_success.get(r.task, "-"),
+                      f"{r.mean_length:.0f}")
+    c.print(t)
+    c.print("[dim]a tiny model after a few hundred steps on a few episodes: the point is where it was "
+            "trained and may run; see docs/results.md for trained numbers[/]")
+
+    head("Lineage: model -> datasets (shards) -> members -> training site")
+    info = models.show_model(ws, "consortium-tiny")
+    t = Table("model", "trained at", "dataset", "member", "embodiment", "shards")
+    for d in info["lineage"][0]["datasets"]:
+        t.add_row("consortium-tiny", f"{info['site']} ({info['jurisdiction']})", d["dataset"], d["owner"],
+                  d["embodiment"], str(len(d["shards"])))
+    c.print(t)
+
+
 def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
-             console: Console | None = None) -> int:
-    """Run the whole story in ``directory``; returns 0 when the auditor's verify passes."""
+             console: Console | None = None, train_steps: int = 300) -> int:
+    """Run the whole story in ``directory``; returns 0 when the auditor's verify passes.
+
+    ``train_steps`` = 0 skips the model (training, refusal, evaluation, lineage)."""
     from onshore.attest.bundle import attest_dataset, write_bundle
     from onshore.attest.trust import build_trust_root
     from onshore.eval.report import write_report
@@ -129,15 +188,20 @@ def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
     c.print(f"[red]refused[/] training on {MEMBERS[2].dataset} for 'advertising': rule {', '.join(d.rules)}")
 
     head("Closed-loop evaluation of each member's expert")
+    expert_success: dict[str, str] = {}
     t = Table("member", "task", "success", "95% interval", "mean length")
     for i, m in enumerate(MEMBERS):
         report = evaluate(m.env, list(m.tasks), episodes, seed=1000 + i, workers=workers, label=m.name)
         write_report(report, ws.reports_dir)
         for r in report.tasks:
+            expert_success[r.task] = f"{r.successes}/{r.episodes}"
             t.add_row(m.name, r.task, f"{r.successes}/{r.episodes}", f"{r.ci95[0]:.2f}-{r.ci95[1]:.2f}",
                       f"{r.mean_length:.0f}")
     c.print(t)
     c.print(f"reports (JSON + PNG) in {ws.reports_dir}")
+
+    if train_steps:
+        _train_and_evaluate(ws, c, head, episodes, workers, train_steps, expert_success)
 
     head("An outside witness cosigns the ledger's checkpoint")
     witness_dir = directory / "witness-elsewhere"
@@ -178,5 +242,56 @@ def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
         c.print(proc.stderr, markup=False)
         c.print("[red]doctor found problems[/]")
         return 1
+    if train_steps and _model_story(directory / "workspace", trust_file.parent, c, head, env) != 0:
+        return 1
     c.rule("[bold green]demo complete")
+    return 0
+
+
+def _model_story(root: Path, auditor: Path, c: Console, head, env: dict[str, str]) -> int:  # type: ignore[no-untyped-def]
+    """Attest the model, have the auditor verify it offline, then a withdrawal stops its serving."""
+    import base64
+    import json
+
+    from onshore.attest.bundle import write_bundle
+    from onshore.attest.model_claim import attest_model
+    from onshore.workspace import Workspace, datasets, models
+
+    name, kansai = "consortium-tiny", MEMBERS[0]
+    head("Attest where the model was trained and on whose data; the auditor verifies offline")
+    with Workspace.open(root) as ws:
+        bundle = attest_model(ws, name)
+    bundle_file = auditor / f"{name}.bundle.json"
+    write_bundle(bundle, bundle_file)
+    cmd = [sys.executable, "-m", "onshore", "verify", bundle_file.name, "--trust-root", "trust.json",
+           "--min-witnesses", "1"]
+    c.print(f"[dim]$ cd {auditor} && onshore verify {bundle_file.name} --trust-root trust.json --min-witnesses 1[/]")
+    proc = subprocess.run(cmd, cwd=auditor, env=env, capture_output=True, text=True)
+    c.print(proc.stdout, end="", markup=False, highlight=False)
+    if proc.returncode != 0:
+        c.print(proc.stderr, markup=False)
+        c.print("[red]auditor verify of the model bundle failed[/]")
+        return 1
+    # what the auditor reads in the bundle, beside the checks
+    claim = json.loads(base64.b64decode(json.loads(bundle_file.read_text())["dsseEnvelope"]["payload"]))["predicate"]
+    top = claim["levels"][0]
+    whose = ", ".join(f"{d['dataset']} of {d['owner']}" for d in claim["datasets"])
+    c.print(f"the bundle says: {name} was trained at {top['site']} ({top['jurisdiction']}) on {whose}; "
+            f"{len(claim['evaluations'])} evaluation(s) recorded; status {claim['status']['label']}")
+
+    head("A member withdraws consent: the derived model may no longer be served")
+    with Workspace.open(root) as ws:
+        before = models.decide(ws, name, "serve", "tokyo", "foundation-pretraining")[0]
+        c.print(f"before: serve {name} at tokyo: {'allow' if before.allowed else 'deny'}")
+        out = datasets.withdraw(ws, kansai.dataset, kansai.name)
+        c.print(f"{kansai.name} withdrew {kansai.dataset}: keys destroyed at {', '.join(out['shredded_at'])}; "
+                f"derived models tainted: {', '.join(m['model'] for m in out['derived_models'])} "
+                f"(clause {out['derived_models_clause']})")
+        decision, index = models.decide(ws, name, "serve", "tokyo", "foundation-pretraining")
+        status = models.status(ws, name)
+    if decision.allowed:
+        c.print("[red]the model is still servable after the withdrawal[/]")
+        return 1
+    c.print(f"[red]refused[/] serve of {name} at tokyo: rule {', '.join(decision.rules)} "
+            f"(withdrawn dataset {kansai.dataset}, ledger entry {index}); model status: {status.label()}")
     return 0

@@ -52,7 +52,7 @@ from sqlalchemy import select
 
 from onshore.attest.statement import Statement, Subject, build_statement, sign_statement
 from onshore.catalog import schema as T
-from onshore.errors import IntegrityError, NotFoundError, OnshoreError, ValidationError
+from onshore.errors import IntegrityError, NotFoundError, ValidationError
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import notes
 from onshore.ledger.entries import now_iso
@@ -65,9 +65,6 @@ if TYPE_CHECKING:
 
 PREDICATE_TYPE = "https://onshore.dev/attestation/dataset-residency/v1"
 """The predicate type of a dataset residency claim (the JSON form of :class:`ResidencyClaim`)."""
-
-MODEL_PREDICATE_TYPE = "https://onshore.dev/attestation/model-residency/v1"
-"""Reserved for :func:`attest_model`."""
 
 BUNDLE_MEDIA_TYPE = "application/vnd.onshore.residency-bundle.v1+json"
 BUNDLE_FIELDS = frozenset({"mediaType", "dsseEnvelope", "checkpoint", "subjectHead", "entries"})
@@ -585,30 +582,39 @@ def checkpoint_covering(ws: Workspace, last_index: int) -> tuple[str, int]:
     return note, ckpt.parse(notes.split_note(note)[0]).size
 
 
-def make_bundle(ws: Workspace, statement: Statement, signer_site: str, cited: Iterable[int], subject: str,
-                checkpoint: tuple[str, int], leaves: dict[int, bytes] | None = None) -> dict[str, Any]:
+def make_bundle(ws: Workspace, statement: Statement, signer_site: str, cited: Iterable[int],
+                leaves: dict[int, bytes] | None = None, *, subject: str | None = None,
+                checkpoint: tuple[str, int] | None = None) -> dict[str, Any]:
     """Sign ``statement`` as ``signer_site`` and bundle it with the ``cited`` entries and their proofs.
 
-    Shared by dataset and (later) model attestations. ``checkpoint`` is (note, size) from
-    :func:`checkpoint_covering`; ``cited`` must be entries of ``subject``'s chain in that tree, which
-    the bundle carries whole, with the log's head note for it. ``leaves`` may supply entry bytes
-    already read; others are read from the ledger. Refuses an empty ``cited``, or one that is not
-    part of the subject's chain in the checkpoint's tree.
+    Shared by dataset and model attestations (``attest/model_claim.py``). ``checkpoint`` is
+    (note, size) from :func:`checkpoint_covering` (default: the one covering the cited entries).
+    With ``subject`` (a dataset bundle), ``cited`` must be entries of that subject's chain in the
+    checkpoint's tree; the bundle then carries the whole chain and the log's head note for it
+    (``subjectHead``). ``leaves`` may supply entry bytes already read; others are read from the
+    ledger. Refuses an empty ``cited``, or, with ``subject``, one outside the subject's chain.
     """
-    note, size = checkpoint
-    chain = {e.index: e.leaf for e in ws.ledger.subject_entries(subject, 0, size)}
-    if not set(cited) or not set(cited) <= set(chain):
-        raise ValidationError(f"an attestation must cite entries about {subject} in the tree of size {size}")
-    indices = sorted(chain)
+    wanted = set(cited)
+    if not wanted:
+        raise ValidationError("an attestation must cite at least one ledger entry")
+    note, size = checkpoint or checkpoint_covering(ws, max(wanted))
+    leaves = dict(leaves or {})
+    if subject is not None:
+        chain = {e.index: e.leaf for e in ws.ledger.subject_entries(subject, 0, size)}
+        if not wanted <= set(chain):
+            raise ValidationError(f"an attestation must cite entries about {subject} in the tree of size {size}")
+        wanted, leaves = set(chain), {**chain, **leaves}
+    indices = sorted(wanted)
     envelope = sign_statement(statement, ws.signer(f"site:{signer_site}"), f"site:{signer_site}")
-    leaves = {**chain, **(leaves or {})}
     proofs = ws.ledger.inclusion_proofs(indices, size)  # one batch: cited entries share upper nodes
     entries = []
     for i, proof in zip(indices, proofs, strict=True):
         leaf = leaves.get(i) or ws.ledger.get(i).leaf
         entries.append({"index": i, "leaf": _b64(leaf), "inclusionProof": [_b64(h) for h in proof]})
-    return {"mediaType": BUNDLE_MEDIA_TYPE, "dsseEnvelope": envelope, "checkpoint": note,
-            "subjectHead": ws.subject_head_note(subject, size), "entries": entries}
+    bundle = {"mediaType": BUNDLE_MEDIA_TYPE, "dsseEnvelope": envelope, "checkpoint": note}
+    if subject is not None:
+        bundle["subjectHead"] = ws.subject_head_note(subject, size)
+    return {**bundle, "entries": entries}
 
 
 def attest_dataset(ws: Workspace, name: str, site: str | None = None) -> dict[str, Any]:
@@ -645,26 +651,14 @@ def attest_dataset(ws: Workspace, name: str, site: str | None = None) -> dict[st
     statement = build_statement([Subject(shard_subject_name(name, s.sha256), s.sha256) for s in claim.shards],
                                 PREDICATE_TYPE, claim.to_json())
     leaves = {i: e.leaf for i, e in history.by_index().items()}
-    bundle = make_bundle(ws, statement, attester, claim.cited_indices(), dataset_subject(name), checkpoint, leaves)
+    bundle = make_bundle(ws, statement, attester, claim.cited_indices(), leaves, subject=dataset_subject(name),
+                         checkpoint=checkpoint)
     size = ckpt.parse(notes.split_note(bundle["checkpoint"])[0]).size
     ws.record("data.attest", f"site:{attester}", {
         "dataset": name, "site": attester, "predicate_type": PREDICATE_TYPE,
         "statement_sha256": hashlib.sha256(statement.to_bytes()).hexdigest(),
         "checkpoint_size": size, "entries": len(bundle["entries"])})
     return bundle
-
-
-def attest_model(ws: Workspace, model: str, site: str | None = None) -> dict[str, Any]:
-    """Hook for model residency attestations (DESIGN.md "Attestation"); not built yet.
-
-    Plan: subject = the model files with their SHA-256; predicate (:data:`MODEL_PREDICATE_TYPE`)
-    = training site and jurisdiction, the job (``job.*`` entries), every training dataset as in
-    :class:`ResidencyClaim` (owner, shard digests, jurisdictions, policy hash), the key releases
-    for training and their decisions, with ledger indices; signed by the training site; bundled by
-    :func:`make_bundle`; recorded as ``model.attest``. The verifier gains a model branch keyed on
-    the predicate type. Always raises until the train layer exists.
-    """
-    raise OnshoreError(f"cannot attest model {model!r}: models are not built yet (no train layer)")
 
 
 def write_bundle(bundle: dict[str, Any], path: Path) -> None:

@@ -105,3 +105,53 @@ witnesses = Table(
     Column("vkey", Text, nullable=False),  # C2SP verifier key (cosignature/v1, type 0x04)
     Column("created_at", String(32), nullable=False),
 )
+
+# A trained model: where it was trained (and its files sit, relative to that site's root), for
+# which purpose, from which base model if fine-tuned, with the digests of its files.
+models = Table(
+    "models",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("site", String(64), ForeignKey("sites.name"), nullable=False),
+    Column("purpose", String(64), nullable=False),
+    Column("base", String(64)),  # the model it was fine-tuned from, if any
+    Column("size", String(16), nullable=False),  # tiny | small | base
+    Column("config", Text, nullable=False),  # JSON: model and training configuration
+    Column("folder", Text, nullable=False),  # relative to the site root
+    Column("files", Text, nullable=False),  # JSON: {file name: sha256}
+    Column("parameters", BigInteger, nullable=False),
+    Column("steps", BigInteger, nullable=False),
+    Column("world_size", Integer, nullable=False),
+    Column("metrics", Text, nullable=False),  # JSON: final losses
+    Column("created_at", String(32), nullable=False),
+    Column("ledger_index", BigInteger, nullable=False),  # its model.release entry
+)
+
+# Lineage: which datasets (and exactly which shards) a model was trained on, with what weight.
+model_datasets = Table(
+    "model_datasets",
+    metadata,
+    Column("model", String(64), ForeignKey("models.name"), primary_key=True),
+    Column("dataset", String(64), ForeignKey("datasets.name"), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("embodiment", String(64), nullable=False),
+    Column("weight", Text, nullable=False),  # sampling weight, as written
+    Column("shards", Text, nullable=False),  # JSON: [sha256, ...]
+    Column("decision_index", BigInteger, nullable=False),  # the allow decision for training
+)
+
+# A model artifact's data key wrapped under one site's key-encryption key for that model (kept in
+# the site's custody, keys/keystore.py). A row is also where the model sits: its sealed files are
+# under SITE_ROOT/models/NAME at every site with a wrap, and nowhere else.
+model_key_wraps = Table(
+    "model_key_wraps",
+    metadata,
+    Column("model", String(64), ForeignKey("models.name"), primary_key=True),
+    Column("site", String(64), ForeignKey("sites.name"), primary_key=True),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("ledger_index", BigInteger, nullable=False),  # the model.release or model.copy that placed it
+    Column("created_at", String(32), nullable=False),
+)
+
+#: The tables of models, created on first use in catalogs made before they existed.
+MODEL_TABLES = (models, model_datasets, model_key_wraps)

@@ -17,8 +17,10 @@ from onshore.cli.doctor import doctor_command
 from onshore.cli.evaluate import eval_command
 from onshore.cli.helptext import tidy
 from onshore.cli.ledger import ledger_app
+from onshore.cli.model import model_app
 from onshore.cli.output import console, err, esc
 from onshore.cli.registry import embodiment_app, member_app, site_app
+from onshore.cli.train import finetune_command, train_command
 from onshore.cli.witness import trust_app, witness_app
 from onshore.errors import OnshoreError
 
@@ -79,6 +81,9 @@ app.add_typer(witness_app, name="witness")
 app.add_typer(trust_app, name="trust")
 app.add_typer(sim.app, name="sim")
 app.command("eval")(eval_command)
+app.command("train")(train_command)
+app.command("finetune")(finetune_command)
+app.add_typer(model_app, name="model")
 app.command("demo")(demo_command)
 app.add_typer(attest_app, name="attest")
 app.command("verify")(verify_command)

@@ -13,10 +13,11 @@ def demo_command(
     directory: Path = typer.Option(Path("demo-workspace"), "--dir", help="Folder for the demo (remade each run)."),
     episodes: int = typer.Option(3, "--episodes", help="Episodes per task for each member."),
     workers: int | None = typer.Option(None, "--workers", help="Simulator processes (default: all cores)."),
+    train_steps: int = typer.Option(300, "--train-steps", help="Steps of the demo's tiny model (0: no model)."),
 ) -> None:
     """Build a three-member consortium on simulator telemetry and prove where its data sat."""
     from onshore.demo import run_demo
 
-    code = run_demo(directory, episodes, workers, console)
+    code = run_demo(directory, episodes, workers, console, train_steps)
     if code:
         raise typer.Exit(code)

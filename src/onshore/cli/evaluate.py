@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from onshore.cli.context import workspace_path
+from onshore.cli.context import open_workspace, workspace_path
 from onshore.cli.output import StageProgress, console, esc, table
 from onshore.cli.sim import split_tasks
+from onshore.errors import ValidationError
 
 if TYPE_CHECKING:  # the runner imports the simulators: only `onshore eval` itself pays for that
     from onshore.eval.runner import Report
@@ -48,8 +49,12 @@ def eval_command(
         help="Comma-separated tasks (default: the env's set: MT10 for metaworld, base for tep).")] = None,
     episodes: Annotated[int, typer.Option(metavar="N", help="Episodes per task.")] = 10,
     seed: Annotated[int, typer.Option(metavar="N", help="Seed; the same seed gives the same episodes.")] = 0,
-    policy: Annotated[str, typer.Option(metavar="POLICY",
-                                        help="Policy to evaluate: expert (the scripted expert).")] = "expert",
+    policy: Annotated[str, typer.Option(
+        metavar="POLICY", help="Policy to evaluate: expert (the scripted expert) or a trained model's name.")
+    ] = "expert",
+    site: Annotated[str | None, typer.Option(
+        metavar="SITE", help="Site where a model is loaded (required for a model; decided by its data's "
+                             "policies).")] = None,
     workers: Annotated[int | None, typer.Option(metavar="N", help="Worker processes (default: all cores).")] = None,
     name: Annotated[str, typer.Option(
         "--name", metavar="NAME",
@@ -72,9 +77,25 @@ def eval_command(
     if reports is None:
         ws = workspace_path()
         reports = ws / "reports" if ws.is_dir() and (ws / CONFIG_FILE).exists() else None
+    agent: Any = policy
+    if policy != "expert":
+        if site is None:
+            raise ValidationError("--site is required to evaluate a model: it is loaded only where its data's "
+                                  "policies allow")
+        from onshore.sim import registry
+        from onshore.workspace.models import policy_factory
+
+        emb = registry.env_module(env).embodiment().name
+        with open_workspace() as ws:
+            agent = policy_factory(ws, policy, site, emb)
     with StageProgress(enabled=not json_out, unit="episodes") as bar:
-        report = evaluate(env, split_tasks(tasks), episodes, seed, policy=policy, workers=workers,
+        report = evaluate(env, split_tasks(tasks), episodes, seed, policy=agent, workers=workers,
                           progress=lambda done, total: bar.update(f"{env} eval", done, total), label=name)
+    if policy != "expert":
+        from onshore.workspace.models import record_eval
+
+        with open_workspace() as ws:  # the results join the ledger, for the model's attestation
+            record_eval(ws, policy, str(site), env, seed, summary(report)["tasks"])
     written = write_report(report, reports) if reports is not None else []
     if json_out:
         data = summary(report)

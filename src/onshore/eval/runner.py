@@ -160,7 +160,8 @@ def evaluate(
                            "success_rate": b.success_rate, "mean_return": b.mean_return,
                            **b.metrics}
         out.append(tr)
-    name = policy if isinstance(policy, str) else getattr(policy, "__qualname__", repr(policy))
+    name = policy if isinstance(policy, str) else (
+        getattr(policy, "label", None) or getattr(policy, "__qualname__", repr(policy)))
     return Report(
         env=env, policy=name, seed=seed, episodes_per_task=episodes, embodiment=emb.name,
         control_hz=emb.control_hz, episode_seconds=sim_env.default_seconds,

@@ -146,7 +146,20 @@ def embodiment() -> Embodiment:
         state=tuple(state),
         action=action,
         description="Rethink Sawyer arm with a two-finger gripper in Meta-World v3 (MuJoCo)",
+        extra={"groups": _state_groups(names)},
     )
+
+
+def _state_groups(names: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Meaningful groups of the 39 channels (a model's stem makes one token of each)."""
+    groups: dict[str, list[str]] = {}
+    for name, _unit in names:
+        prev = name.startswith("prev_")
+        base = name[len("prev_"):] if prev else name
+        part = "goal" if base.startswith("goal_") else "obj1" if base.startswith("obj1_") else \
+            "obj2" if base.startswith("obj2_") else "hand"
+        groups.setdefault(("prev_" if prev else "") + part, []).append(name)
+    return groups
 
 
 class MetaWorldExpert:

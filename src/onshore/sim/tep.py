@@ -141,7 +141,27 @@ def embodiment() -> Embodiment:
         action=action,
         description="Tennessee Eastman challenge process, modified model (Bathelt, Ricker, "
                     "Jelali 2015) via tep-studio; Mode 1 base case",
+        extra={"groups": _state_groups([c.name for c in state])},
     )
+
+
+def _state_groups(names: list[str]) -> dict[str, list[str]]:
+    """The plant's units and analysers as groups (a model's stem makes one token of each)."""
+    def unit(n: str) -> str:
+        if n.endswith("_concentration"):
+            return ("reactor_feed_analysis" if n.startswith("reactor_feed_") else
+                    "purge_analysis" if n.startswith("purge_") else "product_analysis")
+        if n.startswith("feed_") or n in ("recycle_flow", "reactor_feed_flow", "purge_flow"):
+            return "feeds"
+        for part in ("reactor", "separator", "stripper"):
+            if n.startswith(part + "_"):
+                return part
+        return "separator" if n.startswith("condenser_") else "stripper" if n.startswith("compressor_") else "other"
+
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(unit(n), []).append(n)
+    return groups
 
 
 def target_setpoints(task: str, initial: Any) -> Any:

