@@ -11,6 +11,7 @@ import typer
 
 from onshore.cli import context, sim
 from onshore.cli.attest import attest_app, verify_command
+from onshore.cli.dashboard import dashboard_app
 from onshore.cli.data import dataset_app, policy_app
 from onshore.cli.demo import demo_command
 from onshore.cli.doctor import doctor_command
@@ -88,6 +89,7 @@ app.command("demo")(demo_command)
 app.add_typer(attest_app, name="attest")
 app.command("verify")(verify_command)
 app.command("doctor")(doctor_command)
+app.add_typer(dashboard_app, name="dashboard")
 
 
 @functools.cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,10 +232,10 @@ class Workspace:
         """Check the log's signature on a checkpoint note of this workspace and parse it."""
         return ckpt.verify_checkpoint(note, self.log_vkey, self.origin)
 
-    def verify_ledger(self):  # type: ignore[no-untyped-def]
+    def verify_ledger(self, progress: Callable[[int, int], None] | None = None):  # type: ignore[no-untyped-def]
         """Recompute every signature and the tree root, and check the newest stored checkpoint
-        against the recomputed tree (see Ledger.verify)."""
-        return self.ledger.verify(self.public_key, self.open_checkpoint)
+        against the recomputed tree (see Ledger.verify); ``progress(done, total)`` as it goes."""
+        return self.ledger.verify(self.public_key, self.open_checkpoint, progress)
 
     # -- checkpoints -------------------------------------------------------------------------------
 
