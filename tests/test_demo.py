@@ -28,6 +28,7 @@ def test_demo_runs_and_the_auditor_verifies(tmp_path: Path) -> None:
     assert ("refused serve of consortium-tiny at tokyo: rule "
             "model/consortium-tiny/dataset/kansai-pick-place/withdrawn-stop-serving") in text
     assert "doctor: nothing to do" in text
+    assert f"onshore -w {tmp_path / 'demo' / 'workspace'} dashboard --port 7080" in text
     trust = json.loads((tmp_path / "demo" / "auditor" / "trust.json").read_text())
     assert {s["name"]: s["jurisdiction"] for s in trust["sites"]} == {"sakai": "JP", "tokyo": "JP", "ohio": "US"}
     assert [w["name"] for w in trust["witnesses"]] == ["kyoto-witness"]

@@ -245,6 +245,9 @@ def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
     if train_steps and _model_story(directory / "workspace", trust_file.parent, c, head, env) != 0:
         return 1
     c.rule("[bold green]demo complete")
+    c.print("See where the data sits, in a browser (read-only, on 127.0.0.1):")
+    c.print(f"  onshore -w {directory / 'workspace'} dashboard --port 7080", markup=False, highlight=False)
+    c.print("  then open http://127.0.0.1:7080/")
     return 0
 
 

@@ -179,6 +179,16 @@ def create_app(root: Path, token_digest: str | None = None) -> Starlette:
         data = read(lambda: pages.model(ws, name))
         return render(request, "model.html", data, graph=lineage_graph(data))
 
+    async def report_png(request: Request) -> Response:
+        """A report's PNG from the workspace's reports folder: a plain file name, nothing else."""
+        from starlette.responses import FileResponse
+
+        name = request.path_params["file"]
+        path = ws.reports_dir / name
+        if "/" in name or not name.endswith(".png") or name.startswith(".") or not path.is_file():
+            raise NotFoundError(f"no report image {name!r} in the reports folder")
+        return FileResponse(path, media_type="image/png")
+
     async def ledger(request: Request) -> Response:
         q = request.query_params
         f = pages.LogFilter(**{k: q.get(k, "").strip() for k in ("kind", "actor", "dataset", "site", "since",
@@ -230,6 +240,7 @@ def create_app(root: Path, token_digest: str | None = None) -> Starlette:
         Route("/datasets/{name:str}", dataset),
         Route("/datasets/{name:str}/bundle", bundle),
         Route("/models/{name:str}", model),
+        Route("/reports/{file:str}", report_png),
         Route("/ledger", ledger),
         Route("/ledger/verify", ledger_verify, methods=["GET", "POST"]),
         Route("/verify", verify, methods=["GET", "POST"]),

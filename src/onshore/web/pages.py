@@ -181,7 +181,30 @@ def model(ws: Workspace, name: str) -> dict[str, Any]:
             continue
         row = {**e.entry.body, "index": e.index, "time": e.entry.time}
         (evals if e.entry.kind == "model.eval" else served).append(row)
-    return {**info, "fine_tuned": children, "evaluations": evals, "served": served}
+    return {**info, "fine_tuned": children, "evaluations": evals, "served": served,
+            "reports": model_reports(ws, name)}
+
+
+def model_reports(ws: Workspace, name: str) -> list[dict[str, Any]]:
+    """The evaluation reports (``onshore eval --reports``) of this model in the workspace's reports
+    folder: their figures per task, and the PNG beside each (served by the dashboard as a file)."""
+    import json
+
+    out = []
+    folder = ws.reports_dir
+    for path in sorted(folder.glob("eval-*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # not ours to judge here; `onshore eval` rewrites it
+        if data.get("policy") not in (f"model:{name}", name):
+            continue
+        png = path.with_suffix(".png")
+        out.append({"file": path.name, "png": png.name if png.is_file() else None, "env": data.get("env"),
+                    "seed": data.get("seed"), "created_utc": data.get("created_utc"),
+                    "tasks": [{k: t.get(k) for k in ("task", "success_rate", "mean_return", "episodes", "ci95")}
+                              for t in data.get("tasks", [])]})
+    return out
 
 
 # -- ledger ---------------------------------------------------------------------------------------
