@@ -17,9 +17,10 @@ import uvicorn
 from starlette.testclient import TestClient
 
 from _dashboard import HOSTILE, build, tampered
-from onshore.attest.verify import verify_bundle
 from onshore.attest.trust import TrustRoot
+from onshore.attest.verify import verify_bundle
 from onshore.cli.app import main
+from onshore.errors import ValidationError
 from onshore.web import access
 from onshore.web.app import create_app
 from onshore.workspace import Workspace, datasets, models
@@ -28,7 +29,8 @@ DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory, telemetry: dict[str, Path]) -> Iterator[tuple[Workspace, Path, Path]]:
+def demo(tmp_path_factory: pytest.TempPathFactory,
+         telemetry: dict[str, Path]) -> Iterator[tuple[Workspace, Path, Path]]:
     root = tmp_path_factory.mktemp("dash")
     ws, bundle, trust = build(root, telemetry)
     yield ws, bundle, trust
@@ -77,8 +79,7 @@ def test_json_pages_carry_the_cli_fields(client: TestClient, demo: tuple[Workspa
     assert entries[0] == cli_entry  # the shape `onshore ledger log --json` prints
 
 
-def test_ledger_log_filters_and_pages(client: TestClient, demo: tuple[Workspace, Path, Path]) -> None:
-    ws = demo[0]
+def test_ledger_log_filters_and_pages(client: TestClient) -> None:
     page = client.get("/ledger?format=json&kind=decision&dataset=arms&per_page=2").json()["log"]
     assert len(page["entries"]) == 2 and all(e["kind"] == "decision" for e in page["entries"])
     older = client.get(f"/ledger?format=json&kind=decision&dataset=arms&per_page=2&before={page['next_before']}"
@@ -143,8 +144,10 @@ def test_hostile_names_render_as_text(client: TestClient) -> None:
 
 def test_token_gate_refuses_and_logs(demo: tuple[Workspace, Path, Path], caplog: pytest.LogCaptureFixture) -> None:
     ws = demo[0]
-    with pytest.raises(Exception, match="onshore dashboard token"):
-        access.required_digest(Workspace.open(ws.root), "0.0.0.0") if access.token_digest(ws) is None else None
+    assert access.token_digest(ws) is None
+    with pytest.raises(ValidationError, match="onshore dashboard token"):
+        access.required_digest(ws, "0.0.0.0")
+    assert main(["-w", str(ws.root), "dashboard", "--host", "0.0.0.0", "--port", "1"]) == 1  # refused, not served
     token = access.issue_token(ws)
     assert access.required_digest(ws, "127.0.0.1") is None
     digest = access.required_digest(ws, "0.0.0.0")

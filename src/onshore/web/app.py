@@ -282,19 +282,20 @@ class TokenGate:
         auth = request.headers.get("authorization", "")
         bearer = auth[7:] if auth.lower().startswith("bearer ") else None
         from_query = request.query_params.get("token")
-        for presented in (bearer, request.cookies.get(access.COOKIE), from_query):
-            if access.token_matches(self.digest, presented):
-                if presented == from_query:
-                    async def send_with_cookie(message: dict[str, Any]) -> None:
-                        if message["type"] == "http.response.start":
-                            cookie = f"{access.COOKIE}={presented}; HttpOnly; SameSite=Strict; Path=/"
-                            message["headers"] = [*message.get("headers", []),
-                                                  (b"set-cookie", cookie.encode())]
-                        await send(message)
-                    await self.app(scope, receive, send_with_cookie)
-                else:
-                    await self.app(scope, receive, send)
-                return
+        granted = next((p for p in (bearer, request.cookies.get(access.COOKIE), from_query)
+                        if access.token_matches(self.digest, p)), None)
+        if granted is not None and granted == from_query:
+            cookie = f"{access.COOKIE}={granted}; HttpOnly; SameSite=Strict; Path=/".encode()
+
+            async def send_with_cookie(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":  # keep the token for the next plain link
+                    message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie)]
+                await send(message)
+            await self.app(scope, receive, send_with_cookie)
+            return
+        if granted is not None:
+            await self.app(scope, receive, send)
+            return
         client = scope.get("client") or ("?", 0)
         log.warning("refused %s %s from %s:%s: %s", scope.get("method"), scope.get("path"), client[0], client[1],
                     "wrong token" if (bearer or from_query or request.cookies.get(access.COOKIE)) else "no token")
