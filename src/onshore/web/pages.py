@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pycountry
-from sqlalchemy import func, select
+from sqlalchemy import LargeBinary, Text, cast, func, literal, select
 
 from onshore.catalog import schema as T
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger.entries import parse_leaf
 from onshore.ledger.log import StoredEntry, ledger_entries
+from onshore.names import is_name
 from onshore.residency.policy import cedar_hash, workspace_cedar
 from onshore.workspace import datasets, models, registry
 from onshore.workspace.workspace import Workspace
@@ -57,10 +58,28 @@ def entry_model(body: dict[str, Any]) -> str | None:
     return body.get("model") or _request(body).get("model")
 
 
+def mentioning(key: str, value: str) -> bytes | None:
+    """A LIKE pattern for entries whose canonical JSON holds ``"key":"value"`` (RFC 8785 has no
+    spaces), or None when ``value`` is not a plain name (then only the exact check in Python runs).
+    A prefilter: callers still check the parsed entry, so a match elsewhere in the body is harmless."""
+    if not is_name(value):
+        return None
+    return f'%"{key}":"{value}"%'.encode()
+
+
 def entries_newest_first(ws: Workspace, kinds: tuple[str, ...] | None = None, actor: str | None = None,
-                         before: int | None = None) -> Iterator[StoredEntry]:
-    """Ledger entries from the newest back (kind and actor filtered in SQL), parsed lazily."""
+                         before: int | None = None, like: tuple[bytes | None, ...] = ()
+                         ) -> Iterator[StoredEntry]:
+    """Ledger entries from the newest back, parsed lazily. Kind, actor and ``like`` patterns (see
+    ``mentioning``; all must match) are applied in SQL, so that a page parses only candidates."""
     q = select(ledger_entries.c.idx, ledger_entries.c.leaf)
+    sqlite = ws.ledger.engine.dialect.name == "sqlite"
+    for pattern in like:
+        if pattern is None:
+            continue
+        # SQLite's LIKE never matches a BLOB as is; PostgreSQL has LIKE for bytea
+        q = q.where(cast(ledger_entries.c.leaf, Text).like(pattern.decode()) if sqlite
+                    else ledger_entries.c.leaf.like(literal(pattern, LargeBinary)))
     if kinds:
         q = q.where(ledger_entries.c.kind.in_(list(kinds)))
     if actor:
@@ -113,7 +132,7 @@ def overview(ws: Workspace, now: dt.datetime | None = None) -> dict[str, Any]:
     rules = workspace_cedar(rule)
     cutoff = (now - dt.timedelta(days=1)).isoformat(timespec="microseconds").replace("+00:00", "Z")
     refusals = []
-    for e in entries_newest_first(ws, ("decision",)):
+    for e in entries_newest_first(ws, ("decision",), like=(b'%"decision":"deny"%',)):
         if e.entry.time < cutoff:
             break
         if e.entry.body.get("decision") == "deny":
@@ -148,7 +167,8 @@ def dataset(ws: Workspace, name: str) -> dict[str, Any]:
     cedar, digest = ws.dataset_policy(name)
     history: dict[str, list[dict[str, Any]]] = {v: [] for v in _DATA_KINDS.values()}
     decisions: list[dict[str, Any]] = []
-    for n, e in enumerate(entries_newest_first(ws, ("decision", *_DATA_KINDS))):
+    for n, e in enumerate(entries_newest_first(ws, ("decision", *_DATA_KINDS),
+                                               like=(mentioning("dataset", name),))):
         if n >= HISTORY_SCAN:
             break
         body = e.entry.body
@@ -174,7 +194,7 @@ def model(ws: Workspace, name: str) -> dict[str, Any]:
     children = [{"name": m["name"], "site": m["site"], "status": m["status"]}
                 for m in models.list_models(ws) if m["base"] == name]
     evals, served = [], []
-    for n, e in enumerate(entries_newest_first(ws, ("model.eval", "model.serve"))):
+    for n, e in enumerate(entries_newest_first(ws, ("model.eval", "model.serve"), like=(mentioning("model", name),))):
         if n >= HISTORY_SCAN:
             break
         if entry_model(e.entry.body) != name:
@@ -238,7 +258,8 @@ def ledger_log(ws: Workspace, f: LogFilter, before: int | None, per_page: int = 
     """One page of entries, newest first, matching ``f``; ``next_before`` pages further back."""
     rows: list[dict[str, Any]] = []
     next_before = None
-    for e in entries_newest_first(ws, (f.kind,) if f.kind else None, f.actor or None, before):
+    like = (mentioning("dataset", f.dataset) if f.dataset else None, mentioning("site", f.site) if f.site else None)
+    for e in entries_newest_first(ws, (f.kind,) if f.kind else None, f.actor or None, before, like):
         if f.since and e.entry.time < f.since:
             break  # entries are appended in time order: nothing older can match
         if not f.matches(e):
@@ -264,7 +285,8 @@ def ledger_state(ws: Workspace, now: dt.datetime | None = None) -> dict[str, Any
         if note is None:
             continue
         if n == 0:
-            out["checkpoint"] = {"size": s, "note": note, "entries_since": size - s}
+            out["checkpoint"] = {"size": s, "note": note, "entries_since": size - s,
+                                 "last_witnessed_age_seconds": None}
         for c in ckpt.verified_cosignatures(note, [w["vkey"] for w in witnesses]):
             if c.name not in last:
                 when = dt.datetime.fromtimestamp(c.timestamp, dt.UTC)
