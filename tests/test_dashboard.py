@@ -101,6 +101,8 @@ def test_background_verification_reports_progress_and_result(demo: tuple[Workspa
         app.state.verifier.wait(60)
         v = c.get("/ledger/verify").json()
         assert v["state"] == "ok" and v["done"] == v["total"] == demo[0].ledger.size() == v["size"]
+        cli = demo[0].verify_ledger()
+        assert v["ok"] and v["root"] == cli.root.hex() and v["signatures_checked"] == cli.signatures_checked
     app.state.workspace.close()
 
 

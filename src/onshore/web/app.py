@@ -81,7 +81,8 @@ class VerifyState:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """With ``ok``, ``size``, ``root`` and ``signatures_checked`` as `onshore ledger verify --json`."""
+        return {"ok": self.state == "ok", **asdict(self)}
 
 
 class LedgerVerifier:
