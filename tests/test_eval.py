@@ -96,3 +96,15 @@ def test_eval_command_json(tmp_path):
     table = CliRunner().invoke(app, ["eval", "--env", "metaworld", "--tasks", "reach-v3", "--episodes",
                                      "1", "--workers", "1"])
     assert table.exit_code == 0 and "reach-v3" in table.output
+
+
+def test_eval_with_member_sensors_changes_what_the_policy_sees():
+    from onshore.sim.sensors import SensorOptions
+
+    clean = evaluate("metaworld", ["push-v3"], episodes=1, seed=5, workers=1)
+    noisy = evaluate("metaworld", ["push-v3"], episodes=1, seed=5, workers=1,
+                     sensors=SensorOptions(noise=0.02, quantize=True, bits=8))
+    assert clean.sensors is None and noisy.sensors == {"noise": 0.02, "quantize": True, "bits": 8,
+                                                       "control_hz": None}
+    # the same episode (seed), a different trajectory: the expert acted on noisy readings
+    assert noisy.tasks[0].mean_return != clean.tasks[0].mean_return

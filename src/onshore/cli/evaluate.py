@@ -39,7 +39,7 @@ def summary(report: Report) -> dict[str, Any]:
     return {"env": report.env, "policy": report.policy, "label": report.label, "units": report.units,
             "seed": report.seed,
             "episodes": report.episodes_per_task, "success_definition": report.success_definition,
-            "tasks": tasks}
+            "sensors": report.sensors, "tasks": tasks}
 
 
 def eval_command(
@@ -64,6 +64,11 @@ def eval_command(
     reports: Annotated[Path | None, typer.Option(
         metavar="DIR",
         help="Folder for the full report (JSON + PNG); default: the workspace's reports/ when run in one.")] = None,
+    noise: Annotated[float, typer.Option(
+        help="Sensor noise the policy sees, std as a fraction of each channel's range.")] = 0.0,
+    quantize: Annotated[bool, typer.Option("--quantize/--no-quantize",
+                                           help="Quantise what the policy sees over each channel's range.")] = False,
+    bits: Annotated[int, typer.Option(help="Quantisation bits.")] = 16,
 ) -> None:
     """Evaluate a policy in closed loop: success rate with a 95 % interval per task (TEP: IAE,
     constraint violations and shutdowns; a policy other than the PI controller is compared with it).
@@ -88,9 +93,13 @@ def eval_command(
         emb = registry.env_module(env).embodiment().name
         with open_workspace() as ws:
             agent = policy_factory(ws, policy, site, emb)
+    from onshore.sim.sensors import SensorOptions
+
+    sensors = SensorOptions(noise=noise, quantize=quantize, bits=bits) if noise or quantize else None
     with StageProgress(enabled=not json_out, unit="episodes") as bar:
         report = evaluate(env, split_tasks(tasks), episodes, seed, policy=agent, workers=workers,
-                          progress=lambda done, total: bar.update(f"{env} eval", done, total), label=name)
+                          progress=lambda done, total: bar.update(f"{env} eval", done, total), label=name,
+                          sensors=sensors)
     if policy != "expert":
         from onshore.workspace.models import record_eval
 
