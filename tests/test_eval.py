@@ -91,8 +91,12 @@ def test_eval_command_json(tmp_path):
                                    "--reports", str(tmp_path)])
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
-    assert data["tasks"]["reach-v3"]["success_rate"] == 1.0
+    assert data["tasks"]["reach-v3"]["success_rate"] == 1.0 and data["sensors"] is None
     assert (tmp_path / "eval-metaworld-expert-seed1.json").exists()
+    noisy = CliRunner().invoke(app, ["eval", "--env", "metaworld", "--tasks", "reach-v3", "--episodes", "1",
+                                     "--workers", "1", "--json", "--noise", "0.01", "--quantize"])
+    assert noisy.exit_code == 0, noisy.output
+    assert json.loads(noisy.stdout)["sensors"] == {"noise": 0.01, "quantize": True, "bits": 16, "control_hz": None}
     table = CliRunner().invoke(app, ["eval", "--env", "metaworld", "--tasks", "reach-v3", "--episodes",
                                      "1", "--workers", "1"])
     assert table.exit_code == 0 and "reach-v3" in table.output
