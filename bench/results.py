@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -247,13 +246,15 @@ class Run:
             (f" --weights {','.join(f'{d}={w:g}' for d, w in zip(datasets, weights, strict=True))}" if weights else "")
         if overrides:  # no CLI flag: the library's TrainRequest(model_overrides=...)
             cmd = f"bench/results.py (TrainRequest model_overrides={list(overrides)}) ~ " + cmd
-        summary = {"model": name, "base": base, "overrides": [list(o) for o in overrides], "datasets": datasets, "weights": list(weights), "purpose": purpose,
+        summary = {"model": name, "base": base, "overrides": [list(o) for o in overrides], "datasets": datasets,
+                   "weights": list(weights), "purpose": purpose,
                    "steps": steps, "batch": b.batch, "lr": lr, "threads": b.threads, "parameters": row["parameters"],
                    "metrics": row["metrics"], "wall_s": row.get("wall_s"),
                    "resumed_from": result.resumed_from if result else None, "command": cmd}
         path.write_text(json.dumps(summary, indent=1))
+        m = row["metrics"]
         self.say(f"trained {name}: {summary['parameters']:,} parameters, "
-                 f"{row['metrics'].get('samples_per_s', 0):.0f} samples/s, final loss {row['metrics'].get('final_loss')}")
+                 f"{m.get('samples_per_s', 0):.0f} samples/s, final loss {m.get('final_loss')}")
         return summary
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -525,7 +526,8 @@ def write_doc(r: Run) -> None:
         w(_train_line(T(k), k))
     for ev in (ex, mo, exn, mon):
         if ev:
-            w(f"- eval `{ev['key']}`: {ev['steps']} control steps in {ev['wall_s'] / 60:.1f} min  \n  `{ev['command']}`")
+            w(f"- eval `{ev['key']}`: {ev['steps']} control steps in {ev['wall_s'] / 60:.1f} min  \n"
+              f"  `{ev['command']}`")
     w("")
 
     # ---- result 2
