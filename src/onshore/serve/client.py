@@ -54,6 +54,16 @@ def _refused(url: str, e: Exception) -> ServeError:
     return ServeError("unreachable", f"cannot reach the policy server at {url}: {e}")
 
 
+def _stale(raw: Any, id_: int) -> bool:
+    """A reply to an earlier request that the caller stopped waiting for (cancelled)."""
+    try:
+        msg = wire.unpack(raw, wire.SERVER_TYPES)
+    except wire.WireError:
+        return False
+    old = msg.get("id")
+    return isinstance(old, int) and old < id_
+
+
 def _reply(raw: Any, id_: int) -> dict[str, Any]:
     msg = wire.unpack(raw, wire.SERVER_TYPES) if not isinstance(raw, str) else {}
     if msg.get("type") == "error":
@@ -180,6 +190,8 @@ class AsyncClient:
         try:
             await self._ws.send(wire.pack({**msg, "id": id_}))
             raw = await self._ws.recv()
+            while _stale(raw, id_):
+                raw = await self._ws.recv()
         except OnshoreError:
             raise
         except Exception as e:
