@@ -188,6 +188,7 @@ def opcua(
         return
     lat = report.to_json()["latency_ms"]
     console.print(f"{report.steps} control periods at {report.hz:g} Hz: {report.written} commands written, "
-                  f"{report.deadline_misses} deadline miss(es), latency p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms; "
+                  f"{report.deadline_misses} deadline miss(es), latency p50 {lat['p50']:.1f} ms "
+                  f"p99 {lat['p99']:.1f} ms; "
                   f"bridge interventions {report.interventions}; server interventions {report.server_interventions}",
                   highlight=False)

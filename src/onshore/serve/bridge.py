@@ -115,6 +115,7 @@ class BridgeReport:
     """What a bridge run did. Latencies: from the start of a period to the action written."""
 
     steps: int = 0
+    requests: int = 0  # states sent to the policy server
     written: int = 0
     deadline_misses: int = 0
     io_errors: int = 0
@@ -129,7 +130,8 @@ class BridgeReport:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
     def to_json(self) -> dict[str, Any]:
-        return {"steps": self.steps, "written": self.written, "deadline_misses": self.deadline_misses,
+        return {"steps": self.steps, "requests": self.requests, "written": self.written,
+                "deadline_misses": self.deadline_misses,
                 "io_errors": self.io_errors, "hz": self.hz, "interventions": self.interventions,
                 "server_interventions": self.server_interventions, "estops": self.estops,
                 "alarms": self.alarms[:20], "latency_ms": {"p50": self.percentile(50), "p99": self.percentile(99),
@@ -194,6 +196,7 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                 env.reset_estop()
                 say("e-stop reset")
             state = np.asarray(values[:len(state_nodes)], dtype=np.float32)
+            report.requests += 1
             raw = await policy.act(state, deadline_misses=report.deadline_misses,
                                    bridge_interventions=sum(report.interventions.values()))
             return raw, t0
@@ -252,8 +255,11 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                 await asyncio.sleep(tick - now)
             elif now - tick > period:  # far behind: skip the ticks already missed, don't burst
                 tick = now
-        if pending is not None:
-            pending.cancel()
+        if pending is not None:  # let the last request finish (unwritten), so the server's record is whole
+            try:
+                await asyncio.wait_for(pending, timeout=max(period, 5.0))
+            except Exception:  # stopping: whatever happened to it changes nothing on the machine
+                pass
         try:
             await policy.end()
         except OnshoreError:

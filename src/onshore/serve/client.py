@@ -93,7 +93,7 @@ class Client:
         self._ids = itertools.count(1)
         try:
             self._ws = connect(url, additional_headers=_headers(token), open_timeout=timeout,
-                               max_size=wire.HARD_FRAME, compression=None)
+                               max_size=wire.HARD_FRAME, compression=None, legacy=True)  # a plain connection
         except Exception as e:
             raise _refused(url, e) from None
 

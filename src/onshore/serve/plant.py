@@ -46,7 +46,8 @@ class SimPlant:
     seed: int = 0
     estop_at: int | None = None
     frames: int = 0
-    actions: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)  # every action written, in order
+    states: list[np.ndarray] = field(default_factory=list)  # every state published, the initial one first
     terminated: bool = False
 
     def __post_init__(self) -> None:
@@ -64,6 +65,7 @@ class SimPlant:
         hi = np.array([c.high for c in self.emb.action])
         self.initial_action = np.clip(first, lo, hi)
         self.task_text = self.sim.task_text(tasks[0])
+        self.states.append(np.asarray(self.state, dtype=np.float64))
         self._server: Any = None
         self._ns = 0
         self._state_nodes: list[Any] = []
@@ -124,6 +126,7 @@ class SimPlant:
         self.actions.append(action)
         self.frames += 1
         self.state = step.state
+        self.states.append(np.asarray(step.state, dtype=np.float64))
         self.terminated = bool(step.terminated) or self.frames >= self.max_frames
         for node, v in zip(self._state_nodes, np.asarray(step.state, dtype=np.float64), strict=True):
             await node.write_value(ua.Variant(float(v), ua.VariantType.Double))
