@@ -207,8 +207,11 @@ def test_ingest_is_all_or_nothing_under_a_failure_midway(ws: Workspace, tmp_path
     assert _catalog_rows(ws, T.datasets) == [] and _catalog_rows(ws, T.shards) == []
     assert _catalog_rows(ws, T.key_wraps) == []
     assert not list(Path(registry.get_site(ws, "sakai").root).rglob("*.parquet"))
-    # only the allow decision was recorded; no ingest entry claims data that is not there
-    assert [e.entry.kind for e in ws.ledger.entries(before)] == ["decision"]
+    # the allow decision, then its failure: no ingest entry claims data that is not there
+    decision, abandoned = ws.ledger.entries(before)
+    assert (decision.entry.kind, abandoned.entry.kind) == ("decision", "data.abandoned")
+    assert abandoned.entry.body["closes"] == [decision.index] and "injected" in abandoned.entry.body["reason"]
+    assert not list((Path(registry.get_site(ws, "sakai").root) / ".staging").iterdir())
     monkeypatch.setattr(S.ShardWriter, "_finish", real)
     assert _ingest(ws, tmp_path, policy_file).frames == 200
 

@@ -26,6 +26,7 @@ def test_demo_runs_and_the_auditor_verifies(tmp_path: Path) -> None:
     assert "'estop'" in text and "recorded kansai-line-1-run" in text
     assert "refused copy of kansai-pick-place to ohio: rule dataset/kansai-pick-place/jurisdictions" in text
     assert "verified: dataset kansai-pick-place" in text
+    assert "doctor: nothing to do" in text
     trust = json.loads((tmp_path / "demo" / "auditor" / "trust.json").read_text())
     assert {s["name"]: s["jurisdiction"] for s in trust["sites"]} == {"sakai": "JP", "tokyo": "JP", "ohio": "US"}
     assert [w["name"] for w in trust["witnesses"]] == ["kyoto-witness"]

@@ -40,7 +40,9 @@ def _last(ws: Workspace, kind: str):  # type: ignore[no-untyped-def]
 def test_key_service_takes_no_decision_from_its_caller() -> None:
     params = inspect.signature(keyservice.release).parameters
     assert "decision" not in params and "decision_index" not in params
-    assert set(params) == {"ws", "dataset", "site", "action", "purpose", "copy_to"}
+    # on_allow only runs inside the service's own allow decision's transaction (a copy opens its
+    # crash-protocol attempt there); it cannot supply or change a decision
+    assert set(params) == {"ws", "dataset", "site", "action", "purpose", "copy_to", "on_allow"}
 
 
 def test_forged_decision_cannot_release_a_key(ws: Workspace, tmp_path: Path, policy_file: Path) -> None:

@@ -283,5 +283,15 @@ def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
         c.print(proc.stderr, markup=False)
         c.print("[red]auditor verify failed[/]")
         return 1
+
+    head("The doctor checks catalog, ledger, checkpoints and files against each other")
+    ws_env = {**env, "ONSHORE_WORKSPACE": str(directory / "workspace")}
+    c.print("[dim]$ onshore doctor[/]")
+    proc = subprocess.run([sys.executable, "-m", "onshore", "doctor"], env=ws_env, capture_output=True, text=True)
+    c.print(proc.stdout, end="", markup=False, highlight=False)
+    if proc.returncode != 0:
+        c.print(proc.stderr, markup=False)
+        c.print("[red]doctor found problems[/]")
+        return 1
     c.rule("[bold green]demo complete")
     return 0

@@ -32,3 +32,7 @@ class PolicyDenied(OnshoreError):
     def __init__(self, message: str, rules: list[str] | None = None) -> None:
         super().__init__(message)
         self.rules = rules or []
+
+
+class LockTimeout(OnshoreError):
+    """A writer waited longer than the configured lock timeout for another writer to finish."""

@@ -52,6 +52,7 @@ from onshore.ledger import notes
 from onshore.ledger.entries import now_iso
 from onshore.ledger.log import StoredEntry
 from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar
+from onshore.workspace.attempts import ABANDONED
 
 if TYPE_CHECKING:
     from onshore.workspace import Workspace
@@ -69,6 +70,9 @@ ENTRY_FIELDS = frozenset({"index", "leaf", "inclusionProof"})
 #: Ledger kinds that can concern a dataset (decisions name it in ``body.request.dataset``).
 DATASET_KINDS = ("consent.grant", "data.ingest", "data.copy", "data.export", "key.release", "decision",
                  "consent.withdraw", "key.shred")
+#: Outcome kinds that a ``data.abandoned`` entry can void (its attempt's catalog commit never
+#: happened); decisions and key releases it cites stay true facts and stay in the history.
+VOIDABLE_KINDS = frozenset({"consent.grant", "data.ingest", "data.copy", "consent.withdraw", "key.shred"})
 
 
 class ClaimFormatError(ValidationError):
@@ -451,13 +455,22 @@ def _dataset_of(e: StoredEntry) -> Any:
 def collect_history(ws: Workspace, name: str) -> DatasetHistory:
     """Read the ledger for every entry about dataset ``name``.
 
-    Refuses (NotFoundError) a dataset the ledger has no ingest for, and (IntegrityError) a ledger
-    with two ingests or grants of the same name, which no Onshore version writes.
+    Outcome entries of an attempt that a later ``data.abandoned`` entry closed (a crash before
+    the catalog committed, see docs/residency.md) are left out: they describe nothing that
+    happened. Refuses (NotFoundError) a dataset the ledger has no ingest for, and
+    (IntegrityError) a ledger with two live ingests or grants of the same name.
     """
     found: dict[str, list[StoredEntry]] = {k: [] for k in DATASET_KINDS}
-    for e in ws.ledger.entries(kinds=DATASET_KINDS):
-        if _dataset_of(e) == name:
+    voided: set[int] = set()
+    for e in ws.ledger.entries(kinds=(*DATASET_KINDS, ABANDONED)):
+        if _dataset_of(e) != name:
+            continue
+        if e.entry.kind == ABANDONED:
+            voided.update(int(i) for i in e.entry.body.get("closes", []))
+        else:
             found[e.entry.kind].append(e)
+    for kind in VOIDABLE_KINDS:
+        found[kind] = [e for e in found[kind] if e.index not in voided]
     if not found["data.ingest"]:
         raise NotFoundError(f"the ledger records no ingest of dataset {name!r}; see 'onshore dataset list'")
     for kind in ("data.ingest", "consent.grant", "consent.withdraw"):
@@ -572,11 +585,11 @@ def make_bundle(ws: Workspace, statement: Statement, signer_site: str, cited: It
     envelope = sign_statement(statement, ws.signer(f"site:{signer_site}"), f"site:{signer_site}")
     note, size = _checkpoint_covering(ws, indices[-1])
     leaves = leaves or {}
+    proofs = ws.ledger.inclusion_proofs(indices, size)  # one batch: cited entries share upper nodes
     entries = []
-    for i in indices:
+    for i, proof in zip(indices, proofs, strict=True):
         leaf = leaves.get(i) or ws.ledger.get(i).leaf
-        entries.append({"index": i, "leaf": _b64(leaf),
-                        "inclusionProof": [_b64(h) for h in ws.ledger.inclusion_proof(i, size)]})
+        entries.append({"index": i, "leaf": _b64(leaf), "inclusionProof": [_b64(h) for h in proof]})
     return {"mediaType": BUNDLE_MEDIA_TYPE, "dsseEnvelope": envelope, "checkpoint": note, "entries": entries}
 
 

@@ -13,6 +13,7 @@ from onshore.cli import context, sim
 from onshore.cli.attest import attest_app, verify_command
 from onshore.cli.data import dataset_app, policy_app
 from onshore.cli.demo import demo_command
+from onshore.cli.doctor import doctor_command
 from onshore.cli.evaluate import eval_command
 from onshore.cli.helptext import tidy
 from onshore.cli.ledger import ledger_app
@@ -89,6 +90,7 @@ app.add_typer(bridge_app, name="bridge")
 app.command("demo")(demo_command)
 app.add_typer(attest_app, name="attest")
 app.command("verify")(verify_command)
+app.command("doctor")(doctor_command)
 
 
 @functools.cache

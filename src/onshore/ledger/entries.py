@@ -24,7 +24,8 @@ VERSION = 1
 KINDS = {
     "governance": ("workspace.init", "site.add", "member.add", "embodiment.add", "key.create"),
     "consent": ("consent.grant", "consent.withdraw"),
-    "data": ("data.ingest", "data.copy", "data.export", "data.read", "key.release", "key.shred", "data.attest"),
+    "data": ("data.ingest", "data.copy", "data.export", "data.read", "key.release", "key.shred", "data.attest",
+             "data.abandoned"),
     "decision": ("decision",),
     "job": ("job.start", "job.end", "job.checkpoint"),
     "model": ("model.release", "model.use", "model.attest", "model.taint", "model.serve"),

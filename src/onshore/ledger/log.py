@@ -5,12 +5,20 @@ level and index, hash; level 0 holds the leaf hashes) holding the hash of every 
 ``ledger_checkpoints``. An append writes its leaf and the subtrees it completes, reading only the
 compact range (the right edge, kept in memory); roots and proofs read O(log n) stored nodes in
 one query. Entries and nodes are never updated or deleted.
+
+Writers wait their turn (:func:`onshore.catalog.db.write_transaction`). Appends that arrive
+together in one process (threads of a job deciding side by side) are committed as one
+transaction by whichever caller is first (group commit); each caller returns once its entries
+are committed. ``ledger_attempts`` is a journal beside the log, not part of the tree: an append
+may write its rows in the same transaction (see ``onshore.workspace.attempts``).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import (
@@ -28,10 +36,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
+from onshore.catalog.db import write_transaction
 from onshore.errors import IntegrityError, OnshoreError
 from onshore.ledger import merkle
+from onshore.ledger.checkpoint import Checkpoint
 from onshore.ledger.entries import Entry, parse_leaf, verify_entry
 
 ledger_metadata = MetaData()
@@ -72,16 +81,51 @@ ledger_checkpoints = Table(
 )
 
 
-def _insert_many(conn, table: Table, rows: list[tuple]) -> None:  # type: ignore[no-untyped-def,type-arg]
-    """Insert rows (tuples in column order) straight through the DB-API driver.
+# Multi-step commands in flight (see onshore.workspace.attempts and docs/residency.md). A row is
+# written in the same transaction as the attempt's allow decision, so no decision that starts an
+# attempt can exist without its row; the row goes when the attempt is complete or closed.
+ledger_attempts = Table(
+    "ledger_attempts",
+    ledger_metadata,
+    Column("id", String(32), primary_key=True),
+    Column("op", String(16), nullable=False),        # ingest | copy | withdraw
+    Column("dataset", String(64), nullable=False),
+    Column("site", String(64), nullable=True),       # where files are staged (ingest, copy)
+    Column("actor", String(80), nullable=False),     # who asked
+    Column("decision_index", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),     # open | ledgered (outcome entries appended)
+    Column("outcome", Text, nullable=False),         # JSON list of the outcome entries' indices
+    Column("started_at", String(32), nullable=False),
+)
 
-    The ledger's appends are its hot path; SQLAlchemy's per-parameter processing cost more than
-    the inserts themselves (bench/ledger_bench.py).
+#: ``then(conn, indices)``: run inside an append's transaction, after its entries are inserted.
+AppendHook = Callable[[Any, list[int]], None]
+
+#: Most node keys fetched by one query of a batch proof (well under SQLite's variable limit).
+_KEYS_PER_QUERY = 5000
+
+
+@dataclass
+class _Pending:
+    """One caller's entries waiting in the group-commit queue."""
+
+    entries: Sequence[Entry]
+    then: AppendHook | None
+    indices: list[int] = field(default_factory=list)
+    error: BaseException | None = None
+    done: bool = False
+
+
+def _insert_many(cur, paramstyle: str, table: Table, rows: list[tuple]) -> None:  # type: ignore[no-untyped-def,type-arg]
+    """Insert rows (tuples in column order) with a DB-API cursor of the append's transaction.
+
+    The ledger's appends are its hot path; SQLAlchemy's per-statement and per-parameter
+    processing cost more than the inserts themselves (bench/ledger_bench.py,
+    bench/concurrency_bench.py).
     """
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = "?" if paramstyle == "qmark" else "%s"
     cols = ", ".join(c.name for c in table.columns)
-    conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) VALUES ({', '.join([mark] * len(table.columns))})",
-                         rows)
+    cur.executemany(f"INSERT INTO {table.name} ({cols}) VALUES ({', '.join([mark] * len(table.columns))})", rows)
 
 
 @dataclass(frozen=True)
@@ -105,6 +149,9 @@ class Ledger:
         self.engine = engine
         self._edge: dict[tuple[int, int], bytes] = {}
         self._size = -1
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._leading = False
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -149,6 +196,29 @@ class Ledger:
             if not 0 <= index < n:
                 raise OnshoreError(f"entry {index} is not in a tree of size {n}")
             return self._read_plan(conn, merkle.inclusion_proof_plan(index, n))
+
+    def inclusion_proofs(self, indices: Sequence[int], size: int | None = None) -> list[list[bytes]]:
+        """PATH(i, D[size]) for every i in ``indices``, reading their nodes in a few queries.
+
+        For bundles that cite many entries: the proofs share most upper nodes, so each distinct
+        node is read once. Refuses an index outside the tree.
+        """
+        with self.engine.connect() as conn:
+            n = self._count(conn) if size is None else self._check_size(conn, size)
+            plans = []
+            for i in indices:
+                if not 0 <= i < n:
+                    raise OnshoreError(f"entry {i} is not in a tree of size {n}")
+                plans.append(merkle.inclusion_proof_plan(i, n))
+            keys = sorted({node_key(lv, ix) for p in plans for lv, ix in p.node_ids})
+            found: dict[int, bytes] = {}
+            for start in range(0, len(keys), _KEYS_PER_QUERY):
+                found.update((int(k), bytes(h)) for k, h in conn.execute(
+                    _NODES_BY_KEY, {"keys": keys[start:start + _KEYS_PER_QUERY]}))
+        if len(found) != len(keys):
+            missing = sorted(set(keys) - set(found))[:3]
+            raise IntegrityError(f"ledger nodes {missing} are missing: the ledger store is damaged")
+        return [merkle.assemble(p, [found[node_key(lv, ix)] for lv, ix in p.node_ids]) for p in plans]
 
     def consistency_proof(self, old: int, new: int | None = None) -> list[bytes]:
         """PROOF(old, D[new]) of RFC 9162 §2.1.4.1 from O(log n) stored nodes, one query."""
@@ -200,46 +270,97 @@ class Ledger:
                 pos += 1 << level
         self._size = size
 
-    def append(self, entries: Sequence[Entry]) -> list[int]:
-        """Append ``entries`` in one transaction; returns their indices. All or none are stored."""
+    def append(self, entries: Sequence[Entry], then: AppendHook | None = None) -> list[int]:
+        """Append ``entries`` in one transaction; returns their indices. All or none are stored.
+
+        Waits its turn behind other writers (LockTimeout after the configured wait). ``then``,
+        if given, runs inside the same transaction with the new indices, so that what it writes
+        to the ledger database commits with the entries or not at all. Concurrent callers in
+        this process share one transaction (group commit) unless one of them fails, in which
+        case each is retried alone so that one caller's failure is never another's.
+        """
         if not entries:
             return []
-        with self.engine.begin() as conn:
-            size = self._count(conn)
+        me = _Pending(entries, then)
+        with self._cond:
+            self._queue.append(me)
+            while self._leading and not me.done:
+                self._cond.wait()
+            if not me.done:
+                self._leading = True
+                batch, self._queue = self._queue, []
+        if not me.done:
+            try:
+                self._commit_batch(batch)
+            finally:
+                with self._cond:
+                    self._leading = False
+                    self._cond.notify_all()
+        if me.error is not None:
+            raise me.error
+        return me.indices
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        try:
+            self._commit(batch)
+        except BaseException as e:
+            if len(batch) == 1 or not isinstance(e, Exception):
+                for p in batch:
+                    p.error, p.done = e, True
+                if not isinstance(e, Exception):
+                    raise
+                return
+            for p in batch:  # one caller's hook failed the group: each alone, so only it fails
+                try:
+                    self._commit([p])
+                except Exception as one:  # noqa: BLE001 - handed to its own caller
+                    p.error = one
+                p.done = True
+            return
+        for p in batch:
+            p.done = True
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        with write_transaction(self.engine, "the ledger") as conn:
+            cur = conn.connection.dbapi_connection.cursor()  # the same transaction, without SQLAlchemy's toll
+            cur.execute("SELECT max(idx) FROM ledger_entries")
+            top = cur.fetchone()[0]
+            size = 0 if top is None else int(top) + 1
             if size != self._size:  # another process appended since we last looked
                 self._load_edge(conn, size)
             edge = dict(self._edge)
             get = self._getter(conn)
-            rows, nodes, first = [], [], size
+            rows, nodes = [], []
             try:
-                for e in entries:
-                    leaf = e.leaf()
-                    lh = merkle.leaf_hash(leaf)
-                    new = merkle.nodes_to_store_on_append(size, lh, get)
-                    rows.append((size, e.kind, e.actor, leaf))
-                    nodes += [(node_key(level, idx), h) for level, idx, h in new]
-                    # each left sibling merged into a parent leaves the compact range; the top
-                    # of the new nodes joins it
-                    for level, idx, _ in new[:-1]:
-                        del self._edge[(level, idx - 1)]
-                    self._edge[new[-1][:2]] = new[-1][2]
-                    size += 1
-                _insert_many(conn, ledger_entries, rows)
-                _insert_many(conn, ledger_nodes, nodes)
-            except SQLIntegrityError:
-                self._edge, self._size = edge, -1
-                raise OnshoreError("another process appended to the ledger at the same time; retry") from None
+                for p in batch:
+                    first = size
+                    for e in p.entries:
+                        leaf = e.leaf()
+                        new = merkle.nodes_to_store_on_append(size, merkle.leaf_hash(leaf), get)
+                        rows.append((size, e.kind, e.actor, leaf))
+                        nodes += [(node_key(level, idx), h) for level, idx, h in new]
+                        # each left sibling merged into a parent leaves the compact range; the
+                        # top of the new nodes joins it
+                        for level, idx, _ in new[:-1]:
+                            del self._edge[(level, idx - 1)]
+                        self._edge[new[-1][:2]] = new[-1][2]
+                        size += 1
+                    p.indices = list(range(first, size))
+                _insert_many(cur, conn.dialect.paramstyle, ledger_entries, rows)
+                _insert_many(cur, conn.dialect.paramstyle, ledger_nodes, nodes)
+                for p in batch:
+                    if p.then is not None:
+                        p.then(conn, p.indices)
             except BaseException:
                 self._edge, self._size = edge, -1
                 raise
         self._size = size
-        return list(range(first, size))
 
     # -- checkpoints -------------------------------------------------------------------------------
 
     def store_checkpoint(self, size: int, note: str) -> None:
         """Keep the signed checkpoint note for ``size``, replacing an earlier note of that size."""
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine, "the ledger") as conn:
             exists = conn.execute(select(ledger_checkpoints.c.size).where(ledger_checkpoints.c.size == size)).first()
             if exists:
                 conn.execute(update(ledger_checkpoints).where(ledger_checkpoints.c.size == size).values(note=note))
@@ -257,11 +378,21 @@ class Ledger:
 
     # -- verification ------------------------------------------------------------------------------
 
-    def verify(self, key_for: Callable[[str], Ed25519PublicKey | None]) -> VerifyReport:
+    def checkpoint_sizes(self) -> list[int]:
+        """The sizes of every stored checkpoint, ascending."""
+        with self.engine.connect() as conn:
+            return [int(r[0]) for r in conn.execute(select(ledger_checkpoints.c.size).order_by(
+                ledger_checkpoints.c.size))]
+
+    def verify(self, key_for: Callable[[str], Ed25519PublicKey | None],
+               open_checkpoint: Callable[[str], Checkpoint] | None = None) -> VerifyReport:
         """Recompute every signature and the tree root from the leaves alone.
 
         ``key_for(actor)`` gives the public key of an actor. Raises IntegrityError naming the first
-        entry whose signature, leaf hash or canonical form is wrong, or a root mismatch.
+        entry whose signature, leaf hash or canonical form is wrong, or a root mismatch. With
+        ``open_checkpoint`` (which checks a stored note's signature and parses it), the largest
+        stored checkpoint must also match the tree recomputed from the leaves: a ledger shorter
+        than a checkpoint it once signed has lost entries (truncation), which is an error.
         """
         hashes: list[bytes] = []
         with self.engine.connect() as conn:
@@ -295,4 +426,18 @@ class Ledger:
                 "ledger tree root recomputed from the entries does not match the stored tree nodes: "
                 f"{recomputed.hex()} != {stored.hex()}"
             )
+        note = self.checkpoint_note() if open_checkpoint is not None else None
+        if note is not None and open_checkpoint is not None:
+            try:
+                cp = open_checkpoint(note)
+            except OnshoreError as e:
+                raise IntegrityError(f"the newest stored checkpoint does not verify: {e}") from None
+            if cp.size > len(hashes):
+                raise IntegrityError(
+                    f"the ledger holds {len(hashes)} entries but the log signed a checkpoint of size {cp.size}: "
+                    "entries were removed (truncation); restore the ledger database from a backup")
+            if merkle.root_from_leaf_hashes(hashes[:cp.size]) != cp.root_hash:
+                raise IntegrityError(
+                    f"the stored checkpoint of size {cp.size} does not match the tree recomputed from the entries: "
+                    "the ledger was rewritten after it was signed; restore it from a backup")
         return VerifyReport(len(hashes), recomputed, len(hashes))

@@ -1,10 +1,12 @@
 """Shards: immutable, content-addressed, encrypted Parquet files under a site's root.
 
-A shard is written to a temporary name, fsynced, hashed (SHA-256 of the encrypted bytes) and then
-renamed to ``datasets/NAME/SHA256.parquet``. A shard no catalog row names is invisible: a
-crashed ingest's leftovers are removed by the next ingest under that name, and a killed writer
-can leave a file in ``.staging/`` that nothing reads.
-"""
+One way to write them: a ``ShardWriter`` streams frames into shards, each written to a temporary
+name, fsynced, hashed (SHA-256 of the encrypted bytes) and renamed to its digest inside a staging
+folder of the caller's own (``.staging/ATTEMPT/``, see onshore.workspace.attempts); ``copy_shard``
+stages a copy of an existing shard the same way. Only :func:`publish`, called once it is the
+caller's turn to commit, moves a staged shard to ``datasets/NAME/SHA256.parquet``, so two attempts
+never touch each other's files. A shard no catalog row names is invisible; `onshore doctor
+--repair` removes such leftovers."""
 
 from __future__ import annotations
 
@@ -50,18 +52,32 @@ def staging_dir(site_root: Path) -> Path:
     return Path(site_root) / STAGING
 
 
-class ShardWriter:
-    """Streams frames into encrypted shards of at most ``max_frames`` frames each.
+def _staged(stage: Path, rel: str) -> Path:
+    return Path(stage) / Path(rel).name
 
-    Each shard is written to ``.staging/``, fsynced, hashed and renamed into place when it is
-    full or on ``close``; memory holds one Parquet row group, whatever the size of the stream.
-    ``abort`` removes the shard being written (finished shards are the caller's to remove,
-    listed in ``shards``). Every table written must have ``schema``.
+
+def publish(stage: Path, site_root: Path, rel: str) -> Path:
+    """Move a shard staged in ``stage`` (by ``ShardWriter`` or ``copy_shard``) to ``rel`` under the site root."""
+    final = Path(site_root) / rel
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(_staged(stage, rel), final)
+    return final
+
+
+class ShardWriter:
+    """Streams frames into encrypted shards of at most ``max_frames`` frames each, in ``stage``.
+
+    ``stage`` is a folder of the caller's own (an attempt's ``.staging/ATTEMPT/``, never shared
+    by name). Each shard is written there under a temporary name, fsynced, hashed and renamed
+    to its digest when it is full or on ``close``; it stays in ``stage`` until the caller moves
+    it into place with :func:`publish` (``ShardInfo.path`` says where). Memory holds one Parquet
+    row group, whatever the size of the stream. ``abort`` removes every file this writer left in
+    ``stage`` (shards already published are the caller's). Every table written must have ``schema``.
     """
 
-    def __init__(self, site_root: Path, dataset: str, dataset_key: bytes, schema: pa.Schema,
+    def __init__(self, stage: Path, dataset: str, dataset_key: bytes, schema: pa.Schema,
                  max_frames: int | None = None) -> None:
-        self.root = Path(site_root)
+        self.stage = Path(stage)
         self.dataset = dataset
         self.schema = schema
         self.max_frames = max_frames
@@ -87,23 +103,25 @@ class ShardWriter:
                 self._finish()
 
     def close(self) -> list[ShardInfo]:
-        """Finish the open shard (if any frames went into it); returns every shard written."""
+        """Finish the open shard (if any frames went into it); returns every shard written (staged)."""
         if self._writer is not None:
             self._finish()
         return self.shards
 
     def abort(self) -> None:
+        """Drop the shard being written and every finished shard still staged."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None
+        for s in self.shards:
+            _staged(self.stage, s.path).unlink(missing_ok=True)
 
     def _open(self) -> None:
-        stage = staging_dir(self.root)
-        stage.mkdir(parents=True, exist_ok=True)
-        self._tmp = stage / f"{uuid.uuid4().hex}.parquet"
+        self.stage.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.stage / f"{uuid.uuid4().hex}.tmp"
         self._salt = new_salt()
         self._frames = 0
         self._writer = pq.ParquetWriter(
@@ -120,22 +138,11 @@ class ShardWriter:
                 os.fsync(f.fileno())
             digest = _sha256_file(tmp)
             rel = shard_path(self.dataset, digest)
-            final = self.root / rel
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
+            size = tmp.stat().st_size
+            os.replace(tmp, _staged(self.stage, rel))
         finally:
             tmp.unlink(missing_ok=True)
-        self.shards.append(ShardInfo(digest, rel, self._salt.hex(), final.stat().st_size, self._frames))
-
-
-def write_shard(table: pa.Table, site_root: Path, dataset: str, dataset_key: bytes) -> ShardInfo:
-    """Encrypt ``table`` into a new shard at ``site_root``; returns where it sits and its digest."""
-    writer = ShardWriter(site_root, dataset, dataset_key, table.schema)
-    try:
-        writer.write(table)
-        return writer.close()[0]
-    finally:
-        writer.abort()
+        self.shards.append(ShardInfo(digest, rel, self._salt.hex(), size, self._frames))
 
 
 def check_shard(site_root: Path, rel: str, sha256: str) -> Path:
@@ -191,16 +198,19 @@ def iter_shard_batches(site_root: Path, rel: str, sha256: str, salt: str, datase
 COPY_CHUNK = 8 << 20
 
 
-def copy_shard(src_root: Path, dst_root: Path, rel: str, sha256: str,
+def copy_shard(src_root: Path, dst_root: Path, rel: str, sha256: str, stage: Path,
                progress: Callable[[int], None] | None = None) -> int:
-    """Copy a shard's bytes unchanged (they stay encrypted) and check the copy's digest.
+    """Copy a shard's bytes unchanged (they stay encrypted) into ``stage`` and check the copy's digest.
 
-    ``progress`` is called with the number of bytes copied so far, chunk by chunk.
+    The copy waits in ``stage`` (a folder of the caller's own) for :func:`publish`, as a
+    ``ShardWriter``'s shards do. ``progress`` is called with the number of bytes copied so far,
+    chunk by chunk. Refused (IntegrityError): a source missing or not matching ``sha256``, or a
+    copy whose bytes differ from it.
     """
     src = check_shard(src_root, rel, sha256)
-    stage = staging_dir(dst_root)
-    stage.mkdir(parents=True, exist_ok=True)
-    tmp = stage / f"{uuid.uuid4().hex}.parquet"
+    folder = Path(stage)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{uuid.uuid4().hex}.tmp"
     try:
         with open(src, "rb") as fin, open(tmp, "wb") as fout:
             done = 0
@@ -213,9 +223,8 @@ def copy_shard(src_root: Path, dst_root: Path, rel: str, sha256: str,
             os.fsync(fout.fileno())
         if _sha256_file(tmp) != sha256:
             raise IntegrityError(f"copy of shard {rel} to {dst_root} changed its bytes")
-        final = Path(dst_root) / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
-        return final.stat().st_size
+        size = tmp.stat().st_size
+        os.replace(tmp, _staged(folder, rel))
+        return size
     finally:
         tmp.unlink(missing_ok=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,9 @@ import pyarrow.parquet as pq
 from sqlalchemy import insert, select, update
 
 from onshore.catalog import schema as T
+from onshore.catalog.db import write_transaction
 from onshore.errors import NotFoundError, OnshoreError, PolicyDenied, ValidationError
+from onshore.faults import crash_point
 from onshore.files import check_output_file
 from onshore.keys.envelope import new_data_key
 from onshore.ledger.entries import now_iso
@@ -33,7 +34,7 @@ from onshore.telemetry import frames as F
 from onshore.telemetry.inputs import open_inputs
 from onshore.telemetry.lerobot import write_lerobot_v3
 from onshore.telemetry.provenance import read_provenance, with_provenance
-from onshore.workspace import keyservice
+from onshore.workspace import attempts, keyservice
 from onshore.workspace.lineage import check_redistribution
 from onshore.workspace.models import derived_from
 from onshore.workspace.paths import check_plaintext_destination
@@ -79,78 +80,103 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
     the number of such values is recorded in the ``data.ingest`` entry (``state_out_of_limits``).
     An action outside its limits is always refused.
 
-    Order: check names and registry, decide (``ingest`` by the member at the site), then validate
-    and encrypt the inputs batch by batch into shards (``onshore.telemetry.inputs``: memory does
-    not grow with the inputs), then commit the catalog rows and ledger entries together. A
-    refusal or a crash at any step leaves no shard and no catalog row visible.
+    Order (docs/residency.md, "Crashes"): check names and registry; decide ``ingest`` (the allow
+    decision opens an attempt); check the inputs' provenance blocks; validate, fingerprint and
+    encrypt the inputs batch by batch (``onshore.telemetry.inputs``: memory does not grow with
+    the inputs) into shards in the attempt's own staging folder; check the fingerprints
+    (redistribution, ``onshore.workspace.lineage``); then, in the catalog's write turn, refuse a
+    name taken meanwhile, publish the shards, write the catalog rows and append consent.grant and
+    data.ingest, and commit. Of two same-name ingests exactly one wins; the other is refused with
+    ValidationError and touches nothing of the winner's. A refusal or crash at any step leaves no
+    shard and no catalog row visible, and the attempt is closed in the ledger
+    (``data.abandoned``) with its reason.
     """
     check_name(name, "dataset")
     ws.row("member", member)
     site_info = get_site(ws, site)
     emb = get_embodiment(ws, embodiment)
-    with ws.catalog.connect() as conn:
-        if conn.execute(select(T.datasets.c.name).where(T.datasets.c.name == name)).first():
-            raise ValidationError(f"dataset {name!r} already exists; ingest under a new name")
+    attempts.recover(ws)
+    if _dataset_exists(ws, name):
+        raise ValidationError(f"dataset {name!r} already exists; ingest under a new name")
     policy, policy_text = load_policy(policy_path)
     _check_policy_sites(ws, policy, str(policy_path))
     if not inputs:
         raise ValidationError("no input files given: name Parquet files or a LeRobot v3.0 folder")
 
-    decision, decision_idx = ws.authorize(Request(f"member:{member}", "ingest", name, site), (name, member, policy))
-
-    # Provenance blocks are read from the inputs' metadata now; fingerprints, which need every
-    # frame, are checked once the stream has been read, before anything is committed.
-    check_redistribution(ws, member, [],
-                         [(str(p), b) for p in inputs if (b := read_provenance(Path(p))) is not None])
-    stream = open_inputs([Path(p) for p in inputs], emb, allow_out_of_limits)
-    total = stream.total_frames
-
+    decision, attempt = attempts.start(ws, "ingest", Request(f"member:{member}", "ingest", name, site), name, site,
+                                       (name, member, policy))
     root = Path(site_info.root)
-    # Shards of an earlier crashed ingest under this (still unused) name are invisible leftovers.
-    shutil.rmtree(root / "datasets" / name, ignore_errors=True)
+    stage = attempt.staging(root)
     data_key = new_data_key()
-    writer = S.ShardWriter(root, name, data_key, stream.schema, SHARD_FRAMES)
+    writer: S.ShardWriter | None = None
     try:
-        # Validate and encrypt batch by batch: memory stays flat whatever the size of the inputs;
-        # a refusal midway removes what was written, and nothing reaches the catalog or ledger.
-        for batch in stream.batches():
-            writer.write(batch)
-            if progress:
-                progress("validate + encrypt", stream.frames, max(total, stream.frames))
-        written = writer.close()
-        episodes, frames, out_of_limits = len(stream.episodes), stream.frames, stream.out_of_limits
-        fingerprints = stream.fingerprints.result()
-        check_redistribution(ws, member, fingerprints, [])
-        shard_json = [{"sha256": s.sha256, "salt": s.salt, "bytes": s.bytes, "frames": s.frames} for s in written]
-        with ws.catalog.begin() as conn:
-            now = now_iso()
-            conn.execute(insert(T.datasets).values(
-                name=name, owner=member, embodiment=emb.name, policy=policy_text, policy_hash=policy.hash,
-                status="active", episodes=episodes, frames=frames, created_at=now))
-            conn.execute(insert(T.shards), [
-                {"dataset": name, "site": site, "sha256": s.sha256, "path": s.path, "salt": s.salt,
-                 "bytes": s.bytes, "frames": s.frames, "created_at": now} for s in written])
-            keyservice.wrap_for_site(ws, conn, name, site, data_key)
-            indices = ws.record_many([
-                ("consent.grant", f"member:{member}", {
-                    "dataset": name, "owner": member, "policy": policy.to_json(), "policy_hash": policy.hash,
-                    "cedar_hash": cedar_hash(dataset_cedar(name, member, policy, withdrawn=False))}),
-                ("data.ingest", f"site:{site}", {
-                    "dataset": name, "owner": member, "site": site, "jurisdiction": site_info.jurisdiction,
-                    "embodiment": emb.name, "policy_hash": policy.hash, "decision_index": decision_idx,
-                    "episodes": episodes, "frames": frames, "shards": shard_json,
-                    "fingerprints": fingerprints,
-                    **({"state_out_of_limits": out_of_limits} if allow_out_of_limits else {})}),
-            ])
+        with attempts.guard(ws, attempt):
+            # Provenance blocks are read from the inputs' metadata now; fingerprints, which need
+            # every frame, are checked once the stream has been read, before anything is published.
+            check_redistribution(ws, member, [],
+                                 [(str(p), b) for p in inputs if (b := read_provenance(Path(p))) is not None])
+            stream = open_inputs([Path(p) for p in inputs], emb, allow_out_of_limits)
+            total = stream.total_frames
+            # Validate and encrypt batch by batch into the attempt's staging folder: memory stays
+            # flat whatever the size of the inputs; a refusal midway leaves only staged files,
+            # which the guard removes with the folder.
+            writer = S.ShardWriter(stage, name, data_key, stream.schema, SHARD_FRAMES)
+            for batch in stream.batches():
+                writer.write(batch)
+                if progress:
+                    progress("validate + encrypt", stream.frames, max(total, stream.frames))
+            written = writer.close()
+            episodes, frames, out_of_limits = len(stream.episodes), stream.frames, stream.out_of_limits
+            fingerprints = stream.fingerprints.result()
+            check_redistribution(ws, member, fingerprints, [])
+            crash_point("ingest.staged")
+            shard_json = [{"sha256": s.sha256, "salt": s.salt, "bytes": s.bytes, "frames": s.frames}
+                          for s in written]
+            with write_transaction(ws.catalog, "the catalog") as conn:
+                if _dataset_exists(ws, name, conn):  # another ingest of this name won the race
+                    raise ValidationError(f"dataset {name!r} already exists (another ingest of that name "
+                                          "finished first); ingest under a new name")
+                attempts.publish(attempt, stage, root, [s.path for s in written])
+                crash_point("ingest.published")
+                now = now_iso()
+                conn.execute(insert(T.datasets).values(
+                    name=name, owner=member, embodiment=emb.name, policy=policy_text, policy_hash=policy.hash,
+                    status="active", episodes=episodes, frames=frames, created_at=now))
+                conn.execute(insert(T.shards), [
+                    {"dataset": name, "site": site, "sha256": s.sha256, "path": s.path, "salt": s.salt,
+                     "bytes": s.bytes, "frames": s.frames, "created_at": now} for s in written])
+                keyservice.wrap_for_site(ws, conn, name, site, data_key)
+                attempt.outcome = ws.record_many([
+                    ("consent.grant", f"member:{member}", {
+                        "dataset": name, "owner": member, "policy": policy.to_json(), "policy_hash": policy.hash,
+                        "cedar_hash": cedar_hash(dataset_cedar(name, member, policy, withdrawn=False))}),
+                    ("data.ingest", f"site:{site}", {
+                        "dataset": name, "owner": member, "site": site, "jurisdiction": site_info.jurisdiction,
+                        "embodiment": emb.name, "policy_hash": policy.hash, "decision_index": attempt.decision_index,
+                        "episodes": episodes, "frames": frames, "shards": shard_json,
+                        "fingerprints": fingerprints,
+                        **({"state_out_of_limits": out_of_limits} if allow_out_of_limits else {})}),
+                ], attempts.ledgered(attempt))
+                crash_point("ingest.ledgered")
     except BaseException:
-        writer.abort()
-        for s in writer.shards:
-            (root / s.path).unlink(missing_ok=True)
+        if writer is not None:
+            writer.abort()  # its open file and staged shards (the guard also removes the folder)
         raise
     finally:
         del data_key
+    crash_point("ingest.committed")
+    attempts.finish(ws, attempt)
     ws.invalidate()
-    return IngestResult(name, site, written, episodes, frames, [decision_idx, *indices], out_of_limits)
+    return IngestResult(name, site, written, episodes, frames, [attempt.decision_index, *attempt.outcome],
+                        out_of_limits)
+
+
+def _dataset_exists(ws: Workspace, name: str, conn: Any = None) -> bool:
+    q = select(T.datasets.c.name).where(T.datasets.c.name == name)
+    if conn is not None:
+        return conn.execute(q).first() is not None
+    with ws.catalog.connect() as c:
+        return c.execute(q).first() is not None
 
 
 def _shards_at(ws: Workspace, name: str, site: str | None = None) -> list[dict[str, Any]]:
@@ -166,55 +192,70 @@ def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None,
     """Copy a dataset's shards to ``to_site`` and wrap its key for that site.
 
     Decided as ``copy`` by the target site at the target site: a target outside the policy is
-    refused (exit 3) before any byte moves, and the refusal is in the ledger. ``progress`` gets
-    ``("copy", bytes copied, bytes in all)``.
+    refused (exit 3) before any byte moves, and the refusal is in the ledger. The shards are
+    staged in the attempt's own folder at the target and published in the catalog's write turn,
+    where a copy to the same site that finished first, or a withdrawal, refuses this one.
+    ``progress`` gets ``("copy", bytes copied, bytes in all)``.
     """
     ws.row("dataset", name)
     target = get_site(ws, to_site)
+    attempts.recover(ws)
     held = _shards_at(ws, name)
     sources = sorted({s["site"] for s in held})
     if to_site in sources:
         raise ValidationError(f"dataset {name!r} is already at site {to_site!r}")
-    if from_site is None:
-        if not sources:
-            raise OnshoreError(f"dataset {name!r} has no shards to copy")
-        from_site = sources[0]
-    elif from_site not in sources:
-        raise ValidationError(f"dataset {name!r} has no shards at site {from_site!r}; it sits at {sources}")
-    source = get_site(ws, from_site)
-    # the source site's key service decides (copy by the target, to the target) and records it
-    rel = keyservice.release(ws, name, from_site, "copy", copy_to=to_site)
-    decision, decision_idx, data_key = rel.decision, rel.decision_index, rel.key
-    rows = [s for s in held if s["site"] == from_site]
-    copied: list[Path] = []
-    total, before = sum(s["bytes"] for s in rows), 0
-    try:
+    attempt = attempts.prepare(ws, "copy", name, to_site, f"site:{to_site}")
+    with attempts.guard(ws, attempt):
+        if from_site is None:
+            if not sources:
+                raise OnshoreError(f"dataset {name!r} has no shards to copy")
+            from_site = sources[0]
+        elif from_site not in sources:
+            raise ValidationError(f"dataset {name!r} has no shards at site {from_site!r}; it sits at {sources}")
+        source = get_site(ws, from_site)
+        # the source site's key service decides (copy by the target, to the target) and records it;
+        # its allow decision opens the attempt
+        rel = keyservice.release(ws, name, from_site, "copy", copy_to=to_site, on_allow=attempts.opener(attempt))
+        decision, data_key = rel.decision, rel.key
+        crash_point("copy.released")
+        rows = [s for s in held if s["site"] == from_site]
+        stage = attempt.staging(target.root)
+        total, before = sum(s["bytes"] for s in rows), 0
         for s in rows:
-            S.copy_shard(Path(source.root), Path(target.root), s["path"], s["sha256"],
+            S.copy_shard(Path(source.root), Path(target.root), s["path"], s["sha256"], stage,
                          (lambda n, b=before: progress("copy", b + n, total)) if progress else None)
             before += s["bytes"]
-            copied.append(Path(target.root) / s["path"])
-        with ws.catalog.begin() as conn:
+        crash_point("copy.staged")
+        with write_transaction(ws.catalog, "the catalog") as conn:
+            status = conn.execute(select(T.datasets.c.status).where(T.datasets.c.name == name)).scalar()
+            if status != "active":
+                raise PolicyDenied(f"dataset {name!r} was withdrawn while it was being copied; nothing was placed "
+                                   f"at {to_site!r}", [f"dataset/{name}/withdrawn"])
+            if conn.execute(select(T.shards.c.id).where(T.shards.c.dataset == name,
+                                                        T.shards.c.site == to_site)).first():
+                raise ValidationError(f"dataset {name!r} is already at site {to_site!r} (another copy finished first)")
+            attempts.publish(attempt, stage, target.root, [s["path"] for s in rows])
+            crash_point("copy.published")
             now = now_iso()
             conn.execute(insert(T.shards), [
                 {**{k: s[k] for k in ("dataset", "sha256", "path", "salt", "bytes", "frames")},
                  "site": to_site, "created_at": now} for s in rows])
             keyservice.wrap_for_site(ws, conn, name, to_site, data_key)
-            idx = ws.record("data.copy", f"site:{to_site}", {
+            attempt.outcome = [ws.record("data.copy", f"site:{to_site}", {
                 "dataset": name, "from": from_site, "to": to_site, "jurisdiction": target.jurisdiction,
-                "decision_index": decision_idx, "policy_hash": decision.policy_hash,
-                "shards": [s["sha256"] for s in rows]})
-    except BaseException:
-        for p in copied:
-            p.unlink(missing_ok=True)
-        raise
-    return {"dataset": name, "from": from_site, "to": to_site, "shards": len(rows), "ledger_index": idx}
+                "decision_index": attempt.decision_index, "policy_hash": decision.policy_hash,
+                "shards": [s["sha256"] for s in rows]}, attempts.ledgered(attempt))]
+            crash_point("copy.ledgered")
+    crash_point("copy.committed")
+    attempts.finish(ws, attempt)
+    return {"dataset": name, "from": from_site, "to": to_site, "shards": len(rows), "ledger_index": attempt.outcome[0]}
 
 
 def _open_for_read(ws: Workspace, name: str, site: str, purpose: str | None, action: str = "read"
                    ) -> tuple[list[dict[str, Any]], Path, bytes, int]:
     """Decide ``action`` at ``site``, release the key there; returns shards, root, key, decision index."""
     ws.row("dataset", name)
+    attempts.recover(ws)  # a withdrawal a crash left in the ledger only must take effect before any read
     site_info = get_site(ws, site)
     rel = keyservice.release(ws, name, site, action, purpose)  # decides, records, unwraps
     rows = _shards_at(ws, name, site)
@@ -416,25 +457,38 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
     Only the owning member may withdraw. Afterwards every read, copy, export or training of the
     dataset is refused by the ``dataset/NAME/withdrawn`` rule, and the shard bytes are noise.
     Returns the sites whose keys were destroyed and the derived models (with the policy's
-    derived-model clause).
+    derived-model clause). In the catalog's write turn the entries are appended, then the keys
+    destroyed, then the catalog commits; a crash after the append is rolled forward by the next
+    command or `onshore doctor --repair`, never back.
     """
     row = ws.row("dataset", name)
     ws.row("member", member)
-    decision, decision_idx = ws.authorize(Request(f"member:{member}", "withdraw", name))
-    with ws.catalog.begin() as conn:
-        sites = keyservice.shred(ws, conn, name)
-        now = now_iso()
-        conn.execute(update(T.datasets).where(T.datasets.c.name == name).values(status="withdrawn", withdrawn_at=now))
-        models = derived_models(ws, name)
-        clause = parse_policy(row["policy"]).derived_models
-        indices = ws.record_many(
-            [("consent.withdraw", f"member:{member}", {"dataset": name, "decision_index": decision_idx,
-                                                       "derived_models": models, "derived_models_clause": clause})]
-            + [("key.shred", f"site:{s}", {"dataset": name, "site": s}) for s in sites]
-        )
+    attempts.recover(ws)
+    decision, attempt = attempts.start(ws, "withdraw", Request(f"member:{member}", "withdraw", name), name, None)
+    with attempts.guard(ws, attempt):
+        with write_transaction(ws.catalog, "the catalog") as conn:
+            status = conn.execute(select(T.datasets.c.status).where(T.datasets.c.name == name)).scalar()
+            if status != "active":
+                raise ValidationError(f"dataset {name!r} was already withdrawn (by another command meanwhile)")
+            # the entries first, then the irreversible destruction of custody keys: a crash in
+            # between is rolled forward (the ledger already says so), never left half-done
+            sites = keyservice.key_sites(ws, conn, name)
+            models = derived_models(ws, name)
+            clause = parse_policy(row["policy"]).derived_models
+            attempt.outcome = ws.record_many(
+                [("consent.withdraw", f"member:{member}", {"dataset": name, "decision_index": attempt.decision_index,
+                                                           "derived_models": models, "derived_models_clause": clause})]
+                + [("key.shred", f"site:{s}", {"dataset": name, "site": s}) for s in sites],
+                attempts.ledgered(attempt))
+            crash_point("withdraw.ledgered")
+            keyservice.shred(ws, conn, name)
+            conn.execute(update(T.datasets).where(T.datasets.c.name == name).values(status="withdrawn",
+                                                                                    withdrawn_at=now_iso()))
+    crash_point("withdraw.committed")
+    attempts.finish(ws, attempt)
     ws.invalidate()
     return {"dataset": name, "shredded_at": sites, "derived_models": models, "derived_models_clause": clause,
-            "ledger_indices": indices}
+            "ledger_indices": attempt.outcome}
 
 
 def list_datasets(ws: Workspace) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from onshore.catalog import schema as T
 from onshore.errors import NotFoundError, OnshoreError, PolicyDenied, ValidationError
 from onshore.keys.envelope import unwrap_key, wrap_key
 from onshore.ledger.entries import now_iso
+from onshore.ledger.log import AppendHook
 from onshore.names import check_name
 from onshore.residency.pdp import Decision, Request
 from onshore.workspace.workspace import Workspace
@@ -89,7 +90,7 @@ def wrap_for_site(ws: Workspace, conn: Any, dataset: str, site: str, data_key: b
 
 
 def release(ws: Workspace, dataset: str, site: str, action: str, purpose: str | None = None,
-            copy_to: str | None = None) -> Release:
+            copy_to: str | None = None, on_allow: AppendHook | None = None) -> Release:
     """Unwrap the dataset key at ``site`` for ``action``, after deciding so itself; records both.
 
     For a copy, ``copy_to`` names the target: the key service of the source ``site`` asks whether
@@ -97,6 +98,7 @@ def release(ws: Workspace, dataset: str, site: str, action: str, purpose: str | 
     (PolicyDenied, exit 3): a dataset with a withdrawal in the ledger, and any request the decision
     point denies; the decision is in the ledger either way. Refuses (OnshoreError) a site that holds
     no wrap or no custody key for the dataset (never placed there, or destroyed on withdrawal).
+    ``on_allow`` runs in the allow decision's ledger transaction (a copy opens its attempt there).
     """
     check_name(dataset, "dataset")
     check_name(site, "site")
@@ -106,7 +108,7 @@ def release(ws: Workspace, dataset: str, site: str, action: str, purpose: str | 
         request = Request(f"site:{copy_to}", "copy", dataset, copy_to)
     else:
         request = Request(f"site:{site}", action, dataset, site, purpose)
-    decision, decision_index = ws.authorize(request)
+    decision, decision_index = ws.authorize(request, None, on_allow)
     # The decision point already forbids withdrawn datasets; this second look at the ledger holds
     # even when the catalog (and so the compiled policy set) was restored from an older backup.
     _refuse_withdrawn(ws, dataset, f"{action} at site {site!r}")
@@ -127,6 +129,13 @@ def release(ws: Workspace, dataset: str, site: str, action: str, purpose: str | 
         "decision_index": decision_index, "policy_hash": decision.policy_hash,
     })
     return Release(key, decision, decision_index, index)
+
+
+def key_sites(ws: Workspace, conn: Any, dataset: str) -> list[str]:
+    """The sites holding a wrap of the dataset key in the catalog or its key in custody (what ``shred`` destroys)."""
+    listed = {r[0] for r in conn.execute(select(T.key_wraps.c.site).where(T.key_wraps.c.dataset == dataset))}
+    all_sites = [r[0] for r in conn.execute(select(T.sites.c.name).order_by(T.sites.c.name))]
+    return sorted(listed | {s for s in all_sites if ws.keystore(f"site:{s}").has_dataset_key(dataset)})
 
 
 def shred(ws: Workspace, conn: Any, dataset: str) -> list[str]:

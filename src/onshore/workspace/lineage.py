@@ -4,7 +4,9 @@ Two signals, both read from the signed ledger: the provenance block an export or
 the files (``telemetry/provenance.py``), and the per-episode content fingerprints every
 ``data.ingest`` entry records. Data that matches a dataset of another owner is refused, naming
 that dataset, unless that owner's policy sets ``redistribution = true``. An altered copy (one
-value changed) has other fingerprints and is not caught; docs/threat-model.md says so.
+value changed) has other fingerprints and is not caught; docs/threat-model.md says so. Entries of
+an ingest attempt that a ``data.abandoned`` entry closes (it crashed after its entries were
+appended, docs/residency.md "Crashes") made no dataset, so their fingerprints claim nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from onshore.errors import PolicyDenied
+from onshore.workspace.attempts import ABANDONED
 from onshore.workspace.workspace import Workspace
 
 
@@ -24,11 +27,19 @@ class _Known:
 
 
 def _known(ws: Workspace) -> tuple[dict[str, _Known], dict[str, str]]:
-    """Datasets by name (owner, redistribution) and fingerprint -> dataset, from the ledger."""
+    """Datasets by name (owner, redistribution) and fingerprint -> dataset, from the ledger.
+
+    Entries closed by a ``data.abandoned`` entry are left out: that attempt made no dataset.
+    """
+    found = list(ws.ledger.entries(kinds=("consent.grant", "data.ingest", ABANDONED)))
+    # an abandoned entry always follows the entries it closes, so collect them first
+    closed = {int(i) for e in found if e.entry.kind == ABANDONED for i in e.entry.body.get("closes", [])}
     datasets: dict[str, _Known] = {}
     prints: dict[str, str] = {}
-    for e in ws.ledger.entries(kinds=("consent.grant", "data.ingest")):
+    for e in found:
         b = e.entry.body
+        if e.index in closed or e.entry.kind == ABANDONED:
+            continue
         if e.entry.kind == "consent.grant":
             policy = b.get("policy") if isinstance(b.get("policy"), dict) else {}
             datasets[b["dataset"]] = _Known(b["dataset"], b["owner"], policy.get("redistribution") is True)

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from onshore.catalog import schema as T
+from onshore.catalog.db import write_transaction
 from onshore.errors import NotFoundError, PolicyDenied, ValidationError
 from onshore.ledger.entries import now_iso
 from onshore.names import check_name
@@ -66,7 +67,10 @@ def check_new_name(ws: Workspace, name: str) -> None:
 def release(ws: Workspace, r: ModelRelease) -> int:
     """Record a finished model: catalog rows and a ``model.release`` ledger entry signed by the site."""
     ensure_tables(ws)
-    with ws.catalog.begin() as conn:
+    with write_transaction(ws.catalog, "the catalog") as conn:
+        # checked again in the write turn: two runs with the same --name race to here
+        if conn.execute(select(T.models.c.name).where(T.models.c.name == r.name)).first():
+            raise ValidationError(f"model {r.name!r} already exists; choose a new --name (see 'onshore model list')")
         idx = ws.record("model.release", f"site:{r.site}", {
             "model": r.name, "site": r.site, "jurisdiction": get_site(ws, r.site).jurisdiction,
             "purpose": r.purpose, "base": r.base, "size": r.size, "files": r.files, "steps": r.steps,

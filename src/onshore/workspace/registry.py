@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy import func, insert, select, update
 
 from onshore.catalog import schema as T
+from onshore.catalog.db import write_transaction
 from onshore.errors import ValidationError
 from onshore.keys.keystore import KeyStore, public_key_b64
 from onshore.ledger.checkpoint import CosignatureVerifier
@@ -68,7 +69,7 @@ def add_site(ws: Workspace, name: str, jurisdiction: str, roles: tuple[str, ...]
     try:
         site_root.mkdir(parents=True, exist_ok=True)
         site = Site(name, jurisdiction, roles, operator, str(site_root), public_key_b64(keys.public_key()))
-        with ws.catalog.begin() as conn:
+        with write_transaction(ws.catalog, "the catalog") as conn:
             conn.execute(insert(T.sites).values(
                 name=name, jurisdiction=jurisdiction, roles=",".join(roles), operator=operator,
                 root=site.root, public_key=site.public_key, created_at=now_iso()))
@@ -88,7 +89,7 @@ def set_site_jurisdiction(ws: Workspace, name: str, jurisdiction: str) -> Site:
     """Change a site's jurisdiction; refused once any shard has been placed there."""
     check_jurisdiction(jurisdiction, "--jurisdiction")
     row = ws.row("site", name)
-    with ws.catalog.begin() as conn:
+    with write_transaction(ws.catalog, "the catalog") as conn:
         placed = conn.execute(select(func.count()).select_from(T.shards).where(T.shards.c.site == name)).scalar_one()
         if placed:
             raise ValidationError(
@@ -125,7 +126,7 @@ def add_member(ws: Workspace, name: str) -> dict[str, str]:
     keys = KeyStore.create(keys_dir, with_kek=False)
     pk = public_key_b64(keys.public_key())
     try:
-        with ws.catalog.begin() as conn:
+        with write_transaction(ws.catalog, "the catalog") as conn:
             conn.execute(insert(T.members).values(name=name, public_key=pk, created_at=now_iso()))
             ws.record("member.add", LOG_ACTOR, {"member": name, "public_key": pk})
     except BaseException:
@@ -152,7 +153,7 @@ def add_embodiment(ws: Workspace, path: Path) -> Embodiment:
     text = Path(path).read_text()
     identity = {k: v for k, v in emb.to_dict().items() if k not in ("extra", "description")}
     digest = hashlib.sha256(canonical_json(identity)).hexdigest()
-    with ws.catalog.begin() as conn:
+    with write_transaction(ws.catalog, "the catalog") as conn:
         row = conn.execute(select(T.embodiments.c.sha256).where(T.embodiments.c.name == emb.name)).first()
         if row is not None:
             if row[0] == digest:
@@ -188,7 +189,7 @@ def add_witness(ws: Workspace, name: str, vkey: str) -> dict[str, str]:
         raise ValidationError(f"witness {name!r}: {e}") from None
     if _exists(ws, T.witnesses, name):
         raise ValidationError(f"witness {name!r} already exists; see 'onshore witness list'")
-    with ws.catalog.begin() as conn:
+    with write_transaction(ws.catalog, "the catalog") as conn:
         conn.execute(insert(T.witnesses).values(name=name, vkey=vkey, created_at=now_iso()))
         ws.record("key.create", LOG_ACTOR, {"witness": name, "vkey": vkey})
     return {"name": name, "vkey": vkey}

@@ -12,14 +12,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import Engine, insert, select
 
 from onshore.catalog import schema as T
-from onshore.catalog.db import open_engine
+from onshore.catalog.db import open_engine, write_transaction
 from onshore.catalog.schema import metadata as catalog_metadata
 from onshore.errors import IntegrityError, NotFoundError, PolicyDenied, ValidationError
 from onshore.keys.keystore import IDENTITY_FILE, KeyStore, public_key_b64, public_key_from_b64
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import notes
 from onshore.ledger.entries import now_iso, sign_entry
-from onshore.ledger.log import Ledger, ledger_metadata
+from onshore.ledger.log import AppendHook, Ledger, ledger_metadata
 from onshore.names import check_principal, check_text, is_name, parse_principal
 from onshore.residency.jurisdictions import check_jurisdiction
 from onshore.residency.pdp import Decision, PolicyDecisionPoint, Request, SiteFacts
@@ -97,7 +97,7 @@ class Workspace:
         log_keys = KeyStore.create(root / "keys" / "log", with_kek=False)
         config.write(root)
         ws = cls(root, config, catalog, ledger)
-        with catalog.begin() as conn:
+        with write_transaction(catalog, "the catalog") as conn:
             conn.execute(insert(T.settings), [
                 {"key": "name", "value": name},
                 {"key": "log_public_key", "value": public_key_b64(log_keys.public_key())},
@@ -213,16 +213,25 @@ class Workspace:
 
     # -- ledger ----------------------------------------------------------------------------------
 
-    def record(self, kind: str, actor: str, body: dict[str, Any]) -> int:
-        """Sign ``body`` as ``actor`` and append it to the ledger; returns the entry index."""
-        return self.ledger.append([sign_entry(kind, actor, body, self.signer(actor))])[0]
+    def record(self, kind: str, actor: str, body: dict[str, Any], then: AppendHook | None = None) -> int:
+        """Sign ``body`` as ``actor`` and append it to the ledger; returns the entry index.
 
-    def record_many(self, items: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
-        return self.ledger.append([sign_entry(k, a, b, self.signer(a)) for k, a, b in items])
+        ``then`` runs inside the append's transaction (see Ledger.append).
+        """
+        return self.ledger.append([sign_entry(kind, actor, body, self.signer(actor))], then)[0]
+
+    def record_many(self, items: list[tuple[str, str, dict[str, Any]]], then: AppendHook | None = None
+                    ) -> list[int]:
+        return self.ledger.append([sign_entry(k, a, b, self.signer(a)) for k, a, b in items], then)
+
+    def open_checkpoint(self, note: str) -> ckpt.Checkpoint:
+        """Check the log's signature on a checkpoint note of this workspace and parse it."""
+        return ckpt.verify_checkpoint(note, self.log_vkey, self.origin)
 
     def verify_ledger(self):  # type: ignore[no-untyped-def]
-        """Recompute every signature and the tree root (see Ledger.verify)."""
-        return self.ledger.verify(self.public_key)
+        """Recompute every signature and the tree root, and check the newest stored checkpoint
+        against the recomputed tree (see Ledger.verify)."""
+        return self.ledger.verify(self.public_key, self.open_checkpoint)
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -335,17 +344,22 @@ class Workspace:
     def invalidate(self) -> None:
         self._pdp = None
 
-    def decide(self, request: Request, extra: tuple[str, str, UsagePolicy] | None = None
-               ) -> tuple[Decision, int]:
-        """Decide and record the decision in the ledger, allow or deny; returns it and its index."""
+    def decide(self, request: Request, extra: tuple[str, str, UsagePolicy] | None = None,
+               on_allow: AppendHook | None = None) -> tuple[Decision, int]:
+        """Decide and record the decision in the ledger, allow or deny; returns it and its index.
+
+        ``on_allow`` runs inside the decision's ledger transaction when the decision allows (it
+        opens an attempt: see onshore.workspace.attempts).
+        """
         decision = self.pdp(extra).decide(request)
-        index = self.record("decision", request.principal, decision.to_json())
+        index = self.record("decision", request.principal, decision.to_json(),
+                            on_allow if decision.allowed else None)
         return decision, index
 
-    def authorize(self, request: Request, extra: tuple[str, str, UsagePolicy] | None = None
-                  ) -> tuple[Decision, int]:
+    def authorize(self, request: Request, extra: tuple[str, str, UsagePolicy] | None = None,
+                  on_allow: AppendHook | None = None) -> tuple[Decision, int]:
         """``decide``, then raise PolicyDenied (exit 3) naming the deciding rules on a deny."""
-        decision, index = self.decide(request, extra)
+        decision, index = self.decide(request, extra, on_allow)
         if not decision.allowed:
             where = f" at site {request.site} ({decision.site_jurisdiction})" if request.site else ""
             purpose = f" for purpose {request.purpose!r}" if request.purpose else ""

@@ -1,0 +1,35 @@
+"""`onshore doctor`: check catalog, ledger, checkpoints and files against each other; repair crash leftovers."""
+
+from __future__ import annotations
+
+import typer
+
+from onshore.cli.context import open_workspace
+from onshore.cli.output import console, esc, print_json
+
+
+def doctor_command(
+    repair: bool = typer.Option(False, "--repair", help="Close abandoned attempts and remove orphan files "
+                                "(logged to reports/doctor.log and, for attempts, the ledger)."),
+    json_: bool = typer.Option(False, "--json", help="Print JSON only, for scripts."),
+) -> None:
+    """Check the workspace; exit 1 while anything is left to do (each finding says what)."""
+    from onshore.workspace import doctor  # imported here: `onshore --help` must not load the catalog
+
+    with open_workspace() as ws:
+        report = doctor.run(ws, repair)
+    if json_:
+        print_json(report.to_json())
+    else:
+        for f in report.findings:
+            mark = ("[green]repaired[/]" if f.repaired else
+                    "[yellow]repairable[/]" if f.repairable else "[red]problem[/]")
+            console.print(f"{mark} {esc(f'[{f.check}] {f.subject}: {f.problem}')}", highlight=False)
+            console.print(f"    {esc(f.repaired if f.repaired else 'to do: ' + f.fix)}", highlight=False)
+        for what in report.in_progress:
+            console.print(f"[dim]in progress: {esc(what)}[/]", highlight=False)
+        if report.ok:
+            console.print("[green]doctor: nothing to do[/]" if not report.findings else
+                          f"[green]doctor: repaired {len(report.findings)} finding(s)[/]")
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,253 @@
+"""`onshore doctor`: check catalog, ledger, checkpoints and files against each other; repair what a crash left.
+
+What is checked (each finding says what to do):
+
+- the ledger: every signature, the Merkle root, and the newest stored checkpoint (truncation);
+- every stored checkpoint: the log's signature, and its root against the ledger's tree;
+- attempts whose process is gone (see onshore.workspace.attempts);
+- catalog against ledger: every dataset has exactly one live consent.grant and data.ingest; the
+  shards the catalog places at each site are exactly those the ledger's ingest and copies place
+  there; a dataset is withdrawn in the catalog exactly when the ledger records it; key wraps
+  exist exactly at the sites holding an active dataset; no live ingest or copy in the ledger is
+  missing from the catalog;
+- every shard file is present and hashes to its digest;
+- orphans: shard files no catalog row names, staging folders of no running attempt.
+
+``repair`` closes attempts whose process is gone, closes ingests and copies that the ledger
+records and the catalog never committed (a ``data.abandoned`` entry), and removes orphan files
+and staging folders; it leaves alone what only a person can decide (a missing or altered shard,
+a damaged ledger), and appends what it did to ``reports/doctor.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from onshore.catalog import schema as T
+from onshore.catalog.db import write_transaction
+from onshore.errors import OnshoreError
+from onshore.ledger.entries import now_iso
+from onshore.store import shards as S
+from onshore.workspace import attempts
+from onshore.workspace.workspace import LOG_ACTOR, Workspace
+
+LOG_FILE = "doctor.log"
+_PLACING = ("consent.grant", "data.ingest", "data.copy", "consent.withdraw", "key.shred", attempts.ABANDONED)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing that is wrong: which check found it, about what, and what to do."""
+
+    check: str
+    subject: str
+    problem: str
+    fix: str
+    repairable: bool
+    repaired: str | None = None
+
+
+@dataclass
+class DoctorReport:
+    findings: list[Finding] = field(default_factory=list)
+    in_progress: list[str] = field(default_factory=list)  # attempts whose process still runs
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is left to do (every finding, if any, was repaired)."""
+        return all(f.repaired for f in self.findings)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "findings": [asdict(f) for f in self.findings], "in_progress": self.in_progress}
+
+
+def _check_ledger(ws: Workspace, out: DoctorReport) -> bool:
+    try:
+        ws.verify_ledger()
+    except OnshoreError as e:
+        out.findings.append(Finding("ledger", "ledger", str(e), "restore the ledger database from a backup; "
+                                    "nothing written since can be trusted until then", False))
+        return False
+    size = ws.ledger.size()
+    for cp_size in ws.ledger.checkpoint_sizes():
+        note = ws.ledger.checkpoint_note(cp_size) or ""
+        try:
+            cp = ws.open_checkpoint(note)
+            ok = cp.size == cp_size and cp.size <= size and ws.ledger.root(cp.size) == cp.root_hash
+        except OnshoreError:
+            ok = False
+        if not ok:
+            out.findings.append(Finding("checkpoints", f"checkpoint {cp_size}",
+                                        "does not verify or does not match the ledger's tree",
+                                        "restore the ledger database from a backup", False))
+    return True
+
+
+def _attempt_findings(ws: Workspace, out: DoctorReport, repair: bool) -> set[str]:
+    """Report (and close) attempts whose process is gone; returns the datasets other checks skip
+    (those with a running attempt, and without ``repair`` those with a dead one)."""
+    busy = set()
+    for row in attempts.open_attempts(ws):
+        what = f"{row['op']} of {row['dataset']!r} (attempt {row['id'][:8]}, decision {row['decision_index']})"
+        if row["alive"]:
+            out.in_progress.append(what)
+        if row["alive"] or not repair:  # a dead one's leftovers are its finding, not separate ones
+            busy.add(row["dataset"])
+    if repair:
+        done = attempts.recover(ws)
+        for action in done:
+            out.findings.append(Finding("attempts", action.split(":")[0], "its process stopped before finishing",
+                                        "onshore doctor --repair", True, action))
+    else:
+        for row in attempts.open_attempts(ws):
+            if not row["alive"]:
+                out.findings.append(Finding(
+                    "attempts", f"{row['op']} of {row['dataset']!r} (attempt {row['id'][:8]})",
+                    f"its process stopped in state {row['state']!r} before finishing",
+                    "run 'onshore doctor --repair' (or any ingest, copy or withdraw) to close it", True))
+    return busy
+
+
+def _ledger_view(ws: Workspace) -> dict[str, dict[str, Any]]:
+    """Per dataset, the live (not abandoned) placing entries of the ledger."""
+    entries = list(ws.ledger.entries(kinds=_PLACING))
+    voided = {int(i) for e in entries if e.entry.kind == attempts.ABANDONED for i in e.entry.body.get("closes", [])}
+    view: dict[str, dict[str, Any]] = defaultdict(lambda: {"grant": [], "ingest": [], "copies": [], "withdraw": []})
+    key = {"consent.grant": "grant", "data.ingest": "ingest", "data.copy": "copies", "consent.withdraw": "withdraw"}
+    for e in entries:
+        k = key.get(e.entry.kind)
+        if k is not None and e.index not in voided:
+            view[e.entry.body["dataset"]][k].append(e)
+    return view
+
+
+def _catalog_findings(ws: Workspace, out: DoctorReport, busy: set[str], repair: bool) -> None:
+    view = _ledger_view(ws)
+    with ws.catalog.connect() as conn:
+        datasets = {r["name"]: dict(r) for r in conn.execute(select(T.datasets)).mappings()}
+        placed: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for d, site, sha in conn.execute(select(T.shards.c.dataset, T.shards.c.site, T.shards.c.sha256)):
+            placed[(d, site)].add(sha)
+        wraps = {(d, s) for d, s in conn.execute(select(T.key_wraps.c.dataset, T.key_wraps.c.site))}
+    for name in sorted(set(datasets) | set(view)):
+        if name in busy:
+            continue
+        v, row = view[name], datasets.get(name)
+        if row is None:
+            stale = v["grant"] + v["ingest"] + v["copies"]
+            if stale:
+                _stale_outcome(ws, out, name, stale, repair)
+            continue
+        for kind in ("grant", "ingest"):
+            if len(v[kind]) != 1:
+                out.findings.append(Finding("catalog-ledger", f"dataset {name!r}",
+                                            f"the ledger holds {len(v[kind])} live {kind} entries (expected 1)",
+                                            "restore the catalog or ledger from a backup; investigate", False))
+        if len(v["ingest"]) != 1:
+            continue
+        ing = v["ingest"][0].entry.body
+        expect: dict[tuple[str, str], set[str]] = defaultdict(set)
+        expect[(name, ing["site"])] |= {s["sha256"] for s in ing["shards"]}
+        for c in v["copies"]:
+            expect[(name, c.entry.body["to"])] |= set(c.entry.body["shards"])
+        have = {k: s for k, s in placed.items() if k[0] == name}
+        for k in sorted(set(expect) | set(have)):
+            if expect.get(k, set()) != have.get(k, set()):
+                out.findings.append(Finding(
+                    "catalog-ledger", f"dataset {name!r} at {k[1]!r}",
+                    f"the catalog places {len(have.get(k, ()))} shard(s) there, the ledger {len(expect.get(k, ()))}",
+                    "restore the catalog from a backup taken after the ledger's entries", False))
+        withdrawn = row["status"] == "withdrawn"
+        if withdrawn != bool(v["withdraw"]):
+            out.findings.append(Finding(
+                "catalog-ledger", f"dataset {name!r}",
+                f"the catalog says {row['status']!r} but the ledger {'does not record' if withdrawn else 'records'} "
+                "a withdrawal", "run 'onshore dataset withdraw' again as its owner" if not withdrawn else
+                "restore the ledger from a backup", False))
+        want = set() if withdrawn else {k[1] for k in have}
+        got = {s for d, s in wraps if d == name}
+        if want != got:
+            out.findings.append(Finding(
+                "catalog-ledger", f"dataset {name!r}",
+                f"its key is wrapped at {sorted(got)} but it should be at {sorted(want)}",
+                "withdraw the dataset again to destroy stray wraps, or copy it again to restore a site", False))
+
+
+def _stale_outcome(ws: Workspace, out: DoctorReport, name: str, stale: list[Any], repair: bool) -> None:
+    # Ingest (or copy) entries for a dataset the catalog never got: a crash between the ledger
+    # append and the catalog commit, from a version without the attempt journal.
+    closes = [e.index for e in stale]
+    f = Finding("catalog-ledger", f"dataset {name!r}",
+                f"the ledger records entries {closes} for it but the catalog has no such dataset",
+                "run 'onshore doctor --repair' to close them with a data.abandoned entry", True)
+    if repair:
+        idx = ws.record(attempts.ABANDONED, LOG_ACTOR, {
+            "attempt": None, "op": stale[-1].entry.kind, "dataset": name, "site": None, "actor": None,
+            "decision_index": stale[-1].entry.body.get("decision_index"), "closes": closes,
+            "reason": "the catalog never committed these entries' outcome (found by onshore doctor)"})
+        f = Finding(**{**asdict(f), "repaired": f"closed entries {closes} with data.abandoned entry {idx}"})
+    out.findings.append(f)
+
+
+def _file_findings(ws: Workspace, out: DoctorReport, busy: set[str], repair: bool) -> None:
+    with ws.catalog.connect() as conn:
+        sites = {n: Path(r) for n, r in conn.execute(select(T.sites.c.name, T.sites.c.root))}
+        rows = conn.execute(select(T.shards.c.dataset, T.shards.c.site, T.shards.c.path, T.shards.c.sha256)).all()
+    for d, site, rel, sha in rows:
+        try:
+            S.check_shard(sites[site], rel, sha)
+        except OnshoreError as e:
+            out.findings.append(Finding("files", f"shard {sha[:16]} of {d!r} at {site!r}", str(e),
+                                        f"copy the dataset's files back from another site holding shard {sha} "
+                                        "or from a backup", False))
+    known = {(site, rel) for _, site, rel, _ in rows}
+    orphans = [(site, p) for site, root in sites.items()
+               for p in sorted((root / "datasets").glob("*/*")) if (site, p.relative_to(root).as_posix()) not in known
+               and p.parent.name not in busy]
+    journal = {r["id"] for r in attempts.open_attempts(ws)}  # left: running; without repair: also dead ones
+    staging = [(site, p) for site, root in sites.items() for p in sorted(S.staging_dir(root).glob("*"))
+               if p.name not in journal and not attempts.is_alive(ws, p.name)]
+    if repair and (orphans or staging):
+        # recheck inside the catalog's write turn: no attempt is then between publishing and committing
+        with write_transaction(ws.catalog, "the catalog") as conn:
+            removed = {p for d in {(p.parent.name, s) for s, p in orphans}
+                       for p in attempts.remove_orphans(conn, d[0], d[1])}
+            for _, p in staging:
+                if not attempts.is_alive(ws, p.name):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                    removed.add(p)
+    else:
+        removed = set()
+    for site, p in orphans + staging:
+        kind = "staging" if p.parent.name == S.STAGING else "shard file"
+        out.findings.append(Finding("orphans", str(p), f"orphan {kind} at site {site!r}: no catalog row or "
+                                    "running attempt names it", "run 'onshore doctor --repair' to remove it", True,
+                                    "removed" if p in removed else None))
+
+
+def run(ws: Workspace, repair: bool = False) -> DoctorReport:
+    """Check the workspace (see the module docstring); with ``repair``, fix what a crash left.
+
+    Never changes anything without ``repair``. Refuses nothing: every problem is a finding.
+    """
+    out = DoctorReport()
+    ledger_ok = _check_ledger(ws, out)
+    busy = _attempt_findings(ws, out, repair and ledger_ok)
+    if ledger_ok:
+        _catalog_findings(ws, out, busy, repair)
+    _file_findings(ws, out, busy, repair and ledger_ok)
+    done = [f for f in out.findings if f.repaired]
+    if done:
+        ws.reports_dir.mkdir(parents=True, exist_ok=True)
+        with open(ws.reports_dir / LOG_FILE, "a") as log:
+            for f in done:
+                log.write(json.dumps({"time": now_iso(), **asdict(f)}) + "\n")
+        ws.invalidate()
+    return out

@@ -1,0 +1,91 @@
+"""Many writers at once, on SQLite and PostgreSQL: 8 worker processes run a mix of real commands.
+
+Afterwards: no worker met anything but a clean OnshoreError, no command failed for waiting
+(LockTimeout), exactly one ingest of each shared name won, every dataset reported ingested reads
+back whole, `doctor` finds nothing and the ledger verifies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from _workload import SHARED_NAMES, make_workspace
+from onshore.errors import PolicyDenied
+from onshore.residency.pdp import Request
+from onshore.workspace import Workspace, datasets, doctor
+
+WORKERS = 8
+SECONDS = 8.0
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _run_workers(ws_path: Path, tmp: Path, workers: int, seconds: float) -> list[dict]:  # type: ignore[type-arg]
+    env = {**os.environ, "PYTHONPATH": SRC, "ONSHORE_LOCK_TIMEOUT": "60"}
+    script = str(Path(__file__).with_name("_workload.py"))
+    procs = [subprocess.Popen([sys.executable, script, str(ws_path), str(seconds), str(i), str(tmp / f"w{i}.json")],
+                              env=env, stderr=subprocess.PIPE, text=True) for i in range(workers)]
+    records = []
+    for i, p in enumerate(procs):
+        _, err = p.communicate(timeout=seconds + 120)
+        assert p.returncode == 0, f"worker {i} exited {p.returncode}: {err[-2000:]}"
+        records += json.loads((tmp / f"w{i}.json").read_text())
+    return records
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_many_writers_wait_their_turn(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    urls = {}
+    if backend == "postgresql":
+        urls = {"catalog_url": request.getfixturevalue("fresh_postgres_db")}
+        urls["ledger_url"] = request.getfixturevalue("postgres_url").rsplit("/", 1)[0] + "/" + _new_db(
+            request.getfixturevalue("postgres_url"))
+    ws_path = make_workspace(tmp_path, **urls)
+    records = _run_workers(ws_path, tmp_path, WORKERS, SECONDS)
+
+    crashes = [r for r in records if r.get("crash")]
+    assert not crashes, crashes[0]["crash"]
+    assert not [r for r in records if r.get("error") == "LockTimeout"]
+    ops = Counter(r["op"] for r in records if r["ok"])
+    assert ops["ingest"] >= 3 and sum(ops.values()) >= 20, ops
+    ingested = Counter(r["target"] for r in records if r["ok"] and r["op"] == "ingest")
+    assert all(n == 1 for n in ingested.values()), ingested
+    lost = [r for r in records if not r["ok"] and r["message"].startswith(tuple(f"dataset '{n}'" for n in SHARED_NAMES))
+            and "already exists" in r["message"]]
+    assert all(r["error"] == "ValidationError" for r in lost)
+
+    with Workspace.open(ws_path) as ws:
+        report = doctor.run(ws)
+        assert report.ok and not report.findings and not report.in_progress, report.to_json()
+        ws.verify_ledger()
+        placed = {(d["name"], s) for d in datasets.list_datasets(ws) for s in d["sites"]}
+        for name in ingested:
+            d = datasets.show(ws, name)
+            for site in {s["site"] for s in d["shards"]}:
+                if d["status"] == "active":
+                    assert datasets.read(ws, name, site).num_rows == 200
+                else:
+                    with pytest.raises(PolicyDenied):
+                        datasets.read(ws, name, site)
+        # every copy reported done is in place
+        for r in records:
+            if r["ok"] and r["op"] == "copy":
+                assert any(p[0] == r["target"] and p[1] != "sakai" for p in placed)
+        assert ws.decide(Request("site:ohio", "read", next(iter(ingested)), "ohio"))[0].allowed is False
+
+
+def _new_db(url: str) -> str:
+    import uuid
+
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return name
