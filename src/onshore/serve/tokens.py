@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 
 from onshore.catalog import schema as T
+from onshore.catalog.db import write_transaction
 from onshore.errors import NotFoundError
 from onshore.ledger.entries import now_iso
 from onshore.names import check_name
@@ -46,7 +47,7 @@ def issue(ws: Workspace, site: str, client: str) -> str:
     check_name(client, "client")
     ensure_table(ws)
     token = PREFIX + secrets.token_urlsafe(32)
-    with ws.catalog.begin() as conn:
+    with write_transaction(ws.catalog, "the catalog") as conn:
         conn.execute(insert(T.serve_tokens).values(site=site, client=client, token_sha256=_hash(token),
                                                    created_at=now_iso()))
     return token
@@ -57,7 +58,7 @@ def revoke(ws: Workspace, site: str, client: str) -> int:
     get_site(ws, site)
     ensure_table(ws)
     t = T.serve_tokens
-    with ws.catalog.begin() as conn:
+    with write_transaction(ws.catalog, "the catalog") as conn:
         n = conn.execute(update(t).where(t.c.site == site, t.c.client == client, t.c.revoked_at.is_(None))
                          .values(revoked_at=now_iso())).rowcount
     if not n:
