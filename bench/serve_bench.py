@@ -106,7 +106,7 @@ def main() -> None:
     ws = Workspace.init(tmp / "ws", "bench")
     registry.add_site(ws, "edge", "JP", "serve")
     token = tokens.issue(ws, "edge", "bench")
-    served = ServedModel("small-random", "edge", "0" * 64, {}, loaded, {emb.name: emb})
+    served = ServedModel("small-random", "edge", "0" * 64, {}, loaded, {emb.name: emb}, "bench")
 
     # in process: the same model and envelope, one call per step
     p = ModelPolicy(loaded, emb.name)

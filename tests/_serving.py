@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import POLICY_JP, build_consortium, write_frames
 from onshore.model.text import HASHED
 from onshore.train.loop import TrainConfig, TrainRequest, train
-from onshore.workspace import Workspace, datasets
+from onshore.workspace import Workspace, datasets, models
 
 MODEL = "furnace-tiny"
 EMBODIMENT = "furnace-line-3"
@@ -22,7 +22,7 @@ derived_models = "keep"
 
 
 def furnace_workspace(root: Path, clause: str = "stop-serving") -> Workspace:
-    """Furnace telemetry of steelco at sakai under a JP policy, and a tiny model trained on it."""
+    """Furnace telemetry of steelco at sakai under a JP policy, a tiny model trained on it, copied to tokyo."""
     ws = Workspace.init(root / "ws", "serve-test")
     build_consortium(ws, root)
     policy = root / "furnace-policy.toml"
@@ -32,5 +32,6 @@ def furnace_workspace(root: Path, clause: str = "stop-serving") -> Workspace:
     config = TrainConfig(steps=2, batch_size=8, checkpoint_every=2, log_every=1, precision="fp32",
                          text_encoder=HASHED, warmup=1)
     train(ws, TrainRequest(MODEL, "sakai", "fine-tuning", ("furnace",), size="tiny", train=config))
+    models.copy_model(ws, MODEL, "tokyo")  # served where it sits: tokyo has the serve role
     (root / "record-policy.toml").write_text(RECORD_POLICY)
     return ws

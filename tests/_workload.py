@@ -68,9 +68,12 @@ def _one(ws: Workspace, rng: random.Random, me: str, n: int, inputs: Path) -> tu
     return op, d["name"]
 
 
-def work(workspace: Path, seconds: float, seed: int, out: Path, start_at: float = 0.0) -> None:
-    """Run the mix for ``seconds``, from wall-clock time ``start_at`` (so that N workers, warmed
-    up, start together) or at once."""
+def work(workspace: Path, seconds: float, seed: int, out: Path, start_at: float = 0.0, min_ops: int = 0) -> None:
+    """Run the mix for ``seconds`` and at least ``min_ops`` operations, from wall-clock time
+    ``start_at`` (so that N workers, warmed up, start together) or at once.
+
+    ``min_ops`` keeps the test's checks meaningful on a slow or loaded machine, where a fixed
+    time window alone could hold too few operations to race."""
     rng = random.Random(seed)
     inputs = workspace.parent
     records = []
@@ -80,7 +83,7 @@ def work(workspace: Path, seconds: float, seed: int, out: Path, start_at: float 
         time.sleep(max(0.0, start_at - time.time()))
         deadline = time.monotonic() + seconds
         n = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or n < min_ops:
             n += 1
             t = time.monotonic()
             rec: dict[str, object] = {"worker": seed}
@@ -100,4 +103,4 @@ def work(workspace: Path, seconds: float, seed: int, out: Path, start_at: float 
 
 if __name__ == "__main__":
     work(Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]),
-         float(sys.argv[5]) if len(sys.argv) > 5 else 0.0)
+         float(sys.argv[5]) if len(sys.argv) > 5 else 0.0, int(sys.argv[6]) if len(sys.argv) > 6 else 0)

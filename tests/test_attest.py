@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 from sqlalchemy import update
 
 from conftest import EMBODIMENT_TOML, POLICY_JP, build_consortium, cosign_with_witnesses, write_frames
-from onshore.attest.bundle import PREDICATE_TYPE, attest_dataset, attest_model, write_bundle
+from onshore.attest.bundle import PREDICATE_TYPE, attest_dataset, write_bundle
 from onshore.attest.dsse import sign_envelope
+from onshore.attest.model_claim import attest_model
 from onshore.attest.statement import PAYLOAD_TYPE
 from onshore.attest.trust import TrustRoot, build_trust_root
 from onshore.attest.verify import CHECK_NAMES, VerificationReport, verify_bundle
@@ -370,7 +371,7 @@ def test_fresh_checkpoint_withdrawal_and_refusals(attested: Attested, tmp_path: 
             attest_dataset(ws, "furnace", site="ohio")
         with pytest.raises(OnshoreError, match="no dataset named"):
             attest_dataset(ws, "nope")
-        with pytest.raises(OnshoreError, match="not built yet"):
+        with pytest.raises(OnshoreError, match="no model named"):
             attest_model(ws, "m")
         D.withdraw(ws, "furnace", "steelco")
         # the stored (cosigned) checkpoint does not cover the withdrawal: a fresh one, uncosigned

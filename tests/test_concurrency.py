@@ -23,17 +23,18 @@ from onshore.workspace import Workspace, datasets, doctor
 
 WORKERS = 8
 SECONDS = 8.0
+MIN_OPS = 6  # per worker, however slow the machine: 48 operations race in all
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def _run_workers(ws_path: Path, tmp: Path, workers: int, seconds: float) -> list[dict]:  # type: ignore[type-arg]
     env = {**os.environ, "PYTHONPATH": SRC, "ONSHORE_LOCK_TIMEOUT": "60"}
     script = str(Path(__file__).with_name("_workload.py"))
-    procs = [subprocess.Popen([sys.executable, script, str(ws_path), str(seconds), str(i), str(tmp / f"w{i}.json")],
+    procs = [subprocess.Popen([sys.executable, script, str(ws_path), str(seconds), str(i), str(tmp / f"w{i}.json"), "0", str(MIN_OPS)],
                               env=env, stderr=subprocess.PIPE, text=True) for i in range(workers)]
     records = []
     for i, p in enumerate(procs):
-        _, err = p.communicate(timeout=seconds + 120)
+        _, err = p.communicate(timeout=seconds + 300)
         assert p.returncode == 0, f"worker {i} exited {p.returncode}: {err[-2000:]}"
         records += json.loads((tmp / f"w{i}.json").read_text())
     return records

@@ -26,6 +26,10 @@ def test_demo_runs_and_the_auditor_verifies(tmp_path: Path) -> None:
     assert "'estop'" in text and "recorded kansai-line-1-run" in text
     assert "refused copy of kansai-pick-place to ohio: rule dataset/kansai-pick-place/jurisdictions" in text
     assert "verified: dataset kansai-pick-place" in text
+    assert "verified: model consortium-tiny attested by its training site site:sakai" in text
+    assert "consortium-tiny was trained at sakai (JP) on kansai-pick-place of kansai-robotics" in text
+    assert ("refused serve of consortium-tiny at tokyo: rule "
+            "model/consortium-tiny/dataset/kansai-pick-place/withdrawn-stop-serving") in text
     assert "doctor: nothing to do" in text
     trust = json.loads((tmp_path / "demo" / "auditor" / "trust.json").read_text())
     assert {s["name"]: s["jurisdiction"] for s in trust["sites"]} == {"sakai": "JP", "tokyo": "JP", "ohio": "US"}

@@ -86,32 +86,44 @@ def test_hashed_encoder_is_deterministic_and_minilm_loads_offline() -> None:
     assert float(v[0] @ v[1]) > float(v[0] @ v[2])  # meaning, not spelling
 
 
+KEY, CTX = bytes(range(32)), "model:test"
+
+
 def _saved(tmp_path: Path) -> tuple[Path, dict[str, str], FoundationModel]:
     cfg = model_config("tiny", chunk=4)
     init_seed(1)
     net = FoundationModel(cfg, [spec()]).eval()
     vectors = {"reach": get_encoder(HASHED).encode(["reach"])[0]}
     tensors, tasks = mp.model_tensors(net, vectors)
-    files = io.write_artifact(tmp_path / "m", mp.STEM, tensors, mp.model_meta(net, tasks, HASHED))
+    files = io.write_artifact(tmp_path / "m", mp.STEM, tensors, mp.model_meta(net, tasks, HASHED), KEY, CTX).files
     return tmp_path / "m", files, net
 
 
 def test_files_round_trip_and_an_altered_file_is_refused(tmp_path: Path) -> None:
     folder, files, net = _saved(tmp_path)
-    loaded = mp.load(folder, files)
+    loaded = mp.load(folder, KEY, CTX, files)
     for k, v in net.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[k], v)
     assert loaded.model.specs["arm"] == spec()
-    raw = bytearray((folder / "model.safetensors").read_bytes())
-    raw[-1] ^= 1
-    (folder / "model.safetensors").write_bytes(bytes(raw))
+    # sealed at rest: no plaintext weights on disk, and neither another key nor context opens them
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json.sealed", "model.safetensors.sealed"]
+    assert b"weights." not in (folder / "model.safetensors.sealed").read_bytes()
+    with pytest.raises(IntegrityError, match="does not open"):
+        mp.load(folder, bytes(32), CTX, files)
+    with pytest.raises(IntegrityError, match="does not open"):
+        mp.load(folder, KEY, "model:other", files)
     with pytest.raises(IntegrityError, match="differs from the recorded"):
-        mp.load(folder, files)
+        mp.load(folder, KEY, CTX, {**files, "model.json": "0" * 64})
+    raw = bytearray((folder / "model.safetensors.sealed").read_bytes())
+    raw[-1] ^= 1
+    (folder / "model.safetensors.sealed").write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="does not open"):
+        mp.load(folder, KEY, CTX, files)
 
 
 def test_acting_ensembles_chunks_with_act_weights(tmp_path: Path) -> None:
     folder, files, _ = _saved(tmp_path)
-    loaded = mp.load(folder, files)
+    loaded = mp.load(folder, KEY, CTX, files)
     agent = mp.ModelPolicy(loaded, "arm", m=0.1)
     plain = mp.ModelPolicy(loaded, "arm", ensemble=False)
     rng = np.random.default_rng(0)
@@ -145,12 +157,14 @@ def test_factory_is_picklable_and_checks_digests(tmp_path: Path) -> None:
     import pickle
 
     folder, files, _ = _saved(tmp_path)
-    factory = mp.ModelPolicyFactory(str(folder), tuple(sorted(files.items())), "arm", label="model:x")
+    factory = mp.ModelPolicyFactory(str(folder), tuple(sorted(files.items())), "arm", label="model:x", key=KEY,
+                                    context=CTX)
     again = pickle.loads(pickle.dumps(factory))
     agent = again()
     agent.reset("reach")
     out = agent.act(np.zeros(6, dtype=np.float32))
     assert out.shape == (2,) and np.all(out >= -3.0) and np.all(out <= 5.0)
-    wrong = mp.ModelPolicyFactory(str(folder), (("model.json", "0" * 64), ("model.safetensors", "0" * 64)), "arm")
+    wrong = mp.ModelPolicyFactory(str(folder), (("model.json", "0" * 64), ("model.safetensors", "0" * 64)), "arm",
+                                  key=KEY, context=CTX)
     with pytest.raises(IntegrityError):
         wrong()

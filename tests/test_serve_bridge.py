@@ -22,7 +22,7 @@ from onshore.serve.bridge import BridgeMap, run_bridge
 from onshore.serve.plant import PlantThread, SimPlant
 from onshore.serve.record import DEADLINE_MISSES, RecordOptions
 from onshore.train.loop import TrainConfig, TrainRequest, train
-from onshore.workspace import Workspace, datasets
+from onshore.workspace import Workspace, datasets, models
 
 RECORD_POLICY = ('jurisdictions = ["JP"]\nsites = ["tokyo"]\npurposes = ["fine-tuning"]\nexpires = 2031-03-31\n'
                  'derived_models = "keep"\n')
@@ -36,6 +36,7 @@ def plant_ws(tmp_path_factory: pytest.TempPathFactory, telemetry: dict[str, Path
                          text_encoder=HASHED, warmup=1)
     train(ws, TrainRequest("plants", "sakai", "foundation-pretraining", ("arms", "plant"), size="tiny",
                            train=config))
+    models.copy_model(ws, "plants", "tokyo")
     (root / "record.toml").write_text(RECORD_POLICY)
     yield ws
     ws.close()

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from _training import make_consortium
 from onshore.cli.app import main
@@ -38,6 +37,13 @@ def fast(steps: int = 12, **kw: object) -> TrainConfig:
             "text_encoder": HASHED, "warmup": 2}
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def weights(ws: Workspace, name: str) -> dict[str, torch.Tensor]:
+    """The model's saved tensors, opened through the key service (a recorded read at its site)."""
+    loaded = models.load_model_for(ws, name, models.get_model(ws, name)["site"], "read",
+                                   models.get_model(ws, name)["purpose"])
+    return {f"weights.{k}": v for k, v in loaded.model.state_dict().items()}
 
 
 def kinds_since(ws: Workspace, start: int) -> list[dict]:
@@ -74,21 +80,23 @@ def test_train_arms_and_plant_lineage_metrics_and_eval(consortium: Workspace, tm
     assert r is not None and r.steps == 12 and r.resumed_from == 0
     folder = Path(registry.get_site(ws, "sakai").root) / "models" / "pool"
     assert r.folder == folder
-    for f in ("model.safetensors", "model.json", "metrics.csv", "loss.png"):
+    for f in ("model.safetensors.sealed", "model.json.sealed", "metrics.csv", "loss.png"):
         assert (folder / f).is_file(), f
+    assert not (folder / "model.safetensors").exists()  # no plaintext weights at rest
     rows = (folder / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,loss")
     assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "5", "6", "8", "10", "12"]
-    meta = json.loads((folder / "model.json").read_text())
+    entries = kinds_since(ws, start)
+    loaded = models.load_model_for(ws, "pool", "sakai", "read", "foundation-pretraining")
+    meta = loaded.meta
     assert {e["name"] for e in meta["embodiments"]} == {"sawyer-metaworld", "tennessee-eastman"}
     assert meta["site"] == "sakai" and meta["world_size"] == 1 and meta["code_version"].startswith("0.1.0+")
     assert [d["name"] for d in meta["datasets"]] == ["arms", "plant"]
     assert all(len(d["shards"]) == 1 for d in meta["datasets"])
     assert meta["metrics"]["heldout_loss_ema"] is not None
     ckpts = sorted((folder / "checkpoints").iterdir())
-    assert [p.name for p in ckpts] == ["step-0000005", "step-0000010"]  # the last two are kept
-
-    entries = kinds_since(ws, start)
+    assert [p.name for p in ckpts] == ["key.wrap", "step-0000005", "step-0000010"]  # the last two are kept
+    assert (ckpts[1] / "train.safetensors.sealed").is_file() and not (ckpts[1] / "train.safetensors").exists()
     releases = [x for x in entries if x["kind"] == "key.release"]
     assert [(x["dataset"], x["site"], x["action"], x["purpose"]) for x in releases] == [
         ("arms", "sakai", "train", "foundation-pretraining"), ("plant", "sakai", "train", "foundation-pretraining")]
@@ -124,11 +132,11 @@ def test_train_arms_and_plant_lineage_metrics_and_eval(consortium: Workspace, tm
 def test_finetune_a_new_embodiment_with_the_trunk_frozen(consortium: Workspace) -> None:
     ws = consortium
     train(ws, TrainRequest("arm-base", "sakai", "foundation-pretraining", ("arms",), size="tiny", train=fast(6)))
-    base = load_file(str(Path(registry.get_site(ws, "sakai").root) / "models" / "arm-base" / "model.safetensors"))
+    base = weights(ws, "arm-base")
     r = train(ws, TrainRequest("plant-ft", "sakai", "fine-tuning", ("plant",), size="tiny", base="arm-base",
                                train=fast(6, freeze_trunk=True)))
     assert r is not None
-    tuned = load_file(str(r.folder / "model.safetensors"))
+    tuned = weights(ws, "plant-ft")
     trunk = [k for k in base if k.startswith(("weights.blocks.", "weights.task_proj.", "weights.ln_f."))]
     arm_private = [k for k in base if ".sawyer-metaworld" in k]
     assert trunk and arm_private
@@ -226,10 +234,11 @@ def test_kill_9_then_the_same_command_resumes_to_the_same_weights(consortium: Wo
     clean = _cli_train(root, "clean", steps)
     out2, err2 = clean.communicate(timeout=300)
     assert clean.returncode == 0, err2
-    a = load_file(str(Path(info["folder"]) / "model.safetensors"))
-    b = load_file(str(Path(json.loads(out2)["folder"]) / "model.safetensors"))
+    with Workspace.open(root) as w:
+        a, b = weights(w, "killed"), weights(w, "clean")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+    assert info["files"]["model.safetensors"] == json.loads(out2)["files"]["model.safetensors"]
     with Workspace.open(root) as w:
         starts = [e.entry.body for e in w.ledger.entries(0, w.ledger.size(), kinds=["job.start"])
                   if e.entry.body["model"] == "killed"]

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from _training import make_consortium
 from onshore.model.text import HASHED
+from onshore.workspace import Workspace, models
 
 WORKER = Path(__file__).with_name("dist_grad_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -62,10 +63,13 @@ def test_torchrun_ddp_and_fsdp_train_the_same_weights_as_one_process(
     ddp = json.loads(run(torchrun(*cmd("ddp"))).stdout)
     fsdp = json.loads(run(torchrun(*cmd("fsdp", "--strategy", "fsdp"))).stdout)
     assert one["world_size"] == 1 and ddp["world_size"] == 2 and fsdp["world_size"] == 2
-    w1 = load_file(str(Path(one["folder"]) / "model.safetensors"))
+    with Workspace.open(root) as ws:
+        loaded = {n: models.load_model_for(ws, n, "sakai", "read", "foundation-pretraining")
+                  for n in ("one", "ddp", "fsdp")}
+    w1 = loaded["one"].model.state_dict()
     for other in (ddp, fsdp):
-        w2 = load_file(str(Path(other["folder"]) / "model.safetensors"))
+        w2 = loaded[other["model"]].model.state_dict()
         assert w1.keys() == w2.keys()
         worst = max((w1[k] - w2[k]).abs().max().item() for k in w1 if w1[k].dtype == torch.float32)
         assert worst < 1e-4, (other["model"], worst)
-    assert json.loads((Path(fsdp["folder"]) / "model.json").read_text())["strategy"] == "fsdp"
+    assert loaded["fsdp"].meta["strategy"] == "fsdp"

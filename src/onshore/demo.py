@@ -102,6 +102,8 @@ def _train_and_evaluate(ws, c: Console, head, episodes: int, workers: int | None
         tasks = list(m.tasks[:1]) if m.env == "tep" else list(m.tasks)
         # the same seeds as the experts' evaluation above: the same episodes
         report = evaluate(m.env, tasks, episodes, seed=1000 + i, policy=factory, workers=workers)
+        models.record_eval(ws, "consortium-tiny", "sakai", m.env, 1000 + i,  # results join its attestation
+                           {r.task: {"success_rate": r.success_rate, "episodes": r.episodes} for r in report.tasks})
         for r in report.tasks:
             extra = ""
             if m.env == "tep":
@@ -131,6 +133,7 @@ def _serve_and_bridge(ws, c: Console, head, directory: Path) -> None:  # type: i
     from onshore.serve.loading import load_served_model
     from onshore.serve.plant import PlantThread, SimPlant
     from onshore.serve.record import RecordOptions
+    from onshore.workspace import models
 
     head("Serve the model next to a machine: tokyo serves, the bridge drives an arm over OPC UA")
     try:
@@ -138,6 +141,8 @@ def _serve_and_bridge(ws, c: Console, head, directory: Path) -> None:  # type: i
         raise OnshoreError("demo expected serving at sakai to be refused")
     except PolicyDenied as e:
         c.print(f"[red]refused[/] serving at sakai (no serve role): rule(s) {', '.join(sorted(set(e.rules)))}")
+    out = models.copy_model(ws, "consortium-tiny", "tokyo")
+    c.print(f"[green]allowed[/] copy of consortium-tiny {out['from']} -> {out['to']} (JP), where it will be served")
     token = tokens.issue(ws, "tokyo", "line-1-bridge")
     record_policy = directory / "members" / MEMBERS[0].name / "run-policy.toml"
     record_policy.write_text('jurisdictions = ["JP"]\nsites = ["tokyo"]\npurposes = ["fine-tuning"]\n'
@@ -293,5 +298,56 @@ def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
         c.print(proc.stderr, markup=False)
         c.print("[red]doctor found problems[/]")
         return 1
+    if train_steps and _model_story(directory / "workspace", trust_file.parent, c, head, env) != 0:
+        return 1
     c.rule("[bold green]demo complete")
+    return 0
+
+
+def _model_story(root: Path, auditor: Path, c: Console, head, env: dict[str, str]) -> int:  # type: ignore[no-untyped-def]
+    """Attest the model, have the auditor verify it offline, then a withdrawal stops its serving."""
+    import base64
+    import json
+
+    from onshore.attest.bundle import write_bundle
+    from onshore.attest.model_claim import attest_model
+    from onshore.workspace import Workspace, datasets, models
+
+    name, kansai = "consortium-tiny", MEMBERS[0]
+    head("Attest where the model was trained and on whose data; the auditor verifies offline")
+    with Workspace.open(root) as ws:
+        bundle = attest_model(ws, name)
+    bundle_file = auditor / f"{name}.bundle.json"
+    write_bundle(bundle, bundle_file)
+    cmd = [sys.executable, "-m", "onshore", "verify", bundle_file.name, "--trust-root", "trust.json",
+           "--min-witnesses", "1"]
+    c.print(f"[dim]$ cd {auditor} && onshore verify {bundle_file.name} --trust-root trust.json --min-witnesses 1[/]")
+    proc = subprocess.run(cmd, cwd=auditor, env=env, capture_output=True, text=True)
+    c.print(proc.stdout, end="", markup=False, highlight=False)
+    if proc.returncode != 0:
+        c.print(proc.stderr, markup=False)
+        c.print("[red]auditor verify of the model bundle failed[/]")
+        return 1
+    # what the auditor reads in the bundle, beside the checks
+    claim = json.loads(base64.b64decode(json.loads(bundle_file.read_text())["dsseEnvelope"]["payload"]))["predicate"]
+    top = claim["levels"][0]
+    whose = ", ".join(f"{d['dataset']} of {d['owner']}" for d in claim["datasets"])
+    c.print(f"the bundle says: {name} was trained at {top['site']} ({top['jurisdiction']}) on {whose}; "
+            f"{len(claim['evaluations'])} evaluation(s) recorded; status {claim['status']['label']}")
+
+    head("A member withdraws consent: the derived model may no longer be served")
+    with Workspace.open(root) as ws:
+        before = models.decide(ws, name, "serve", "tokyo", "foundation-pretraining")[0]
+        c.print(f"before: serve {name} at tokyo: {'allow' if before.allowed else 'deny'}")
+        out = datasets.withdraw(ws, kansai.dataset, kansai.name)
+        c.print(f"{kansai.name} withdrew {kansai.dataset}: keys destroyed at {', '.join(out['shredded_at'])}; "
+                f"derived models tainted: {', '.join(m['model'] for m in out['derived_models'])} "
+                f"(clause {out['derived_models_clause']})")
+        decision, index = models.decide(ws, name, "serve", "tokyo", "foundation-pretraining")
+        status = models.status(ws, name)
+    if decision.allowed:
+        c.print("[red]the model is still servable after the withdrawal[/]")
+        return 1
+    c.print(f"[red]refused[/] serve of {name} at tokyo: rule {', '.join(decision.rules)} "
+            f"(withdrawn dataset {kansai.dataset}, ledger entry {index}); model status: {status.label()}")
     return 0

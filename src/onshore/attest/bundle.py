@@ -46,7 +46,7 @@ from sqlalchemy import select
 
 from onshore.attest.statement import Statement, Subject, build_statement, sign_statement
 from onshore.catalog import schema as T
-from onshore.errors import IntegrityError, NotFoundError, OnshoreError, ValidationError
+from onshore.errors import IntegrityError, NotFoundError, ValidationError
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import notes
 from onshore.ledger.entries import now_iso
@@ -59,9 +59,6 @@ if TYPE_CHECKING:
 
 PREDICATE_TYPE = "https://onshore.dev/attestation/dataset-residency/v1"
 """The predicate type of a dataset residency claim (the JSON form of :class:`ResidencyClaim`)."""
-
-MODEL_PREDICATE_TYPE = "https://onshore.dev/attestation/model-residency/v1"
-"""Reserved for :func:`attest_model`."""
 
 BUNDLE_MEDIA_TYPE = "application/vnd.onshore.residency-bundle.v1+json"
 BUNDLE_FIELDS = frozenset({"mediaType", "dsseEnvelope", "checkpoint", "entries"})
@@ -576,7 +573,7 @@ def make_bundle(ws: Workspace, statement: Statement, signer_site: str, cited: It
                 leaves: dict[int, bytes] | None = None) -> dict[str, Any]:
     """Sign ``statement`` as ``signer_site`` and bundle it with the ``cited`` entries and their proofs.
 
-    Shared by dataset and (later) model attestations. ``leaves`` may supply entry bytes already
+    Shared by dataset and model attestations (``attest/model_claim.py``). ``leaves`` may supply entry bytes already
     read; others are read from the ledger. Refuses an empty ``cited``.
     """
     indices = sorted(set(cited))
@@ -628,19 +625,6 @@ def attest_dataset(ws: Workspace, name: str, site: str | None = None) -> dict[st
         "statement_sha256": hashlib.sha256(statement.to_bytes()).hexdigest(),
         "checkpoint_size": size, "entries": len(bundle["entries"])})
     return bundle
-
-
-def attest_model(ws: Workspace, model: str, site: str | None = None) -> dict[str, Any]:
-    """Hook for model residency attestations (DESIGN.md "Attestation"); not built yet.
-
-    Plan: subject = the model files with their SHA-256; predicate (:data:`MODEL_PREDICATE_TYPE`)
-    = training site and jurisdiction, the job (``job.*`` entries), every training dataset as in
-    :class:`ResidencyClaim` (owner, shard digests, jurisdictions, policy hash), the key releases
-    for training and their decisions, with ledger indices; signed by the training site; bundled by
-    :func:`make_bundle`; recorded as ``model.attest``. The verifier gains a model branch keyed on
-    the predicate type. Always raises until the train layer exists.
-    """
-    raise OnshoreError(f"cannot attest model {model!r}: models are not built yet (no train layer)")
 
 
 def write_bundle(bundle: dict[str, Any], path: Path) -> None:

@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from onshore.attest import verify_model as VM
 from onshore.attest.bundle import (
     BUNDLE_FIELDS,
     BUNDLE_MEDIA_TYPE,
@@ -63,6 +64,7 @@ from onshore.attest.bundle import (
     shard_subject_name,
 )
 from onshore.attest.dsse import verify_envelope
+from onshore.attest.model_claim import MODEL_PREDICATE_TYPE
 from onshore.attest.statement import PAYLOAD_TYPE, Statement, parse_statement
 from onshore.attest.trust import TrustRoot
 from onshore.encoding import b64decode_canonical
@@ -79,7 +81,10 @@ CHECK_NAMES = (
     "bundle format", "envelope signature", "statement", "checkpoint signature", "witness cosignatures",
     "entry signatures", "inclusion proofs", "claim matches ledger", "jurisdictions", "decisions", "freshness",
 )
-"""Every check a report holds, in the order they are reported."""
+"""Every check a dataset bundle's report holds, in the order they are reported."""
+
+MODEL_CHECK_NAMES = (*CHECK_NAMES[:-1], "withdrawals", "freshness")
+"""Every check a model bundle's report holds (``attest/verify_model.py``)."""
 
 _MAX_LISTED = 5
 T = TypeVar("T")
@@ -114,6 +119,8 @@ class VerificationReport:
     attester: str | None = None
     checkpoint_size: int | None = None
     witnesses: tuple[str, ...] = ()
+    model: str | None = None
+    model_status: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -132,7 +139,8 @@ class VerificationReport:
         raise KeyError(name)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "dataset": self.dataset, "attester": self.attester,
+        return {"ok": self.ok, "dataset": self.dataset, "model": self.model, "model_status": self.model_status,
+                "attester": self.attester,
                 "checkpoint_size": self.checkpoint_size, "witnesses": list(self.witnesses),
                 "failed": self.failed, "checks": [c.to_json() for c in self.checks]}
 
@@ -744,6 +752,8 @@ def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min
     checks = [Check("bundle format", PASS, f"{len(b.entries)} ledger entries, one checkpoint, one envelope")]
 
     statement, error = _unverified_statement(b.envelope)
+    if statement is not None and statement.predicate_type == MODEL_PREDICATE_TYPE:
+        return _verify_model(b, statement, trust, min_witnesses, max_age, now or dt.datetime.now(dt.UTC))
     stmt_check, claim = _guard("statement", lambda: _check_statement(statement, error), lambda c: (c, None))
     attester = claim.attester_site if claim else None
     checks.append(_guard("envelope signature", lambda: _check_envelope(b.envelope, trust, attester), _alone))
@@ -774,3 +784,55 @@ def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min
     shown = cp or _unverified_checkpoint(b.note)
     return VerificationReport(tuple(checks), claim.dataset if claim else None, attester,
                               shown.size if shown else None, witnesses)
+
+
+def _verify_model(b: _Bundle, statement: Statement, trust: TrustRoot, min_witnesses: int,
+                  max_age: dt.timedelta | None, now: dt.datetime) -> VerificationReport:
+    """The model branch of :func:`verify_bundle`: the shared checks, then ``attest/verify_model.py``'s."""
+    checks = [Check("bundle format", PASS, f"{len(b.entries)} ledger entries, one checkpoint, one envelope")]
+    claim: Any = statement.predicate
+    shape = _guard("statement", lambda: VM.check_shape(claim), lambda c: c.message)
+    attester = None
+    if shape is None:
+        attester = claim["attester"]["site"] if isinstance(claim.get("attester"), dict) else None
+        if not isinstance(attester, str):
+            shape, attester = "predicate.attester.site must be a string", None
+    checks.append(_guard("envelope signature", lambda: _check_envelope(b.envelope, trust, attester), _alone))
+    checks.append(Check("statement", FAIL, shape) if shape else Check(
+        "statement", PASS, f"in-toto Statement v1 about model {claim['model']!r}, {len(statement.subjects)} "
+                           "subject(s)"))
+    cp_check, cp = _guard("checkpoint signature", lambda: _check_checkpoint(b.note, trust), lambda c: (c, None))
+    checks.append(cp_check)
+    w_check, witnesses = _guard("witness cosignatures", lambda: _check_witnesses(b.note, trust, min_witnesses),
+                                lambda c: (c, ()))
+    checks.append(w_check)
+    sig_check, entries = _guard("entry signatures", lambda: _check_entry_signatures(b, trust), lambda c: (c, {}))
+    checks.append(sig_check)
+    shown = cp or _unverified_checkpoint(b.note)
+    checks.append(_guard("inclusion proofs", lambda: _check_inclusion(b, shown), _alone))
+    status = None
+    if shape is not None:
+        checks += _not_run(("claim matches ledger", "jurisdictions", "decisions", "withdrawals"),
+                           "the claim could not be read")
+    else:
+        carried = {e.index for e in b.entries}
+        n = len(carried)
+        checks.append(_guard("claim matches ledger", lambda: _result(
+            "claim matches ledger", VM.check_claim(claim, statement, entries, carried),
+            f"{n} cited entries agree with the claim"), _alone))
+        checks.append(_guard("jurisdictions", lambda: _result(
+            "jurisdictions", VM.check_jurisdictions(claim, trust),
+            "every training read at its training site; every site in every lineage dataset's jurisdictions"),
+            _alone))
+        checks.append(_guard("decisions", lambda: _result(
+            "decisions", VM.check_decisions(claim), f"{len(claim['decisions'])} cited decision(s), all allows for "
+                                                    "what they authorised"), _alone))
+
+        def withdrawals() -> Check:
+            problems, message = VM.check_withdrawals(claim, shown.size if shown else None)
+            return _result("withdrawals", problems, message)
+        checks.append(_guard("withdrawals", withdrawals, _alone))
+        status = claim.get("status") if isinstance(claim.get("status"), dict) else None
+    checks.append(_guard("freshness", lambda: _check_freshness(b.note, trust, max_age, now), _alone))
+    model = claim.get("model") if isinstance(claim, dict) and isinstance(claim.get("model"), str) else None
+    return VerificationReport(tuple(checks), None, attester, shown.size if shown else None, witnesses, model, status)

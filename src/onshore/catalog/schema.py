@@ -140,6 +140,22 @@ model_datasets = Table(
     Column("decision_index", BigInteger, nullable=False),  # the allow decision for training
 )
 
+# A model artifact's data key wrapped under one site's key-encryption key for that model (kept in
+# the site's custody, keys/keystore.py). A row is also where the model sits: its sealed files are
+# under SITE_ROOT/models/NAME at every site with a wrap, and nowhere else.
+model_key_wraps = Table(
+    "model_key_wraps",
+    metadata,
+    Column("model", String(64), ForeignKey("models.name"), primary_key=True),
+    Column("site", String(64), ForeignKey("sites.name"), primary_key=True),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("ledger_index", BigInteger, nullable=False),  # the model.release or model.copy that placed it
+    Column("created_at", String(32), nullable=False),
+)
+
+#: The tables of models, created on first use in catalogs made before they existed.
+MODEL_TABLES = (models, model_datasets, model_key_wraps)
+
 # Clients allowed to ask a policy server at a site for actions. Only the SHA-256 of each token is
 # kept (tokens are 256-bit random, so a fast hash is enough); revoking sets revoked_at.
 serve_tokens = Table(

@@ -49,8 +49,35 @@ def dataset(
                   "--min-witnesses will refuse it. Cosign a checkpoint before attesting.")
 
 
+@attest_app.command("model")
+def model(
+    name: str = typer.Argument(..., help="The model to attest."),
+    out: Path = typer.Option(..., "-o", "--out", metavar="FILE", help="Where to write the bundle (JSON)."),
+) -> None:
+    """Sign where a model was trained and on whose data (its training site signs), for 'onshore verify'.
+
+    Take a checkpoint and collect witness cosignatures first, as for a dataset bundle.
+    Example: onshore attest model pool -o pool.bundle.json
+    """
+    from onshore.attest.bundle import write_bundle
+    from onshore.attest.model_claim import attest_model
+    from onshore.ledger import notes
+
+    check_output_file(out, force=True, option="-o")
+    with open_workspace() as ws:
+        bundle = attest_model(ws, name)
+    write_bundle(bundle, out)
+    _, sigs = notes.split_note(bundle["checkpoint"])
+    keyid = bundle["dsseEnvelope"]["signatures"][0]["keyid"]
+    err.print(f"wrote {esc(out)}: model {esc(name)} attested by {esc(keyid)}, {len(bundle['entries'])} ledger "
+              f"entries, checkpoint with {len(sigs) - 1} cosignature(s)", highlight=False)
+    if len(sigs) <= 1:
+        err.print("[yellow]warning:[/] the checkpoint has no witness cosignatures; verifiers asking for "
+                  "--min-witnesses will refuse it. Cosign a checkpoint before attesting.")
+
+
 def verify_command(
-    bundle: Path = typer.Argument(..., help="The bundle from 'onshore attest dataset'."),
+    bundle: Path = typer.Argument(..., help="The bundle from 'onshore attest dataset' or 'onshore attest model'."),
     trust_root: Path = typer.Option(..., "--trust-root", metavar="FILE",
                                     help="trust.json from 'onshore trust export'."),
     min_witnesses: int = typer.Option(0, "--min-witnesses", min=0,
@@ -86,7 +113,13 @@ def verify_command(
         raise VerificationFailed(
             f"bundle NOT verified; failed check(s): {', '.join(report.failed)}"
             + (f" (not run: {', '.join(not_run)})" if not_run else ""))
-    if not json_:
+    if not json_ and report.model is not None:
+        st = report.model_status or {}
+        console.print(f"[green]verified[/]: model {esc(report.model)} attested by its training site "
+                      f"site:{esc(report.attester)}, checkpoint size {report.checkpoint_size}, witnesses: "
+                      f"{esc(', '.join(report.witnesses) or 'none')}; status {esc(st.get('label', '?'))}",
+                      highlight=False)
+    elif not json_:
         console.print(f"[green]verified[/]: dataset {esc(report.dataset)} attested by site:{esc(report.attester)}, "
                       f"checkpoint size {report.checkpoint_size}, witnesses: "
                       f"{esc(', '.join(report.witnesses) or 'none')}", highlight=False)

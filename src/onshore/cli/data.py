@@ -8,7 +8,7 @@ import typer
 
 from onshore.cli.context import open_workspace
 from onshore.cli.output import StageProgress, console, err, esc, print_json, table
-from onshore.errors import PolicyDenied
+from onshore.errors import PolicyDenied, ValidationError
 
 dataset_app = typer.Typer(help="Datasets: ingest, copy, read, export, list, show, withdraw.", no_args_is_help=True)
 policy_app = typer.Typer(help="Usage policies: check what the policy decision point decides, show the Cedar.",
@@ -175,7 +175,8 @@ def withdraw(name: str = NAME, member: str = typer.Option(..., "--member", help=
 @policy_app.command("check")
 def check(
     action: str = typer.Option(..., "--action", help="ingest, read, copy, export, train, serve or withdraw."),
-    dataset: str = typer.Option(..., "--dataset", help="The dataset whose policy decides, e.g. arms."),
+    dataset: str | None = typer.Option(None, "--dataset", help="The dataset whose policy decides, e.g. arms."),
+    model: str | None = typer.Option(None, "--model", help="Or a model: its lineage's policies decide."),
     site: str | None = typer.Option(None, "--site", help="The site where the action would happen."),
     purpose: str | None = PURPOSE,
     principal: str | None = typer.Option(
@@ -185,19 +186,34 @@ def check(
     """Ask the policy decision point; exit 0 for allow, 3 for deny. The decision is recorded.
 
     Example: onshore policy check --action train --dataset arms --site sakai --purpose fine-tuning
+    Example: onshore policy check --action serve --model pool --site tokyo --purpose fine-tuning
     """
-    from onshore.residency.pdp import Request
+    from onshore.residency.pdp import Request, model_request
 
+    if (dataset is None) == (model is None):
+        raise ValidationError("give exactly one of --dataset NAME and --model NAME")
     with open_workspace() as ws:
-        row = ws.row("dataset", dataset)
-        if principal is None:
-            principal = f"member:{row['owner']}" if action in ("ingest", "withdraw") or site is None else f"site:{site}"
-        decision, index = ws.decide(Request(principal, action, dataset, site, purpose))
+        if model is not None:
+            from onshore.workspace.models import get_model
+
+            get_model(ws, model)
+            if site is None:
+                raise ValidationError("--site is required for a model: every action on a model happens at a site")
+            principal = principal or f"site:{site}"
+            decision, index = ws.decide(model_request(principal, action, model, site, purpose))
+        else:
+            assert dataset is not None
+            row = ws.row("dataset", dataset)
+            if principal is None:
+                principal = (f"member:{row['owner']}" if action in ("ingest", "withdraw") or site is None
+                             else f"site:{site}")
+            decision, index = ws.decide(Request(principal, action, dataset, site, purpose))
+    what = f"model {model}" if model is not None else str(dataset)
     if json_:
         print_json({**decision.to_json(), "ledger_index": index})
     else:
         verdict = "[green]allow[/]" if decision.allowed else "[red]deny[/]"
-        console.print(f"{verdict} {esc(action)} of {esc(dataset)} by {esc(principal)}"
+        console.print(f"{verdict} {esc(action)} of {esc(what)} by {esc(principal)}"
                       f"{' at ' + esc(site) if site else ''}: {esc(', '.join(decision.rules))} "
                       f"(ledger entry {index})")
     if not decision.allowed:

@@ -81,7 +81,8 @@ def eval_command(
         ws = workspace_path()
         reports = ws / "reports" if ws.is_dir() and (ws / CONFIG_FILE).exists() else None
     agent: Any = policy
-    if policy.startswith(("ws://", "wss://")):
+    served = policy.startswith(("ws://", "wss://"))
+    if served:
         from onshore.serve.client import ClientFactory
         from onshore.sim import registry
 
@@ -100,6 +101,11 @@ def eval_command(
     with StageProgress(enabled=not json_out, unit="episodes") as bar:
         report = evaluate(env, split_tasks(tasks), episodes, seed, policy=agent, workers=workers,
                           progress=lambda done, total: bar.update(f"{env} eval", done, total), label=name)
+    if policy != "expert" and not served:  # a served model's uses are in its server's model.serve entries
+        from onshore.workspace.models import record_eval
+
+        with open_workspace() as ws:  # the results join the ledger, for the model's attestation
+            record_eval(ws, policy, str(site), env, seed, summary(report)["tasks"])
     written = write_report(report, reports) if reports is not None else []
     if json_out:
         data = summary(report)

@@ -1,19 +1,23 @@
-"""`onshore model list` and `onshore model show`: trained models, their lineage, where they sit."""
+"""`onshore model list/show/copy/export`: trained models, where they sit, their lineage and policy."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 from onshore.cli.context import open_workspace
 from onshore.cli.output import console, esc, print_json, table
 
-model_app = typer.Typer(help="Trained models: list, show lineage.", no_args_is_help=True)
+model_app = typer.Typer(help="Trained models: list, show lineage and policy, copy to a site, export.",
+                        no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
+NAME = typer.Argument(..., help="The model's name (see 'onshore model list').")
 
 
 @model_app.command("list")
 def list_(json_: bool = JSON) -> None:
-    """Every model: where it was trained, for what, from which datasets."""
+    """Every model: where it was trained and sits, for what, from which datasets, and its status."""
     from onshore.workspace import models  # the catalog only when a command runs
 
     with open_workspace() as ws:
@@ -21,15 +25,16 @@ def list_(json_: bool = JSON) -> None:
     if json_:
         print_json(rows)
         return
-    table("models", ["name", "site", "purpose", "size", "parameters", "steps", "processes", "base", "datasets"],
-          [[r["name"], r["site"], r["purpose"], r["size"], f"{r['parameters']:,}", r["steps"], r["world_size"],
-            r["base"] or "", ", ".join(r["datasets"])] for r in rows])
+    table("models", ["name", "trained at", "sits at", "purpose", "size", "parameters", "steps", "processes", "base",
+                     "datasets", "status"],
+          [[r["name"], r["site"], ", ".join(r["sites"]), r["purpose"], r["size"], f"{r['parameters']:,}", r["steps"],
+            r["world_size"], r["base"] or "", ", ".join(r["datasets"]), r["status"]] for r in rows])
 
 
 @model_app.command("show")
-def show(name: str = typer.Argument(..., help="The model's name (see 'onshore model list')."),
-         json_: bool = JSON) -> None:
-    """A model's size, metrics, files and lineage: model -> datasets (shards) -> members -> site."""
+def show(name: str = NAME, json_: bool = JSON) -> None:
+    """A model's size, metrics, files, where it sits, lineage (model -> datasets -> members -> site),
+    effective policy and status (ok, tainted, must-retrain-by DATE, blocked) with the reasons."""
     from onshore.workspace import models
 
     with open_workspace() as ws:
@@ -43,8 +48,18 @@ def show(name: str = typer.Argument(..., help="The model's name (see 'onshore mo
     m = info["metrics"]
     console.print("metrics: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                           for k, v in m.items() if v is not None))
+    st = info["status"]
+    console.print(f"status: [bold]{esc(st['label'])}[/]" + "".join(f"\n  - {esc(r)}" for r in st["reasons"]))
+    eff = info["effective_policy"]
+    console.print(f"effective policy: jurisdictions {', '.join(eff['jurisdictions']) or 'none'}; sites "
+                  f"{'any' if eff['sites'] is None else ', '.join(eff['sites']) or 'none'}; purposes "
+                  f"{esc(', '.join(eff['purposes']) or 'none')}; expires {eff['expires']}; derived models "
+                  f"{esc(eff['derived_models'])}; Cedar sha256 {info['cedar_hash']}", highlight=False)
+    console.print("sits at: " + ", ".join(f"{esc(s['site'])} ({s['jurisdiction']}, ledger entry {s['ledger_index']})"
+                                          for s in info["sites"]), highlight=False)
     for fname, f in info["files"].items():
-        console.print(f"  {fname}  sha256 {f['sha256']}  {esc(f['path'])}", highlight=False)
+        console.print(f"  {fname}  sha256 {f['sha256']}  sealed {f['sealed_sha256']}  {esc(f['path'])}",
+                      highlight=False)
     rows = []
     for level in info["lineage"]:
         for d in level["datasets"]:
@@ -52,3 +67,51 @@ def show(name: str = typer.Argument(..., help="The model's name (see 'onshore mo
                          d["owner"], d["embodiment"], len(d["shards"]), d["weight"]])
     table("lineage", ["model", "trained at", "jurisdiction", "purpose", "dataset", "member", "embodiment",
                       "shards", "weight"], rows)
+    if info["taints"]:
+        table("taints", ["ledger entry", "dataset", "clause", "how"],
+              [[t["index"], t["dataset"], t["clause"], t["via"]] for t in info["taints"]])
+
+
+@model_app.command("copy")
+def copy(name: str = NAME,
+         to: str = typer.Option(..., "--to", metavar="SITE", help="The site to copy the model to."),
+         from_: str | None = typer.Option(None, "--from", metavar="SITE", help="The source site (default: the "
+                                          "training site)."),
+         json_: bool = JSON) -> None:
+    """Copy a model's sealed files to a site its lineage allows (exit 3 naming the dataset rule otherwise).
+
+    Example: onshore model copy pool --to tokyo
+    """
+    from onshore.workspace import models
+
+    with open_workspace() as ws:
+        out = models.copy_model(ws, name, to, from_)
+    if json_:
+        print_json(out)
+        return
+    console.print(f"copied model [bold]{esc(name)}[/] from {esc(out['from'])} to {esc(out['to'])} "
+                  f"(ledger entry {out['ledger_index']})")
+
+
+@model_app.command("export")
+def export(name: str = NAME,
+           site: str = typer.Option(..., "--site", metavar="SITE", help="The site exporting (must hold the model)."),
+           out: Path = typer.Option(..., "--out", metavar="DIR", help="A folder for model.safetensors and "
+                                    "model.json (plaintext); never inside a site's storage."),
+           purpose: str | None = typer.Option(None, "--purpose", help="Why the model leaves the store; every "
+                                              "lineage dataset must allow it."),
+           force: bool = typer.Option(False, "--force", help="Overwrite files in a folder that is not empty."),
+           json_: bool = JSON) -> None:
+    """Export a model as plain safetensors + JSON: decided like a dataset export, and recorded.
+
+    Example: onshore model export pool --site sakai --purpose fine-tuning --out pool-export/
+    """
+    from onshore.workspace import models
+
+    with open_workspace() as ws:
+        result = models.export_model(ws, name, site, out, purpose, force)
+    if json_:
+        print_json(result)
+        return
+    console.print(f"exported model [bold]{esc(name)}[/] at {esc(site)} to {esc(result['out'])} "
+                  f"(ledger entry {result['ledger_index']})")

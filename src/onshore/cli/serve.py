@@ -41,6 +41,8 @@ def run(
     model: str = typer.Argument(..., help="The model to serve (see 'onshore model list')."),
     site: str = typer.Option(..., "--site", help="The serving site: every dataset of the model must allow serve "
                                                  "there."),
+    purpose: str | None = typer.Option(None, "--purpose",
+                                       help="Purpose of the serving (default: the purpose the model was trained for)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(7070, "--port", help="Port to listen on (0: any free port)."),
     record_policy: Path | None = typer.Option(
@@ -52,7 +54,8 @@ def run(
                                          help="Name of the recorded dataset (default MODEL-run-RUNID)."),
     threads: int = typer.Option(2, "--threads", help="Inference threads (torch runs one thread in each)."),
 ) -> None:
-    """Serve MODEL at a site until Ctrl-C (exit 3, naming the dataset and rule, where its data forbids it).
+    """Serve MODEL at a site that holds it until Ctrl-C (exit 3, naming the dataset and rule, where its data
+    forbids it).
 
     Example: onshore serve consortium-tiny --site tokyo --port 7070 --record-policy run-policy.toml
     --record-member kansai-robotics
@@ -81,7 +84,8 @@ def run(
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with open_workspace() as ws:
-        running = service.start(ws, model, site, host, port, record, ServerLimits(infer_threads=threads))
+        running = service.start(ws, model, site, host, port, record, ServerLimits(infer_threads=threads),
+                                purpose=purpose)
         err.print(f"serving [bold]{esc(model)}[/] (sha256 {running.served.digest[:16]}...) at {esc(site)} on "
                   f"{esc(running.url)}; health at http://{esc(host)}:{running.port}/healthz; Ctrl-C stops",
                   highlight=False)

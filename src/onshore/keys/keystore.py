@@ -4,10 +4,11 @@ The embedded default keeps key files under the owner's folder with mode 0600; an
 transit engine would implement the same methods. A process acting as one site opens only that
 site's key store.
 
-A site holds one key-encryption key per dataset placed there (``datasets/NAME.key``). The
-dataset's data key is wrapped under it, and withdrawal destroys it. It lives here, in the site's
-custody, and not in the catalog, so that restoring a catalog backup taken before a withdrawal
-cannot bring the dataset back: the wrap in the old catalog no longer opens.
+A site holds one key-encryption key per dataset placed there (``datasets/NAME.key``) and one per
+model whose files sit there (``models/NAME.key``). The data key of the dataset (or of each model
+artifact) is wrapped under it, and withdrawal destroys it. It lives here, in the site's custody,
+and not in the catalog, so that restoring a catalog backup taken before a withdrawal cannot bring
+the data back: the wrap in the old catalog no longer opens.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ IDENTITY_FILE = "identity.pem"
 KEK_FILE = "kek.bin"
 KEK_BYTES = 32
 DATASET_KEYS = "datasets"
+#: The kinds of resource whose key-encryption keys a site keeps, and the folder of each.
+RESOURCE_FOLDERS = {"dataset": DATASET_KEYS, "model": "models"}
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -101,45 +104,48 @@ class KeyStore:
             raise IntegrityError(f"{path}: key-encryption key has {len(data)} bytes, expected {KEK_BYTES}")
         return data
 
-    # -- per-dataset key-encryption keys (sites only) ---------------------------------------------
+    # -- per-resource key-encryption keys (sites only): datasets and models -----------------------
 
-    def _dataset_key_path(self, dataset: str) -> Path:
-        return self.directory / DATASET_KEYS / f"{check_name(dataset, 'dataset')}.key"
+    def _key_path(self, kind: str, name: str) -> Path:
+        folder = RESOURCE_FOLDERS.get(kind)
+        if folder is None:
+            raise ValidationError(f"no key custody for a {kind!r}; use one of {', '.join(RESOURCE_FOLDERS)}")
+        return self.directory / folder / f"{check_name(name, kind)}.key"
 
-    def has_dataset_key(self, dataset: str) -> bool:
-        return self._dataset_key_path(dataset).exists()
+    def has_key(self, kind: str, name: str) -> bool:
+        return self._key_path(kind, name).exists()
 
-    def create_dataset_key(self, dataset: str) -> bytes:
-        """Generate and keep the key-encryption key of ``dataset`` at this site; refuses an existing one."""
+    def create_key(self, kind: str, name: str) -> bytes:
+        """Generate and keep the key-encryption key of ``kind`` ``name`` here; refuses an existing one."""
         key = secrets.token_bytes(KEK_BYTES)
-        _write_secret(self._dataset_key_path(dataset), key)
+        _write_secret(self._key_path(kind, name), key)
         return key
 
-    def dataset_key(self, dataset: str) -> bytes:
-        """The key-encryption key of ``dataset`` at this site. Only the site's key service calls this.
+    def key(self, kind: str, name: str) -> bytes:
+        """The key-encryption key of ``kind`` ``name`` at this site. Only the site's key service calls this.
 
-        Raises NotFoundError when there is none: the dataset was never placed here, or its key was
-        destroyed on withdrawal (then no backup of the catalog can open its data here).
+        Raises NotFoundError when there is none: the dataset or model was never placed here, or its
+        key was destroyed on withdrawal (then no backup of the catalog can open its data here).
         """
-        path = self._dataset_key_path(dataset)
+        path = self._key_path(kind, name)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             raise NotFoundError(
-                f"{path}: no key for dataset {dataset!r} in this site's custody; it was never placed here "
+                f"{path}: no key for {kind} {name!r} in this site's custody; it was never placed here "
                 "or its key was destroyed when consent was withdrawn") from None
         if len(data) != KEK_BYTES:
-            raise IntegrityError(f"{path}: dataset key has {len(data)} bytes, expected {KEK_BYTES}")
+            raise IntegrityError(f"{path}: {kind} key has {len(data)} bytes, expected {KEK_BYTES}")
         return data
 
-    def destroy_dataset_key(self, dataset: str) -> bool:
-        """Overwrite and delete the key of ``dataset`` here (crypto-shredding); True if one existed.
+    def destroy_key(self, kind: str, name: str) -> bool:
+        """Overwrite and delete the key of ``kind`` ``name`` here (crypto-shredding); True if one existed.
 
         The bytes are overwritten and synced before the unlink, and the folder is synced after, so
         that neither the old key nor its directory entry survive a crash. Copies of the custody
         folder made earlier (a backup of the site's keys) are out of reach: see the threat model.
         """
-        path = self._dataset_key_path(dataset)
+        path = self._key_path(kind, name)
         try:
             fd = os.open(path, os.O_WRONLY)
         except FileNotFoundError:
@@ -155,3 +161,17 @@ class KeyStore:
         finally:
             os.close(dfd)
         return True
+
+    # The dataset spellings that the key service and other layers use (the same files as above).
+
+    def has_dataset_key(self, dataset: str) -> bool:
+        return self.has_key("dataset", dataset)
+
+    def create_dataset_key(self, dataset: str) -> bytes:
+        return self.create_key("dataset", dataset)
+
+    def dataset_key(self, dataset: str) -> bytes:
+        return self.key("dataset", dataset)
+
+    def destroy_dataset_key(self, dataset: str) -> bool:
+        return self.destroy_key("dataset", dataset)

@@ -28,7 +28,8 @@ KINDS = {
              "data.abandoned"),
     "decision": ("decision",),
     "job": ("job.start", "job.end", "job.checkpoint"),
-    "model": ("model.release", "model.use", "model.attest", "model.taint", "model.serve"),
+    "model": ("model.release", "model.copy", "model.export", "model.eval", "model.use", "model.attest", "model.taint",
+              "model.serve"),
 }
 ALL_KINDS = frozenset(k for ks in KINDS.values() for k in ks)
 

@@ -8,12 +8,13 @@ larger ``m`` follows new observations faster). ``ensemble=False`` applies the ne
 first action instead.
 
 :class:`ModelPolicyFactory` is what evaluation hands to its worker processes: it names the
-model's files and their digests, and each worker loads the model once.
+model's sealed files, their digests and the data key the site's key service released for this
+use (workers run at that site, as a training job's peers do), and each worker loads the model once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,10 @@ def build(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> LoadedModel
     return LoadedModel(model, meta, table)
 
 
-def load(folder: Path, expect: dict[str, str] | None = None) -> LoadedModel:
-    """Load the model in ``folder`` (checking file digests against ``expect`` when given)."""
-    tensors, meta = io.read_artifact(folder, STEM, expect)
+def load(folder: Path, key: bytes, context: str, expect: dict[str, str],
+         expect_sealed: dict[str, str] | None = None) -> LoadedModel:
+    """Open the sealed model in ``folder`` with its data key, checking every digest (see ``io.read_artifact``)."""
+    tensors, meta = io.read_artifact(folder, STEM, key, context, expect, expect_sealed)
     return build(tensors, meta)
 
 
@@ -139,10 +141,11 @@ _cache: dict[tuple[str, str], LoadedModel] = {}
 
 @dataclass(frozen=True)
 class ModelPolicyFactory:
-    """Builds a :class:`ModelPolicy` in an evaluation worker (picklable: a folder and digests).
+    """Builds a :class:`ModelPolicy` in an evaluation worker (picklable: a folder, digests, a key).
 
-    Each process loads the files once, checking their digests, and runs torch on ``threads``
-    threads (evaluation already runs one worker per core).
+    Each process opens the sealed files once, checking their digests, and runs torch on
+    ``threads`` threads (evaluation already runs one worker per core). ``key`` is the released
+    data key of the model artifact and ``context`` the artifact's context (``io.write_artifact``).
     """
 
     folder: str
@@ -151,11 +154,15 @@ class ModelPolicyFactory:
     label: str = "model"  # the name evaluation reports show
     ensemble: bool = True
     threads: int = 1
+    key: bytes = field(default=b"", repr=False)
+    context: str = ""
+    sealed: tuple[tuple[str, str], ...] = ()
 
     def __call__(self) -> ModelPolicy:
         torch.set_num_threads(self.threads)
-        key = (self.folder, dict(self.digests).get(f"{STEM}.safetensors", ""))
-        loaded = _cache.get(key)
+        ident = (self.folder, dict(self.digests).get(f"{STEM}.safetensors", ""))
+        loaded = _cache.get(ident)
         if loaded is None:
-            loaded = _cache[key] = load(Path(self.folder), dict(self.digests))
+            loaded = _cache[ident] = load(Path(self.folder), self.key, self.context, dict(self.digests),
+                                          dict(self.sealed) or None)
         return ModelPolicy(loaded, self.embodiment, self.ensemble)

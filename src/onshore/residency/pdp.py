@@ -31,7 +31,12 @@ def _cedar() -> Any:
 
 @dataclass(frozen=True)
 class Request:
-    """Who (``principal``: "site:NAME" or "member:NAME") does ``action`` to ``dataset`` at ``site``."""
+    """Who (``principal``: "site:NAME" or "member:NAME") does ``action`` to ``dataset`` at ``site``.
+
+    ``resource`` says what ``dataset`` names: a dataset (the default) or a model (``"model"``,
+    made with :func:`model_request`); a model request's JSON says ``"model"`` instead of
+    ``"dataset"``, so no reader of dataset decisions mistakes one for the other.
+    """
 
     principal: str
     action: str
@@ -39,16 +44,28 @@ class Request:
     site: str | None = None
     purpose: str | None = None
     today: dt.date = field(default_factory=lambda: dt.datetime.now(dt.UTC).date())
+    resource: str = "dataset"
+
+    @property
+    def hash_key(self) -> str:
+        """The key of this resource's own Cedar hash in the decision point (models: ``model:NAME``)."""
+        return self.dataset if self.resource == "dataset" else f"model:{self.dataset}"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "principal": self.principal,
             "action": self.action,
-            "dataset": self.dataset,
+            self.resource: self.dataset,
             "site": self.site,
             "purpose": self.purpose,
             "today": self.today.isoformat(),
         }
+
+
+def model_request(principal: str, action: str, model: str, site: str | None = None,
+                  purpose: str | None = None) -> Request:
+    """A request about model ``model`` (decided by the model's Cedar, compiled from its lineage)."""
+    return Request(principal, action, model, site, purpose, resource="model")
 
 
 @dataclass(frozen=True)
@@ -58,7 +75,7 @@ class Decision:
     rules: tuple[str, ...]  # @id of each deciding policy (forbids on deny, permits on allow)
     policy_hash: str        # SHA-256 of the whole Cedar policy set in force
     site_jurisdiction: str | None = None
-    # SHA-256 of the dataset's own Cedar policies in that set (policy.cedar_hash), None if it has none
+    # SHA-256 of the dataset's (or model's) own Cedar policies in that set (policy.cedar_hash), or None
     dataset_policy_hash: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -79,6 +96,9 @@ class SiteFacts:
     roles: tuple[str, ...]
 
 
+_RESOURCE_TYPES = {"dataset": "Onshore::Dataset", "model": "Onshore::Model"}
+
+
 def _uid(principal: str) -> dict[str, str]:
     kind, name = parse_principal(principal)
     return {"type": {"site": "Onshore::Site", "member": "Onshore::Member"}[kind], "id": name}
@@ -91,7 +111,9 @@ def check_request(request: Request) -> None:
     ledger can carry a path, a quote or a control character.
     """
     parse_principal(request.principal)
-    check_name(request.dataset, "dataset")
+    if request.resource not in _RESOURCE_TYPES:
+        raise OnshoreError(f"unknown resource kind {request.resource!r}; use dataset or model")
+    check_name(request.dataset, request.resource)
     if request.site is not None:
         check_name(request.site, "site")
     if request.purpose is not None:
@@ -147,7 +169,7 @@ class PolicyDecisionPoint:
             {
                 "principal": _uid(request.principal),
                 "action": {"type": "Onshore::Action", "id": request.action},
-                "resource": {"type": "Onshore::Dataset", "id": request.dataset},
+                "resource": {"type": _RESOURCE_TYPES[request.resource], "id": request.dataset},
                 "context": context,
             },
             self._policies,
@@ -160,7 +182,7 @@ class PolicyDecisionPoint:
         if not result.allowed and not rules:
             rules = (DEFAULT_DENY,)
         decision = Decision(request, result.allowed, rules, self.policy_hash,
-                            site.jurisdiction if site else None, self._dataset_hashes.get(request.dataset))
+                            site.jurisdiction if site else None, self._dataset_hashes.get(request.hash_key))
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
         self._cache[request] = decision

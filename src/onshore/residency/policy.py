@@ -158,7 +158,7 @@ def load_policy(path: Path) -> tuple[UsagePolicy, str]:
 
 # ---- Cedar -------------------------------------------------------------------------------------
 
-def _action_list(actions: tuple[str, ...]) -> str:
+def action_list(actions: tuple[str, ...]) -> str:
     return "[" + ", ".join(f'Onshore::Action::"{a}"' for a in actions) + "]"
 
 
@@ -171,30 +171,41 @@ def day_number(day: dt.date) -> int:
     return day.year * 10000 + day.month * 100 + day.day
 
 
-def dataset_cedar(name: str, owner: str, policy: UsagePolicy, withdrawn: bool) -> str:
-    """The Cedar policies for one dataset. Names are checked, so they need no escaping."""
-    res = f'Onshore::Dataset::"{name}"'
-    use = _action_list(tuple(a for a in ACTIONS if a not in ("ingest", "withdraw")))
+def usage_clauses(rule: str, res: str, policy: UsagePolicy) -> list[str]:
+    """The ``forbid`` policies of a usage policy's clauses about resource ``res`` (a Cedar entity
+    uid), each with ``@id("RULE/CLAUSE")``: jurisdictions, purposes, purpose-required, expiry,
+    and sites when the policy names any. A dataset's policy and every model derived from it
+    compile the same clauses (for a model, ``rule`` names the model and the dataset)."""
     parts = [
-        f'@id("dataset/{name}/grant")\npermit (principal is Onshore::Site, action in {use}, resource == {res});',
-        f'@id("dataset/{name}/owner")\npermit (principal == Onshore::Member::"{owner}", '
-        f'action in {_action_list(("ingest", "withdraw"))}, resource == {res});',
-        f'@id("dataset/{name}/jurisdictions")\nforbid (principal, action, resource == {res})\n'
+        f'@id("{rule}/jurisdictions")\nforbid (principal, action, resource == {res})\n'
         f"  when {{ context has site }}\n"
         f"  unless {{ {_str_set(policy.jurisdictions)}.contains(context.site.jurisdiction) }};",
-        f'@id("dataset/{name}/purposes")\nforbid (principal, action, resource == {res})\n'
+        f'@id("{rule}/purposes")\nforbid (principal, action, resource == {res})\n'
         f"  when {{ context has purpose }} unless {{ {_str_set(policy.purposes)}.contains(context.purpose) }};",
-        f'@id("dataset/{name}/purpose-required")\nforbid (principal, action in {_action_list(PURPOSED_ACTIONS)}, '
+        f'@id("{rule}/purpose-required")\nforbid (principal, action in {action_list(PURPOSED_ACTIONS)}, '
         f"resource == {res})\n  unless {{ context has purpose }};",
-        f'@id("dataset/{name}/expiry")\nforbid (principal, action in {_action_list(SITED_ACTIONS)},\n'
+        f'@id("{rule}/expiry")\nforbid (principal, action in {action_list(SITED_ACTIONS)},\n'
         f"  resource == {res})\n  when {{ context.today > {day_number(policy.expires)} }};",
     ]
     if policy.sites:
         sites = "[" + ", ".join(f'Onshore::Site::"{s}"' for s in policy.sites) + "]"
         parts.append(
-            f'@id("dataset/{name}/sites")\nforbid (principal, action, resource == {res})\n'
+            f'@id("{rule}/sites")\nforbid (principal, action, resource == {res})\n'
             f"  when {{ context has site }} unless {{ {sites}.contains(context.site) }};"
         )
+    return parts
+
+
+def dataset_cedar(name: str, owner: str, policy: UsagePolicy, withdrawn: bool) -> str:
+    """The Cedar policies for one dataset. Names are checked, so they need no escaping."""
+    res = f'Onshore::Dataset::"{name}"'
+    use = action_list(tuple(a for a in ACTIONS if a not in ("ingest", "withdraw")))
+    parts = [
+        f'@id("dataset/{name}/grant")\npermit (principal is Onshore::Site, action in {use}, resource == {res});',
+        f'@id("dataset/{name}/owner")\npermit (principal == Onshore::Member::"{owner}", '
+        f'action in {action_list(("ingest", "withdraw"))}, resource == {res});',
+        *usage_clauses(f"dataset/{name}", res, policy),
+    ]
     if withdrawn:
         parts.append(f'@id("dataset/{name}/withdrawn")\nforbid (principal, action, resource == {res});')
     return "\n".join(parts) + "\n"
@@ -211,7 +222,7 @@ def workspace_cedar(jurisdiction: str | None) -> str:
     """Workspace-wide rules: ``forbid`` policies that no dataset policy can override."""
     parts = [
         '@id("workspace/role-storage")\nforbid (principal, action in '
-        f'{_action_list(("ingest", "copy"))}, resource)\n'
+        f'{action_list(("ingest", "copy"))}, resource)\n'
         '  when { context has site } unless { context.site.roles.contains("storage") };',
         '@id("workspace/role-compute")\nforbid (principal, action == Onshore::Action::"train", resource)\n'
         '  when { context has site } unless { context.site.roles.contains("compute") };',
@@ -223,7 +234,7 @@ def workspace_cedar(jurisdiction: str | None) -> str:
     if jurisdiction:
         parts.append(
             f'@id("workspace/jurisdiction-{jurisdiction}")\nforbid (principal, action in '
-            f"{_action_list(SITED_ACTIONS)}, resource)\n"
+            f"{action_list(SITED_ACTIONS)}, resource)\n"
             f'  when {{ context has site }} unless {{ context.site.jurisdiction == "{jurisdiction}" }};'
         )
     return "\n".join(parts) + "\n"

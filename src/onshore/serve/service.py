@@ -118,15 +118,16 @@ def _check_record(ws: Workspace, site: str, record: RecordOptions) -> None:
 
 def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: int = 7070,
           record: RecordOptions | None = None, limits: ServerLimits | None = None,
-          loader: Callable[[Workspace, str, str], ServedModel] = load_served_model) -> Running:
-    """Serve ``model`` at ``site`` on ``host:port`` (0: a free port) until ``stop()``.
+          loader: Callable[..., ServedModel] = load_served_model, purpose: str | None = None) -> Running:
+    """Serve ``model`` at ``site`` on ``host:port`` (0: a free port) until ``stop()``; ``purpose``
+    defaults to the purpose the model was trained for.
 
     Refused: see :func:`load_served_model` (exit 3 for policy); a bad recording (see
     ``_check_record``); a port that cannot be bound (``OnshoreError``).
     """
     if record is not None:
         _check_record(ws, site, record)
-    served = loader(ws, model, site)
+    served = loader(ws, model, site, purpose)
     tokens = TokenTable(ws, site)
     recorder = Recorder(Path(get_site(ws, site).root) / "runs" / ".spool") if record is not None else None
     server = PolicyServer(served, tokens, limits, recorder)
@@ -160,7 +161,7 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
     bound = started["port"]
     idx = ws.record("model.serve", f"site:{site}", {
         "event": "start", "model": model, "digest": served.digest, "files": served.files, "site": site,
-        "host": host, "port": bound, "release_index": served.release_index, "decision_indices": served.decisions,
+        "host": host, "port": bound, "purpose": served.purpose, "release_index": served.release_index,
         "embodiments": sorted(served.embodiments),
         "record": None if record is None else {"member": record.member, "policy": str(record.policy),
                                                "dataset": record.dataset}})

@@ -5,20 +5,23 @@ The order of a run, and what each step may touch:
 1. Check the request (names, sizes, weights); refuse a model name that exists.
 2. Decide ``train`` at the site for the purpose for **every** dataset (each decision in the
    ledger); any refusal raises ``PolicyDenied`` (exit 3) naming each rule, before any key is
-   released or byte read, and before any model folder exists. A fine-tune first decides that
-   its base model may be used at the site.
+   released or byte read, and before any model folder exists. A fine-tune first decides
+   ``train`` on its base model at the site for the purpose (the base's Cedar carries its own
+   lineage's clauses) and its key service releases the base's key.
 3. Release each dataset's key at the site (each release in the ledger with the purpose). In a
    job of several processes only rank 0 talks to the workspace; it hands the keys to its peers
    over the process group, which runs inside the site.
 4. One pass over the shards for normalisation statistics, tasks and held-out windows; then the
    steps, streaming windows shard by shard (see :mod:`onshore.train.data`).
 5. Every ``checkpoint_every`` steps, a checkpoint (weights, EMA, optimizer, data position)
-   under ``SITE_ROOT/models/NAME/checkpoints/``, recorded as ``job.checkpoint``. Running the
+   under ``SITE_ROOT/models/NAME/checkpoints/``, sealed with the job's key (wrapped under the
+   model's key in the site's custody, ``keyservice.checkpoint_key``), recorded as ``job.checkpoint``. Running the
    same request again after a crash or ``kill -9`` resumes from the newest checkpoint and ends
    with the same weights as an uninterrupted run.
-6. At the end: the EMA weights as ``model.safetensors`` + ``model.json``, ``metrics.csv``,
-   ``loss.png``, ``job.end`` and ``model.release`` in the ledger, the model and its lineage in
-   the catalog.
+6. At the end: the EMA weights as ``model.safetensors`` + ``model.json``, sealed under a new
+   data key for the artifact (``model/io.py``), ``metrics.csv``, ``loss.png``, ``job.end`` and
+   ``model.release`` in the ledger, the model and its lineage in the catalog, the key wrapped for
+   the training site only.
 
 Optimisation: AdamW (no weight decay on norms, biases and tokens), linear warm-up then cosine
 decay to ``min_lr_ratio``, gradient clipping, EMA of the weights with a warm-up
@@ -43,6 +46,7 @@ import torch
 
 import onshore
 from onshore.errors import OnshoreError, PolicyDenied, ValidationError
+from onshore.keys.envelope import new_data_key
 from onshore.model import io
 from onshore.model import policy as mp
 from onshore.model.network import CONFIGS, EmbodimentSpec, FoundationModel, ModelConfig, init_seed, parameter_count
@@ -52,11 +56,13 @@ from onshore.train import distributed as D
 from onshore.train.data import Mixer, Scan, normalise, scan
 from onshore.train.metrics import MetricsLog, plot_losses
 from onshore.workspace import datasets as wsd
+from onshore.workspace import keyservice
 from onshore.workspace import models as wsm
 from onshore.workspace.registry import get_embodiment, get_site
 from onshore.workspace.workspace import Workspace
 
 CHECKPOINT_STEM = "train"
+CHECKPOINT_KEY_FILE = "key.wrap"  # the job key, wrapped under the model's key in the site's custody
 KEEP_CHECKPOINTS = 2
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -196,8 +202,9 @@ def _prologue(ws: Workspace, req: TrainRequest, world: D.World) -> dict[str, Any
     site = get_site(ws, req.site)
     base_info = None
     if req.base is not None:
-        row = wsm.authorize_use(ws, req.base, req.site)
-        base_info = {"folder": str(wsm.model_folder(ws, row)), "files": row["files"], "name": req.base}
+        base = wsm.open_model(ws, req.base, req.site, "train", req.purpose)
+        base_info = {"folder": str(base.folder), "files": base.files, "sealed": base.sealed, "name": req.base,
+                     "key": base.key, "context": base.context}
     opened = wsd.open_resident(ws, list(req.datasets), req.site, req.purpose, "train")
     embodiments = {d.embodiment: get_embodiment(ws, d.embodiment).to_dict() for d in opened}
     folder = Path(site.root) / "models" / req.name
@@ -232,9 +239,13 @@ def _claim_folder(folder: Path, req: TrainRequest) -> Path | None:
 
 # ---- checkpoints -------------------------------------------------------------------------------------
 
+def _checkpoint_context(name: str) -> str:
+    return f"checkpoint:{name}"
+
+
 def _write_checkpoint(folder: Path, step: int, model_state: dict[str, Any], optim_state: dict[str, Any],
-                      ema: dict[str, torch.Tensor], meta: dict[str, Any], task_vectors: np.ndarray
-                      ) -> dict[str, str]:
+                      ema: dict[str, torch.Tensor], meta: dict[str, Any], task_vectors: np.ndarray,
+                      key: bytes, name: str) -> dict[str, str]:
     tensors = {f"model.{k}": v for k, v in model_state.items()}
     tensors["task_vectors"] = torch.from_numpy(np.ascontiguousarray(task_vectors, dtype=np.float32))
     tensors.update({f"ema.{k}": v for k, v in ema.items()})
@@ -245,7 +256,7 @@ def _write_checkpoint(folder: Path, step: int, model_state: dict[str, Any], opti
             "optim_keys": {fqn: sorted(st) for fqn, st in optim_state["state"].items()}}
     ckpts = folder / "checkpoints"
     tmp = ckpts / f".step-{step:07d}.{uuid.uuid4().hex}"
-    files = io.write_artifact(tmp, CHECKPOINT_STEM, tensors, meta)
+    files = io.write_artifact(tmp, CHECKPOINT_STEM, tensors, meta, key, _checkpoint_context(name)).files
     (tmp / "digests.json").write_text(json.dumps(files, sort_keys=True))
     final = ckpts / f"step-{step:07d}"
     if final.exists():
@@ -256,9 +267,9 @@ def _write_checkpoint(folder: Path, step: int, model_state: dict[str, Any], opti
     return files
 
 
-def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _read_checkpoint(path: Path, key: bytes, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     expect = json.loads((path / "digests.json").read_text())
-    return io.read_artifact(path, CHECKPOINT_STEM, expect)
+    return io.read_artifact(path, CHECKPOINT_STEM, key, _checkpoint_context(name), expect)
 
 
 def _split_checkpoint(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
@@ -308,6 +319,8 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
             payload = _prologue(ws, req, world)
             resume_path = _claim_folder(Path(payload["folder"]), req)
             payload["resume"] = str(resume_path) if resume_path else None
+            payload["checkpoint_key"] = keyservice.checkpoint_key(
+                ws, req.name, req.site, Path(payload["folder"]) / "checkpoints" / CHECKPOINT_KEY_FILE)
         except OnshoreError as e:
             error = (e.exit_code, str(e), list(getattr(e, "rules", [])))
     payload, error = D.broadcast(world, (payload, error))
@@ -322,7 +335,8 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
     embodiments = {n: Embodiment.from_dict(e) for n, e in payload["embodiments"].items()}
 
     # -- base model (fine-tuning) and configuration --
-    base = mp.load(Path(payload["base"]["folder"]), payload["base"]["files"]) if payload["base"] else None
+    b = payload["base"]
+    base = mp.load(Path(b["folder"]), b["key"], b["context"], b["files"], b["sealed"]) if b else None
     cfg: ModelConfig = base.config if base is not None else replace(CONFIGS[req.size], **dict(req.model_overrides))
     keep = dict(base.model.specs) if base is not None else {}
 
@@ -330,7 +344,7 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
     ckpt_tensors: dict[str, torch.Tensor] | None = None
     ckpt_meta: dict[str, Any] | None = None
     if resume_path is not None:
-        ckpt_tensors, ckpt_meta = _read_checkpoint(resume_path)
+        ckpt_tensors, ckpt_meta = _read_checkpoint(resume_path, payload["checkpoint_key"], req.name)
     scanned: Scan | None = None
     encoder_name = tc.text_encoder
     vectors: np.ndarray | None = None
@@ -426,7 +440,8 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
         if world.main:
             assert ws is not None
             files = _write_checkpoint(folder, step, model_state, optim_state, ema_full, {
-                **static_meta, "mixer": mixer.state(), "job": job}, vectors)  # a resume does not re-encode tasks
+                **static_meta, "mixer": mixer.state(), "job": job}, vectors,  # a resume does not re-encode tasks
+                payload["checkpoint_key"], req.name)
             ws.record("job.checkpoint", f"site:{req.site}", {"job": job, "model": req.name, "step": step,
                                                               "files": files})
         D.barrier(world)
@@ -496,10 +511,12 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
                          steps=steps_total, **{k: v for k, v in static_meta.items()
                                                if k not in ("config", "embodiments", "tasks", "text_encoder")},
                          metrics=metrics)
-    files = io.write_artifact(folder, mp.STEM, tensors, meta)
+    data_key = new_data_key()  # one per model artifact; the key service wraps it for this site only
+    written = io.write_artifact(folder, mp.STEM, tensors, meta, data_key, wsm.artifact_context(req.name))
+    files = written.files
     plot_losses(metrics_log.rows(), folder / "loss.png", f"{req.name}: {cfg.size}, {steps_total} steps")
     ws.record("job.end", f"site:{req.site}", {"job": job, "model": req.name, "step": steps_total, "files": files,
-                                              "metrics": metrics})
+                                              "sealed": written.sealed, "metrics": metrics})
     site_root = Path(get_site(ws, req.site).root)
     idx = wsm.release(ws, wsm.ModelRelease(
         name=req.name, site=req.site, purpose=req.purpose, size=cfg.size,
@@ -507,7 +524,8 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
                 "weights": list(req.weights_or_default())},
         folder=str(folder.relative_to(site_root)), files=files, parameters=parameter_count(final),
         steps=steps_total, world_size=world.size, metrics=metrics, datasets=lineage, base=req.base,
-        job={"id": job, "code_version": static_meta["code_version"], "policy_hash": payload["policy_hash"]}))
+        job={"id": job, "code_version": static_meta["code_version"], "policy_hash": payload["policy_hash"]},
+        sealed=written.sealed), data_key)
     (folder / "run.json").unlink(missing_ok=True)  # the run is finished: nothing to resume
     return TrainResult(req.name, req.site, folder, files, steps_total, start, parameter_count(final), metrics,
                        world.size, metrics["samples_per_s"], idx)

@@ -36,7 +36,7 @@ from onshore.telemetry.lerobot import write_lerobot_v3
 from onshore.telemetry.provenance import read_provenance, with_provenance
 from onshore.workspace import attempts, keyservice
 from onshore.workspace.lineage import check_redistribution
-from onshore.workspace.models import derived_from
+from onshore.workspace.models import derived_from, taint_entries
 from onshore.workspace.paths import check_plaintext_destination
 from onshore.workspace.registry import get_embodiment, get_site
 from onshore.workspace.workspace import Workspace
@@ -457,9 +457,11 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
     Only the owning member may withdraw. Afterwards every read, copy, export or training of the
     dataset is refused by the ``dataset/NAME/withdrawn`` rule, and the shard bytes are noise.
     Returns the sites whose keys were destroyed and the derived models (with the policy's
-    derived-model clause). In the catalog's write turn the entries are appended, then the keys
-    destroyed, then the catalog commits; a crash after the append is rolled forward by the next
-    command or `onshore doctor --repair`, never back.
+    derived-model clause); each derived model, directly or through fine-tuning, gets a
+    ``model.taint`` entry in the same append, and from then on the clause governs it (the
+    models' Cedar is rebuilt from the ledger's withdrawals). In the catalog's write turn the
+    entries are appended, then the keys destroyed, then the catalog commits; a crash after the
+    append is rolled forward by the next command or `onshore doctor --repair`, never back.
     """
     row = ws.row("dataset", name)
     ws.row("member", member)
@@ -478,7 +480,8 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
             attempt.outcome = ws.record_many(
                 [("consent.withdraw", f"member:{member}", {"dataset": name, "decision_index": attempt.decision_index,
                                                            "derived_models": models, "derived_models_clause": clause})]
-                + [("key.shred", f"site:{s}", {"dataset": name, "site": s}) for s in sites],
+                + [("key.shred", f"site:{s}", {"dataset": name, "site": s}) for s in sites]
+                + taint_entries(ws, name, member, clause),
                 attempts.ledgered(attempt))
             crash_point("withdraw.ledgered")
             keyservice.shred(ws, conn, name)
@@ -486,6 +489,7 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
                                                                                     withdrawn_at=now_iso()))
     crash_point("withdraw.committed")
     attempts.finish(ws, attempt)
+
     ws.invalidate()
     return {"dataset": name, "shredded_at": sites, "derived_models": models, "derived_models_clause": clause,
             "ledger_indices": attempt.outcome}

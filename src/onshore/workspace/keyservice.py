@@ -10,23 +10,31 @@ Key material: the data key is wrapped (AES-256-GCM, bound to dataset and site) u
 key-encryption key in the site's key custody (``KeyStore.dataset_key``); the catalog keeps only the
 wrap. Withdrawal destroys the custody key at every site, so a catalog restored from a backup holds
 wraps that no longer open.
+
+Models are handled the same way: each model artifact has its own data key, wrapped under the
+model's key-encryption key in the custody of each site that holds the model (``model_key_wraps``
+in the catalog), and released only after the decision point allows the action on the *model*
+(whose Cedar repeats every lineage dataset's clauses, ``residency/modelpolicy.py``). A site that
+may not hold the model is never given a wrap. A training job's checkpoints are sealed with a job
+key wrapped under the same custody key, its wrap kept beside them.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
 from onshore.catalog import schema as T
 from onshore.errors import NotFoundError, OnshoreError, PolicyDenied, ValidationError
-from onshore.keys.envelope import unwrap_key, wrap_key
+from onshore.keys.envelope import new_data_key, unwrap_key, wrap_key
 from onshore.ledger.entries import now_iso
 from onshore.ledger.log import AppendHook
 from onshore.names import check_name
-from onshore.residency.pdp import Decision, Request
+from onshore.residency.pdp import Decision, Request, model_request
 from onshore.workspace.workspace import Workspace
 
 #: The rule a refusal names when the ledger records a withdrawal of the dataset.
@@ -153,3 +161,93 @@ def shred(ws: Workspace, conn: Any, dataset: str) -> list[str]:
                      .values(wrapped=os.urandom(60)))
     conn.execute(delete(T.key_wraps).where(T.key_wraps.c.dataset == dataset))
     return sorted(listed | destroyed)
+
+
+# -- models ------------------------------------------------------------------------------------------
+
+def _model_context(model: str, site: str) -> bytes:
+    return f"onshore-model-key:v1:{model}:{site}".encode()
+
+
+def _checkpoint_context(model: str, site: str) -> bytes:
+    return f"onshore-checkpoint-key:v1:{model}:{site}".encode()
+
+
+def wrap_model_for_site(ws: Workspace, conn: Any, model: str, site: str, data_key: bytes, ledger_index: int,
+                        keep_custody_key: bool = False) -> None:
+    """Store the model artifact's ``data_key`` wrapped for ``site``, inside the caller's transaction.
+
+    Callers only do this after the model may sit at ``site``: the training site at release (its
+    training decisions allowed it; ``keep_custody_key`` reuses the custody key the job created),
+    or a copy target after an allow decision on the model. A custody key left at a copy target by
+    a crashed attempt (no wrap in the catalog) is replaced. Refuses a site that already holds it.
+    """
+    check_name(model, "model")
+    store = ws.keystore(f"site:{site}")
+    held = conn.execute(select(T.model_key_wraps.c.site).where(
+        T.model_key_wraps.c.model == model, T.model_key_wraps.c.site == site)).first()
+    if held is not None:
+        raise ValidationError(f"site {site!r} already holds model {model!r}")
+    if store.has_key("model", model) and not keep_custody_key:
+        store.destroy_key("model", model)
+    kek = store.key("model", model) if store.has_key("model", model) else store.create_key("model", model)
+    conn.execute(insert(T.model_key_wraps).values(model=model, site=site, wrapped=wrap_key(
+        kek, data_key, _model_context(model, site)), ledger_index=ledger_index, created_at=now_iso()))
+
+
+def checkpoint_key(ws: Workspace, model: str, site: str, wrap_file: Path) -> bytes:
+    """The data key that seals the checkpoints of the training job of ``model`` at ``site``.
+
+    A new job (no ``wrap_file`` yet) gets a fresh custody key for the model (replacing one a job
+    killed before it wrote its first file left behind) and a fresh job key, whose wrap is written
+    to ``wrap_file``; a resumed job unwraps the one it wrote. Called by the training run after
+    every dataset of the job was decided and released at ``site``.
+    """
+    check_name(model, "model")
+    store = ws.keystore(f"site:{site}")
+    context = _checkpoint_context(model, site)
+    if wrap_file.is_file():
+        return unwrap_key(store.key("model", model), wrap_file.read_bytes(), context)
+    if store.has_key("model", model):
+        store.destroy_key("model", model)
+    key = new_data_key()
+    wrap_file.write_bytes(wrap_key(store.create_key("model", model), key, context))
+    return key
+
+
+def release_model(ws: Workspace, model: str, site: str, action: str, purpose: str | None = None,
+                  copy_to: str | None = None) -> Release:
+    """Unwrap the model's data key at ``site`` for ``action``, after deciding so itself; records both.
+
+    The request is about the model (its Cedar: every lineage dataset's clauses and, for withdrawn
+    ones, their derived-model clause). For a copy, ``copy_to`` names the target, and the target's
+    copy is what is decided. Refuses (PolicyDenied, exit 3) whatever the decision point denies,
+    naming the rule (``model/MODEL/dataset/DATASET/CLAUSE``); (OnshoreError) a site that does not
+    hold the model or whose custody key is gone.
+    """
+    check_name(model, "model")
+    check_name(site, "site")
+    if (action == "copy") != (copy_to is not None):
+        raise ValidationError("a key release for a copy names its target (copy_to), and only a copy does")
+    if copy_to is not None:
+        request = model_request(f"site:{copy_to}", "copy", model, copy_to)
+    else:
+        request = model_request(f"site:{site}", action, model, site, purpose)
+    decision, decision_index = ws.authorize(request)
+    with ws.catalog.connect() as conn:
+        row = conn.execute(select(T.model_key_wraps.c.wrapped).where(
+            T.model_key_wraps.c.model == model, T.model_key_wraps.c.site == site)).first()
+    missing = (f"model {model!r} is not at site {site!r} (no key there); copy it there first if its lineage's "
+               "policies allow ('onshore model copy'), see 'onshore model show'")
+    if row is None:
+        raise OnshoreError(missing)
+    try:
+        kek = ws.keystore(f"site:{site}").key("model", model)
+    except NotFoundError as e:
+        raise OnshoreError(f"{missing} ({e})") from None
+    key = unwrap_key(kek, bytes(row[0]), _model_context(model, site))
+    index = ws.record("key.release", f"site:{site}", {
+        "model": model, "site": site, "action": action, "purpose": purpose,
+        "decision_index": decision_index, "policy_hash": decision.policy_hash,
+    })
+    return Release(key, decision, decision_index, index)

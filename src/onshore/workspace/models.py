@@ -1,31 +1,52 @@
-"""Models in the catalog and the ledger: release, lineage, listing, and where a model may be used.
+"""Models in the catalog and the ledger: release, lineage, where a model sits, and every use of it.
 
 A model's lineage is: the model -> the datasets it was trained on (with the exact shard digests
 read) -> their owners (members) -> the site it was trained at; a fine-tuned model adds its base
-model's lineage. Using a model at a site (evaluation now, serving later) is decided like a read
-of derived data: every dataset of the lineage must allow ``read`` at that site for the purpose
-its data was granted for in that training (the model's purpose, or its ancestor's). Issue-level
-note: encryption of model files and a model policy compiled to Cedar come later; this module is
-where they plug in.
+model's lineage. A model is derived data (``residency/modelpolicy.py``): its effective policy is
+the intersection of its lineage's policies, compiled to Cedar like a dataset's, and every use of it
+(evaluation, fine-tuning, serving, copy, export) is a decision about the *model* that names the
+dataset rule that refused. Its files are sealed at rest (``model/io.py``) with a data key per
+artifact that the key service of a site releases only after that decision
+(``keyservice.release_model``); a site that may not hold the model never gets a wrap.
+
+Withdrawal of a lineage dataset reaches the model: ``taint_entries`` are recorded with the
+withdrawal, and the dataset's derived-model clause decides what may still run (``model_status``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, select
 
 from onshore.catalog import schema as T
 from onshore.catalog.db import write_transaction
-from onshore.errors import NotFoundError, PolicyDenied, ValidationError
+from onshore.errors import IntegrityError, NotFoundError, ValidationError
+from onshore.files import check_output_file
 from onshore.ledger.entries import now_iso
+from onshore.model import io
 from onshore.names import check_name
-from onshore.residency.pdp import Request
+from onshore.residency.modelpolicy import EffectivePolicy, LineageDataset, ModelStatus, effective_policy, model_status
+from onshore.residency.pdp import Decision, model_request
+from onshore.workspace import keyservice
+from onshore.workspace.paths import check_plaintext_destination
 from onshore.workspace.registry import get_site
 from onshore.workspace.workspace import Workspace
+
+if TYPE_CHECKING:
+    from onshore.model.policy import LoadedModel
+
+#: The stem of a released model's files (``model.safetensors`` and ``model.json``, sealed).
+STEM = "model"
+
+
+def artifact_context(name: str) -> str:
+    """The context a released model's files are sealed under (``io.write_artifact``)."""
+    return f"model:{check_name(name, 'model')}"
 
 
 @dataclass
@@ -46,13 +67,12 @@ class ModelRelease:
     datasets: list[dict[str, Any]]  # name, owner, embodiment, weight, shards, decision_index
     base: str | None = None
     job: dict[str, Any] = field(default_factory=dict)
+    sealed: dict[str, str] = field(default_factory=dict)  # sealed file name -> sha256 on disk
 
 
 def ensure_tables(ws: Workspace) -> None:
     """Create the model tables in a catalog made before they existed (idempotent)."""
-    if not getattr(ws, "_model_tables", False):
-        T.metadata.create_all(ws.catalog, tables=[T.models, T.model_datasets])
-        ws._model_tables = True  # type: ignore[attr-defined]
+    ws.ensure_model_tables()
 
 
 def check_new_name(ws: Workspace, name: str) -> None:
@@ -64,8 +84,9 @@ def check_new_name(ws: Workspace, name: str) -> None:
             raise ValidationError(f"model {name!r} already exists; choose a new --name (see 'onshore model list')")
 
 
-def release(ws: Workspace, r: ModelRelease) -> int:
-    """Record a finished model: catalog rows and a ``model.release`` ledger entry signed by the site."""
+def release(ws: Workspace, r: ModelRelease, data_key: bytes) -> int:
+    """Record a finished model: catalog rows, a ``model.release`` ledger entry signed by the site,
+    and its data key wrapped for the training site (the only site that holds it so far)."""
     ensure_tables(ws)
     with write_transaction(ws.catalog, "the catalog") as conn:
         # checked again in the write turn: two runs with the same --name race to here
@@ -73,8 +94,8 @@ def release(ws: Workspace, r: ModelRelease) -> int:
             raise ValidationError(f"model {r.name!r} already exists; choose a new --name (see 'onshore model list')")
         idx = ws.record("model.release", f"site:{r.site}", {
             "model": r.name, "site": r.site, "jurisdiction": get_site(ws, r.site).jurisdiction,
-            "purpose": r.purpose, "base": r.base, "size": r.size, "files": r.files, "steps": r.steps,
-            "world_size": r.world_size, "parameters": r.parameters, "job": r.job,
+            "purpose": r.purpose, "base": r.base, "size": r.size, "files": r.files, "sealed": r.sealed,
+            "steps": r.steps, "world_size": r.world_size, "parameters": r.parameters, "job": r.job,
             "datasets": [{k: d[k] for k in ("name", "owner", "shards", "decision_index")} for d in r.datasets]})
         conn.execute(insert(T.models).values(
             name=r.name, site=r.site, purpose=r.purpose, base=r.base, size=r.size, config=json.dumps(r.config),
@@ -84,6 +105,8 @@ def release(ws: Workspace, r: ModelRelease) -> int:
             {"model": r.name, "dataset": d["name"], "owner": d["owner"], "embodiment": d["embodiment"],
              "weight": str(d["weight"]), "shards": json.dumps(d["shards"]), "decision_index": d["decision_index"]}
             for d in r.datasets])
+        keyservice.wrap_model_for_site(ws, conn, r.name, r.site, data_key, idx, keep_custody_key=True)
+    ws.invalidate()  # the model's Cedar joins the policy set
     return idx
 
 
@@ -100,8 +123,31 @@ def get_model(ws: Workspace, name: str) -> dict[str, Any]:
     return out
 
 
-def model_folder(ws: Workspace, row: dict[str, Any]) -> Path:
-    return Path(get_site(ws, row["site"]).root) / row["folder"]
+def model_folder(ws: Workspace, row: dict[str, Any], site: str | None = None) -> Path:
+    """Where the model's sealed files are at ``site`` (default: the training site)."""
+    return Path(get_site(ws, site or row["site"]).root) / row["folder"]
+
+
+def release_entry(ws: Workspace, name: str) -> dict[str, Any]:
+    """The body of the model's ``model.release`` entry in the signed ledger: the digests that count.
+
+    Refuses (IntegrityError) a catalog whose ledger index for the model is not that entry.
+    """
+    row = get_model(ws, name)
+    entry = ws.ledger.get(int(row["ledger_index"]))
+    if entry.entry.kind != "model.release" or entry.entry.body.get("model") != name:
+        raise IntegrityError(f"the catalog says ledger entry {row['ledger_index']} released model {name!r}, but it "
+                             f"is a {entry.entry.kind}; run 'onshore ledger verify' and investigate")
+    return entry.entry.body
+
+
+def sites_of(ws: Workspace, name: str) -> list[dict[str, Any]]:
+    """Every site that holds the model (its files and a wrap of its key): site, jurisdiction, ledger index."""
+    ensure_tables(ws)
+    with ws.catalog.connect() as conn:
+        rows = conn.execute(select(T.model_key_wraps.c.site, T.model_key_wraps.c.ledger_index)
+                            .where(T.model_key_wraps.c.model == name).order_by(T.model_key_wraps.c.ledger_index)).all()
+    return [{"site": s, "jurisdiction": get_site(ws, s).jurisdiction, "ledger_index": i} for s, i in rows]
 
 
 def _datasets_of(ws: Workspace, name: str) -> list[dict[str, Any]]:
@@ -145,33 +191,176 @@ def derived_from(ws: Workspace, dataset: str) -> list[dict[str, Any]]:
     return [{"model": m, "site": sites[m], "via": how} for m, how in sorted(found.items())]
 
 
-def authorize_use(ws: Workspace, name: str, site: str) -> dict[str, Any]:
-    """Decide whether model ``name`` may be loaded at ``site``; returns its row, or raises PolicyDenied.
+def lineage_datasets(ws: Workspace, name: str) -> list[LineageDataset]:
+    """The model's lineage datasets with their policies and withdrawals (read from the ledger)."""
+    get_model(ws, name)
+    return ws.model_lineages().get(name, [])
 
-    Every dataset in its lineage is decided as ``read`` at ``site`` for the purpose it was trained
-    for (each decision recorded); any refusal names the dataset and rule. An allowed use is
-    recorded as ``model.use`` signed by the site, citing the decisions.
+
+def effective(ws: Workspace, name: str) -> EffectivePolicy:
+    """The model's effective policy: the intersection of its lineage's policies."""
+    return effective_policy(lineage_datasets(ws, name))
+
+
+def status(ws: Workspace, name: str, today: dt.date | None = None) -> ModelStatus:
+    """ok, tainted, must-retrain-by DATE or blocked, with the reasons (see ``modelpolicy.model_status``)."""
+    return model_status(lineage_datasets(ws, name), today or dt.datetime.now(dt.UTC).date())
+
+
+def decide(ws: Workspace, name: str, action: str, site: str, purpose: str | None = None) -> tuple[Decision, int]:
+    """Decide ``action`` on model ``name`` at ``site`` for ``purpose``, recorded; nothing else happens."""
+    get_model(ws, name)
+    get_site(ws, site)
+    return ws.decide(model_request(f"site:{site}", action, name, site, purpose))
+
+
+@dataclass
+class OpenedModel:
+    """A model whose data key a site's key service released for one decided action."""
+
+    name: str
+    site: str
+    folder: Path
+    files: dict[str, str]   # plaintext digests, from the ledger's model.release
+    sealed: dict[str, str]  # sealed-file digests, from the same entry
+    decision_index: int
+    release_index: int
+    key: bytes = field(repr=False)
+
+    @property
+    def context(self) -> str:
+        return artifact_context(self.name)
+
+    def plaintexts(self) -> dict[str, bytes]:
+        """The decrypted files, after every digest check against the ledger (IntegrityError otherwise)."""
+        return io.read_plaintexts(self.folder, STEM, self.key, self.context, self.files, self.sealed)
+
+
+def open_model(ws: Workspace, name: str, site: str, action: str, purpose: str | None = None) -> OpenedModel:
+    """Decide ``action`` on the model at ``site`` and release its key there (both recorded).
+
+    Refuses (PolicyDenied, exit 3) what the model's Cedar denies, naming the lineage dataset's
+    rule; (OnshoreError) a site that does not hold the model. Files are not read here.
     """
     row = get_model(ws, name)
     get_site(ws, site)
-    decisions, refused, rules = [], [], set()
-    for level in lineage(ws, name):
-        for d in level["datasets"]:
-            decision, idx = ws.decide(Request(f"site:{site}", "read", d["dataset"], site, level["purpose"]))
-            decisions.append(idx)
-            if not decision.allowed:
-                refused.append(f"dataset {d['dataset']!r} (via model {level['model']}): rule(s) "
-                               f"{', '.join(decision.rules)} (ledger entry {idx})")
-                rules.update(decision.rules)
-    if refused:
-        raise PolicyDenied(f"refused: model {name!r} may not be used at site {site!r}: " + "; ".join(refused),
-                           sorted(rules))
-    ws.record("model.use", f"site:{site}", {"model": name, "site": site, "files": row["files"],
-                                            "decision_indices": decisions})
-    return row
+    body = release_entry(ws, name)
+    rel = keyservice.release_model(ws, name, site, action, purpose)
+    return OpenedModel(name, site, model_folder(ws, row, site), dict(body["files"]), dict(body.get("sealed") or {}),
+                       rel.decision_index, rel.index, rel.key)
+
+
+def load_model_for(ws: Workspace, name: str, site: str, action: str = "read", purpose: str | None = None
+                   ) -> LoadedModel:
+    """The model ready to act at ``site`` for ``action`` ("read" for evaluation, "train" for
+    fine-tuning, "serve" for serving), after the decision and the key release (both recorded).
+
+    Every file is checked against the digests the ledger's ``model.release`` recorded (sealed and
+    plaintext): an altered file on disk is refused (IntegrityError) before any byte is used.
+    Refused with PolicyDenied (exit 3): whatever the model's Cedar denies, e.g. serving a model
+    whose lineage dataset was withdrawn under ``stop-serving``, naming that dataset's rule.
+    """
+    from onshore.model.policy import build  # torch only when a model is used
+
+    opened = open_model(ws, name, site, action, purpose)
+    tensors, meta = io.read_artifact(opened.folder, STEM, opened.key, opened.context, opened.files, opened.sealed)
+    return build(tensors, meta)
+
+
+def copy_model(ws: Workspace, name: str, to_site: str, from_site: str | None = None) -> dict[str, Any]:
+    """Copy the model's sealed files to ``to_site`` and wrap its key for that site.
+
+    Decided as ``copy`` of the model by the target at the target: a site outside the lineage's
+    intersection is refused (exit 3) naming the dataset rule, before any byte moves or any wrap is
+    made. The sealed files move as they are (same data key) and are checked against the ledger's
+    digests; the copy is recorded as ``model.copy`` signed by the target.
+    """
+    row = get_model(ws, name)
+    target = get_site(ws, to_site)
+    held = [s["site"] for s in sites_of(ws, name)]
+    if to_site in held:
+        raise ValidationError(f"model {name!r} is already at site {to_site!r}")
+    source = from_site or (row["site"] if row["site"] in held else (held[0] if held else None))
+    if source is None or source not in held:
+        raise ValidationError(f"model {name!r} is not at site {from_site!r}; it sits at {', '.join(held) or 'no site'}")
+    body = release_entry(ws, name)
+    rel = keyservice.release_model(ws, name, source, "copy", copy_to=to_site)
+    dst = model_folder(ws, row, to_site)
+    written = io.copy_sealed(model_folder(ws, row, source), dst, STEM, dict(body.get("sealed") or {}))
+    try:
+        with ws.catalog.begin() as conn:
+            idx = ws.record("model.copy", f"site:{to_site}", {
+                "model": name, "from": source, "to": to_site, "jurisdiction": target.jurisdiction,
+                "decision_index": rel.decision_index, "release_index": rel.index,
+                "policy_hash": rel.decision.policy_hash, "sealed": body.get("sealed")})
+            keyservice.wrap_model_for_site(ws, conn, name, to_site, rel.key, idx)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return {"model": name, "from": source, "to": to_site, "files": len(written), "ledger_index": idx}
+
+
+def export_model(ws: Workspace, name: str, site: str, out: Path, purpose: str | None = None,
+                 force: bool = False) -> dict[str, Any]:
+    """Write the model as plain ``model.safetensors`` + ``model.json`` into the folder ``out``.
+
+    Plaintext leaving the store: decided as ``export`` of the model at ``site`` (refused, exit 3,
+    for a purpose or place a lineage dataset refuses, or a model under ``stop-serving``). ``out``
+    is checked first: never inside a site's folder or the workspace's internals, and a folder
+    holding files only with ``force``. The export, with the files' SHA-256, is recorded as
+    ``model.export`` signed by the site.
+    """
+    get_model(ws, name)
+    out = Path(out)
+    check_plaintext_destination(ws, out, "--out")
+    if out.exists() and not out.is_dir():
+        raise ValidationError(f"--out {out}: is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ValidationError(f"--out {out}: is not empty; choose a new folder or pass --force to overwrite")
+    if not out.parent.is_dir():
+        raise ValidationError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    for plain in io.file_names(STEM):
+        if (out / plain).exists():
+            check_output_file(out / plain, force, "--out")
+    opened = open_model(ws, name, site, "export", purpose)
+    digests = io.write_plain(out, opened.plaintexts())
+    idx = ws.record("model.export", f"site:{site}", {
+        "model": name, "site": site, "jurisdiction": get_site(ws, site).jurisdiction, "purpose": purpose,
+        "decision_index": opened.decision_index, "release_index": opened.release_index, "files": digests})
+    return {"model": name, "site": site, "out": str(out), "files": digests, "ledger_index": idx}
+
+
+def record_eval(ws: Workspace, name: str, site: str, env: str, seed: int, tasks: dict[str, Any]) -> int:
+    """Record an evaluation's results (``model.eval`` signed by the site) for the model's attestation.
+
+    ``tasks``: {task: {"success_rate", "episodes", ...}} as ``onshore eval --json`` prints them.
+    """
+    get_model(ws, name)
+    get_site(ws, site)
+    return ws.record("model.eval", f"site:{site}", {"model": name, "site": site, "env": env, "seed": seed,
+                                                     "tasks": tasks})
+
+
+def taint_entries(ws: Workspace, dataset: str, member: str, clause: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """The ``model.taint`` entries a withdrawal of ``dataset`` records, one per derived model.
+
+    Signed by the withdrawing member (it is their consent that changed); each names the model,
+    how it derives from the dataset, and the clause that now governs it.
+    """
+    return [("model.taint", f"member:{member}", {"model": m["model"], "dataset": dataset, "via": m["via"],
+                                                  "clause": clause, "site": m["site"]})
+            for m in derived_from(ws, dataset)]
+
+
+def taints(ws: Workspace, name: str) -> list[dict[str, Any]]:
+    """The model's ``model.taint`` entries in the ledger: dataset, clause, how, and the entry index."""
+    return [{**e.entry.body, "index": e.index} for e in ws.ledger.entries(kinds=("model.taint",))
+            if e.entry.body.get("model") == name]
 
 
 def list_models(ws: Workspace) -> list[dict[str, Any]]:
+    """Every model: training site, purpose, size, datasets, the sites holding it and its status."""
     ensure_tables(ws)
     with ws.catalog.connect() as conn:
         rows = conn.execute(select(T.models.c.name, T.models.c.site, T.models.c.purpose, T.models.c.base,
@@ -179,31 +368,52 @@ def list_models(ws: Workspace) -> list[dict[str, Any]]:
                                    T.models.c.world_size, T.models.c.created_at)
                             .order_by(T.models.c.name)).mappings().all()
         used = conn.execute(select(T.model_datasets.c.model, T.model_datasets.c.dataset)).all()
+        held = conn.execute(select(T.model_key_wraps.c.model, T.model_key_wraps.c.site)).all()
     by_model: dict[str, list[str]] = {}
     for m, d in used:
         by_model.setdefault(m, []).append(d)
-    return [{**dict(r), "datasets": sorted(by_model.get(r["name"], []))} for r in rows]
+    sites: dict[str, list[str]] = {}
+    for m, s in held:
+        sites.setdefault(m, []).append(s)
+    lineages = ws.model_lineages()
+    today = dt.datetime.now(dt.UTC).date()
+    return [{**dict(r), "datasets": sorted(by_model.get(r["name"], [])), "sites": sorted(sites.get(r["name"], [])),
+             "status": model_status(lineages[r["name"]], today).label() if lineages.get(r["name"]) else "blocked"}
+            for r in rows]
 
 
 def show_model(ws: Workspace, name: str) -> dict[str, Any]:
-    """Everything about a model: size, metrics, where its files sit, and its lineage."""
+    """Everything about a model: size, metrics, where its files sit, its lineage, effective policy,
+    status and taints."""
     row = get_model(ws, name)
-    folder = model_folder(ws, row)
     site = get_site(ws, row["site"])
+    folder = model_folder(ws, row)
     members = sorted({d["owner"] for level in lineage(ws, name) for d in level["datasets"]})
+    body = release_entry(ws, name)
+    cedar, chash = ws.model_policy(name)
     return {
         "name": name, "site": row["site"], "jurisdiction": site.jurisdiction, "purpose": row["purpose"],
         "base": row["base"], "size": row["size"], "parameters": row["parameters"], "steps": row["steps"],
         "world_size": row["world_size"], "created_at": row["created_at"], "metrics": row["metrics"],
-        "config": row["config"], "files": {n: {"sha256": h, "path": str(folder / n)} for n, h in row["files"].items()},
-        "ledger_index": row["ledger_index"], "members": members, "lineage": lineage(ws, name),
+        "config": row["config"],
+        "files": {n: {"sha256": h, "sealed": f"{n}{io.SEALED_SUFFIX}",
+                      "sealed_sha256": (body.get("sealed") or {}).get(f"{n}{io.SEALED_SUFFIX}"),
+                      "path": str(folder / f"{n}{io.SEALED_SUFFIX}")} for n, h in row["files"].items()},
+        "sites": sites_of(ws, name), "ledger_index": row["ledger_index"], "members": members,
+        "lineage": lineage(ws, name), "effective_policy": effective(ws, name).to_json(),
+        "status": status(ws, name).to_json(), "taints": taints(ws, name),
+        "cedar": cedar, "cedar_hash": chash,
     }
 
 
-def policy_factory(ws: Workspace, name: str, site: str, embodiment: str):  # type: ignore[no-untyped-def]
-    """A picklable factory of the model acting for ``embodiment``, after ``authorize_use`` at ``site``.
+def policy_factory(ws: Workspace, name: str, site: str, embodiment: str, purpose: str | None = None
+                   ):  # type: ignore[no-untyped-def]
+    """A picklable factory of the model acting for ``embodiment`` at ``site`` (evaluation workers).
 
-    Refuses (before any decision) a model that was never trained on that embodiment.
+    Decided as ``read`` of the model at ``site`` for ``purpose`` (default: the purpose it was
+    trained for) and its key released there, both recorded; the factory carries the released
+    key and the ledger's digests, and every worker checks them when it opens the files. Refuses
+    (before any decision) a model that was never trained on that embodiment.
     """
     from onshore.model.policy import ModelPolicyFactory  # torch only when a model is used
 
@@ -211,6 +421,8 @@ def policy_factory(ws: Workspace, name: str, site: str, embodiment: str):  # typ
     if embodiment not in known:
         raise ValidationError(f"model {name!r} knows embodiment(s) {', '.join(sorted(known))}, not {embodiment!r}; "
                               "fine-tune it on data of that machine first ('onshore finetune')")
-    row = authorize_use(ws, name, site)
-    return ModelPolicyFactory(str(model_folder(ws, row)), tuple(sorted(row["files"].items())), embodiment,
-                              label=f"model:{name}")
+    row = get_model(ws, name)
+    opened = open_model(ws, name, site, "read", purpose or row["purpose"])
+    return ModelPolicyFactory(str(opened.folder), tuple(sorted(opened.files.items())), embodiment,
+                              label=f"model:{name}", key=opened.key, context=opened.context,
+                              sealed=tuple(sorted(opened.sealed.items())))

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, insert, select
 
 from onshore.catalog import schema as T
 from onshore.catalog.db import open_engine, write_transaction
+from onshore.catalog.lineage import model_datasets
 from onshore.catalog.schema import metadata as catalog_metadata
 from onshore.errors import IntegrityError, NotFoundError, PolicyDenied, ValidationError
 from onshore.keys.keystore import IDENTITY_FILE, KeyStore, public_key_b64, public_key_from_b64
@@ -22,6 +23,7 @@ from onshore.ledger.entries import now_iso, sign_entry
 from onshore.ledger.log import AppendHook, Ledger, ledger_metadata
 from onshore.names import check_principal, check_text, is_name, parse_principal
 from onshore.residency.jurisdictions import check_jurisdiction
+from onshore.residency.modelpolicy import LineageDataset, model_cedar
 from onshore.residency.pdp import Decision, PolicyDecisionPoint, Request, SiteFacts
 from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar, parse_policy, workspace_cedar
 from onshore.workspace import governance
@@ -52,6 +54,7 @@ class Workspace:
         self._pdp: PolicyDecisionPoint | None = None
         self._keystores: dict[str, KeyStore] = {}
         self._signers: dict[str, Ed25519PrivateKey] = {}
+        self._model_tables = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -296,9 +299,28 @@ class Workspace:
         governance.check_catalog_sites(gov, [tuple(r) for r in rows])
         return [SiteFacts(s.name, s.jurisdiction, s.roles) for s in (gov.sites[r[0]] for r in rows)]
 
+    def ensure_model_tables(self) -> None:
+        """Create the model tables in a catalog made before they existed (idempotent, once per object)."""
+        if not self._model_tables:
+            T.metadata.create_all(self.catalog, tables=list(T.MODEL_TABLES))
+            self._model_tables = True
+
+    def model_lineages(self, gov: governance.Governance | None = None) -> dict[str, list[LineageDataset]]:
+        """Every model's lineage datasets with their policies and withdrawals (from the ledger)."""
+        gov = gov or self.ledger_governance()
+        self.ensure_model_tables()
+        with self.catalog.connect() as conn:
+            closure = model_datasets(conn)
+            rows = {n: (o, p) for n, o, p in conn.execute(
+                select(T.datasets.c.name, T.datasets.c.owner, T.datasets.c.policy))}
+        return {m: [LineageDataset(d, rows[d][0], parse_policy(rows[d][1], f"dataset {d} policy"),
+                                   gov.withdrawn.get(d)) for d in names]
+                for m, names in closure.items()}
+
     def _policy_parts(self, extra: tuple[str, str, UsagePolicy] | None, gov: governance.Governance
                       ) -> tuple[str, dict[str, str]]:
-        """The workspace rules' Cedar text, and each dataset's own Cedar text by name."""
+        """The workspace rules' Cedar text, and each dataset's (by name) and model's (by
+        ``model:NAME``) own Cedar text."""
         texts: dict[str, str] = {}
         with self.catalog.connect() as conn:
             rows = conn.execute(select(T.datasets.c.name, T.datasets.c.owner, T.datasets.c.policy,
@@ -308,6 +330,9 @@ class Workspace:
                                         withdrawn=status == "withdrawn" or name in gov.withdrawn)
         if extra is not None:
             texts[extra[0]] = dataset_cedar(extra[0], extra[1], extra[2], withdrawn=False)
+        for model, lineage in sorted(self.model_lineages(gov).items()):
+            if lineage:
+                texts[f"model:{model}"] = model_cedar(model, lineage)
         return workspace_cedar(self.jurisdiction), texts
 
     def policy_text(self, extra: tuple[str, str, UsagePolicy] | None = None,
@@ -324,6 +349,14 @@ class Workspace:
         """The Cedar text of dataset ``name``'s own policies as in force now, and its hash."""
         self.row("dataset", name)
         text = self._policy_parts(None, self.ledger_governance())[1][name]
+        return text, cedar_hash(text)
+
+    def model_policy(self, name: str) -> tuple[str, str]:
+        """The Cedar text of model ``name``'s own policies as in force now (compiled from its lineage),
+        and its hash; NotFoundError for a model the catalog does not hold."""
+        text = self._policy_parts(None, self.ledger_governance())[1].get(f"model:{name}")
+        if text is None:
+            raise NotFoundError(f"no model named {name!r}; see 'onshore model list'")
         return text, cedar_hash(text)
 
     def pdp(self, extra: tuple[str, str, UsagePolicy] | None = None) -> PolicyDecisionPoint:
@@ -364,7 +397,7 @@ class Workspace:
             where = f" at site {request.site} ({decision.site_jurisdiction})" if request.site else ""
             purpose = f" for purpose {request.purpose!r}" if request.purpose else ""
             raise PolicyDenied(
-                f"refused: {request.action} of dataset {request.dataset!r} by {request.principal}{where}"
+                f"refused: {request.action} of {request.resource} {request.dataset!r} by {request.principal}{where}"
                 f"{purpose}; deciding rule(s): {', '.join(decision.rules)} (ledger entry {index})",
                 list(decision.rules),
             )
