@@ -15,13 +15,19 @@ A **bundle** is what an auditor receives; it needs no workspace and no network t
       "dsseEnvelope": {"payload": b64, "payloadType": "application/vnd.in-toto+json",
                        "signatures": [{"keyid": "site:NAME", "sig": b64}]},
       "checkpoint": "<C2SP checkpoint note: log signature, then witness cosignatures>",
+      "subjectHead": "<log-signed head note: the newest entry about dataset:NAME in that tree>",
       "entries": [{"index": N, "leaf": b64(leaf bytes), "inclusionProof": [b64(32-byte hash), ...]}, ...]
     }
 
-``entries`` holds exactly the ledger entries the claim cites, in ascending index order, each with
-its RFC 9162 inclusion proof to the checkpoint's tree size. Only the statement is signed by the
-site; every other byte of the bundle is either checked against it (entries, by index) or proves
-itself (leaf signatures, inclusion proofs, the checkpoint's log signature and cosignatures).
+``entries`` holds every ledger entry about the dataset in the checkpoint's tree (its whole chain:
+each links to the previous one, see ``onshore.ledger.subjects``), in ascending index order, each
+with its RFC 9162 inclusion proof to the checkpoint's tree size; the claim cites all of them but
+the attestations, abandoned attempts and the outcomes those voided. ``subjectHead`` says which
+entry is the newest, so a verifier can tell that none was left out. Only the statement is signed
+by the site; every other byte of the bundle is either checked against it (entries, by index) or
+proves itself (leaf signatures, links, inclusion proofs, the head note's and the checkpoint's log
+signatures and cosignatures). Bundles made before chain links lack ``subjectHead`` and fail the
+verifier's ``completeness`` check.
 
 The operator should take a checkpoint and collect witness cosignatures *before* attesting
 (``onshore ledger checkpoint``, ``onshore witness cosign``, ``onshore ledger checkpoint
@@ -61,7 +67,7 @@ PREDICATE_TYPE = "https://onshore.dev/attestation/dataset-residency/v1"
 """The predicate type of a dataset residency claim (the JSON form of :class:`ResidencyClaim`)."""
 
 BUNDLE_MEDIA_TYPE = "application/vnd.onshore.residency-bundle.v1+json"
-BUNDLE_FIELDS = frozenset({"mediaType", "dsseEnvelope", "checkpoint", "entries"})
+BUNDLE_FIELDS = frozenset({"mediaType", "dsseEnvelope", "checkpoint", "subjectHead", "entries"})
 ENTRY_FIELDS = frozenset({"index", "leaf", "inclusionProof"})
 
 #: Ledger kinds that can concern a dataset (decisions name it in ``body.request.dataset``).
@@ -449,8 +455,13 @@ def _dataset_of(e: StoredEntry) -> Any:
     return body.get("dataset")
 
 
-def collect_history(ws: Workspace, name: str) -> DatasetHistory:
-    """Read the ledger for every entry about dataset ``name``.
+def dataset_subject(name: str) -> str:
+    """The ledger subject of dataset ``name`` (its entries' chain, onshore.ledger.subjects)."""
+    return f"dataset:{name}"
+
+
+def collect_history(ws: Workspace, name: str, size: int | None = None) -> DatasetHistory:
+    """Read the ledger's first ``size`` entries (default: all) for every entry about dataset ``name``.
 
     Outcome entries of an attempt that a later ``data.abandoned`` entry closed (a crash before
     the catalog committed, see docs/residency.md) are left out: they describe nothing that
@@ -459,7 +470,9 @@ def collect_history(ws: Workspace, name: str) -> DatasetHistory:
     """
     found: dict[str, list[StoredEntry]] = {k: [] for k in DATASET_KINDS}
     voided: set[int] = set()
-    for e in ws.ledger.entries(kinds=(*DATASET_KINDS, ABANDONED)):
+    for e in ws.ledger.subject_entries(dataset_subject(name), 0, size):
+        if e.entry.kind not in found and e.entry.kind != ABANDONED:
+            continue
         if _dataset_of(e) != name:
             continue
         if e.entry.kind == ABANDONED:
@@ -554,7 +567,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _checkpoint_covering(ws: Workspace, last_index: int) -> tuple[str, int]:
+def checkpoint_covering(ws: Workspace, last_index: int) -> tuple[str, int]:
     """The newest stored checkpoint if it covers ``last_index``, else a fresh (uncosigned) one."""
     note = ws.ledger.checkpoint_note()
     if note is not None:
@@ -570,24 +583,38 @@ def _checkpoint_covering(ws: Workspace, last_index: int) -> tuple[str, int]:
 
 
 def make_bundle(ws: Workspace, statement: Statement, signer_site: str, cited: Iterable[int],
-                leaves: dict[int, bytes] | None = None) -> dict[str, Any]:
+                leaves: dict[int, bytes] | None = None, *, subject: str | None = None,
+                checkpoint: tuple[str, int] | None = None) -> dict[str, Any]:
     """Sign ``statement`` as ``signer_site`` and bundle it with the ``cited`` entries and their proofs.
 
-    Shared by dataset and model attestations (``attest/model_claim.py``). ``leaves`` may supply entry bytes already
-    read; others are read from the ledger. Refuses an empty ``cited``.
+    Shared by dataset and model attestations (``attest/model_claim.py``). ``checkpoint`` is
+    (note, size) from :func:`checkpoint_covering` (default: the one covering the cited entries).
+    With ``subject`` (a dataset bundle), ``cited`` must be entries of that subject's chain in the
+    checkpoint's tree; the bundle then carries the whole chain and the log's head note for it
+    (``subjectHead``). ``leaves`` may supply entry bytes already read; others are read from the
+    ledger. Refuses an empty ``cited``, or, with ``subject``, one outside the subject's chain.
     """
-    indices = sorted(set(cited))
-    if not indices:
+    wanted = set(cited)
+    if not wanted:
         raise ValidationError("an attestation must cite at least one ledger entry")
+    note, size = checkpoint or checkpoint_covering(ws, max(wanted))
+    leaves = dict(leaves or {})
+    if subject is not None:
+        chain = {e.index: e.leaf for e in ws.ledger.subject_entries(subject, 0, size)}
+        if not wanted <= set(chain):
+            raise ValidationError(f"an attestation must cite entries about {subject} in the tree of size {size}")
+        wanted, leaves = set(chain), {**chain, **leaves}
+    indices = sorted(wanted)
     envelope = sign_statement(statement, ws.signer(f"site:{signer_site}"), f"site:{signer_site}")
-    note, size = _checkpoint_covering(ws, indices[-1])
-    leaves = leaves or {}
     proofs = ws.ledger.inclusion_proofs(indices, size)  # one batch: cited entries share upper nodes
     entries = []
     for i, proof in zip(indices, proofs, strict=True):
         leaf = leaves.get(i) or ws.ledger.get(i).leaf
         entries.append({"index": i, "leaf": _b64(leaf), "inclusionProof": [_b64(h) for h in proof]})
-    return {"mediaType": BUNDLE_MEDIA_TYPE, "dsseEnvelope": envelope, "checkpoint": note, "entries": entries}
+    bundle = {"mediaType": BUNDLE_MEDIA_TYPE, "dsseEnvelope": envelope, "checkpoint": note}
+    if subject is not None:
+        bundle["subjectHead"] = ws.subject_head_note(subject, size)
+    return {**bundle, "entries": entries}
 
 
 def attest_dataset(ws: Workspace, name: str, site: str | None = None) -> dict[str, Any]:
@@ -606,7 +633,13 @@ def attest_dataset(ws: Workspace, name: str, site: str | None = None) -> dict[st
     from onshore.workspace.registry import get_site
 
     ws.row("dataset", name)
-    history = collect_history(ws, name)
+    # The tree first, then the history as of that tree, so that the claim and the chain the bundle
+    # carries describe the same entries even while other commands append.
+    head = ws.ledger.subject_head(dataset_subject(name))
+    if head is None:
+        raise NotFoundError(f"the ledger records no ingest of dataset {name!r}; see 'onshore dataset list'")
+    checkpoint = checkpoint_covering(ws, head.index)
+    history = collect_history(ws, name, checkpoint[1])
     attester = site or history.ingest.entry.body["site"]
     site_info = get_site(ws, attester)
     claim = build_claim(history, attester, site_info.jurisdiction)
@@ -618,7 +651,8 @@ def attest_dataset(ws: Workspace, name: str, site: str | None = None) -> dict[st
     statement = build_statement([Subject(shard_subject_name(name, s.sha256), s.sha256) for s in claim.shards],
                                 PREDICATE_TYPE, claim.to_json())
     leaves = {i: e.leaf for i, e in history.by_index().items()}
-    bundle = make_bundle(ws, statement, attester, claim.cited_indices(), leaves)
+    bundle = make_bundle(ws, statement, attester, claim.cited_indices(), leaves, subject=dataset_subject(name),
+                         checkpoint=checkpoint)
     size = ckpt.parse(notes.split_note(bundle["checkpoint"])[0]).size
     ws.record("data.attest", f"site:{attester}", {
         "dataset": name, "site": attester, "predicate_type": PREDICATE_TYPE,

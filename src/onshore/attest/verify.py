@@ -39,6 +39,22 @@ message, and the report is ``ok`` only when every check passed. The checks, in o
     hash; it is checked in ``claim matches ledger`` against the consent entry and recomputed from
     the policy text. The ingest decision's set hash cannot be compared with either (it is the set
     with the new dataset added), so it is only reported.
+``completeness``
+    The bundle carries the dataset's whole chain (``onshore.ledger.subjects``): the log-signed head
+    note names the newest entry about the dataset in the checkpoint's tree (same size and root),
+    and following links back from it reaches the dataset's first entry through entries the bundle
+    carries, and nothing else about the dataset is carried. Every entry of the chain that the claim
+    should list (all but attestations, abandoned attempts and the outcomes they voided) is cited.
+    A bundle that drops an entry, or a claim that leaves one out, fails here.
+``update``
+    Only with an update (``onshore attest update``, ``attest/update.py``): its checkpoint is signed
+    by the log and cosigned by ``min_witnesses`` trust-root witnesses, extends the bundle's
+    checkpoint (consistency proof), and its entries (signed, included in the newer tree) chain from
+    its head note down to the bundle's head. Fails, naming the ledger index, when one of them is a
+    withdrawal of the dataset that no abandoned attempt voided.
+``freshness``
+    With ``max_age``: the newest checkpoint the verifier holds (the update's, else the bundle's)
+    was cosigned by a trust-root witness no longer ago than that.
 """
 
 from __future__ import annotations
@@ -55,35 +71,42 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from onshore.attest import verify_model as VM
 from onshore.attest.bundle import (
+    ABANDONED,
     BUNDLE_FIELDS,
     BUNDLE_MEDIA_TYPE,
+    DATASET_KINDS,
     ENTRY_FIELDS,
     PREDICATE_TYPE,
+    VOIDABLE_KINDS,
     ResidencyClaim,
     claim_from_json,
+    dataset_subject,
     shard_subject_name,
 )
 from onshore.attest.dsse import verify_envelope
 from onshore.attest.model_claim import MODEL_PREDICATE_TYPE
 from onshore.attest.statement import PAYLOAD_TYPE, Statement, parse_statement
 from onshore.attest.trust import TrustRoot
+from onshore.attest.update import UPDATE_FIELDS, UPDATE_MEDIA_TYPE
 from onshore.encoding import b64decode_canonical
 from onshore.errors import OnshoreError
 from onshore.keys.keystore import public_key_from_b64
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import merkle, notes
 from onshore.ledger.entries import Entry, parse_leaf, verify_entry
+from onshore.ledger.subjects import SubjectHead, open_head, subjects_of, walk_back
 from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar
 
 PASS, FAIL, NOT_RUN = "pass", "fail", "not run"
 
 CHECK_NAMES = (
     "bundle format", "envelope signature", "statement", "checkpoint signature", "witness cosignatures",
-    "entry signatures", "inclusion proofs", "claim matches ledger", "jurisdictions", "decisions", "freshness",
+    "entry signatures", "inclusion proofs", "claim matches ledger", "jurisdictions", "decisions", "completeness",
+    "update", "freshness",
 )
 """Every check a dataset bundle's report holds, in the order they are reported."""
 
-MODEL_CHECK_NAMES = (*CHECK_NAMES[:-1], "withdrawals", "freshness")
+MODEL_CHECK_NAMES = (*CHECK_NAMES[:CHECK_NAMES.index("decisions") + 1], "withdrawals", "freshness")
 """Every check a model bundle's report holds (``attest/verify_model.py``)."""
 
 _MAX_LISTED = 5
@@ -164,6 +187,17 @@ class _Bundle:
     envelope: dict[str, Any]
     note: str
     entries: tuple[_BundleEntry, ...]
+    head_note: str | None  # None in bundles made before chain links
+
+
+@dataclass(frozen=True)
+class _Update:
+    subject: str
+    since_size: int
+    note: str
+    consistency: tuple[bytes, ...]
+    head_note: str
+    entries: tuple[_BundleEntry, ...]
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -199,17 +233,23 @@ def _exact(d: Any, keys: frozenset[str], where: str) -> dict[str, Any]:
     return d
 
 
+def _load_json(data: Mapping[str, Any] | bytes | str, what: str) -> Any:
+    if not isinstance(data, bytes | bytearray | str):
+        return data
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except UnicodeDecodeError:
+        raise _FormatError(f"{what} is not UTF-8") from None
+    except ValueError as e:
+        raise _FormatError(f"{what} is not JSON: {e}") from None
+
+
 def _parse_bundle(bundle: Mapping[str, Any] | bytes | str) -> _Bundle:
-    doc: Any = bundle
-    if isinstance(bundle, bytes | bytearray | str):
-        try:
-            text = bundle.decode("utf-8") if isinstance(bundle, bytes | bytearray) else bundle
-            doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-        except UnicodeDecodeError:
-            raise _FormatError("bundle is not UTF-8") from None
-        except ValueError as e:
-            raise _FormatError(f"bundle is not JSON: {e}") from None
-    doc = _exact(doc, BUNDLE_FIELDS, "bundle")
+    doc = _load_json(bundle, "bundle")
+    # bundles made before chain links have no subjectHead; they fail "completeness", not the format
+    doc = _exact(doc, BUNDLE_FIELDS if isinstance(doc, dict) and "subjectHead" in doc
+                 else BUNDLE_FIELDS - {"subjectHead"}, "bundle")
     if doc["mediaType"] != BUNDLE_MEDIA_TYPE:
         raise _FormatError(f"mediaType is {doc['mediaType']!r}, expected {BUNDLE_MEDIA_TYPE!r}")
     env = doc["dsseEnvelope"]
@@ -217,26 +257,50 @@ def _parse_bundle(bundle: Mapping[str, Any] | bytes | str) -> _Bundle:
         raise _FormatError("dsseEnvelope must be a JSON object")
     if not isinstance(doc["checkpoint"], str) or not doc["checkpoint"]:
         raise _FormatError("checkpoint must be a non-empty string (a C2SP checkpoint note)")
+    head = doc.get("subjectHead")
+    if head is not None and (not isinstance(head, str) or not head):
+        raise _FormatError("subjectHead must be a non-empty string (a signed note)")
     raw_entries = doc["entries"]
     if not isinstance(raw_entries, list) or not raw_entries:
         raise _FormatError("entries must be a non-empty list")
+    return _Bundle(env, doc["checkpoint"], _parse_entries(raw_entries, "entries"), head)
+
+
+def _parse_update(update: Mapping[str, Any] | bytes | str) -> _Update:
+    doc = _exact(_load_json(update, "update"), UPDATE_FIELDS, "update")
+    if doc["mediaType"] != UPDATE_MEDIA_TYPE:
+        raise _FormatError(f"update mediaType is {doc['mediaType']!r}, expected {UPDATE_MEDIA_TYPE!r}")
+    for key in ("subject", "checkpoint", "subjectHead"):
+        if not isinstance(doc[key], str) or not doc[key]:
+            raise _FormatError(f"update {key} must be a non-empty string")
+    n = doc["sinceSize"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise _FormatError("update sinceSize must be a positive integer")
+    if not isinstance(doc["consistencyProof"], list) or not isinstance(doc["entries"], list):
+        raise _FormatError("update consistencyProof and entries must be lists")
+    proof = tuple(_strict_b64(h, f"update consistencyProof[{j}]") for j, h in enumerate(doc["consistencyProof"]))
+    return _Update(doc["subject"], n, doc["checkpoint"], proof, doc["subjectHead"],
+                   _parse_entries(doc["entries"], "update entries"))
+
+
+def _parse_entries(raw_entries: list[Any], where: str) -> tuple[_BundleEntry, ...]:
     entries: list[_BundleEntry] = []
     for i, e in enumerate(raw_entries):
-        e = _exact(e, ENTRY_FIELDS, f"entries[{i}]")
+        e = _exact(e, ENTRY_FIELDS, f"{where}[{i}]")
         idx = e["index"]
         if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
-            raise _FormatError(f"entries[{i}].index must be a non-negative integer")
+            raise _FormatError(f"{where}[{i}].index must be a non-negative integer")
         if entries and idx <= entries[-1].index:
-            raise _FormatError(f"entries must be in strictly ascending index order (entries[{i}] is {idx} after "
+            raise _FormatError(f"{where} must be in strictly ascending index order ({where}[{i}] is {idx} after "
                                f"{entries[-1].index})")
         proof = e["inclusionProof"]
         if not isinstance(proof, list):
-            raise _FormatError(f"entries[{i}].inclusionProof must be a list")
-        hashes = tuple(_strict_b64(h, f"entries[{i}].inclusionProof[{j}]") for j, h in enumerate(proof))
+            raise _FormatError(f"{where}[{i}].inclusionProof must be a list")
+        hashes = tuple(_strict_b64(h, f"{where}[{i}].inclusionProof[{j}]") for j, h in enumerate(proof))
         if any(len(h) != merkle.HASH_SIZE for h in hashes):
-            raise _FormatError(f"entries[{i}].inclusionProof holds a hash that is not {merkle.HASH_SIZE} bytes")
-        entries.append(_BundleEntry(idx, _strict_b64(e["leaf"], f"entries[{i}].leaf"), hashes))
-    return _Bundle(env, doc["checkpoint"], tuple(entries))
+            raise _FormatError(f"{where}[{i}].inclusionProof holds a hash that is not {merkle.HASH_SIZE} bytes")
+        entries.append(_BundleEntry(idx, _strict_b64(e["leaf"], f"{where}[{i}].leaf"), hashes))
+    return tuple(entries)
 
 
 # --- the individual checks -----------------------------------------------------------------------
@@ -563,9 +627,13 @@ def _check_claim(claim: ResidencyClaim, statement: Statement, parsed: dict[int, 
     if repeated:
         p.append(f"ledger entries {repeated[:5]} are claimed as more than one item")
     cited = claim.cited_indices()
-    extra = sorted(carried - cited)
+    # the rest of the dataset's chain is carried too (checked by "completeness"), nothing else
+    subject = dataset_subject(ds)
+    extra = sorted(i for i in carried - cited
+                   if i not in parsed or subject not in subjects_of(parsed[i].kind, parsed[i].body))
     if extra:
-        p.append(f"the bundle carries entries {extra[:5]} that the claim does not cite")
+        p.append(f"the bundle carries entries {extra[:5]} that the claim does not cite and that are not about "
+                 f"dataset {ds!r}")
     return _result("claim matches ledger", p, f"{len(cited)} cited entries agree with the claim")
 
 
@@ -684,6 +752,126 @@ def _check_decisions(claim: ResidencyClaim, parsed: dict[int, Entry]) -> Check:
                                           f"action and site; {refusals} refusal(s) listed")
 
 
+def _open_head(note: str, trust: TrustRoot, subject: str, cp: ckpt.Checkpoint, what: str) -> SubjectHead:
+    """The head note, checked: signed by the log, about ``subject``, for exactly ``cp``'s tree."""
+    head = open_head(note, trust.log_vkey, trust.log_origin)
+    if head.subject != subject:
+        raise OnshoreError(f"{what} is about {head.subject}, not {subject}")
+    if head.size != cp.size or head.root != cp.root_hash:
+        raise OnshoreError(f"{what} is for the tree of size {head.size}, not the checkpoint's ({cp.size}) or "
+                           "another root")
+    return head
+
+
+def _voided(chain: list[int], entries: Mapping[int, Entry]) -> set[int]:
+    closed: set[int] = set()
+    for i in chain:
+        if entries[i].kind == ABANDONED:
+            closes = entries[i].body.get("closes")
+            closed.update(c for c in closes if isinstance(c, int)) if isinstance(closes, list) else None
+    return closed
+
+
+def _check_completeness(claim: ResidencyClaim, b: _Bundle, parsed: dict[int, Entry], cp: ckpt.Checkpoint | None,
+                        trust: TrustRoot) -> tuple[Check, tuple[int, bytes] | None]:
+    name = "completeness"
+    if b.head_note is None:
+        return Check(name, FAIL, "the bundle has no subjectHead (made before chain links), so omitted entries "
+                                 "cannot be ruled out; ask for a new bundle"), None
+    if cp is None:
+        return Check(name, NOT_RUN, "the checkpoint does not verify"), None
+    subject = dataset_subject(claim.dataset)
+    try:
+        head = _open_head(b.head_note, trust, subject, cp, "subjectHead")
+    except OnshoreError as e:
+        return Check(name, FAIL, f"subjectHead: {e}"), None
+    carried = {e.index: (parsed[e.index], merkle.leaf_hash(e.leaf)) for e in b.entries if e.index in parsed}
+    walk = walk_back(subject, (head.index, head.leaf_hash), carried)
+    if walk.problems:
+        return Check(name, FAIL, walk.problems[0]), None
+    chain = set(walk.indices)
+    problems = [f"entry {i} ({parsed[i].kind}) is about {subject} but not in its chain from the head (entry "
+                f"{head.index})" for i in sorted(carried) if i not in chain
+                and subject in subjects_of(parsed[i].kind, parsed[i].body)]
+    voided = _voided(sorted(chain), parsed)
+    cited = claim.cited_indices()
+    for i in sorted(chain):
+        kind = parsed[i].kind
+        if kind in DATASET_KINDS and not (kind in VOIDABLE_KINDS and i in voided) and i not in cited:
+            problems.append(f"entry {i} ({kind}) about the dataset is in the ledger but not in the claim")
+    return (_result(name, problems, f"the chain of {len(chain)} entries about {subject} from its first entry to "
+                                    f"the log's head (entry {head.index}) is whole and claimed"),
+            (head.index, head.leaf_hash))
+
+
+def _check_update(update: Mapping[str, Any] | bytes | str | None, claim: ResidencyClaim,
+                  cp: ckpt.Checkpoint | None, head: tuple[int, bytes] | None, trust: TrustRoot,
+                  min_witnesses: int) -> tuple[Check, str | None]:
+    """The ``update`` check; also returns the update's checkpoint note for ``freshness``."""
+    name = "update"
+    if update is None:
+        return Check(name, PASS, "no update given (--update)"), None
+    try:
+        u = _parse_update(update)
+    except _FormatError as e:
+        return Check(name, FAIL, f"update format: {e}"), None
+    if cp is None or head is None:
+        return Check(name, NOT_RUN, "the bundle's checkpoint or chain did not verify"), u.note
+    subject = dataset_subject(claim.dataset)
+    if u.subject != subject:
+        return Check(name, FAIL, f"the update is about {u.subject}, the bundle about {subject}"), u.note
+    if u.since_size != cp.size:
+        return Check(name, FAIL, f"the update starts at tree size {u.since_size}, the bundle's checkpoint is of "
+                                 f"size {cp.size}; make it with --since-size {cp.size}"), u.note
+    try:
+        new = ckpt.verify_checkpoint(u.note, trust.log_vkey, trust.log_origin)
+    except OnshoreError as e:
+        return Check(name, FAIL, f"update checkpoint: {e}"), u.note
+    w_check, witnesses = _check_witnesses(u.note, trust, min_witnesses)
+    if not w_check.passed:
+        return Check(name, FAIL, f"update checkpoint: {w_check.message}"), u.note
+    try:
+        merkle.verify_consistency(cp.size, new.size, cp.root_hash, new.root_hash, list(u.consistency))
+        new_head = _open_head(u.head_note, trust, subject, new, "update subjectHead")
+    except OnshoreError as e:
+        return Check(name, FAIL, f"the newer checkpoint (size {new.size}) does not extend the bundle's: {e}"), u.note
+    problems: list[str] = []
+    got: dict[int, tuple[Entry, bytes]] = {}
+    for e in u.entries:
+        try:
+            entry = parse_leaf(e.leaf)
+            key = trust.key_for(entry.actor)
+            if key is None:
+                raise OnshoreError(f"actor {entry.actor!r} has no key in the trust root")
+            verify_entry(entry, key)
+            merkle.verify_inclusion(e.index, new.size, merkle.leaf_hash(e.leaf), e.proof, new.root_hash)
+        except OnshoreError as err:
+            problems.append(f"update entry {e.index}: {err}")
+            continue
+        if not cp.size <= e.index < new.size:
+            problems.append(f"update entry {e.index} is not between the two tree sizes")
+        got[e.index] = (entry, merkle.leaf_hash(e.leaf))
+    if problems:
+        return _result(name, problems, ""), u.note
+    walk = walk_back(subject, (new_head.index, new_head.leaf_hash), got, floor=cp.size)
+    if walk.problems:
+        return Check(name, FAIL, walk.problems[0]), u.note
+    if walk.reached != head:
+        return Check(name, FAIL, f"the update's chain does not join the bundle's head (entry {head[0]})"), u.note
+    stray = sorted(set(got) - set(walk.indices))
+    if stray:
+        return Check(name, FAIL, f"update entries {stray[:5]} are not in the chain of {subject}"), u.note
+    chain = sorted(walk.indices)
+    voided = _voided(chain, {i: got[i][0] for i in chain})
+    withdrawn = [i for i in chain if got[i][0].kind == "consent.withdraw" and i not in voided]
+    if withdrawn:
+        return Check(name, FAIL, f"dataset {claim.dataset!r} was withdrawn at ledger index {withdrawn[0]}, after the "
+                                 f"bundle's checkpoint (size {cp.size}); the claim no longer holds "
+                                 f"(checkpoint of size {new.size})"), u.note
+    return Check(name, PASS, f"not withdrawn up to the checkpoint of size {new.size} ({len(witnesses)} witness(es)); "
+                             f"{len(chain)} newer entries about the dataset"), u.note
+
+
 def _date(value: Any) -> dt.date | None:
     try:
         return dt.date.fromisoformat(value) if isinstance(value, str) else None
@@ -730,7 +918,8 @@ def _check_freshness(note: str, trust: TrustRoot, max_age: dt.timedelta | None, 
 
 
 def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min_witnesses: int = 0,
-                  max_age: dt.timedelta | None = None, now: dt.datetime | None = None) -> VerificationReport:
+                  max_age: dt.timedelta | None = None, now: dt.datetime | None = None,
+                  update: Mapping[str, Any] | bytes | str | None = None) -> VerificationReport:
     """Verify a residency bundle against ``trust`` alone, offline; see the module docstring.
 
     ``bundle`` is the parsed JSON object or its bytes/text. ``min_witnesses`` (K) is how many
@@ -739,7 +928,8 @@ def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min
     claim cannot be read, the checks that need it are "not run". ``max_age``: the newest trust-root
     witness cosignature of the checkpoint must be at most that old at ``now`` (default: the clock),
     else ``freshness`` fails; a checkpoint no trusted witness cosigned has no age and fails too.
-    Raises ValueError for K < 0.
+    ``update`` (from ``onshore attest update``) brings the bundle up to a newer checkpoint: see the
+    ``update`` check; ``freshness`` then judges the update's checkpoint. Raises ValueError for K < 0.
     """
     if min_witnesses < 0:
         raise ValueError("min_witnesses must not be negative")
@@ -753,6 +943,9 @@ def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min
 
     statement, error = _unverified_statement(b.envelope)
     if statement is not None and statement.predicate_type == MODEL_PREDICATE_TYPE:
+        if update is not None:
+            raise OnshoreError("an update ('onshore attest update') brings a dataset bundle up to date; this is a "
+                               "model bundle: attest the model again on a newer checkpoint")
         return _verify_model(b, statement, trust, min_witnesses, max_age, now or dt.datetime.now(dt.UTC))
     stmt_check, claim = _guard("statement", lambda: _check_statement(statement, error), lambda c: (c, None))
     attester = claim.attester_site if claim else None
@@ -771,16 +964,26 @@ def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min
     checks.append(_guard("inclusion proofs", lambda: _check_inclusion(b, cp or _unverified_checkpoint(b.note)),
                          _alone))
 
+    head: tuple[int, bytes] | None = None
+    newest_note = b.note
     if claim is None or statement is None:
-        checks += _not_run(("claim matches ledger", "jurisdictions", "decisions"), "the claim could not be read")
+        checks += _not_run(("claim matches ledger", "jurisdictions", "decisions", "completeness", "update"),
+                           "the claim could not be read")
     else:
         carried = {e.index for e in b.entries}
         checks.append(_guard("claim matches ledger", lambda: _check_claim(claim, statement, entries, carried),
                              _alone))
         checks.append(_guard("jurisdictions", lambda: _check_jurisdictions(claim, trust), _alone))
         checks.append(_guard("decisions", lambda: _check_decisions(claim, entries), _alone))
+        c_check, head = _guard("completeness", lambda: _check_completeness(claim, b, entries, cp, trust),
+                               lambda c: (c, None))
+        checks.append(c_check)
+        u_check, u_note = _guard("update", lambda: _check_update(update, claim, cp, head, trust, min_witnesses),
+                                 lambda c: (c, None))
+        checks.append(u_check)
+        newest_note = u_note or b.note
     when = now or dt.datetime.now(dt.UTC)
-    checks.append(_guard("freshness", lambda: _check_freshness(b.note, trust, max_age, when), _alone))
+    checks.append(_guard("freshness", lambda: _check_freshness(newest_note, trust, max_age, when), _alone))
     shown = cp or _unverified_checkpoint(b.note)
     return VerificationReport(tuple(checks), claim.dataset if claim else None, attester,
                               shown.size if shown else None, witnesses)

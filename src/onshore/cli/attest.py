@@ -76,6 +76,32 @@ def model(
                   "--min-witnesses will refuse it. Cosign a checkpoint before attesting.")
 
 
+@attest_app.command("update")
+def update(
+    name: str = typer.Argument(..., help="The dataset the bundle is about."),
+    since_size: int = typer.Option(..., "--since-size", min=1, metavar="N",
+                                   help="The tree size of the bundle's checkpoint (its second line)."),
+    out: Path = typer.Option(..., "-o", "--out", metavar="FILE", help="Where to write the update (JSON)."),
+) -> None:
+    """Write what happened to a dataset since a bundle's checkpoint, up to the newest stored checkpoint.
+
+    An auditor holding the bundle checks it with 'onshore verify BUNDLE --trust-root T --update FILE':
+    it shows whether the dataset was withdrawn since. Checkpoint and cosign first, as for a bundle.
+    """
+    from onshore.attest.bundle import write_bundle
+    from onshore.attest.update import make_update
+    from onshore.ledger import notes
+
+    check_output_file(out, force=True, option="-o")
+    with open_workspace() as ws:
+        doc = make_update(ws, name, since_size)
+    write_bundle(doc, out)
+    _, sigs = notes.split_note(doc["checkpoint"])
+    size = doc["checkpoint"].split("\n", 2)[1]
+    err.print(f"wrote {esc(out)}: dataset {esc(name)} from tree size {since_size} to {size}, "
+              f"{len(doc['entries'])} newer ledger entries, {len(sigs) - 1} cosignature(s)", highlight=False)
+
+
 def verify_command(
     bundle: Path = typer.Argument(..., help="The bundle from 'onshore attest dataset' or 'onshore attest model'."),
     trust_root: Path = typer.Option(..., "--trust-root", metavar="FILE",
@@ -85,6 +111,9 @@ def verify_command(
     max_age: str | None = typer.Option(None, "--max-age", metavar="DURATION",
                                        help="Refuse a bundle whose checkpoint was last "
                                        "witnessed longer ago than this (e.g. 30d, 12h)."),
+    update: Path | None = typer.Option(None, "--update", metavar="FILE",
+                                       help="An update from 'onshore attest update': shows whether the dataset "
+                                       "was withdrawn up to a newer witnessed checkpoint."),
     json_: bool = typer.Option(False, "--json", help="Print the report as JSON only, for scripts."),
 ) -> None:
     """Verify a residency bundle offline: no workspace, no network. Exit 0 only if every check passes.
@@ -95,7 +124,9 @@ def verify_command(
     from onshore.attest.verify import VerificationFailed, verify_bundle
 
     age = parse_duration(max_age, "--max-age") if max_age is not None else None
-    report = verify_bundle(read_input(bundle, "bundle"), TrustRoot.load(trust_root), min_witnesses, age)
+    newer = read_input(update, "update") if update is not None else None
+    report = verify_bundle(read_input(bundle, "bundle"), TrustRoot.load(trust_root), min_witnesses, age,
+                           update=newer)
     if json_:
         print_json(report.to_json())
     elif not console.is_terminal:

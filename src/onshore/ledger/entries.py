@@ -97,9 +97,16 @@ class Entry:
     sig: str  # base64 Ed25519 signature over ``signed_bytes()``
     # the leaf bytes when already known (set by sign_entry); not part of the entry's identity
     cached_leaf: bytes | None = field(default=None, compare=False, repr=False)
+    # subject -> the previous entry about that subject ({"index", "leaf_hash"}) or None for the
+    # first; set by the ledger inside its append transaction (onshore.ledger.subjects). None (no
+    # field at all) for entries about no subject and for entries written before links existed.
+    links: dict[str, dict[str, Any] | None] | None = None
 
     def unsigned(self) -> dict[str, Any]:
-        return {"v": VERSION, "kind": self.kind, "actor": self.actor, "time": self.time, "body": self.body}
+        d = {"v": VERSION, "kind": self.kind, "actor": self.actor, "time": self.time, "body": self.body}
+        if self.links is not None:
+            d["links"] = self.links
+        return d
 
     def signed_bytes(self) -> bytes:
         return canonical_json(self.unsigned())
@@ -115,29 +122,54 @@ class Entry:
 
 
 def sign_entry(kind: str, actor: str, body: dict[str, Any], key: Ed25519PrivateKey,
-               time: str | None = None) -> Entry:
-    """Make a signed entry. Refuses unknown kinds so that the log stays interpretable."""
+               time: str | None = None, links: dict[str, dict[str, Any] | None] | None = None) -> Entry:
+    """Make a signed entry. Refuses unknown kinds so that the log stays interpretable.
+
+    ``links`` is for the ledger's append transaction only (see onshore.ledger.subjects).
+    """
     if kind not in ALL_KINDS:
         raise ValueError(f"unknown ledger entry kind {kind!r}")
     time = time or now_iso()
-    signed = canonical_json({"v": VERSION, "kind": kind, "actor": actor, "time": time, "body": body})
+    unsigned: dict[str, Any] = {"v": VERSION, "kind": kind, "actor": actor, "time": time, "body": body}
+    if links is not None:
+        unsigned["links"] = links
+    signed = canonical_json(unsigned)
     sig = base64.b64encode(key.sign(signed))
     # The leaf is the same canonical object plus "sig", which sorts just before the top-level
-    # "time" key (the last key but "v"), so it is spliced in rather than serialised again.
+    # "time" key (the last key but "v"; "links" sorts before "sig"), so it is spliced in rather
+    # than serialised again.
     cut = signed.rindex(b',"time":')
     leaf = b"".join((signed[:cut], b',"sig":"', sig, b'"', signed[cut:]))
-    return Entry(kind, actor, time, body, sig.decode(), leaf)
+    return Entry(kind, actor, time, body, sig.decode(), leaf, links)
+
+
+@dataclass(frozen=True)
+class Draft:
+    """An entry to be signed by the ledger inside its append transaction, once its links are known.
+
+    Entries about a subject (a dataset, a model) must be appended as drafts: their link to the
+    previous entry about the subject is part of what is signed, and only the append transaction
+    knows it (two writers must never claim the same predecessor).
+    """
+
+    kind: str
+    actor: str
+    body: dict[str, Any]
+    key: Ed25519PrivateKey = field(repr=False)
+    time: str | None = None
 
 
 def parse_leaf(leaf: bytes) -> Entry:
     """Parse leaf bytes back into an Entry; refuses non-canonical or malformed leaves."""
     try:
         d = json.loads(leaf)
-        entry = Entry(d["kind"], d["actor"], d["time"], d["body"], d["sig"])
-    except (ValueError, KeyError, TypeError) as e:
+        entry = Entry(d["kind"], d["actor"], d["time"], d["body"], d["sig"], links=d.get("links"))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise IntegrityError(f"ledger leaf is not a valid entry: {e}") from None
-    if d.get("v") != VERSION or set(d) != {"v", "kind", "actor", "time", "body", "sig"}:
+    if d.get("v") != VERSION or set(d) - {"links"} != {"v", "kind", "actor", "time", "body", "sig"}:
         raise IntegrityError("ledger leaf has an unknown version or extra fields")
+    if "links" in d and not isinstance(d["links"], dict):
+        raise IntegrityError("ledger leaf's links must be an object")
     try:
         canonical = entry.leaf()
     except rfc8785.CanonicalizationError as e:

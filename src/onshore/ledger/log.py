@@ -1,10 +1,12 @@
 """The append-only ledger: signed entries in SQL, with the RFC 9162 tree kept incrementally.
 
 Tables: ``ledger_entries`` (index, kind, actor, leaf bytes), ``ledger_nodes`` (a key made of
-level and index, hash; level 0 holds the leaf hashes) holding the hash of every complete subtree, and
-``ledger_checkpoints``. An append writes its leaf and the subtrees it completes, reading only the
-compact range (the right edge, kept in memory); roots and proofs read O(log n) stored nodes in
-one query. Entries and nodes are never updated or deleted.
+level and index, hash; level 0 holds the leaf hashes) holding the hash of every complete subtree,
+``ledger_checkpoints``, and ``ledger_heads`` (the newest entry about each subject, an index the
+append transaction keeps so that it can link the next entry about it: onshore.ledger.subjects).
+An append writes its leaf and the subtrees it completes, reading only the compact range (the
+right edge, kept in memory); roots and proofs read O(log n) stored nodes in one query. Entries
+and nodes are never updated or deleted; heads are replaced as subjects move on.
 
 Writers wait their turn (:func:`onshore.catalog.db.write_transaction`). Appends that arrive
 together in one process (threads of a job deciding side by side) are committed as one
@@ -41,7 +43,8 @@ from onshore.catalog.db import write_transaction
 from onshore.errors import IntegrityError, OnshoreError
 from onshore.ledger import merkle
 from onshore.ledger.checkpoint import Checkpoint
-from onshore.ledger.entries import Entry, parse_leaf, verify_entry
+from onshore.ledger.entries import Draft, Entry, parse_leaf, sign_entry, verify_entry
+from onshore.ledger.subjects import ChainChecker, link_to, parse_link, subjects_of
 
 ledger_metadata = MetaData()
 
@@ -98,6 +101,16 @@ ledger_attempts = Table(
     Column("started_at", String(32), nullable=False),
 )
 
+# The newest entry about each subject (dataset:NAME, model:NAME): what the next entry about it
+# links to. Written only inside append transactions; ``verify`` recomputes it from the leaves.
+ledger_heads = Table(
+    "ledger_heads",
+    ledger_metadata,
+    Column("subject", String(140), primary_key=True),
+    Column("idx", BigInteger, nullable=False),
+    Column("leaf_hash", LargeBinary(32), nullable=False),
+)
+
 #: ``then(conn, indices)``: run inside an append's transaction, after its entries are inserted.
 AppendHook = Callable[[Any, list[int]], None]
 
@@ -109,7 +122,7 @@ _KEYS_PER_QUERY = 5000
 class _Pending:
     """One caller's entries waiting in the group-commit queue."""
 
-    entries: Sequence[Entry]
+    entries: Sequence[Entry | Draft]
     then: AppendHook | None
     indices: list[int] = field(default_factory=list)
     error: BaseException | None = None
@@ -152,6 +165,7 @@ class Ledger:
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
         self._leading = False
+        self._heads_ready = False  # ledger_heads is known to exist (older ledgers lack it)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -270,8 +284,14 @@ class Ledger:
                 pos += 1 << level
         self._size = size
 
-    def append(self, entries: Sequence[Entry], then: AppendHook | None = None) -> list[int]:
+    def append(self, entries: Sequence[Entry | Draft], then: AppendHook | None = None) -> list[int]:
         """Append ``entries`` in one transaction; returns their indices. All or none are stored.
+
+        An entry about a subject (a dataset, a model: see onshore.ledger.subjects) must come as a
+        :class:`Draft`: it is signed inside the transaction, with its link to the previous entry
+        about each of its subjects, so that concurrent writers never link to the same predecessor.
+        Drafts about no subject are signed before queueing. Refuses (ValueError) a pre-signed
+        entry about a subject, whose link the caller could not know.
 
         Waits its turn behind other writers (LockTimeout after the configured wait). ``then``,
         if given, runs inside the same transaction with the new indices, so that what it writes
@@ -281,7 +301,16 @@ class Ledger:
         """
         if not entries:
             return []
-        me = _Pending(entries, then)
+        ready: list[Entry | Draft] = []
+        for e in entries:
+            if isinstance(e, Draft):
+                ready.append(e if subjects_of(e.kind, e.body) else sign_entry(e.kind, e.actor, e.body, e.key, e.time))
+            elif subjects_of(e.kind, e.body):
+                raise ValueError(f"a {e.kind} entry about {', '.join(subjects_of(e.kind, e.body))} must be appended "
+                                 "as a Draft, so that the ledger links it to the previous entry about it")
+            else:
+                ready.append(e)
+        me = _Pending(ready, then)
         with self._cond:
             self._queue.append(me)
             while self._leading and not me.done:
@@ -331,12 +360,20 @@ class Ledger:
             edge = dict(self._edge)
             get = self._getter(conn)
             rows, nodes = [], []
+            start = size
+            heads: dict[str, tuple[int, bytes] | None] = {}  # subject -> newest entry, as of this batch
             try:
+                heads = self._read_heads(conn, cur, batch)
                 for p in batch:
                     first = size
                     for e in p.entries:
+                        if isinstance(e, Draft):
+                            e = self._sign_linked(e, heads)
                         leaf = e.leaf()
-                        new = merkle.nodes_to_store_on_append(size, merkle.leaf_hash(leaf), get)
+                        lh = merkle.leaf_hash(leaf)
+                        for subject in (e.links or ()):
+                            heads[subject] = (size, lh)
+                        new = merkle.nodes_to_store_on_append(size, lh, get)
                         rows.append((size, e.kind, e.actor, leaf))
                         nodes += [(node_key(level, idx), h) for level, idx, h in new]
                         # each left sibling merged into a parent leaves the compact range; the
@@ -348,13 +385,109 @@ class Ledger:
                     p.indices = list(range(first, size))
                 _insert_many(cur, conn.dialect.paramstyle, ledger_entries, rows)
                 _insert_many(cur, conn.dialect.paramstyle, ledger_nodes, nodes)
+                moved = [(s, h[0], h[1]) for s, h in heads.items() if h is not None and h[0] >= start]
+                if moved:
+                    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+                    # SQLite and PostgreSQL both take ON CONFLICT; one statement on the hot path
+                    cur.executemany("INSERT INTO ledger_heads (subject, idx, leaf_hash) "
+                                    f"VALUES ({mark}, {mark}, {mark}) ON CONFLICT (subject) "
+                                    "DO UPDATE SET idx = excluded.idx, leaf_hash = excluded.leaf_hash", moved)
                 for p in batch:
                     if p.then is not None:
                         p.then(conn, p.indices)
             except BaseException:
                 self._edge, self._size = edge, -1
+                self._heads_ready = False  # a heads table made in this transaction went with it
                 raise
         self._size = size
+
+    def _read_heads(self, conn, cur, batch: list[_Pending]) -> dict[str, tuple[int, bytes] | None]:  # type: ignore[no-untyped-def]
+        """The newest entry about each subject the batch's drafts are about (None: no entry yet),
+        read in one query inside the append transaction (DB-API cursor: the hot path)."""
+        wanted = sorted({s for p in batch for e in p.entries if isinstance(e, Draft)
+                         for s in subjects_of(e.kind, e.body)})
+        if not wanted:
+            return {}
+        self._ensure_heads(conn)
+        heads: dict[str, tuple[int, bytes] | None] = dict.fromkeys(wanted)
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        for start in range(0, len(wanted), 500):  # under every driver's parameter limit
+            part = wanted[start:start + 500]
+            cur.execute(f"SELECT subject, idx, leaf_hash FROM ledger_heads WHERE subject IN "
+                        f"({', '.join([mark] * len(part))})", part)
+            heads.update({r[0]: (int(r[1]), bytes(r[2])) for r in cur.fetchall()})
+        return heads
+
+    @staticmethod
+    def _sign_linked(draft: Draft, heads: dict[str, tuple[int, bytes] | None]) -> Entry:
+        """Sign ``draft`` with a link per subject to the newest entry about it (``heads``)."""
+        links = {s: (None if (h := heads[s]) is None else link_to(*h)) for s in subjects_of(draft.kind, draft.body)}
+        return sign_entry(draft.kind, draft.actor, draft.body, draft.key, draft.time, links)
+
+    def _ensure_heads(self, conn) -> None:  # type: ignore[no-untyped-def]
+        """Make ledger_heads in a ledger created before it existed, filled from the entries (pre-link
+        history: the first linked entry about a subject links to the newest unlinked one)."""
+        if self._heads_ready:
+            return
+        if not conn.dialect.has_table(conn, ledger_heads.name):
+            ledger_heads.create(conn)
+            last: dict[str, tuple[int, bytes]] = {}
+            for idx, leaf in conn.execute(select(ledger_entries.c.idx, ledger_entries.c.leaf).order_by(
+                    ledger_entries.c.idx)):
+                e = parse_leaf(bytes(leaf))
+                for s in subjects_of(e.kind, e.body):
+                    last[s] = (int(idx), merkle.leaf_hash(bytes(leaf)))
+            if last:
+                conn.execute(insert(ledger_heads), [{"subject": s, "idx": i, "leaf_hash": h}
+                                                    for s, (i, h) in last.items()])
+        self._heads_ready = True
+
+    # -- subjects ------------------------------------------------------------------------------------
+
+    def subject_head(self, subject: str, size: int | None = None) -> StoredEntry | None:
+        """The newest entry about ``subject`` among the first ``size`` entries (default: all), or None.
+
+        Follows the subject's links back from its current head, so it reads only entries about it.
+        """
+        with self.engine.connect() as conn:
+            n = self._count(conn) if size is None else self._check_size(conn, size)
+            if not conn.dialect.has_table(conn, ledger_heads.name):
+                row = None
+            else:
+                row = conn.execute(select(ledger_heads.c.idx).where(ledger_heads.c.subject == subject)).first()
+        at: int | None = None if row is None else int(row[0])
+        while at is not None and at >= n:
+            e = self.get(at)
+            if e.entry.links is None:  # pre-link history: scan for it below
+                row = None
+                break
+            link = parse_link(e.entry.links.get(subject))
+            at = None if link is None else link[0]
+        if row is None:  # a ledger from before links (or a pre-link part of one): scan
+            found = None
+            for e in self.entries(0, n):
+                if subject in subjects_of(e.entry.kind, e.entry.body):
+                    found = e
+            return found
+        return None if at is None else self.get(at)
+
+    def subject_entries(self, subject: str, start: int = 0, size: int | None = None) -> list[StoredEntry]:
+        """Every entry about ``subject`` with ``start <= index < size``, ascending, found by its links.
+
+        Pre-link entries (before links existed) are found by a scan of that part of the log.
+        """
+        head = self.subject_head(subject, size)
+        out: list[StoredEntry] = []
+        e = head
+        while e is not None and e.index >= start:
+            out.append(e)
+            if e.entry.links is None:
+                out += [x for x in reversed(list(self.entries(start, e.index)))
+                        if subject in subjects_of(x.entry.kind, x.entry.body)]
+                break
+            link = parse_link(e.entry.links.get(subject))
+            e = None if link is None else self.get(link[0])
+        return out[::-1]
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -395,6 +528,7 @@ class Ledger:
         than a checkpoint it once signed has lost entries (truncation), which is an error.
         """
         hashes: list[bytes] = []
+        chains = ChainChecker()
         with self.engine.connect() as conn:
             # a leaf's hash is stored once, as the level-0 node whose key is the entry index
             q = select(ledger_entries.c.idx, ledger_entries.c.leaf, ledger_nodes.c.hash).join_from(
@@ -418,9 +552,20 @@ class Ledger:
                 lh = merkle.leaf_hash(leaf)
                 if stored_hash is None or lh != bytes(stored_hash):
                     raise IntegrityError(f"ledger entry {idx}: stored leaf hash does not match its bytes")
+                broken = chains.feed(idx, entry, lh)
+                if broken is not None:
+                    raise IntegrityError(f"ledger entry {idx}: {broken}")
                 hashes.append(lh)
             recomputed = merkle.root_from_leaf_hashes(hashes)
             stored = merkle.root_at(len(hashes), self._getter(conn))
+            if conn.dialect.has_table(conn, ledger_heads.name):
+                kept = {r[0]: (int(r[1]), bytes(r[2])) for r in conn.execute(select(ledger_heads))}
+                want = {s: chains.last[s] for s in chains.linked}
+                if any(kept.get(s) != h for s, h in want.items()):
+                    bad = sorted(s for s, h in want.items() if kept.get(s) != h)
+                    raise IntegrityError(
+                        f"the ledger_heads table disagrees with the entries for {', '.join(bad[:3])}: the ledger store "
+                        "was altered; restore it from a backup")
         if recomputed != stored:
             raise IntegrityError(
                 "ledger tree root recomputed from the entries does not match the stored tree nodes: "

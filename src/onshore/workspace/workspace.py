@@ -18,8 +18,8 @@ from onshore.catalog.schema import metadata as catalog_metadata
 from onshore.errors import IntegrityError, NotFoundError, PolicyDenied, ValidationError
 from onshore.keys.keystore import IDENTITY_FILE, KeyStore, public_key_b64, public_key_from_b64
 from onshore.ledger import checkpoint as ckpt
-from onshore.ledger import notes
-from onshore.ledger.entries import now_iso, sign_entry
+from onshore.ledger import merkle, notes, subjects
+from onshore.ledger.entries import Draft, now_iso
 from onshore.ledger.log import AppendHook, Ledger, ledger_metadata
 from onshore.names import check_principal, check_text, is_name, parse_principal
 from onshore.residency.jurisdictions import check_jurisdiction
@@ -219,13 +219,14 @@ class Workspace:
     def record(self, kind: str, actor: str, body: dict[str, Any], then: AppendHook | None = None) -> int:
         """Sign ``body`` as ``actor`` and append it to the ledger; returns the entry index.
 
-        ``then`` runs inside the append's transaction (see Ledger.append).
+        ``then`` runs inside the append's transaction (see Ledger.append). An entry about a dataset
+        is signed there, linked to the previous entry about it (onshore.ledger.subjects).
         """
-        return self.ledger.append([sign_entry(kind, actor, body, self.signer(actor))], then)[0]
+        return self.ledger.append([Draft(kind, actor, body, self.signer(actor))], then)[0]
 
     def record_many(self, items: list[tuple[str, str, dict[str, Any]]], then: AppendHook | None = None
                     ) -> list[int]:
-        return self.ledger.append([sign_entry(k, a, b, self.signer(a)) for k, a, b in items], then)
+        return self.ledger.append([Draft(k, a, b, self.signer(a)) for k, a, b in items], then)
 
     def open_checkpoint(self, note: str) -> ckpt.Checkpoint:
         """Check the log's signature on a checkpoint note of this workspace and parse it."""
@@ -259,6 +260,18 @@ class Workspace:
         if self.ledger.checkpoint_note(size) is None:
             self.ledger.store_checkpoint(size, note)
         return self.ledger.checkpoint_note(size) or note
+
+    def subject_head_note(self, subject: str, size: int) -> str:
+        """The log-signed head note for ``subject`` in the tree of ``size`` (onshore.ledger.subjects).
+
+        Refuses (NotFoundError) a subject with no entry in that tree.
+        """
+        head = self.ledger.subject_head(subject, size)
+        if head is None:
+            raise NotFoundError(f"the ledger's first {size} entries hold none about {subject}")
+        return subjects.sign_head(subjects.SubjectHead(self.origin, subject, size, self.ledger.root(size), head.index,
+                                                       merkle.leaf_hash(head.leaf)), self.origin,
+                                  self.signer(LOG_ACTOR))
 
     def add_cosignatures(self, cosigned_note: str) -> ckpt.Checkpoint:
         """Merge a witness's cosignature lines into the stored checkpoint of the same size.
