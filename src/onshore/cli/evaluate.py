@@ -50,8 +50,11 @@ def eval_command(
     episodes: Annotated[int, typer.Option(metavar="N", help="Episodes per task.")] = 10,
     seed: Annotated[int, typer.Option(metavar="N", help="Seed; the same seed gives the same episodes.")] = 0,
     policy: Annotated[str, typer.Option(
-        metavar="POLICY", help="Policy to evaluate: expert (the scripted expert) or a trained model's name.")
+        metavar="POLICY", help="Policy to evaluate: expert (the scripted expert), a trained model's name, or a "
+                               "policy server's URL (ws://HOST:PORT).")
     ] = "expert",
+    token: Annotated[str | None, typer.Option(
+        metavar="TOKEN", help="Client token for a ws:// policy server (else $ONSHORE_SERVE_TOKEN).")] = None,
     site: Annotated[str | None, typer.Option(
         metavar="SITE", help="Site where a model is loaded (required for a model; decided by its data's "
                              "policies).")] = None,
@@ -83,7 +86,14 @@ def eval_command(
         ws = workspace_path()
         reports = ws / "reports" if ws.is_dir() and (ws / CONFIG_FILE).exists() else None
     agent: Any = policy
-    if policy != "expert":
+    served = policy.startswith(("ws://", "wss://"))
+    if served:
+        from onshore.serve.client import ClientFactory
+        from onshore.sim import registry
+
+        agent = ClientFactory(policy, token, registry.env_module(env).embodiment().name, label=policy)
+        agent().close()  # refuse an unreachable server or a bad token before any episode runs
+    elif policy != "expert":
         if site is None:
             raise ValidationError("--site is required to evaluate a model: it is loaded only where its data's "
                                   "policies allow")
@@ -100,7 +110,7 @@ def eval_command(
         report = evaluate(env, split_tasks(tasks), episodes, seed, policy=agent, workers=workers,
                           progress=lambda done, total: bar.update(f"{env} eval", done, total), label=name,
                           sensors=sensors)
-    if policy != "expert":
+    if policy != "expert" and not served:  # a served model's uses are in its server's model.serve entries
         from onshore.workspace.models import record_eval
 
         with open_workspace() as ws:  # the results join the ledger, for the model's attestation
