@@ -21,6 +21,9 @@ def test_demo_runs_and_the_auditor_verifies(tmp_path: Path) -> None:
     assert ("refused training at ohio (US): rule(s) dataset/kansai-pick-place/jurisdictions, "
             "dataset/setouchi-tep/jurisdictions") in text
     assert "Lineage: model -> datasets" in text
+    assert "refused serving at sakai (no serve role): rule(s) workspace/role-serve" in text
+    assert "refused a client without a token" in text and "HTTP 401" in text
+    assert "'estop'" in text and "recorded kansai-line-1-run" in text
     assert "refused copy of kansai-pick-place to ohio: rule dataset/kansai-pick-place/jurisdictions" in text
     assert "verified: dataset kansai-pick-place" in text
     assert "verified: model consortium-tiny attested by its training site site:sakai" in text
