@@ -287,6 +287,7 @@ def test_browser_ledger_page_verifies_in_the_background(server: str, browser: ob
 def test_browser_verify_page_turns_a_tampered_bundle_red(server: str, browser: object,
                                                          demo: tuple[Workspace, Path, Path], tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     d = browser
     _, bundle, trust = demo
@@ -295,7 +296,8 @@ def test_browser_verify_page_turns_a_tampered_bundle_red(server: str, browser: o
         d.find_element(By.ID, "bundle").send_keys(str(path))  # type: ignore[attr-defined]
         d.find_element(By.ID, "trust_root").send_keys(str(trust))  # type: ignore[attr-defined]
         d.find_element(By.ID, "verify-button").click()  # type: ignore[attr-defined]
-        result = d.find_element(By.ID, "result")  # type: ignore[attr-defined]
+        # the click starts a form submission; wait for the answer page rather than race it
+        result = WebDriverWait(d, 60, 0.2).until(lambda drv: drv.find_element(By.ID, "result"))
         colour = result.value_of_css_property("background-color")
         if ok:
             assert result.text.startswith("Verified") and "26, 127, 55" in colour
