@@ -241,11 +241,12 @@ def test_browser_overview_shows_sites_by_jurisdiction_and_the_us_refusal(server:
 
 def test_browser_dataset_page_shows_shards_at_their_sites(server: str, browser: object) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     d = browser
     d.get(server + "/")  # type: ignore[attr-defined]
     d.find_element(By.LINK_TEXT, "arms").click()  # type: ignore[attr-defined]
-    assert d.find_element(By.ID, "name").text == "arms"  # type: ignore[attr-defined]
+    assert WebDriverWait(d, 60, 0.2).until(lambda drv: drv.find_element(By.ID, "name")).text == "arms"
     rows = d.find_elements(By.CSS_SELECTOR, "#shards tbody tr")  # type: ignore[attr-defined]
     sites = {r.find_element(By.CSS_SELECTOR, "td.site").text for r in rows}
     assert sites == {"sakai", "tokyo"}
@@ -279,6 +280,7 @@ def test_browser_ledger_page_verifies_in_the_background(server: str, browser: ob
     box = d.find_element(By.NAME, "kind")  # type: ignore[attr-defined]
     box.send_keys("decision")
     d.find_element(By.CSS_SELECTOR, "form.filters button").click()  # type: ignore[attr-defined]
+    WebDriverWait(d, 60, 0.2).until(lambda drv: "kind=decision" in drv.current_url)
     kinds = {r.find_elements(By.TAG_NAME, "td")[2].text
              for r in d.find_elements(By.CSS_SELECTOR, "#entries tbody tr")}  # type: ignore[attr-defined]
     assert kinds == {"decision"}
