@@ -1,6 +1,7 @@
 """Many writers: mixed commands per second and lock-wait p99 with 1, 4 and 8 processes; decisions/s.
 
-    .venv/bin/python bench/concurrency_bench.py [--seconds S] [--decisions N] [--postgres URL]
+    .venv/bin/python bench/concurrency_bench.py [--seconds S] [--decisions N] [--repeat R] [--skip-mixed]
+                                                [--postgres URL]
 
 Part 1 runs tests/_workload.py (ingest with same-name collisions, copy, read, policy check,
 checkpoint, withdraw; each a real library call as the CLI makes it) in 1, 4 and 8 worker
@@ -8,9 +9,11 @@ processes on one workspace for S seconds, on SQLite and, when a server is given 
 are on PATH, on PostgreSQL; it prints operations per second and the p50/p99 of the time each
 operation waited for write turns. Part 2 measures recorded decisions per second through
 ``Workspace.decide`` (decide, sign the entry, append it: the function `onshore policy check`
-calls) with 1 writer, 8 writer threads in one process (their appends are group-committed) and
-8 writer processes, and signed appends per second through ``Workspace.record``, beside the
-Ed25519 signing ceiling of one core. Goal (issue 7): >= 10,000/s each where the ceiling allows.
+calls) and through ``Workspace.decide_many`` (`onshore policy check-many`: 100 decisions a
+transaction), and signed appends per second through ``Workspace.record``, each with 1 writer,
+8 writer threads in one process (their appends are group-committed) and 8 writer processes,
+beside the Ed25519 signing ceiling of one core; each figure R times, interleaved, min / median /
+max. Goal (issue 7): >= 10,000/s each where the ceiling allows.
 Figures depend on the machine and on what else runs on it.
 """
 
@@ -21,6 +24,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,64 +67,96 @@ def _requests(n: int) -> list[Request]:
     return [Request("site:sakai", "read", f"d{i % 50}", "sakai", "fine-tuning") for i in range(n)]
 
 
-def _decide_loop(ws_path: str, n: int, start: mp.Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _writer(ws: Workspace, what: str, n: int, me: int = 0) -> None:
+    """``n`` decisions (``Workspace.decide``), batched decisions (``decide_many``, 100 a call) or
+    signed appends (``Workspace.record``): each a function a command or job calls."""
+    reqs = _requests(100)
+    if what == "decide":
+        for i in range(n):
+            ws.decide(reqs[i % 100])
+    elif what == "decide_many":
+        for i in range(0, n, 100):
+            ws.decide_many(reqs[:min(100, n - i)])
+    else:
+        for i in range(n):
+            ws.record("decision", "site:sakai", {"writer": me, "i": i})
+
+
+def _process_writer(ws_path: str, what: str, n: int, me: int, start: mp.Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
     with Workspace.open(Path(ws_path)) as ws:
-        reqs = _requests(100)
-        ws.decide(reqs[0])
+        _writer(ws, what, 1, me)  # warm up: connections, policy set, signing key
         start.wait()
-        t = time.perf_counter()
-        for i in range(n):
-            ws.decide(reqs[i % 100])
-        out.put(time.perf_counter() - t)
+        _writer(ws, what, n, me)
+        out.put(me)
 
 
-def decisions(root: Path, n: int, urls: dict[str, str]) -> None:
-    ws_path = make_workspace(root, **urls)
+def _in_threads(ws_path: Path, what: str, n: int) -> float:
     with Workspace.open(ws_path) as ws:
-        reqs = _requests(100)
-        ws.decide(reqs[0])
+        _writer(ws, what, 1)
+        threads = [threading.Thread(target=_writer, args=(ws, what, n // 8, i)) for i in range(8)]
         t = time.perf_counter()
-        for i in range(n):
-            ws.decide(reqs[i % 100])
-        print(f"  recorded decisions/s, 1 writer (Workspace.decide)            {n / (time.perf_counter() - t):9,.0f}")
-        t = time.perf_counter()
-        for i in range(n):
-            ws.record("decision", "site:sakai", {"i": i})
-        print(f"  signed appends/s, 1 writer (Workspace.record)                {n / (time.perf_counter() - t):9,.0f}")
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return 8 * (n // 8) / (time.perf_counter() - t)
 
-        per = max(1, n // 8)
-        threads = [threading.Thread(target=lambda: [ws.decide(reqs[i % 100]) for i in range(per)]) for _ in range(8)]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        rate = 8 * per / (time.perf_counter() - t)
-        print(f"  recorded decisions/s, 8 writer threads (group commit)        {rate:9,.0f}")
-        before = ws.ledger.size()
-        threads = [threading.Thread(target=lambda: [ws.record("decision", "site:sakai", {"i": i}) for i in range(per)])
-                   for _ in range(8)]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        dt = time.perf_counter() - t
-        assert ws.ledger.size() - before == 8 * per
-        print(f"  signed appends/s, 8 writer threads (group commit)            {8 * per / dt:9,.0f}")
+
+def _in_processes(ws_path: Path, what: str, n: int) -> float:
     start, out = mp.Event(), mp.Queue()
-    procs = [mp.Process(target=_decide_loop, args=(str(ws_path), per, start, out)) for _ in range(8)]
+    procs = [mp.Process(target=_process_writer, args=(str(ws_path), what, n // 8, i, start, out)) for i in range(8)]
     for p in procs:
         p.start()
-    time.sleep(3)  # let them open the workspace
+    time.sleep(3)  # let them open the workspace and warm up
     t = time.perf_counter()
     start.set()
     for p in procs:
         p.join()
-    rate = 8 * per / (time.perf_counter() - t)
-    print(f"  recorded decisions/s, 8 writer processes                     {rate:9,.0f}")
+    rate = 8 * (n // 8) / (time.perf_counter() - t)
+    if sorted(out.get() for _ in procs) != list(range(8)):
+        raise SystemExit("a writer process failed")
+    return rate
+
+
+def _one_writer(ws_path: Path, what: str, n: int) -> float:
+    with Workspace.open(ws_path) as ws:
+        _writer(ws, what, 1)
+        t = time.perf_counter()
+        _writer(ws, what, n)
+        return n / (time.perf_counter() - t)
+
+
+FIGURES = [
+    ("recorded decisions/s, 1 writer (Workspace.decide)", _one_writer, "decide"),
+    ("recorded decisions/s, 1 writer (decide_many, 100 a call)", _one_writer, "decide_many"),
+    ("signed appends/s, 1 writer (Workspace.record)", _one_writer, "record"),
+    ("recorded decisions/s, 8 writer threads (group commit)", _in_threads, "decide"),
+    ("signed appends/s, 8 writer threads (group commit)", _in_threads, "record"),
+    ("recorded decisions/s, 8 writer processes", _in_processes, "decide"),
+    ("signed appends/s, 8 writer processes", _in_processes, "record"),
+]
+
+
+def decisions(root: Path, n: int, repeat: int, urls: dict[str, str]) -> None:
+    """Each figure ``repeat`` times, the figures interleaved (so that load falls on all alike)."""
+    ws_path = make_workspace(root, **urls)
+    got: dict[str, list[float]] = {label: [] for label, _, _ in FIGURES}
+    for _ in range(repeat):
+        for label, run, what in FIGURES:
+            got[label].append(run(ws_path, what, n))
+    for label, xs in got.items():
+        print(f"  {label:58s} {min(xs):8,.0f} / {statistics.median(xs):8,.0f} / {max(xs):8,.0f}")
     with Workspace.open(ws_path) as ws:
         ws.verify_ledger()
+
+
+def ed25519_ceiling() -> float:
+    """Signatures per second of one core over a decision entry's size (about 420 bytes)."""
+    key, sample = Ed25519PrivateKey.generate(), b"x" * 420
+    t = time.perf_counter()
+    for _ in range(20_000):
+        key.sign(sample)
+    return 20_000 / (time.perf_counter() - t)
 
 
 def _postgres(args: argparse.Namespace) -> tuple[str | None, object]:
@@ -162,22 +198,24 @@ def _pg_urls(base: str) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--decisions", type=int, default=4000)
+    ap.add_argument("--decisions", type=int, default=4000, help="decisions or appends per run of each figure")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each decision figure (min / median / max)")
+    ap.add_argument("--skip-mixed", action="store_true", help="only the decision and append figures")
     ap.add_argument("--postgres", help="a PostgreSQL server URL (default: start one if initdb is on PATH)")
     args = ap.parse_args()
-    key, sample = Ed25519PrivateKey.generate(), b"x" * 400
-    t = time.perf_counter()
-    for _ in range(20_000):
-        key.sign(sample)
-    rate = 20_000 / (time.perf_counter() - t)
-    print(f"Ed25519 signing alone, one core (the ceiling for signed appends)  {rate:9,.0f}/s")
     print(f"CPU cores: {os.cpu_count()}; load average now {os.getloadavg()[0]:.1f}")
     pg, server = _postgres(args)
     backends = [("sqlite", lambda: {})] + ([("postgresql", lambda: _pg_urls(pg))] if pg else [])
     try:
         for name, urls in backends:
-            print(f"== {name}: decisions through Workspace.decide ({args.decisions} per run)")
-            decisions(Path(tempfile.mkdtemp(prefix="onshore-cb-")), args.decisions, urls())
+            ceiling = [ed25519_ceiling() for _ in range(args.repeat)]
+            print(f"== {name}: {args.decisions} per run, {args.repeat} runs, min / median / max; "
+                  f"goal >= 10,000/s each")
+            print(f"  {'Ed25519 signing alone, one core (the ceiling)':58s} {min(ceiling):8,.0f} / "
+                  f"{statistics.median(ceiling):8,.0f} / {max(ceiling):8,.0f}")
+            decisions(Path(tempfile.mkdtemp(prefix="onshore-cb-")), args.decisions, args.repeat, urls())
+            if args.skip_mixed:
+                continue
             print(f"== {name}: mixed commands for {args.seconds:g} s")
             for workers in (1, 4, 8):
                 mixed(Path(tempfile.mkdtemp(prefix="onshore-cb-")), args.seconds, workers, urls())

@@ -87,7 +87,7 @@ def main() -> None:
             lg.append([Draft("decision", "site:sakai", body(i), key)
                        for i in range(start, min(start + args.batch, args.entries))])
         times["onshore"].append(time.perf_counter() - t0)
-        lg.engine.dispose()
+        lg.close()
 
     def onshore_append_only() -> None:
         r = next(rounds)
@@ -96,7 +96,7 @@ def main() -> None:
         for batch in entries:
             lg.append(batch)
         times["onshore-unsigned-work"].append(time.perf_counter() - t0)
-        lg.engine.dispose()
+        lg.close()
 
     def pymerkle_append() -> None:
         r = next(rounds)

@@ -65,6 +65,30 @@ def test_full_flow_with_exit_codes(cli_ws: Path, tmp_path: Path, capsys: pytest.
     assert code == 3 and "dataset/furnace/withdrawn" in err
 
 
+def test_policy_check_many_records_all_in_order(cli_ws: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    w = str(cli_ws)
+    f = write_frames(tmp_path / "f.parquet")
+    assert run(capsys, "-w", w, "dataset", "ingest", "furnace", str(f), "--member", "steelco", "--site", "sakai",
+               "--policy", str(tmp_path / "policy.toml"), "--embodiment", "furnace-line-3")[0] == 0
+    reqs = tmp_path / "requests.jsonl"
+    reqs.write_text('{"action": "read", "dataset": "furnace", "site": "sakai"}\n\n'
+                    '{"action": "copy", "dataset": "furnace", "site": "ohio"}\n')
+    code, out, _ = run(capsys, "-w", w, "policy", "check-many", str(reqs), "--json")
+    got = json.loads(out)
+    assert code == 3 and [d["decision"] for d in got] == ["allow", "deny"]
+    assert got[1]["ledger_index"] == got[0]["ledger_index"] + 1 and got[0]["request"]["principal"] == "site:sakai"
+    reqs.write_text('{"action": "read", "dataset": "furnace", "site": "sakai"}\n')
+    code, out, _ = run(capsys, "-w", w, "policy", "check-many", str(reqs))
+    assert code == 0 and "allow read of furnace by site:sakai" in out
+    for text, says in (('{"action": "read", "dataset": "furnace"}\n{"action": "read"}\n', "line 2"),
+                       ('{"action": "read", "dataset": "nope"}\n', "line 1: no dataset named 'nope'"),
+                       ("not json\n", "line 1: not JSON"), ("\n", "holds no requests")):
+        reqs.write_text(text)
+        code, _, err = run(capsys, "-w", w, "policy", "check-many", str(reqs))
+        assert code == 1 and says in err and "Traceback" not in err, (text, err)
+
+
 def test_user_errors_exit_1_without_traceback(cli_ws: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     w = str(cli_ws)

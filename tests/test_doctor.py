@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from sqlalchemy import delete
 
 from conftest import write_frames
 from onshore.catalog.db import write_transaction
-from onshore.errors import IntegrityError
+from onshore.errors import IntegrityError, LockTimeout, OnshoreError
 from onshore.ledger.entries import sign_entry
 from onshore.ledger.log import ledger_entries, ledger_nodes, node_key
+from onshore.residency.pdp import Request
 from onshore.workspace import Workspace, datasets, doctor, registry
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -119,3 +121,61 @@ def test_batch_inclusion_proofs_equal_single_ones(ws: Workspace) -> None:
     cited = [0, 1, 7, 64, 65, 128, n - 2, n - 1]
     assert ws.ledger.inclusion_proofs(cited, n) == [ws.ledger.inclusion_proof(i, n) for i in cited]
     assert ws.ledger.inclusion_proofs(cited[:3], 100) == [ws.ledger.inclusion_proof(i, 100) for i in cited[:3]]
+
+
+def test_kept_append_connection_still_waits_for_other_ledger_writers(ws: Workspace,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    key = ws.signer("log")
+    ws.ledger.append([sign_entry("decision", "log", {"i": 0}, key)])  # opens the kept connection and lock file
+    monkeypatch.setenv("ONSHORE_LOCK_TIMEOUT", "0.5")
+    with write_transaction(ws.ledger.engine, "the ledger"):
+        with pytest.raises(LockTimeout, match="write lock on the ledger"):
+            ws.ledger.append([sign_entry("decision", "log", {"i": 1}, key)])
+    # the failed turn left nothing held: another workspace object (as another process would)
+    # and this one alternate, each finding the tree the other grew
+    other = Workspace.open(ws.root)
+    try:
+        for i in range(20):
+            (ws if i % 2 else other).ledger.append([sign_entry("decision", "log", {"i": i}, key)])
+        assert other.ledger.size() == ws.ledger.size()
+    finally:
+        other.close()
+    ws.verify_ledger()
+
+
+def test_a_forked_child_appends_on_its_own_connection(ws: Workspace) -> None:
+    key = ws.signer("log")
+    ws.ledger.append([sign_entry("decision", "log", {"who": "parent"}, key)])
+    before = ws.ledger.size()
+
+    def child() -> None:
+        ws.ledger.append([sign_entry("decision", "log", {"who": "child", "i": i}, key) for i in range(3)])
+
+    p = multiprocessing.get_context("fork").Process(target=child)
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    assert ws.ledger.append([sign_entry("decision", "log", {"who": "parent"}, key)]) == [before + 3]
+    ws.verify_ledger()
+
+
+def test_decide_many_records_every_decision_in_one_transaction(ws: Workspace, tmp_path: Path,
+                                                             policy_file: Path) -> None:
+    _ingest(ws, tmp_path, policy_file)
+    requests = [Request("site:sakai", "read", "furnace", "sakai"),
+                Request("site:ohio", "copy", "furnace", "ohio"),
+                Request("site:tokyo", "train", "furnace", "tokyo", "fine-tuning")]
+    before = ws.ledger.size()
+    decided = ws.decide_many(requests)
+    assert [i for _, i in decided] == list(range(before, before + 3))
+    assert [d for d, _ in decided] == [ws.decide(r)[0] for r in requests]
+    assert [d.allowed for d, _ in decided] == [True, False, True]
+    for (d, i), r in zip(decided, requests, strict=True):
+        entry = ws.ledger.get(i).entry
+        assert entry.kind == "decision" and entry.actor == r.principal and entry.body == d.to_json()
+    # one request that cannot be decided refuses the batch; nothing is recorded
+    size = ws.ledger.size()
+    with pytest.raises(OnshoreError, match="unknown site"):
+        ws.decide_many([requests[0], Request("site:sakai", "read", "furnace", "nowhere")])
+    assert ws.ledger.size() == size
+    ws.verify_ledger()

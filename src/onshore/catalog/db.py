@@ -65,7 +65,10 @@ def _sqlite_begin(conn: Connection) -> None:
     # A deferred transaction that reads and then writes fails at once (SQLITE_BUSY_SNAPSHOT) when
     # another writer committed in between; an immediate one takes the write lock first, waiting
     # under busy_timeout. Readers stay deferred so that they never wait.
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_IMMEDIATE) else "BEGIN")
+    # Straight to the driver: SQLAlchemy's statement path costs more than the BEGIN itself, and
+    # the ledger's appends begin thousands of transactions a second.
+    conn.connection.dbapi_connection.execute(
+        "BEGIN IMMEDIATE" if conn.get_execution_options().get(_IMMEDIATE) else "BEGIN")
 
 
 def open_engine(url: str, tables: MetaData, create: bool = False) -> Engine:
@@ -122,63 +125,134 @@ def write_transaction(engine: Engine, what: str) -> Iterator[Connection]:
     """
     limit = lock_timeout()
     started = time.monotonic()
-
-    def timed_out() -> LockTimeout:
-        waited = time.monotonic() - started
-        return LockTimeout(
-            f"waited {waited:.0f} s for the write lock on {what} ({engine.url.render_as_string(hide_password=True)}): "
-            f"another onshore command is writing and has not finished; let it finish (or stop it) and run "
-            f"this again, or wait longer with ${LOCK_TIMEOUT_VAR}=SECONDS (now {limit:g})")
-
-    turn = _sqlite_turn(engine, started + limit, timed_out)
-    _waited[0] += time.monotonic() - started
+    timed_out = _timed_out(engine, what, limit, started)
+    turn = _open_turn(engine)
     try:
-        with _transaction(engine, what, limit, timed_out) as conn:
+        if turn is not None:
+            _take_turn(turn, started + limit, timed_out)
+        _waited[0] += time.monotonic() - started
+        with engine.connect() as conn, _transaction(conn, what, limit, timed_out):
             yield conn
     finally:
         if turn is not None:
             turn.close()  # releases the flock
 
 
-def _sqlite_turn(engine: Engine, deadline: float, timed_out: Callable[[], LockTimeout]) -> IO[str] | None:
-    """Queue for an SQLite database's write turn on a lock file beside it.
+class Writer:
+    """Write transactions on one store over a connection and a lock file kept open between them.
+
+    The same turns and the same waits as :func:`write_transaction`, for a hot path that commits
+    many small transactions (the ledger's appends): opening the lock file and checking a
+    connection out of the pool cost more than such a transaction. Not for concurrent use: its
+    owner runs one transaction at a time (the ledger's group-commit leader). Another writer of the
+    same store, in this process or any other, still waits for its turn, since each
+    ``write_transaction`` opens its own lock file. A forked child opens its own connection and
+    file; ``close`` releases both.
+    """
+
+    def __init__(self, engine: Engine, what: str) -> None:
+        self.engine, self.what = engine, what
+        self._conn: Connection | None = None
+        self._turn: IO[str] | None = None
+        self._pid = -1
+        self._inherited: list[object] = []
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction, as :func:`write_transaction`; the connection is dropped on any error."""
+        limit = lock_timeout()
+        started = time.monotonic()
+        timed_out = _timed_out(self.engine, self.what, limit, started)
+        if self._pid != os.getpid():
+            # a forked child must not use (or close) its parent's SQLite handle or share its
+            # lock file's open description; keep them referenced so that nothing closes them here
+            self._inherited.append((self._conn, self._turn))
+            self._conn, self._turn, self._pid = None, _open_turn(self.engine), os.getpid()
+        if self._turn is not None:
+            _take_turn(self._turn, started + limit, timed_out)
+        try:
+            _waited[0] += time.monotonic() - started
+            if self._conn is None:
+                self._conn = self.engine.connect()
+            try:
+                with _transaction(self._conn, self.what, limit, timed_out):
+                    yield self._conn
+            except BaseException:
+                self._drop()
+                raise
+        finally:
+            if self._turn is not None:
+                fcntl.flock(self._turn, fcntl.LOCK_UN)
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection is being discarded anyway
+                pass
+
+    def close(self) -> None:
+        """Close the kept connection and lock file (in the process that opened them)."""
+        if self._pid == os.getpid():
+            self._drop()
+            if self._turn is not None:
+                self._turn.close()
+        self._conn, self._turn, self._pid = None, None, -1
+
+
+def _timed_out(engine: Engine, what: str, limit: float, started: float) -> Callable[[], LockTimeout]:
+    def timed_out() -> LockTimeout:
+        waited = time.monotonic() - started
+        return LockTimeout(
+            f"waited {waited:.0f} s for the write lock on {what} ({engine.url.render_as_string(hide_password=True)}): "
+            f"another onshore command is writing and has not finished; let it finish (or stop it) and run "
+            f"this again, or wait longer with ${LOCK_TIMEOUT_VAR}=SECONDS (now {limit:g})")
+    return timed_out
+
+
+def _open_turn(engine: Engine) -> IO[str] | None:
+    """The lock file beside an SQLite database (None for PostgreSQL or an in-memory database)."""
+    path = engine.url.database
+    if engine.dialect.name != "sqlite" or not path or path == ":memory:":
+        return None
+    return open(f"{path}-writer.lock", "a")  # noqa: SIM115 - the caller closes it
+
+
+def _take_turn(f: IO[str], deadline: float, timed_out: Callable[[], LockTimeout]) -> None:
+    """Queue for an SQLite database's write turn on its lock file.
 
     SQLite's own busy handler polls with sleeps of up to 100 ms, so eight waiting writers hand
     the lock on slowly; a flock taken first is handed on within a fraction of a millisecond.
     """
-    path = engine.url.database
-    if engine.dialect.name != "sqlite" or not path or path == ":memory:":
-        return None
-    f = open(f"{path}-writer.lock", "a")  # noqa: SIM115 - closed by the caller to release the turn
     delay = 0.0001
     while True:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return f
+            return
         except BlockingIOError:
             if time.monotonic() > deadline:
-                f.close()
                 raise timed_out() from None
             time.sleep(delay)
             delay = min(delay * 2, 0.002)
 
 
 @contextmanager
-def _transaction(engine: Engine, what: str, limit: float, timed_out: Callable[[], LockTimeout]
-                 ) -> Iterator[Connection]:
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.execution_options(**{_IMMEDIATE: True})
-        try:
-            tx = conn.begin()
-            if engine.dialect.name == "postgresql":
-                t = time.monotonic()
-                conn.exec_driver_sql(f"SELECT set_config('lock_timeout', '{int(limit * 1000)}', true), "
-                                     f"pg_advisory_xact_lock({_lock_key(engine, what)})")
-                _waited[0] += time.monotonic() - t
-        except OperationalError as e:
-            if _is_lock_wait_failure(e):
-                raise timed_out() from None
-            raise
-        with tx:
-            yield conn
+def _transaction(conn: Connection, what: str, limit: float, timed_out: Callable[[], LockTimeout]
+                 ) -> Iterator[None]:
+    engine = conn.engine
+    if engine.dialect.name == "sqlite" and not conn.get_execution_options().get(_IMMEDIATE):
+        conn.execution_options(**{_IMMEDIATE: True})  # this connection's transactions take the write lock first
+    try:
+        tx = conn.begin()
+        if engine.dialect.name == "postgresql":
+            t = time.monotonic()
+            conn.exec_driver_sql(f"SELECT set_config('lock_timeout', '{int(limit * 1000)}', true), "
+                                 f"pg_advisory_xact_lock({_lock_key(engine, what)})")
+            _waited[0] += time.monotonic() - t
+    except OperationalError as e:
+        if _is_lock_wait_failure(e):
+            raise timed_out() from None
+        raise
+    with tx:
+        yield

@@ -8,7 +8,7 @@ import typer
 
 from onshore.cli.context import open_workspace
 from onshore.cli.output import StageProgress, console, err, esc, print_json, table
-from onshore.errors import PolicyDenied, ValidationError
+from onshore.errors import NotFoundError, PolicyDenied, ValidationError
 
 dataset_app = typer.Typer(help="Datasets: ingest, copy, read, export, list, show, withdraw.", no_args_is_help=True)
 policy_app = typer.Typer(help="Usage policies: check what the policy decision point decides, show the Cedar.",
@@ -204,9 +204,7 @@ def check(
         else:
             assert dataset is not None
             row = ws.row("dataset", dataset)
-            if principal is None:
-                principal = (f"member:{row['owner']}" if action in ("ingest", "withdraw") or site is None
-                             else f"site:{site}")
+            principal = _principal(principal, action, row["owner"], site)
             decision, index = ws.decide(Request(principal, action, dataset, site, purpose))
     what = f"model {model}" if model is not None else str(dataset)
     if json_:
@@ -218,6 +216,84 @@ def check(
                       f"(ledger entry {index})")
     if not decision.allowed:
         raise typer.Exit(PolicyDenied.exit_code)
+
+
+def _principal(given: str | None, action: str, owner: str, site: str | None) -> str:
+    """Who asks, by default: the owner for ingest and withdraw (or with no site), else the site."""
+    if given is not None:
+        return given
+    return f"member:{owner}" if action in ("ingest", "withdraw") or site is None else f"site:{site}"
+
+
+def _print_decisions(decided: list, json_: bool) -> None:  # type: ignore[type-arg]
+    """Print (decision, ledger index) pairs of dataset requests; exit 3 when any is a deny."""
+    if json_:
+        print_json([{**d.to_json(), "ledger_index": i} for d, i in decided])
+    else:
+        for d, i in decided:
+            r = d.request
+            verdict = "[green]allow[/]" if d.allowed else "[red]deny[/]"
+            console.print(f"{verdict} {esc(r.action)} of {esc(r.dataset)} by {esc(r.principal)}"
+                          f"{' at ' + esc(r.site) if r.site else ''}: {esc(', '.join(d.rules))} "
+                          f"(ledger entry {i})")
+    if not all(d.allowed for d, _ in decided):
+        raise typer.Exit(PolicyDenied.exit_code)
+
+
+_REQUEST_KEYS = ("action", "dataset", "site", "purpose", "principal")
+
+
+@policy_app.command("check-many")
+def check_many(
+    requests: Path = typer.Argument(
+        ..., metavar="FILE",
+        help='JSON lines, one request each: {"action": "train", "dataset": "arms", "site": "sakai", '
+             '"purpose": "fine-tuning"}.'),
+    json_: bool = JSON,
+) -> None:
+    """Decide many requests at once, all recorded in one ledger transaction; exit 3 if any is denied.
+
+    Each line is an object with "action" and "dataset", and optionally "site", "purpose" and
+    "principal" (defaults as for 'policy check'); blank lines are skipped. For a job or a
+    serving gateway with many questions: one ledger transaction for all of them.
+
+    Example: onshore policy check-many requests.jsonl --json
+    """
+    import json
+
+    from onshore.cli.inputs import read_text_input
+    from onshore.errors import ValidationError
+    from onshore.residency.pdp import Request
+
+    parsed: list[tuple[int, dict[str, str | None]]] = []
+    for n, line in enumerate(read_text_input(requests, "requests").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise ValidationError(f"{requests}, line {n}: not JSON ({e})") from None
+        if not isinstance(obj, dict) or not {"action", "dataset"} <= set(obj) or set(obj) - set(_REQUEST_KEYS) \
+                or not all(v is None or isinstance(v, str) for v in obj.values()):
+            raise ValidationError(f"{requests}, line {n}: give an object with string fields \"action\" and "
+                                  f"\"dataset\", and optionally \"site\", \"purpose\", \"principal\"")
+        parsed.append((n, obj))
+    if not parsed:
+        raise ValidationError(f"{requests}: holds no requests (one JSON object a line)")
+    with open_workspace() as ws:
+        owners: dict[str, str] = {}
+        batch = []
+        for n, r in parsed:
+            name = str(r["dataset"])
+            if name not in owners:
+                try:
+                    owners[name] = ws.row("dataset", name)["owner"]
+                except NotFoundError as e:
+                    raise NotFoundError(f"{requests}, line {n}: {e}") from None
+            batch.append(Request(_principal(r.get("principal"), str(r["action"]), owners[name], r.get("site")),
+                                 str(r["action"]), name, r.get("site"), r.get("purpose")))
+        decided = ws.decide_many(batch)
+    _print_decisions(decided, json_)
 
 
 @policy_app.command("show")

@@ -27,6 +27,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Engine,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -39,7 +40,7 @@ from sqlalchemy import (
     update,
 )
 
-from onshore.catalog.db import write_transaction
+from onshore.catalog.db import Writer, write_transaction
 from onshore.errors import IntegrityError, OnshoreError
 from onshore.ledger import merkle
 from onshore.ledger.checkpoint import Checkpoint
@@ -48,10 +49,15 @@ from onshore.ledger.subjects import ChainChecker, link_to, parse_link, subjects_
 
 ledger_metadata = MetaData()
 
+# On SQLite a key declared INTEGER PRIMARY KEY is the table's rowid: a row is stored once, in
+# the table's own b-tree, where BIGINT PRIMARY KEY would keep a second index beside it (an
+# append writing twice the pages). Databases made before keep their BIGINT keys and work alike.
+_Key = BigInteger().with_variant(Integer(), "sqlite")
+
 ledger_entries = Table(
     "ledger_entries",
     ledger_metadata,
-    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("idx", _Key, primary_key=True, autoincrement=False),
     Column("kind", String(32), nullable=False),
     Column("actor", String(80), nullable=False),
     Column("leaf", LargeBinary, nullable=False),
@@ -61,7 +67,7 @@ ledger_nodes = Table(
     "ledger_nodes",
     ledger_metadata,
     # (level << 56) | index: one integer key, so that a proof's nodes are one indexed IN lookup
-    Column("node", BigInteger, primary_key=True, autoincrement=False),
+    Column("node", _Key, primary_key=True, autoincrement=False),
     Column("hash", LargeBinary(32), nullable=False),
 )
 
@@ -166,6 +172,12 @@ class Ledger:
         self._queue: list[_Pending] = []
         self._leading = False
         self._heads_ready = False  # ledger_heads is known to exist (older ledgers lack it)
+        self._writer = Writer(engine, "the ledger")  # appends' kept-open connection and lock file
+
+    def close(self) -> None:
+        """Release the appends' connection and lock file, then the engine's pooled connections."""
+        self._writer.close()
+        self.engine.dispose()
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -274,14 +286,18 @@ class Ledger:
 
     def _load_edge(self, conn, size: int) -> None:  # type: ignore[no-untyped-def]
         """Load the compact range of a tree of ``size`` leaves: one stored node per set bit."""
-        self._edge = {}
-        pos = 0
-        get = self._getter(conn)
+        ids, pos = [], 0
         for level in range(size.bit_length() - 1, -1, -1):
             if size >> level & 1:
-                idx = pos >> level
-                self._edge[(level, idx)] = get(level, idx)
+                ids.append((level, pos >> level))
                 pos += 1 << level
+        # one query: after another process appended, this runs inside the write turn
+        found = {int(k): bytes(h) for k, h in conn.execute(
+            _NODES_BY_KEY, {"keys": [node_key(lv, ix) for lv, ix in ids]})} if ids else {}
+        missing = [n for n in ids if node_key(*n) not in found]
+        if missing:
+            raise IntegrityError(f"ledger nodes {missing[:3]} are missing: the ledger store is damaged")
+        self._edge = {n: found[node_key(*n)] for n in ids}
         self._size = size
 
     def append(self, entries: Sequence[Entry | Draft], then: AppendHook | None = None) -> list[int]:
@@ -350,7 +366,7 @@ class Ledger:
             p.done = True
 
     def _commit(self, batch: list[_Pending]) -> None:
-        with write_transaction(self.engine, "the ledger") as conn:
+        with self._writer.transaction() as conn:
             cur = conn.connection.dbapi_connection.cursor()  # the same transaction, without SQLAlchemy's toll
             cur.execute("SELECT max(idx) FROM ledger_entries")
             top = cur.fetchone()[0]

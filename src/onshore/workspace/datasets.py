@@ -316,7 +316,9 @@ def open_resident(ws: Workspace, names: Sequence[str], site: str, purpose: str |
         raise ValidationError(f"a dataset is named twice in {', '.join(names)}")
     rows = [ws.row("dataset", n) for n in names]
     site_info = get_site(ws, site)
-    decided = [(n, *ws.decide(Request(f"site:{site}", action, n, site, purpose))) for n in names]
+    # one ledger transaction for all of a job's decisions (group commit)
+    decided = [(n, d, i) for n, (d, i) in zip(names, ws.decide_many(
+        [Request(f"site:{site}", action, n, site, purpose) for n in names]), strict=True)]
     refused = [(n, d, i) for n, d, i in decided if not d.allowed]
     if refused:
         where = f"at site {site} ({site_info.jurisdiction})" + (f" for purpose {purpose!r}" if purpose else "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,7 @@ class Workspace:
                                      "registered: the catalog and ledger belong to different workspaces")
         except BaseException:
             catalog.dispose()
-            ledger.engine.dispose()
+            ledger.close()
             raise
         return cls(root, config, catalog, ledger, init)
 
@@ -151,7 +151,7 @@ class Workspace:
 
     def close(self) -> None:
         self.catalog.dispose()
-        self.ledger.engine.dispose()
+        self.ledger.close()
 
     def __enter__(self) -> Workspace:
         return self
@@ -404,6 +404,21 @@ class Workspace:
         index = self.record("decision", request.principal, decision.to_json(),
                             on_allow if decision.allowed else None)
         return decision, index
+
+    def decide_many(self, requests: Sequence[Request]) -> list[tuple[Decision, int]]:
+        """``decide`` each request and record every decision in one ledger transaction.
+
+        For a caller with many questions at once (a job about to read several datasets, a
+        gateway draining its queue, ``onshore policy check-many``): the decisions are signed each
+        by its principal and group-committed, so the batch costs one transaction, not one per
+        decision. Returns (decision, ledger index) in request order, once all are committed. All
+        or none are recorded: a request that cannot be decided (bad name, unknown site or
+        action) refuses the whole batch before anything is signed.
+        """
+        pdp = self.pdp()
+        decisions = [pdp.decide(r) for r in requests]
+        indices = self.record_many([("decision", d.request.principal, d.to_json()) for d in decisions])
+        return list(zip(decisions, indices, strict=True))
 
     def authorize(self, request: Request, extra: tuple[str, str, UsagePolicy] | None = None,
                   on_allow: AppendHook | None = None) -> tuple[Decision, int]:
