@@ -11,7 +11,7 @@ PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
 TORCH_INDEX ?=
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test setup setup-dev lint bench clean
+.PHONY: demo test setup setup-dev browser lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ $(VENV)/.torch: $(BIN)/python
 setup: $(VENV)/.torch
 	$(PIP_INSTALL) -e . '$(TORCH_PIN)'
 
-setup-dev: $(VENV)/.torch
+setup-dev: $(VENV)/.torch browser
 	$(PIP_INSTALL) -e '.[dev]' '$(TORCH_PIN)'
+
+# The dashboard's browser tests drive Debian's headless Chromium through its chromedriver (never a
+# downloaded driver). Installed when missing and we are root (CI is); otherwise say what to install.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else echo "dashboard browser tests need chromium and chromium-driver: sudo apt-get install -y chromium chromium-driver" >&2; exit 1; fi
 
 demo: setup
 	$(BIN)/onshore demo

@@ -30,8 +30,8 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def _run_workers(ws_path: Path, tmp: Path, workers: int, seconds: float) -> list[dict]:  # type: ignore[type-arg]
     env = {**os.environ, "PYTHONPATH": SRC, "ONSHORE_LOCK_TIMEOUT": "60"}
     script = str(Path(__file__).with_name("_workload.py"))
-    procs = [subprocess.Popen([sys.executable, script, str(ws_path), str(seconds), str(i), str(tmp / f"w{i}.json"), "0", str(MIN_OPS)],
-                              env=env, stderr=subprocess.PIPE, text=True) for i in range(workers)]
+    procs = [subprocess.Popen([sys.executable, script, str(ws_path), str(seconds), str(i), str(tmp / f"w{i}.json"),
+                               "0", str(MIN_OPS)], env=env, stderr=subprocess.PIPE, text=True) for i in range(workers)]
     records = []
     for i, p in enumerate(procs):
         _, err = p.communicate(timeout=seconds + 300)

@@ -21,6 +21,9 @@ def test_demo_runs_and_the_auditor_verifies(tmp_path: Path) -> None:
     assert ("refused training at ohio (US): rule(s) dataset/kansai-pick-place/jurisdictions, "
             "dataset/setouchi-tep/jurisdictions") in text
     assert "Lineage: model -> datasets" in text
+    assert "refused serving at sakai (no serve role): rule(s) workspace/role-serve" in text
+    assert "refused a client without a token" in text and "HTTP 401" in text
+    assert "'estop'" in text and "recorded kansai-line-1-run" in text
     assert "refused copy of kansai-pick-place to ohio: rule dataset/kansai-pick-place/jurisdictions" in text
     assert "verified: dataset kansai-pick-place" in text
     assert "verified: model consortium-tiny attested by its training site site:sakai" in text
@@ -28,6 +31,7 @@ def test_demo_runs_and_the_auditor_verifies(tmp_path: Path) -> None:
     assert ("refused serve of consortium-tiny at tokyo: rule "
             "model/consortium-tiny/dataset/kansai-pick-place/withdrawn-stop-serving") in text
     assert "doctor: nothing to do" in text
+    assert f"onshore -w {tmp_path / 'demo' / 'workspace'} dashboard --port 7080" in text
     trust = json.loads((tmp_path / "demo" / "auditor" / "trust.json").read_text())
     assert {s["name"]: s["jurisdiction"] for s in trust["sites"]} == {"sakai": "JP", "tokyo": "JP", "ohio": "US"}
     assert [w["name"] for w in trust["witnesses"]] == ["kyoto-witness"]

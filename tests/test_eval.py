@@ -91,8 +91,24 @@ def test_eval_command_json(tmp_path):
                                    "--reports", str(tmp_path)])
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
-    assert data["tasks"]["reach-v3"]["success_rate"] == 1.0
+    assert data["tasks"]["reach-v3"]["success_rate"] == 1.0 and data["sensors"] is None
     assert (tmp_path / "eval-metaworld-expert-seed1.json").exists()
+    noisy = CliRunner().invoke(app, ["eval", "--env", "metaworld", "--tasks", "reach-v3", "--episodes", "1",
+                                     "--workers", "1", "--json", "--noise", "0.01", "--quantize"])
+    assert noisy.exit_code == 0, noisy.output
+    assert json.loads(noisy.stdout)["sensors"] == {"noise": 0.01, "quantize": True, "bits": 16, "control_hz": None}
     table = CliRunner().invoke(app, ["eval", "--env", "metaworld", "--tasks", "reach-v3", "--episodes",
                                      "1", "--workers", "1"])
     assert table.exit_code == 0 and "reach-v3" in table.output
+
+
+def test_eval_with_member_sensors_changes_what_the_policy_sees():
+    from onshore.sim.sensors import SensorOptions
+
+    clean = evaluate("metaworld", ["push-v3"], episodes=1, seed=5, workers=1)
+    noisy = evaluate("metaworld", ["push-v3"], episodes=1, seed=5, workers=1,
+                     sensors=SensorOptions(noise=0.02, quantize=True, bits=8))
+    assert clean.sensors is None and noisy.sensors == {"noise": 0.02, "quantize": True, "bits": 8,
+                                                       "control_hz": None}
+    # the same episode (seed), a different trajectory: the expert acted on noisy readings
+    assert noisy.tasks[0].mean_return != clean.tasks[0].mean_return

@@ -5,7 +5,9 @@ plant on the Tennessee Eastman process) pools simulator telemetry at two sites i
 the United States exists but their policies keep data out of it. The demo ingests, copies inside
 the policy, shows the copy to the US refused with the rule that refused it, evaluates the experts
 in closed loop, has an outside witness cosign the ledger, attests a dataset, and verifies the
-bundle from a folder outside the workspace with only the trust root, as an auditor would.
+bundle from a folder outside the workspace with only the trust root, as an auditor would. With
+a model trained, it also serves it at tokyo and drives a simulated arm through the OPC UA bridge,
+and the run comes back as a resident dataset.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from onshore.errors import OnshoreError, PolicyDenied, ValidationError
@@ -120,6 +123,58 @@ def _train_and_evaluate(ws, c: Console, head, episodes: int, workers: int | None
     c.print(t)
 
 
+def _serve_and_bridge(ws, c: Console, head, directory: Path) -> None:  # type: ignore[no-untyped-def]
+    """Serve the model at tokyo, drive a simulated arm through the OPC UA bridge for a few seconds
+    (the e-stop pressed halfway), refuse a client without a token, record the run as data."""
+    import asyncio
+
+    from onshore.serve import Client, ServeError, service, tokens
+    from onshore.serve.bridge import BridgeMap, run_bridge
+    from onshore.serve.loading import load_served_model
+    from onshore.serve.plant import PlantThread, SimPlant
+    from onshore.serve.record import RecordOptions
+    from onshore.workspace import models
+
+    head("Serve the model next to a machine: tokyo serves, the bridge drives an arm over OPC UA")
+    try:
+        load_served_model(ws, "consortium-tiny", "sakai")
+        raise OnshoreError("demo expected serving at sakai to be refused")
+    except PolicyDenied as e:
+        c.print(f"[red]refused[/] serving at sakai (no serve role): rule(s) {', '.join(sorted(set(e.rules)))}")
+    out = models.copy_model(ws, "consortium-tiny", "tokyo")
+    c.print(f"[green]allowed[/] copy of consortium-tiny {out['from']} -> {out['to']} (JP), where it will be served")
+    token = tokens.issue(ws, "tokyo", "line-1-bridge")
+    record_policy = directory / "members" / MEMBERS[0].name / "run-policy.toml"
+    record_policy.write_text('jurisdictions = ["JP"]\nsites = ["tokyo"]\npurposes = ["fine-tuning"]\n'
+                             'expires = 2031-03-31\nderived_models = "keep"\n')
+    record = RecordOptions(record_policy, MEMBERS[0].name, "kansai-line-1-run")
+    plant = SimPlant("metaworld", "pick-place-v3", seed=7, estop_at=50)
+    with service.start(ws, "consortium-tiny", "tokyo", port=0, record=record) as run, PlantThread(plant) as pt:
+        c.print(f"serving consortium-tiny (sha256 {run.served.digest[:16]}...) at tokyo on {run.url}; "
+                f"simulated arm ({plant.task_text!r}) behind OPC UA at {pt.endpoint}")
+        try:
+            Client(run.url, None, "sawyer-metaworld")
+            raise OnshoreError("demo expected a client without a token to be refused")
+        except ServeError as e:
+            c.print(f"[red]refused[/] a client without a token: {escape(str(e))}")
+        mapping = BridgeMap.from_toml(plant.write_map(directory / "line-1-map.toml"))
+        report = asyncio.run(run_bridge(pt.endpoint, mapping, run.url, token, hz=40.0, steps=100,
+                                        say=lambda m: c.print(f"  bridge: {m}", markup=False)))
+        lat = report.to_json()["latency_ms"]
+        c.print(f"bridge: {report.steps} periods at {report.hz:g} Hz, {report.written} commands written, "
+                f"{report.deadline_misses} deadline miss(es), request-to-write p50 {lat['p50']:.1f} ms, "
+                f"p99 {lat['p99']:.1f} ms")
+        shown = {k: v for k, v in report.interventions.items() if v}
+        c.print(f"envelope interventions at the machine: {shown or 'none'} (e-stop latched at frame 50: every "
+                "command after it is the safe action)")
+    stop = run.report
+    assert stop is not None
+    for r in stop.recorded:
+        c.print(f"[green]recorded[/] {r['dataset']}: {r['frames']} frames of {r['embodiment']} at tokyo, owned by "
+                f"{MEMBERS[0].name}; ledger entry {stop.stop_index} ties it to model digest "
+                f"{run.served.digest[:16]}...")
+
+
 def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
              console: Console | None = None, train_steps: int = 300) -> int:
     """Run the whole story in ``directory``; returns 0 when the auditor's verify passes.
@@ -202,6 +257,7 @@ def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
 
     if train_steps:
         _train_and_evaluate(ws, c, head, episodes, workers, train_steps, expert_success)
+        _serve_and_bridge(ws, c, head, directory)
 
     head("An outside witness cosigns the ledger's checkpoint")
     witness_dir = directory / "witness-elsewhere"
@@ -245,6 +301,9 @@ def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
     if train_steps and _model_story(directory / "workspace", trust_file.parent, c, head, env) != 0:
         return 1
     c.rule("[bold green]demo complete")
+    c.print("See where the data sits, in a browser (read-only, on 127.0.0.1):")
+    c.print(f"  onshore -w {directory / 'workspace'} dashboard --port 7080", markup=False, highlight=False)
+    c.print("  then open http://127.0.0.1:7080/")
     return 0
 
 

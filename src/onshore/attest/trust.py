@@ -74,9 +74,16 @@ class TrustRoot:
         """Read and check a trust root file; errors name the file and the field."""
         path = Path(path)
         try:
-            d = json.loads(path.read_text())
+            text = path.read_text()
         except FileNotFoundError:
             raise ValidationError(f"{path}: no such trust root file (make one with 'onshore trust export')") from None
+        return cls.from_text(text, str(path))
+
+    @classmethod
+    def from_text(cls, text: str | bytes, path: str = "trust root") -> TrustRoot:
+        """A trust root from its JSON text (an upload, never written to disk); errors name ``path``."""
+        try:
+            d = json.loads(text)
         except ValueError as e:
             raise ValidationError(f"{path}: not JSON ({e})") from None
         try:

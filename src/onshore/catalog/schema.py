@@ -155,3 +155,16 @@ model_key_wraps = Table(
 
 #: The tables of models, created on first use in catalogs made before they existed.
 MODEL_TABLES = (models, model_datasets, model_key_wraps)
+
+# Clients allowed to ask a policy server at a site for actions. Only the SHA-256 of each token is
+# kept (tokens are 256-bit random, so a fast hash is enough); revoking sets revoked_at.
+serve_tokens = Table(
+    "serve_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("site", String(64), ForeignKey("sites.name"), nullable=False),
+    Column("client", String(64), nullable=False),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("created_at", String(32), nullable=False),
+    Column("revoked_at", String(32)),
+)

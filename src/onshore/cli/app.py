@@ -11,6 +11,7 @@ import typer
 
 from onshore.cli import context, sim
 from onshore.cli.attest import attest_app, verify_command
+from onshore.cli.dashboard import dashboard_app
 from onshore.cli.data import dataset_app, policy_app
 from onshore.cli.demo import demo_command
 from onshore.cli.doctor import doctor_command
@@ -20,6 +21,7 @@ from onshore.cli.ledger import ledger_app
 from onshore.cli.model import model_app
 from onshore.cli.output import console, err, esc
 from onshore.cli.registry import embodiment_app, member_app, site_app
+from onshore.cli.serve import bridge_app, serve_app
 from onshore.cli.train import finetune_command, train_command
 from onshore.cli.witness import trust_app, witness_app
 from onshore.errors import OnshoreError
@@ -84,10 +86,13 @@ app.command("eval")(eval_command)
 app.command("train")(train_command)
 app.command("finetune")(finetune_command)
 app.add_typer(model_app, name="model")
+app.add_typer(serve_app, name="serve")
+app.add_typer(bridge_app, name="bridge")
 app.command("demo")(demo_command)
 app.add_typer(attest_app, name="attest")
 app.command("verify")(verify_command)
 app.command("doctor")(doctor_command)
+app.add_typer(dashboard_app, name="dashboard")
 
 
 @functools.cache

@@ -39,7 +39,7 @@ def summary(report: Report) -> dict[str, Any]:
     return {"env": report.env, "policy": report.policy, "label": report.label, "units": report.units,
             "seed": report.seed,
             "episodes": report.episodes_per_task, "success_definition": report.success_definition,
-            "tasks": tasks}
+            "sensors": report.sensors, "tasks": tasks}
 
 
 def eval_command(
@@ -50,8 +50,11 @@ def eval_command(
     episodes: Annotated[int, typer.Option(metavar="N", help="Episodes per task.")] = 10,
     seed: Annotated[int, typer.Option(metavar="N", help="Seed; the same seed gives the same episodes.")] = 0,
     policy: Annotated[str, typer.Option(
-        metavar="POLICY", help="Policy to evaluate: expert (the scripted expert) or a trained model's name.")
+        metavar="POLICY", help="Policy to evaluate: expert (the scripted expert), a trained model's name, or a "
+                               "policy server's URL (ws://HOST:PORT).")
     ] = "expert",
+    token: Annotated[str | None, typer.Option(
+        metavar="TOKEN", help="Client token for a ws:// policy server (else $ONSHORE_SERVE_TOKEN).")] = None,
     site: Annotated[str | None, typer.Option(
         metavar="SITE", help="Site where a model is loaded (required for a model; decided by its data's "
                              "policies).")] = None,
@@ -64,6 +67,11 @@ def eval_command(
     reports: Annotated[Path | None, typer.Option(
         metavar="DIR",
         help="Folder for the full report (JSON + PNG); default: the workspace's reports/ when run in one.")] = None,
+    noise: Annotated[float, typer.Option(
+        help="Sensor noise the policy sees, std as a fraction of each channel's range.")] = 0.0,
+    quantize: Annotated[bool, typer.Option("--quantize/--no-quantize",
+                                           help="Quantise what the policy sees over each channel's range.")] = False,
+    bits: Annotated[int, typer.Option(help="Quantisation bits.")] = 16,
 ) -> None:
     """Evaluate a policy in closed loop: success rate with a 95 % interval per task (TEP: IAE,
     constraint violations and shutdowns; a policy other than the PI controller is compared with it).
@@ -78,7 +86,14 @@ def eval_command(
         ws = workspace_path()
         reports = ws / "reports" if ws.is_dir() and (ws / CONFIG_FILE).exists() else None
     agent: Any = policy
-    if policy != "expert":
+    served = policy.startswith(("ws://", "wss://"))
+    if served:
+        from onshore.serve.client import ClientFactory
+        from onshore.sim import registry
+
+        agent = ClientFactory(policy, token, registry.env_module(env).embodiment().name, label=policy)
+        agent().close()  # refuse an unreachable server or a bad token before any episode runs
+    elif policy != "expert":
         if site is None:
             raise ValidationError("--site is required to evaluate a model: it is loaded only where its data's "
                                   "policies allow")
@@ -88,10 +103,14 @@ def eval_command(
         emb = registry.env_module(env).embodiment().name
         with open_workspace() as ws:
             agent = policy_factory(ws, policy, site, emb)
+    from onshore.sim.sensors import SensorOptions
+
+    sensors = SensorOptions(noise=noise, quantize=quantize, bits=bits) if noise or quantize else None
     with StageProgress(enabled=not json_out, unit="episodes") as bar:
         report = evaluate(env, split_tasks(tasks), episodes, seed, policy=agent, workers=workers,
-                          progress=lambda done, total: bar.update(f"{env} eval", done, total), label=name)
-    if policy != "expert":
+                          progress=lambda done, total: bar.update(f"{env} eval", done, total), label=name,
+                          sensors=sensors)
+    if policy != "expert" and not served:  # a served model's uses are in its server's model.serve entries
         from onshore.workspace.models import record_eval
 
         with open_workspace() as ws:  # the results join the ledger, for the model's attestation

@@ -23,6 +23,7 @@ from onshore.sim import registry
 from onshore.sim.generate import episode_specs
 from onshore.sim.parallel import check_workers, map_ordered
 from onshore.sim.rollout import EpisodeSpec, rollout
+from onshore.sim.sensors import SensorOptions
 from onshore.sim.versions import package_versions
 
 ENV_VERSIONS = {
@@ -66,6 +67,7 @@ class Report:
     tasks: list[TaskResult]
     label: str = ""  # whose evaluation: a member or dataset name; names the report's title and files
     units: dict[str, str] = field(default_factory=dict)  # metric -> unit, e.g. TEP IAE per variable
+    sensors: dict[str, Any] | None = None  # the sensor model the policy saw (None: exact readings)
 
     def task(self, name: str) -> TaskResult:
         for t in self.tasks:
@@ -84,12 +86,12 @@ def _scorer(env: str) -> ModuleType:
     return metaworld_eval if env == "metaworld" else tep_eval
 
 
-def _run(spec: EpisodeSpec, policy: str | PolicyFactory) -> dict[str, Any]:
+def _run(spec: EpisodeSpec, policy: str | PolicyFactory, sensors: SensorOptions | None = None) -> dict[str, Any]:
     """Worker job: one episode, scored (module level, so worker processes can unpickle it)."""
     env = registry.make_env(spec.env)
     agent = env.expert(env.dt) if policy == "expert" else policy()  # type: ignore[operator]
     scorer = _scorer(spec.env)
-    ep = rollout(env, agent, spec, after_success=scorer.AFTER_SUCCESS)
+    ep = rollout(env, agent, spec, sensors=sensors, after_success=scorer.AFTER_SUCCESS)
     success = (not ep.terminated) if spec.env == "tep" else ep.succeeded
     return {"task": spec.task, "index": spec.index, "episode_seed": spec.episode_seed,
             "success": bool(success), "return": ep.total_return, "length": ep.length,
@@ -116,6 +118,7 @@ def evaluate(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     label: str = "",
+    sensors: SensorOptions | None = None,
 ) -> Report:
     """Evaluate ``policy`` on ``episodes`` episodes of each task of ``env``; return a Report.
 
@@ -124,6 +127,8 @@ def evaluate(
     For TEP a policy other than the PI controller is compared with the PI controller run on the
     same episodes (``baseline``); the expert *is* the PI controller, so it has no baseline.
     ``label`` says whose evaluation it is (a member or dataset).
+    ``sensors``: what the policy (and the PI baseline) sense, e.g. noise and quantisation as a
+    member's telemetry has them (default: exact readings); success is scored on the true plant.
 
     Refused (``ValidationError``): an unknown env, task or policy name, ``episodes`` < 1,
     ``workers`` < 1, a negative seed.
@@ -139,11 +144,11 @@ def evaluate(
     n_workers = check_workers(workers)
     scorer = _scorer(env)
     specs = episode_specs(env, task_list, episodes, seed)
-    jobs: list[tuple[EpisodeSpec, str | PolicyFactory]] = [(s, policy) for s in specs]
+    jobs: list[tuple[EpisodeSpec, str | PolicyFactory, SensorOptions | None]] = [(s, policy, sensors) for s in specs]
     # TEP compares against the PI controller on the same episodes; the expert is its own baseline.
     with_baseline = env == "tep" and policy != "expert"
     if with_baseline:
-        jobs += [(s, "expert") for s in specs]
+        jobs += [(s, "expert", sensors) for s in specs]
     chunk = max(1, min(episodes, math.ceil(len(jobs) / (2 * n_workers))))
     results = list(map_ordered(_job, jobs, n_workers, progress, chunksize=chunk))
 
@@ -167,10 +172,11 @@ def evaluate(
         control_hz=emb.control_hz, episode_seconds=sim_env.default_seconds,
         success_definition=scorer.SUCCESS_DEFINITION, env_version=ENV_VERSIONS[env],
         versions=package_versions(), tasks=out, label=label,
-        units={f"iae.{cv}": u for cv, u in tep_eval.iae_units().items()} if env == "tep" else {})
+        units={f"iae.{cv}": u for cv, u in tep_eval.iae_units().items()} if env == "tep" else {},
+        sensors=None if sensors is None else asdict(sensors))
 
 
-def _job(job: tuple[EpisodeSpec, str | PolicyFactory]) -> dict[str, Any]:
+def _job(job: tuple[EpisodeSpec, str | PolicyFactory, SensorOptions | None]) -> dict[str, Any]:
     return _run(*job)
 
 

@@ -534,7 +534,8 @@ class Ledger:
                 ledger_checkpoints.c.size))]
 
     def verify(self, key_for: Callable[[str], Ed25519PublicKey | None],
-               open_checkpoint: Callable[[str], Checkpoint] | None = None) -> VerifyReport:
+               open_checkpoint: Callable[[str], Checkpoint] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> VerifyReport:
         """Recompute every signature and the tree root from the leaves alone.
 
         ``key_for(actor)`` gives the public key of an actor. Raises IntegrityError naming the first
@@ -542,8 +543,10 @@ class Ledger:
         ``open_checkpoint`` (which checks a stored note's signature and parses it), the largest
         stored checkpoint must also match the tree recomputed from the leaves: a ledger shorter
         than a checkpoint it once signed has lost entries (truncation), which is an error.
+        ``progress(done, total)`` is called every 1,000 entries and at the end (the dashboard's bar).
         """
         hashes: list[bytes] = []
+        total = self.size() if progress is not None else 0
         chains = ChainChecker()
         with self.engine.connect() as conn:
             # a leaf's hash is stored once, as the level-0 node whose key is the entry index
@@ -572,6 +575,10 @@ class Ledger:
                 if broken is not None:
                     raise IntegrityError(f"ledger entry {idx}: {broken}")
                 hashes.append(lh)
+                if progress is not None and len(hashes) % 1000 == 0:
+                    progress(len(hashes), max(total, len(hashes)))
+            if progress is not None:
+                progress(len(hashes), len(hashes))
             recomputed = merkle.root_from_leaf_hashes(hashes)
             stored = merkle.root_at(len(hashes), self._getter(conn))
             if conn.dialect.has_table(conn, ledger_heads.name):

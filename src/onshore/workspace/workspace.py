@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -233,10 +233,10 @@ class Workspace:
         """Check the log's signature on a checkpoint note of this workspace and parse it."""
         return ckpt.verify_checkpoint(note, self.log_vkey, self.origin)
 
-    def verify_ledger(self):  # type: ignore[no-untyped-def]
+    def verify_ledger(self, progress: Callable[[int, int], None] | None = None):  # type: ignore[no-untyped-def]
         """Recompute every signature and the tree root, and check the newest stored checkpoint
-        against the recomputed tree (see Ledger.verify)."""
-        return self.ledger.verify(self.public_key, self.open_checkpoint)
+        against the recomputed tree (see Ledger.verify); ``progress(done, total)`` as it goes."""
+        return self.ledger.verify(self.public_key, self.open_checkpoint, progress)
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -361,8 +361,10 @@ class Workspace:
 
     def dataset_policy(self, name: str) -> tuple[str, str]:
         """The Cedar text of dataset ``name``'s own policies as in force now, and its hash."""
-        self.row("dataset", name)
-        text = self._policy_parts(None, self.ledger_governance())[1][name]
+        row = self.row("dataset", name)
+        # the same text _policy_parts compiles for it, without compiling every other dataset
+        text = dataset_cedar(name, row["owner"], parse_policy(row["policy"], f"dataset {name} policy"),
+                             withdrawn=row["status"] == "withdrawn" or name in self.ledger_governance().withdrawn)
         return text, cedar_hash(text)
 
     def model_policy(self, name: str) -> tuple[str, str]:

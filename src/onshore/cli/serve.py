@@ -1,0 +1,198 @@
+"""`onshore serve MODEL --site S` and its tokens; `onshore bridge opcua` next to the machine.
+
+``onshore serve MODEL ...`` is short for ``onshore serve run MODEL ...``; ``token``, ``revoke``
+and ``tokens`` manage who may ask the server for actions. The bridge needs no workspace: it
+holds a token and talks to a server and a PLC.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from onshore.cli.context import open_workspace
+from onshore.cli.output import console, err, esc, print_json, table
+from onshore.errors import ValidationError
+
+JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
+
+
+class _ServeGroup(TyperGroup):
+    """``onshore serve MODEL ...`` runs ``onshore serve run MODEL ...``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+serve_app = typer.Typer(cls=_ServeGroup, no_args_is_help=True,
+                        help="Serve a model next to the machine: 'onshore serve MODEL --site S'; client tokens.")
+bridge_app = typer.Typer(no_args_is_help=True, help="Bridges between a machine's controller and a policy server.")
+
+
+@serve_app.command("run")
+def run(
+    model: str = typer.Argument(..., help="The model to serve (see 'onshore model list')."),
+    site: str = typer.Option(..., "--site", help="The serving site: every dataset of the model must allow serve "
+                                                 "there."),
+    purpose: str | None = typer.Option(None, "--purpose",
+                                       help="Purpose of the serving (default: the purpose the model was trained for)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(7070, "--port", help="Port to listen on (0: any free port)."),
+    record_policy: Path | None = typer.Option(
+        None, "--record-policy", metavar="POLICY.toml",
+        help="Record what the served machines did and ingest it at the site under this usage policy on stop."),
+    record_member: str | None = typer.Option(None, "--record-member", metavar="MEMBER",
+                                             help="The member who owns the recording (with --record-policy)."),
+    record_as: str | None = typer.Option(None, "--record-as", metavar="DATASET",
+                                         help="Name of the recorded dataset (default MODEL-run-RUNID)."),
+    threads: int = typer.Option(2, "--threads", help="Inference threads (torch runs one thread in each)."),
+) -> None:
+    """Serve MODEL at a site that holds it until Ctrl-C (exit 3, naming the dataset and rule, where its data
+    forbids it).
+
+    Example: onshore serve consortium-tiny --site tokyo --port 7070 --record-policy run-policy.toml
+    --record-member kansai-robotics
+    """
+    import logging
+
+    import torch
+
+    from onshore.serve import service
+    from onshore.serve.record import RecordOptions
+    from onshore.serve.server import ServerLimits
+
+    if (record_policy is None) != (record_member is None):
+        raise ValidationError("give --record-policy and --record-member together (who owns the recording, "
+                              "under which policy)")
+    if record_as is not None and record_policy is None:
+        raise ValidationError("--record-as names a recording: give --record-policy and --record-member too")
+    if threads < 1:
+        raise ValidationError(f"--threads must be at least 1, got {threads}")
+    if not 0 <= port <= 65535:
+        raise ValidationError(f"--port must be between 0 and 65535, got {port}")
+    torch.set_num_threads(1)  # one core per inference thread: latency, not throughput
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    record = RecordOptions(record_policy, record_member, record_as) if record_policy and record_member else None
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with open_workspace() as ws:
+        running = service.start(ws, model, site, host, port, record, ServerLimits(infer_threads=threads),
+                                purpose=purpose)
+        err.print(f"serving [bold]{esc(model)}[/] (sha256 {running.served.digest[:16]}...) at {esc(site)} on "
+                  f"{esc(running.url)}; health at http://{esc(host)}:{running.port}/healthz; Ctrl-C stops",
+                  highlight=False)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            report = running.stop()
+    console.print(f"stopped: {report.connections} connection(s), {report.actions} action(s), {report.refused} "
+                  f"refused, interventions {report.interventions}; ledger entries {report.start_index} (start) and "
+                  f"{report.stop_index} (stop)", highlight=False)
+    for r in report.recorded:
+        console.print(f"recorded [bold]{esc(r['dataset'])}[/]: {r['episodes']} episode(s), {r['frames']} frames of "
+                      f"{esc(r['embodiment'])} at {esc(site)}", highlight=False)
+
+
+@serve_app.command("token")
+def token(site: str = typer.Option(..., "--site", help="The site whose server will accept the token."),
+          client: str = typer.Option(..., "--client", help="Who holds it, e.g. line-3-bridge."),
+          json_: bool = JSON) -> None:
+    """Issue a token for a client; it is shown once and stored only as its SHA-256."""
+    from onshore.serve import tokens
+
+    with open_workspace() as ws:
+        value = tokens.issue(ws, site, client)
+    if json_:
+        print_json({"site": site, "client": client, "token": value})
+        return
+    print(value)
+    err.print(f"token for client {esc(client)} at {esc(site)}: shown once, keep it secret "
+              f"(revoke with 'onshore serve revoke --site {esc(site)} --client {esc(client)}')", highlight=False)
+
+
+@serve_app.command("revoke")
+def revoke(site: str = typer.Option(..., "--site", help="The site."),
+           client: str = typer.Option(..., "--client", help="The client whose tokens are revoked.")) -> None:
+    """Revoke every token of a client at a site (running servers refuse it within a second)."""
+    from onshore.serve import tokens
+
+    with open_workspace() as ws:
+        n = tokens.revoke(ws, site, client)
+    console.print(f"revoked {n} token(s) of {esc(client)} at {esc(site)}", highlight=False)
+
+
+@serve_app.command("tokens")
+def tokens_(site: str | None = typer.Option(None, "--site", help="Only this site."), json_: bool = JSON) -> None:
+    """Issued tokens: client, site, when issued and revoked (never the tokens)."""
+    from onshore.serve import tokens
+
+    with open_workspace() as ws:
+        rows = tokens.list_tokens(ws, site)
+    if json_:
+        print_json(rows)
+        return
+    table("serve tokens", ["site", "client", "issued", "revoked"],
+          [[r["site"], r["client"], r["created_at"], r["revoked_at"] or ""] for r in rows])
+
+
+@bridge_app.command("opcua")
+def opcua(
+    endpoint: str = typer.Option(..., "--endpoint", help="The OPC UA server, e.g. opc.tcp://plc.line3:4840."),
+    map_file: Path = typer.Option(..., "--map", metavar="MAP.toml", help="Embodiment, task, state/action nodes."),
+    server: str = typer.Option(..., "--server", help="The policy server, e.g. ws://127.0.0.1:7070."),
+    token: str | None = typer.Option(None, "--token", help="Client token (else $ONSHORE_SERVE_TOKEN)."),
+    hz: float | None = typer.Option(None, "--hz", metavar="HZ",
+                                    help="Control rate (default: the embodiment's); a simulated plant may run faster."),
+    seconds: float | None = typer.Option(None, "--seconds", help="Stop after this long (default: until Ctrl-C)."),
+    steps: int | None = typer.Option(None, "--steps", help="Stop after this many control periods."),
+    json_: bool = JSON,
+) -> None:
+    """Drive a machine over OPC UA with a served policy, behind the safety envelope, at the control rate.
+
+    Example: onshore bridge opcua --endpoint opc.tcp://127.0.0.1:4840 --map line3.toml --server ws://127.0.0.1:7070
+    --token "$TOKEN"
+    """
+    import asyncio
+
+    from onshore.serve.bridge import BridgeMap, run_bridge
+
+    if not endpoint.startswith("opc.tcp://"):
+        raise ValidationError(f"--endpoint {endpoint!r} must start with opc.tcp://")
+    for name, v in (("--seconds", seconds), ("--steps", steps), ("--hz", hz)):
+        if v is not None and not v > 0:
+            raise ValidationError(f"{name} must be positive, got {v}")
+    mapping = BridgeMap.from_toml(map_file)
+
+    def say(msg: str) -> None:
+        if not json_:
+            err.print(esc(msg), highlight=False)
+
+    async def main() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_bridge(endpoint, mapping, server, token, hz, steps, seconds, stop, say)
+
+    report = asyncio.run(main())
+    if json_:
+        print_json(report.to_json())
+        return
+    lat = report.to_json()["latency_ms"]
+    console.print(f"{report.steps} control periods at {report.hz:g} Hz: {report.written} commands written, "
+                  f"{report.deadline_misses} deadline miss(es), latency p50 {lat['p50']:.1f} ms "
+                  f"p99 {lat['p99']:.1f} ms; "
+                  f"bridge interventions {report.interventions}; server interventions {report.server_interventions}",
+                  highlight=False)

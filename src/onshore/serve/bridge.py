@@ -1,0 +1,270 @@
+"""The OPC UA bridge: a machine's PLC on one side, the policy server on the other, the envelope between.
+
+Every control period the bridge reads the state nodes (and the e-stop button) in one OPC UA Read,
+asks the policy server for an action, passes it through its own safety envelope (the same
+module as the server's, seeded with the actuators' current positions), and writes the action
+nodes in one Write. A period whose answer has not come back by the next tick is a **deadline
+miss**: the bridge keeps waiting for that answer (it never queues a second request behind a
+late one), and once no state has been answered for ``watchdog_periods`` periods the envelope's
+watchdog commands the safe action. The e-stop button latches the bridge's envelope; only the
+``estop_reset`` node (or a restart) clears it. Deadline misses and the bridge's interventions go
+to the server with each request, so the run's recording carries them.
+
+The map (``MAP.toml``) names the embodiment, the task and the nodes::
+
+    embodiment = "furnace-line-3"
+    task = "keep zone temperatures"
+    [nodes]
+    state = ["ns=2;s=state/0", ...]     # one per state channel, in the embodiment's order
+    action = ["ns=2;s=action/0", ...]   # one per action channel
+    estop = "ns=2;s=estop"              # optional Boolean: true latches the e-stop
+    estop_reset = "ns=2;s=estop_reset"  # optional Boolean: true clears a latched e-stop
+    [envelope]
+    watchdog_periods = 3                # optional (default 3)
+    safe_action = [0.0, 0.0]            # optional (default 0 clamped into the limits)
+    embodiment_file = "furnace.toml"    # optional: limits from this file, not from the server
+
+No torch: the bridge runs next to the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onshore.errors import OnshoreError, ValidationError
+from onshore.serve import envelope as E
+from onshore.serve.client import AsyncClient
+from onshore.telemetry.embodiment import Embodiment
+
+_MAP_KEYS = {"embodiment", "task", "nodes", "envelope"}
+_NODE_KEYS = {"state", "action", "estop", "estop_reset"}
+_ENVELOPE_KEYS = {"watchdog_periods", "safe_action", "embodiment_file"}
+
+
+@dataclass(frozen=True)
+class BridgeMap:
+    embodiment: str
+    task: str
+    state: tuple[str, ...]
+    action: tuple[str, ...]
+    estop: str | None = None
+    estop_reset: str | None = None
+    watchdog_periods: int = 3
+    safe_action: tuple[float, ...] | None = None
+    embodiment_file: Path | None = None
+
+    @classmethod
+    def from_toml(cls, path: Path) -> BridgeMap:
+        """Read a map; refuses unknown keys, missing node lists, wrong types (naming the field)."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValidationError(f"{path}: no such map file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValidationError(f"{path}: not valid TOML ({e})") from None
+
+        def fail(msg: str) -> ValidationError:
+            return ValidationError(f"{path}: {msg}")
+
+        for where, got, allowed in (("", data, _MAP_KEYS), ("[nodes] ", data.get("nodes", {}), _NODE_KEYS),
+                                    ("[envelope] ", data.get("envelope", {}), _ENVELOPE_KEYS)):
+            if not isinstance(got, dict):
+                raise fail(f"{where.strip() or 'the map'} must be a table")
+            unknown = set(got) - allowed
+            if unknown:
+                raise fail(f"{where}unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        for key in ("embodiment", "task"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                raise fail(f"field {key!r} is required and must be a string")
+        nodes, env = data.get("nodes", {}), data.get("envelope", {})
+        lists = {}
+        for key in ("state", "action"):
+            v = nodes.get(key)
+            if not isinstance(v, list) or not v or not all(isinstance(n, str) and n for n in v):
+                raise fail(f"[nodes] {key} must be a non-empty list of node ids, e.g. \"ns=2;s=state/0\"")
+            lists[key] = tuple(v)
+        for key in ("estop", "estop_reset"):
+            if key in nodes and not isinstance(nodes[key], str):
+                raise fail(f"[nodes] {key} must be a node id string")
+        wd = env.get("watchdog_periods", 3)
+        if isinstance(wd, bool) or not isinstance(wd, int) or wd < 1:
+            raise fail("[envelope] watchdog_periods must be a whole number >= 1")
+        safe = env.get("safe_action")
+        if safe is not None and (not isinstance(safe, list) or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) for x in safe)):
+            raise fail("[envelope] safe_action must be a list of numbers, one per action channel")
+        emb_file = env.get("embodiment_file")
+        if emb_file is not None and not isinstance(emb_file, str):
+            raise fail("[envelope] embodiment_file must be a path")
+        return cls(data["embodiment"], data["task"], lists["state"], lists["action"], nodes.get("estop"),
+                   nodes.get("estop_reset"), wd, tuple(float(x) for x in safe) if safe is not None else None,
+                   (path.parent / emb_file) if emb_file else None)
+
+
+@dataclass
+class BridgeReport:
+    """What a bridge run did. Latencies: from the start of a period to the action written."""
+
+    steps: int = 0
+    requests: int = 0  # states sent to the policy server
+    written: int = 0
+    deadline_misses: int = 0
+    io_errors: int = 0
+    hz: float = 0.0
+    interventions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(E.KINDS, 0))
+    server_interventions: dict[str, int] = field(default_factory=dict)
+    estops: int = 0
+    alarms: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"steps": self.steps, "requests": self.requests, "written": self.written,
+                "deadline_misses": self.deadline_misses,
+                "io_errors": self.io_errors, "hz": self.hz, "interventions": self.interventions,
+                "server_interventions": self.server_interventions, "estops": self.estops,
+                "alarms": self.alarms[:20], "latency_ms": {"p50": self.percentile(50), "p99": self.percentile(99),
+                                                           "max": max(self.latencies_ms, default=float("nan"))}}
+
+
+async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str | None, hz: float | None = None,
+                     steps: int | None = None, seconds: float | None = None,
+                     stop: asyncio.Event | None = None, say: Callable[[str], None] | None = None) -> BridgeReport:
+    """Run the bridge until ``steps`` periods, ``seconds``, or ``stop`` is set; returns its report.
+
+    ``hz`` overrides the embodiment's control rate (a simulated plant may run faster than real
+    time). Refused before the loop starts: an unreachable OPC UA server or policy server, a
+    refused token, node lists whose lengths differ from the embodiment's channels, an embodiment
+    the server does not serve.
+    """
+    from asyncua import Client as OpcClient
+    from asyncua import ua
+
+    say = say or (lambda _m: None)
+    report = BridgeReport()
+    opc = OpcClient(endpoint, timeout=5)
+    try:
+        await opc.connect()
+    except Exception as e:
+        raise OnshoreError(f"cannot reach the OPC UA server at {endpoint}: {e or type(e).__name__}") from None
+    policy = AsyncClient(server, token)
+    try:
+        await policy.connect()
+        state_nodes = [opc.get_node(n) for n in mapping.state]
+        action_nodes = [opc.get_node(n) for n in mapping.action]
+        flag_nodes = [opc.get_node(n) for n in (mapping.estop, mapping.estop_reset) if n]
+        initial = np.asarray(await opc.read_values(action_nodes), dtype=np.float64)
+        ready = await policy.reset(mapping.embodiment, mapping.task, initial_action=initial.astype(np.float32))
+        emb = Embodiment.from_toml(mapping.embodiment_file) if mapping.embodiment_file else \
+            Embodiment.from_dict(ready["spec"], source="the policy server's embodiment spec")
+        if (len(state_nodes), len(action_nodes)) != (emb.state_dim, emb.action_dim):
+            raise ValidationError(f"the map names {len(state_nodes)} state and {len(action_nodes)} action nodes; "
+                                  f"{emb.name} has {emb.state_dim} and {emb.action_dim} channels")
+        rate = float(hz) if hz else emb.control_hz
+        if not rate > 0:
+            raise ValidationError(f"--hz must be positive, got {hz}")
+        report.hz = rate
+        period = 1.0 / rate
+        limits = E.Limits.from_embodiment(emb, mapping.safe_action, mapping.watchdog_periods)
+        if hz:  # the rate limit is per command: keep max_rate in units per second at the bridge's rate
+            limits = E.Limits(limits.low, limits.high, limits.max_step * emb.control_hz / rate, limits.safe,
+                              period, limits.watchdog_periods)
+        env = E.Envelope(limits, initial=initial)
+
+        async def io_step() -> tuple[np.ndarray, float]:
+            t0 = time.perf_counter()
+            values = await opc.read_values(state_nodes + flag_nodes)
+            flags = values[len(state_nodes):]
+            pressed = bool(flags[0]) if mapping.estop else False
+            reset = bool(flags[-1]) if mapping.estop_reset else False
+            if pressed and not env.estopped:
+                env.estop("e-stop button")
+                report.estops += 1
+                say("e-stop pressed: latched; commanding the safe action")
+            elif reset and env.estopped and not pressed:
+                env.reset_estop()
+                say("e-stop reset")
+            state = np.asarray(values[:len(state_nodes)], dtype=np.float32)
+            report.requests += 1
+            raw = await policy.act(state, deadline_misses=report.deadline_misses,
+                                   bridge_interventions=sum(report.interventions.values()))
+            return raw, t0
+
+        async def write(cmd: E.Command) -> None:
+            for k in cmd.interventions:
+                report.interventions[k] += 1
+            if cmd.alarm and len(report.alarms) < 100 and (not report.alarms or report.alarms[-1] != cmd.alarm):
+                report.alarms.append(cmd.alarm)
+            await opc.write_values(action_nodes, [ua.Variant(float(x), ua.VariantType.Double) for x in cmd.action])
+            report.written += 1
+
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        tick = start
+        pending: asyncio.Task[tuple[np.ndarray, float]] | None = None
+        while True:
+            if steps is not None and report.steps >= steps:
+                break
+            if seconds is not None and loop.time() - start >= seconds:
+                break
+            if stop is not None and stop.is_set():
+                break
+            report.steps += 1
+            deadline = tick + period
+            if pending is None:
+                pending = asyncio.ensure_future(io_step())
+            done, _ = await asyncio.wait({pending}, timeout=max(0.0, deadline - loop.time()))
+            if pending in done:
+                task, pending = pending, None
+                try:
+                    raw, t0 = task.result()
+                except OnshoreError:
+                    raise
+                except Exception as e:  # a failed OPC UA read: this period has no state
+                    report.io_errors += 1
+                    report.deadline_misses += 1
+                    say(f"OPC UA error: {e or type(e).__name__}")
+                    cmd = env.idle(loop.time())
+                    if cmd is not None:
+                        await write(cmd)
+                else:
+                    await write(env.command(raw, loop.time()))
+                    report.latencies_ms.append((time.perf_counter() - t0) * 1e3)
+                    report.server_interventions = dict(policy.last.get("counts", {}))
+                    if loop.time() > deadline:
+                        report.deadline_misses += 1
+            else:
+                report.deadline_misses += 1
+                cmd = env.idle(loop.time())
+                if cmd is not None:
+                    await write(cmd)
+            tick = deadline
+            now = loop.time()
+            if now < tick:
+                await asyncio.sleep(tick - now)
+            elif now - tick > period:  # far behind: skip the ticks already missed, don't burst
+                tick = now
+        if pending is not None:  # let the last request finish (unwritten), so the server's record is whole
+            try:
+                await asyncio.wait_for(pending, timeout=max(period, 5.0))
+            except Exception:  # stopping: whatever happened to it changes nothing on the machine
+                pass
+        try:
+            await policy.end()
+        except OnshoreError:
+            pass
+        return report
+    finally:
+        await policy.close()
+        await opc.disconnect()

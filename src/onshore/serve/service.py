@@ -1,0 +1,168 @@
+"""Serving a model at a site, start to stop: what ``onshore serve MODEL --site S`` does.
+
+Order: load the model through :func:`onshore.serve.loading.load_served_model` (decided for
+``serve`` on every lineage dataset, digests checked; a refusal leaves only its decisions in the
+ledger), listen, then record ``model.serve`` (``event: start``) with the model digest, signed by
+the site. On stop: close every connection, ingest what was recorded (with ``--record-policy``),
+then record ``model.serve`` (``event: stop``) with the digest, counts of sessions, actions,
+refusals and interventions, and the recorded dataset(s) with their ingest entries: the ledger
+ties the new data to the model that produced it. The server's event loop runs on its own thread,
+so the caller (the CLI, the demo, a test) keeps its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onshore.errors import OnshoreError, ValidationError
+from onshore.names import check_name
+from onshore.residency.policy import load_policy
+from onshore.serve.loading import ServedModel, load_served_model
+from onshore.serve.record import Recorder, RecordOptions
+from onshore.serve.server import PolicyServer, ServerLimits
+from onshore.serve.tokens import TokenTable
+from onshore.workspace.registry import get_site
+from onshore.workspace.workspace import Workspace
+
+
+@dataclass
+class StopReport:
+    """What a serving run did, as its ``model.serve`` stop entry says."""
+
+    start_index: int
+    stop_index: int
+    connections: int
+    actions: int
+    refused: int
+    errors: int
+    interventions: dict[str, int]
+    recorded: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Running:
+    """A server running on its own thread; ``stop()`` (or leaving the ``with`` block) ends it."""
+
+    def __init__(self, ws: Workspace, served: ServedModel, server: PolicyServer, loop: asyncio.AbstractEventLoop,
+                 thread: threading.Thread, host: str, port: int, start_index: int, record: RecordOptions | None
+                 ) -> None:
+        self.ws, self.served, self.server, self._loop, self._thread = ws, served, server, loop, thread
+        self.host, self.port, self.start_index, self.record = host, port, start_index, record
+        self.report: StopReport | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}"
+
+    def stop(self) -> StopReport:
+        """Close the server, ingest the recording, record the stop; idempotent."""
+        if self.report is not None:
+            return self.report
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.close(), self._loop).result(timeout=30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+        st = self.server.stats
+        recorded: list[dict[str, Any]] = []
+        failure: BaseException | None = None
+        rec = self.server.recorder
+        if rec is not None and self.record is not None:
+            try:
+                recorded = rec.ingest(self.ws, self.served.site, self.served.name, self.record)
+            except BaseException as e:  # the stop is recorded whatever happened to the recording
+                failure = e
+        body = {"event": "stop", "model": self.served.name, "digest": self.served.digest, "site": self.served.site,
+                "start_index": self.start_index, "connections": st.connections, "actions": st.actions,
+                "refused": st.refused, "errors": st.errors, "dropped": st.dropped,
+                "interventions": dict(st.interventions), "recorded": recorded}
+        if failure is not None:
+            body["record_failed"] = str(failure)[:500]
+        idx = self.ws.record("model.serve", f"site:{self.served.site}", body)
+        self.report = StopReport(self.start_index, idx, st.connections, st.actions, st.refused, st.errors,
+                                 dict(st.interventions), recorded)
+        if failure is not None:
+            raise failure
+        return self.report
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _check_record(ws: Workspace, site: str, record: RecordOptions) -> None:
+    """Refuse, before serving, a recording that could not be ingested: unknown member, a bad
+    policy file, a dataset name taken or malformed, a site that stores nothing."""
+    ws.row("member", record.member)
+    load_policy(record.policy)
+    if record.dataset is not None:
+        check_name(record.dataset, "dataset")
+        try:
+            ws.row("dataset", record.dataset)
+        except OnshoreError:
+            pass
+        else:
+            raise ValidationError(f"dataset {record.dataset!r} already exists; name the recording with a new "
+                                  "--record-as")
+    if "storage" not in get_site(ws, site).roles:
+        raise ValidationError(f"site {site!r} has no storage role, so a recording cannot be kept there; serve "
+                              "without --record-policy or at a site with roles serve,storage")
+
+
+def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: int = 7070,
+          record: RecordOptions | None = None, limits: ServerLimits | None = None,
+          loader: Callable[..., ServedModel] = load_served_model, purpose: str | None = None) -> Running:
+    """Serve ``model`` at ``site`` on ``host:port`` (0: a free port) until ``stop()``; ``purpose``
+    defaults to the purpose the model was trained for.
+
+    Refused: see :func:`load_served_model` (exit 3 for policy); a bad recording (see
+    ``_check_record``); a port that cannot be bound (``OnshoreError``).
+    """
+    if record is not None:
+        _check_record(ws, site, record)
+    served = loader(ws, model, site, purpose)
+    tokens = TokenTable(ws, site)
+    recorder = Recorder(Path(get_site(ws, site).root) / "runs" / ".spool") if record is not None else None
+    server = PolicyServer(served, tokens, limits, recorder)
+    loop = asyncio.new_event_loop()
+    started: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            started["port"] = loop.run_until_complete(server.start(host, port))
+        except BaseException as e:
+            started["error"] = e
+            ready.set()
+            loop.close()
+            return
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+    thread = threading.Thread(target=run, name=f"onshore-serve-{model}", daemon=True)
+    thread.start()
+    ready.wait()
+    if "error" in started:
+        e = started["error"]
+        if isinstance(e, OSError):
+            raise OnshoreError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or "
+                               "--host") from None
+        raise e
+    bound = started["port"]
+    idx = ws.record("model.serve", f"site:{site}", {
+        "event": "start", "model": model, "digest": served.digest, "files": served.files, "site": site,
+        "host": host, "port": bound, "purpose": served.purpose, "release_index": served.release_index,
+        "embodiments": sorted(served.embodiments),
+        "record": None if record is None else {"member": record.member, "policy": str(record.policy),
+                                               "dataset": record.dataset}})
+    return Running(ws, served, server, loop, thread, host, bound, idx, record)

@@ -1,0 +1,37 @@
+"""A workspace with a trained tiny model for serving tests: the furnace embodiment (10 Hz, rate
+limits on both actions) at sakai, trained there, servable at tokyo (the site with the serve role)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import POLICY_JP, build_consortium, write_frames
+from onshore.model.text import HASHED
+from onshore.train.loop import TrainConfig, TrainRequest, train
+from onshore.workspace import Workspace, datasets, models
+
+MODEL = "furnace-tiny"
+EMBODIMENT = "furnace-line-3"
+TASK = "keep zone temperatures"
+RECORD_POLICY = """jurisdictions = ["JP"]
+sites = ["tokyo"]
+purposes = ["fine-tuning"]
+expires = 2031-03-31
+derived_models = "keep"
+"""
+
+
+def furnace_workspace(root: Path, clause: str = "stop-serving") -> Workspace:
+    """Furnace telemetry of steelco at sakai under a JP policy, a tiny model trained on it, copied to tokyo."""
+    ws = Workspace.init(root / "ws", "serve-test")
+    build_consortium(ws, root)
+    policy = root / "furnace-policy.toml"
+    policy.write_text(POLICY_JP.replace('"stop-serving"', f'"{clause}"'))
+    frames = write_frames(root / "furnace.parquet", episodes=3, frames=40)
+    datasets.ingest(ws, "furnace", "steelco", "sakai", policy, EMBODIMENT, [frames])
+    config = TrainConfig(steps=2, batch_size=8, checkpoint_every=2, log_every=1, precision="fp32",
+                         text_encoder=HASHED, warmup=1)
+    train(ws, TrainRequest(MODEL, "sakai", "fine-tuning", ("furnace",), size="tiny", train=config))
+    models.copy_model(ws, MODEL, "tokyo")  # served where it sits: tokyo has the serve role
+    (root / "record-policy.toml").write_text(RECORD_POLICY)
+    return ws

@@ -1,0 +1,314 @@
+"""The policy server on 127.0.0.1: loading decided and digest-checked, tokens, hostile clients,
+concurrency, answers equal to the model acting in process, runs recorded as resident data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+from websockets.sync.client import connect
+
+from _serving import EMBODIMENT, MODEL, TASK, furnace_workspace
+from onshore.cli.app import main
+from onshore.errors import IntegrityError, PolicyDenied
+from onshore.model.policy import ModelPolicy
+from onshore.serve import Client, ServeError, service, tokens, wire
+from onshore.serve import envelope as E
+from onshore.serve.loading import load_served_model
+from onshore.serve.plant import free_port
+from onshore.serve.record import DEADLINE_MISSES, INTERVENTIONS, RecordOptions
+from onshore.workspace import Workspace, datasets, models
+from onshore.workspace.registry import get_embodiment
+
+STATE = np.array([600.0, 640.0, 4.0], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def served_ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    ws = furnace_workspace(tmp_path_factory.mktemp("serve"))
+    yield ws
+    ws.close()
+
+
+@pytest.fixture(scope="module")
+def running(served_ws: Workspace) -> Iterator[service.Running]:
+    with service.start(served_ws, MODEL, "tokyo", port=0) as run:
+        yield run
+
+
+@pytest.fixture(scope="module")
+def token(served_ws: Workspace, running: service.Running) -> str:
+    value = tokens.issue(served_ws, "tokyo", "line-1")
+    running.server.tokens.refresh()  # the server does this every second by itself
+    return value
+
+
+def raw(url: str, tok: str) -> object:
+    return connect(url, additional_headers={"Authorization": f"Bearer {tok}"}, max_size=wire.HARD_FRAME, legacy=True)
+
+
+def ask(ws: object, msg: object) -> dict:
+    ws.send(msg if isinstance(msg, bytes | str) else msgpack.packb(msg, use_bin_type=True))  # type: ignore[attr-defined]
+    return msgpack.unpackb(ws.recv(timeout=10), raw=False)  # type: ignore[attr-defined]
+
+
+def test_serving_is_decided_and_refused_where_the_data_forbids(served_ws: Workspace) -> None:
+    ws = served_ws
+    start = ws.ledger.size()
+    with pytest.raises(PolicyDenied) as e:  # sakai holds the model, stores and computes, but does not serve
+        load_served_model(ws, MODEL, "sakai")
+    assert "workspace/role-serve" in e.value.rules
+    with pytest.raises(PolicyDenied) as e:  # not a purpose the furnace data was given for
+        load_served_model(ws, MODEL, "tokyo", "advertising")
+    assert any("furnace" in r and "purposes" in r for r in e.value.rules), e.value.rules
+    decisions = [x.entry.body for x in ws.ledger.entries(start) if x.entry.kind == "decision"]
+    assert [d["request"]["action"] for d in decisions] == ["serve", "serve"]
+    assert all(d["decision"] == "deny" for d in decisions)
+    assert main(["-w", str(ws.root), "serve", MODEL, "--site", "sakai", "--port", "0"]) == 3
+    served = load_served_model(ws, MODEL, "tokyo")
+    assert served.digest == models.get_model(ws, MODEL)["files"]["model.safetensors"]
+    assert list(served.embodiments) == [EMBODIMENT]
+
+
+def test_a_model_whose_files_differ_from_the_ledger_is_not_served(served_ws: Workspace, tmp_path: Path) -> None:
+    row = models.get_model(served_ws, MODEL)
+    files = sorted(p for p in models.model_folder(served_ws, row, "tokyo").iterdir() if p.is_file())
+    assert files
+    for f in files:
+        saved = f.read_bytes()
+        try:
+            f.write_bytes(saved[:-1] + bytes([saved[-1] ^ 1]))
+            with pytest.raises(IntegrityError):
+                load_served_model(served_ws, MODEL, "tokyo")
+        finally:
+            f.write_bytes(saved)
+    assert load_served_model(served_ws, MODEL, "tokyo").digest == row["files"]["model.safetensors"]
+
+
+def test_a_withdrawn_dataset_stops_serving_naming_it(tmp_path: Path) -> None:
+    ws = furnace_workspace(tmp_path)
+    try:
+        datasets.withdraw(ws, "furnace", "steelco")
+        with pytest.raises(PolicyDenied) as e:
+            load_served_model(ws, MODEL, "tokyo")
+        assert any("furnace" in r for r in e.value.rules) and "furnace" in str(e.value), e.value
+        assert main(["-w", str(ws.root), "serve", MODEL, "--site", "tokyo", "--port", "0"]) == 3
+    finally:
+        ws.close()
+
+
+def test_health_and_tokens_refused_unless_live_for_this_site(running: service.Running, served_ws: Workspace,
+                                                              token: str, caplog: pytest.LogCaptureFixture) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{running.port}/healthz", timeout=10) as r:
+        health = json.loads(r.read())
+    assert health["status"] == "ok" and health["digest"] == running.served.digest
+    other_site = tokens.issue(served_ws, "sakai", "line-9")
+    running.server.tokens.refresh()  # the server does this every second by itself
+    refused_before = running.server.stats.refused
+    with caplog.at_level(logging.WARNING, logger="onshore.serve"):
+        for bad in (None, "onshore_not-a-token", other_site):
+            with pytest.raises(ServeError) as e:
+                Client(running.url, bad or "", EMBODIMENT)
+            assert e.value.code == "unauthorized" and "401" in str(e.value)
+    assert running.server.stats.refused == refused_before + 3
+    assert sum("refused" in r.message for r in caplog.records) >= 3
+    assert any("token issued for site sakai" in r.message for r in caplog.records)
+    with Client(running.url, token, EMBODIMENT) as c:  # the real token works
+        assert c.info()["digest"] == running.served.digest
+
+
+def test_revoked_token_is_refused_even_on_an_open_connection(running: service.Running, served_ws: Workspace) -> None:
+    tok = tokens.issue(served_ws, "tokyo", "temp-contractor")
+    running.server.tokens.refresh()
+    c = Client(running.url, tok, EMBODIMENT)
+    c.reset(TASK)
+    c.act(STATE)
+    assert main(["-w", str(served_ws.root), "serve", "revoke", "--site", "tokyo", "--client", "temp-contractor"]) == 0
+    running.server.tokens.refresh()  # the server does this every second by itself
+    with pytest.raises(ServeError) as e:
+        c.act(STATE)
+    assert e.value.code in ("unauthorized", "closed")
+    with pytest.raises(ServeError, match="401"):
+        Client(running.url, tok, EMBODIMENT)
+    assert [r for r in tokens.list_tokens(served_ws, "tokyo") if r["client"] == "temp-contractor"][0]["revoked_at"]
+
+
+def test_malformed_requests_get_error_replies_and_the_session_goes_on(running: service.Running, token: str) -> None:
+    ws = raw(running.url, token)
+    good_state = wire.encode_array(STATE)
+    cases = [
+        ({"type": "act", "id": 1, "state": good_state}, "no_session"),
+        ({"type": "reset", "id": 2, "embodiment": "crane-7", "task": TASK}, "unknown_embodiment"),
+        ({"type": "reset", "id": 3, "embodiment": 7, "task": TASK}, "bad_message"),
+        ({"type": "launch", "id": 4}, "bad_message"),
+        ([1, 2, 3], "bad_message"),
+        (b"\xc1\xff not msgpack", "bad_frame"),
+        (msgpack.packb({"type": "info", "x": msgpack.ExtType(1, b"evil")}), "bad_frame"),
+        ("a text frame", "bad_frame"),
+        (b"\x00" * (wire.MAX_FRAME + 1), "too_large"),
+    ]
+    for msg, code in cases:
+        reply = ask(ws, msg)
+        assert reply["type"] == "error" and reply["code"] == code, (msg if not isinstance(msg, bytes) else code, reply)
+    assert ask(ws, {"type": "reset", "id": 5, "embodiment": EMBODIMENT, "task": TASK})["type"] == "ready"
+    bad_acts = [
+        (wire.encode_array(np.zeros(4, np.float32)), "bad_state"),  # wrong width
+        (wire.encode_array(np.array([1.0, np.nan, 2.0], np.float32)), "bad_state"),
+        (wire.encode_array(np.array([1.0, np.inf, 2.0], np.float32)), "bad_state"),
+        ({"dtype": "<f8", "shape": [3], "data": np.zeros(3).tobytes()}, "bad_message"),  # float64
+        ({"dtype": "<f4", "shape": [3], "data": b"\x00" * 8}, "bad_message"),  # short data
+        ([600.0, 640.0, 4.0], "bad_message"),  # a plain list, not an array map
+        ("600,640,4", "bad_message"),
+    ]
+    for state, code in bad_acts:
+        reply = ask(ws, {"type": "act", "id": 6, "state": state})
+        assert reply["code"] == code and reply["id"] == 6, reply
+    assert ask(ws, {"type": "act", "id": 7, "state": good_state, "deadline_misses": "many"})["code"] == "bad_message"
+    ok = ask(ws, {"type": "act", "id": 8, "state": good_state})
+    assert ok["type"] == "action" and ok["id"] == 8 and wire.decode_array(ok["action"], "a").shape == (2,)
+    ws.close()
+    from websockets.exceptions import ConnectionClosedError
+
+    ws2 = raw(running.url, token)
+    with pytest.raises(ConnectionClosedError) as closed:  # over the hard limit the WebSocket layer closes
+        ws2.send(b"\x00" * (wire.HARD_FRAME + 10))
+        ws2.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    with urllib.request.urlopen(f"http://127.0.0.1:{running.port}/healthz", timeout=10) as r:
+        assert json.loads(r.read())["status"] == "ok"
+
+
+def test_a_flood_is_answered_rate_limited_while_another_client_is_served(running: service.Running,
+                                                                         token: str) -> None:
+    flood = raw(running.url, token)
+    info = msgpack.packb({"type": "info", "id": 1})
+    for _ in range(1500):
+        flood.send(info)
+    with Client(running.url, token, EMBODIMENT) as calm:
+        calm.reset(TASK)
+        assert calm.act(STATE).shape == (2,)
+    replies = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            replies.append(msgpack.unpackb(flood.recv(timeout=2), raw=False))
+        except TimeoutError:
+            break
+    codes = [r.get("code") for r in replies]
+    assert "rate_limited" in codes
+    assert len(replies) < 1500  # the rest were dropped unanswered
+    assert running.server.stats.dropped > 0
+    flood.close()
+
+
+def test_ten_concurrent_clients_get_what_the_model_does_in_process(running: service.Running, served_ws: Workspace,
+                                                                   token: str) -> None:
+    loaded = models.load_model_for(served_ws, MODEL, "tokyo", "serve", "fine-tuning")
+    emb = get_embodiment(served_ws, EMBODIMENT)
+    rng = np.random.default_rng(3)
+    states = [rng.uniform([0, 0, 0], [1400, 1400, 25], size=(12, 3)).astype(np.float32) for _ in range(10)]
+    expected = []
+    for seq in states:  # the same model and the same envelope, in this process
+        p, env = ModelPolicy(loaded, EMBODIMENT), E.Envelope(E.Limits.from_embodiment(emb))
+        p.reset(TASK)
+        expected.append([env.command(p.act(s)).action.astype(np.float32) for s in seq])
+    got: list[list[np.ndarray] | Exception] = [[] for _ in states]
+
+    def drive(i: int) -> None:
+        try:
+            with Client(running.url, token, EMBODIMENT) as c:
+                c.reset(TASK)
+                got[i] = [c.act(s) for s in states[i]]
+        except Exception as e:  # reported below
+            got[i] = e
+
+    threads = [threading.Thread(target=drive, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for i in range(10):
+        assert not isinstance(got[i], Exception), got[i]
+        np.testing.assert_allclose(np.stack(got[i]), np.stack(expected[i]), rtol=1e-5, atol=1e-4)
+
+
+def test_a_run_comes_back_as_a_resident_dataset_tied_to_the_model(tmp_path: Path) -> None:
+    ws = furnace_workspace(tmp_path)
+    try:
+        tok = tokens.issue(ws, "tokyo", "line-1")
+        record = RecordOptions(tmp_path / "record-policy.toml", "steelco", "furnace-run-1")
+        with service.start(ws, MODEL, "tokyo", port=0, record=record) as run:
+            for _episode in range(2):
+                with Client(run.url, tok, EMBODIMENT) as c:
+                    c.reset(TASK, initial_action=np.array([0.0, 0.0], np.float32))
+                    for k in range(5):
+                        a = c.act(STATE, deadline_misses=k, bridge_interventions=0)
+                    assert c.last["counts"]["rate"] >= 1  # from 0 % the model's command is ramped at max_rate
+                    assert a[0] <= 5 * 0.5 + 1e-4
+        report = run.report
+        assert report is not None and report.actions == 10
+        assert [r["dataset"] for r in report.recorded] == ["furnace-run-1"]
+        table = datasets.read(ws, "furnace-run-1", "tokyo", purpose="fine-tuning").to_pydict()
+        assert len(table["episode_index"]) == 10 and set(table["episode_index"]) == {0, 1}
+        assert table[DEADLINE_MISSES][:5] == [0, 1, 2, 3, 4]
+        assert any(v & E.bits([E.RATE]) for v in table[INTERVENTIONS])
+        np.testing.assert_allclose(table["observation.state"][0], STATE)
+        entries = {e.index: e.entry for e in ws.ledger.entries(report.start_index)}
+        start, stop = entries[report.start_index], entries[report.stop_index]
+        assert start.kind == stop.kind == "model.serve" and start.actor == "site:tokyo"
+        assert start.body["event"] == "start" and stop.body["event"] == "stop"
+        assert start.body["digest"] == stop.body["digest"] == run.served.digest
+        assert stop.body["recorded"][0]["dataset"] == "furnace-run-1"
+        ingest = entries[stop.body["recorded"][0]["ledger_index"]]
+        assert ingest.kind == "data.ingest" and ingest.body["dataset"] == "furnace-run-1"
+        assert ingest.body["site"] == "tokyo" and ingest.body["owner"] == "steelco"
+        assert not (Path(tmp_path) / "ws" / "sites" / "tokyo" / "runs" / ".spool" / run.server.recorder.run_id
+                    ).exists()
+    finally:
+        ws.close()
+
+
+def test_cli_serves_until_sigterm_and_issues_tokens(served_ws: Workspace) -> None:
+    root = str(served_ws.root)
+    out = subprocess.run([sys.executable, "-m", "onshore", "-w", root, "serve", "token", "--site", "tokyo",
+                          "--client", "cli-line"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    tok = out.stdout.strip()
+    assert tok.startswith(tokens.PREFIX) and "shown once" in out.stderr
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "onshore", "-w", root, "serve", MODEL, "--site", "tokyo",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    assert json.loads(r.read())["model"] == MODEL
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.3)
+        with Client(f"ws://127.0.0.1:{port}", tok, EMBODIMENT) as c:
+            c.reset(TASK)
+            assert c.act(STATE).shape == (2,)
+        with pytest.raises(ServeError, match="401"):
+            Client(f"ws://127.0.0.1:{port}", None, EMBODIMENT)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "1 action(s)" in stdout and "1 refused" in stdout
+    assert "refused" in stderr  # the refusal is logged

@@ -1,0 +1,121 @@
+"""The safety envelope: no torch, and no sequence of model outputs or events escapes its limits."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onshore.errors import ValidationError
+from onshore.serve import envelope as E
+from onshore.telemetry.embodiment import Channel, Embodiment
+
+FURNACE = Embodiment("furnace-line-3", 10.0, (Channel("t", "degC", 0.0, 1400.0),),
+                     (Channel("fuel", "%", 0.0, 100.0, 5.0), Channel("air", "%", -20.0, 80.0, 10.0),
+                      Channel("free", "", -1.0, 1.0, None)))
+
+
+def test_importing_the_envelope_does_not_import_torch() -> None:
+    code = ("import sys; import onshore.serve.envelope, onshore.serve.wire, onshore.serve.client, "
+            "onshore.serve.bridge; from onshore.serve import Client; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_each_intervention_is_named_counted_and_returned() -> None:
+    lim = E.Limits.from_embodiment(FURNACE, watchdog_periods=2)
+    assert lim.max_step.tolist()[:2] == [0.5, 1.0] and math.isinf(lim.max_step[2])
+    env = E.Envelope(lim, initial=[50.0, 10.0, 0.0])
+    c = env.command([51.0, 10.5, 0.3], now=0.0)  # fuel moves 1.0 > 0.5 per period
+    assert c.action.tolist() == [50.5, 10.5, 0.3] and c.interventions == (E.RATE,) and c.alarm is None
+    c = env.command([200.0, 10.5, -7.0], now=0.1)  # clamp (free to -1, fuel to 100) then rate on fuel
+    assert c.action.tolist() == [51.0, 10.5, -1.0] and set(c.interventions) == {E.CLAMP, E.RATE}
+    c = env.command([np.nan, 0.0, 0.0], now=0.2)  # hold the last command, alarm
+    assert c.action.tolist() == [51.0, 10.5, -1.0] and c.interventions == (E.NONFINITE,) and "NaN" in c.alarm
+    c = env.command([1.0, 2.0], now=0.3)  # wrong width: same as not finite
+    assert c.interventions == (E.NONFINITE,)
+    assert env.counts == {E.CLAMP: 1, E.RATE: 2, E.NONFINITE: 2, E.WATCHDOG: 0, E.ESTOP: 0}
+    assert E.bits([E.CLAMP, E.RATE]) == 3 and E.bits([E.ESTOP]) == 16
+
+
+def test_watchdog_commands_the_safe_action_after_n_silent_periods() -> None:
+    lim = E.Limits.from_embodiment(FURNACE, safe=[0.0, 0.0, 0.0], watchdog_periods=3)
+    env = E.Envelope(lim, initial=[2.0, 0.0, 0.0])
+    env.command([2.0, 0.0, 0.0], now=10.0)
+    assert env.idle(10.1) is None and env.idle(10.2) is None
+    c = env.idle(10.3)  # three periods without a state
+    assert c is not None and c.action[0] == pytest.approx(1.5)  # a controlled stop: ramps down at max_rate
+    assert c.interventions == (E.WATCHDOG, E.RATE)
+    for t in range(4):
+        c = env.idle(10.4 + t / 10)
+    assert c is not None and c.action.tolist() == [0.0, 0.0, 0.0]
+    assert env.counts[E.WATCHDOG] == 5
+    assert env.command([0.2, 0.0, 0.0], now=11.0).interventions == ()  # a fresh state ends it
+
+
+def test_e_stop_latches_until_an_explicit_reset() -> None:
+    env = E.Envelope(E.Limits.from_embodiment(FURNACE, safe=[0.0, 0.0, 0.0]), initial=[1.0, 0.0, 0.0])
+    env.estop("button")
+    for _ in range(3):  # model outputs do not clear it
+        c = env.command([1.0, 0.0, 0.0])
+        assert c.interventions[0] == E.ESTOP and "button" in (c.alarm or "")
+    assert c.action.tolist() == [0.0, 0.0, 0.0]  # 1.0 -> 0.5 -> 0.0 at 0.5 per period
+    env.reset_estop()
+    assert env.command([0.3, 0.0, 0.0]).interventions == ()
+
+
+def test_bad_safe_actions_and_watchdog_settings_are_refused() -> None:
+    for safe in ([0.0], [np.nan, 0.0, 0.0], [150.0, 0.0, 0.0]):
+        with pytest.raises(ValidationError):
+            E.Limits.from_embodiment(FURNACE, safe=safe)
+    with pytest.raises(ValidationError):
+        E.Limits.from_embodiment(FURNACE, watchdog_periods=0)
+    # the default safe action is 0 clamped into each channel's limits
+    emb = Embodiment("x", 10.0, FURNACE.state, (Channel("a", "", 2.0, 5.0, 1.0),))
+    assert E.Limits.from_embodiment(emb).safe.tolist() == [2.0]
+
+
+values = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
+                   st.sampled_from([math.nan, math.inf, -math.inf, 1e308, -1e308, 0.0]))
+outputs = st.one_of(st.lists(values, min_size=3, max_size=3), st.lists(values, min_size=0, max_size=5),
+                    st.just("not numbers"))
+events = st.one_of(st.tuples(st.just("act"), outputs), st.tuples(st.just("idle"), st.floats(0, 1)),
+                   st.just(("estop", None)), st.just(("reset", None)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(events, min_size=1, max_size=60), st.booleans(), st.integers(1, 4))
+def test_no_sequence_of_outputs_commands_outside_the_limits_or_faster_than_max_rate(
+        seq: list, seeded: bool, watchdog: int) -> None:
+    lim = E.Limits.from_embodiment(FURNACE, safe=[10.0, 0.0, 0.5], watchdog_periods=watchdog)
+    env = E.Envelope(lim, initial=[99.0, -20.0, 1.0] if seeded else None)
+    previous = env.last
+    now = 0.0
+    for kind, arg in seq:
+        if kind == "act":
+            now += lim.period
+            cmd = env.command(arg, now)
+        elif kind == "idle":
+            now += arg
+            cmd = env.idle(now)
+        elif kind == "estop":
+            env.estop()
+            continue
+        else:
+            env.reset_estop()
+            continue
+        if cmd is None:
+            continue
+        a = cmd.action
+        assert a.shape == (3,) and np.isfinite(a).all()
+        assert (a >= lim.low).all() and (a <= lim.high).all()
+        if previous is not None:
+            assert (np.abs(a - previous) <= lim.max_step).all(), (a, previous)
+        previous = a
