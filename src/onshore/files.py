@@ -1,7 +1,9 @@
-"""Output files a person names: check them before any work (or any ledger entry) is done."""
+"""Files: output paths a person names, checked before any work (or any ledger entry) is done,
+and the SHA-256 of a file, read in chunks so a large shard or model never sits in memory."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from onshore.errors import ValidationError
@@ -24,3 +26,12 @@ def check_output_file(path: Path, force: bool = False, option: str = "--out") ->
     if path.exists() and not force:
         raise ValidationError(f"{option} {path}: already exists; choose a new name or pass --force to replace it")
     return path
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of the file at ``path``, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

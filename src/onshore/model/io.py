@@ -29,6 +29,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from onshore.errors import IntegrityError, NotFoundError
+from onshore.files import sha256_file
 from onshore.keys.sealed import seal, unseal
 
 SEALED_SUFFIX = ".sealed"
@@ -42,13 +43,6 @@ class Written:
     files: dict[str, str]
     sealed: dict[str, str]
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_names(stem: str) -> tuple[str, str]:

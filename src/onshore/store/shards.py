@@ -10,7 +10,6 @@ never touch each other's files. A shard no catalog row names is invisible; `onsh
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from onshore.errors import IntegrityError
+from onshore.files import sha256_file
 from onshore.store.encryption import decryption_properties, encryption_properties, new_salt
 
 ROW_GROUP_ROWS = 65536
@@ -35,13 +35,6 @@ class ShardInfo:
     bytes: int
     frames: int
 
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def shard_path(dataset: str, sha256: str) -> str:
@@ -136,7 +129,7 @@ class ShardWriter:
         try:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            digest = _sha256_file(tmp)
+            digest = sha256_file(tmp)
             rel = shard_path(self.dataset, digest)
             size = tmp.stat().st_size
             os.replace(tmp, _staged(self.stage, rel))
@@ -150,7 +143,7 @@ def check_shard(site_root: Path, rel: str, sha256: str) -> Path:
     path = Path(site_root) / rel
     if not path.exists():
         raise IntegrityError(f"shard {path} is missing from its site")
-    actual = _sha256_file(path)
+    actual = sha256_file(path)
     if actual != sha256:
         raise IntegrityError(
             f"shard {path} was altered: SHA-256 is {actual}, the catalog and ledger say {sha256}"
@@ -162,7 +155,7 @@ def _open_error(path: Path, sha256: str, e: Exception) -> IntegrityError:
     """Name the cause of a failed decryption: altered bytes, or a key that does not fit."""
     if not path.exists():
         return IntegrityError(f"shard {path} is missing from its site")
-    if _sha256_file(path) != sha256:
+    if sha256_file(path) != sha256:
         return IntegrityError(f"shard {path} was altered: its SHA-256 no longer matches the catalog and ledger")
     return IntegrityError(f"shard {path} does not decrypt with the released dataset key: {e}")
 
@@ -221,7 +214,7 @@ def copy_shard(src_root: Path, dst_root: Path, rel: str, sha256: str, stage: Pat
                     progress(done)
             fout.flush()
             os.fsync(fout.fileno())
-        if _sha256_file(tmp) != sha256:
+        if sha256_file(tmp) != sha256:
             raise IntegrityError(f"copy of shard {rel} to {dst_root} changed its bytes")
         size = tmp.stat().st_size
         os.replace(tmp, _staged(folder, rel))

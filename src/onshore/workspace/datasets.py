@@ -6,7 +6,6 @@ then touches data. A refusal raises PolicyDenied and changes nothing but the led
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +22,7 @@ from onshore.catalog import schema as T
 from onshore.catalog.db import write_transaction
 from onshore.errors import NotFoundError, OnshoreError, PolicyDenied, ValidationError
 from onshore.faults import crash_point
-from onshore.files import check_output_file
+from onshore.files import check_output_file, sha256_file
 from onshore.keys.envelope import new_data_key
 from onshore.ledger.entries import now_iso
 from onshore.names import check_name
@@ -440,7 +439,7 @@ def export(ws: Workspace, name: str, site: str, out: Path, fmt: str = "lerobot",
     table = renumber_episodes(_read_all(rows, root, name, key))
     write_lerobot_v3(table, emb, out, provenance=_provenance(ws, name, site, "export", decision_idx))
     files = sorted(p for p in out.rglob("*") if p.is_file())
-    digests = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    digests = {str(p.relative_to(out)): sha256_file(p) for p in files}
     idx = ws.record("data.export", f"site:{site}", {
         "dataset": name, "site": site, "jurisdiction": get_site(ws, site).jurisdiction, "format": "lerobot-v3.0",
         "purpose": purpose, "decision_index": decision_idx, "frames": table.num_rows, "files": digests})
