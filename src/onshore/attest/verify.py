@@ -952,17 +952,8 @@ def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min
     checks.append(_guard("envelope signature", lambda: _check_envelope(b.envelope, trust, attester), _alone))
     checks.append(stmt_check)
 
-    cp_check, cp = _guard("checkpoint signature", lambda: _check_checkpoint(b.note, trust), lambda c: (c, None))
-    checks.append(cp_check)
-    w_check, witnesses = _guard("witness cosignatures", lambda: _check_witnesses(b.note, trust, min_witnesses),
-                                lambda c: (c, ()))
-    checks.append(w_check)
-    sig_check, entries = _guard("entry signatures", lambda: _check_entry_signatures(b, trust), lambda c: (c, {}))
-    checks.append(sig_check)
-    # Proofs are checked against the root as written even when its signature failed, so that the
-    # report says whether the entries and the (unsigned) checkpoint at least agree.
-    checks.append(_guard("inclusion proofs", lambda: _check_inclusion(b, cp or _unverified_checkpoint(b.note)),
-                         _alone))
+    log_checks, cp, witnesses, entries = _log_checks(b, trust, min_witnesses)
+    checks += log_checks
 
     head: tuple[int, bytes] | None = None
     newest_note = b.note
@@ -989,6 +980,20 @@ def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min
                               shown.size if shown else None, witnesses)
 
 
+def _log_checks(b: _Bundle, trust: TrustRoot, min_witnesses: int) -> tuple[list[Check], Any, Any, Any]:
+    """The checks every bundle shares, in report order: checkpoint signature, witness cosignatures,
+    entry signatures, inclusion proofs; with the verified checkpoint (or None), the witnesses that
+    cosigned and the verified entries by index."""
+    cp_check, cp = _guard("checkpoint signature", lambda: _check_checkpoint(b.note, trust), lambda c: (c, None))
+    w_check, witnesses = _guard("witness cosignatures", lambda: _check_witnesses(b.note, trust, min_witnesses),
+                                lambda c: (c, ()))
+    sig_check, entries = _guard("entry signatures", lambda: _check_entry_signatures(b, trust), lambda c: (c, {}))
+    # Proofs are checked against the root as written even when its signature failed, so that the
+    # report says whether the entries and the (unsigned) checkpoint at least agree.
+    inclusion = _guard("inclusion proofs", lambda: _check_inclusion(b, cp or _unverified_checkpoint(b.note)), _alone)
+    return [cp_check, w_check, sig_check, inclusion], cp, witnesses, entries
+
+
 def _verify_model(b: _Bundle, statement: Statement, trust: TrustRoot, min_witnesses: int,
                   max_age: dt.timedelta | None, now: dt.datetime) -> VerificationReport:
     """The model branch of :func:`verify_bundle`: the shared checks, then ``attest/verify_model.py``'s."""
@@ -1004,15 +1009,9 @@ def _verify_model(b: _Bundle, statement: Statement, trust: TrustRoot, min_witnes
     checks.append(Check("statement", FAIL, shape) if shape else Check(
         "statement", PASS, f"in-toto Statement v1 about model {claim['model']!r}, {len(statement.subjects)} "
                            "subject(s)"))
-    cp_check, cp = _guard("checkpoint signature", lambda: _check_checkpoint(b.note, trust), lambda c: (c, None))
-    checks.append(cp_check)
-    w_check, witnesses = _guard("witness cosignatures", lambda: _check_witnesses(b.note, trust, min_witnesses),
-                                lambda c: (c, ()))
-    checks.append(w_check)
-    sig_check, entries = _guard("entry signatures", lambda: _check_entry_signatures(b, trust), lambda c: (c, {}))
-    checks.append(sig_check)
+    log_checks, cp, witnesses, entries = _log_checks(b, trust, min_witnesses)
+    checks += log_checks
     shown = cp or _unverified_checkpoint(b.note)
-    checks.append(_guard("inclusion proofs", lambda: _check_inclusion(b, shown), _alone))
     status = None
     if shape is not None:
         checks += _not_run(("claim matches ledger", "jurisdictions", "decisions", "withdrawals"),
