@@ -195,3 +195,12 @@ def telemetry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     generate("metaworld", ["reach-v3", "push-v3"], 3, seed=1, out=root / "arms", workers=2)
     generate("tep", ["base"], 1, seed=2, out=root / "plant", workers=1, seconds=600.0)
     return {"arms": root / "arms", "plant": root / "plant"}
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the command line in this process: exit code, standard output, standard error."""
+    from onshore.cli.app import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -10,13 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EMBODIMENT_TOML, POLICY_JP, write_frames
-from onshore.cli.app import main
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import run_cli as run
 
 
 @pytest.fixture

@@ -12,19 +12,14 @@ from pathlib import Path
 import pytest
 
 from conftest import EMBODIMENT_TOML, POLICY_JP, write_frames
+from conftest import run_cli as run
 from onshore.catalog.db import open_engine
 from onshore.catalog.schema import metadata
-from onshore.cli.app import command, main
+from onshore.cli.app import command
 from onshore.errors import OnshoreError
 from onshore.workspace import Workspace, datasets
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
