@@ -11,7 +11,6 @@ from onshore.cli.context import open_workspace
 from onshore.cli.inputs import naming, read_text_input
 from onshore.cli.output import console, print_json, table
 from onshore.files import check_output_file
-from onshore.ledger import merkle
 
 ledger_app = typer.Typer(help="The transparency ledger.", no_args_is_help=True)
 
@@ -80,6 +79,8 @@ def prove(index: int = typer.Argument(..., help="The entry's index, as in 'onsho
           size: int | None = typer.Option(None, "--size", metavar="N", help="Tree size (default: now).", **COUNT),
           json_: bool = JSON) -> None:
     """Print an RFC 9162 inclusion proof for entry INDEX."""
+    from onshore.ledger import merkle  # hashlib and the tree code: only when a proof is printed
+
     with open_workspace() as ws:
         n = ws.ledger.size() if size is None else size
         proof = ws.ledger.inclusion_proof(index, n)
