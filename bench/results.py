@@ -32,7 +32,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +259,7 @@ class Run:
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, key: str, policy: str, env: str, tasks: list[str], episodes: int, seed: int,
-                 noisy: bool = False) -> dict[str, Any]:
+                 noisy: bool = False, ensemble: bool | None = None) -> dict[str, Any]:
         """Closed-loop evaluation of ``policy`` (``expert`` or a model) unless ``key``'s summary exists."""
         from onshore.eval.report import write_report
         from onshore.eval.runner import evaluate
@@ -272,6 +272,8 @@ class Run:
         sensors = SensorOptions(**NOISY) if noisy else None
         agent: Any = "expert" if policy == "expert" else \
             policy_factory(self.ws, policy, SITE, EMB_ARM if env == "metaworld" else EMB_PLANT)
+        if ensemble is not None:
+            agent = replace(agent, ensemble=ensemble)
         self.say(f"evaluating {policy} on {env} ({len(tasks)} tasks x {episodes} episodes, seed {seed}"
                  + (", noisy sensors" if noisy else "") + ")")
         t0 = time.time()
@@ -294,7 +296,8 @@ class Run:
                 entry["pi_shutdowns"] = base.get("shutdowns")
                 entry["pi_violation_frames"] = base.get("mean_violation_frames")
             per_task[t.task] = entry
-        extra = (f" --noise {NOISY['noise']:g} --quantize" if noisy else "")
+        extra = (f" --noise {NOISY['noise']:g} --quantize" if noisy else "") + \
+            ("" if ensemble is None else " --ensemble" if ensemble else " --no-ensemble")
         site = "" if policy == "expert" else f" --site {SITE}"
         summary = {"key": key, "policy": policy, "env": env, "seed": seed, "episodes": episodes,
                    "sensors": report.sensors, "tasks": per_task, "wall_s": wall, "steps": steps,
@@ -347,18 +350,43 @@ def result4(r: Run) -> None:
     write_doc(r)
 
 
-# Tried after result 4 missed its goals: a longer state history (the PI loops integrate their
-# errors over minutes; two frames 1.8 s apart show the model almost none of that) and shorter
-# action chunks (a 16-step chunk, ensembled, commits the valves ~29 s ahead).
-TEP_TRY = (("history", 16), ("chunk", 4))
+@dataclass(frozen=True)
+class TepTry:
+    """Something tried after result 4 missed its goals: a model trained with ``overrides`` (or,
+    with none, ``model`` as result 4 trained it), evaluated with ``ensemble`` (None: as trained)."""
+
+    label: str
+    model: str
+    overrides: tuple[tuple[str, Any], ...]
+    ensemble: bool | None
+    why: str
+
+    @property
+    def key(self) -> str:
+        return f"r4-try-{self.label}"
+
+
+TEP_TRIES = (
+    TepTry("feedback", "tep-small-fb", (("action_feedback", True), ("ensemble", False)), None,
+           "action feedback: the model also sees the valve positions it applied before each frame and "
+           "predicts changes from the last one (a PI loop's output is an integral the measurements do not "
+           "show), acting without ensembling"),
+    TepTry("no-ensembling", "tep-small", (), False,
+           "the same model acting on the newest chunk's first action: ensembled 16-step chunks average "
+           "predictions made up to 29 s ago, which a fast loop (reactor temperature) cannot afford"),
+    TepTry("h16c4", "tep-small-h16c4", (("history", 16), ("chunk", 4)), None,
+           "a longer state history (16 frames) and shorter chunks (4 steps)"),
+)
 
 
 def result4_try(r: Run) -> None:
     b = r.budget
-    r.train("tep-small-h16c4", ["tep", "tep-idv"], steps=b.steps, lr=b.lr, purpose="foundation-pretraining",
-            overrides=TEP_TRY)
-    r.evaluate("r4-tep-small-h16c4", "tep-small-h16c4", "tep", list(TEP_SCENARIOS), b.tep_episodes, SEED_TEP_EVAL)
-    write_doc(r)
+    for t in TEP_TRIES:
+        if t.overrides:
+            r.train(t.model, ["tep", "tep-idv"], steps=b.steps, lr=b.lr, purpose="foundation-pretraining",
+                    overrides=t.overrides)
+        r.evaluate(t.key, t.model, "tep", list(TEP_SCENARIOS), b.tep_episodes, SEED_TEP_EVAL, ensemble=t.ensemble)
+        write_doc(r)
 
 
 def result2(r: Run) -> None:
@@ -616,8 +644,9 @@ def write_doc(r: Run) -> None:
       "so its IAE covers less time: IAE understates how bad a shut-down episode was.\n")
     w("| model | scenario | IAE model | IAE PI | ratio | shutdowns model / PI | violation frames model / PI |")
     w("|---|---|---|---|---|---|---|")
-    tt = E("r4-tep-small-h16c4")
-    for name, ev in (("tep-small", tp), ("joint-small", jt), ("tep-small-h16c4 (tried)", tt)):
+    tries = [(f"{t.model}" + (" --no-ensemble" if t.ensemble is False else "") + " (tried)", E(t.key))
+             for t in TEP_TRIES]
+    for name, ev in (("tep-small", tp), ("joint-small", jt), *tries):
         for s in TEP_SCENARIOS:
             if ev is None:
                 w(f"| {name} | {s} | pending | | | | |")
@@ -627,7 +656,7 @@ def write_doc(r: Run) -> None:
             w(f"| {name} | {s} | {im:.2f} | {ip:.2f} | {im / ip:.2f}× | {t['shutdowns']}/{t['episodes']} / "
               f"{t['pi_shutdowns']}/{t['episodes']} | {t['violation_frames']:.1f} / {t['pi_violation_frames']:.1f} |")
     w("")
-    for name, ev in (("tep-small", tp), ("joint-small", jt), ("tep-small-h16c4", tt)):
+    for name, ev in (("tep-small", tp), ("joint-small", jt), *tries):
         if ev is None:
             continue
         ratios = [sum(t["iae"].values()) / sum(t["pi_iae"].values()) for t in ev["tasks"].values()]
@@ -639,7 +668,12 @@ def write_doc(r: Run) -> None:
         w("")
         w(_train_line(T("tep-small"), "tep-small"))
         w(f"- eval: `{tp['command']}`")
-        w(_train_line(T("tep-small-h16c4"), "tep-small-h16c4 (tried: history 16 frames, chunk 4; stage r4-try)"))
+        w("\nTried (stage `r4-try`), in this order:\n")
+        for i, t in enumerate(TEP_TRIES, 1):
+            ev = E(t.key)
+            w(f"{i}. `{t.label}`: {t.why}." + (f" Eval: `{ev['command']}`" if ev else " (pending)"))
+            if t.overrides:
+                w("   " + _train_line(T(t.model), t.model).lstrip())
         w("\nPer controlled variable (tep-small, mean IAE per episode, model / PI):\n")
         cvs = list(next(iter(tp["tasks"].values()))["iae"])
         w("| scenario | " + " | ".join(cvs) + " |")

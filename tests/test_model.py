@@ -168,3 +168,52 @@ def test_factory_is_picklable_and_checks_digests(tmp_path: Path) -> None:
                                   key=KEY, context=CTX)
     with pytest.raises(IntegrityError):
         wrong()
+
+
+def test_action_feedback_sees_the_applied_actions_and_predicts_changes(tmp_path: Path) -> None:
+    cfg = model_config("tiny", chunk=4, action_feedback=True, ensemble=False)
+    init_seed(2)
+    net = FoundationModel(cfg, [spec()]).eval()
+    hist, task = torch.randn(3, cfg.history, 6), torch.randn(3, cfg.text_dim)
+    with pytest.raises(ValidationError, match="action feedback"):
+        net.predict("arm", hist, task)
+    prev = torch.rand(3, cfg.history, 2) * 2 - 1
+    known = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+    with torch.no_grad():
+        net.heads["arm"].action.weight.zero_()
+        net.heads["arm"].action.bias.fill_(0.5)
+        actions, _ = net.predict("arm", hist, task, prev, known)
+        # the last applied action, plus the head's output over the gain; nothing where none was applied
+        assert torch.allclose(actions[0], (prev[0, -1] + 0.5 / cfg.feedback_gain).expand(4, 2))
+        assert torch.allclose(actions[1], (prev[1, -1] + 0.5 / cfg.feedback_gain).expand(4, 2))
+        assert torch.allclose(actions[2], torch.full((4, 2), 0.5 / cfg.feedback_gain))
+        # the feedback token carries the applied actions: other actions, other prediction
+        net.heads["arm"].action.weight.normal_()
+        a1, _ = net.predict("arm", hist, task, prev, known)
+        a2, _ = net.predict("arm", hist, task, prev.flip(0), known)
+        last1, last2 = prev[:, -1:] * known[:, -1:, None], prev.flip(0)[:, -1:] * known[:, -1:, None]
+        assert not torch.allclose(a1 - last1, a2 - last2)
+
+    # acting: the policy hands the model what it applied before each history frame
+    vectors = {"reach": get_encoder(HASHED).encode(["reach"])[0]}
+    tensors, tasks = mp.model_tensors(net, vectors)
+    files = io.write_artifact(tmp_path / "fb", mp.STEM, tensors, mp.model_meta(net, tasks, HASHED), KEY, CTX).files
+    loaded = mp.load(tmp_path / "fb", KEY, CTX, files)
+    assert loaded.config.action_feedback and not loaded.config.ensemble
+    agent = mp.ModelPolicy(loaded, "arm")
+    agent.reset("reach")
+    s, k = spec(), cfg.history
+    states = np.random.default_rng(1).normal(size=(5, 6)).astype(np.float32)
+    applied: list[np.ndarray] = []
+    for t, x in enumerate(states):
+        got = agent.act(x)
+        idx = [max(0, t - j) for j in range(k - 1, -1, -1)]
+        before = [t - j - 1 for j in range(k - 1, -1, -1)]
+        p = np.stack([s.scale_action(applied[i]) if i >= 0 else np.zeros(2, np.float32) for i in before])
+        kn = np.array([1.0 if i >= 0 else 0.0 for i in before], np.float32)
+        with torch.no_grad():
+            chunk = loaded.model.predict("arm", torch.from_numpy(s.normalise_state(states[idx])[None]),
+                                         torch.from_numpy(loaded.task_vector("reach")[None]),
+                                         torch.from_numpy(p[None]), torch.from_numpy(kn[None]))[0][0].numpy()
+        assert np.allclose(got, s.unscale_action(chunk[0]), atol=1e-5)
+        applied.append(got)

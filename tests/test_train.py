@@ -121,6 +121,10 @@ def test_train_arms_and_plant_lineage_metrics_and_eval(consortium: Workspace, tm
     assert main(["-w", str(ws.root), "eval", "--env", "metaworld", "--tasks", "reach-v3", "--episodes", "1",
                  "--policy", "pool", "--site", "ohio", "--workers", "1"]) == 3
     assert main(["-w", str(ws.root), "eval", "--env", "metaworld", "--policy", "pool"]) == 1  # --site needed
+    # acting without ensembling is a model's option, refused for the expert
+    assert main(["-w", str(ws.root), "eval", "--env", "metaworld", "--tasks", "reach-v3", "--episodes", "1",
+                 "--policy", "pool", "--site", "sakai", "--workers", "1", "--no-ensemble", "--json"]) == 0
+    assert main(["-w", str(ws.root), "eval", "--env", "metaworld", "--episodes", "1", "--no-ensemble"]) == 1
 
     # withdrawal reports the derived model with the dataset's clause
     out = datasets.withdraw(ws, "arms", "arm-maker")
@@ -246,3 +250,42 @@ def test_kill_9_then_the_same_command_resumes_to_the_same_weights(consortium: Wo
     # a released model name cannot be trained again
     assert main(["-w", str(root), "train", "--site", "sakai", "--datasets", "arms", "--purpose",
                  "foundation-pretraining", "--config", "tiny", "--steps", "5", "--name", "killed"]) == 1
+
+
+def test_windows_carry_the_action_applied_before_each_frame() -> None:
+    # two episodes of 3 and 4 frames; action i is [i, -i]
+    n = 7
+    ep_start = np.array([0, 0, 0, 3, 3, 3, 3])
+    ep_end = np.array([3, 3, 3, 7, 7, 7, 7])
+    fr = TD.Frames(np.arange(n, dtype=np.float32)[:, None].repeat(2, 1), np.stack([np.arange(n), -np.arange(n)], 1)
+                   .astype(np.float32), np.zeros(n, np.int64), [""], np.zeros(n, np.int64), ep_start, ep_end,
+                   np.zeros(n, bool))
+    w = TD.windows(fr, np.array([0, 1, 4, 6]), history=3, chunk=2)
+    assert w["prev_known"].tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 1], [1, 1, 1]]
+    assert w["prev_action"][1, -1].tolist() == [0, 0]  # before frame 1: action 0
+    assert w["prev_action"][2, -1].tolist() == [3, -3]  # before frame 4: action 3, not episode 1's last
+    assert w["prev_action"][3, :, 0].tolist() == [3, 4, 5]  # before frames 4, 5, 6
+    assert w["state"][3, :, 0].tolist() == [4, 5, 6]
+
+
+def test_a_feedback_model_trains_on_plant_telemetry_and_drives_the_plant(consortium: Workspace) -> None:
+    from onshore.sim.rollout import EpisodeSpec
+    from onshore.sim.tep import TepEnv
+
+    ws = consortium
+    r = train(ws, TrainRequest("valves", "sakai", "foundation-pretraining", ("plant",), size="tiny", train=fast(8),
+                               model_overrides=(("action_feedback", True), ("ensemble", False))))
+    assert r is not None
+    loaded = models.load_model_for(ws, "valves", "sakai", "read", "foundation-pretraining")
+    assert loaded.config.action_feedback and loaded.meta["config"]["action_feedback"] is True
+    from onshore.model.policy import ModelPolicy
+
+    agent = ModelPolicy(loaded, "tennessee-eastman")
+    env = TepEnv()
+    state, _ = env.reset(EpisodeSpec("tep", "base", 0, 0, 7), 60.0)
+    agent.reset(env.task_text("base"))
+    for _ in range(5):
+        action = agent.act(state)
+        assert action.shape == (12,) and np.isfinite(action).all()
+        state = env.step(action).state
+    assert agent._known.tolist() == [1.0] * loaded.config.history  # it fed back what it applied

@@ -8,6 +8,7 @@ report (JSON and PNG) there. ``OnshoreError`` propagates to the main app.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -72,6 +73,10 @@ def eval_command(
     quantize: Annotated[bool, typer.Option("--quantize/--no-quantize",
                                            help="Quantise what the policy sees over each channel's range.")] = False,
     bits: Annotated[int, typer.Option(help="Quantisation bits.")] = 16,
+    ensemble: Annotated[bool | None, typer.Option(
+        "--ensemble/--no-ensemble",
+        help="A model's acting: temporal ensembling of its action chunks, or the newest chunk's first action "
+             "(default: as the model was trained to act).")] = None,
 ) -> None:
     """Evaluate a policy in closed loop: success rate with a 95 % interval per task (TEP: IAE,
     constraint violations and shutdowns; a policy other than the PI controller is compared with it).
@@ -87,6 +92,9 @@ def eval_command(
         reports = ws / "reports" if ws.is_dir() and (ws / CONFIG_FILE).exists() else None
     agent: Any = policy
     served = policy.startswith(("ws://", "wss://"))
+    if ensemble is not None and (served or policy == "expert"):
+        raise ValidationError("--ensemble/--no-ensemble sets how a trained model acts; it does not apply to "
+                              f"{'a policy server' if served else 'the expert'}")
     if served:
         from onshore.serve.client import ClientFactory
         from onshore.sim import registry
@@ -103,6 +111,8 @@ def eval_command(
         emb = registry.env_module(env).embodiment().name
         with open_workspace() as ws:
             agent = policy_factory(ws, policy, site, emb)
+        if ensemble is not None:
+            agent = dataclasses.replace(agent, ensemble=ensemble)
     from onshore.sim.sensors import SensorOptions
 
     sensors = SensorOptions(noise=noise, quantize=quantize, bits=bits) if noise or quantize else None

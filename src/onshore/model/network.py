@@ -59,6 +59,16 @@ class ModelConfig:
     max_group: int = 8
     world_weight: float = 0.5
     huber_beta: float = 0.05  # smooth-L1: quadratic below this error, L1 above (targets are in [-1, 1])
+    # Action feedback (off by default): the stem also sees the actions applied before each of the
+    # K frames, and the head predicts the chunk as changes from the last applied action, times
+    # ``feedback_gain``. For machines whose actions are set-points a controller moves in small
+    # steps (a plant's valves): a PI loop's output is an integral the state alone does not show.
+    action_feedback: bool = False
+    feedback_gain: float = 10.0
+    # Acting: ACT's temporal ensembling with weights exp(-ensemble_m * age), or (off) the newest
+    # chunk's first action, which follows each new observation at once (fast loops need that).
+    ensemble: bool = True
+    ensemble_m: float = 0.01
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,6 +206,19 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class FeedbackStem(nn.Module):
+    """One token from the actions applied before each of the K frames (scaled, with a known flag)."""
+
+    def __init__(self, action_dim: int, history: int, d: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(history * (action_dim + 1), d)
+
+    def forward(self, prev: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """[B, K, A] scaled actions (0 where unknown), [B, K] flags -> [B, 1, d]."""
+        x = torch.cat([prev * known[..., None], known[..., None]], dim=-1)
+        return self.proj(x.flatten(1))[:, None]
+
+
 class Head(nn.Module):
     """Readout features -> (H actions in [-1, 1] space, next normalised state)."""
 
@@ -226,6 +249,7 @@ class FoundationModel(nn.Module):
         self.blocks = nn.ModuleList(Block(d, config.n_heads, config.mlp_ratio) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(d)
         self.stems = nn.ModuleDict()
+        self.feedback = nn.ModuleDict()  # per embodiment, only with config.action_feedback
         self.heads = nn.ModuleDict()
         self.tokens = nn.ParameterDict()  # per embodiment: [2, d] = (embodiment token, readout token)
         for spec in embodiments:
@@ -240,34 +264,56 @@ class FoundationModel(nn.Module):
         self.stems[spec.name] = Stem(spec.groups, spec.state_dim, c.history, c.d_model)
         self.heads[spec.name] = Head(c.d_model, c.chunk, spec.action_dim, spec.state_dim)
         self.tokens[spec.name] = nn.Parameter(torch.randn(2, c.d_model) * 0.02)
+        if c.action_feedback:
+            self.feedback[spec.name] = FeedbackStem(spec.action_dim, c.history, c.d_model)
 
     def embodiment_parameters(self, name: str) -> list[nn.Parameter]:
-        return [*self.stems[name].parameters(), *self.heads[name].parameters(), self.tokens[name]]
+        fb = [*self.feedback[name].parameters()] if name in self.feedback else []
+        return [*self.stems[name].parameters(), *fb, *self.heads[name].parameters(), self.tokens[name]]
 
     def trunk_parameters(self) -> list[nn.Parameter]:
         return [*self.task_proj.parameters(), *self.blocks.parameters(), *self.ln_f.parameters()]
 
-    def predict(self, name: str, hist: torch.Tensor, task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, K, S] states, [B, text_dim] task vectors -> ([B, H, A] actions, [B, S] next state)."""
+    def predict(self, name: str, hist: torch.Tensor, task: torch.Tensor, prev: torch.Tensor | None = None,
+                known: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, K, S] states, [B, text_dim] task vectors -> ([B, H, A] actions, [B, S] next state).
+
+        With ``config.action_feedback``, ``prev`` [B, K, A] are the scaled actions applied before
+        each frame and ``known`` [B, K] flags which of them exist (none before an episode's first
+        frame); both are required then, and the actions returned are the last applied action plus
+        the head's output over ``feedback_gain``.
+        """
         b = hist.shape[0]
         tok = self.tokens[name]
-        x = torch.cat([tok[0].expand(b, 1, -1), self.task_proj(task)[:, None], tok[1].expand(b, 1, -1),
-                       self.stems[name](hist)], dim=1)
+        parts = [tok[0].expand(b, 1, -1), self.task_proj(task)[:, None], tok[1].expand(b, 1, -1),
+                 self.stems[name](hist)]
+        fb = self.config.action_feedback
+        if fb:
+            if prev is None or known is None:
+                raise ValidationError("this model was trained with action feedback: pass the applied actions")
+            parts.append(self.feedback[name](prev, known))
+        x = torch.cat(parts, dim=1)
         for block in self.blocks:
             x = block(x)
-        return self.heads[name](self.ln_f(x[:, 2]))
+        actions, next_state = self.heads[name](self.ln_f(x[:, 2]))
+        if fb:
+            assert prev is not None and known is not None
+            last = (prev[:, -1] * known[:, -1, None])[:, None]
+            actions = last + actions / self.config.feedback_gain
+        return actions, next_state
 
     def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
         """Summed per-sample losses [action, world] over a batch grouped by embodiment.
 
         Each group holds ``state`` [B, K, S], ``task`` [B, text_dim], ``action`` [B, H, A] (scaled),
-        ``action_mask`` [B, H], ``next_state`` [B, S] and ``next_mask`` [B]. Sums, not means, so
+        ``action_mask`` [B, H], ``next_state`` [B, S], ``next_mask`` [B], and the applied actions
+        before each frame, ``prev_action`` [B, K, A] (scaled) and ``prev_known`` [B, K]. Sums, not means, so
         that the caller can divide by the global batch size whatever the split across processes.
         """
         c = self.config
         total_a = total_w = None
         for name, g in batch.items():
-            actions, next_state = self.predict(name, g["state"], g["task"])
+            actions, next_state = self.predict(name, g["state"], g["task"], g.get("prev_action"), g.get("prev_known"))
             la = F.smooth_l1_loss(actions.float(), g["action"], reduction="none", beta=c.huber_beta).mean(-1)
             mask = g["action_mask"]
             per_sample = (la * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)

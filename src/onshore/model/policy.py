@@ -5,7 +5,9 @@ action applied is a weighted average of what every chunk still covering this ste
 it, with weights ``exp(-m * i)`` where ``i = 0`` is the oldest prediction (ACT's temporal
 ensembling; ``m = 0.01`` by default, so older and newer predictions count almost equally and a
 larger ``m`` follows new observations faster). ``ensemble=False`` applies the newest chunk's
-first action instead.
+first action instead. Both come from the model's config (``ensemble``, ``ensemble_m``) unless
+the caller overrides them. A model trained with ``action_feedback`` is given the actions this
+policy applied before each frame of its history.
 
 :class:`ModelPolicyFactory` is what evaluation hands to its worker processes: it names the
 model's sealed files, their digests and the data key the site's key service released for this
@@ -91,20 +93,24 @@ def load(folder: Path, key: bytes, context: str, expect: dict[str, str],
 class ModelPolicy:
     """A loaded model acting for one embodiment, with action chunking and temporal ensembling."""
 
-    def __init__(self, loaded: LoadedModel, embodiment: str, ensemble: bool = True, m: float = 0.01) -> None:
+    def __init__(self, loaded: LoadedModel, embodiment: str, ensemble: bool | None = None,
+                 m: float | None = None) -> None:
         if embodiment not in loaded.model.specs:
             raise ValidationError(f"the model was not trained for embodiment {embodiment!r}; it knows "
                                   f"{', '.join(loaded.model.specs)} (fine-tune it on data of that machine)")
         self.loaded = loaded
         self.name = embodiment
         self.spec = loaded.model.specs[embodiment]
-        self.ensemble = ensemble
         c = loaded.config
+        self.ensemble = c.ensemble if ensemble is None else ensemble
+        self.feedback = c.action_feedback
         self.k, self.h = c.history, c.chunk
-        self._weights = np.exp(-m * np.arange(self.h))  # index 0: the oldest prediction
+        self._weights = np.exp(-(c.ensemble_m if m is None else m) * np.arange(self.h))  # 0: the oldest
         self._task: torch.Tensor | None = None
         self._hist = np.zeros((self.k, self.spec.state_dim), dtype=np.float32)
         self._chunks = np.zeros((self.h, self.h, self.spec.action_dim), dtype=np.float32)  # row j: j steps ago
+        self._prev = np.zeros((self.k, self.spec.action_dim), dtype=np.float32)  # applied before each frame
+        self._known = np.zeros(self.k, dtype=np.float32)
         self._t = 0
 
     def reset(self, task: str) -> None:
@@ -117,23 +123,32 @@ class ModelPolicy:
         s = self.spec.normalise_state(np.asarray(state, dtype=np.float32).reshape(-1))
         if self._t == 0:
             self._hist[:] = s  # no history yet: repeat the first state, as training pads episodes
+            self._prev[:] = 0.0
+            self._known[:] = 0.0
         else:
             self._hist[:-1] = self._hist[1:].copy()
             self._hist[-1] = s
+        fb = (torch.from_numpy(self._prev[None]), torch.from_numpy(self._known[None])) if self.feedback else ()
         with torch.inference_mode():
-            chunk, _ = self.loaded.model.predict(self.name, torch.from_numpy(self._hist[None]), self._task)
+            chunk, _ = self.loaded.model.predict(self.name, torch.from_numpy(self._hist[None]), self._task, *fb)
         chunk_np = chunk[0].float().numpy()
-        if not self.ensemble:
-            self._t += 1
-            return self.spec.unscale_action(chunk_np[0])
         self._chunks[1:] = self._chunks[:-1].copy()
         self._chunks[0] = chunk_np
         self._t += 1
-        n = min(self._t, self.h)
-        ages = np.arange(n)  # the chunk predicted j steps ago says chunk[j] for now
-        preds = self._chunks[ages, ages]  # [n, A]
-        w = self._weights[:n][::-1]  # age n-1 is the oldest: weight exp(0)
-        return self.spec.unscale_action((w[:, None] * preds).sum(0) / w.sum())
+        if self.ensemble:
+            n = min(self._t, self.h)
+            ages = np.arange(n)  # the chunk predicted j steps ago says chunk[j] for now
+            preds = self._chunks[ages, ages]  # [n, A]
+            w = self._weights[:n][::-1]  # age n-1 is the oldest: weight exp(0)
+            scaled = np.clip((w[:, None] * preds).sum(0) / w.sum(), -1.0, 1.0)
+        else:
+            scaled = np.clip(chunk_np[0], -1.0, 1.0)
+        # What this step applies is what the next frame's history says was applied before it.
+        self._prev[:-1] = self._prev[1:].copy()
+        self._prev[-1] = scaled
+        self._known[:-1] = self._known[1:].copy()
+        self._known[-1] = 1.0
+        return self.spec.unscale_action(scaled)
 
 
 _cache: dict[tuple[str, str], LoadedModel] = {}
@@ -152,7 +167,7 @@ class ModelPolicyFactory:
     digests: tuple[tuple[str, str], ...]
     embodiment: str
     label: str = "model"  # the name evaluation reports show
-    ensemble: bool = True
+    ensemble: bool | None = None  # None: as the model's config says
     threads: int = 1
     key: bytes = field(default=b"", repr=False)
     context: str = ""

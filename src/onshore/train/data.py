@@ -2,7 +2,9 @@
 
 A **window** at frame t of an episode is: the last K states (earlier frames repeat the
 episode's first state), the next H actions (steps past the episode's end repeat its last action
-and are masked out of the loss), and the next state (masked on the last frame).
+and are masked out of the loss), the next state (masked on the last frame), and the action
+applied before each of the K frames (flagged unknown before the episode's first frame; only
+models with ``action_feedback`` read them).
 
 Memory stays bounded by the largest shard, whatever the dataset sizes: each dataset is a
 :class:`Stream` that holds one decrypted shard at a time, walks its shards in a shuffled order
@@ -127,16 +129,23 @@ def windows(fr: Frames, rows: np.ndarray, history: int, chunk: int) -> dict[str,
     mask = steps < end
     nxt = rows + 1
     next_mask = nxt < end[:, 0]
+    # The action applied just before each history frame; none before the episode's first frame
+    # (padded history frames repeat the first frame, so they have none either).
+    before = rows[:, None] - np.arange(history - 1, -1, -1)[None] - 1
+    known = before >= start
     return {"state": fr.state[hist], "action": fr.action[np.minimum(steps, end - 1)],
             "action_mask": mask.astype(np.float32), "next_state": fr.state[np.minimum(nxt, end[:, 0] - 1)],
-            "next_mask": next_mask.astype(np.float32), "task": fr.task[rows]}
+            "next_mask": next_mask.astype(np.float32), "task": fr.task[rows],
+            "prev_action": fr.action[np.maximum(before, start)], "prev_known": known.astype(np.float32)}
 
 
 def normalise(raw: dict[str, np.ndarray], spec: EmbodimentSpec, task_vectors: np.ndarray) -> dict[str, np.ndarray]:
     """Machine units to model units: states normalised, actions in [-1, 1], tasks as vectors."""
+    known = raw["prev_known"]
     return {"state": spec.normalise_state(raw["state"]), "action": spec.scale_action(raw["action"]),
             "action_mask": raw["action_mask"], "next_state": spec.normalise_state(raw["next_state"]),
-            "next_mask": raw["next_mask"], "task": task_vectors[raw["task"]]}
+            "next_mask": raw["next_mask"], "task": task_vectors[raw["task"]],
+            "prev_action": spec.scale_action(raw["prev_action"]) * known[..., None], "prev_known": known}
 
 
 def concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
