@@ -217,3 +217,18 @@ def test_action_feedback_sees_the_applied_actions_and_predicts_changes(tmp_path:
                                          torch.from_numpy(p[None]), torch.from_numpy(kn[None]))[0][0].numpy()
         assert np.allclose(got, s.unscale_action(chunk[0]), atol=1e-5)
         applied.append(got)
+
+
+def test_model_options_are_typed_and_checked() -> None:
+    from onshore.model.network import parse_model_options
+
+    assert parse_model_options(["history=32", "chunk=4", "action_feedback=true", "ensemble_m=0"]) == (
+        ("history", 32), ("chunk", 4), ("action_feedback", True), ("ensemble_m", 0.0))
+    assert model_config("small", **dict(parse_model_options(["ensemble=off"]))).ensemble is False
+    for bad, why in (("size=base", "KEY one of"), ("histroy=3", "KEY one of"), ("history", "KEY=VALUE"),
+                     ("history=2.5", "takes a int"), ("history=0", ">= 1"), ("ensemble=maybe", "takes a bool"),
+                     ("world_weight=nan", ">= 0")):
+        with pytest.raises(ValidationError, match=why):
+            parse_model_options([bad])
+    with pytest.raises(ValidationError, match="unknown"):
+        model_config("tiny", colour="red")

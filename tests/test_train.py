@@ -68,6 +68,12 @@ def test_refused_before_any_byte_is_read_and_no_model_is_left(consortium: Worksp
     # the CLI says the rule and exits 3
     assert main(["-w", str(ws.root), "train", "--site", "ohio", "--datasets", "arms", "--purpose",
                  "foundation-pretraining", "--config", "tiny", "--steps", "2", "--name", "m-cli"]) == 3
+    # a bad model option is refused before anything is decided or read
+    size = ws.ledger.size()
+    assert main(["-w", str(ws.root), "train", "--site", "sakai", "--datasets", "arms", "--purpose",
+                 "foundation-pretraining", "--config", "tiny", "--steps", "2", "--name", "m-opt",
+                 "--model-option", "history=0"]) == 1
+    assert ws.ledger.size() == size and models.list_models(ws) == []
     assert granted_datasets(ws, "sakai", "foundation-pretraining") == ["arms", "plant"]
     assert granted_datasets(ws, "tokyo", "fine-tuning") == ["arms-tokyo"]
 
@@ -273,9 +279,10 @@ def test_a_feedback_model_trains_on_plant_telemetry_and_drives_the_plant(consort
     from onshore.sim.tep import TepEnv
 
     ws = consortium
-    r = train(ws, TrainRequest("valves", "sakai", "foundation-pretraining", ("plant",), size="tiny", train=fast(8),
-                               model_overrides=(("action_feedback", True), ("ensemble", False))))
-    assert r is not None
+    assert main(["-w", str(ws.root), "train", "--site", "sakai", "--datasets", "plant", "--purpose",
+                 "foundation-pretraining", "--config", "tiny", "--steps", "8", "--batch-size", "16", "--precision",
+                 "fp32", "--text-encoder", "hashed-ngram", "--name", "valves", "--model-option", "action_feedback=true",
+                 "--model-option", "ensemble=false"]) == 0
     loaded = models.load_model_for(ws, "valves", "sakai", "read", "foundation-pretraining")
     assert loaded.config.action_feedback and loaded.meta["config"]["action_feedback"] is True
     from onshore.model.policy import ModelPolicy

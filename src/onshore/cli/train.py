@@ -119,6 +119,10 @@ def train_command(
     datasets: str | None = typer.Option(None, "--datasets", help="Comma-separated datasets."),
     all_granted: bool = typer.Option(False, "--all-granted", help="Every dataset at the site granted for this."),
     config: str = typer.Option("small", "--config", help="Model size: tiny, small or base."),
+    model_option: list[str] | None = typer.Option(
+        None, "--model-option", metavar="KEY=VALUE",
+        help="Change one field of the size's config, e.g. history=32 or action_feedback=true (repeatable; "
+             "see docs/training.md)."),
     weights: str | None = WEIGHTS, steps: int = STEPS, batch_size: int = BATCH, lr: float = LR,
     warmup: int = WARMUP, checkpoint_every: int | None = CKPT, holdout: float = HOLDOUT, seed: int = SEED,
     precision: str = PRECISION, strategy: str = STRATEGY, device: str | None = DEVICE,
@@ -127,8 +131,10 @@ def train_command(
     """Train a model at a site on granted data (refused with exit 3, naming the rule, before any read).
 
     Rerunning the same command after a crash resumes from the last checkpoint."""
+    from onshore.model.network import parse_model_options
     from onshore.train.loop import TrainRequest, granted_datasets
 
+    overrides = parse_model_options(model_option or [])
     names = _split(datasets)
     if bool(names) == all_granted:
         raise ValidationError("give exactly one of --datasets D1,D2 and --all-granted")
@@ -139,7 +145,8 @@ def train_command(
             raise ValidationError(f"no dataset at site {site!r} is granted for training for {purpose!r}")
     req = TrainRequest(name=name, site=site, purpose=purpose, datasets=tuple(names), weights=_weights(weights, names),
                        size=config, train=_config(steps, batch_size, lr, warmup, checkpoint_every, holdout, seed,
-                                                  precision, strategy, False, ema_decay, text_encoder))
+                                                  precision, strategy, False, ema_decay, text_encoder),
+                       model_overrides=overrides)
     _run(req, device, threads, json_)
 
 

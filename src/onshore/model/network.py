@@ -88,10 +88,46 @@ CONFIGS: dict[str, ModelConfig] = {
 
 
 def model_config(size: str, **overrides: Any) -> ModelConfig:
-    """The named size (``tiny``, ``small``, ``base``), with any field overridden."""
+    """The named size (``tiny``, ``small``, ``base``), with any field overridden (not ``size``)."""
     if size not in CONFIGS:
         raise ValidationError(f"--config {size!r}: choose one of {', '.join(CONFIGS)}")
+    unknown = sorted(set(overrides) - set(_OPTION_TYPES))
+    if unknown:
+        raise ValidationError(f"model option(s) {', '.join(unknown)} unknown; choose from "
+                              f"{', '.join(_OPTION_TYPES)}")
     return replace(CONFIGS[size], **overrides)
+
+
+_OPTION_TYPES: dict[str, type] = {f: type(v) for f, v in asdict(CONFIGS["small"]).items() if f != "size"}
+
+
+def parse_model_options(items: list[str]) -> tuple[tuple[str, Any], ...]:
+    """``KEY=VALUE`` strings (``onshore train --model-option``) as typed overrides of a config.
+
+    Refused: an unknown key, ``size`` (that is ``--config``), a value of the wrong type, a
+    whole number below 1 or a negative (or NaN) real.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        kind = _OPTION_TYPES.get(key)
+        if not sep or kind is None:
+            raise ValidationError(f"--model-option {item!r}: write KEY=VALUE with KEY one of "
+                                  f"{', '.join(_OPTION_TYPES)}")
+        try:
+            if kind is bool:
+                if raw.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError(raw)
+                value: Any = raw.lower() in ("true", "1", "yes", "on")
+            else:
+                value = kind(raw)
+        except ValueError:
+            raise ValidationError(f"--model-option {item!r}: {key} takes a {kind.__name__}") from None
+        if (kind is int and value < 1) or (kind is float and not value >= 0):  # NaN fails too
+            raise ValidationError(f"--model-option {item!r}: {key} must be {'>= 1' if kind is int else '>= 0'}")
+        out[key] = value
+    return tuple(out.items())
 
 
 @dataclass(frozen=True)

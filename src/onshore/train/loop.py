@@ -37,7 +37,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,14 @@ from onshore.errors import OnshoreError, PolicyDenied, ValidationError
 from onshore.keys.envelope import new_data_key
 from onshore.model import io
 from onshore.model import policy as mp
-from onshore.model.network import CONFIGS, EmbodimentSpec, FoundationModel, ModelConfig, init_seed, parameter_count
+from onshore.model.network import (
+    EmbodimentSpec,
+    FoundationModel,
+    ModelConfig,
+    init_seed,
+    model_config,
+    parameter_count,
+)
 from onshore.model.text import MINILM, get_encoder
 from onshore.telemetry.embodiment import Embodiment
 from onshore.train import distributed as D
@@ -295,8 +302,8 @@ def train(ws: Workspace | None, req: TrainRequest, progress: Progress | None = N
         raise ValidationError("name at least one dataset (--datasets) or use --all-granted")
     if req.weights and len(req.weights) != len(req.datasets):
         raise ValidationError("give one weight per dataset")
-    if req.base is None and req.size not in CONFIGS:
-        raise ValidationError(f"--config {req.size!r}: choose one of {', '.join(CONFIGS)}")
+    if req.base is None:
+        model_config(req.size, **dict(req.model_overrides))  # an unknown size or option: refused before any read
     say = log or (lambda _m: None)
     world = D.setup(device)
     try:
@@ -337,7 +344,7 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
     # -- base model (fine-tuning) and configuration --
     b = payload["base"]
     base = mp.load(Path(b["folder"]), b["key"], b["context"], b["files"], b["sealed"]) if b else None
-    cfg: ModelConfig = base.config if base is not None else replace(CONFIGS[req.size], **dict(req.model_overrides))
+    cfg: ModelConfig = base.config if base is not None else model_config(req.size, **dict(req.model_overrides))
     keep = dict(base.model.specs) if base is not None else {}
 
     # -- scan (rank 0) or checkpoint: statistics, tasks, task vectors --
