@@ -452,9 +452,31 @@ def result3(r: Run) -> None:
     write_doc(r)
 
 
+# Result 3 again with the plant config that result 4's tries found (32 frames of history, 4-step
+# chunks; chosen on seed 9401 before the 64-frame try had finished). A config is the whole model's,
+# so the arm-only comparison gets the same config too; the plant-only one is that try's model.
+R3_LONG = (("history", 32), ("chunk", 4))
+
+
+def result3_long(r: Run) -> None:
+    from onshore.sim.metaworld import DEFAULT_TASKS
+
+    b, mt10 = r.budget, list(DEFAULT_TASKS)
+    r.train("mt10-small-h32c4", ["mt10"], steps=b.steps, lr=b.lr, purpose="foundation-pretraining", overrides=R3_LONG)
+    r.evaluate("r3-mt10-small-h32c4", "mt10-small-h32c4", "metaworld", mt10, b.joint_mt10_episodes, SEED_MT10_EVAL)
+    r.train("joint-small-h32c4", ["mt10", "tep", "tep-idv"], steps=2 * b.steps, lr=b.lr,
+            purpose="foundation-pretraining", weights=(2.0, 1.0, 1.0), overrides=R3_LONG)
+    r.evaluate("r3-joint-small-h32c4-mt10", "joint-small-h32c4", "metaworld", mt10, b.joint_mt10_episodes,
+               SEED_MT10_EVAL)
+    r.evaluate("r3-joint-small-h32c4-tep", "joint-small-h32c4", "tep", list(TEP_SCENARIOS), b.tep_episodes,
+               SEED_TEP_EVAL)
+    write_doc(r)
+
+
 STAGES: dict[str, Callable[[Run], None]] = {"r1": result1, "r4": result4, "r2": result2, "r1-noisy": result1_noisy,
                                            "r3": result3,
-                                           "r4-try": result4_try, "r4-confirm": result4_confirm}
+                                           "r4-try": result4_try, "r4-confirm": result4_confirm,
+                                           "r3-long": result3_long}
 
 
 # ---- docs/results.md ------------------------------------------------------------------------------
@@ -648,22 +670,35 @@ def write_doc(r: Run) -> None:
       f"on whole batches of their embodiment. MT10 success on the first {n3} episodes per task of seed "
       f"{SEED_MT10_EVAL} (the arm-only model's numbers are recomputed on the same episodes); TEP IAE is summed "
       "over the controlled variables, mean per episode, over the four scenarios of result 4.\n")
-    w("| model | MT10 mean success | TEP IAE (sum, mean over scenarios) | TEP shutdowns |")
-    w("|---|---|---|---|")
-    w(f"| arm only (`mt10-small`) | {_mean_row(mo, n3)} | – | – |")
-    w(f"| plant only (`tep-small`) | – | {_iae_total(tp)} | {_shut(tp)} |")
-    w(f"| joint (`joint-small`) | {_mean_row(jm)} | {_iae_total(jt)} | {_shut(jt)} |\n")
-    if jm is not None and mo is not None:
-        k1, n1 = _pooled(mo, n3)
-        k2, n2 = _pooled(jm)
-        d = 100 * (k2 / n2 - k1 / n1)
-        w(f"Goal (within 2 points of arm-only on MT10): {_goal(d >= -2)}: {d:+.1f} points.  ")
-    if jt is not None and tp is not None:
-        ratio = _iae_sum(jt) / _iae_sum(tp)
-        w(f"Goal (within 5% of plant-only IAE): {_goal(ratio <= 1.05)}: joint/plant-only IAE = {ratio:.2f}.  ")
+    w("The same comparison is made twice: with the `small` config as it is (2 frames of history, 16-step "
+      "chunks), and with the plant config that result 4's tries found (`--model-option history=32 "
+      "--model-option chunk=4`, stage `r3-long`), under which a model controls the plant far better; a "
+      "config is the whole model's, so the arm-only model of the second comparison has it too.\n")
+    w("| config | model | MT10 mean success | TEP IAE (sum, mean over scenarios) | TEP shutdowns |")
+    w("|---|---|---|---|---|")
+    lm, lj, ljt, lp = (E("r3-mt10-small-h32c4"), E("r3-joint-small-h32c4-mt10"), E("r3-joint-small-h32c4-tep"),
+                       E("r4-try-h32c4"))
+    comparisons = (("h2c16", "mt10-small", mo, "tep-small", tp, "joint-small", jm, jt),
+                   ("h32c4", "mt10-small-h32c4", lm, "tep-small-h32c4", lp, "joint-small-h32c4", lj, ljt))
+    for cfg, an, arm, pn, plant, jn, jmt, jtep in comparisons:
+        w(f"| {cfg} | arm only (`{an}`) | {_mean_row(arm, n3)} | – | – |")
+        w(f"| {cfg} | plant only (`{pn}`) | – | {_iae_total(plant)} | {_shut(plant)} |")
+        w(f"| {cfg} | joint (`{jn}`) | {_mean_row(jmt)} | {_iae_total(jtep)} | {_shut(jtep)} |")
     w("")
-    w(_train_line(T("joint-small"), "joint-small"))
-    for ev in (jm, jt):
+    for cfg, _, arm, _, plant, _, jmt, jtep in comparisons:
+        if jmt is not None and arm is not None:
+            k1, n1 = _pooled(arm, n3)
+            k2, n2 = _pooled(jmt)
+            d = 100 * (k2 / n2 - k1 / n1)
+            w(f"{cfg}: goal (within 2 points of arm-only on MT10) {_goal(d >= -2)}: {d:+.1f} points.  ")
+        if jtep is not None and plant is not None:
+            ratio = _iae_sum(jtep) / _iae_sum(plant)
+            w(f"{cfg}: goal (within 5% of plant-only IAE) {_goal(ratio <= 1.05)}: joint/plant-only IAE = "
+              f"{ratio:.2f}.  ")
+    w("")
+    for name in ("joint-small", "mt10-small-h32c4", "joint-small-h32c4"):
+        w(_train_line(T(name), name))
+    for ev in (jm, jt, lm, lj, ljt):
         if ev:
             w(f"- eval `{ev['key']}`: `{ev['command']}`")
     w("")
