@@ -556,7 +556,7 @@ def write_doc(r: Run) -> None:
       f"{machine['load']} when the run started), {machine['python']}, torch {machine['torch']}, "
       f"{b.threads} torch thread(s) for training, {b.workers} evaluation worker(s); no GPU.  ")
     w(f"**Command**: `{machine['command']}`  ")
-    w(f"**Budget** (set so that the whole page runs in about 80 minutes of wall time on this machine, see "
+    w(f"**Budget** (set so that the whole page runs in under two hours of wall time on this machine, see "
       "*Deviations*): "
       f"{b.steps} steps × batch {b.batch} per single-embodiment model (lr {b.lr:g}), "
       f"{b.finetune_steps} steps per fine-tune / own-data model, evaluation episodes: MT10 {b.mt10_episodes} "
