@@ -716,7 +716,7 @@ def write_doc(r: Run) -> None:
     chosen = best_try(r)
     rows = [("tep-small", SEED_TEP_EVAL, tp), ("joint-small", SEED_TEP_EVAL, jt)]
     if chosen is not None:
-        rows.append((f"{chosen.model} (try `{chosen.label}`, chosen)", SEED_TEP_CONFIRM, conf))
+        rows.append((f"{chosen.model} (try {chosen.label}, chosen)", SEED_TEP_CONFIRM, conf))
     w("| model | seed | scenario | IAE model | IAE PI | ratio | shutdowns model / PI | violation frames model / PI |")
     w("|---|---|---|---|---|---|---|---|")
     for name, seed, ev in rows:
