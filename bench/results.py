@@ -422,6 +422,27 @@ def result4_confirm(r: Run) -> None:
     write_doc(r)
 
 
+SEED_FEWSHOT_CONFIRM = 9203  # used once, for result 2's goal comparison (see result2_confirm)
+
+
+def best_own(r: Run, k: int) -> str | None:
+    """The own-data model with ``k`` demonstrations that won the learning-rate sweep (seed 9202)."""
+    evs = [e for e in (_load(r.out, "eval", f"r2-own-{k}-lr{lr_tag(lr)}") for lr in r.budget.own_lrs) if e]
+    return max(evs, key=mean_success)["policy"] if len(evs) == len(r.budget.own_lrs) else None
+
+
+def result2_confirm(r: Run) -> None:
+    """The goal's two models on 50 new episodes per task: the sweep picked the own-data model on
+    seed 9202's episodes, and 20 per task leave ±10-point intervals; seed 9203 is used only here."""
+    own = best_own(r, 10)
+    if own is None or _load(r.out, "eval", "r2-pool-ft-3") is None:
+        raise SystemExit("stage r2-confirm needs stage r2 first")
+    ft = list(FINETUNE_TASKS)
+    r.evaluate("r2-confirm-pool-ft-3", "pool-ft-3", "metaworld", ft, 50, SEED_FEWSHOT_CONFIRM)
+    r.evaluate("r2-confirm-own-10", own, "metaworld", ft, 50, SEED_FEWSHOT_CONFIRM)
+    write_doc(r)
+
+
 def result2(r: Run) -> None:
     b, ft = r.budget, list(FINETUNE_TASKS)
     r.train("pool-small", [f"pool-{i}" for i in range(4)], steps=b.steps, lr=b.lr, purpose="foundation-pretraining")
@@ -476,7 +497,7 @@ def result3_long(r: Run) -> None:
 STAGES: dict[str, Callable[[Run], None]] = {"r1": result1, "r4": result4, "r2": result2, "r1-noisy": result1_noisy,
                                            "r3": result3,
                                            "r4-try": result4_try, "r4-confirm": result4_confirm,
-                                           "r3-long": result3_long}
+                                           "r3-long": result3_long, "r2-confirm": result2_confirm}
 
 
 # ---- docs/results.md ------------------------------------------------------------------------------
@@ -649,6 +670,20 @@ def write_doc(r: Run) -> None:
           f"({100 * (a - c):+.0f} points).  ")
     else:
         w("Goal (pooled + 3 demos ≥ own data only + 10 demos): pending.  ")
+    w("")
+    c_ft, c_own = E("r2-confirm-pool-ft-3"), E("r2-confirm-own-10")
+    w(f"**Confirmation** (stage `r2-confirm`): the goal's two models, the own-data one as the sweep chose it, on 50 "
+      f"new episodes per task (seed {SEED_FEWSHOT_CONFIRM}, used nowhere else):\n")
+    w("| model | " + " | ".join(FINETUNE_TASKS) + " | mean |")
+    w("|" + "---|" * (len(FINETUNE_TASKS) + 2))
+    for lab, ev in (("pooled + fine-tune, 3 (`pool-ft-3`)", c_ft),
+                    (f"own data only, 10 (`{c_own['policy'] if c_own else 'best of the sweep'}`)", c_own)):
+        w(f"| {lab} | " + " | ".join(_cell(ev, t) for t in FINETUNE_TASKS) + f" | {_mean_row(ev)} |")
+    if c_ft is not None and c_own is not None:
+        k1, n1 = _pooled(c_ft)
+        k2, n2 = _pooled(c_own)
+        a, c = k1 / n1, k2 / n2
+        w(f"\nGoal on these episodes: {_goal(a >= c)}: {_pct(a)} against {_pct(c)} ({100 * (a - c):+.0f} points).  ")
     w("")
     w(_train_line(T("pool-small"), "pool-small"))
     for k in DEMOS:
