@@ -1,10 +1,13 @@
 """Files: output paths a person names, checked before any work (or any ledger entry) is done,
-and the SHA-256 of a file, read in chunks so a large shard or model never sits in memory."""
+TOML files a person hands in, and the SHA-256 of a file, read in chunks so a large shard or
+model never sits in memory."""
 
 from __future__ import annotations
 
 import hashlib
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from onshore.errors import ValidationError
 
@@ -26,6 +29,17 @@ def check_output_file(path: Path, force: bool = False, option: str = "--out") ->
     if path.exists() and not force:
         raise ValidationError(f"{option} {path}: already exists; choose a new name or pass --force to replace it")
     return path
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The TOML document at ``path``; a missing file or bad TOML is refused, naming the file
+    (``what`` says which kind of file was expected, e.g. "embodiment")."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValidationError(f"{path}: no such {what} file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValidationError(f"{path}: not valid TOML ({e})") from None
 
 
 def sha256_file(path: Path) -> str:

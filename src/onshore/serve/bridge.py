@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from onshore.errors import OnshoreError, ValidationError
+from onshore.files import read_toml
 from onshore.serve import envelope as E
 from onshore.serve.client import AsyncClient
 from onshore.telemetry.embodiment import Embodiment
@@ -65,12 +65,7 @@ class BridgeMap:
     def from_toml(cls, path: Path) -> BridgeMap:
         """Read a map; refuses unknown keys, missing node lists, wrong types (naming the field)."""
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValidationError(f"{path}: no such map file") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ValidationError(f"{path}: not valid TOML ({e})") from None
+        data = read_toml(path, "map")
 
         def fail(msg: str) -> ValidationError:
             return ValidationError(f"{path}: {msg}")

@@ -9,7 +9,6 @@ Telemetry is validated against the limits (``onshore.telemetry.validate``).
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import tomli_w
 
 from onshore.errors import ValidationError
+from onshore.files import read_toml
 from onshore.names import check_name
 
 _KEYS = frozenset({"name", "control_hz", "description", "extra", "state", "action"})
@@ -139,11 +139,4 @@ class Embodiment:
 
     @classmethod
     def from_toml(cls, path: Path) -> Embodiment:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValidationError(f"{path}: no such embodiment file") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ValidationError(f"{path}: not valid TOML ({e})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_toml(path, "embodiment"), source=str(path))
