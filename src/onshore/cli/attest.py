@@ -18,6 +18,20 @@ attest_app = typer.Typer(help="Residency attestations: signed claims an auditor 
 _STYLE = {"pass": "green", "fail": "red", "not run": "yellow"}
 
 
+def _checkpoint_of(doc: dict) -> tuple[str, int]:
+    """A written bundle's or update's checkpoint: its tree size and how many witnesses cosigned it."""
+    from onshore.ledger import notes
+
+    _, sigs = notes.split_note(doc["checkpoint"])
+    return doc["checkpoint"].split("\n", 2)[1], len(sigs) - 1  # the first signature is the log's own
+
+
+def _warn_if_uncosigned(cosignatures: int) -> None:
+    if cosignatures <= 0:
+        err.print("[yellow]warning:[/] the checkpoint has no witness cosignatures; verifiers asking for "
+                  "--min-witnesses will refuse it. Cosign a checkpoint before attesting.")
+
+
 @attest_app.command("dataset")
 def dataset(
     name: str = typer.Argument(..., help="The dataset to attest."),
@@ -32,21 +46,17 @@ def dataset(
     carries a fresh checkpoint that no witness has cosigned.
     """
     from onshore.attest.bundle import attest_dataset, write_bundle
-    from onshore.ledger import notes
 
     check_output_file(out, force=True, option="-o")
     with open_workspace() as ws:
         bundle = attest_dataset(ws, name, site)
     write_bundle(bundle, out)
-    _, sigs = notes.split_note(bundle["checkpoint"])
-    size = bundle["checkpoint"].split("\n", 2)[1]
+    size, cosigs = _checkpoint_of(bundle)
     keyid = bundle["dsseEnvelope"]["signatures"][0]["keyid"]
     err.print(f"wrote {esc(out)}: dataset {esc(name)} attested by {esc(keyid)}, "
               f"{len(bundle['entries'])} ledger entries, checkpoint of size {size} with "
-              f"{len(sigs) - 1} cosignature(s)", highlight=False)
-    if len(sigs) <= 1:
-        err.print("[yellow]warning:[/] the checkpoint has no witness cosignatures; verifiers asking for "
-                  "--min-witnesses will refuse it. Cosign a checkpoint before attesting.")
+              f"{cosigs} cosignature(s)", highlight=False)
+    _warn_if_uncosigned(cosigs)
 
 
 @attest_app.command("model")
@@ -61,19 +71,16 @@ def model(
     """
     from onshore.attest.bundle import write_bundle
     from onshore.attest.model_claim import attest_model
-    from onshore.ledger import notes
 
     check_output_file(out, force=True, option="-o")
     with open_workspace() as ws:
         bundle = attest_model(ws, name)
     write_bundle(bundle, out)
-    _, sigs = notes.split_note(bundle["checkpoint"])
+    _, cosigs = _checkpoint_of(bundle)
     keyid = bundle["dsseEnvelope"]["signatures"][0]["keyid"]
     err.print(f"wrote {esc(out)}: model {esc(name)} attested by {esc(keyid)}, {len(bundle['entries'])} ledger "
-              f"entries, checkpoint with {len(sigs) - 1} cosignature(s)", highlight=False)
-    if len(sigs) <= 1:
-        err.print("[yellow]warning:[/] the checkpoint has no witness cosignatures; verifiers asking for "
-                  "--min-witnesses will refuse it. Cosign a checkpoint before attesting.")
+              f"entries, checkpoint with {cosigs} cosignature(s)", highlight=False)
+    _warn_if_uncosigned(cosigs)
 
 
 @attest_app.command("update")
@@ -90,16 +97,14 @@ def update(
     """
     from onshore.attest.bundle import write_bundle
     from onshore.attest.update import make_update
-    from onshore.ledger import notes
 
     check_output_file(out, force=True, option="-o")
     with open_workspace() as ws:
         doc = make_update(ws, name, since_size)
     write_bundle(doc, out)
-    _, sigs = notes.split_note(doc["checkpoint"])
-    size = doc["checkpoint"].split("\n", 2)[1]
+    size, cosigs = _checkpoint_of(doc)
     err.print(f"wrote {esc(out)}: dataset {esc(name)} from tree size {since_size} to {size}, "
-              f"{len(doc['entries'])} newer ledger entries, {len(sigs) - 1} cosignature(s)", highlight=False)
+              f"{len(doc['entries'])} newer ledger entries, {cosigs} cosignature(s)", highlight=False)
 
 
 def verify_command(
