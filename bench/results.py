@@ -32,7 +32,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -270,9 +270,7 @@ class Run:
             return json.loads(path.read_text())
         sensors = SensorOptions(**NOISY) if noisy else None
         agent: Any = "expert" if policy == "expert" else \
-            policy_factory(self.ws, policy, SITE, EMB_ARM if env == "metaworld" else EMB_PLANT)
-        if ensemble is not None:
-            agent = replace(agent, ensemble=ensemble)
+            policy_factory(self.ws, policy, SITE, EMB_ARM if env == "metaworld" else EMB_PLANT, ensemble=ensemble)
         self.say(f"evaluating {policy} on {env} ({len(tasks)} tasks x {episodes} episodes, seed {seed}"
                  + (", noisy sensors" if noisy else "") + ")")
         t0 = time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,9 @@ def test_factory_is_picklable_and_checks_digests(tmp_path: Path) -> None:
     agent.reset("reach")
     out = agent.act(np.zeros(6, dtype=np.float32))
     assert out.shape == (2,) and np.all(out >= -3.0) and np.all(out <= 5.0)
+    # acting follows the model's config unless the factory says otherwise (onshore eval --no-ensemble)
+    assert agent.ensemble is True and np.allclose(agent._weights, np.exp(-0.01 * np.arange(agent.h)))
+    assert replace(factory, ensemble=False)().ensemble is False
     wrong = mp.ModelPolicyFactory(str(folder), (("model.json", "0" * 64), ("model.safetensors", "0" * 64)), "arm",
                                   key=KEY, context=CTX)
     with pytest.raises(IntegrityError):
@@ -171,7 +175,7 @@ def test_factory_is_picklable_and_checks_digests(tmp_path: Path) -> None:
 
 
 def test_action_feedback_sees_the_applied_actions_and_predicts_changes(tmp_path: Path) -> None:
-    cfg = model_config("tiny", chunk=4, action_feedback=True, ensemble=False)
+    cfg = model_config("tiny", chunk=4, action_feedback=True, ensemble=False, ensemble_m=0.2)
     init_seed(2)
     net = FoundationModel(cfg, [spec()]).eval()
     hist, task = torch.randn(3, cfg.history, 6), torch.randn(3, cfg.text_dim)
@@ -201,6 +205,7 @@ def test_action_feedback_sees_the_applied_actions_and_predicts_changes(tmp_path:
     loaded = mp.load(tmp_path / "fb", KEY, CTX, files)
     assert loaded.config.action_feedback and not loaded.config.ensemble
     agent = mp.ModelPolicy(loaded, "arm")
+    assert not agent.ensemble and np.allclose(agent._weights, np.exp(-0.2 * np.arange(4)))  # from the config
     agent.reset("reach")
     s, k = spec(), cfg.history
     states = np.random.default_rng(1).normal(size=(5, 6)).astype(np.float32)

@@ -8,7 +8,6 @@ report (JSON and PNG) there. ``OnshoreError`` propagates to the main app.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -110,9 +109,7 @@ def eval_command(
 
         emb = registry.env_module(env).embodiment().name
         with open_workspace() as ws:
-            agent = policy_factory(ws, policy, site, emb)
-        if ensemble is not None:
-            agent = dataclasses.replace(agent, ensemble=ensemble)
+            agent = policy_factory(ws, policy, site, emb, ensemble=ensemble)
     from onshore.sim.sensors import SensorOptions
 
     sensors = SensorOptions(noise=noise, quantize=quantize, bits=bits) if noise or quantize else None

@@ -406,9 +406,10 @@ def show_model(ws: Workspace, name: str) -> dict[str, Any]:
     }
 
 
-def policy_factory(ws: Workspace, name: str, site: str, embodiment: str, purpose: str | None = None
-                   ):  # type: ignore[no-untyped-def]
-    """A picklable factory of the model acting for ``embodiment`` at ``site`` (evaluation workers).
+def policy_factory(ws: Workspace, name: str, site: str, embodiment: str, purpose: str | None = None,
+                   ensemble: bool | None = None):  # type: ignore[no-untyped-def]
+    """A picklable factory of the model acting for ``embodiment`` at ``site`` (evaluation workers),
+    with temporal ensembling on or off as ``ensemble`` says (None: as the model's config says).
 
     Decided as ``read`` of the model at ``site`` for ``purpose`` (default: the purpose it was
     trained for) and its key released there, both recorded; the factory carries the released
@@ -424,5 +425,5 @@ def policy_factory(ws: Workspace, name: str, site: str, embodiment: str, purpose
     row = get_model(ws, name)
     opened = open_model(ws, name, site, "read", purpose or row["purpose"])
     return ModelPolicyFactory(str(opened.folder), tuple(sorted(opened.files.items())), embodiment,
-                              label=f"model:{name}", key=opened.key, context=opened.context,
+                              label=f"model:{name}", ensemble=ensemble, key=opened.key, context=opened.context,
                               sealed=tuple(sorted(opened.sealed.items())))
