@@ -387,8 +387,13 @@ TEP_TRIES = (
 SEED_TEP_CONFIRM = 9402  # used once, for the try chosen on seed 9401 (see result4_confirm)
 
 
+def _ratio(task: dict[str, Any]) -> float:
+    """A TEP scenario's summed IAE, model over PI controller."""
+    return sum(task["iae"].values()) / sum(task["pi_iae"].values())
+
+
 def _worst_ratio(ev: dict[str, Any]) -> float:
-    return max(sum(t["iae"].values()) / sum(t["pi_iae"].values()) for t in ev["tasks"].values())
+    return max(_ratio(t) for t in ev["tasks"].values())
 
 
 def best_try(r: Run) -> TepTry | None:
@@ -423,10 +428,11 @@ def result4_confirm(r: Run) -> None:
 SEED_FEWSHOT_CONFIRM = 9203  # used once, for result 2's goal comparison (see result2_confirm)
 
 
-def best_own(r: Run, k: int) -> str | None:
-    """The own-data model with ``k`` demonstrations that won the learning-rate sweep (seed 9202)."""
+def best_own(r: Run, k: int) -> dict[str, Any] | None:
+    """The evaluation of the own-data model with ``k`` demonstrations that won the learning-rate
+    sweep (seed 9202); None until every model of the sweep is evaluated."""
     evs = [e for e in (_load(r.out, "eval", f"r2-own-{k}-lr{lr_tag(lr)}") for lr in r.budget.own_lrs) if e]
-    return max(evs, key=mean_success)["policy"] if len(evs) == len(r.budget.own_lrs) else None
+    return max(evs, key=mean_success) if len(evs) == len(r.budget.own_lrs) else None
 
 
 def result2_confirm(r: Run) -> None:
@@ -437,7 +443,7 @@ def result2_confirm(r: Run) -> None:
         raise SystemExit("stage r2-confirm needs stage r2 first")
     ft = list(FINETUNE_TASKS)
     r.evaluate("r2-confirm-pool-ft-3", "pool-ft-3", "metaworld", ft, 50, SEED_FEWSHOT_CONFIRM)
-    r.evaluate("r2-confirm-own-10", own, "metaworld", ft, 50, SEED_FEWSHOT_CONFIRM)
+    r.evaluate("r2-confirm-own-10", own["policy"], "metaworld", ft, 50, SEED_FEWSHOT_CONFIRM)
     write_doc(r)
 
 
@@ -648,20 +654,17 @@ def write_doc(r: Run) -> None:
     head = "| demos | " + " | ".join(FINETUNE_TASKS) + " | mean |"
     w(head)
     w("|" + "---|" * (len(FINETUNE_TASKS) + 2))
-    best_own: dict[int, dict[str, Any] | None] = {}
     for k in DEMOS:
-        evs = [e for e in (E(f"r2-own-{k}-lr{lr_tag(lr)}") for lr in b.own_lrs) if e is not None]
-        best_own[k] = max(evs, key=mean_success) if len(evs) == len(b.own_lrs) else None
         ft = E(f"r2-pool-ft-{k}")
         w(f"| pooled + fine-tune, {k} | " + " | ".join(_cell(ft, t) for t in FINETUNE_TASKS) + f" | {_mean_row(ft)} |")
-        bo = best_own[k]
+        bo = best_own(r, k)
         lab = f"own data only, {k} (best lr {bo['policy'].split('-lr')[1]})" if bo else f"own data only, {k}"
         w(f"| {lab} | " + " | ".join(_cell(bo, t) for t in FINETUNE_TASKS) + f" | {_mean_row(bo)} |")
     w("")
     sweep = [(k, lr, E(f"r2-own-{k}-lr{lr_tag(lr)}")) for k in DEMOS for lr in b.own_lrs]
     w("Own-data sweep (mean success): " + ", ".join(
         f"{k} demos lr {lr:g}: {_pct(mean_success(e)) if e else 'pending'}" for k, lr, e in sweep) + ".  ")
-    ft3, own10 = E("r2-pool-ft-3"), best_own.get(10)
+    ft3, own10 = E("r2-pool-ft-3"), best_own(r, 10)
     if ft3 is not None and own10 is not None:
         a, c = mean_success(ft3), mean_success(own10)
         w(f"Goal (pooled + 3 demos ≥ own data only + 10 demos): {_goal(a >= c)}: {_pct(a)} against {_pct(c)} "
@@ -783,7 +786,7 @@ def write_doc(r: Run) -> None:
         if ev is None:
             w(f"| `{t.label}` | `{t.model}` | {acting} | " + " | ".join("pending" for _ in TEP_SCENARIOS) + " | |")
             continue
-        ratios = [sum(ev["tasks"][s]["iae"].values()) / sum(ev["tasks"][s]["pi_iae"].values()) for s in TEP_SCENARIOS]
+        ratios = [_ratio(ev["tasks"][s]) for s in TEP_SCENARIOS]
         shut = sum(x["shutdowns"] for x in ev["tasks"].values())
         w(f"| `{t.label}` | `{t.model}` | {acting} | " + " | ".join(f"{x:.2f}×" for x in ratios)
           + f" | {shut}/{len(ev['tasks']) * ev['episodes']} |")

@@ -87,6 +87,10 @@ CONFIGS: dict[str, ModelConfig] = {
 }
 
 
+#: The fields a run may change (``--model-option``), with their types; ``size`` is ``--config``.
+_OPTION_TYPES: dict[str, type] = {f: type(v) for f, v in asdict(CONFIGS["small"]).items() if f != "size"}
+
+
 def model_config(size: str, **overrides: Any) -> ModelConfig:
     """The named size (``tiny``, ``small``, ``base``), with any field overridden (not ``size``)."""
     if size not in CONFIGS:
@@ -96,9 +100,6 @@ def model_config(size: str, **overrides: Any) -> ModelConfig:
         raise ValidationError(f"model option(s) {', '.join(unknown)} unknown; choose from "
                               f"{', '.join(_OPTION_TYPES)}")
     return replace(CONFIGS[size], **overrides)
-
-
-_OPTION_TYPES: dict[str, type] = {f: type(v) for f, v in asdict(CONFIGS["small"]).items() if f != "size"}
 
 
 def parse_model_options(items: list[str]) -> tuple[tuple[str, Any], ...]:
