@@ -277,6 +277,15 @@ class Ledger:
                 leaf = bytes(leaf)
                 yield StoredEntry(int(idx), parse_leaf(leaf), leaf)
 
+    def kinds_since(self, start: int) -> tuple[int, set[str]]:
+        """The ledger's size now and the kinds of the entries from ``start`` on (one indexed query,
+        no leaf parsing): what a long-running process asks to learn whether a rule may have changed."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(ledger_entries.c.idx, ledger_entries.c.kind)
+                                .where(ledger_entries.c.idx >= start)).all()
+        size = max((int(i) for i, _ in rows), default=start - 1) + 1
+        return max(size, start), {str(k) for _, k in rows}
+
     def get(self, index: int) -> StoredEntry:
         for e in self.entries(index, index + 1):
             return e

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,12 @@ from onshore.workspace.config import CONFIG_FILE, WorkspaceConfig
 
 ENV_VAR = "ONSHORE_WORKSPACE"
 LOG_ACTOR = "log"
+#: How often, at most, a long-running process looks at the ledger for appends by other processes.
+FRESHNESS_S = 0.5
+#: Entry kinds that never change a rule, a lineage, a token or a status: appends of only these do
+#: not make a process drop what it derived from the ledger.
+RULE_NEUTRAL_KINDS = frozenset({"decision", "key.release", "data.attest", "model.attest", "model.eval",
+                                "job.checkpoint", "data.export", "model.export"})
 
 
 def find_workspace(option: Path | None = None) -> Path:
@@ -56,6 +63,8 @@ class Workspace:
         self._keystores: dict[str, KeyStore] = {}
         self._signers: dict[str, Ed25519PrivateKey] = {}
         self._model_tables = False
+        self._seen_size = -1  # the ledger size this process's derived state (decision point, ...) reflects
+        self._seen_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -223,11 +232,38 @@ class Workspace:
         ``then`` runs inside the append's transaction (see Ledger.append). An entry about a dataset
         is signed there, linked to the previous entry about it (onshore.ledger.subjects).
         """
-        return self.ledger.append([Draft(kind, actor, body, self.signer(actor))], then)[0]
+        return self.record_many([(kind, actor, body)], then)[0]
 
     def record_many(self, items: list[tuple[str, str, dict[str, Any]]], then: AppendHook | None = None
                     ) -> list[int]:
-        return self.ledger.append([Draft(k, a, b, self.signer(a)) for k, a, b in items], then)
+        indices = self.ledger.append([Draft(k, a, b, self.signer(a)) for k, a, b in items], then)
+        if indices and indices[0] == self._seen_size:
+            # nobody else appended in between: our own appends do not make what we derived stale (a
+            # rule change of ours is followed by an explicit ``invalidate``)
+            self._seen_size = indices[-1] + 1
+        return indices
+
+    def refresh(self, force: bool = False) -> bool:
+        """Notice what other processes appended to the ledger; True when a rule may have changed.
+
+        Looks at most every ``FRESHNESS_S`` seconds unless ``force`` (every decision forces it). When
+        entries other than rule-neutral ones (``RULE_NEUTRAL_KINDS``) were appended since the last
+        look, the cached decision point is dropped and True is returned, so that a server, bridge or
+        dashboard re-checks what it serves or shows.
+        """
+        now = time.monotonic()
+        if not force and now - self._seen_at < FRESHNESS_S:
+            return False
+        self._seen_at = now
+        if self._seen_size < 0:
+            self._seen_size = self.ledger.size()
+            return False
+        size, kinds = self.ledger.kinds_since(self._seen_size)
+        self._seen_size = size
+        if kinds - RULE_NEUTRAL_KINDS:
+            self.invalidate()
+            return True
+        return False
 
     def open_checkpoint(self, note: str) -> ckpt.Checkpoint:
         """Check the log's signature on a checkpoint note of this workspace and parse it."""
@@ -378,8 +414,10 @@ class Workspace:
     def pdp(self, extra: tuple[str, str, UsagePolicy] | None = None) -> PolicyDecisionPoint:
         """The decision point for the policies in force (``extra``: a dataset about to be ingested).
 
-        Parsed once and kept until the registry or a dataset changes (``invalidate``).
+        Parsed once and kept until the registry or a dataset changes (``invalidate``), here or in
+        another process (``refresh``, forced on every call).
         """
+        self.refresh(force=True)
         if extra is not None or self._pdp is None:
             gov = self.ledger_governance()
             rules, texts = self._policy_parts(extra, gov)
