@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from onshore.cli.context import open_workspace, workspace_path
+from onshore.cli.inputs import usage
 from onshore.cli.output import StageProgress, console, esc, table
 from onshore.cli.sim import split_tasks
-from onshore.errors import ValidationError
 
 if TYPE_CHECKING:  # the runner imports the simulators: only `onshore eval` itself pays for that
     from onshore.eval.runner import Report
@@ -92,8 +92,8 @@ def eval_command(
     agent: Any = policy
     served = policy.startswith(("ws://", "wss://"))
     if ensemble is not None and (served or policy == "expert"):
-        raise ValidationError("--ensemble/--no-ensemble sets how a trained model acts; it does not apply to "
-                              f"{'a policy server' if served else 'the expert'}")
+        raise usage("--ensemble/--no-ensemble sets how a trained model acts; it does not apply to "
+                    f"{'a policy server' if served else 'the expert'}")
     if served:
         from onshore.serve.client import ClientFactory
         from onshore.sim import registry
@@ -102,8 +102,8 @@ def eval_command(
         agent().close()  # refuse an unreachable server or a bad token before any episode runs
     elif policy != "expert":
         if site is None:
-            raise ValidationError("--site is required to evaluate a model: it is loaded only where its data's "
-                                  "policies allow")
+            raise usage("--site is required to evaluate a model: it is loaded only where its data's "
+                        "policies allow")
         from onshore.sim import registry
         from onshore.workspace.models import policy_factory
 
