@@ -168,7 +168,7 @@ def create_app(root: Path, token_digest: str | None = None, host: str = "127.0.0
 
     def read(fn: Callable[[], Any]) -> Any:
         with lock:  # one request at a time on the shared workspace handle
-            ws.refresh()  # what other processes recorded since the last request
+            ws.refresh(force=True)  # what other processes recorded since the last request, every time
             return fn()
 
     async def overview(request: Request) -> Response:
