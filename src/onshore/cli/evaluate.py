@@ -18,6 +18,7 @@ from onshore.cli.context import open_workspace, workspace_path
 from onshore.cli.inputs import usage
 from onshore.cli.output import StageProgress, console, esc, table
 from onshore.cli.sim import split_tasks
+from onshore.errors import ValidationError
 
 if TYPE_CHECKING:  # the runner imports the simulators: only `onshore eval` itself pays for that
     from onshore.eval.runner import Report
@@ -92,8 +93,8 @@ def eval_command(
     agent: Any = policy
     served = policy.startswith(("ws://", "wss://"))
     if ensemble is not None and (served or policy == "expert"):
-        raise usage("--ensemble/--no-ensemble sets how a trained model acts; it does not apply to "
-                    f"{'a policy server' if served else 'the expert'}")
+        raise ValidationError("--ensemble/--no-ensemble sets how a trained model acts; it does not apply to "
+                              f"{'a policy server' if served else 'the expert'}")
     if served:
         from onshore.serve.client import ClientFactory
         from onshore.sim import registry

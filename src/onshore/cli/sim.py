@@ -88,6 +88,7 @@ def plant_command(
     """
     import asyncio
     import signal
+    import socket
 
     from onshore.errors import OnshoreError
     from onshore.files import check_output_file
@@ -97,6 +98,15 @@ def plant_command(
         check_output_file(map_file, force=True, option="--map")
     plant = SimPlant(env, task, seed)  # refuses an unknown env or task before anything listens
 
+    def refuse(e: OSError) -> OnshoreError:
+        return OnshoreError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or --host")
+
+    try:  # asyncua logs a traceback for a port in use: find out first, with a plain message
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise refuse(e) from None
+
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -105,7 +115,7 @@ def plant_command(
         try:
             endpoint = await plant.start(host, port)
         except OSError as e:
-            raise OnshoreError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port") from None
+            raise refuse(e) from None
         try:
             if map_file is not None:
                 plant.write_map(map_file)

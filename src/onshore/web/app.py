@@ -333,8 +333,8 @@ class Guard:
         host = _host_name(headers.get("host", ""))
         refusal: tuple[int, str] | None = None
         if self.hosts is not None and host not in self.hosts:
-            refusal = (400, f"Host {host[:100]!r} is not this dashboard's address; open it as "
-                            f"http://{sorted(self.hosts)[0]}:PORT/")
+            refusal = (400, f"Host {host[:100]!r} is not this dashboard's address; open it by one of "
+                            f"{', '.join(sorted(self.hosts))}")
         elif scope.get("method") not in ("GET", "HEAD") and "origin" in headers and \
                 headers["origin"].split("://", 1)[-1].lower() != headers.get("host", "").lower():
             refusal = (403, "a form on another site may not post to this dashboard")
