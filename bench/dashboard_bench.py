@@ -158,7 +158,7 @@ def main() -> int:
                  ("ledger filtered kind+actor", "/ledger?kind=decision&actor=site:ohio"),
                  ("verify (form)", "/verify")]
         worst = 0.0
-        with TestClient(app) as c:
+        with TestClient(app, base_url="http://127.0.0.1") as c:
             print(f"{'page':<28} {'fmt':<5} {'min ms':>8} {'median':>8} {'max':>8}")
             for label, url in pages:
                 for fmt in ("html", "json"):

@@ -7,8 +7,12 @@ import json
 import logging
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,10 +26,12 @@ from onshore.attest.verify import verify_bundle
 from onshore.cli.app import main
 from onshore.errors import ValidationError
 from onshore.web import access
+from onshore.web import app as app_module
 from onshore.web.app import create_app
 from onshore.workspace import Workspace, datasets, models
 
 DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+LOCAL = "http://127.0.0.1"  # the Host a browser on the machine sends; others are refused
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +46,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory,
 @pytest.fixture(scope="module")
 def client(demo: tuple[Workspace, Path, Path]) -> Iterator[TestClient]:
     app = create_app(demo[0].root)
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
     app.state.workspace.close()
 
@@ -96,7 +102,7 @@ def test_ledger_log_filters_and_pages(client: TestClient) -> None:
 
 def test_background_verification_reports_progress_and_result(demo: tuple[Workspace, Path, Path]) -> None:
     app = create_app(demo[0].root)
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         assert c.post("/ledger/verify", headers={"Accept": "application/json"}).status_code == 200
         app.state.verifier.wait(60)
         v = c.get("/ledger/verify").json()
@@ -111,7 +117,10 @@ def test_verify_page_runs_the_offline_checks(client: TestClient, demo: tuple[Wor
     _, bundle, trust = demo
     files = {"bundle": ("b.json", bundle.read_bytes()), "trust_root": ("t.json", trust.read_bytes())}
     good = client.post("/verify?format=json", files=files, data={"min_witnesses": "1"}).json()
-    assert good == verify_bundle(bundle.read_bytes(), TrustRoot.load(trust), 1).to_json() and good["ok"]
+    cli = verify_bundle(bundle.read_bytes(), TrustRoot.load(trust), 1).to_json()
+    assert {k: good[k] for k in cli} == cli and good["ok"]  # what `onshore verify --json` prints
+    assert good["current_status"] == {"kind": "dataset", "name": "arms", "known": True, "status": "active",
+                                      "reasons": []}
     bad = tampered(bundle, tmp_path / "bad.json")
     files["bundle"] = ("b.json", bad.read_bytes())
     out = client.post("/verify?format=json", files=files).json()
@@ -119,10 +128,13 @@ def test_verify_page_runs_the_offline_checks(client: TestClient, demo: tuple[Wor
     assert client.post("/verify", files={"bundle": ("b", b"{}")}).status_code == 400
 
 
-def test_dataset_bundle_link_records_one_attestation(client: TestClient, demo: tuple[Workspace, Path, Path]) -> None:
+def test_dataset_bundle_button_records_one_attestation(client: TestClient, demo: tuple[Workspace, Path, Path]) -> None:
     ws = demo[0]
     before = ws.ledger.size()
-    r = client.get("/datasets/arms/bundle")
+    assert client.get("/datasets/arms/bundle").status_code == 405  # a GET (a link, a prefetch) never writes
+    assert ws.ledger.size() == before
+    assert 'method="post" action="/datasets/arms/bundle"' in client.get("/datasets/arms").text
+    r = client.post("/datasets/arms/bundle")
     assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
     assert verify_bundle(r.content, TrustRoot.load(demo[2])).ok
     assert ws.ledger.size() == before + 1 and ws.ledger.get(before).entry.kind == "data.attest"
@@ -154,7 +166,7 @@ def test_token_gate_refuses_and_logs(demo: tuple[Workspace, Path, Path], caplog:
     assert access.required_digest(ws, "127.0.0.1") is None
     digest = access.required_digest(ws, "0.0.0.0")
     app = create_app(ws.root, digest)
-    with TestClient(app) as c, caplog.at_level(logging.WARNING, "onshore.dashboard"):
+    with TestClient(app, base_url=LOCAL) as c, caplog.at_level(logging.WARNING, "onshore.dashboard"):
         assert c.get("/").status_code == 401
         assert c.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/", headers={"Authorization": f"Bearer {token}"}).status_code == 200
@@ -166,6 +178,94 @@ def test_token_gate_refuses_and_logs(demo: tuple[Workspace, Path, Path], caplog:
     app.state.workspace.close()
     assert main(["-w", str(ws.root), "dashboard", "token"]) == 0
     assert not access.token_matches(access.token_digest(ws) or "", token)  # issuing again revokes
+
+
+def test_every_response_carries_nosniff_and_a_content_security_policy(client: TestClient) -> None:
+    for r in (client.get("/"), client.get("/datasets/nope"), client.get("/ledger?before=x"),
+              client.get("/static/style.css"), client.get("/datasets/arms/bundle"),
+              client.get("/", headers={"Host": "evil.example"})):
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+        csp = r.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp and "script-src" not in csp
+
+
+def test_foreign_host_and_cross_origin_post_are_refused(client: TestClient, demo: tuple[Workspace, Path, Path],
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    ws = demo[0]
+    for host in ("127.0.0.1:7080", "localhost:7080", "[::1]:7080", "127.0.0.1"):
+        assert client.get("/", headers={"Host": host}).status_code == 200, host
+    before = ws.ledger.size()
+    with caplog.at_level(logging.WARNING, "onshore.dashboard"):
+        # DNS rebinding: a name the attacker controls, resolved to 127.0.0.1
+        r = client.get("/datasets/arms?format=json", headers={"Host": "attacker.example:7080"})
+        assert r.status_code == 400 and "arms" not in r.text
+        assert client.post("/datasets/arms/bundle", headers={"Host": "attacker.example"}).status_code == 400
+        r = client.post("/datasets/arms/bundle", headers={"Origin": "http://attacker.example"})
+        assert r.status_code == 403
+    assert ws.ledger.size() == before  # nothing written by a refused request
+    assert any("attacker.example" in r.getMessage() for r in caplog.records)
+    assert client.post("/datasets/arms/bundle", headers={"Origin": LOCAL}).status_code == 200  # our own form
+    assert client.post("/datasets/arms/bundle", headers={"Origin": "http://127.0.0.1:9"}).status_code == 403
+    # a wildcard bind is protected by its token, not by names
+    assert app_module.allowed_hosts("0.0.0.0") is None and "10.0.0.5" in app_module.allowed_hosts("10.0.0.5")
+
+
+def test_malformed_query_values_answer_400_not_500(client: TestClient) -> None:
+    for url in ("/ledger?before=" + "9" * 27, f"/ledger?before={2**63}", "/ledger?per_page=-1",
+                "/ledger?before=%EF%BC%91", "/ledger?before=1e3", "/ledger?per_page=" + "1" * 400):
+        r = client.get(url)
+        assert r.status_code == 400, (url, r.status_code)
+        assert "whole number" in r.text
+    assert client.get(f"/ledger?before={2**63 - 1}&format=json").status_code == 200
+    for url in ("/ledger?actor=%00", "/ledger?kind=%ff%fe", "/ledger?since=%00&until=%00", "/datasets/%00",
+                "/ledger?dataset=" + "a" * 5000):
+        assert client.get(url).status_code in (200, 400, 404), url
+
+
+def test_deeply_nested_trust_root_is_refused_cleanly(client: TestClient, demo: tuple[Workspace, Path, Path],
+                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, bundle, _ = demo
+    nested = ("[" * 200_000 + "]" * 200_000).encode()
+    deep_object = ('{"a":' * 200_000 + "1" + "}" * 200_000).encode()
+    for blob in (nested, deep_object):
+        r = client.post("/verify", files={"bundle": ("b.json", bundle.read_bytes()), "trust_root": ("t.json", blob)})
+        assert r.status_code == 400 and "nested too deeply" in r.text
+        r = client.post("/verify?format=json", files={"bundle": ("b.json", blob),
+                                                      "trust_root": ("t.json", demo[2].read_bytes())})
+        assert r.status_code == 200 and not r.json()["ok"]  # a bundle that is not one fails its format check
+    trust = tmp_path / "deep-trust.json"
+    trust.write_bytes(nested)
+    assert main(["verify", str(bundle), "--trust-root", str(trust)]) == 1
+    err = capsys.readouterr().err
+    assert "nested too deeply" in err and "Traceback" not in err
+
+
+def test_ledger_log_lists_decisions_about_models(demo: tuple[Workspace, Path, Path],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    ws = demo[0]
+    _, index = models.decide(ws, "pool", "serve", "ohio", "fine-tuning")  # refused: a US site
+    assert main(["-w", str(ws.root), "ledger", "log", "--from", str(index)]) == 0
+    out = capsys.readouterr().out
+    assert "deny serve model pool @ohio" in " ".join(out.split())
+    assert main(["-w", str(ws.root), "ledger", "log", "--kind", "decision", "--json"]) == 0
+    assert any(e["body"]["request"].get("model") == "pool" for e in json.loads(capsys.readouterr().out))
+
+
+def test_a_missing_required_option_exits_2(demo: tuple[Workspace, Path, Path], capsys: pytest.CaptureFixture[str]
+                                           ) -> None:
+    w = str(demo[0].root)
+    before = demo[0].ledger.size()
+    for args in (["policy", "check", "--action", "serve", "--model", "pool"],  # --site
+                 ["policy", "check", "--action", "read"],  # --dataset or --model
+                 ["eval", "--env", "metaworld", "--tasks", "reach-v3", "--policy", "pool"],  # --site
+                 ["train", "--site", "sakai", "--purpose", "fine-tuning"],  # --datasets or --all-granted
+                 ["serve", "pool", "--site", "tokyo", "--record-member", "arm-maker"],  # --record-policy
+                 ["witness", "add", "w9"],  # --vkey or --dir
+                 ["site", "add", "x"]):  # --jurisdiction, click's own check
+        assert main(["-w", w, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert ("Usage: onshore" in err or "--help" in err) and "Traceback" not in err, args
+    assert demo[0].ledger.size() == before  # nothing decided, nothing recorded
 
 
 # -- real browser -------------------------------------------------------------------------------
@@ -306,3 +406,111 @@ def test_browser_verify_page_turns_a_tampered_bundle_red(server: str, browser: o
         else:
             assert result.text.startswith("NOT verified") and "207, 34, 46" in colour
             assert d.find_elements(By.CSS_SELECTOR, "#checks tr.check-fail")  # type: ignore[attr-defined]
+
+
+# -- a running dashboard process sees what other processes did (these run last: they withdraw) ---
+
+def _fetch(url: str, token: str | None = None, as_json: bool = True) -> tuple[int, str]:
+    headers = {"Accept": "application/json" if as_json else "text/html"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.fixture
+def dashboard_process(demo: tuple[Workspace, Path, Path], tmp_path: Path) -> Iterator[str]:
+    """``onshore dashboard`` over the demo workspace, a process of its own on a free loopback port."""
+    port = _free_port()
+    log_file = (tmp_path / "dashboard.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "onshore", "-w", str(demo[0].root), "dashboard", "--port",
+                             str(port)], stdout=log_file, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "dashboard.log").read_text()
+            assert time.monotonic() < deadline, "the dashboard did not start"
+            try:
+                if _fetch(base + "/ledger/verify")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log_file.close()
+
+
+def test_running_dashboard_shows_stops_taints_and_withdrawals_of_other_processes(
+        dashboard_process: str, demo: tuple[Workspace, Path, Path]) -> None:
+    from onshore.serve import service
+
+    ws, bundle, trust = demo
+    base = dashboard_process
+
+    def page(path: str) -> dict:  # type: ignore[type-arg]
+        code, body = _fetch(base + path)
+        assert code == 200, (path, body)
+        return json.loads(body)
+
+    assert page("/models/pool")["serving"] == []
+    models.copy_model(ws, "pool", "tokyo")
+    with service.start(ws, "pool", "tokyo", port=0) as run:  # this process serves; the dashboard's sees it
+        m = page("/models/pool")
+        assert [(r["site"], r["port"], r["stop_index"]) for r in m["serving"]] == [("tokyo", run.port, None)]
+    m = page("/models/pool")
+    assert m["serving"] == [] and m["serve_runs"][0]["stop_index"] == run.report.stop_index  # type: ignore[union-attr]
+    html = _fetch(base + "/models/pool", as_json=False)[1]
+    assert "Not served now" in html and "no stop recorded yet" not in html
+
+    sakai_before = next(s for j in page("/")["jurisdictions"] for s in j["sites"] if s["name"] == "sakai")
+    t0 = time.monotonic()
+    datasets.withdraw(ws, "plant", "chem")  # its clause is keep: the derived model is tainted
+    m = page("/models/pool")
+    seen_after = time.monotonic() - t0
+    assert m["status"]["label"] == "tainted" and [t["dataset"] for t in m["taints"]] == ["plant"]
+    o = page("/")
+    sakai = next(s for j in o["jurisdictions"] for s in j["sites"] if s["name"] == "sakai")
+    assert sakai["withdrawn_names"] == ["plant"] and "plant" not in sakai["dataset_names"]
+    assert sakai["datasets"] == sakai_before["datasets"] - 1 and sakai["bytes"] < sakai_before["bytes"]
+    assert o["withdrawn_datasets"] == ["plant"]
+    html = _fetch(base + "/", as_json=False)[1]
+    assert 'plant</a> <span class="status status-withdrawn">withdrawn</span>' in html
+
+    datasets.withdraw(ws, "arms", "arm-maker")  # stop-serving: the model is blocked
+    assert page("/models/pool")["status"]["label"] == "blocked"
+    assert page("/datasets/arms")["status"] == "withdrawn"
+    # the bundle made before still verifies (it proves the past), beside what is true now
+    boundary = "onshore-test-boundary"
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{n}"; filename="{n}.json"\r\n'
+                    f"Content-Type: application/json\r\n\r\n".encode() + p.read_bytes() + b"\r\n"
+                    for n, p in (("bundle", bundle), ("trust_root", trust))) + f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(base + "/verify?format=json", data=body, method="POST", headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        v = json.loads(r.read())
+    assert v["ok"] and v["current_status"]["status"] == "withdrawn" and v["current_status"]["known"]
+    print(f"withdrawal by another process shown on the next page load after {seen_after * 1000:.0f} ms")
+
+
+def test_reissued_token_replaces_the_old_one_while_the_dashboard_runs(demo: tuple[Workspace, Path, Path]) -> None:
+    ws = demo[0]
+    old = access.issue_token(ws)
+    app = create_app(ws.root, access.token_digest(ws), host="0.0.0.0")
+    with TestClient(app, base_url="http://192.0.2.10") as c:
+        assert c.get("/", headers={"Authorization": f"Bearer {old}"}).status_code == 200
+        assert c.get(f"/?token={old}").status_code == 200  # sets the cookie
+        # another process re-issues it, while this dashboard runs
+        out = subprocess.run([sys.executable, "-m", "onshore", "-w", str(ws.root), "dashboard", "token"],
+                             capture_output=True, text=True, timeout=60, check=True)
+        new = out.stdout.strip()
+        assert new and new != old
+        assert c.get("/", headers={"Authorization": f"Bearer {old}"}).status_code == 401
+        assert c.get("/datasets/arms").status_code == 401  # nor does the cookie the old token set
+        assert c.get("/", headers={"Authorization": f"Bearer {new}"}).status_code == 200
+    app.state.workspace.close()

@@ -8,6 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import POLICY_JP
+from onshore.model.network import state_groups
+from onshore.sim import registry as sims
 from onshore.sim.generate import generate
 from onshore.sim.sensors import SensorOptions
 from onshore.workspace import Workspace, datasets, registry
@@ -23,6 +25,10 @@ def test_generated_telemetry_passes_ingest_validation(tmp_path: Path, env: str, 
     registry.add_site(ws, "sakai", "JP", "storage,compute")
     registry.add_member(ws, "maker")
     emb = registry.add_embodiment(ws, res.embodiment_path)
+    # the written spec keeps the simulator's named state groups: a model's stem uses them, not blocks
+    named = sims.env_module(env).embodiment().extra["groups"]
+    assert emb.extra["groups"] == named and emb.extra["seed"] == 3
+    assert [g for g, _ in state_groups(emb)] == list(named)
     policy = tmp_path / "p.toml"
     policy.write_text(POLICY_JP)
     result = datasets.ingest(ws, "sim", "maker", "sakai", policy, emb.name, res.files)

@@ -126,7 +126,7 @@ def test_train_arms_and_plant_lineage_metrics_and_eval(consortium: Workspace, tm
     assert written["policy"] == "model:pool" and written["tasks"][0]["episodes"] == 1
     assert main(["-w", str(ws.root), "eval", "--env", "metaworld", "--tasks", "reach-v3", "--episodes", "1",
                  "--policy", "pool", "--site", "ohio", "--workers", "1"]) == 3
-    assert main(["-w", str(ws.root), "eval", "--env", "metaworld", "--policy", "pool"]) == 1  # --site needed
+    assert main(["-w", str(ws.root), "eval", "--env", "metaworld", "--policy", "pool"]) == 2  # --site needed: usage
     # acting without ensembling is a model's option, refused for the expert
     assert main(["-w", str(ws.root), "eval", "--env", "metaworld", "--tasks", "reach-v3", "--episodes", "1",
                  "--policy", "pool", "--site", "sakai", "--workers", "1", "--no-ensemble", "--json"]) == 0

@@ -1,6 +1,7 @@
 """Errors a person can cause, each with a message that says what to do.
 
-The CLI maps them to exit codes: 1 for an error the user can fix, 3 for a refusal by policy.
+The CLI maps them to exit codes: 1 for an error the user can fix, 2 for a command line missing
+a required option (``UsageError``), 3 for a refusal by policy.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ class NotFoundError(OnshoreError):
 
 class ValidationError(OnshoreError):
     """Input (a name, a TOML file, telemetry) breaks a rule; nothing was changed."""
+
+
+class UsageError(ValidationError):
+    """The command line lacks a required option, or gives two that exclude each other (exit 2, as
+    click's own usage errors); raised before anything is read or recorded."""
+
+    exit_code = 2
 
 
 class IntegrityError(OnshoreError):

@@ -86,6 +86,8 @@ class TrustRoot:
             d = json.loads(text)
         except ValueError as e:
             raise ValidationError(f"{path}: not JSON ({e})") from None
+        except RecursionError:  # nested deeper than the parser's stack; no trust root is
+            raise ValidationError(f"{path}: not a trust root (JSON nested too deeply)") from None
         try:
             if d["version"] != VERSION:
                 raise ValidationError(f"{path}: field 'version' is {d['version']!r}, this Onshore reads {VERSION}")

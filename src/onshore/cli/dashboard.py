@@ -33,7 +33,7 @@ def dashboard(
     root = workspace_path()
     with open_workspace() as ws:
         digest = required_digest(ws, host)
-    app = create_app(root, digest)
+    app = create_app(root, digest, host)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     where = f"[{host}]" if ":" in host else host
     err.print(f"dashboard of {esc(root)} on http://{esc(where)}:{port}/"

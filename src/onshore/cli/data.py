@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from onshore.cli.context import open_workspace
+from onshore.cli.inputs import usage
 from onshore.cli.output import StageProgress, console, err, esc, print_json, table
 from onshore.errors import NotFoundError, PolicyDenied, ValidationError
 
@@ -191,14 +192,14 @@ def check(
     from onshore.residency.pdp import Request, model_request
 
     if (dataset is None) == (model is None):
-        raise ValidationError("give exactly one of --dataset NAME and --model NAME")
+        raise usage("give exactly one of --dataset NAME and --model NAME")
+    if model is not None and site is None:
+        raise usage("--site is required for a model: every action on a model happens at a site")
     with open_workspace() as ws:
         if model is not None:
             from onshore.workspace.models import get_model
 
             get_model(ws, model)
-            if site is None:
-                raise ValidationError("--site is required for a model: every action on a model happens at a site")
             principal = principal or f"site:{site}"
             decision, index = ws.decide(model_request(principal, action, model, site, purpose))
         else:
@@ -262,7 +263,6 @@ def check_many(
     import json
 
     from onshore.cli.inputs import read_text_input
-    from onshore.errors import ValidationError
     from onshore.residency.pdp import Request
 
     parsed: list[tuple[int, dict[str, str | None]]] = []

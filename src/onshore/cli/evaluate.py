@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from onshore.cli.context import open_workspace, workspace_path
+from onshore.cli.inputs import usage
 from onshore.cli.output import StageProgress, console, esc, table
 from onshore.cli.sim import split_tasks
 from onshore.errors import ValidationError
@@ -102,8 +103,8 @@ def eval_command(
         agent().close()  # refuse an unreachable server or a bad token before any episode runs
     elif policy != "expert":
         if site is None:
-            raise ValidationError("--site is required to evaluate a model: it is loaded only where its data's "
-                                  "policies allow")
+            raise usage("--site is required to evaluate a model: it is loaded only where its data's "
+                        "policies allow")
         from onshore.sim import registry
         from onshore.workspace.models import policy_factory
 

@@ -8,7 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from onshore.errors import IntegrityError, ValidationError
+from onshore.errors import IntegrityError, UsageError, ValidationError
+
+
+def usage(message: str) -> UsageError:
+    """A missing or conflicting option (exit 2, as a required option click finds missing); the
+    message ends by pointing at the command's --help."""
+    return UsageError(f"{message} (see --help)")
 
 
 def read_input(path: Path, what: str) -> bytes:

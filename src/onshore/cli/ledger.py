@@ -43,8 +43,10 @@ def log(json_: bool = JSON, start: int = typer.Option(0, "--from", metavar="INDE
     def summary(body: dict) -> str:  # type: ignore[type-arg]
         if "decision" in body:
             r = body["request"]
-            return (f"{body['decision']} {r['action']} {r['dataset']}"
-                    f"{' @' + r['site'] if r['site'] else ''}: {', '.join(body['rules'])}")
+            # a decision is about a dataset or, since models carry their lineage's policy, a model
+            what = f"model {r['model']}" if "model" in r else str(r.get("dataset", "?"))
+            return (f"{body['decision']} {r['action']} {what}"
+                    f"{' @' + r['site'] if r.get('site') else ''}: {', '.join(body['rules'])}")
         return ", ".join(f"{k}={v}" for k, v in body.items() if not isinstance(v, list | dict))
 
     table("Ledger", ["#", "time", "kind", "actor", "summary"],

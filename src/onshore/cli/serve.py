@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from onshore.cli.context import open_workspace
+from onshore.cli.inputs import usage
 from onshore.cli.output import console, err, esc, print_json, table
 from onshore.errors import ValidationError
 
@@ -69,10 +70,10 @@ def run(
     from onshore.serve.server import ServerLimits
 
     if (record_policy is None) != (record_member is None):
-        raise ValidationError("give --record-policy and --record-member together (who owns the recording, "
-                              "under which policy)")
+        raise usage("give --record-policy and --record-member together (who owns the recording, "
+                    "under which policy)")
     if record_as is not None and record_policy is None:
-        raise ValidationError("--record-as names a recording: give --record-policy and --record-member too")
+        raise usage("--record-as names a recording: give --record-policy and --record-member too")
     if threads < 1:
         raise ValidationError(f"--threads must be at least 1, got {threads}")
     if not 0 <= port <= 65535:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from onshore.cli.output import StageProgress, console, esc
+from onshore.cli.output import StageProgress, console, err, esc
 
 app = typer.Typer(help="Simulated consortium members: generate telemetry from simulators.",
                   no_args_is_help=True)
@@ -67,3 +67,63 @@ def generate_command(
         f"success{extra}) to {result.out} in {result.wall_seconds:.1f} s with {result.workers} "
         f"workers: {', '.join(f.name for f in result.files)}, {result.embodiment_path.name}, "
         f"{result.sidecar_path.name}"), highlight=False)
+
+
+@app.command("plant")
+def plant_command(
+    env: Annotated[str, typer.Option(metavar="ENV", help="Simulator: metaworld or tep.")],
+    task: Annotated[str, typer.Option(metavar="TASK", help="The task it runs, e.g. reach-v3 or base.")],
+    port: Annotated[int, typer.Option(metavar="PORT", min=1, max=65535, help="OPC UA TCP port.")] = 4840,
+    host: Annotated[str, typer.Option(metavar="HOST", help="Address to bind.")] = "127.0.0.1",
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed of the episode it plays.")] = 0,
+    map_file: Annotated[Path | None, typer.Option(
+        "--map", metavar="MAP.toml", help="Also write the bridge's map of this plant's nodes here.")] = None,
+) -> None:
+    """Run a simulated machine behind a real OPC UA server, for 'onshore bridge opcua', until Ctrl-C.
+
+    One Double node per state channel (ns=2;s=state/I), a writable one per action channel
+    (action/I), an estop Boolean and estop_reset; the simulator steps one control period each
+    time the action nodes are written. Example: onshore sim plant --env metaworld --task reach-v3
+    --port 4840, then onshore bridge opcua --endpoint opc.tcp://127.0.0.1:4840/onshore/plant ...
+    """
+    import asyncio
+    import signal
+    import socket
+
+    from onshore.errors import OnshoreError
+    from onshore.files import check_output_file
+    from onshore.serve.plant import SimPlant
+
+    if map_file is not None:
+        check_output_file(map_file, force=True, option="--map")
+    plant = SimPlant(env, task, seed)  # refuses an unknown env or task before anything listens
+
+    def refuse(e: OSError) -> OnshoreError:
+        return OnshoreError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or --host")
+
+    try:  # asyncua logs a traceback for a port in use: find out first, with a plain message
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise refuse(e) from None
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            endpoint = await plant.start(host, port)
+        except OSError as e:
+            raise refuse(e) from None
+        try:
+            if map_file is not None:
+                plant.write_map(map_file)
+            err.print(esc(f"simulated {env} plant ({plant.task_text!r}) on {endpoint}"
+                          + (f"; its map is {map_file}" if map_file else "") + "; Ctrl-C stops it"), highlight=False)
+            await stop.wait()
+        finally:
+            await plant.stop()
+
+    asyncio.run(run())
+    console.print(esc(f"plant stopped after {plant.frames} control periods"), highlight=False)

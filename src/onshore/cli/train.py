@@ -13,6 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from onshore.cli.context import open_workspace
+from onshore.cli.inputs import usage
 from onshore.cli.output import console, err, esc, print_json
 from onshore.errors import ValidationError
 
@@ -137,7 +138,7 @@ def train_command(
     overrides = parse_model_options(model_option or [])
     names = _split(datasets)
     if bool(names) == all_granted:
-        raise ValidationError("give exactly one of --datasets D1,D2 and --all-granted")
+        raise usage("give exactly one of --datasets D1,D2 and --all-granted")
     if all_granted:
         with open_workspace() as ws:
             names = granted_datasets(ws, site, purpose)

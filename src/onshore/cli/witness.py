@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from onshore.cli.context import open_workspace
-from onshore.cli.inputs import naming, read_input, read_text_input
+from onshore.cli.inputs import naming, read_input, read_text_input, usage
 from onshore.cli.output import console, err, esc, print_json, table
 from onshore.errors import ValidationError
 from onshore.files import check_output_file
@@ -104,7 +104,7 @@ def add(name: str = typer.Argument(..., help="The witness's name, e.g. kyoto."),
     from onshore.workspace import registry
 
     if (vkey is None) == (directory is None):
-        raise ValidationError("give exactly one of --vkey or --dir")
+        raise usage("give exactly one of --vkey or --dir")
     key = vkey if vkey is not None else Witness.open(directory).vkey  # type: ignore[arg-type]
     with open_workspace() as ws:
         registry.add_witness(ws, name, key)

@@ -7,7 +7,8 @@ task, and writes into ``out``:
   (:func:`onshore.telemetry.frames.frame_schema` plus the environment's extra columns, e.g.
   ``fault``), ``EPISODES_PER_FILE`` episodes per file, one row group per episode, episodes in
   order (task by task, then episode by episode), ``episode_index`` counting from 0;
-- ``<embodiment>.toml``: the embodiment spec; its ``[extra]`` table records the simulator, the
+- ``<embodiment>.toml``: the embodiment spec; its ``[extra]`` table keeps the simulator's named
+  state groups (``groups``, one stem token each in a model) and records the simulator, the
   sensor options and the generator's seed;
 - ``generate.json``: a sidecar with the same record plus tasks, texts, episode seeds and
   package versions.
@@ -175,8 +176,10 @@ def generate(
         "simulator_step_s": sim_env.dt,
         "sensors": sensors.to_dict(),
     }
+    # The simulator's own extra (its named state groups) stays: models trained on this telemetry
+    # build one stem token per named group, not blocks of eight channels.
     emb = Embodiment(name=base.name, control_hz=1.0 / period, state=base.state,
-                     action=base.action, description=base.description, extra=record)
+                     action=base.action, description=base.description, extra={**base.extra, **record})
 
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []

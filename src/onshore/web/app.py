@@ -3,8 +3,15 @@
 Each page is a function in ``onshore.web.pages`` rendered either as HTML (Jinja2, autoescaped:
 every name from the catalog or the ledger is text, never markup) or as JSON when the request asks
 for it (``Accept: application/json`` or ``?format=json``). The app holds one open workspace and
-serialises requests on it; it never decrypts and its only write is the ``data.attest`` entry a
-dataset bundle download records, as ``onshore attest dataset`` does.
+serialises requests on it; it never decrypts and its only write is the ``data.attest`` entry that
+producing a dataset bundle records (a POST, as ``onshore attest dataset`` does; a GET never writes).
+
+The dashboard is a long-running process: every request first calls ``Workspace.refresh`` so that
+a withdrawal, a taint or a stopped server recorded by another process shows on the next page
+load, and the token gate reads the current token digest on every request, so that a token
+re-issued by another process replaces the old one at once. ``Guard`` wraps every response:
+it refuses a Host header that is not the dashboard's (DNS rebinding onto loopback), a cross-origin
+POST, and adds ``X-Content-Type-Options: nosniff`` and a Content-Security-Policy.
 """
 
 from __future__ import annotations
@@ -137,9 +144,14 @@ def wants_json(request: Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
-def create_app(root: Path, token_digest: str | None = None) -> Starlette:
-    """The dashboard over the workspace at ``root``. With ``token_digest`` every request must
-    present the matching token (see ``onshore.web.access``); refused requests are logged."""
+def create_app(root: Path, token_digest: str | None = None, host: str = "127.0.0.1") -> Starlette:
+    """The dashboard over the workspace at ``root``, bound to ``host``.
+
+    With ``token_digest`` (the digest when it started; see ``onshore.web.access``) every request
+    must present the token whose digest the catalog holds at that moment; refused requests are
+    logged. Requests whose Host header names neither ``host`` nor a loopback name are refused
+    (400), unless ``host`` is a wildcard address (then the token is what protects it).
+    """
     root = Path(root)
     ws = Workspace.open(root)
     lock = threading.Lock()
@@ -154,8 +166,9 @@ def create_app(root: Path, token_digest: str | None = None) -> Starlette:
         html = env.get_template(template).render(d=data, workspace=ws.config.name, path=request.url.path, **extra)
         return HTMLResponse(html, status_code=status)
 
-    def read(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def read(fn: Callable[[], Any]) -> Any:
         with lock:  # one request at a time on the shared workspace handle
+            ws.refresh(force=True)  # what other processes recorded since the last request, every time
             return fn()
 
     async def overview(request: Request) -> Response:
@@ -169,7 +182,8 @@ def create_app(root: Path, token_digest: str | None = None) -> Starlette:
         from onshore.attest.bundle import attest_dataset
 
         name = request.path_params["name"]
-        site = request.query_params.get("site") or None
+        form = await request.form()
+        site = str(form.get("site") or request.query_params.get("site") or "") or None
         data = read(lambda: attest_dataset(ws, name, site))
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         return Response(json.dumps(data, indent=2) + "\n", media_type="application/json",
@@ -229,8 +243,10 @@ def create_app(root: Path, token_digest: str | None = None) -> Starlette:
         max_age = parse_duration(max_age_text, "max_age") if max_age_text else None
         trust = TrustRoot.from_text(blobs["trust_root"], "the trust root")
         report = verify_bundle(blobs["bundle"], trust, min_w, max_age)
-        out = report.to_json()  # as `onshore verify --json` prints it
-        return render(request, "verify.html", {"report": out}, as_json=out)
+        out = report.to_json()  # as `onshore verify --json` prints it, plus the current status here
+        current = read(lambda: pages.current_status(ws, out, trust.log_origin, trust.log_vkey))
+        return render(request, "verify.html", {"report": out, "current": current},
+                      as_json={**out, "current_status": current})
 
     async def refuse_errors(request: Request, exc: Exception) -> Response:
         status = 404 if isinstance(exc, NotFoundError) else 400
@@ -239,7 +255,7 @@ def create_app(root: Path, token_digest: str | None = None) -> Starlette:
     app = Starlette(routes=[
         Route("/", overview),
         Route("/datasets/{name:str}", dataset),
-        Route("/datasets/{name:str}/bundle", bundle),
+        Route("/datasets/{name:str}/bundle", bundle, methods=["POST"]),  # it writes: never a GET
         Route("/models/{name:str}", model),
         Route("/reports/{file:str}", report_png),
         Route("/ledger", ledger),
@@ -250,30 +266,105 @@ def create_app(root: Path, token_digest: str | None = None) -> Starlette:
     app.state.workspace = ws
     app.state.verifier = verifier
     if token_digest is not None:
-        app.add_middleware(TokenGate, digest=token_digest)
+        app.add_middleware(TokenGate, current=lambda: access.token_digest(ws))
+    app.add_middleware(Guard, hosts=allowed_hosts(host))  # outermost: every response gets its headers
     return app
 
 
+#: Largest whole number a query may carry: entry indices are 64-bit database integers.
+MAX_INT = 2**63 - 1
+
+
 def _int(text: str | None, field: str) -> int | None:
+    """A query or form value that must be a whole number from 0 to MAX_INT (else 400, naming it)."""
     if text in (None, ""):
         return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValidationError(f"{field}={text!r}: give a whole number") from None
-    if value < 0:
-        raise ValidationError(f"{field}={text!r}: give 0 or more")
-    return value
+    assert text is not None
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_INT:
+        raise ValidationError(f"{field}={text[:40]!r}: give a whole number from 0 to {MAX_INT}")
+    return int(text)
+
+
+def allowed_hosts(host: str) -> frozenset[str] | None:
+    """The names a request's Host header may carry: the bound address and the loopback names;
+    None (any) for a wildcard bind, where the token gate is what protects the dashboard."""
+    if host in ("0.0.0.0", "::", ""):
+        return None
+    return frozenset({host.strip("[]").lower(), "localhost", "127.0.0.1", "::1"})
+
+
+def _host_name(header: str) -> str:
+    """``example.org:7080`` -> ``example.org``; ``[::1]:7080`` -> ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+#: Pages are server-rendered HTML with a stylesheet and images of our own: nothing else may load,
+#: no script may run, no other site may frame them or receive a form.
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+       "base-uri 'none'")
+HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", CSP.encode()),
+           (b"x-frame-options", b"DENY"), (b"referrer-policy", b"same-origin")]
+
+
+class Guard:
+    """Outermost layer: refuses a foreign Host header (400) and a cross-origin POST (403), answers
+    an unexpected error with a plain 500 (logged), and adds ``HEADERS`` to every response."""
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None) -> None:
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), *HEADERS]
+            await send(message)
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host = _host_name(headers.get("host", ""))
+        refusal: tuple[int, str] | None = None
+        if self.hosts is not None and host not in self.hosts:
+            refusal = (400, f"Host {host[:100]!r} is not this dashboard's address; open it by one of "
+                            f"{', '.join(sorted(self.hosts))}")
+        elif scope.get("method") not in ("GET", "HEAD") and "origin" in headers and \
+                headers["origin"].split("://", 1)[-1].lower() != headers.get("host", "").lower():
+            refusal = (403, "a form on another site may not post to this dashboard")
+        if refusal is not None:
+            client = scope.get("client") or ("?", 0)
+            log.warning("refused %s %s from %s:%s: %s", scope.get("method"), scope.get("path"), client[0], client[1],
+                        refusal[1])
+            await JSONResponse({"error": refusal[1]}, status_code=refusal[0])(scope, receive, send_with_headers)
+            return
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            log.exception("error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await JSONResponse({"error": "internal error (logged by the dashboard)"},
+                               status_code=500)(scope, receive, send_with_headers)
 
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 
 class TokenGate:
-    """Refuses (401, logged with the client address) every request without the dashboard token."""
+    """Refuses (401, logged with the client address) every request without the dashboard token.
 
-    def __init__(self, app: ASGIApp, digest: str) -> None:
-        self.app, self.digest = app, digest
+    ``current()`` gives the digest the catalog holds now (None: no token, everything refused); it is
+    read on every request, so a token re-issued by another process replaces the old one at once."""
+
+    def __init__(self, app: ASGIApp, current: Callable[[], str | None]) -> None:
+        self.app, self.current = app, current
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -283,8 +374,10 @@ class TokenGate:
         auth = request.headers.get("authorization", "")
         bearer = auth[7:] if auth.lower().startswith("bearer ") else None
         from_query = request.query_params.get("token")
-        granted = next((p for p in (bearer, request.cookies.get(access.COOKIE), from_query)
-                        if access.token_matches(self.digest, p)), None)
+        digest = self.current()
+        granted = None if digest is None else next(
+            (p for p in (bearer, request.cookies.get(access.COOKIE), from_query) if access.token_matches(digest, p)),
+            None)
         if granted is not None and granted == from_query:
             cookie = f"{access.COOKIE}={granted}; HttpOnly; SameSite=Strict; Path=/".encode()
 

@@ -17,6 +17,7 @@ import pycountry
 from sqlalchemy import LargeBinary, Text, cast, func, literal, select
 
 from onshore.catalog import schema as T
+from onshore.errors import NotFoundError
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger.entries import parse_leaf
 from onshore.ledger.log import StoredEntry, ledger_entries
@@ -107,15 +108,24 @@ def overview(ws: Workspace, now: dt.datetime | None = None) -> dict[str, Any]:
     """Sites grouped by jurisdiction with what sits there, the workspace-wide rules, and the
     refusals of the last 24 hours (newest first)."""
     now = now or dt.datetime.now(dt.UTC)
+    withdrawn = set(ws.ledger_governance().withdrawn)
     with ws.catalog.connect() as conn:
-        per_site = {r[0]: {"datasets": int(r[1]), "frames": int(r[2] or 0), "bytes": int(r[3] or 0)}
-                    for r in conn.execute(select(T.shards.c.site, func.count(T.shards.c.dataset.distinct()),
-                                                 func.sum(T.shards.c.frames), func.sum(T.shards.c.bytes))
-                                          .group_by(T.shards.c.site))}
+        # per site: datasets, frames and bytes still stored; a withdrawn dataset's shards are
+        # noise (its keys are shredded) and are listed apart, not counted as stored
+        per_site: dict[str, dict[str, int]] = {}
+        for site, name, frames, size in conn.execute(
+                select(T.shards.c.site, T.shards.c.dataset, func.sum(T.shards.c.frames), func.sum(T.shards.c.bytes))
+                .group_by(T.shards.c.site, T.shards.c.dataset)):
+            st = per_site.setdefault(site, {"datasets": 0, "frames": 0, "bytes": 0})
+            if name not in withdrawn:
+                st["datasets"] += 1
+                st["frames"] += int(frames or 0)
+                st["bytes"] += int(size or 0)
         names: dict[str, list[str]] = {}
+        gone: dict[str, list[str]] = {}
         for d, s in conn.execute(select(T.shards.c.dataset, T.shards.c.site).distinct()
                                  .order_by(T.shards.c.dataset)):
-            names.setdefault(s, []).append(d)
+            (gone if d in withdrawn else names).setdefault(s, []).append(d)
     model_rows = models.list_models(ws)
     at: dict[str, list[dict[str, Any]]] = {}
     for m in model_rows:
@@ -127,7 +137,7 @@ def overview(ws: Workspace, now: dt.datetime | None = None) -> dict[str, Any]:
         groups.setdefault(site.jurisdiction, []).append({
             "name": site.name, "jurisdiction": site.jurisdiction, "roles": list(site.roles),
             "operator": site.operator, **stats, "dataset_names": names.get(site.name, []),
-            "models": at.get(site.name, [])})
+            "withdrawn_names": gone.get(site.name, []), "models": at.get(site.name, [])})
     rule = ws.jurisdiction
     rules = workspace_cedar(rule)
     cutoff = (now - dt.timedelta(days=1)).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -142,8 +152,8 @@ def overview(ws: Workspace, now: dt.datetime | None = None) -> dict[str, Any]:
         "workspace_sha256": cedar_hash(rules),
         "jurisdictions": [{"code": code, "country": country(code), "allowed_by_rule": rule in (None, code),
                            "sites": sites} for code, sites in sorted(groups.items())],
-        "datasets": dataset_count(ws), "models": [{"name": m["name"], "site": m["site"],
-                                                         "status": m["status"]} for m in model_rows],
+        "datasets": dataset_count(ws) - len(withdrawn), "withdrawn_datasets": sorted(withdrawn),
+        "models": [{"name": m["name"], "site": m["site"], "status": m["status"]} for m in model_rows],
         "ledger_size": ws.ledger.size(), "refusals_last_day": refusals,
     }
 
@@ -164,6 +174,10 @@ def dataset(ws: Workspace, name: str) -> dict[str, Any]:
     """`onshore dataset show --json` plus its Cedar, every decision about it (newest first), key
     releases, copies, exports, withdrawal and shredding, attestations, and derived models with status."""
     out = datasets.show(ws, name)
+    # withdrawn as the signed ledger says (a catalog row could be edited), with the entry's index
+    out["withdrawal_index"] = ws.ledger_governance().withdrawn.get(name)
+    if out["withdrawal_index"] is not None:
+        out["status"] = "withdrawn"
     cedar, digest = ws.dataset_policy(name)
     history: dict[str, list[dict[str, Any]]] = {v: [] for v in _DATA_KINDS.values()}
     decisions: list[dict[str, Any]] = []
@@ -189,20 +203,53 @@ def dataset(ws: Workspace, name: str) -> dict[str, Any]:
 
 def model(ws: Workspace, name: str) -> dict[str, Any]:
     """`onshore model show --json` plus the models fine-tuned from it, its evaluations (the figures
-    each ``model.eval`` entry records) and where it is served (``model.serve`` entries, if any)."""
+    each ``model.eval`` entry records) and its serving runs: ``serving`` lists the runs whose
+    ``model.serve`` start has no stop entry yet, ``serve_runs`` every run (newest first) with its
+    stop, if any. A stopped server is never shown as serving."""
     info = models.show_model(ws, name)
     children = [{"name": m["name"], "site": m["site"], "status": m["status"]}
                 for m in models.list_models(ws) if m["base"] == name]
-    evals, served = [], []
+    evals, starts, stops = [], [], {}
     for n, e in enumerate(entries_newest_first(ws, ("model.eval", "model.serve"), like=(mentioning("model", name),))):
         if n >= HISTORY_SCAN:
             break
         if entry_model(e.entry.body) != name:
             continue
         row = {**e.entry.body, "index": e.index, "time": e.entry.time}
-        (evals if e.entry.kind == "model.eval" else served).append(row)
-    return {**info, "fine_tuned": children, "evaluations": evals, "served": served,
+        if e.entry.kind == "model.eval":
+            evals.append(row)
+        elif row.get("event") == "stop":
+            stops[row.get("start_index")] = row
+        else:
+            starts.append(row)
+    runs = [{"site": r.get("site"), "host": r.get("host"), "port": r.get("port"), "start_index": r["index"],
+             "started": r["time"], "stop_index": stops[r["index"]]["index"] if r["index"] in stops else None,
+             "stopped": stops[r["index"]]["time"] if r["index"] in stops else None} for r in starts]
+    return {**info, "fine_tuned": children, "evaluations": evals,
+            "serving": [r for r in runs if r["stop_index"] is None], "serve_runs": runs,
             "reports": model_reports(ws, name)}
+
+
+def current_status(ws: Workspace, report: dict[str, Any], log_origin: str, log_vkey: str) -> dict[str, Any]:
+    """What this workspace knows now about the dataset or model a verified bundle names, to show
+    beside what the bundle proves (a bundle proves the past; a withdrawal since is not in it).
+    ``known`` is False when the trust root is another workspace's log, or the name is not here."""
+    kind, name = ("model", report.get("model")) if report.get("model") else ("dataset", report.get("dataset"))
+    out: dict[str, Any] = {"kind": kind, "name": name, "known": False, "status": None, "reasons": []}
+    if not name or log_origin != ws.origin or log_vkey != ws.log_vkey:
+        return out
+    try:
+        if kind == "model":
+            st = models.status(ws, name).to_json()
+            out.update(known=True, status=st["label"], reasons=st["reasons"])
+        else:
+            ws.row("dataset", name)
+            index = ws.ledger_governance().withdrawn.get(name)
+            out.update(known=True, status="withdrawn" if index is not None else "active",
+                       reasons=[f"consent withdrawn, ledger entry {index}"] if index is not None else [])
+    except NotFoundError:
+        pass
+    return out
 
 
 def model_reports(ws: Workspace, name: str) -> list[dict[str, Any]]:
