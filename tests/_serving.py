@@ -17,7 +17,7 @@ RECORD_POLICY = """jurisdictions = ["JP"]
 sites = ["tokyo"]
 purposes = ["fine-tuning"]
 expires = 2031-03-31
-derived_models = "keep"
+derived_models = "stop-serving"
 """
 
 

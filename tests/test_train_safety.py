@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from _serving import MODEL, furnace_workspace
-from _training import make_consortium
+from _training import fast, interrupted_run, make_consortium
 from onshore.cli.app import main
 from onshore.errors import IntegrityError, PolicyDenied, ValidationError
 from onshore.model.text import HASHED
-from onshore.train.loop import TrainConfig, TrainRequest, train
+from onshore.train.loop import TrainRequest, train
 from onshore.workspace import Workspace, datasets, models, registry
 
 PRETRAIN = "foundation-pretraining"
@@ -32,32 +32,13 @@ def consortium(tmp_path: Path, telemetry: dict[str, Path]) -> Iterator[Workspace
     ws.close()
 
 
-def fast(steps: int = 6, **kw: object) -> TrainConfig:
-    base = {"steps": steps, "batch_size": 8, "checkpoint_every": 2, "log_every": 1, "precision": "fp32",
-            "text_encoder": HASHED, "warmup": 1}
-    base.update(kw)
-    return TrainConfig(**base)  # type: ignore[arg-type]
-
-
 def entries_since(ws: Workspace, start: int) -> list[dict]:  # type: ignore[type-arg]
-    return [{"kind": e.entry.kind, "index": e.index, **e.entry.body} for e in ws.ledger.entries(start, ws.ledger.size())]
+    return [{"kind": e.entry.kind, "index": e.index, **e.entry.body}
+            for e in ws.ledger.entries(start, ws.ledger.size())]
 
 
 def _folder(ws: Workspace, name: str, site: str = "sakai") -> Path:
     return Path(registry.get_site(ws, site).root) / "models" / name
-
-
-class Interrupted(Exception):
-    """Stands for a kill: the run stops after a checkpoint, leaving its folder as a killed run does."""
-
-
-def interrupted_run(ws: Workspace, req: TrainRequest, after: int) -> None:
-    def stop(step: int, _total: int, _m: dict[str, float]) -> None:
-        if step >= after:
-            raise Interrupted
-    with pytest.raises(Interrupted):
-        train(ws, req, progress=stop)
-    assert models.list_models(ws) == [] or req.name not in {m["name"] for m in models.list_models(ws)}
 
 
 def test_every_decision_comes_before_any_key_and_bad_options_change_nothing(consortium: Workspace) -> None:

@@ -15,9 +15,12 @@ The order of a run, and what each step may touch:
    steps, streaming windows shard by shard (see :mod:`onshore.train.data`).
 5. Every ``checkpoint_every`` steps, a checkpoint (weights, EMA, optimizer, data position)
    under ``SITE_ROOT/models/NAME/checkpoints/``, sealed with the job's key (wrapped under the
-   model's key in the site's custody, ``keyservice.checkpoint_key``), recorded as ``job.checkpoint``. Running the
-   same request again after a crash or ``kill -9`` resumes from the newest checkpoint and ends
-   with the same weights as an uninterrupted run.
+   model's key in the site's custody, ``keyservice.checkpoint_key``), recorded as
+   ``job.checkpoint`` with its datasets. The run holds the lock ``locks/train.NAME.lock`` from
+   its first check to its end, so a second run of the name is refused before it writes
+   anything. Running the same request again after a crash or ``kill -9`` resumes from the newest
+   recorded checkpoint, opened through ``keyservice.release_checkpoint`` (decided and recorded
+   like any key release), and ends with the same weights as an uninterrupted run.
 6. At the end: the EMA weights as ``model.safetensors`` + ``model.json``, sealed under a new
    data key for the artifact (``model/io.py``), ``metrics.csv``, ``loss.png``, ``job.end`` and
    ``model.release`` in the ledger, the model and its lineage in the catalog, the key wrapped for
@@ -60,20 +63,19 @@ from onshore.model.network import (
     parameter_count,
 )
 from onshore.model.text import MINILM, get_encoder
-from onshore.names import check_name
 from onshore.residency.pdp import Request
 from onshore.telemetry.embodiment import Embodiment
 from onshore.train import distributed as D
 from onshore.train.data import Mixer, Scan, normalise, scan
 from onshore.train.metrics import MetricsLog, plot_losses
-from onshore.workspace import attempts, keyservice
+from onshore.workspace import attempts, keyservice, runs
 from onshore.workspace import datasets as wsd
 from onshore.workspace import models as wsm
 from onshore.workspace.registry import get_embodiment, get_site
 from onshore.workspace.workspace import Workspace
 
 CHECKPOINT_STEM = "train"
-CHECKPOINT_KEY_FILE = "key.wrap"  # the job key, wrapped under the model's key in the site's custody
+CHECKPOINT_KEY_FILE = runs.KEY_FILE
 KEEP_CHECKPOINTS = 2
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -298,61 +300,24 @@ def check_model_options(req: TrainRequest) -> ModelConfig | None:
     return cfg
 
 
-def _latest_checkpoint(folder: Path) -> Path | None:
-    ckpts = sorted(p for p in (folder / "checkpoints").glob("step-*") if (p / "digests.json").is_file())
-    return ckpts[-1] if ckpts else None
+def _claim_folder(folder: Path, req: TrainRequest) -> list[Path]:
+    """Create the run folder, or find the unfinished run of the same request; returns its
+    checkpoints, newest first (none for a new run).
 
-
-def _claim_folder(folder: Path, req: TrainRequest) -> Path | None:
-    """Create the run folder, or find the unfinished run of the same request; returns its checkpoint.
-
-    Called only under the model's training lock (:func:`train_lock`), so a folder found here was
-    left by a run that is gone, never by one still writing it.
+    Called only under the model's training lock (``runs.lock_key``), so a folder found here
+    was left by a run that is gone, never by one still writing it.
     """
     run = folder / "run.json"
     if run.is_file():
         if json.loads(run.read_text()) != req.fingerprint():
             raise ValidationError(f"{folder} holds an unfinished run of a different request; rerun the same "
                                   "command to resume it, or remove that folder to start over")
-        return _latest_checkpoint(folder)
+        return runs.sealed_checkpoints(folder)
     if folder.exists():
         shutil.rmtree(folder)  # a run killed before it wrote run.json left nothing to resume
     (folder / "checkpoints").mkdir(parents=True)
     run.write_text(json.dumps(req.fingerprint(), indent=1, sort_keys=True))
-    return None
-
-
-def train_lock_key(name: str) -> str:
-    """The workspace lock a training run of model ``name`` holds from its first check to its end."""
-    return f"train.{check_name(name, 'model')}"
-
-
-def _ledger_checkpoint(ws: Workspace, name: str, path: Path) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
-    """The signed ``job.checkpoint`` entry of the checkpoint at ``path`` and the datasets it was made from.
-
-    Matched by model, step and file digests; the datasets (names, shards, weights) come from that
-    entry or, for an entry written before it carried them, from its job's ``job.start``. Refuses
-    (IntegrityError) a checkpoint the ledger does not record: its files cannot be trusted.
-    """
-    step = int(path.name.split("-", 1)[1])
-    try:
-        on_disk = json.loads((path / "digests.json").read_text())
-    except (OSError, ValueError):
-        on_disk = None
-    found = [e for e in ws.ledger.entries(kinds=("job.checkpoint",))
-             if e.entry.body.get("model") == name and e.entry.body.get("step") == step
-             and e.entry.body.get("files") == on_disk]
-    if not found:
-        raise IntegrityError(f"{path}: no job.checkpoint entry in the ledger records this checkpoint of model "
-                             f"{name!r} at step {step}; remove the run's folder (or run 'onshore doctor --repair') "
-                             "and train again")
-    entry = found[-1]
-    datasets = entry.entry.body.get("datasets")
-    if datasets is None:
-        job = entry.entry.body.get("job")
-        starts = [e for e in ws.ledger.entries(kinds=("job.start",)) if e.entry.body.get("job") == job]
-        datasets = starts[-1].entry.body.get("datasets", []) if starts else []
-    return entry.index, entry.entry.body, list(datasets)
+    return []
 
 
 def _same_datasets(recorded: list[dict[str, Any]], run: list[dict[str, Any]]) -> bool:
@@ -367,6 +332,19 @@ def _run_datasets(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"name": d["name"], "shards": [s["sha256"] for s in d["shards"]]} for d in payload["datasets"]]
 
 
+def _resume_point(ws: Workspace, req: TrainRequest, candidates: list[Path]) -> Path | None:
+    """The newest checkpoint the ledger records; newer ones it does not (a kill between sealing a
+    checkpoint and recording it) are removed, under the run's lock."""
+    for path in candidates:
+        try:
+            runs.ledger_checkpoint(ws, req.name, path)
+        except IntegrityError:
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        return path
+    return None
+
+
 def _open_checkpoint(ws: Workspace, req: TrainRequest, path: Path, payload: dict[str, Any]) -> bytes:
     """The job key of the checkpoint the run resumes from, released by the key service (recorded).
 
@@ -374,7 +352,7 @@ def _open_checkpoint(ws: Workspace, req: TrainRequest, path: Path, payload: dict
     ``run.json`` cannot drop or swap a dataset and launder it out of the lineage); then the key
     service decides every one of them again and releases the key.
     """
-    _, body, recorded = _ledger_checkpoint(ws, req.name, path)
+    _, body, recorded = runs.ledger_checkpoint(ws, req.name, path)
     run = _run_datasets(payload)
     if not _same_datasets(recorded, run):
         raise IntegrityError(
@@ -469,10 +447,10 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
         try:
             # one run per model name, held to the end: a second run is refused before it writes anything
             hold.enter_context(attempts.exclusive(
-                ws, train_lock_key(req.name), f"model {req.name!r} is being trained by another process right now; "
+                ws, runs.lock_key(req.name), f"model {req.name!r} is being trained by another process right now; "
                 "wait for it to finish (a run that is killed can be resumed by rerunning its command)"))
             payload = _prologue(ws, req, world)
-            resume_path = _claim_folder(Path(payload["folder"]), req)
+            resume_path = _resume_point(ws, req, _claim_folder(Path(payload["folder"]), req))
             payload["resume"] = str(resume_path) if resume_path else None
             wrap = Path(payload["folder"]) / "checkpoints" / CHECKPOINT_KEY_FILE
             payload["checkpoint_key"] = (_open_checkpoint(ws, req, resume_path, payload) if resume_path

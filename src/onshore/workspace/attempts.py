@@ -77,11 +77,11 @@ def _lock_path(ws: Workspace, attempt_id: str) -> Path:
     return ws.root / LOCKS_DIR / f"attempt-{attempt_id}.lock"
 
 
-def is_alive(ws: Workspace, attempt_id: str) -> bool:
-    """True while the process running the attempt holds its lock file."""
+def is_locked(path: Path) -> bool:
+    """True while some process holds an exclusive ``flock`` on the file ``path`` (False if none exists)."""
     try:
-        f = open(_lock_path(ws, attempt_id), "a")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
+        f = open(path, "a")  # noqa: SIM115 - closed below
+    except (FileNotFoundError, NotADirectoryError):
         return False
     with f:
         try:
@@ -90,6 +90,11 @@ def is_alive(ws: Workspace, attempt_id: str) -> bool:
             return True
         fcntl.flock(f, fcntl.LOCK_UN)
         return False
+
+
+def is_alive(ws: Workspace, attempt_id: str) -> bool:
+    """True while the process running the attempt holds its lock file."""
+    return is_locked(_lock_path(ws, attempt_id))
 
 
 class Busy(OnshoreError):
@@ -104,17 +109,7 @@ def lock_path(ws: Workspace, key: str) -> Path:
 
 def is_held(ws: Workspace, key: str) -> bool:
     """True while some process holds the workspace lock ``key`` (see :func:`exclusive`)."""
-    try:
-        f = open(lock_path(ws, key), "a")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        return False
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return False
+    return is_locked(lock_path(ws, key))
 
 
 @contextmanager
@@ -364,5 +359,5 @@ def abandoned_indices(ws: Workspace) -> set[int]:
 
 
 __all__ = ["ABANDONED", "Attempt", "Busy", "abandoned_indices", "close", "exclusive", "finish", "guard", "is_alive",
-           "is_held", "ledgered", "lock_path", "open_attempts", "opener", "prepare", "publish", "recover",
+           "is_held", "is_locked", "ledgered", "lock_path", "open_attempts", "opener", "prepare", "publish", "recover",
            "remove_orphans", "start"]

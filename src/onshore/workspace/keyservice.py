@@ -200,14 +200,12 @@ def checkpoint_key(ws: Workspace, model: str, site: str, wrap_file: Path) -> byt
     """A fresh data key to seal the checkpoints of a new training job of ``model`` at ``site``.
 
     Creates a fresh custody key for the model (replacing one a job killed before it wrote its
-    first file left behind) and writes the job key's wrap to ``wrap_file``. Called by the training
-    run, while it holds the model's training lock, after every dataset of the job was decided and
-    released at ``site``; refuses a ``wrap_file`` that exists (a resume opens it with
-    :func:`release_checkpoint`).
+    first file left behind) and writes the job key's wrap to ``wrap_file``, replacing the wrap of a
+    run killed before its first recorded checkpoint. Called by the training run, while it holds
+    the model's training lock, after every dataset of the job was decided and released at
+    ``site``; a resume opens its key with :func:`release_checkpoint` instead.
     """
     check_name(model, "model")
-    if wrap_file.exists():
-        raise ValidationError(f"{wrap_file} exists: a resumed run opens its checkpoints through the key service")
     store = ws.keystore(f"site:{site}")
     if store.has_key("model", model):
         store.destroy_key("model", model)
