@@ -178,8 +178,11 @@ except OnshoreError as e:
 """
 
 
-def test_concurrent_copies_of_one_model_to_one_site(tmp_path: Path) -> None:
-    ws = furnace_workspace(tmp_path)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_concurrent_copies_of_one_model_to_one_site(backend: str, tmp_path: Path,
+                                                    request: pytest.FixtureRequest) -> None:
+    db = request.getfixturevalue("fresh_postgres_db") if backend == "postgres" else None
+    ws = furnace_workspace(tmp_path, db_url=db)
     registry.add_site(ws, "kobe", "JP", "storage,compute,serve")
     root = ws.root
     ws.close()
