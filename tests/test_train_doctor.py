@@ -91,8 +91,8 @@ def _looser_policy(path: Path) -> Path:
     return path
 
 
-def test_recordings_are_no_looser_than_the_model_and_a_killed_server_leaves_no_plaintext(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_recording_is_no_looser_than_the_model_and_names_it(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     ws = furnace_workspace(tmp_path)  # the model's lineage says JP, stop-serving, until 2031-03-31
     try:
         looser = _looser_policy(tmp_path / "looser.toml")
@@ -107,7 +107,25 @@ def test_recordings_are_no_looser_than_the_model_and_a_killed_server_leaves_no_p
                      str(looser), "--record-member", "steelco"]) == 1
         assert "looser than model" in capsys.readouterr().err
 
-        # a recording server killed mid-run: its spool is sealed, and doctor --repair removes it
+        # a recording that stops cleanly names the model in its ingest entry's provenance
+        tok = tokens.issue(ws, "tokyo", "line-1")
+        record = RecordOptions(tmp_path / "record-policy.toml", "steelco", "furnace-run-2")
+        with service.start(ws, MODEL, "tokyo", port=0, record=record) as run, Client(run.url, tok, EMBODIMENT) as c:
+            c.reset(TASK, initial_action=np.array([0.0, 0.0], np.float32))
+            for _ in range(3):
+                c.act(STATE)
+        ingest = ws.ledger.get(run.report.recorded[0]["ledger_index"]).entry  # type: ignore[union-attr]
+        assert ingest.kind == "data.ingest" and ingest.body["dataset"] == "furnace-run-2"
+        assert ingest.body["provenance"]["model"] == MODEL and ingest.body["provenance"]["site"] == "tokyo"
+        spool_root = Path(registry.get_site(ws, "tokyo").root) / "runs" / ".spool"
+        assert not any(spool_root.iterdir())
+    finally:
+        ws.close()
+
+
+def test_a_recording_server_killed_mid_run_leaves_no_plaintext(tmp_path: Path) -> None:
+    ws = furnace_workspace(tmp_path)
+    try:
         tok = tokens.issue(ws, "tokyo", "line-1")
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "onshore", "-w", str(ws.root), "serve", MODEL, "--site",
@@ -143,17 +161,6 @@ def test_recordings_are_no_looser_than_the_model_and_a_killed_server_leaves_no_p
         found = _by_check(doctor.run(ws), "recordings")
         assert len(found) == 1 and "sealed file(s)" in found[0].problem and "PLAINTEXT" not in found[0].problem
         assert all(f.repaired for f in _by_check(doctor.run(ws, repair=True), "recordings"))
-        assert not any(spool_root.iterdir())
-
-        # a recording that stops cleanly names the model in its ingest entry's provenance
-        record = RecordOptions(tmp_path / "record-policy.toml", "steelco", "furnace-run-2")
-        with service.start(ws, MODEL, "tokyo", port=0, record=record) as run, Client(run.url, tok, EMBODIMENT) as c:
-            c.reset(TASK, initial_action=np.array([0.0, 0.0], np.float32))
-            for _ in range(3):
-                c.act(STATE)
-        ingest = ws.ledger.get(run.report.recorded[0]["ledger_index"]).entry  # type: ignore[union-attr]
-        assert ingest.kind == "data.ingest" and ingest.body["dataset"] == "furnace-run-2"
-        assert ingest.body["provenance"]["model"] == MODEL and ingest.body["provenance"]["site"] == "tokyo"
         assert not any(spool_root.iterdir())
     finally:
         ws.close()
