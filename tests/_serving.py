@@ -17,13 +17,14 @@ RECORD_POLICY = """jurisdictions = ["JP"]
 sites = ["tokyo"]
 purposes = ["fine-tuning"]
 expires = 2031-03-31
-derived_models = "keep"
+derived_models = "stop-serving"
 """
 
 
-def furnace_workspace(root: Path, clause: str = "stop-serving") -> Workspace:
-    """Furnace telemetry of steelco at sakai under a JP policy, a tiny model trained on it, copied to tokyo."""
-    ws = Workspace.init(root / "ws", "serve-test")
+def furnace_workspace(root: Path, clause: str = "stop-serving", db_url: str | None = None) -> Workspace:
+    """Furnace telemetry of steelco at sakai under a JP policy, a tiny model trained on it, copied to tokyo
+    (catalog and ledger in the database ``db_url`` when given, else SQLite)."""
+    ws = Workspace.init(root / "ws", "serve-test", catalog_url=db_url, ledger_url=db_url)
     build_consortium(ws, root)
     policy = root / "furnace-policy.toml"
     policy.write_text(POLICY_JP.replace('"stop-serving"', f'"{clause}"'))

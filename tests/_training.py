@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from onshore.workspace import Workspace, datasets, registry
+import pytest
+
+from onshore.model.text import HASHED
+from onshore.train.loop import TrainConfig, TrainRequest, train
+from onshore.workspace import Workspace, datasets, models, registry
 
 POLICY = """jurisdictions = ["JP"]
 sites = []
@@ -44,3 +48,25 @@ def make_consortium(root: Path, telemetry: dict[str, Path], shard_frames: int | 
         finally:
             datasets.SHARD_FRAMES = old
     return ws
+
+
+def fast(steps: int = 6, **kw: object) -> TrainConfig:
+    """A few tiny steps with a checkpoint every two (for tests of runs, not of learning)."""
+    base = {"steps": steps, "batch_size": 8, "checkpoint_every": 2, "log_every": 1, "precision": "fp32",
+            "text_encoder": HASHED, "warmup": 1}
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+class Interrupted(Exception):
+    """Stands for a kill: the run stops after a checkpoint, leaving its folder as a killed run does."""
+
+
+def interrupted_run(ws: Workspace, req: TrainRequest, after: int) -> None:
+    """Run ``req`` until step ``after`` and stop it there, as if killed; no model is released."""
+    def stop(step: int, _total: int, _m: dict[str, float]) -> None:
+        if step >= after:
+            raise Interrupted
+    with pytest.raises(Interrupted):
+        train(ws, req, progress=stop)
+    assert req.name not in {m["name"] for m in models.list_models(ws)}

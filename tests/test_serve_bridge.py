@@ -25,7 +25,7 @@ from onshore.train.loop import TrainConfig, TrainRequest, train
 from onshore.workspace import Workspace, datasets, models
 
 RECORD_POLICY = ('jurisdictions = ["JP"]\nsites = ["tokyo"]\npurposes = ["fine-tuning"]\nexpires = 2031-03-31\n'
-                 'derived_models = "keep"\n')
+                 'derived_models = "stop-serving"\n')
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ and the run comes back as a resident dataset.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -145,8 +146,11 @@ def _serve_and_bridge(ws, c: Console, head, directory: Path) -> None:  # type: i
     c.print(f"[green]allowed[/] copy of consortium-tiny {out['from']} -> {out['to']} (JP), where it will be served")
     token = tokens.issue(ws, "tokyo", "line-1-bridge")
     record_policy = directory / "members" / MEMBERS[0].name / "run-policy.toml"
-    record_policy.write_text('jurisdictions = ["JP"]\nsites = ["tokyo"]\npurposes = ["fine-tuning"]\n'
-                             'expires = 2031-03-31\nderived_models = "keep"\n')
+    # a recording may go no further than the model's effective policy: the member narrows it to tokyo
+    eff = models.effective(ws, "consortium-tiny")
+    record_policy.write_text(f'jurisdictions = {json.dumps(list(eff.jurisdictions))}\nsites = ["tokyo"]\n'
+                             f'purposes = {json.dumps(list(eff.purposes))}\nexpires = {eff.expires.isoformat()}\n'
+                             f'derived_models = "{eff.derived_models}"\n')
     record = RecordOptions(record_policy, MEMBERS[0].name, "kansai-line-1-run")
     plant = SimPlant("metaworld", "pick-place-v3", seed=7, estop_at=50)
     with service.start(ws, "consortium-tiny", "tokyo", port=0, record=record) as run, PlantThread(plant) as pt:

@@ -27,7 +27,7 @@ KINDS = {
     "data": ("data.ingest", "data.copy", "data.export", "data.read", "key.release", "key.shred", "data.attest",
              "data.abandoned"),
     "decision": ("decision",),
-    "job": ("job.start", "job.end", "job.checkpoint"),
+    "job": ("job.start", "job.end", "job.checkpoint", "job.abandoned"),
     "model": ("model.release", "model.copy", "model.export", "model.eval", "model.use", "model.attest", "model.taint",
               "model.serve"),
 }

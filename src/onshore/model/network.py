@@ -32,6 +32,7 @@ so a model file alone is enough to act.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -106,7 +107,8 @@ def parse_model_options(items: list[str]) -> tuple[tuple[str, Any], ...]:
     """``KEY=VALUE`` strings (``onshore train --model-option``) as typed overrides of a config.
 
     Refused: an unknown key, ``size`` (that is ``--config``), a value of the wrong type, a
-    whole number below 1 or a negative (or NaN) real.
+    whole number below 1, a negative, infinite or NaN real (the network itself is checked by a dry
+    run in ``onshore.train.loop.check_model_options``).
     """
     out: dict[str, Any] = {}
     for item in items:
@@ -125,8 +127,9 @@ def parse_model_options(items: list[str]) -> tuple[tuple[str, Any], ...]:
                 value = kind(raw)
         except ValueError:
             raise ValidationError(f"--model-option {item!r}: {key} takes a {kind.__name__}") from None
-        if (kind is int and value < 1) or (kind is float and not value >= 0):  # NaN fails too
-            raise ValidationError(f"--model-option {item!r}: {key} must be {'>= 1' if kind is int else '>= 0'}")
+        if (kind is int and value < 1) or (kind is float and not (math.isfinite(value) and value >= 0)):
+            raise ValidationError(f"--model-option {item!r}: {key} must be "
+                                  f"{'>= 1' if kind is int else 'a finite number >= 0'}")
         out[key] = value
     return tuple(out.items())
 

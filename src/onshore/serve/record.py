@@ -3,33 +3,78 @@
 Each session of the policy server is one episode per ``reset``: for every ``act`` the state that
 arrived, the command sent back (after the envelope), the interventions as a bit set (see
 :func:`onshore.serve.envelope.bits`), and the deadline misses and bridge interventions the
-client reported. Finished episodes are spooled as Parquet under the serving site's folder
-(``runs/.spool/RUN``), so memory does not grow with a long run; when the server stops they are
-ingested as a resident dataset at the serving site under the usage policy the member names
-(``--record-policy``), one dataset per embodiment, and the spool is deleted. States are
+client reported. Finished episodes are spooled under the serving site's folder
+(``runs/.spool/RUN``), so memory does not grow with a long run: each episode is a Parquet file
+sealed (``keys/sealed.py``) under a data key that lives only in the server's memory, so a server
+killed mid-run leaves noise, never plaintext telemetry (``onshore doctor --repair`` removes it;
+the server holds ``RUN/.lock`` while it runs, so a live spool is told from a dead one). When the
+server stops the episodes are opened in anonymous memory files (``memfd``, gone with the
+process) and ingested as a resident dataset at the serving site under the usage policy the member
+names (``--record-policy``, which may not be looser than the model's effective policy), one
+dataset per embodiment, whose ``data.ingest`` entry names the model in its ``provenance``; then
+the spool is deleted, ingested or not (no one else could open it). States are
 recorded as the machine reported them (values outside the channel limits are kept and counted
 in the ingest entry); commands are always inside the limits, since the envelope made them.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
+import tempfile
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from onshore.keys.envelope import new_data_key
+from onshore.keys.sealed import seal, unseal
 from onshore.telemetry import frames as F
+from onshore.workspace.paths import SPOOL_LOCK
 
 INTERVENTIONS = "envelope.interventions"
 DEADLINE_MISSES = "bridge.deadline_misses"
 BRIDGE_INTERVENTIONS = "bridge.interventions"
 EXTRA = {INTERVENTIONS: pa.int64(), DEADLINE_MISSES: pa.int64(), BRIDGE_INTERVENTIONS: pa.int64()}
+#: what a spooled episode is called: sealed Parquet
+SEALED_SUFFIX = ".parquet.sealed"
+
+
+def _context(run_id: str, name: str) -> bytes:
+    return f"onshore-recording:v1:{run_id}:{name}".encode()
+
+
+@contextmanager
+def _in_memory(blobs: list[tuple[str, bytes]], spare: Path) -> Iterator[list[Path]]:
+    """Paths to files holding ``blobs`` that exist only in this process's memory (Linux ``memfd``;
+    elsewhere a private temporary folder under ``spare``, removed on the way out)."""
+    if hasattr(os, "memfd_create"):
+        fds: list[int] = []
+        try:
+            for name, data in blobs:
+                fd = os.memfd_create(name, os.MFD_CLOEXEC)
+                fds.append(fd)
+                with os.fdopen(os.dup(fd), "wb") as f:
+                    f.write(data)
+            yield [Path(f"/proc/self/fd/{fd}") for fd in fds]
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(dir=spare) as tmp:
+        paths = []
+        for name, data in blobs:
+            (Path(tmp) / name).write_bytes(data)
+            paths.append(Path(tmp) / name)
+        yield paths
 
 
 @dataclass(frozen=True)
@@ -67,6 +112,15 @@ class Recorder:
         self._next = 0
         self.files: dict[str, list[Path]] = {}
         self.frames = 0
+        self._key = new_data_key()  # in memory only: what a killed server leaves cannot be opened
+        self._held: IO[str] | None = None
+
+    def _claim_spool(self) -> None:
+        # the folder and its lock come into being together, before the first file (under self._lock)
+        if self._held is None:
+            self.spool.mkdir(parents=True, exist_ok=True)
+            self._held = open(self.spool / SPOOL_LOCK, "w")  # noqa: SIM115 - held for the recorder's life
+            fcntl.flock(self._held, fcntl.LOCK_EX)
 
     def begin(self, embodiment: str, task: str, now: float) -> _Episode:
         return _Episode(embodiment, task, now)
@@ -107,29 +161,47 @@ class Recorder:
             DEADLINE_MISSES: np.asarray(ep.misses, dtype=np.int64),
             BRIDGE_INTERVENTIONS: np.asarray(ep.bridge, dtype=np.int64),
         })
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf)
+        with self._lock:
+            self._claim_spool()
         folder = self.spool / ep.embodiment
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"episode-{index:06d}.parquet"
-        pq.write_table(table, path)
+        path = folder / f"episode-{index:06d}{SEALED_SUFFIX}"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(seal(self._key, buf.getvalue().to_pybytes(), _context(self.run_id, path.name)))
+        tmp.rename(path)
         with self._lock:
             self.files.setdefault(ep.embodiment, []).append(path)
 
     def ingest(self, ws: Any, site: str, model: str, options: RecordOptions) -> list[dict[str, Any]]:
         """Ingest the spooled episodes at ``site``: one dataset per embodiment; returns
         [{dataset, embodiment, episodes, frames, ledger_index}] (empty when nothing was recorded).
-        The spool is removed once every dataset is in."""
+        Each ``data.ingest`` entry names the model in its ``provenance``. The spool is removed
+        afterwards whatever happened: its key dies with this process, so no one could open it."""
         from onshore.workspace import datasets
 
         out = []
         base = options.dataset or f"{model}-run-{self.run_id}"
-        for emb, paths in sorted(self.files.items()):
-            name = base if len(self.files) == 1 else f"{base}-{emb}"
-            r = datasets.ingest(ws, name, options.member, site, options.policy, emb, sorted(paths),
-                                allow_out_of_limits=True)
-            out.append({"dataset": name, "embodiment": emb, "episodes": r.episodes, "frames": r.frames,
-                        "ledger_index": r.ledger_indices[-1]})
-        self.discard()
+        provenance = {"model": model, "site": site, "action": "serve", "recording": self.run_id}
+        try:
+            for emb, paths in sorted(self.files.items()):
+                name = base if len(self.files) == 1 else f"{base}-{emb}"
+                blobs = [(p.name.removesuffix(".sealed"), unseal(self._key, p.read_bytes(),
+                                                                 _context(self.run_id, p.name), str(p)))
+                         for p in sorted(paths)]
+                with _in_memory(blobs, self.spool) as plain:
+                    r = datasets.ingest(ws, name, options.member, site, options.policy, emb, plain,
+                                        allow_out_of_limits=True, provenance=provenance)
+                out.append({"dataset": name, "embodiment": emb, "episodes": r.episodes, "frames": r.frames,
+                            "ledger_index": r.ledger_indices[-1]})
+        finally:
+            self.discard()
         return out
 
     def discard(self) -> None:
         shutil.rmtree(self.spool, ignore_errors=True)
+        with self._lock:
+            if self._held is not None:
+                self._held.close()
+                self._held = None

@@ -21,11 +21,14 @@ from typing import Any
 
 from onshore.errors import OnshoreError, ValidationError
 from onshore.names import check_name
-from onshore.residency.policy import load_policy
+from onshore.residency.modelpolicy import EffectivePolicy, strictest_clause
+from onshore.residency.policy import UsagePolicy, load_policy
 from onshore.serve.loading import ServedModel, load_served_model
 from onshore.serve.record import Recorder, RecordOptions
 from onshore.serve.server import PolicyServer, ServerLimits
 from onshore.serve.tokens import TokenTable
+from onshore.workspace import models as wsm
+from onshore.workspace.paths import RECORDING_SPOOL
 from onshore.workspace.registry import get_site
 from onshore.workspace.workspace import Workspace
 
@@ -97,11 +100,13 @@ class Running:
         self.stop()
 
 
-def _check_record(ws: Workspace, site: str, record: RecordOptions) -> None:
+def _check_record(ws: Workspace, site: str, record: RecordOptions, model: str | None = None) -> None:
     """Refuse, before serving, a recording that could not be ingested: unknown member, a bad
-    policy file, a dataset name taken or malformed, a site that stores nothing."""
+    policy file, a dataset name taken or malformed, a site that stores nothing; and a recording
+    policy looser than ``model``'s effective policy (what a served run did is derived from the
+    model, so it may go no further than the model's lineage allows), naming each looser field."""
     ws.row("member", record.member)
-    load_policy(record.policy)
+    policy, _ = load_policy(record.policy)
     if record.dataset is not None:
         check_name(record.dataset, "dataset")
         try:
@@ -114,6 +119,34 @@ def _check_record(ws: Workspace, site: str, record: RecordOptions) -> None:
     if "storage" not in get_site(ws, site).roles:
         raise ValidationError(f"site {site!r} has no storage role, so a recording cannot be kept there; serve "
                               "without --record-policy or at a site with roles serve,storage")
+    if model is not None:
+        looser = _looser_fields(policy, wsm.effective(ws, model),
+                                all(d.policy.redistribution for d in wsm.lineage_datasets(ws, model)))
+        if looser:
+            raise ValidationError(f"{record.policy}: the recording's policy is looser than model {model!r}'s effective "
+                                  f"policy in {'; '.join(looser)}; narrow those fields (see 'onshore model show "
+                                  f"{model}')")
+
+
+def _looser_fields(policy: UsagePolicy, eff: EffectivePolicy, redistributable: bool) -> list[str]:
+    """Each field where ``policy`` allows more than ``eff`` (with what it adds)."""
+    out = []
+    extra = sorted(set(policy.jurisdictions) - set(eff.jurisdictions))
+    if extra:
+        out.append(f"jurisdictions (adds {', '.join(extra)}; the model allows {', '.join(eff.jurisdictions)})")
+    if eff.sites is not None and (not policy.sites or set(policy.sites) - set(eff.sites)):
+        out.append(f"sites (the model allows only {', '.join(eff.sites) or 'none'})")
+    extra = sorted(set(policy.purposes) - set(eff.purposes))
+    if extra:
+        out.append(f"purposes (adds {', '.join(extra)}; the model allows {', '.join(eff.purposes)})")
+    if policy.expires > eff.expires:
+        out.append(f"expires ({policy.expires.isoformat()} is after the model's {eff.expires.isoformat()})")
+    if policy.derived_models != eff.derived_models and \
+            strictest_clause([policy.derived_models, eff.derived_models]) != policy.derived_models:
+        out.append(f"derived_models ({policy.derived_models!r} is weaker than the model's {eff.derived_models!r})")
+    if policy.redistribution and not redistributable:
+        out.append("redistribution (a lineage dataset does not allow it)")
+    return out
 
 
 def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: int = 7070,
@@ -126,10 +159,10 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
     ``_check_record``); a port that cannot be bound (``OnshoreError``).
     """
     if record is not None:
-        _check_record(ws, site, record)
+        _check_record(ws, site, record, model)
     served = loader(ws, model, site, purpose)
     tokens = TokenTable(ws, site)
-    recorder = Recorder(Path(get_site(ws, site).root) / "runs" / ".spool") if record is not None else None
+    recorder = Recorder(Path(get_site(ws, site).root) / RECORDING_SPOOL) if record is not None else None
     server = PolicyServer(served, tokens, limits, recorder)
     loop = asyncio.new_event_loop()
     started: dict[str, Any] = {}

@@ -15,9 +15,12 @@ The order of a run, and what each step may touch:
    steps, streaming windows shard by shard (see :mod:`onshore.train.data`).
 5. Every ``checkpoint_every`` steps, a checkpoint (weights, EMA, optimizer, data position)
    under ``SITE_ROOT/models/NAME/checkpoints/``, sealed with the job's key (wrapped under the
-   model's key in the site's custody, ``keyservice.checkpoint_key``), recorded as ``job.checkpoint``. Running the
-   same request again after a crash or ``kill -9`` resumes from the newest checkpoint and ends
-   with the same weights as an uninterrupted run.
+   model's key in the site's custody, ``keyservice.checkpoint_key``), recorded as
+   ``job.checkpoint`` with its datasets. The run holds the lock ``locks/train.NAME.lock`` from
+   its first check to its end, so a second run of the name is refused before it writes
+   anything. Running the same request again after a crash or ``kill -9`` resumes from the newest
+   recorded checkpoint, opened through ``keyservice.release_checkpoint`` (decided and recorded
+   like any key release), and ends with the same weights as an uninterrupted run.
 6. At the end: the EMA weights as ``model.safetensors`` + ``model.json``, sealed under a new
    data key for the artifact (``model/io.py``), ``metrics.csv``, ``loss.png``, ``job.end`` and
    ``model.release`` in the ledger, the model and its lineage in the catalog, the key wrapped for
@@ -30,6 +33,7 @@ decay to ``min_lr_ratio``, gradient clipping, EMA of the weights with a warm-up
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -37,7 +41,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +49,8 @@ import numpy as np
 import torch
 
 import onshore
-from onshore.errors import OnshoreError, PolicyDenied, ValidationError
+from onshore import errors
+from onshore.errors import IntegrityError, OnshoreError, PolicyDenied, ValidationError
 from onshore.keys.envelope import new_data_key
 from onshore.model import io
 from onshore.model import policy as mp
@@ -58,18 +63,19 @@ from onshore.model.network import (
     parameter_count,
 )
 from onshore.model.text import MINILM, get_encoder
+from onshore.residency.pdp import Request
 from onshore.telemetry.embodiment import Embodiment
 from onshore.train import distributed as D
 from onshore.train.data import Mixer, Scan, normalise, scan
 from onshore.train.metrics import MetricsLog, plot_losses
+from onshore.workspace import attempts, keyservice, runs
 from onshore.workspace import datasets as wsd
-from onshore.workspace import keyservice
 from onshore.workspace import models as wsm
 from onshore.workspace.registry import get_embodiment, get_site
 from onshore.workspace.workspace import Workspace
 
 CHECKPOINT_STEM = "train"
-CHECKPOINT_KEY_FILE = "key.wrap"  # the job key, wrapped under the model's key in the site's custody
+CHECKPOINT_KEY_FILE = runs.KEY_FILE
 KEEP_CHECKPOINTS = 2
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -100,6 +106,10 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValidationError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {v}")
+        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "ema_decay", "holdout"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValidationError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
         if not 0 <= self.holdout < 1:
             raise ValidationError(f"--holdout must be in [0, 1), got {self.holdout}")
         if not self.lr > 0 or not 0 <= self.ema_decay < 1 or self.warmup < 0:
@@ -204,15 +214,23 @@ def _to_torch(batch: dict[str, dict[str, np.ndarray]], device: torch.device) -> 
 # ---- the prologue: decisions, keys, folder (rank 0), handed to every rank -----------------------------
 
 def _prologue(ws: Workspace, req: TrainRequest, world: D.World) -> dict[str, Any]:
-    """Rank 0's checks, decisions and key releases; returns what every rank needs to train."""
+    """Rank 0's checks, decisions and key releases; returns what every rank needs to train.
+
+    Every decision comes before any key is released: a fine-tune's base model is decided first
+    and, if it is refused, every dataset is still decided (so the refusal names every rule) and
+    nothing is released; otherwise ``open_resident`` decides every dataset before releasing any,
+    and only then is the base model's key released.
+    """
     wsm.check_new_name(ws, req.name)
     site = get_site(ws, req.site)
+    if req.base is not None:
+        _decide_base(ws, req)
+    opened = wsd.open_resident(ws, list(req.datasets), req.site, req.purpose, "train")
     base_info = None
     if req.base is not None:
         base = wsm.open_model(ws, req.base, req.site, "train", req.purpose)
         base_info = {"folder": str(base.folder), "files": base.files, "sealed": base.sealed, "name": req.base,
                      "key": base.key, "context": base.context}
-    opened = wsd.open_resident(ws, list(req.datasets), req.site, req.purpose, "train")
     embodiments = {d.embodiment: get_embodiment(ws, d.embodiment).to_dict() for d in opened}
     folder = Path(site.root) / "models" / req.name
     return {
@@ -224,24 +242,127 @@ def _prologue(ws: Workspace, req: TrainRequest, world: D.World) -> dict[str, Any
     }
 
 
-def _latest_checkpoint(folder: Path) -> Path | None:
-    ckpts = sorted(p for p in (folder / "checkpoints").glob("step-*") if (p / "digests.json").is_file())
-    return ckpts[-1] if ckpts else None
+def _decide_base(ws: Workspace, req: TrainRequest) -> None:
+    """Decide ``train`` on the base model (recorded); on a refusal decide the datasets too and
+    raise PolicyDenied naming every refused rule, with no key released."""
+    assert req.base is not None
+    decision, index = wsm.decide(ws, req.base, "train", req.site, req.purpose)
+    if decision.allowed:
+        return
+    for n in req.datasets:
+        ws.row("dataset", n)
+    decided = ws.decide_many([Request(f"site:{req.site}", "train", n, req.site, req.purpose) for n in req.datasets])
+    refused = [(f"base model {req.base!r}", decision, index)]
+    refused += [(f"dataset {n!r}", d, i) for n, (d, i) in zip(req.datasets, decided, strict=True) if not d.allowed]
+    raise PolicyDenied(f"refused: train at site {req.site} for purpose {req.purpose!r}: " + "; ".join(
+        f"{what}: rule(s) {', '.join(d.rules)} (ledger entry {i})" for what, d, i in refused),
+        sorted({r for _, d, _ in refused for r in d.rules}))
 
 
-def _claim_folder(folder: Path, req: TrainRequest) -> Path | None:
-    """Create the run folder, or find the unfinished run of the same request; returns its checkpoint."""
+def check_model_options(req: TrainRequest) -> ModelConfig | None:
+    """Refuse, before anything is decided or read, model options that cannot make a network.
+
+    Each option must have its field's type, whole numbers >= 1, reals finite and >= 0 (no NaN,
+    no infinity); then the network is built in a dry run (on the ``meta`` device: no memory, no
+    weights) and one window is passed through it, so e.g. ``d_model=63`` with 4 heads is refused
+    here. A fine-tune keeps its base model's configuration: options are refused with ``base``.
+    Returns the configuration (None for a fine-tune).
+    """
+    if req.base is not None:
+        if req.model_overrides:
+            raise ValidationError("a fine-tune keeps its base model's configuration; drop the model options")
+        return None
+    cfg = model_config(req.size, **dict(req.model_overrides))
+    named = ", ".join(f"{k}={v}" for k, v in req.model_overrides) or f"--config {req.size}"
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name == "size":
+            continue
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int) and v < 1:
+            raise ValidationError(f"model option {f.name}={v}: must be a whole number >= 1")
+        if isinstance(v, float) and not (math.isfinite(v) and v >= 0):
+            raise ValidationError(f"model option {f.name}={v}: must be a finite number >= 0")
+    state_dim, action_dim = 3, 2
+    spec = EmbodimentSpec("dry-run", state_dim, action_dim, (("all", tuple(range(state_dim))),),
+                          (0.0,) * state_dim, (1.0,) * state_dim, (-1.0,) * action_dim, (1.0,) * action_dim)
+    try:
+        with torch.device("meta"):
+            net = FoundationModel(cfg, [spec])
+            prev = torch.zeros(1, cfg.history, action_dim) if cfg.action_feedback else None
+            known = torch.ones(1, cfg.history) if cfg.action_feedback else None
+            net.predict("dry-run", torch.zeros(1, cfg.history, state_dim), torch.zeros(1, cfg.text_dim), prev, known)
+    except ValidationError as e:
+        raise ValidationError(f"model options {named}: {e}") from None
+    except (RuntimeError, ValueError, TypeError, ArithmeticError, IndexError) as e:
+        raise ValidationError(f"model options {named} do not make a network: {e}") from None
+    return cfg
+
+
+def _claim_folder(folder: Path, req: TrainRequest) -> list[Path]:
+    """Create the run folder, or find the unfinished run of the same request; returns its
+    checkpoints, newest first (none for a new run).
+
+    Called only under the model's training lock (``runs.lock_key``), so a folder found here
+    was left by a run that is gone, never by one still writing it.
+    """
     run = folder / "run.json"
     if run.is_file():
         if json.loads(run.read_text()) != req.fingerprint():
             raise ValidationError(f"{folder} holds an unfinished run of a different request; rerun the same "
                                   "command to resume it, or remove that folder to start over")
-        return _latest_checkpoint(folder)
+        return runs.sealed_checkpoints(folder)
     if folder.exists():
         shutil.rmtree(folder)  # a run killed before it wrote run.json left nothing to resume
     (folder / "checkpoints").mkdir(parents=True)
     run.write_text(json.dumps(req.fingerprint(), indent=1, sort_keys=True))
+    return []
+
+
+def _same_datasets(recorded: list[dict[str, Any]], run: list[dict[str, Any]]) -> bool:
+    """Whether a checkpoint's recorded datasets are the run's: same names, order and shard digests."""
+    def key(ds: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+        return [(str(d.get("name")), sorted(map(str, d.get("shards") or []))) for d in ds]
+    return key(recorded) == key(run)
+
+
+def _run_datasets(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's datasets as a checkpoint records them: name and shard digests, in order."""
+    return [{"name": d["name"], "shards": [s["sha256"] for s in d["shards"]]} for d in payload["datasets"]]
+
+
+def _resume_point(ws: Workspace, req: TrainRequest, candidates: list[Path]) -> Path | None:
+    """The newest checkpoint the ledger records; newer ones it does not (a kill between sealing a
+    checkpoint and recording it) are removed, under the run's lock."""
+    for path in candidates:
+        try:
+            runs.ledger_checkpoint(ws, req.name, path)
+        except IntegrityError:
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        return path
     return None
+
+
+def _open_checkpoint(ws: Workspace, req: TrainRequest, path: Path, payload: dict[str, Any]) -> bytes:
+    """The job key of the checkpoint the run resumes from, released by the key service (recorded).
+
+    The signed ledger's record of the checkpoint's datasets must be exactly the run's (an edited
+    ``run.json`` cannot drop or swap a dataset and launder it out of the lineage); then the key
+    service decides every one of them again and releases the key.
+    """
+    _, body, recorded = runs.ledger_checkpoint(ws, req.name, path)
+    run = _run_datasets(payload)
+    if not _same_datasets(recorded, run):
+        raise IntegrityError(
+            f"{path}: the ledger records this checkpoint of model {req.name!r} as made from "
+            f"{[d.get('name') for d in recorded]}, but this run reads {[d['name'] for d in run]}: a resumed run "
+            "keeps its datasets; rerun the original command, or remove the run's folder (or run 'onshore doctor "
+            "--repair') to start over")
+    rel = keyservice.release_checkpoint(ws, req.name, req.site, req.purpose, [d["name"] for d in recorded],
+                                        int(body["step"]), path.parent / CHECKPOINT_KEY_FILE)
+    return rel.key
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------
@@ -302,38 +423,48 @@ def train(ws: Workspace | None, req: TrainRequest, progress: Progress | None = N
         raise ValidationError("name at least one dataset (--datasets) or use --all-granted")
     if req.weights and len(req.weights) != len(req.datasets):
         raise ValidationError("give one weight per dataset")
-    if req.base is None:
-        model_config(req.size, **dict(req.model_overrides))  # an unknown size or option: refused before any read
+    check_model_options(req)  # a network these options cannot make: refused before anything is decided
     say = log or (lambda _m: None)
     world = D.setup(device)
     try:
-        return _train(ws, req, world, progress, say)
+        with contextlib.ExitStack() as hold:
+            return _train(ws, req, world, progress, say, hold)
     finally:
         D.teardown(world)
 
 
 def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Progress | None,
-           say: Callable[[str], None]) -> TrainResult | None:
+           say: Callable[[str], None], hold: contextlib.ExitStack) -> TrainResult | None:
     tc = req.train
     # -- prologue on rank 0, result or error broadcast to all --
     payload: dict[str, Any] | None = None
-    error: tuple[int, str, list[str]] | None = None
+    error: tuple[str, str, list[str]] | None = None
+    failed: OnshoreError | None = None
     resume_path: Path | None = None
     if world.main:
         if ws is None:
             raise ValidationError("rank 0 needs a workspace")
         try:
+            # one run per model name, held to the end: a second run is refused before it writes anything
+            hold.enter_context(attempts.exclusive(
+                ws, runs.lock_key(req.name), f"model {req.name!r} is being trained by another process right now; "
+                "wait for it to finish (a run that is killed can be resumed by rerunning its command)"))
             payload = _prologue(ws, req, world)
-            resume_path = _claim_folder(Path(payload["folder"]), req)
+            resume_path = _resume_point(ws, req, _claim_folder(Path(payload["folder"]), req))
             payload["resume"] = str(resume_path) if resume_path else None
-            payload["checkpoint_key"] = keyservice.checkpoint_key(
-                ws, req.name, req.site, Path(payload["folder"]) / "checkpoints" / CHECKPOINT_KEY_FILE)
+            wrap = Path(payload["folder"]) / "checkpoints" / CHECKPOINT_KEY_FILE
+            payload["checkpoint_key"] = (_open_checkpoint(ws, req, resume_path, payload) if resume_path
+                                         else keyservice.checkpoint_key(ws, req.name, req.site, wrap))
         except OnshoreError as e:
-            error = (e.exit_code, str(e), list(getattr(e, "rules", [])))
+            failed = e
+            error = (type(e).__name__, str(e), list(getattr(e, "rules", [])))
     payload, error = D.broadcast(world, (payload, error))
     if error is not None:
-        code, msg, rules = error
-        raise PolicyDenied(msg, rules) if code == 3 else OnshoreError(msg)
+        if failed is not None:
+            raise failed
+        kind, msg, rules = error  # the other ranks raise the same kind of error
+        cls = getattr(errors, kind, OnshoreError)
+        raise PolicyDenied(msg, rules) if cls is PolicyDenied else cls(msg)
     assert payload is not None
     folder = Path(payload["folder"])
     resume_path = Path(payload["resume"]) if payload["resume"] else None
@@ -352,6 +483,12 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
     ckpt_meta: dict[str, Any] | None = None
     if resume_path is not None:
         ckpt_tensors, ckpt_meta = _read_checkpoint(resume_path, payload["checkpoint_key"], req.name)
+        # the sealed checkpoint's own record of its run, which no plaintext file can change
+        sealed_run = [{"name": d["name"], "shards": d["shards"]} for d in ckpt_meta.get("datasets", [])]
+        if ckpt_meta.get("request") != req.fingerprint() or not _same_datasets(sealed_run, _run_datasets(payload)):
+            raise IntegrityError(f"{resume_path}: the sealed checkpoint was made by a different request (datasets "
+                                 f"{[d['name'] for d in sealed_run]}) than this run's; remove the run's folder to "
+                                 "start over")
     scanned: Scan | None = None
     encoder_name = tc.text_encoder
     vectors: np.ndarray | None = None
@@ -449,8 +586,9 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
             files = _write_checkpoint(folder, step, model_state, optim_state, ema_full, {
                 **static_meta, "mixer": mixer.state(), "job": job}, vectors,  # a resume does not re-encode tasks
                 payload["checkpoint_key"], req.name)
-            ws.record("job.checkpoint", f"site:{req.site}", {"job": job, "model": req.name, "step": step,
-                                                              "files": files})
+            ws.record("job.checkpoint", f"site:{req.site}", {
+                "job": job, "model": req.name, "step": step, "files": files, "site": req.site,
+                "purpose": req.purpose, "datasets": [{k: d[k] for k in ("name", "shards")} for d in lineage]})
         D.barrier(world)
 
     # -- the steps --

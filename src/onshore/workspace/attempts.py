@@ -77,11 +77,11 @@ def _lock_path(ws: Workspace, attempt_id: str) -> Path:
     return ws.root / LOCKS_DIR / f"attempt-{attempt_id}.lock"
 
 
-def is_alive(ws: Workspace, attempt_id: str) -> bool:
-    """True while the process running the attempt holds its lock file."""
+def is_locked(path: Path) -> bool:
+    """True while some process holds an exclusive ``flock`` on the file ``path`` (False if none exists)."""
     try:
-        f = open(_lock_path(ws, attempt_id), "a")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
+        f = open(path, "a")  # noqa: SIM115 - closed below
+    except (FileNotFoundError, NotADirectoryError):
         return False
     with f:
         try:
@@ -90,6 +90,46 @@ def is_alive(ws: Workspace, attempt_id: str) -> bool:
             return True
         fcntl.flock(f, fcntl.LOCK_UN)
         return False
+
+
+def is_alive(ws: Workspace, attempt_id: str) -> bool:
+    """True while the process running the attempt holds its lock file."""
+    return is_locked(_lock_path(ws, attempt_id))
+
+
+class Busy(OnshoreError):
+    """Another process holds the workspace lock this command needs (a run of the same model, a copy
+    of the same model to the same site); nothing was written."""
+
+
+def lock_path(ws: Workspace, key: str) -> Path:
+    """The workspace lock file named ``key`` (a checked name: ``train-MODEL``, ``copy-MODEL-SITE``)."""
+    return ws.root / LOCKS_DIR / f"{key}.lock"
+
+
+def is_held(ws: Workspace, key: str) -> bool:
+    """True while some process holds the workspace lock ``key`` (see :func:`exclusive`)."""
+    return is_locked(lock_path(ws, key))
+
+
+@contextmanager
+def exclusive(ws: Workspace, key: str, busy: str) -> Iterator[None]:
+    """Hold the workspace lock ``key`` for the block, or refuse at once (:class:`Busy`, message ``busy``).
+
+    The OS drops the lock when the process dies, however it dies, so a killed holder never
+    blocks the next run. The file stays (unlinking it would let two processes lock two inodes).
+    """
+    path = lock_path(ws, key)
+    path.parent.mkdir(exist_ok=True)
+    f = open(path, "a")  # noqa: SIM115 - held for the block
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(busy) from None
+        yield
+    finally:
+        f.close()
 
 
 def _release(ws: Workspace, attempt: Attempt) -> None:
@@ -318,5 +358,6 @@ def abandoned_indices(ws: Workspace) -> set[int]:
     return closed
 
 
-__all__ = ["ABANDONED", "Attempt", "abandoned_indices", "close", "finish", "guard", "is_alive", "ledgered",
-           "open_attempts", "opener", "prepare", "publish", "recover", "remove_orphans", "start"]
+__all__ = ["ABANDONED", "Attempt", "Busy", "abandoned_indices", "close", "exclusive", "finish", "guard", "is_alive",
+           "is_held", "is_locked", "ledgered", "lock_path", "open_attempts", "opener", "prepare", "publish", "recover",
+           "remove_orphans", "start"]

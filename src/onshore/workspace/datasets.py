@@ -72,12 +72,13 @@ def _check_policy_sites(ws: Workspace, policy: UsagePolicy, source: str) -> None
 
 def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, embodiment: str,
            inputs: Sequence[Path], progress: Progress | None = None,
-           allow_out_of_limits: bool = False) -> IngestResult:
+           allow_out_of_limits: bool = False, provenance: dict[str, Any] | None = None) -> IngestResult:
     """Ingest telemetry into ``site`` as dataset ``name`` owned by ``member``. All or nothing.
 
     A state value outside its channel's limits is refused unless ``allow_out_of_limits``; then
     the number of such values is recorded in the ``data.ingest`` entry (``state_out_of_limits``).
-    An action outside its limits is always refused.
+    An action outside its limits is always refused. ``provenance`` (e.g. the model whose served
+    run made the data) is recorded in the ``data.ingest`` entry as it is.
 
     Order (docs/residency.md, "Crashes"): check names and registry; decide ``ingest`` (the allow
     decision opens an attempt); check the inputs' provenance blocks; validate, fingerprint and
@@ -154,7 +155,8 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
                         "embodiment": emb.name, "policy_hash": policy.hash, "decision_index": attempt.decision_index,
                         "episodes": episodes, "frames": frames, "shards": shard_json,
                         "fingerprints": fingerprints,
-                        **({"state_out_of_limits": out_of_limits} if allow_out_of_limits else {})}),
+                        **({"state_out_of_limits": out_of_limits} if allow_out_of_limits else {}),
+                        **({"provenance": provenance} if provenance else {})}),
                 ], attempts.ledgered(attempt))
                 crash_point("ingest.ledgered")
     except BaseException:

@@ -11,12 +11,26 @@ What is checked (each finding says what to do):
   exist exactly at the sites holding an active dataset; no live ingest or copy in the ledger is
   missing from the catalog;
 - every shard file is present and hashes to its digest;
-- orphans: shard files no catalog row names, staging folders of no running attempt.
+- orphans: shard files no catalog row names, staging folders of no running attempt;
+- training (:func:`_training_findings`): every model folder at every site is a released model
+  held there (its sealed files hash to the ``model.release`` digests), a run still running (its
+  lock is held), or a killed run's leftovers: an unfinished run (``run.json``), with each sealed
+  checkpoint checked against its ``job.checkpoint`` entry and its datasets against withdrawals,
+  or an orphan folder;
+- model keys (:func:`_model_key_findings`): every wrap in ``model_key_wraps`` cites the
+  ``model.release`` or ``model.copy`` entry that placed the model at that site and has its custody
+  key; every custody key of a model belongs to a wrap or a run;
+- recordings (:func:`_spool_findings`): a recording spool whose server is gone (sealed episodes
+  whose key died with it, or plaintext from an older version).
 
 ``repair`` closes attempts whose process is gone, closes ingests and copies that the ledger
 records and the catalog never committed (a ``data.abandoned`` entry), and removes orphan files
-and staging folders; it leaves alone what only a person can decide (a missing or altered shard,
-a damaged ledger), and appends what it did to ``reports/doctor.log``.
+and staging folders; it abandons a killed training run (a signed ``job.abandoned`` entry naming
+its unfinished jobs, then its folder and custody key are removed: rerun the training command
+before ``--repair`` to resume it instead), removes orphan model folders, stray model keys and dead
+recording spools; it leaves alone what only a person can decide (a missing or altered shard or
+model file, a damaged ledger, a wrap the ledger does not back), and appends what it did to
+``reports/doctor.log``.
 """
 
 from __future__ import annotations
@@ -32,10 +46,15 @@ from sqlalchemy import select
 
 from onshore.catalog import schema as T
 from onshore.catalog.db import write_transaction
-from onshore.errors import OnshoreError
+from onshore.errors import IntegrityError, OnshoreError
+from onshore.files import sha256_file
+from onshore.keys.keystore import RESOURCE_FOLDERS
 from onshore.ledger.entries import now_iso
+from onshore.names import is_name
 from onshore.store import shards as S
-from onshore.workspace import attempts
+from onshore.workspace import attempts, keyservice, runs
+from onshore.workspace import models as wsm
+from onshore.workspace.paths import RECORDING_SPOOL, SPOOL_LOCK
 from onshore.workspace.workspace import LOG_ACTOR, Workspace
 
 LOG_FILE = "doctor.log"
@@ -232,6 +251,176 @@ def _file_findings(ws: Workspace, out: DoctorReport, busy: set[str], repair: boo
                                     "removed" if p in removed else None))
 
 
+def _site_roots(ws: Workspace) -> dict[str, Path]:
+    with ws.catalog.connect() as conn:
+        return {n: Path(r) for n, r in conn.execute(select(T.sites.c.name, T.sites.c.root).order_by(T.sites.c.name))}
+
+
+def _model_wraps(ws: Workspace) -> dict[tuple[str, str], int]:
+    """(model, site) -> the ledger index the catalog's wrap cites."""
+    wsm.ensure_tables(ws)
+    with ws.catalog.connect() as conn:
+        return {(m, s): int(i) for m, s, i in conn.execute(select(
+            T.model_key_wraps.c.model, T.model_key_wraps.c.site, T.model_key_wraps.c.ledger_index))}
+
+
+def _finding(out: DoctorReport, f: Finding, repair: bool, action: Any) -> None:
+    """Add ``f``; with ``repair`` (and ``f`` repairable) run ``action`` (returns what it did, or None
+    when it could not act now) and mark ``f`` repaired."""
+    if repair and f.repairable:
+        done = action()
+        if done:
+            f = Finding(**{**asdict(f), "repaired": done})
+    out.findings.append(f)
+
+
+def _training_findings(ws: Workspace, out: DoctorReport, repair: bool) -> None:
+    """Model folders at every site against the catalog and ledger (see the module docstring)."""
+    wraps = _model_wraps(ws)
+    with ws.catalog.connect() as conn:
+        catalog_models = {r[0] for r in conn.execute(select(T.models.c.name))}
+    for site, root in _site_roots(ws).items():
+        folders = sorted(p for p in (root / "models").glob("*") if p.is_dir())
+        for folder in folders:
+            name = folder.name
+            if is_name(name) and attempts.is_held(ws, runs.lock_key(name)):
+                out.in_progress.append(f"training of model {name!r} at site {site!r}")
+                continue
+            if (name, site) in wraps:
+                _released_model_findings(ws, out, site, folder, name, repair)
+            elif is_name(name) and name not in catalog_models and (folder / runs.RUN_FILE).is_file():
+                _unfinished_run(ws, out, site, folder, name, repair)
+            else:
+                why = ("the catalog places model {!r} at other sites only" if name in catalog_models
+                       else "no model of that name is in the catalog and no run is unfinished there")
+                _finding(out, Finding("training", str(folder), f"orphan model folder at site {site!r}: "
+                                      + why.format(name), "run 'onshore doctor --repair' to remove it", True),
+                         repair, lambda folder=folder: _remove_tree(folder))
+
+
+def _remove_tree(folder: Path) -> str:
+    shutil.rmtree(folder, ignore_errors=True)
+    return "removed"
+
+
+def _released_model_findings(ws: Workspace, out: DoctorReport, site: str, folder: Path, name: str,
+                             repair: bool) -> None:
+    """A released model's files at a site that holds it: its sealed digests, and no run leftovers."""
+    try:
+        sealed = dict(wsm.release_entry(ws, name).get("sealed") or {})
+    except OnshoreError as e:
+        out.findings.append(Finding("training", f"model {name!r}", str(e), "restore the catalog from a backup",
+                                    False))
+        return
+    for file, digest in sorted(sealed.items()):
+        path = folder / file
+        got = sha256_file(path) if path.is_file() else None
+        if got != digest:
+            out.findings.append(Finding(
+                "training", str(path), f"model {name!r} at site {site!r}: " + (
+                    "file missing" if got is None else f"SHA-256 {got} differs from the model.release entry's"),
+                f"remove the model's folder at {site!r} and copy it again from another site ('onshore model "
+                f"copy {name} --to {site}'), or restore it from a backup", False))
+    run_file = folder / runs.RUN_FILE
+    if run_file.exists():  # the release is committed, so the run is finished; its sealed checkpoints stay
+        def clean() -> str:
+            run_file.unlink(missing_ok=True)
+            return f"removed {run_file.name}"
+        _finding(out, Finding("training", str(folder), f"model {name!r} is released but its run's {run_file.name} "
+                              "remains (killed after the release)", "run 'onshore doctor --repair' to remove it",
+                              True), repair, clean)
+
+
+def _unfinished_run(ws: Workspace, out: DoctorReport, site: str, folder: Path, name: str, repair: bool) -> None:
+    """A killed run: its checkpoints against the ledger and withdrawals; repair abandons it."""
+    notes, newest = [], None
+    for path in runs.sealed_checkpoints(folder):
+        try:
+            _, _, recorded = runs.ledger_checkpoint(ws, name, path)
+        except IntegrityError:
+            notes.append(f"{path.name} is not recorded by any job.checkpoint entry")
+            continue
+        gone = [d.get("name") for d in recorded if keyservice.withdrawal_index(ws, str(d.get("name"))) is not None]
+        if gone:
+            notes.append(f"{path.name} was made from withdrawn dataset(s) {', '.join(map(str, gone))} and can "
+                         "never be resumed")
+        newest = newest or path.name
+    jobs = runs.unfinished_jobs(ws, name)
+    problem = (f"unfinished training run of model {name!r} at site {site!r} (its process is gone; newest recorded "
+               f"checkpoint: {newest or 'none'}; unfinished job(s): {len(jobs)})"
+               + (": " + "; ".join(notes) if notes else ""))
+
+    def abandon() -> str | None:
+        try:
+            with attempts.exclusive(ws, runs.lock_key(name), "a run started meanwhile"):
+                idx = None
+                if jobs:
+                    idx = ws.record("job.abandoned", f"site:{site}", {
+                        "model": name, "site": site, "jobs": jobs, "newest_checkpoint": newest,
+                        "reason": "the process running it stopped before the model was released (onshore doctor)"})
+                shutil.rmtree(folder, ignore_errors=True)
+                if (name, site) not in _model_wraps(ws):
+                    ws.keystore(f"site:{site}").destroy_key("model", name)
+        except attempts.Busy:
+            return None
+        return (f"abandoned: job.abandoned entry {idx}; " if idx is not None else "") + \
+            "removed its folder and its key in the site's custody"
+    _finding(out, Finding("training", str(folder), problem,
+                          "rerun the same 'onshore train' command to resume it, or 'onshore doctor --repair' to "
+                          "abandon it", True), repair, abandon)
+
+
+def _model_key_findings(ws: Workspace, out: DoctorReport, repair: bool) -> None:
+    """Model wraps against the ledger entries they cite, and custody keys against wraps and runs."""
+    wraps = _model_wraps(ws)
+    roots = _site_roots(ws)
+    size = ws.ledger.size()
+    for (name, site), idx in sorted(wraps.items()):
+        body = ws.ledger.get(idx).entry if 0 <= idx < size else None
+        ok = body is not None and body.body.get("model") == name and (
+            (body.kind == "model.release" and body.body.get("site") == site)
+            or (body.kind == "model.copy" and body.body.get("to") == site))
+        if not ok:
+            out.findings.append(Finding("model-keys", f"model {name!r} at {site!r}",
+                                        f"its key wrap cites ledger entry {idx}, which does not place the model "
+                                        "there", "restore the catalog from a backup; investigate", False))
+        if not ws.keystore(f"site:{site}").has_key("model", name):
+            out.findings.append(Finding("model-keys", f"model {name!r} at {site!r}",
+                                        "the catalog holds a wrap of its key but the site's custody has no key "
+                                        "for it: the model cannot be opened there",
+                                        "copy the model there again from another site, or restore the site's "
+                                        "key custody from a backup", False))
+    for site, root in roots.items():
+        store = ws.keystore(f"site:{site}")
+        for key in sorted((store.directory / RESOURCE_FOLDERS["model"]).glob("*.key")):
+            name = key.stem
+            if not is_name(name) or (name, site) in wraps or attempts.is_held(ws, runs.lock_key(name)) \
+                    or (root / "models" / name / runs.RUN_FILE).is_file():
+                continue
+            _finding(out, Finding("model-keys", f"model {name!r} at {site!r}",
+                                  "a model key in the site's custody that no wrap or unfinished run uses "
+                                  "(left by a killed run or copy)", "run 'onshore doctor --repair' to destroy it",
+                                  True), repair,
+                     lambda store=store, name=name: "destroyed" if store.destroy_key("model", name) else "gone")
+
+
+def _spool_findings(ws: Workspace, out: DoctorReport, repair: bool) -> None:
+    """Recording spools whose server is gone."""
+    for site, root in _site_roots(ws).items():
+        for spool in sorted(p for p in (root / RECORDING_SPOOL).glob("*") if p.is_dir()):
+            if attempts.is_locked(spool / SPOOL_LOCK):
+                out.in_progress.append(f"recording {spool.name} at site {site!r}")
+                continue
+            files = [p for p in spool.rglob("*") if p.is_file() and p.name != SPOOL_LOCK]
+            plain = [p for p in files if p.suffix == ".parquet"]
+            _finding(out, Finding(
+                "recordings", str(spool), f"recording spool of a serving run at site {site!r} that stopped "
+                f"without ingesting it: {len(files) - len(plain)} sealed file(s) whose key died with the server"
+                + (f", {len(plain)} PLAINTEXT episode file(s)" if plain else ""),
+                "run 'onshore doctor --repair' to remove it (the recording is lost)", True),
+                repair, lambda spool=spool: _remove_tree(spool))
+
+
 def run(ws: Workspace, repair: bool = False) -> DoctorReport:
     """Check the workspace (see the module docstring); with ``repair``, fix what a crash left.
 
@@ -243,6 +432,10 @@ def run(ws: Workspace, repair: bool = False) -> DoctorReport:
     if ledger_ok:
         _catalog_findings(ws, out, busy, repair)
     _file_findings(ws, out, busy, repair and ledger_ok)
+    if ledger_ok:
+        _training_findings(ws, out, repair)
+        _model_key_findings(ws, out, repair)
+    _spool_findings(ws, out, repair and ledger_ok)
     done = [f for f in out.findings if f.repaired]
     if done:
         ws.reports_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ model's key-encryption key in the custody of each site that holds the model (``m
 in the catalog), and released only after the decision point allows the action on the *model*
 (whose Cedar repeats every lineage dataset's clauses, ``residency/modelpolicy.py``). A site that
 may not hold the model is never given a wrap. A training job's checkpoints are sealed with a job
-key wrapped under the same custody key, its wrap kept beside them.
+key wrapped under the same custody key, its wrap kept beside them; a resumed run gets that key only
+through :func:`release_checkpoint`, which decides and records like any other release.
 """
 
 from __future__ import annotations
@@ -196,23 +197,62 @@ def wrap_model_for_site(ws: Workspace, conn: Any, model: str, site: str, data_ke
 
 
 def checkpoint_key(ws: Workspace, model: str, site: str, wrap_file: Path) -> bytes:
-    """The data key that seals the checkpoints of the training job of ``model`` at ``site``.
+    """A fresh data key to seal the checkpoints of a new training job of ``model`` at ``site``.
 
-    A new job (no ``wrap_file`` yet) gets a fresh custody key for the model (replacing one a job
-    killed before it wrote its first file left behind) and a fresh job key, whose wrap is written
-    to ``wrap_file``; a resumed job unwraps the one it wrote. Called by the training run after
-    every dataset of the job was decided and released at ``site``.
+    Creates a fresh custody key for the model (replacing one a job killed before it wrote its
+    first file left behind) and writes the job key's wrap to ``wrap_file``, replacing the wrap of a
+    run killed before its first recorded checkpoint. Called by the training run, while it holds
+    the model's training lock, after every dataset of the job was decided and released at
+    ``site``; a resume opens its key with :func:`release_checkpoint` instead.
     """
     check_name(model, "model")
     store = ws.keystore(f"site:{site}")
-    context = _checkpoint_context(model, site)
-    if wrap_file.is_file():
-        return unwrap_key(store.key("model", model), wrap_file.read_bytes(), context)
     if store.has_key("model", model):
         store.destroy_key("model", model)
     key = new_data_key()
-    wrap_file.write_bytes(wrap_key(store.create_key("model", model), key, context))
+    wrap_file.write_bytes(wrap_key(store.create_key("model", model), key, _checkpoint_context(model, site)))
     return key
+
+
+def release_checkpoint(ws: Workspace, model: str, site: str, purpose: str, datasets: list[str], step: int,
+                       wrap_file: Path) -> Release:
+    """Unwrap the job key of ``model``'s checkpoint at ``site`` to resume its run; records both.
+
+    A checkpoint is derived data like a model: the key service decides ``train`` at ``site`` for
+    ``purpose`` on every dataset the checkpoint was made from (``datasets``, from the signed
+    ``job.checkpoint`` entry, never from a plaintext file), records each decision, and only when
+    all allow unwraps and records a ``key.release`` naming the model, the step and the decisions.
+    A checkpoint is only ever opened to continue training on those datasets, so a withdrawal of
+    any of them (under every derived-model clause) refuses it (PolicyDenied, exit 3), and
+    ``onshore doctor --repair`` removes it. Refuses (OnshoreError) a missing wrap or custody key.
+    """
+    check_name(model, "model")
+    check_name(site, "site")
+    if not datasets:
+        raise ValidationError(f"checkpoint step {step} of model {model!r} names no dataset")
+    decided = ws.decide_many([Request(f"site:{site}", "train", d, site, purpose) for d in datasets])
+    refused = [(d, dec, i) for d, (dec, i) in zip(datasets, decided, strict=True) if not dec.allowed]
+    if refused:
+        raise PolicyDenied(
+            f"refused: resuming model {model!r} from its checkpoint at step {step} at site {site!r}: "
+            + "; ".join(f"dataset {d!r}: rule(s) {', '.join(dec.rules)} (ledger entry {i})" for d, dec, i in refused),
+            sorted({r for _, dec, _ in refused for r in dec.rules}))
+    for d in datasets:  # the ledger's withdrawals hold even against a restored catalog
+        _refuse_withdrawn(ws, d, f"resuming model {model!r} from a checkpoint at site {site!r}")
+    missing = f"no key for the checkpoints of model {model!r} at site {site!r}"
+    try:
+        kek = ws.keystore(f"site:{site}").key("model", model)
+        wrapped = wrap_file.read_bytes()
+    except (NotFoundError, FileNotFoundError) as e:
+        raise OnshoreError(f"{missing} ({e}); remove the run's folder (or run 'onshore doctor --repair') and "
+                           "train again") from None
+    key = unwrap_key(kek, wrapped, _checkpoint_context(model, site))
+    indices = [i for _, i in decided]
+    index = ws.record("key.release", f"site:{site}", {
+        "model": model, "checkpoint": step, "site": site, "action": "train", "purpose": purpose,
+        "decision_index": indices[0], "decision_indices": indices, "policy_hash": decided[0][0].policy_hash,
+    })
+    return Release(key, decided[0][0], indices[0], index)
 
 
 def release_model(ws: Workspace, model: str, site: str, action: str, purpose: str | None = None,

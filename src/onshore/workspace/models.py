@@ -32,7 +32,7 @@ from onshore.model import io
 from onshore.names import check_name
 from onshore.residency.modelpolicy import EffectivePolicy, LineageDataset, ModelStatus, effective_policy, model_status
 from onshore.residency.pdp import Decision, model_request
-from onshore.workspace import keyservice
+from onshore.workspace import attempts, keyservice
 from onshore.workspace.paths import check_plaintext_destination
 from onshore.workspace.registry import get_site
 from onshore.workspace.workspace import Workspace
@@ -274,30 +274,41 @@ def copy_model(ws: Workspace, name: str, to_site: str, from_site: str | None = N
     intersection is refused (exit 3) naming the dataset rule, before any byte moves or any wrap is
     made. The sealed files move as they are (same data key) and are checked against the ledger's
     digests; the copy is recorded as ``model.copy`` signed by the target.
+
+    One copy of a model to a site at a time: a second process copying the same model to the same
+    site is refused at once (``attempts.Busy``) before it decides or writes anything, and one that
+    starts after the first finished is refused as already there, so the winner's files and key
+    are never touched by a loser.
     """
     row = get_model(ws, name)
     target = get_site(ws, to_site)
-    held = [s["site"] for s in sites_of(ws, name)]
-    if to_site in held:
-        raise ValidationError(f"model {name!r} is already at site {to_site!r}")
-    source = from_site or (row["site"] if row["site"] in held else (held[0] if held else None))
-    if source is None or source not in held:
-        raise ValidationError(f"model {name!r} is not at site {from_site!r}; it sits at {', '.join(held) or 'no site'}")
-    body = release_entry(ws, name)
-    rel = keyservice.release_model(ws, name, source, "copy", copy_to=to_site)
-    dst = model_folder(ws, row, to_site)
-    written = io.copy_sealed(model_folder(ws, row, source), dst, STEM, dict(body.get("sealed") or {}))
-    try:
-        with ws.catalog.begin() as conn:
-            idx = ws.record("model.copy", f"site:{to_site}", {
-                "model": name, "from": source, "to": to_site, "jurisdiction": target.jurisdiction,
-                "decision_index": rel.decision_index, "release_index": rel.index,
-                "policy_hash": rel.decision.policy_hash, "sealed": body.get("sealed")})
-            keyservice.wrap_model_for_site(ws, conn, name, to_site, rel.key, idx)
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
+    with attempts.exclusive(ws, f"copy.{name}.{to_site}",
+                            f"another process is copying model {name!r} to site {to_site!r} right now; wait for "
+                            f"it to finish, then see 'onshore model show {name}'"):
+        held = [s["site"] for s in sites_of(ws, name)]  # read under the lock: a finished rival counts
+        if to_site in held:
+            raise ValidationError(f"model {name!r} is already at site {to_site!r}")
+        source = from_site or (row["site"] if row["site"] in held else (held[0] if held else None))
+        if source is None or source not in held:
+            raise ValidationError(f"model {name!r} is not at site {from_site!r}; it sits at "
+                                  f"{', '.join(held) or 'no site'}")
+        body = release_entry(ws, name)
+        rel = keyservice.release_model(ws, name, source, "copy", copy_to=to_site)
+        dst = model_folder(ws, row, to_site)
+        written = io.copy_sealed(model_folder(ws, row, source), dst, STEM, dict(body.get("sealed") or {}))
+        try:
+            # the catalog's write turn (not a deferred transaction): on SQLite two writers would
+            # otherwise both read first and one fail with "database is locked" after its entry
+            with write_transaction(ws.catalog, "the catalog") as conn:
+                idx = ws.record("model.copy", f"site:{to_site}", {
+                    "model": name, "from": source, "to": to_site, "jurisdiction": target.jurisdiction,
+                    "decision_index": rel.decision_index, "release_index": rel.index,
+                    "policy_hash": rel.decision.policy_hash, "sealed": body.get("sealed")})
+                keyservice.wrap_model_for_site(ws, conn, name, to_site, rel.key, idx)
+        except BaseException:
+            for p in written:
+                p.unlink(missing_ok=True)
+            raise
     return {"model": name, "from": source, "to": to_site, "files": len(written), "ledger_index": idx}
 
 

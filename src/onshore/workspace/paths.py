@@ -19,6 +19,10 @@ from onshore.workspace.workspace import Workspace
 
 #: Folders of the workspace that belong to Onshore itself (keys, per-site and per-member folders).
 INTERNAL = ("keys", "sites", "members")
+#: Under a site's folder: where a recording server spools its sealed episodes (one folder per run,
+#: holding the lock file the live server keeps locked).
+RECORDING_SPOOL = Path("runs") / ".spool"
+SPOOL_LOCK = ".lock"
 
 
 def _overlap(a: Path, b: Path) -> bool:
