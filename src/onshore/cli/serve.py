@@ -198,6 +198,8 @@ def opcua(
     report = asyncio.run(main())
     if json_:
         print_json(report.to_json())
+        if report.server_lost is not None:
+            raise typer.Exit(1)
         return
     if report.server_lost is not None:
         raise OnshoreError(f"the policy server stopped answering: {report.server_lost}; the bridge held the safe "

@@ -327,10 +327,16 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                     task, pending = pending, None
                     try:
                         raw, t0 = task.result()
-                    except ServeError as e:  # refused (a withdrawal, a revoked token) or gone
-                        report.server_lost = str(e)
-                        say(f"policy server: {e}; holding the safe action, alarm raised")
-                        await hold(f"policy server lost: {e}; holding the safe action")
+                    except ServeError as e:
+                        if e.code == "rate_limited":  # early after a late answer: this period has no answer
+                            report.deadline_misses += 1
+                            cmd = env.idle(loop.time())
+                            if cmd is not None:
+                                await write(cmd)
+                        else:  # refused (a withdrawal, a revoked token) or gone: hold from now on
+                            report.server_lost = str(e)
+                            say(f"policy server: {e}; holding the safe action, alarm raised")
+                            await hold(f"policy server lost: {e}; holding the safe action")
                     except OnshoreError:
                         raise
                     except Exception as e:  # a failed OPC UA read: this period has no state

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,8 +134,21 @@ class Client:
         except OnshoreError:
             raise
         except Exception as e:
-            raise _lost(self.url, e) from None
+            raise self._why_closed(e) from None
         return _reply(raw, id_)
+
+    def _why_closed(self, e: Exception) -> ServeError:
+        """The server's last word when it cut the connection (an ``error`` it sent before closing,
+        e.g. ``refused`` or ``unauthorized``), else ``closed``."""
+        try:
+            last = self._ws.recv(timeout=0)
+            _reply(last, -1)
+        except ServeError as said:
+            if said.code != "protocol":
+                return said
+        except Exception:  # nothing left to read: the close itself is all there is
+            pass
+        return _lost(self.url, e)
 
     def info(self) -> dict[str, Any]:
         return self.request({"type": "info"})
@@ -158,10 +172,21 @@ class Client:
 
     def act(self, state: np.ndarray, **report: int) -> np.ndarray:
         """The served command for ``state`` (float32). ``report``: ``deadline_misses`` and
-        ``bridge_interventions`` counters, recorded with the frame."""
-        self.last = self.request({"type": "act", "state": wire.encode_array(np.asarray(state).reshape(-1)),
-                                  **report})
-        return _action(self.last)
+        ``bridge_interventions`` counters, recorded with the frame. Called faster than the
+        embodiment's control rate, it waits (up to ``timeout``) instead of failing ``rate_limited``."""
+        msg = {"type": "act", "state": wire.encode_array(np.asarray(state).reshape(-1)), **report}
+        period = 1.0 / float(self.ready.get("control_hz") or 1000.0)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                self.last = self.request(msg)
+                return _action(self.last)
+            except ServeError as e:
+                # the server serves acts at the embodiment's control rate: a caller looping faster (an
+                # evaluation rollout) is paced here, never queued there
+                if e.code != "rate_limited" or time.monotonic() + period > deadline:
+                    raise
+                time.sleep(period)
 
     def estop(self, reason: str = "e-stop") -> dict[str, Any]:
         return self.request({"type": "estop", "reason": reason})
@@ -241,8 +266,22 @@ class AsyncClient:
         except OnshoreError:
             raise
         except Exception as e:
-            raise _lost(self.url, e) from None
+            raise await self._why_closed(e) from None
         return _reply(raw, id_)
+
+    async def _why_closed(self, e: Exception) -> ServeError:
+        """As :meth:`Client._why_closed`."""
+        import asyncio
+
+        try:
+            last = await asyncio.wait_for(self._ws.recv(), 0.05)
+            _reply(last, -1)
+        except ServeError as said:
+            if said.code != "protocol":
+                return said
+        except Exception:  # nothing left to read: the close itself is all there is
+            pass
+        return _lost(self.url, e)
 
     async def reset(self, embodiment: str, task: str, initial_action: np.ndarray | None = None) -> dict[str, Any]:
         msg: dict[str, Any] = {"type": "reset", "embodiment": embodiment, "task": task}
