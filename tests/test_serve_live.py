@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from _serving import EMBODIMENT, MODEL, TASK, furnace_workspace
+from onshore.cli.app import main
 from onshore.serve import Client, ServeError, tokens
 from onshore.serve.plant import free_port
 from onshore.workspace import Workspace
@@ -155,7 +156,11 @@ def test_a_revoked_token_is_refused_within_a_second_then_losing_the_serve_role_s
     site = [b for b in _after(ws, start, "site.add") if b["site"] == "tokyo"]
     assert site[0]["roles"] == ["compute", "storage"] and site[0]["previous_roles"] == ["compute", "serve", "storage"]
     assert cli(ws, "serve", MODEL, "--site", "tokyo", "--port", "0").returncode == 3  # and it cannot start again
-    assert cli(ws, "site", "roles", "tokyo", "--roles", "storage,compute,serve").returncode == 0
+    size = ws.ledger.size()
+    for bad in ("storage,bogus", "storage,compute"):  # unknown role; the roles it has already: nothing changes
+        assert main(["-w", str(ws.root), "site", "roles", "tokyo", "--roles", bad]) == 1
+    assert ws.ledger.size() == size
+    assert main(["-w", str(ws.root), "site", "roles", "tokyo", "--roles", "storage,compute,serve"]) == 0
 
 
 def test_a_withdrawal_under_stop_serving_stops_a_running_server_within_two_seconds(live_ws: Workspace) -> None:
