@@ -183,7 +183,7 @@ class PolicyServer:
         try:
             await s.ws.send(wire.pack(wire.error(code, message)))
             await s.ws.close(1008, message[:120])
-        except ConnectionClosed:
+        except Exception:  # a connection already going away: it ends either way, and the watch goes on
             pass
 
     async def refuse_all(self, reason: str) -> None:

@@ -9,7 +9,7 @@ refusals and interventions, and the recorded dataset(s) with their ingest entrie
 ties the new data to the model that produced it. The server's event loop runs on its own thread,
 so the caller (the CLI, the demo, a test) keeps its own.
 
-While it runs, the server asks :func:`recheck` at least every half second. ``Workspace.refresh``
+While it runs, the server asks :class:`Recheck` at least every half second. ``Workspace.refresh``
 says whether another process appended a rule-changing entry (a withdrawal, a site's roles, a
 token); only then is ``serve`` re-decided, without recording, and only a deny is recorded (one
 ``decision`` entry). A deny ends every session with a ``refused`` error naming the rule, and the
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onshore.errors import OnshoreError, ValidationError
+from onshore.errors import LockTimeout, OnshoreError, ValidationError
 from onshore.names import check_name
 from onshore.residency.pdp import model_request
 from onshore.residency.policy import load_policy
@@ -154,23 +154,37 @@ def _check_record(ws: Workspace, site: str, record: RecordOptions) -> None:
                               "without --record-policy or at a site with roles serve,storage")
 
 
-def recheck(ws: Workspace, served: ServedModel) -> str | None:
-    """Re-decide serving ``served`` when another process changed a rule: the refusal (naming the
-    deciding rules and the recorded decision) or None. Nothing is recorded unless it refuses, so a
-    server polling this every half second does not fill the ledger. A workspace that can no longer
-    be decided on (a catalog that disagrees with the ledger) refuses too: fail closed."""
-    if not ws.refresh():
-        return None
-    request = model_request(f"site:{served.site}", "serve", served.name, served.site, served.purpose)
-    try:
-        decision = ws.pdp().decide(request)
-    except OnshoreError as e:
-        return f"serving {served.name} at {served.site} can no longer be decided: {e}"
-    if decision.allowed:
-        return None
-    index = ws.record("decision", request.principal, decision.to_json())
-    return (f"serving {served.name} at {served.site} for {served.purpose!r} is refused now; deciding rule(s): "
-            f"{', '.join(decision.rules)} (ledger entry {index})")
+@dataclass
+class Recheck:
+    """Re-decides serving ``served`` when another process changed a rule: called by the server
+    every ``poll_s``, it returns the refusal (naming the deciding rules and the recorded decision)
+    or None. Nothing is recorded unless it refuses, so polling does not fill the ledger. A change
+    seen but not yet decided (a busy ledger: ``LockTimeout``, raised for the server to retry) is
+    decided at the next call. A workspace that can no longer be decided on (a catalog that
+    disagrees with the ledger) refuses: fail closed."""
+
+    ws: Workspace
+    served: ServedModel
+    pending: bool = False
+
+    def __call__(self) -> str | None:
+        self.pending = self.ws.refresh() or self.pending
+        if not self.pending:
+            return None
+        served = self.served
+        request = model_request(f"site:{served.site}", "serve", served.name, served.site, served.purpose)
+        try:
+            decision = self.ws.pdp().decide(request)
+        except LockTimeout:
+            raise
+        except OnshoreError as e:
+            return f"serving {served.name} at {served.site} can no longer be decided: {e}"
+        self.pending = False
+        if decision.allowed:
+            return None
+        index = self.ws.record("decision", request.principal, decision.to_json())
+        return (f"serving {served.name} at {served.site} for {served.purpose!r} is refused now; deciding rule(s): "
+                f"{', '.join(decision.rules)} (ledger entry {index})")
 
 
 def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: int = 7070,
@@ -192,7 +206,7 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
     def on_event(body: dict[str, Any]) -> None:
         ws.record("model.serve", f"site:{site}", {**body, "model": model, "digest": served.digest, "site": site})
 
-    server = PolicyServer(served, tokens, limits, recorder, lambda: recheck(ws, served), on_event)
+    server = PolicyServer(served, tokens, limits, recorder, Recheck(ws, served), on_event)
     loop = asyncio.new_event_loop()
     started: dict[str, Any] = {}
     ready = threading.Event()
