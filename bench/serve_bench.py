@@ -87,6 +87,7 @@ def main() -> None:
     from onshore.serve import envelope as E
     from onshore.serve import service, tokens
     from onshore.serve.loading import ServedModel
+    from onshore.serve.server import ServerLimits
     from onshore.telemetry.embodiment import Channel, Embodiment
     from onshore.workspace import Workspace, registry
 
@@ -124,7 +125,10 @@ def main() -> None:
     print(f"model: small, {params:,} parameters, random weights; torch threads 1; server: 2 inference threads")
     print(f"in-process act + envelope: p50 {pct(inproc)['p50']:.2f} ms  p99 {pct(inproc)['p99']:.2f} ms  "
           f"p99.9 {pct(inproc)['p99.9']:.2f} ms")
-    with service.start(ws, "small-random", "edge", port=0, loader=lambda *_: served) as run:
+    # latency, not the safety limits: the rate sweep goes above the arm's 100 Hz, and ten clients
+    # share one token (one machine's envelope)
+    limits = ServerLimits(act_hz=100_000.0, act_burst=100.0, max_connections_per_client=64)
+    with service.start(ws, "small-random", "edge", port=0, loader=lambda *_: served, limits=limits) as run:
         def clients(n: int, hz: float) -> dict:
             out = subprocess.run([sys.executable, __file__, "--client", run.url, token, str(n), str(hz),
                                   str(args.seconds)], capture_output=True, text=True, timeout=args.seconds * 10 + 60)

@@ -219,18 +219,26 @@ def test_ten_concurrent_clients_get_what_the_model_does_in_process(running: serv
     emb = get_embodiment(served_ws, EMBODIMENT)
     rng = np.random.default_rng(3)
     states = [rng.uniform([0, 0, 0], [1400, 1400, 25], size=(12, 3)).astype(np.float32) for _ in range(10)]
+    pace = 0.2  # two control periods: every step is one period's worth of max_rate, whatever the jitter
     expected = []
     for seq in states:  # the same model and the same envelope, in this process
         p, env = ModelPolicy(loaded, EMBODIMENT), E.Envelope(E.Limits.from_embodiment(emb))
         p.reset(TASK)
-        expected.append([env.command(p.act(s)).action.astype(np.float32) for s in seq])
+        expected.append([env.command(p.act(s), now=k * pace).action.astype(np.float32) for k, s in enumerate(seq)])
     got: list[list[np.ndarray] | Exception] = [[] for _ in states]
+    # one machine per client: an envelope belongs to a client and embodiment
+    toks = [tokens.issue(served_ws, "tokyo", f"cell-{i}") for i in range(10)]
+    running.server.tokens.refresh()
 
     def drive(i: int) -> None:
         try:
-            with Client(running.url, token, EMBODIMENT) as c:
+            with Client(running.url, toks[i], EMBODIMENT) as c:
                 c.reset(TASK)
-                got[i] = [c.act(s) for s in states[i]]
+                got[i] = []
+                t0 = time.monotonic()
+                for k, s in enumerate(states[i]):
+                    time.sleep(max(0.0, t0 + k * pace - time.monotonic()))
+                    got[i].append(c.act(s))
         except Exception as e:  # reported below
             got[i] = e
 
@@ -254,9 +262,11 @@ def test_a_run_comes_back_as_a_resident_dataset_tied_to_the_model(tmp_path: Path
                 with Client(run.url, tok, EMBODIMENT) as c:
                     c.reset(TASK, initial_action=np.array([0.0, 0.0], np.float32))
                     for k in range(5):
+                        time.sleep(0.11)  # at the control rate (10 Hz): faster acts are rate_limited
                         a = c.act(STATE, deadline_misses=k, bridge_interventions=0)
                     assert c.last["counts"]["rate"] >= 1  # from 0 % the model's command is ramped at max_rate
-                    assert a[0] <= 5 * 0.5 + 1e-4
+                    # the second episode starts from where the first left the machine, not from initial_action
+                    assert a[0] <= 5 * 0.5 * (_episode + 1) + 1e-4
         report = run.report
         assert report is not None and report.actions == 10
         assert [r["dataset"] for r in report.recorded] == ["furnace-run-1"]
@@ -312,3 +322,174 @@ def test_cli_serves_until_sigterm_and_issues_tokens(served_ws: Workspace) -> Non
     assert proc.returncode == 0, stderr
     assert "1 action(s)" in stdout and "1 refused" in stdout
     assert "refused" in stderr  # the refusal is logged
+
+
+# --- issue 17: the envelope belongs to the machine; floods; clients never hang ----------------------
+
+
+def _serve_entries(ws: Workspace, start: int, event: str) -> list[dict]:
+    return [e.entry.body for e in ws.ledger.entries(start) if e.entry.kind == "model.serve"
+            and e.entry.body["event"] == event]
+
+
+def test_e_stop_stays_latched_across_reset_and_reconnect_until_reset_estop_recorded(
+        running: service.Running, served_ws: Workspace) -> None:
+    tok = tokens.issue(served_ws, "tokyo", "press-4")
+    running.server.tokens.refresh()
+    start = served_ws.ledger.size()
+    with Client(running.url, tok, EMBODIMENT) as c:
+        c.reset(TASK)
+        c.act(STATE)
+        c.estop("guard door open")
+        time.sleep(0.11)
+        c.reset(TASK)  # a new episode does not clear it
+        time.sleep(0.11)
+        c.act(STATE)
+        assert c.last["estopped"] and E.ESTOP in c.last["interventions"]
+    with Client(running.url, tok, EMBODIMENT) as c:  # nor does a reconnect
+        c.reset(TASK)
+        c.act(STATE)
+        assert c.last["estopped"] and "guard door open" in c.last["alarm"]
+        assert c.reset_estop(by="operator ito")["by"] == "operator ito (client press-4)"
+        time.sleep(0.11)
+        c.act(STATE)
+        assert not c.last["estopped"]
+    latched, reset = _serve_entries(served_ws, start, "estop"), _serve_entries(served_ws, start, "estop_reset")
+    assert [(b["client"], b["reason"]) for b in latched] == [("press-4", "guard door open")]
+    assert [(b["client"], b["by"], b["reason"]) for b in reset] == [("press-4", "operator ito (client press-4)",
+                                                                     "guard door open")]
+    assert reset[0]["digest"] == running.served.digest
+
+
+def test_the_first_command_after_reset_is_limited_from_the_last_one_applied(running: service.Running,
+                                                                            served_ws: Workspace) -> None:
+    tok = tokens.issue(served_ws, "tokyo", "press-5")
+    running.server.tokens.refresh()
+    with Client(running.url, tok, EMBODIMENT) as c:
+        c.reset(TASK, initial_action=np.zeros(2, np.float32))
+        before = c.act(STATE)
+        assert before[0] <= 0.5 + 1e-4 and before[1] <= 1.0 + 1e-4  # fuel 5 %/s, air 10 %/s at 10 Hz, from 0
+        c.reset(TASK, initial_action=np.array([90.0, 70.0], np.float32))  # a claim, not the machine's history
+        time.sleep(0.11)
+        after = c.act(STATE)
+        assert abs(after[0] - before[0]) <= 0.5 + 1e-4 and abs(after[1] - before[1]) <= 1.0 + 1e-4, (before, after)
+
+
+def test_acting_faster_than_the_control_rate_is_rate_limited_not_queued(running: service.Running,
+                                                                       served_ws: Workspace) -> None:
+    tok = tokens.issue(served_ws, "tokyo", "press-6")
+    running.server.tokens.refresh()
+    ws = raw(running.url, tok)
+    assert ask(ws, {"type": "reset", "id": 1, "embodiment": EMBODIMENT, "task": TASK})["type"] == "ready"
+    t0 = time.monotonic()
+    replies = [ask(ws, {"type": "act", "id": 2 + k, "state": wire.encode_array(STATE)}) for k in range(20)]
+    elapsed = time.monotonic() - t0
+    served = [r for r in replies if r["type"] == "action"]
+    limited = [r for r in replies if r.get("code") == "rate_limited"]
+    assert len(served) + len(limited) == 20  # every request answered at once, none queued
+    assert len(served) <= 2 + 10 * elapsed + 1 and limited, (len(served), elapsed)
+    assert "control rate" in limited[0]["message"]
+    ws.close()
+
+
+def test_connections_are_limited_per_token_as_well_as_per_server(running: service.Running,
+                                                                 served_ws: Workspace) -> None:
+    greedy, other = tokens.issue(served_ws, "tokyo", "greedy"), tokens.issue(served_ws, "tokyo", "other")
+    running.server.tokens.refresh()
+    held = [raw(running.url, greedy) for _ in range(running.server.limits.max_connections_per_client)]
+    try:
+        with pytest.raises(ServeError, match="503.*greedy holds") as e:
+            Client(running.url, greedy, EMBODIMENT)
+        assert e.value.code == "busy"
+        with Client(running.url, other, EMBODIMENT) as c:  # the others are not locked out
+            assert c.info()["model"] == MODEL
+    finally:
+        for h in held:
+            h.close()
+
+
+def test_repeated_bad_tokens_from_one_peer_are_slowed(running: service.Running, token: str) -> None:
+    running.server._bad_peers.clear()  # earlier tests' refusals from 127.0.0.1 do not count here
+    times = []
+    for _ in range(7):
+        t0 = time.monotonic()
+        with pytest.raises(ServeError, match="401"):
+            Client(running.url, "onshore_guess", EMBODIMENT)
+        times.append(time.monotonic() - t0)
+    assert max(times[:2]) < 0.5  # the first few are answered at once
+    assert sum(times[3:]) >= 0.1 + 0.2 + 0.4 + 0.8 - 0.05, times  # then 0.1, 0.2, 0.4, 0.8 s
+    t0 = time.monotonic()
+    with Client(running.url, token, EMBODIMENT) as c:  # a good token is not slowed
+        c.info()
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_a_client_script_that_never_closes_exits_at_once(running: service.Running, token: str) -> None:
+    script = ("import sys, numpy as np\nfrom onshore.serve import Client\n"
+              f"c = Client({running.url!r}, {token!r}, {EMBODIMENT!r})\nc.reset({TASK!r})\n"
+              "print(c.act(np.array([600.0, 640.0, 4.0], np.float32)).shape)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "(2,)", out.stderr
+    assert time.monotonic() - t0 < 15  # the import of numpy and websockets, not a hang at exit
+
+
+def test_a_server_that_never_answers_gives_a_clear_error_within_the_timeout() -> None:
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # accepts TCP, never answers the WebSocket handshake
+    url = f"ws://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ServeError, match="did not answer the opening handshake within 1 s") as e:
+            Client(url, "onshore_x", EMBODIMENT, timeout=1.0)
+        assert e.value.code == "timeout" and time.monotonic() - t0 < 5
+    finally:
+        silent.close()
+
+    import asyncio
+
+    from websockets.asyncio.server import serve
+
+    box: dict = {}
+    ready = threading.Event()
+
+    async def mute(ws) -> None:  # type: ignore[no-untyped-def]
+        async for _ in ws:  # accepts, never replies
+            pass
+
+    def run() -> None:
+        async def main() -> None:
+            async with serve(mute, "127.0.0.1", 0) as srv:
+                box["port"] = srv.sockets[0].getsockname()[1]
+                box["stop"] = asyncio.get_running_loop().create_future()
+                box["loop"] = asyncio.get_running_loop()
+                ready.set()
+                await box["stop"]
+        asyncio.run(main())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    ready.wait(10)
+    try:
+        c = Client(f"ws://127.0.0.1:{box['port']}", "onshore_x", EMBODIMENT, timeout=1.0)
+        t0 = time.monotonic()
+        with pytest.raises(ServeError, match="no reply to info within 1 s") as e:
+            c.info()
+        assert e.value.code == "timeout" and time.monotonic() - t0 < 5
+        c.close()
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set_result, None)
+        t.join(10)
+
+
+def test_serve_errors_cross_process_boundaries() -> None:
+    import pickle
+
+    e = pickle.loads(pickle.dumps(ServeError("refused", "serving refused: dataset/furnace/withdrawn")))
+    assert isinstance(e, ServeError) and e.code == "refused" and "withdrawn" in str(e)
+    w = pickle.loads(pickle.dumps(wire.WireError("bad_state", "NaN")))
+    assert w.code == "bad_state" and str(w) == "NaN"

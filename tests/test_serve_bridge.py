@@ -21,9 +21,12 @@ from onshore.serve import service, tokens
 from onshore.serve.bridge import BridgeMap, run_bridge
 from onshore.serve.plant import PlantThread, SimPlant
 from onshore.serve.record import DEADLINE_MISSES, RecordOptions
+from onshore.serve.server import ServerLimits
 from onshore.train.loop import TrainConfig, TrainRequest, train
 from onshore.workspace import Workspace, datasets, models
 
+#: The simulated plants run faster than real time (TEP's control period is minutes): let acts through.
+FAST = ServerLimits(act_hz=1000.0, act_burst=50.0)
 RECORD_POLICY = ('jurisdictions = ["JP"]\nsites = ["tokyo"]\npurposes = ["fine-tuning"]\nexpires = 2031-03-31\n'
                  'derived_models = "stop-serving"\n')
 
@@ -46,7 +49,7 @@ def test_tep_plant_through_the_cli_bridge_with_a_latched_e_stop(plant_ws: Worksp
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     tok = tokens.issue(plant_ws, "tokyo", "tep-bridge")
     plant = SimPlant("tep", "base", seed=3, estop_at=8)
-    with service.start(plant_ws, "plants", "tokyo", port=0) as run, PlantThread(plant) as pt:
+    with service.start(plant_ws, "plants", "tokyo", port=0, limits=FAST) as run, PlantThread(plant) as pt:
         map_file = plant.write_map(tmp_path / "tep.toml")
         capsys.readouterr()
         code = main(["bridge", "opcua", "--endpoint", pt.endpoint, "--map", str(map_file), "--server", run.url,
@@ -106,7 +109,7 @@ def test_metaworld_plant_run_is_recorded_as_a_resident_dataset(plant_ws: Workspa
 
 def test_eval_a_served_model_in_closed_loop(plant_ws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
     tok = tokens.issue(plant_ws, "tokyo", "evaluator")
-    with service.start(plant_ws, "plants", "tokyo", port=0) as run:
+    with service.start(plant_ws, "plants", "tokyo", port=0, limits=FAST) as run:
         capsys.readouterr()
         code = main(["-w", str(plant_ws.root), "eval", "--env", "metaworld", "--tasks", "reach-v3", "--episodes", "1",
                      "--workers", "1", "--policy", run.url, "--token", tok, "--json", "--reports",
@@ -118,3 +121,106 @@ def test_eval_a_served_model_in_closed_loop(plant_ws: Workspace, capsys: pytest.
         assert main(["eval", "--env", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--policy", run.url,
                      "--token", "onshore_forged"]) == 1
     assert run.report is not None and run.report.actions == result["tasks"]["reach-v3"]["mean_length"]
+
+
+# --- issue 17: faults hold the safe action, raise the alarm, never exit leaving the last setpoint -----
+
+
+def _map(plant: SimPlant, path: Path, **envelope: object) -> BridgeMap:
+    import tomli_w
+
+    d = plant.map_dict()
+    d["envelope"].update(envelope)
+    path.write_text(tomli_w.dumps(d))
+    return BridgeMap.from_toml(path)
+
+
+@pytest.mark.parametrize("fault", ["nan", "bad", "stale"])
+def test_a_plant_fault_holds_the_safe_action_and_raises_the_alarm(plant_ws: Workspace, tmp_path: Path,
+                                                                  fault: str) -> None:
+    tok = tokens.issue(plant_ws, "tokyo", f"tep-{fault}")
+    plant = SimPlant("tep", "base", seed=3, fault=fault, fault_at=6)
+    with service.start(plant_ws, "plants", "tokyo", port=0, limits=FAST) as run, PlantThread(plant) as pt:
+        mapping = _map(plant, tmp_path / "tep.toml", max_state_age_s=0.3)
+        report = asyncio.run(run_bridge(pt.endpoint, mapping, run.url, tok, hz=20, steps=24))
+        assert plant.alarm  # the bridge raised the alarm node
+    assert report.faults > 0 and report.interventions["fault"] > 0 and report.server_lost is None
+    assert any("plant" in a for a in report.alarms), report.alarms
+    written = np.stack(plant.actions)
+    safe = np.array(plant.map_dict()["envelope"]["safe_action"])
+    np.testing.assert_allclose(written[-1], safe)  # not the model's last setpoint
+    assert not np.allclose(written[:5], safe)  # before the fault, the model drove the valves
+
+
+def test_a_revoked_token_mid_run_makes_the_bridge_hold_with_its_alarm(plant_ws: Workspace, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    tok = tokens.issue(plant_ws, "tokyo", "tep-revoked")
+    plant = SimPlant("tep", "base", seed=4)
+    with service.start(plant_ws, "plants", "tokyo", port=0, limits=FAST) as run, PlantThread(plant) as pt:
+        map_file = plant.write_map(tmp_path / "tep.toml")
+        timer = threading.Timer(1.0, tokens.revoke, (plant_ws, "tokyo", "tep-revoked"))
+        timer.start()
+        capsys.readouterr()
+        code = main(["bridge", "opcua", "--endpoint", pt.endpoint, "--map", str(map_file), "--server", run.url,
+                     "--token", tok, "--hz", "20", "--seconds", "3", "--json"])
+        timer.join()
+        assert plant.alarm
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and "revoked" in report["server_lost"], report
+    assert report["interventions"]["fault"] > 0 and report["written"] > report["requests"]
+    written = np.stack(plant.actions)
+    safe = np.array(plant.map_dict()["envelope"]["safe_action"])
+    np.testing.assert_allclose(written[-5:], np.broadcast_to(safe, (5, safe.size)))
+
+
+def test_wrong_node_types_and_widening_maps_are_refused_before_anything_is_written(plant_ws: Workspace,
+                                                                                   tmp_path: Path) -> None:
+    tok = tokens.issue(plant_ws, "tokyo", "tep-types")
+    plant = SimPlant("tep", "base", seed=3)
+    with service.start(plant_ws, "plants", "tokyo", port=0, limits=FAST) as run, PlantThread(plant) as pt:
+        mapping = _map(plant, tmp_path / "tep.toml")
+        flag = mapping.estop or ""
+        frame = flag.replace("estop", "frame")
+        for bad, what in ((replace(mapping, state=(flag, *mapping.state[1:])), "Boolean; a state node must be"),
+                          (replace(mapping, action=(frame, *mapping.action[1:])), "Int64; a action node must be"),
+                          (replace(mapping, estop=mapping.state[0]), "Double; a flag node must be Boolean")):
+            with pytest.raises(ValidationError, match=what):
+                asyncio.run(run_bridge(pt.endpoint, bad, run.url, tok, hz=20, steps=2))
+        spec = plant.emb.to_dict()
+        spec["action"][0]["high"] = spec["action"][0]["high"] + 10  # wider than registered
+        import tomli_w
+
+        (tmp_path / "wide.toml").write_text(tomli_w.dumps(spec))
+        with pytest.raises(ValidationError, match="would widen the registered limits"):
+            asyncio.run(run_bridge(pt.endpoint, replace(mapping, embodiment_file=tmp_path / "wide.toml"), run.url,
+                                   tok, hz=20, steps=2))
+    assert plant.frames == 0
+
+
+def test_eval_of_a_served_model_ends_with_a_clear_error_when_the_token_is_revoked_mid_run(
+        plant_ws: Workspace) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    tok = tokens.issue(plant_ws, "tokyo", "evaluator-2")
+    with service.start(plant_ws, "plants", "tokyo", port=0) as run:  # acts at the arm's control rate
+        proc = subprocess.Popen([sys.executable, "-m", "onshore", "-w", str(plant_ws.root), "eval", "--env",
+                                 "metaworld", "--tasks", "reach-v3", "--episodes", "4", "--workers", "2", "--policy",
+                                 run.url, "--token", tok], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        try:
+            deadline = time.monotonic() + 120
+            while run.server.stats.actions < 20 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert proc.poll() is None, proc.communicate()[1]
+            tokens.revoke(plant_ws, "tokyo", "evaluator-2")
+            _, err = proc.communicate(timeout=60)  # on the base, the pool waited here forever
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 1, err
+    assert "revoked" in err and "Traceback" not in err, err

@@ -32,6 +32,7 @@ def test_importing_the_envelope_does_not_import_torch() -> None:
 def test_each_intervention_is_named_counted_and_returned() -> None:
     lim = E.Limits.from_embodiment(FURNACE, watchdog_periods=2)
     assert lim.max_step.tolist()[:2] == [0.5, 1.0] and math.isinf(lim.max_step[2])
+    assert lim.max_rate.tolist()[:2] == [5.0, 10.0]
     env = E.Envelope(lim, initial=[50.0, 10.0, 0.0])
     c = env.command([51.0, 10.5, 0.3], now=0.0)  # fuel moves 1.0 > 0.5 per period
     assert c.action.tolist() == [50.5, 10.5, 0.3] and c.interventions == (E.RATE,) and c.alarm is None
@@ -41,7 +42,7 @@ def test_each_intervention_is_named_counted_and_returned() -> None:
     assert c.action.tolist() == [51.0, 10.5, -1.0] and c.interventions == (E.NONFINITE,) and "NaN" in c.alarm
     c = env.command([1.0, 2.0], now=0.3)  # wrong width: same as not finite
     assert c.interventions == (E.NONFINITE,)
-    assert env.counts == {E.CLAMP: 1, E.RATE: 2, E.NONFINITE: 2, E.WATCHDOG: 0, E.ESTOP: 0}
+    assert env.counts == {E.CLAMP: 1, E.RATE: 2, E.NONFINITE: 2, E.WATCHDOG: 0, E.ESTOP: 0, E.FAULT: 0}
     assert E.bits([E.CLAMP, E.RATE]) == 3 and E.bits([E.ESTOP]) == 16
 
 
@@ -62,13 +63,62 @@ def test_watchdog_commands_the_safe_action_after_n_silent_periods() -> None:
 
 def test_e_stop_latches_until_an_explicit_reset() -> None:
     env = E.Envelope(E.Limits.from_embodiment(FURNACE, safe=[0.0, 0.0, 0.0]), initial=[1.0, 0.0, 0.0])
-    env.estop("button")
-    for _ in range(3):  # model outputs do not clear it
-        c = env.command([1.0, 0.0, 0.0])
+    env.estop("button", by="line-3")
+    for k in range(3):  # model outputs do not clear it, nor does a new episode
+        c = env.command([1.0, 0.0, 0.0], now=k / 10)
         assert c.interventions[0] == E.ESTOP and "button" in (c.alarm or "")
+        env.restart(initial=[1.0, 0.0, 0.0])
+        assert env.estopped
     assert c.action.tolist() == [0.0, 0.0, 0.0]  # 1.0 -> 0.5 -> 0.0 at 0.5 per period
-    env.reset_estop()
-    assert env.command([0.3, 0.0, 0.0]).interventions == ()
+    with pytest.raises(ValidationError, match="who"):
+        env.reset_estop("")
+    assert env.estopped
+    assert env.reset_estop(by="operator ito") is True
+    assert env.command([0.3, 0.0, 0.0], now=0.3).interventions == ()
+    assert [(e.event, e.by, e.reason) for e in env.estop_log] == [("estop", "line-3", "button"),
+                                                                  ("reset_estop", "operator ito", "button")]
+
+
+def test_max_rate_is_per_second_of_time_not_per_command() -> None:
+    lim = E.Limits.from_embodiment(FURNACE)  # fuel: 5 %/s at 10 Hz
+    env = E.Envelope(lim, initial=[0.0, 0.0, 0.0])
+    env.command([0.0, 0.0, 0.0], now=0.0)
+    t = 0.0
+    for _ in range(100):  # ten commands per control period, for one second
+        t += lim.period / 10
+        c = env.command([100.0, 80.0, 0.0], now=t)
+    assert c.action[0] == pytest.approx(5.0) and c.action[1] == pytest.approx(10.0)  # one second's worth
+    # a caller that paused gets one period's step, not the whole pause's
+    c = env.command([100.0, 80.0, 0.0], now=t + 60.0)
+    assert c.action[0] == pytest.approx(5.5) and E.RATE in c.interventions
+
+
+def test_a_new_episode_starts_from_the_last_command_applied() -> None:
+    lim = E.Limits.from_embodiment(FURNACE)
+    env = E.Envelope(lim, initial=[0.0, 0.0, 0.0])
+    env.command([0.5, 0.0, 0.0], now=0.1)
+    env.restart(initial=[90.0, 0.0, 0.0])  # what a client claims the actuators are at does not count
+    c = env.command([90.0, 0.0, 0.0], now=0.2)
+    assert c.action[0] == pytest.approx(1.0) and E.RATE in c.interventions
+    fresh = E.Envelope(lim)
+    fresh.restart(initial=[90.0, 0.0, 0.0])  # a machine never commanded is seeded by it
+    assert fresh.command([99.0, 0.0, 0.0], now=0.0).action[0] == pytest.approx(90.5)
+
+
+def test_a_map_narrows_the_registered_limits_and_never_widens_them() -> None:
+    narrow = Embodiment("furnace-line-3", 10.0, FURNACE.state,
+                        (Channel("fuel", "%", 10.0, 50.0, 1.0), Channel("air", "%", -20.0, 80.0, 10.0),
+                         Channel("free", "", -1.0, 1.0, 0.5)))
+    got = E.narrowed(FURNACE, narrow, "map.toml")
+    assert [(c.low, c.high, c.max_rate) for c in got.action] == [(10.0, 50.0, 1.0), (-20.0, 80.0, 10.0),
+                                                                 (-1.0, 1.0, 0.5)]
+    for wide in ((Channel("fuel", "%", -5.0, 100.0, 5.0),), (Channel("fuel", "%", 0.0, 101.0, 5.0),),
+                 (Channel("fuel", "%", 0.0, 100.0, 6.0),), (Channel("fuel", "%", 0.0, 100.0, None),)):
+        emb = Embodiment("furnace-line-3", 10.0, FURNACE.state, wide + FURNACE.action[1:])
+        with pytest.raises(ValidationError, match="'fuel' would widen"):
+            E.narrowed(FURNACE, emb, "map.toml")
+    with pytest.raises(ValidationError, match="differ"):
+        E.narrowed(FURNACE, Embodiment("x", 10.0, FURNACE.state, FURNACE.action[:2]), "map.toml")
 
 
 def test_bad_safe_actions_and_watchdog_settings_are_refused() -> None:
@@ -86,36 +136,55 @@ values = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
                    st.sampled_from([math.nan, math.inf, -math.inf, 1e308, -1e308, 0.0]))
 outputs = st.one_of(st.lists(values, min_size=3, max_size=3), st.lists(values, min_size=0, max_size=5),
                     st.just("not numbers"))
-events = st.one_of(st.tuples(st.just("act"), outputs), st.tuples(st.just("idle"), st.floats(0, 1)),
-                   st.just(("estop", None)), st.just(("reset", None)))
+gaps = st.one_of(st.just(0.0), st.floats(0, 0.3), st.floats(0, 5))  # same instant, faster, slower than 10 Hz
+events = st.one_of(st.tuples(st.just("act"), outputs, gaps), st.tuples(st.just("idle"), st.none(), gaps),
+                   st.tuples(st.just("hold"), st.sampled_from([None, (10.0, 0.0, 0.5), (500.0, 0.0, 0.0)]), gaps),
+                   st.tuples(st.just("estop"), st.none(), st.just(0.0)),
+                   st.tuples(st.just("reset_estop"), st.none(), st.just(0.0)),
+                   st.tuples(st.just("restart"), st.one_of(st.none(), outputs), st.just(0.0)))
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(events, min_size=1, max_size=60), st.booleans(), st.integers(1, 4))
-def test_no_sequence_of_outputs_commands_outside_the_limits_or_faster_than_max_rate(
+def test_no_sequence_of_messages_resets_and_timings_escapes_the_limits_or_max_rate_per_second(
         seq: list, seeded: bool, watchdog: int) -> None:
     lim = E.Limits.from_embodiment(FURNACE, safe=[10.0, 0.0, 0.5], watchdog_periods=watchdog)
-    env = E.Envelope(lim, initial=[99.0, -20.0, 1.0] if seeded else None)
-    previous = env.last
-    now = 0.0
-    for kind, arg in seq:
+    clock = [0.0]
+    env = E.Envelope(lim, initial=[99.0, -20.0, 1.0] if seeded else None, clock=lambda: clock[0])
+    previous, previous_t = env.last, None
+    latched = False
+    for kind, arg, gap in seq:
+        clock[0] += gap
+        now = clock[0]
         if kind == "act":
-            now += lim.period
             cmd = env.command(arg, now)
         elif kind == "idle":
-            now += arg
             cmd = env.idle(now)
+        elif kind == "hold":
+            cmd = env.hold(E.FAULT, "plant fault", now, arg)
         elif kind == "estop":
-            env.estop()
+            env.estop("test", by="t")
+            latched = True
+            continue
+        elif kind == "reset_estop":
+            env.reset_estop("operator")
+            latched = False
             continue
         else:
-            env.reset_estop()
+            env.restart(arg)
+            assert env.estopped == latched  # a new episode never clears the latch
             continue
+        assert env.estopped == latched
         if cmd is None:
             continue
+        if latched:
+            assert E.ESTOP in cmd.interventions
         a = cmd.action
         assert a.shape == (3,) and np.isfinite(a).all()
         assert (a >= lim.low).all() and (a <= lim.high).all()
         if previous is not None:
-            assert (np.abs(a - previous) <= lim.max_step).all(), (a, previous)
-        previous = a
+            # per second of time since the previous command; one period's worth before its first time
+            dt = lim.period if previous_t is None else min(now - previous_t, lim.period)
+            bound = np.where(np.isinf(lim.max_rate), np.inf, np.nan_to_num(lim.max_rate, posinf=0.0) * dt)
+            assert (np.abs(a - previous) <= bound + 1e-9 * (1 + np.abs(previous))).all(), (a, previous, dt)
+        previous, previous_t = a, now

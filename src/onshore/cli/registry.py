@@ -48,6 +48,21 @@ def site_set(name: str = typer.Argument(..., help="A registered site."),
     console.print(f"site [bold]{esc(site.name)}[/] is now in {site.jurisdiction}")
 
 
+@site_app.command("roles")
+def site_roles(name: str = typer.Argument(..., help="A registered site."),
+               roles: str = typer.Option(..., "--roles", metavar="ROLES",
+                                         help="The new roles, comma-separated: storage,compute,serve.")) -> None:
+    """Change a site's roles; a server running at a site that loses serve stops within two seconds.
+
+    Example: onshore site roles tokyo --roles storage,compute
+    """
+    from onshore.workspace import registry
+
+    with open_workspace() as ws:
+        site = registry.set_site_roles(ws, name, roles)
+    console.print(f"site [bold]{esc(site.name)}[/] now has roles {','.join(site.roles)}")
+
+
 @site_app.command("list")
 def site_list(json_: bool = JSON) -> None:
     """List sites with their jurisdictions and roles."""

@@ -7,6 +7,7 @@ holds a token and talks to a server and a PLC.
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from pathlib import Path
@@ -18,7 +19,7 @@ from typer.core import TyperGroup
 from onshore.cli.context import open_workspace
 from onshore.cli.inputs import usage
 from onshore.cli.output import console, err, esc, print_json, table
-from onshore.errors import ValidationError
+from onshore.errors import OnshoreError, PolicyDenied, ValidationError
 
 JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
 
@@ -54,9 +55,13 @@ def run(
     record_as: str | None = typer.Option(None, "--record-as", metavar="DATASET",
                                          help="Name of the recorded dataset (default MODEL-run-RUNID)."),
     threads: int = typer.Option(2, "--threads", help="Inference threads (torch runs one thread in each)."),
+    act_hz: float | None = typer.Option(
+        None, "--act-hz", metavar="HZ",
+        help="Acts per second a session may send (default: the embodiment's control rate); raise it only for a "
+             "simulated plant that runs faster than real time."),
 ) -> None:
     """Serve MODEL at a site that holds it until Ctrl-C (exit 3, naming the dataset and rule, where its data
-    forbids it).
+    forbids it, also when that happens while it runs: a withdrawal, the site losing its serve role).
 
     Example: onshore serve consortium-tiny --site tokyo --port 7070 --record-policy run-policy.toml
     --record-member kansai-robotics
@@ -76,6 +81,8 @@ def run(
         raise usage("--record-as names a recording: give --record-policy and --record-member too")
     if threads < 1:
         raise ValidationError(f"--threads must be at least 1, got {threads}")
+    if act_hz is not None and not (math.isfinite(act_hz) and act_hz > 0):
+        raise ValidationError(f"--act-hz must be a positive number, got {act_hz}")
     if not 0 <= port <= 65535:
         raise ValidationError(f"--port must be between 0 and 65535, got {port}")
     torch.set_num_threads(1)  # one core per inference thread: latency, not throughput
@@ -85,13 +92,13 @@ def run(
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with open_workspace() as ws:
-        running = service.start(ws, model, site, host, port, record, ServerLimits(infer_threads=threads),
-                                purpose=purpose)
+        running = service.start(ws, model, site, host, port, record,
+                                ServerLimits(infer_threads=threads, act_hz=act_hz), purpose=purpose)
         err.print(f"serving [bold]{esc(model)}[/] (sha256 {running.served.digest[:16]}...) at {esc(site)} on "
                   f"{esc(running.url)}; health at http://{esc(host)}:{running.port}/healthz; Ctrl-C stops",
                   highlight=False)
         try:
-            while not stop.wait(0.5):
+            while not stop.wait(0.2) and running.refusal is None:
                 pass
         except KeyboardInterrupt:
             pass
@@ -104,6 +111,8 @@ def run(
     for r in report.recorded:
         console.print(f"recorded [bold]{esc(r['dataset'])}[/]: {r['episodes']} episode(s), {r['frames']} frames of "
                       f"{esc(r['embodiment'])} at {esc(site)}", highlight=False)
+    if report.reason is not None:
+        raise PolicyDenied(f"stopped serving: {report.reason}")
 
 
 @serve_app.command("token")
@@ -190,7 +199,12 @@ def opcua(
     report = asyncio.run(main())
     if json_:
         print_json(report.to_json())
+        if report.server_lost is not None:
+            raise typer.Exit(1)
         return
+    if report.server_lost is not None:
+        raise OnshoreError(f"the policy server stopped answering: {report.server_lost}; the bridge held the safe "
+                           f"action with the alarm raised until it stopped ({report.written} commands written)")
     lat = report.to_json()["latency_ms"]
     console.print(f"{report.steps} control periods at {report.hz:g} Hz: {report.written} commands written, "
                   f"{report.deadline_misses} deadline miss(es), latency p50 {lat['p50']:.1f} ms "

@@ -10,6 +10,17 @@ watchdog commands the safe action. The e-stop button latches the bridge's envelo
 ``estop_reset`` node (or a restart) clears it. Deadline misses and the bridge's interventions go
 to the server with each request, so the run's recording carries them.
 
+Faults never leave the last setpoint in place: when the plant reports a state value that is NaN
+or Inf, has a Bad status code, or a source timestamp older than ``max_state_age_s``, the bridge
+does not ask the model; it commands the safe action (``safe_action`` of the map, or holds the
+last command when the map names none), counted as a ``fault`` intervention, and raises its alarm
+(the ``alarm`` node, latched until ``estop_reset``). When the policy server refuses (a
+withdrawal, a revoked token) or goes away, the bridge holds the same way for the rest of the
+run, alarm raised, and the report's ``server_lost`` says why; it never exits leaving the last
+command on the machine. The limits it enforces are the registered embodiment's (the spec the
+server answers ``reset`` with); a map's ``embodiment_file`` may only narrow them. A node of the
+wrong data type is refused before the loop starts, naming the node.
+
 The map (``MAP.toml``) names the embodiment, the task and the nodes::
 
     embodiment = "furnace-line-3"
@@ -18,11 +29,14 @@ The map (``MAP.toml``) names the embodiment, the task and the nodes::
     state = ["ns=2;s=state/0", ...]     # one per state channel, in the embodiment's order
     action = ["ns=2;s=action/0", ...]   # one per action channel
     estop = "ns=2;s=estop"              # optional Boolean: true latches the e-stop
-    estop_reset = "ns=2;s=estop_reset"  # optional Boolean: true clears a latched e-stop
+    estop_reset = "ns=2;s=estop_reset"  # optional Boolean: true clears a latched e-stop and the alarm
+    alarm = "ns=2;s=alarm"              # optional Boolean the bridge sets on a fault
     [envelope]
     watchdog_periods = 3                # optional (default 3)
-    safe_action = [0.0, 0.0]            # optional (default 0 clamped into the limits)
-    embodiment_file = "furnace.toml"    # optional: limits from this file, not from the server
+    safe_action = [0.0, 0.0]            # optional (default: hold on a fault; 0 clamped into the limits
+                                        # for the watchdog and the e-stop)
+    max_state_age_s = 1.0               # optional (default: watchdog_periods periods, at least 1 s)
+    embodiment_file = "furnace.toml"    # optional: narrows the registered limits, never widens them
 
 No torch: the bridge runs next to the machine.
 """
@@ -30,6 +44,8 @@ No torch: the bridge runs next to the machine.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,12 +57,12 @@ import numpy as np
 from onshore.errors import OnshoreError, ValidationError
 from onshore.files import read_toml
 from onshore.serve import envelope as E
-from onshore.serve.client import AsyncClient
+from onshore.serve.client import AsyncClient, ServeError
 from onshore.telemetry.embodiment import Embodiment
 
 _MAP_KEYS = {"embodiment", "task", "nodes", "envelope"}
-_NODE_KEYS = {"state", "action", "estop", "estop_reset"}
-_ENVELOPE_KEYS = {"watchdog_periods", "safe_action", "embodiment_file"}
+_NODE_KEYS = {"state", "action", "estop", "estop_reset", "alarm"}
+_ENVELOPE_KEYS = {"watchdog_periods", "safe_action", "embodiment_file", "max_state_age_s"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,8 @@ class BridgeMap:
     watchdog_periods: int = 3
     safe_action: tuple[float, ...] | None = None
     embodiment_file: Path | None = None
+    alarm: str | None = None
+    max_state_age_s: float | None = None
 
     @classmethod
     def from_toml(cls, path: Path) -> BridgeMap:
@@ -87,7 +105,7 @@ class BridgeMap:
             if not isinstance(v, list) or not v or not all(isinstance(n, str) and n for n in v):
                 raise fail(f"[nodes] {key} must be a non-empty list of node ids, e.g. \"ns=2;s=state/0\"")
             lists[key] = tuple(v)
-        for key in ("estop", "estop_reset"):
+        for key in ("estop", "estop_reset", "alarm"):
             if key in nodes and not isinstance(nodes[key], str):
                 raise fail(f"[nodes] {key} must be a node id string")
         wd = env.get("watchdog_periods", 3)
@@ -97,12 +115,17 @@ class BridgeMap:
         if safe is not None and (not isinstance(safe, list) or not all(
                 isinstance(x, int | float) and not isinstance(x, bool) for x in safe)):
             raise fail("[envelope] safe_action must be a list of numbers, one per action channel")
+        age = env.get("max_state_age_s")
+        if age is not None and (isinstance(age, bool) or not isinstance(age, int | float)
+                                or not (math.isfinite(age) and age > 0)):
+            raise fail("[envelope] max_state_age_s must be a positive number of seconds")
         emb_file = env.get("embodiment_file")
         if emb_file is not None and not isinstance(emb_file, str):
             raise fail("[envelope] embodiment_file must be a path")
         return cls(data["embodiment"], data["task"], lists["state"], lists["action"], nodes.get("estop"),
                    nodes.get("estop_reset"), wd, tuple(float(x) for x in safe) if safe is not None else None,
-                   (path.parent / emb_file) if emb_file else None)
+                   (path.parent / emb_file) if emb_file else None, nodes.get("alarm"),
+                   float(age) if age is not None else None)
 
 
 @dataclass
@@ -118,6 +141,8 @@ class BridgeReport:
     interventions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(E.KINDS, 0))
     server_interventions: dict[str, int] = field(default_factory=dict)
     estops: int = 0
+    faults: int = 0  # periods the plant's readings were unusable
+    server_lost: str | None = None  # why the policy server stopped answering, if it did
     alarms: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
 
@@ -129,8 +154,55 @@ class BridgeReport:
                 "deadline_misses": self.deadline_misses,
                 "io_errors": self.io_errors, "hz": self.hz, "interventions": self.interventions,
                 "server_interventions": self.server_interventions, "estops": self.estops,
+                "faults": self.faults, "server_lost": self.server_lost,
                 "alarms": self.alarms[:20], "latency_ms": {"p50": self.percentile(50), "p99": self.percentile(99),
                                                            "max": max(self.latencies_ms, default=float("nan"))}}
+
+
+_NUMERIC = ("Double", "Float", "SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64")
+
+
+async def _check_types(nodes: dict[str, list[Any]], ids: dict[str, list[str]]) -> dict[str, list[Any]]:
+    """The variant type of every node, refusing (naming the node) a state node that is not a
+    number, an action node that is not Double or Float, a flag node that is not Boolean."""
+    allowed = {"state": _NUMERIC, "action": ("Double", "Float"), "flag": ("Boolean",)}
+    types: dict[str, list[Any]] = {}
+    for role, group in nodes.items():
+        types[role] = []
+        for node, node_id in zip(group, ids[role], strict=True):
+            try:
+                vt = await node.read_data_type_as_variant_type()
+            except Exception as e:
+                raise ValidationError(f"OPC UA node {node_id} ({role}) cannot be read: {e or type(e).__name__}; "
+                                      "check the node id in the map") from None
+            if vt.name not in allowed[role]:
+                raise ValidationError(f"OPC UA node {node_id} ({role}) has data type {vt.name}; a {role} node must "
+                                      f"be {' or '.join(allowed[role])}")
+            types[role].append(vt)
+    return types
+
+
+def _plant_fault(values: list[Any], names: list[str], max_age: float) -> str | None:
+    """Why these state readings (OPC UA DataValues) must not reach the model, or None."""
+    now = dt.datetime.now(dt.UTC)
+    for dv, name in zip(values, names, strict=True):
+        if dv.StatusCode is not None and not dv.StatusCode.is_good():
+            return f"plant reports status {dv.StatusCode.name} for {name}"
+        v = dv.Value.Value if dv.Value is not None else None
+        try:
+            ok = v is not None and not isinstance(v, bool) and math.isfinite(float(v))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            return f"plant reports {v!r} for {name}"
+        stamp = dv.SourceTimestamp or dv.ServerTimestamp
+        if stamp is not None:
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=dt.UTC)
+            age = (now - stamp).total_seconds()
+            if age > max_age:
+                return f"plant reading of {name} is {age:.1f} s old (over {max_age:g} s)"
+    return None
 
 
 async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str | None, hz: float | None = None,
@@ -140,8 +212,10 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
 
     ``hz`` overrides the embodiment's control rate (a simulated plant may run faster than real
     time). Refused before the loop starts: an unreachable OPC UA server or policy server, a
-    refused token, node lists whose lengths differ from the embodiment's channels, an embodiment
-    the server does not serve.
+    refused token, node lists whose lengths differ from the embodiment's channels, a node of the
+    wrong data type, an embodiment the server does not serve, an ``embodiment_file`` that would
+    widen the registered limits. After that, nothing the plant or the server does ends the run
+    early: faults hold the safe action with the alarm raised (see the module docstring).
     """
     from asyncua import Client as OpcClient
     from asyncua import ua
@@ -156,13 +230,20 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
     policy = AsyncClient(server, token)
     try:
         await policy.connect()
+        flag_ids = [n for n in (mapping.estop, mapping.estop_reset) if n]
         state_nodes = [opc.get_node(n) for n in mapping.state]
         action_nodes = [opc.get_node(n) for n in mapping.action]
-        flag_nodes = [opc.get_node(n) for n in (mapping.estop, mapping.estop_reset) if n]
+        flag_nodes = [opc.get_node(n) for n in flag_ids]
+        alarm_node = opc.get_node(mapping.alarm) if mapping.alarm else None
+        types = await _check_types(
+            {"state": state_nodes, "action": action_nodes, "flag": flag_nodes + ([alarm_node] if alarm_node else [])},
+            {"state": list(mapping.state), "action": list(mapping.action),
+             "flag": flag_ids + ([mapping.alarm] if mapping.alarm else [])})
         initial = np.asarray(await opc.read_values(action_nodes), dtype=np.float64)
         ready = await policy.reset(mapping.embodiment, mapping.task, initial_action=initial.astype(np.float32))
-        emb = Embodiment.from_toml(mapping.embodiment_file) if mapping.embodiment_file else \
-            Embodiment.from_dict(ready["spec"], source="the policy server's embodiment spec")
+        emb = Embodiment.from_dict(ready["spec"], source="the policy server's embodiment spec")
+        if mapping.embodiment_file is not None:
+            emb = E.narrowed(emb, Embodiment.from_toml(mapping.embodiment_file), str(mapping.embodiment_file))
         if (len(state_nodes), len(action_nodes)) != (emb.state_dim, emb.action_dim):
             raise ValidationError(f"the map names {len(state_nodes)} state and {len(action_nodes)} action nodes; "
                                   f"{emb.name} has {emb.state_dim} and {emb.action_dim} channels")
@@ -171,26 +252,40 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
             raise ValidationError(f"--hz must be positive, got {hz}")
         report.hz = rate
         period = 1.0 / rate
-        limits = E.Limits.from_embodiment(emb, mapping.safe_action, mapping.watchdog_periods)
-        if hz:  # the rate limit is per command: keep max_rate in units per second at the bridge's rate
-            limits = E.Limits(limits.low, limits.high, limits.max_step * emb.control_hz / rate, limits.safe,
-                              period, limits.watchdog_periods)
+        # max_rate stays in units per second whatever the bridge's rate
+        limits = E.Limits.from_embodiment(emb, mapping.safe_action, mapping.watchdog_periods, period=period)
         env = E.Envelope(limits, initial=initial)
+        max_age = mapping.max_state_age_s or max(mapping.watchdog_periods * period, 1.0)
+        state_names = [c.name for c in emb.state]
+        alarmed = False
 
-        async def io_step() -> tuple[np.ndarray, float]:
+        async def set_alarm(on: bool) -> None:
+            nonlocal alarmed
+            if alarm_node is not None and on != alarmed:
+                await opc.write_values([alarm_node], [ua.Variant(on, ua.VariantType.Boolean)])
+            alarmed = on
+
+        async def io_step() -> tuple[np.ndarray | str, float]:
+            """One period's read and, when the readings are usable, the server's answer; a plant
+            fault comes back as its description instead of an action."""
             t0 = time.perf_counter()
-            values = await opc.read_values(state_nodes + flag_nodes)
-            flags = values[len(state_nodes):]
-            pressed = bool(flags[0]) if mapping.estop else False
-            reset = bool(flags[-1]) if mapping.estop_reset else False
+            values = await opc.read_attributes(state_nodes + flag_nodes, ua.AttributeIds.Value)
+            flags = [bool(v.Value.Value) if v.Value is not None else False for v in values[len(state_nodes):]]
+            pressed = flags[0] if mapping.estop else False
+            reset = flags[-1] if mapping.estop_reset else False
             if pressed and not env.estopped:
-                env.estop("e-stop button")
+                env.estop("e-stop button", by="e-stop button")
                 report.estops += 1
                 say("e-stop pressed: latched; commanding the safe action")
-            elif reset and env.estopped and not pressed:
-                env.reset_estop()
+            elif reset and not pressed and (env.estopped or alarmed):
+                if env.estopped:
+                    env.reset_estop(by="estop_reset node")
+                await set_alarm(False)
                 say("e-stop reset")
-            state = np.asarray(values[:len(state_nodes)], dtype=np.float32)
+            fault = _plant_fault(values[:len(state_nodes)], state_names, max_age)
+            if fault is not None:
+                return fault, t0
+            state = np.asarray([v.Value.Value for v in values[:len(state_nodes)]], dtype=np.float32)
             report.requests += 1
             raw = await policy.act(state, deadline_misses=report.deadline_misses,
                                    bridge_interventions=sum(report.interventions.values()))
@@ -201,13 +296,18 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                 report.interventions[k] += 1
             if cmd.alarm and len(report.alarms) < 100 and (not report.alarms or report.alarms[-1] != cmd.alarm):
                 report.alarms.append(cmd.alarm)
-            await opc.write_values(action_nodes, [ua.Variant(float(x), ua.VariantType.Double) for x in cmd.action])
+            await opc.write_values(action_nodes, [ua.Variant(float(x), vt)
+                                                  for x, vt in zip(cmd.action, types["action"], strict=True)])
             report.written += 1
+
+        async def hold(why: str) -> None:
+            await set_alarm(True)
+            await write(env.hold(E.FAULT, why, loop.time(), mapping.safe_action))
 
         loop = asyncio.get_running_loop()
         start = loop.time()
         tick = start
-        pending: asyncio.Task[tuple[np.ndarray, float]] | None = None
+        pending: asyncio.Task[tuple[np.ndarray | str, float]] | None = None
         while True:
             if steps is not None and report.steps >= steps:
                 break
@@ -217,33 +317,52 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                 break
             report.steps += 1
             deadline = tick + period
-            if pending is None:
-                pending = asyncio.ensure_future(io_step())
-            done, _ = await asyncio.wait({pending}, timeout=max(0.0, deadline - loop.time()))
-            if pending in done:
-                task, pending = pending, None
-                try:
-                    raw, t0 = task.result()
-                except OnshoreError:
-                    raise
-                except Exception as e:  # a failed OPC UA read: this period has no state
-                    report.io_errors += 1
+            if report.server_lost is not None:  # no server: hold for the rest of the run
+                await hold(f"policy server lost: {report.server_lost}; holding the safe action")
+            else:
+                if pending is None:
+                    pending = asyncio.ensure_future(io_step())
+                done, _ = await asyncio.wait({pending}, timeout=max(0.0, deadline - loop.time()))
+                if pending in done:
+                    task, pending = pending, None
+                    try:
+                        raw, t0 = task.result()
+                    except ServeError as e:
+                        if e.code == "rate_limited":  # early after a late answer: this period has no answer
+                            report.deadline_misses += 1
+                            cmd = env.idle(loop.time())
+                            if cmd is not None:
+                                await write(cmd)
+                        else:  # refused (a withdrawal, a revoked token) or gone: hold from now on
+                            report.server_lost = str(e)
+                            say(f"policy server: {e}; holding the safe action, alarm raised")
+                            await hold(f"policy server lost: {e}; holding the safe action")
+                    except OnshoreError:
+                        raise
+                    except Exception as e:  # a failed OPC UA read: this period has no state
+                        report.io_errors += 1
+                        report.deadline_misses += 1
+                        say(f"OPC UA error: {e or type(e).__name__}")
+                        cmd = env.idle(loop.time())
+                        if cmd is not None:
+                            await write(cmd)
+                    else:
+                        if isinstance(raw, str):
+                            report.faults += 1
+                            if report.faults == 1 or not alarmed:
+                                say(f"{raw}; holding the safe action, alarm raised")
+                            await hold(f"{raw}; holding the safe action")
+                        else:
+                            await write(env.command(raw, loop.time()))
+                            report.latencies_ms.append((time.perf_counter() - t0) * 1e3)
+                            report.server_interventions = dict(policy.last.get("counts", {}))
+                        if loop.time() > deadline:
+                            report.deadline_misses += 1
+                else:
                     report.deadline_misses += 1
-                    say(f"OPC UA error: {e or type(e).__name__}")
                     cmd = env.idle(loop.time())
                     if cmd is not None:
                         await write(cmd)
-                else:
-                    await write(env.command(raw, loop.time()))
-                    report.latencies_ms.append((time.perf_counter() - t0) * 1e3)
-                    report.server_interventions = dict(policy.last.get("counts", {}))
-                    if loop.time() > deadline:
-                        report.deadline_misses += 1
-            else:
-                report.deadline_misses += 1
-                cmd = env.idle(loop.time())
-                if cmd is not None:
-                    await write(cmd)
             tick = deadline
             now = loop.time()
             if now < tick:
@@ -255,11 +374,15 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                 await asyncio.wait_for(pending, timeout=max(period, 5.0))
             except Exception:  # stopping: whatever happened to it changes nothing on the machine
                 pass
-        try:
-            await policy.end()
-        except OnshoreError:
-            pass
+        if report.server_lost is None:
+            try:
+                await policy.end()
+            except OnshoreError:
+                pass
         return report
     finally:
-        await policy.close()
+        try:
+            await policy.close()
+        except Exception:  # a connection the server already cut has nothing left to close
+            pass
         await opc.disconnect()

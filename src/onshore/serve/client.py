@@ -6,12 +6,19 @@ a served model in closed loop; :class:`ClientFactory` is the picklable factory e
 to its worker processes. After each ``act``, ``last`` holds the server's full reply
 (interventions, counts, alarm, inference time). Errors the server answers raise ``ServeError``
 with its ``code``. No torch here: clients run next to the machine.
+
+Nothing here waits without end: opening the connection, every request (the first included) and
+closing are bounded by ``timeout`` seconds (``ServeError`` with code ``timeout`` naming the
+server), and a ``Client`` left unclosed does not hold up the interpreter at exit (it is aborted,
+not closed with a handshake, when it is garbage collected). ``ServeError`` pickles, so an
+evaluation worker's failure reaches the parent process.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +37,9 @@ class ServeError(OnshoreError):
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable: crosses evaluation's worker processes
+        return type(self), (self.code, str(self))
+
 
 def _headers(token: str | None) -> dict[str, str]:
     token = token if token is not None else os.environ.get(TOKEN_ENV)
@@ -42,13 +52,16 @@ def _check_url(url: str) -> str:
     return url
 
 
-def _refused(url: str, e: Exception) -> ServeError:
+def _refused(url: str, e: Exception, timeout: float) -> ServeError:
     from websockets.exceptions import InvalidStatus
 
+    if isinstance(e, TimeoutError):
+        return ServeError("timeout", f"the policy server at {url} did not answer the opening handshake within "
+                                     f"{timeout:g} s; is it a policy server, and is it running?")
     if isinstance(e, InvalidStatus):
         status = e.response.status_code
         body = e.response.body.decode(errors="replace").strip() if e.response.body else ""
-        code = "unauthorized" if status == 401 else "refused"
+        code = {401: "unauthorized", 503: "busy"}.get(status, "refused")
         hint = "; issue a token with 'onshore serve token --site S --client NAME'" if status == 401 else ""
         return ServeError(code, f"{url}: HTTP {status} {body}{hint}")
     return ServeError("unreachable", f"cannot reach the policy server at {url}: {e}")
@@ -62,6 +75,14 @@ def _stale(raw: Any, id_: int) -> bool:
         return False
     old = msg.get("id")
     return isinstance(old, int) and old < id_
+
+
+def _lost(url: str, e: Exception) -> ServeError:
+    from websockets.exceptions import ConnectionClosed
+
+    if isinstance(e, ConnectionClosed) and e.rcvd is not None and e.rcvd.reason:
+        return ServeError("closed", f"{url}: the server closed the connection ({e.rcvd.code}: {e.rcvd.reason})")
+    return ServeError("closed", f"{url}: connection lost ({e or type(e).__name__})")
 
 
 def _reply(raw: Any, id_: int) -> dict[str, Any]:
@@ -93,23 +114,41 @@ class Client:
         self._ids = itertools.count(1)
         try:
             self._ws = connect(url, additional_headers=_headers(token), open_timeout=timeout,
-                               max_size=wire.HARD_FRAME, compression=None, legacy=True)  # a plain connection
+                               close_timeout=min(timeout, 2.0), max_size=wire.HARD_FRAME, compression=None,
+                               legacy=True)  # a plain connection, not a context manager
         except Exception as e:
-            raise _refused(url, e) from None
+            raise _refused(url, e, timeout) from None
 
     def request(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """Send one message and return the server's reply (``ServeError`` on an ``error`` reply)."""
+        """Send one message and return the server's reply within ``timeout`` seconds
+        (``ServeError``: on an ``error`` reply, with its code; ``timeout``; ``closed``)."""
         id_ = next(self._ids)
         try:
             self._ws.send(wire.pack({**msg, "id": id_}))
             raw = self._ws.recv(timeout=self.timeout)
+            while _stale(raw, id_):  # a late reply to a request that timed out before
+                raw = self._ws.recv(timeout=self.timeout)
         except TimeoutError:
-            raise ServeError("timeout", f"{self.url}: no reply within {self.timeout} s") from None
+            raise ServeError("timeout", f"{self.url}: no reply to {msg.get('type')} within {self.timeout:g} s; "
+                                        "the policy server is not answering") from None
         except OnshoreError:
             raise
         except Exception as e:
-            raise ServeError("closed", f"{self.url}: connection lost ({e})") from None
+            raise self._why_closed(e) from None
         return _reply(raw, id_)
+
+    def _why_closed(self, e: Exception) -> ServeError:
+        """The server's last word when it cut the connection (an ``error`` it sent before closing,
+        e.g. ``refused`` or ``unauthorized``), else ``closed``."""
+        try:
+            last = self._ws.recv(timeout=0)
+            _reply(last, -1)
+        except ServeError as said:
+            if said.code != "protocol":
+                return said
+        except Exception:  # nothing left to read: the close itself is all there is
+            pass
+        return _lost(self.url, e)
 
     def info(self) -> dict[str, Any]:
         return self.request({"type": "info"})
@@ -133,21 +172,34 @@ class Client:
 
     def act(self, state: np.ndarray, **report: int) -> np.ndarray:
         """The served command for ``state`` (float32). ``report``: ``deadline_misses`` and
-        ``bridge_interventions`` counters, recorded with the frame."""
-        self.last = self.request({"type": "act", "state": wire.encode_array(np.asarray(state).reshape(-1)),
-                                  **report})
-        return _action(self.last)
+        ``bridge_interventions`` counters, recorded with the frame. Called faster than the
+        embodiment's control rate, it waits (up to ``timeout``) instead of failing ``rate_limited``."""
+        msg = {"type": "act", "state": wire.encode_array(np.asarray(state).reshape(-1)), **report}
+        period = 1.0 / float(self.ready.get("control_hz") or 1000.0)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                self.last = self.request(msg)
+                return _action(self.last)
+            except ServeError as e:
+                # the server serves acts at the embodiment's control rate: a caller looping faster (an
+                # evaluation rollout) is paced here, never queued there
+                if e.code != "rate_limited" or time.monotonic() + period > deadline:
+                    raise
+                time.sleep(period)
 
     def estop(self, reason: str = "e-stop") -> dict[str, Any]:
         return self.request({"type": "estop", "reason": reason})
 
-    def reset_estop(self) -> dict[str, Any]:
-        return self.request({"type": "reset_estop"})
+    def reset_estop(self, by: str | None = None) -> dict[str, Any]:
+        """Clear the machine's latched e-stop; ``by`` names the person (recorded with the client)."""
+        return self.request({"type": "reset_estop", **({"by": by} if by else {})})
 
     def end(self) -> dict[str, Any]:
         return self.request({"type": "end"})
 
     def close(self) -> None:
+        """Close with the WebSocket handshake, waiting at most ``min(timeout, 2)`` seconds."""
         try:
             self._ws.close()
         except Exception:  # closing a broken connection has nothing left to report
@@ -160,9 +212,16 @@ class Client:
         self.close()
 
     def __del__(self) -> None:
+        # never a handshake here: at interpreter exit the connection's thread is already gone, and
+        # waiting for it would hold the interpreter forever. Dropping the socket is enough; the
+        # server ends the session when the TCP connection closes.
         ws = getattr(self, "_ws", None)
-        if ws is not None:
-            self.close()
+        sock = getattr(ws, "socket", None)
+        if sock is not None:
+            try:
+                sock.close()
+            except Exception:  # nothing to report from a finalizer
+                pass
 
 
 class AsyncClient:
@@ -180,23 +239,49 @@ class AsyncClient:
 
         try:
             self._ws = await connect(self.url, additional_headers=_headers(self.token), open_timeout=self.timeout,
-                                     max_size=wire.HARD_FRAME, compression=None)
+                                     close_timeout=min(self.timeout, 2.0), max_size=wire.HARD_FRAME,
+                                     compression=None)
         except Exception as e:
-            raise _refused(self.url, e) from None
+            raise _refused(self.url, e, self.timeout) from None
         return self
 
     async def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """As :meth:`Client.request`: the reply within ``timeout`` seconds or ``ServeError``."""
+        import asyncio
+
         id_ = next(self._ids)
-        try:
+
+        async def exchange() -> Any:
             await self._ws.send(wire.pack({**msg, "id": id_}))
             raw = await self._ws.recv()
             while _stale(raw, id_):
                 raw = await self._ws.recv()
+            return raw
+
+        try:
+            raw = await asyncio.wait_for(exchange(), self.timeout)
+        except TimeoutError:
+            raise ServeError("timeout", f"{self.url}: no reply to {msg.get('type')} within {self.timeout:g} s; "
+                                        "the policy server is not answering") from None
         except OnshoreError:
             raise
         except Exception as e:
-            raise ServeError("closed", f"{self.url}: connection lost ({e})") from None
+            raise await self._why_closed(e) from None
         return _reply(raw, id_)
+
+    async def _why_closed(self, e: Exception) -> ServeError:
+        """As :meth:`Client._why_closed`."""
+        import asyncio
+
+        try:
+            last = await asyncio.wait_for(self._ws.recv(), 0.05)
+            _reply(last, -1)
+        except ServeError as said:
+            if said.code != "protocol":
+                return said
+        except Exception:  # nothing left to read: the close itself is all there is
+            pass
+        return _lost(self.url, e)
 
     async def reset(self, embodiment: str, task: str, initial_action: np.ndarray | None = None) -> dict[str, Any]:
         msg: dict[str, Any] = {"type": "reset", "embodiment": embodiment, "task": task}

@@ -3,20 +3,26 @@
 The plant is one of Onshore's simulators (a Meta-World task on the Sawyer arm, or the Tennessee
 Eastman process through tep-studio) exposed by an ``asyncua`` server: one Double node per state
 channel (``ns=N;s=state/I``), one writable Double node per action channel (``action/I``), an
-``estop`` Boolean (the operator's button), ``estop_reset`` and a ``frame`` counter. The plant
+``estop`` Boolean (the operator's button), ``estop_reset``, an ``alarm`` Boolean (the bridge
+raises it) and a ``frame`` counter. Like a PLC's scan cycle, it republishes its state every
+``scan_s`` seconds with a fresh source timestamp. The plant
 steps its simulator by one control period whenever a client writes the action nodes (one Write
 request that names any of them), then publishes the new state: a closed loop whose clock is the
 bridge's. Its actuators start where the machine's own controller (the simulator's scripted
 expert) would put them, as a real machine's would be when a model takes over.
 
 :meth:`SimPlant.write_map` writes the bridge's MAP.toml for it. ``estop_at`` presses the e-stop
-button at that frame (for the demo and tests).
+button at that frame (for the demo and tests); ``fault`` (``nan``, ``bad`` or ``stale``) from
+frame ``fault_at`` on makes it publish NaN, a Bad status code, or stop updating its readings
+(their timestamps go stale), as a failing sensor or a hung PLC would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import math
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -45,12 +51,17 @@ class SimPlant:
     task: str
     seed: int = 0
     estop_at: int | None = None
+    fault: str | None = None  # "nan", "bad" or "stale", from frame ``fault_at``
+    fault_at: int = 0
+    scan_s: float = 0.1
     frames: int = 0
     actions: list[np.ndarray] = field(default_factory=list)  # every action written, in order
     states: list[np.ndarray] = field(default_factory=list)  # every state published, the initial one first
     terminated: bool = False
 
     def __post_init__(self) -> None:
+        if self.fault not in (None, "nan", "bad", "stale"):
+            raise OnshoreError(f"unknown plant fault {self.fault!r}; use nan, bad or stale")
         self.sim = registry.make_env(self.env)
         self.emb = self.sim.embodiment()
         tasks = registry.resolve_tasks(self.env, [self.task])
@@ -72,7 +83,10 @@ class SimPlant:
         self._action_nodes: list[Any] = []
         self._action_ids: set[Any] = set()
         self._estop: Any = None
+        self._alarm: Any = None
         self._frame: Any = None
+        self._scan: asyncio.Task[None] | None = None
+        self._alarm_value = False
         self.endpoint = ""
 
     async def start(self, host: str = "127.0.0.1", port: int | None = None) -> str:
@@ -104,13 +118,48 @@ class SimPlant:
         await self._estop.set_writable()
         reset = await obj.add_variable(ua.NodeId("estop_reset", ns), "estop_reset", False, ua.VariantType.Boolean)
         await reset.set_writable()
+        self._alarm = await obj.add_variable(ua.NodeId("alarm", ns), "alarm", False, ua.VariantType.Boolean)
+        await self._alarm.set_writable()
         self._frame = await obj.add_variable(ua.NodeId("frame", ns), "frame", 0, ua.VariantType.Int64)
         server.subscribe_server_callback(CallbackType.PostWrite, self._on_write)
         await server.start()
         self._server = server
+        self._scan = asyncio.create_task(self._scan_cycle())
         return self.endpoint
 
+    @property
+    def alarm(self) -> bool:
+        """Whether the bridge has raised the alarm node (read in the plant's own loop)."""
+        return self._alarm_value
+
+    async def _scan_cycle(self) -> None:
+        while True:
+            await asyncio.sleep(self.scan_s)
+            await self._publish()
+            self._alarm_value = bool(await self._alarm.read_value())
+
+    def _faulted(self) -> str | None:
+        return self.fault if self.fault is not None and self.frames >= self.fault_at else None
+
+    async def _publish(self) -> None:
+        """Write the current state to the state nodes, as the fault (if any) distorts it."""
+        from asyncua import ua
+
+        fault = self._faulted()
+        if fault == "stale":
+            return  # a hung PLC: the readings and their timestamps stop moving
+        now = dt.datetime.now(dt.UTC)
+        for i, (node, v) in enumerate(zip(self._state_nodes, np.asarray(self.state, dtype=np.float64), strict=True)):
+            value = math.nan if fault == "nan" and i == 0 else float(v)
+            bad = fault == "bad" and i == 0
+            status = ua.StatusCode(ua.StatusCodes.BadSensorFailure if bad else ua.StatusCodes.Good)
+            await node.write_value(ua.DataValue(ua.Variant(value, ua.VariantType.Double), StatusCode=status,
+                                                SourceTimestamp=now, ServerTimestamp=now))
+
     async def stop(self) -> None:
+        if self._scan is not None:
+            self._scan.cancel()
+            self._scan = None
         if self._server is not None:
             await self._server.stop()
             self._server = None
@@ -128,8 +177,7 @@ class SimPlant:
         self.state = step.state
         self.states.append(np.asarray(step.state, dtype=np.float64))
         self.terminated = bool(step.terminated) or self.frames >= self.max_frames
-        for node, v in zip(self._state_nodes, np.asarray(step.state, dtype=np.float64), strict=True):
-            await node.write_value(ua.Variant(float(v), ua.VariantType.Double))
+        await self._publish()
         await self._frame.write_value(ua.Variant(self.frames, ua.VariantType.Int64))
         if self.estop_at is not None and self.frames == self.estop_at:
             await self._estop.write_value(ua.Variant(True, ua.VariantType.Boolean))
@@ -139,7 +187,7 @@ class SimPlant:
         return {"embodiment": self.emb.name, "task": self.task_text,
                 "nodes": {"state": [f"{node}state/{i}" for i in range(self.emb.state_dim)],
                           "action": [f"{node}action/{i}" for i in range(self.emb.action_dim)],
-                          "estop": f"{node}estop", "estop_reset": f"{node}estop_reset"},
+                          "estop": f"{node}estop", "estop_reset": f"{node}estop_reset", "alarm": f"{node}alarm"},
                 "envelope": {"watchdog_periods": 3, "safe_action": [float(x) for x in self.initial_action]}}
 
     def write_map(self, path: Path) -> Path:

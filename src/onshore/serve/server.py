@@ -1,18 +1,26 @@
 """The policy server: a model next to its machine, over WebSocket with msgpack frames.
 
-One asyncio event loop takes connections; inference (the model's ``act`` and the envelope) runs
-on a small thread pool, off the loop, so a slow request never stalls other clients' I/O. Each
-connection is one session at a time (``reset`` starts an episode for an embodiment and task;
-``act`` answers one state with one command), with its own model history and safety envelope.
+One asyncio event loop takes connections; inference (the model's ``act``) runs on a small thread
+pool, off the loop, so a slow request never stalls other clients' I/O. Each connection is one
+session at a time (``reset`` starts an episode for an embodiment and task; ``act`` answers one
+state with one command), with its own model history. The safety envelope belongs to the
+*machine*, named by the token's client and the embodiment: it outlives sessions, so a latched
+e-stop stays latched across ``reset`` and reconnects until ``reset_estop`` (recorded with who
+did it), and the first command of a new session is rate limited from the last one applied.
 
-Refused at the opening handshake with HTTP 401, and logged: a request without a token, an
-unknown token, a token revoked or issued for another site. A token revoked while its connection
-is open is refused at its next message (the token table refreshes about once a second) and the
-connection is closed (code 1008). ``GET /healthz`` answers without a token.
+Refused at the opening handshake, and logged: a request without a token, an unknown token, a
+token revoked or issued for another site (HTTP 401; a peer that keeps sending bad tokens gets
+its refusals slowed down), more connections than the server or one client may hold (HTTP 503),
+and anything once serving was refused (HTTP 403). A watch task looks every ``poll_s`` seconds:
+it refreshes the token table (an open session whose token was revoked gets ``unauthorized`` and
+close code 1008) and calls ``recheck`` (the service's re-decision of ``serve`` when the ledger
+changed); a refusal there ends every session with a ``refused`` error naming the rule and
+refuses every later request. ``GET /healthz`` answers without a token.
 
 A malformed message (see :mod:`onshore.serve.wire`, and: a state of the wrong width or with
 NaN/Inf, an unknown embodiment, ``act`` before ``reset``) gets an ``error`` reply and changes
-nothing; a client over its message budget (a flood) gets one ``rate_limited`` reply per second
+nothing; ``act`` faster than the embodiment's control rate gets ``rate_limited`` (nothing is
+queued); a client over its message budget (a flood) gets one ``rate_limited`` reply per second
 and the rest of its messages are dropped unanswered. None of these stop the server or touch
 other sessions. The protocol is documented message by message in ``docs/serving.md``.
 """
@@ -22,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -50,8 +60,14 @@ class ServerLimits:
     messages_per_s: float = 1000.0  # sustained, per connection
     burst: int = 200  # messages a connection may send at once above that
     max_connections: int = 64
+    max_connections_per_client: int = 8  # so one token holder cannot lock the others out
     infer_threads: int = 2
     max_task_chars: int = 512
+    act_hz: float | None = None  # acts per second per session; None: the embodiment's control rate
+    act_burst: float = 2.0  # acts a session may send at once above that (network jitter)
+    bad_tokens_free: int = 3  # refusals of one peer answered at once; later ones are slowed
+    bad_token_delay_max: float = 5.0  # seconds, the longest a refusal is held back
+    poll_s: float = 0.25  # how often the watch task refreshes tokens and rechecks the decision
 
 
 @dataclass(eq=False)  # identity: sessions live in a set
@@ -68,6 +84,10 @@ class Session:
     refilled: float = field(default_factory=time.monotonic)
     last_limited_reply: float = 0.0
     dropped: int = 0
+    act_tokens: float = 0.0
+    act_refilled: float = field(default_factory=time.monotonic)
+    auth: str | None = None
+    ws: Any = None
 
 
 @dataclass
@@ -77,21 +97,36 @@ class Stats:
     errors: int = 0
     actions: int = 0
     dropped: int = 0
+    rate_limited: int = 0
     interventions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(E.KINDS, 0))
     refusals: list[dict[str, Any]] = field(default_factory=list)
 
 
+#: Re-decides serving when the rules may have changed: a refusal (naming the rule), else None.
+Recheck = Callable[[], "str | None"]
+#: Records a safety event (an e-stop latched or reset) with who did it; may block (a ledger write).
+EventSink = Callable[[dict[str, Any]], None]
+
+
 class PolicyServer:
-    """Serves ``served`` to clients holding a live token of ``tokens.site``."""
+    """Serves ``served`` to clients holding a live token of ``tokens.site``, while ``recheck``
+    (when given) does not refuse."""
 
     def __init__(self, served: ServedModel, tokens: TokenTable, limits: ServerLimits | None = None,
-                 recorder: Recorder | None = None) -> None:
+                 recorder: Recorder | None = None, recheck: Recheck | None = None,
+                 on_event: EventSink | None = None) -> None:
         self.served, self.tokens = served, tokens
         self.limits = limits or ServerLimits()
         self.recorder = recorder
+        self.recheck, self.on_event = recheck, on_event
         self.stats = Stats()
+        #: Why serving was refused while running (None while serving); set once, never cleared.
+        self.refusal: str | None = None
+        self.refused = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=self.limits.infer_threads, thread_name_prefix="onshore-infer")
         self._sessions: set[Session] = set()
+        self._machines: dict[tuple[str, str], E.Envelope] = {}
+        self._bad_peers: dict[str, tuple[int, float]] = {}
         self._server: Any = None
         self._refresher: asyncio.Task[None] | None = None
 
@@ -102,7 +137,7 @@ class PolicyServer:
         self._server = await serve(self._handle, host, port, process_request=self._process_request,
                                    max_size=wire.HARD_FRAME, max_queue=16, compression=None,
                                    ping_interval=20, ping_timeout=20, server_header="onshore")
-        self._refresher = asyncio.create_task(self._refresh_tokens())
+        self._refresher = asyncio.create_task(self._watch())
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
@@ -116,13 +151,49 @@ class PolicyServer:
             self._end_episode(s)
         self._pool.shutdown(wait=True)
 
-    async def _refresh_tokens(self) -> None:
-        while True:
-            await asyncio.sleep(self.tokens.refresh_s)
-            try:
-                await asyncio.to_thread(self.tokens.refresh)
-            except Exception:  # a busy catalog must not stop serving; the old table stays in force
-                log.exception("token table refresh failed; keeping the previous table")
+    async def _watch(self) -> None:
+        """Every ``poll_s``: refresh the token table (at least every half second) and cut sessions
+        whose token no longer passes; recheck the serve decision and refuse everything on a deny."""
+        refreshed = time.monotonic()
+        while self.refusal is None:
+            await asyncio.sleep(self.limits.poll_s)
+            if self.recheck is not None:
+                try:
+                    refusal = await asyncio.to_thread(self.recheck)
+                except Exception:  # a busy ledger must not stop serving; the last decision stands
+                    log.exception("re-checking the serve decision failed; checking again shortly")
+                    refusal = None
+                if refusal:
+                    await self.refuse_all(refusal)
+                    return
+            if self.tokens.stale() or time.monotonic() - refreshed >= 0.5:
+                try:
+                    await asyncio.to_thread(self.tokens.refresh)
+                    refreshed = time.monotonic()
+                except Exception:  # a busy catalog must not stop serving; the old table stays in force
+                    log.exception("token table refresh failed; keeping the previous table")
+                    continue
+                for s in list(self._sessions):
+                    if s.ws is not None and not self.tokens.check(s.auth).ok:
+                        await self._cut(s, "unauthorized", "token revoked", "token revoked during the session")
+
+    async def _cut(self, s: Session, code: str, message: str, why: str) -> None:
+        """End one session: an ``error`` with ``code``, then close code 1008."""
+        self._refuse(s.peer, s.client, why)
+        try:
+            await s.ws.send(wire.pack(wire.error(code, message)))
+            await s.ws.close(1008, message[:120])
+        except Exception:  # a connection already going away: it ends either way, and the watch goes on
+            pass
+
+    async def refuse_all(self, reason: str) -> None:
+        """Stop serving: every open session gets a ``refused`` error naming ``reason`` and is
+        closed; every later connection and message is refused. Irreversible for this server."""
+        self.refusal = reason
+        log.error("serving refused: %s; ending %d session(s)", reason, len(self._sessions))
+        await asyncio.gather(*(self._cut(s, "refused", reason, f"serving refused: {reason}")
+                               for s in list(self._sessions) if s.ws is not None))
+        self.refused.set()
 
     # -- HTTP: health and authentication -------------------------------------------------------------
 
@@ -133,39 +204,64 @@ class PolicyServer:
             self.stats.refusals.append(entry)
         log.warning("refused %s%s: %s", peer, f" (client {client})" if client else "", reason)
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         peer = _peer(connection)
         if request.path == "/healthz":
-            body = json.dumps({"status": "ok", "model": self.served.name, "digest": self.served.digest,
+            body = json.dumps({"status": "refused" if self.refusal else "ok", "refusal": self.refusal,
+                               "model": self.served.name, "digest": self.served.digest,
                                "site": self.served.site, "sessions": len(self._sessions),
                                "embodiments": sorted(self.served.embodiments)})
             response = connection.respond(HTTPStatus.OK, body + "\n")
             response.headers["Content-Type"] = "application/json"
             return response
+        if self.refusal is not None:
+            self._refuse(peer, None, f"serving refused: {self.refusal}")
+            return connection.respond(HTTPStatus.FORBIDDEN, f"refused: {self.refusal}\n")
         verdict = self.tokens.check(request.headers.get("Authorization"))
         if not verdict.ok:
+            await asyncio.sleep(self._bad_token_delay(peer))
             self._refuse(peer, verdict.client, verdict.reason)
             return connection.respond(HTTPStatus.UNAUTHORIZED, f"refused: {verdict.reason}\n")
         if len(self._sessions) >= self.limits.max_connections:
             self._refuse(peer, verdict.client, "too many connections")
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "refused: too many connections\n")
+        if sum(s.client == verdict.client for s in self._sessions) >= self.limits.max_connections_per_client:
+            why = f"client {verdict.client} holds {self.limits.max_connections_per_client} connections already"
+            self._refuse(peer, verdict.client, why)
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"refused: {why}\n")
         connection.onshore_client = verdict.client  # type: ignore[attr-defined]
         connection.onshore_auth = request.headers.get("Authorization")  # type: ignore[attr-defined]
         return None
 
+    def _bad_token_delay(self, peer: str) -> float:
+        """How long to hold back a refusal for a peer host that sent bad tokens before: nothing for
+        the first few, then doubling from 0.1 s up to ``bad_token_delay_max``; forgotten after a
+        minute without one. Holding back a refusal costs the event loop nothing."""
+        host = peer.rsplit(":", 1)[0]
+        now = time.monotonic()
+        n, last = self._bad_peers.get(host, (0, now))
+        n = 1 if now - last > 60.0 else n + 1
+        if len(self._bad_peers) > 10000:  # bounded: a spray of peers must not grow memory without end
+            self._bad_peers.clear()
+        self._bad_peers[host] = (n, now)
+        over = n - self.limits.bad_tokens_free
+        return 0.0 if over <= 0 else min(0.1 * 2 ** (over - 1), self.limits.bad_token_delay_max)
+
     # -- WebSocket -------------------------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        session = Session(getattr(ws, "onshore_client", "?"), _peer(ws), tokens=float(self.limits.burst))
+        session = Session(getattr(ws, "onshore_client", "?"), _peer(ws), tokens=float(self.limits.burst),
+                          act_tokens=float(self.limits.act_burst), auth=getattr(ws, "onshore_auth", None), ws=ws)
         self._sessions.add(session)
         self.stats.connections += 1
         log.info("client %s connected from %s", session.client, session.peer)
         try:
             async for frame in ws:
-                if not self.tokens.check(getattr(ws, "onshore_auth", None)).ok:
-                    self._refuse(session.peer, session.client, "token revoked during the session")
-                    await ws.send(wire.pack(wire.error("unauthorized", "token revoked")))
-                    await ws.close(1008, "token revoked")
+                if self.refusal is not None:
+                    await self._cut(session, "refused", self.refusal, f"serving refused: {self.refusal}")
+                    break
+                if not self.tokens.check(session.auth).ok:
+                    await self._cut(session, "unauthorized", "token revoked", "token revoked during the session")
                     break
                 if not self._admit(session):
                     if self._rate_limited_reply_due(session):
@@ -181,6 +277,16 @@ class PolicyServer:
             self._end_episode(session)
             self._sessions.discard(session)
             log.info("client %s from %s disconnected", session.client, session.peer)
+
+    def _admit_act(self, s: Session, hz: float) -> bool:
+        """Token bucket per session at the control rate: True to serve this act."""
+        now = time.monotonic()
+        s.act_tokens = min(self.limits.act_burst, s.act_tokens + (now - s.act_refilled) * hz)
+        s.act_refilled = now
+        if s.act_tokens >= 1.0:
+            s.act_tokens -= 1.0
+            return True
+        return False
 
     def _admit(self, s: Session) -> bool:
         """Token bucket per connection: True to answer this message."""
@@ -253,7 +359,13 @@ class PolicyServer:
         policy = await asyncio.get_running_loop().run_in_executor(self._pool, build)
         self._end_episode(s)
         s.policy, s.embodiment = policy, emb_name
-        s.envelope = E.Envelope(E.Limits.from_embodiment(emb), initial=init)
+        # the machine's envelope outlives the session: its e-stop latch and last command stay
+        env = self._machines.get((s.client, emb_name))
+        if env is None:
+            env = self._machines[(s.client, emb_name)] = E.Envelope(E.Limits.from_embodiment(emb), initial=init)
+        else:
+            env.restart(init)
+        s.envelope = env
         if self.recorder is not None:
             s.episode = self.recorder.begin(emb_name, task, time.monotonic())
         return {"type": "ready", "model": self.served.name, "digest": self.served.digest, "embodiment": emb_name,
@@ -263,8 +375,8 @@ class PolicyServer:
     async def _on_act(self, s: Session, msg: dict[str, Any]) -> dict[str, Any]:
         if s.policy is None or s.envelope is None:
             raise wire.WireError("no_session", "act before reset: send reset with an embodiment and task first")
-        state = wire.decode_array(wire.field(msg, "state", dict), "state").reshape(-1)
         emb = self.served.embodiments[s.embodiment or ""]
+        state = wire.decode_array(wire.field(msg, "state", dict), "state").reshape(-1)
         if state.shape != (emb.state_dim,):
             raise wire.WireError("bad_state", f"state has {state.size} values; {emb.name} has {emb.state_dim} "
                                               "state channels")
@@ -273,14 +385,21 @@ class PolicyServer:
             raise wire.WireError("bad_state", f"state is not finite (NaN/Inf) in channel(s) {', '.join(bad)}")
         misses = wire.field(msg, "deadline_misses", int, required=False) or 0
         bridge = wire.field(msg, "bridge_interventions", int, required=False) or 0
+        # only well-formed acts count against the control rate (malformed ones cost no inference)
+        if not self._admit_act(s, self.limits.act_hz or emb.control_hz):
+            self.stats.rate_limited += 1
+            raise wire.WireError("rate_limited", f"act faster than {self.limits.act_hz or emb.control_hz:g} per second "
+                                                 f"(the control rate of {emb.name}); this request was not served")
         policy, env = s.policy, s.envelope
 
-        def step() -> tuple[E.Command, float]:
+        def step() -> tuple[Any, float]:
             t0 = time.perf_counter()
             raw = policy.act(state)
-            return env.command(raw, time.monotonic()), (time.perf_counter() - t0) * 1e3
+            return raw, (time.perf_counter() - t0) * 1e3
 
-        command, infer_ms = await asyncio.get_running_loop().run_in_executor(self._pool, step)
+        raw, infer_ms = await asyncio.get_running_loop().run_in_executor(self._pool, step)
+        # on the loop, never in the pool: sessions of one machine share its envelope
+        command = env.command(raw, time.monotonic())
         self.stats.actions += 1
         for k in command.interventions:
             self.stats.interventions[k] += 1
@@ -294,17 +413,31 @@ class PolicyServer:
     async def _on_estop(self, s: Session, msg: dict[str, Any]) -> dict[str, Any]:
         if s.envelope is None:
             raise wire.WireError("no_session", "estop before reset")
-        reason = wire.field(msg, "reason", str, required=False) or "e-stop"
-        s.envelope.estop(reason[:200])
-        log.warning("client %s: e-stop latched (%s)", s.client, reason[:200])
-        return {"type": "estopped", "reason": reason[:200]}
+        reason = (wire.field(msg, "reason", str, required=False) or "e-stop")[:200]
+        s.envelope.estop(reason, by=s.client)
+        log.warning("client %s: e-stop latched on %s (%s)", s.client, s.embodiment, reason)
+        await self._event(s, "estop", s.client, reason)
+        return {"type": "estopped", "reason": s.envelope.estop_reason}
 
     async def _on_reset_estop(self, s: Session, msg: dict[str, Any]) -> dict[str, Any]:
         if s.envelope is None:
             raise wire.WireError("no_session", "reset_estop before reset")
-        s.envelope.reset_estop()
-        log.warning("client %s: e-stop reset", s.client)
-        return {"type": "estop_cleared"}
+        person = wire.field(msg, "by", str, required=False)
+        by = f"{person[:100]} (client {s.client})" if person else f"client {s.client}"
+        reason = s.envelope.estop_reason
+        if s.envelope.reset_estop(by):
+            log.warning("client %s: e-stop on %s reset by %s", s.client, s.embodiment, by)
+            await self._event(s, "estop_reset", by, reason)
+        return {"type": "estop_cleared", "by": by}
+
+    async def _event(self, s: Session, event: str, by: str, reason: str) -> None:
+        if self.on_event is None:
+            return
+        body = {"event": event, "client": s.client, "embodiment": s.embodiment, "by": by, "reason": reason}
+        try:
+            await asyncio.to_thread(self.on_event, body)
+        except Exception:  # the latch itself holds whatever happens to its record
+            log.exception("could not record %s of client %s", event, s.client)
 
     async def _on_end(self, s: Session, msg: dict[str, Any]) -> dict[str, Any]:
         counts = dict(s.envelope.counts) if s.envelope else {}

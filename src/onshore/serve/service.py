@@ -8,20 +8,30 @@ then record ``model.serve`` (``event: stop``) with the digest, counts of session
 refusals and interventions, and the recorded dataset(s) with their ingest entries: the ledger
 ties the new data to the model that produced it. The server's event loop runs on its own thread,
 so the caller (the CLI, the demo, a test) keeps its own.
+
+While it runs, the server asks :class:`Recheck` at least every half second. ``Workspace.refresh``
+says whether another process appended a rule-changing entry (a withdrawal, a site's roles, a
+token); only then is ``serve`` re-decided, without recording, and only a deny is recorded (one
+``decision`` entry). A deny ends every session with a ``refused`` error naming the rule, and the
+run stops by itself: its ``model.serve`` stop entry carries ``reason``. E-stops latched and reset
+through the server are recorded as ``model.serve`` entries (``event: estop`` / ``estop_reset``)
+with the client and who did it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onshore.errors import OnshoreError, ValidationError
+from onshore.errors import LockTimeout, OnshoreError, ValidationError
 from onshore.names import check_name
 from onshore.residency.modelpolicy import EffectivePolicy, strictest_clause
+from onshore.residency.pdp import model_request
 from onshore.residency.policy import UsagePolicy, load_policy
 from onshore.serve.loading import ServedModel, load_served_model
 from onshore.serve.record import Recorder, RecordOptions
@@ -31,6 +41,8 @@ from onshore.workspace import models as wsm
 from onshore.workspace.paths import RECORDING_SPOOL
 from onshore.workspace.registry import get_site
 from onshore.workspace.workspace import Workspace
+
+log = logging.getLogger("onshore.serve")
 
 
 @dataclass
@@ -45,6 +57,7 @@ class StopReport:
     errors: int
     interventions: dict[str, int]
     recorded: list[dict[str, Any]] = field(default_factory=list)
+    reason: str | None = None  # why serving was refused while running (None: stopped by its caller)
 
 
 class Running:
@@ -56,6 +69,24 @@ class Running:
         self.ws, self.served, self.server, self._loop, self._thread = ws, served, server, loop, thread
         self.host, self.port, self.start_index, self.record = host, port, start_index, record
         self.report: StopReport | None = None
+        self._stopping = threading.Lock()
+        # a refusal while running stops the run by itself, so its stop entry says why at once
+        self._watcher = threading.Thread(target=self._stop_when_refused, name="onshore-serve-refusal", daemon=True)
+        self._watcher.start()
+
+    def _stop_when_refused(self) -> None:
+        while self.report is None:
+            if self.server.refused.wait(0.5):
+                try:
+                    self.stop()
+                except Exception:  # the caller's stop() raises it again
+                    log.exception("stopping after the refusal failed")
+                return
+
+    @property
+    def refusal(self) -> str | None:
+        """Why serving was refused while running, else None."""
+        return self.server.refusal
 
     @property
     def url(self) -> str:
@@ -63,7 +94,12 @@ class Running:
         return f"ws://{host}:{self.port}"
 
     def stop(self) -> StopReport:
-        """Close the server, ingest the recording, record the stop; idempotent."""
+        """Close the server, ingest the recording, record the stop (with the refusal's reason, if
+        serving was refused); idempotent, from any thread."""
+        with self._stopping:
+            return self._stop()
+
+    def _stop(self) -> StopReport:
         if self.report is not None:
             return self.report
         try:
@@ -86,9 +122,11 @@ class Running:
                 "interventions": dict(st.interventions), "recorded": recorded}
         if failure is not None:
             body["record_failed"] = str(failure)[:500]
+        if self.server.refusal is not None:
+            body["reason"] = self.server.refusal
         idx = self.ws.record("model.serve", f"site:{self.served.site}", body)
         self.report = StopReport(self.start_index, idx, st.connections, st.actions, st.refused, st.errors,
-                                 dict(st.interventions), recorded)
+                                 dict(st.interventions), recorded, self.server.refusal)
         if failure is not None:
             raise failure
         return self.report
@@ -149,6 +187,39 @@ def _looser_fields(policy: UsagePolicy, eff: EffectivePolicy, redistributable: b
     return out
 
 
+@dataclass
+class Recheck:
+    """Re-decides serving ``served`` when another process changed a rule: called by the server
+    every ``poll_s``, it returns the refusal (naming the deciding rules and the recorded decision)
+    or None. Nothing is recorded unless it refuses, so polling does not fill the ledger. A change
+    seen but not yet decided (a busy ledger: ``LockTimeout``, raised for the server to retry) is
+    decided at the next call. A workspace that can no longer be decided on (a catalog that
+    disagrees with the ledger) refuses: fail closed."""
+
+    ws: Workspace
+    served: ServedModel
+    pending: bool = False
+
+    def __call__(self) -> str | None:
+        self.pending = self.ws.refresh() or self.pending
+        if not self.pending:
+            return None
+        served = self.served
+        request = model_request(f"site:{served.site}", "serve", served.name, served.site, served.purpose)
+        try:
+            decision = self.ws.pdp().decide(request)
+        except LockTimeout:
+            raise
+        except OnshoreError as e:
+            return f"serving {served.name} at {served.site} can no longer be decided: {e}"
+        self.pending = False
+        if decision.allowed:
+            return None
+        index = self.ws.record("decision", request.principal, decision.to_json())
+        return (f"serving {served.name} at {served.site} for {served.purpose!r} is refused now; deciding rule(s): "
+                f"{', '.join(decision.rules)} (ledger entry {index})")
+
+
 def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: int = 7070,
           record: RecordOptions | None = None, limits: ServerLimits | None = None,
           loader: Callable[..., ServedModel] = load_served_model, purpose: str | None = None) -> Running:
@@ -163,7 +234,12 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
     served = loader(ws, model, site, purpose)
     tokens = TokenTable(ws, site)
     recorder = Recorder(Path(get_site(ws, site).root) / RECORDING_SPOOL) if record is not None else None
-    server = PolicyServer(served, tokens, limits, recorder)
+    ws.refresh(force=True)  # what the load decided on is the baseline; later appends are news
+
+    def on_event(body: dict[str, Any]) -> None:
+        ws.record("model.serve", f"site:{site}", {**body, "model": model, "digest": served.digest, "site": site})
+
+    server = PolicyServer(served, tokens, limits, recorder, Recheck(ws, served), on_event)
     loop = asyncio.new_event_loop()
     started: dict[str, Any] = {}
     ready = threading.Event()

@@ -32,7 +32,7 @@ SERVER_TYPES = ("info", "ready", "action", "estopped", "estop_cleared", "ended",
 
 #: Error codes of ``error`` replies.
 ERROR_CODES = ("bad_frame", "bad_message", "bad_state", "unknown_embodiment", "no_session", "too_large",
-               "rate_limited", "unauthorized", "busy", "internal")
+               "rate_limited", "unauthorized", "refused", "busy", "internal")
 
 
 class WireError(OnshoreError):
@@ -41,6 +41,9 @@ class WireError(OnshoreError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable: crosses evaluation's worker processes
+        return type(self), (self.code, str(self))
 
 
 def _no_ext(code: int, data: bytes) -> Any:

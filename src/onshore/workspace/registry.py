@@ -103,6 +103,27 @@ def set_site_jurisdiction(ws: Workspace, name: str, jurisdiction: str) -> Site:
     return get_site(ws, name)
 
 
+def set_site_roles(ws: Workspace, name: str, roles: tuple[str, ...] | str) -> Site:
+    """Change a site's roles (``storage``, ``compute``, ``serve``), signed into the ledger as a
+    ``site.add`` entry like a jurisdiction change (``previous_roles`` says what they were).
+
+    Running processes notice it (``Workspace.refresh``): a server at a site that loses ``serve``
+    stops serving. Refused: unknown roles, an empty set, an unknown site, the roles it has already.
+    """
+    roles = parse_roles(roles) if isinstance(roles, str) else parse_roles(",".join(roles))
+    row = ws.row("site", name)
+    previous = tuple(sorted(row["roles"].split(",")))
+    if roles == previous:
+        raise ValidationError(f"site {name!r} already has roles {','.join(roles)}")
+    with write_transaction(ws.catalog, "the catalog") as conn:
+        conn.execute(update(T.sites).where(T.sites.c.name == name).values(roles=",".join(roles)))
+        ws.record("site.add", LOG_ACTOR, {
+            "site": name, "jurisdiction": row["jurisdiction"], "roles": list(roles), "operator": row["operator"],
+            "public_key": row["public_key"], "previous_roles": list(previous)})
+    ws.invalidate()
+    return get_site(ws, name)
+
+
 def get_site(ws: Workspace, name: str) -> Site:
     r = ws.row("site", name)
     return Site(r["name"], r["jurisdiction"], tuple(r["roles"].split(",")), r["operator"], r["root"], r["public_key"])
