@@ -22,54 +22,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from onshore.errors import NotFoundError
-from onshore.ledger.log import Ledger
 from onshore.names import check_name
+from onshore.workspace.governance import TOKEN_ISSUE, TOKEN_KINDS, TOKEN_REVOKE, ledger_tokens
 from onshore.workspace.registry import get_site
 from onshore.workspace.workspace import Workspace
 
 PREFIX = "onshore_"
-ISSUE, REVOKE = "token.issue", "token.revoke"
-TOKEN_KINDS = (ISSUE, REVOKE)
 
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class IssuedToken:
-    """A token's digest as the ledger issued it, and its revocation if any."""
-
-    sha256: str
-    site: str
-    client: str
-    index: int  # the token.issue entry
-    created_at: str
-    revoked_index: int | None = None
-    revoked_at: str | None = None
-
-    @property
-    def live(self) -> bool:
-        return self.revoked_index is None
-
-
-def ledger_tokens(ledger: Ledger) -> dict[str, IssuedToken]:
-    """Every digest the ledger issued (signed by the site it names), with its revocation: the only
-    source of tokens a server accepts."""
-    out: dict[str, IssuedToken] = {}
-    for e in ledger.entries(kinds=TOKEN_KINDS):
-        b = e.entry.body
-        if e.entry.actor != f"site:{b.get('site')}":
-            continue
-        if e.entry.kind == ISSUE:
-            out.setdefault(b["token_sha256"], IssuedToken(b["token_sha256"], b["site"], b["client"], e.index,
-                                                          e.entry.time))
-        else:
-            for digest in b.get("token_sha256s") or ():
-                t = out.get(digest)
-                if t is not None and t.live and t.site == b["site"]:
-                    out[digest] = IssuedToken(t.sha256, t.site, t.client, t.index, t.created_at, e.index, e.entry.time)
-    return out
 
 
 def issue(ws: Workspace, site: str, client: str) -> str:
@@ -80,7 +42,7 @@ def issue(ws: Workspace, site: str, client: str) -> str:
     get_site(ws, site)
     check_name(client, "client")
     token = PREFIX + secrets.token_urlsafe(32)
-    ws.record(ISSUE, f"site:{site}", {"site": site, "client": client, "token_sha256": _hash(token)})
+    ws.record(TOKEN_ISSUE, f"site:{site}", {"site": site, "client": client, "token_sha256": _hash(token)})
     return token
 
 
@@ -94,7 +56,7 @@ def revoke(ws: Workspace, site: str, client: str) -> int:
                   if t.site == site and t.client == client and t.live)
     if not live:
         raise NotFoundError(f"client {client!r} holds no live token at site {site!r}; see 'onshore serve tokens'")
-    ws.record(REVOKE, f"site:{site}", {"site": site, "client": client, "token_sha256s": live})
+    ws.record(TOKEN_REVOKE, f"site:{site}", {"site": site, "client": client, "token_sha256s": live})
     return len(live)
 
 

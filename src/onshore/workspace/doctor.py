@@ -10,6 +10,11 @@ What is checked (each finding says what to do):
   there; a dataset is withdrawn in the catalog exactly when the ledger records it; key wraps
   exist exactly at the sites holding an active dataset; no live ingest or copy in the ledger is
   missing from the catalog;
+- signed rules (``check_signed_rules``): every catalog row a decision uses agrees with the signed
+  entry it comes from: a dataset's owner and policy with its consent.grant, a model's base and
+  lineage rows with its model.release, members' and sites' keys (and sites' jurisdictions and
+  roles) with member.add / site.add, embodiments with embodiment.add, and no serving token digest
+  in the catalog that no token.issue entry issued;
 - every shard file is present and hashes to its digest;
 - orphans: shard files no catalog row names, staging folders of no running attempt.
 
@@ -35,7 +40,8 @@ from onshore.catalog.db import write_transaction
 from onshore.errors import OnshoreError
 from onshore.ledger.entries import now_iso
 from onshore.store import shards as S
-from onshore.workspace import attempts
+from onshore.workspace import attempts, governance
+from onshore.workspace.registry import get_embodiment
 from onshore.workspace.workspace import LOG_ACTOR, Workspace
 
 LOG_FILE = "doctor.log"
@@ -180,6 +186,72 @@ def _catalog_findings(ws: Workspace, out: DoctorReport, busy: set[str], repair: 
                 "withdraw the dataset again to destroy stray wraps, or copy it again to restore a site", False))
 
 
+def check_signed_rules(ws: Workspace) -> list[Finding]:
+    """Every catalog row that feeds a decision, checked against the signed entry it comes from.
+
+    Decisions already use the signed values (or refuse the row); this names every disagreement at
+    once, with the row and the entry, so that a person can restore the catalog. Changes nothing.
+    """
+    gov = ws.ledger_governance()
+    found: list[Finding] = []
+    restore = "restore the catalog from a backup taken after this entry; decisions refuse the row until then"
+
+    def finding(subject: str, problem: str) -> None:
+        found.append(Finding("signed-rules", subject, problem, restore, False))
+
+    ws.ensure_model_tables()
+    with ws.catalog.connect() as conn:
+        datasets = conn.execute(select(T.datasets.c.name, T.datasets.c.owner, T.datasets.c.policy)).all()
+        models = {r["name"]: dict(r) for r in conn.execute(select(T.models.c.name, T.models.c.base,
+                                                                   T.models.c.ledger_index)).mappings()}
+        lineage_rows: dict[str, set[str]] = defaultdict(set)
+        for m, d in conn.execute(select(T.model_datasets.c.model, T.model_datasets.c.dataset)):
+            lineage_rows[m].add(d)
+        members = conn.execute(select(T.members.c.name, T.members.c.public_key)).all()
+        sites = [tuple(r) for r in conn.execute(select(T.sites.c.name, T.sites.c.jurisdiction, T.sites.c.roles,
+                                                       T.sites.c.public_key))]
+        embodiments = [r[0] for r in conn.execute(select(T.embodiments.c.name))]
+        T.metadata.create_all(ws.catalog, tables=[T.serve_tokens])
+        token_rows = conn.execute(select(T.serve_tokens.c.site, T.serve_tokens.c.client,
+                                         T.serve_tokens.c.token_sha256)).all()
+    for name, owner, text in datasets:
+        try:
+            governance.check_catalog_dataset(gov, name, owner, text)
+        except OnshoreError as e:
+            finding(f"dataset {name!r}", str(e))
+    for name, row in sorted(models.items()):
+        try:
+            rel = governance.model_release(gov, name, int(row["ledger_index"]))
+        except OnshoreError as e:
+            finding(f"model {name!r}", str(e))
+            continue
+        if row["base"] != rel.base:
+            finding(f"model {name!r}", f"catalog row models/{name} says base {row['base']!r}, ledger entry "
+                                       f"{rel.index} (model.release) says {rel.base!r}")
+        if lineage_rows.get(name, set()) != set(rel.datasets):
+            finding(f"model {name!r}", f"catalog rows model_datasets/{name} name {sorted(lineage_rows.get(name, ()))}, "
+                                       f"ledger entry {rel.index} (model.release) names {list(rel.datasets)}")
+    for name, key in members:
+        if gov.members.get(name) != key:
+            finding(f"member {name!r}", f"catalog row members/{name}: its public key is not the one a member.add "
+                                        "entry registered")
+    try:
+        governance.check_catalog_sites(gov, sites)
+    except OnshoreError as e:
+        finding("sites", str(e))
+    for name in embodiments:
+        try:
+            get_embodiment(ws, name)
+        except OnshoreError as e:
+            finding(f"embodiment {name!r}", str(e))
+    issued = governance.ledger_tokens(ws.ledger)
+    for site, client, digest in token_rows:
+        if digest not in issued:
+            finding(f"token of {client!r} at {site!r}", f"catalog row serve_tokens ({digest[:16]}...) holds a digest "
+                                                        "no token.issue entry issued; servers never accept it")
+    return found
+
+
 def _stale_outcome(ws: Workspace, out: DoctorReport, name: str, stale: list[Any], repair: bool) -> None:
     # Ingest (or copy) entries for a dataset the catalog never got: a crash between the ledger
     # append and the catalog commit, from a version without the attempt journal.
@@ -242,6 +314,7 @@ def run(ws: Workspace, repair: bool = False) -> DoctorReport:
     busy = _attempt_findings(ws, out, repair and ledger_ok)
     if ledger_ok:
         _catalog_findings(ws, out, busy, repair)
+        out.findings.extend(check_signed_rules(ws))
     _file_findings(ws, out, busy, repair and ledger_ok)
     done = [f for f in out.findings if f.repaired]
     if done:

@@ -21,6 +21,8 @@ from onshore.residency.policy import UsagePolicy, parse_policy
 #: which imports the workspace and so cannot be imported here).
 ABANDONED = "data.abandoned"
 #: Entry kinds this module reads (besides ``workspace.init`` at index 0).
+TOKEN_ISSUE, TOKEN_REVOKE = "token.issue", "token.revoke"
+TOKEN_KINDS = (TOKEN_ISSUE, TOKEN_REVOKE)
 GOVERNANCE_KINDS = ("site.add", "member.add", "embodiment.add", "consent.grant", "consent.withdraw", "model.release",
                     ABANDONED)
 
@@ -226,3 +228,39 @@ def check_catalog_sites(gov: Governance, catalog_sites: list[tuple[str, str, str
     if problems:
         raise IntegrityError("the catalog's site registry disagrees with the signed ledger: " + "; ".join(problems[:5])
                              + ". Restore the catalog, and run 'onshore ledger verify'")
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token's digest as the ledger issued it, and its revocation if any."""
+
+    sha256: str
+    site: str
+    client: str
+    index: int  # the token.issue entry
+    created_at: str
+    revoked_index: int | None = None
+    revoked_at: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.revoked_index is None
+
+
+def ledger_tokens(ledger: Ledger) -> dict[str, IssuedToken]:
+    """Every digest the ledger issued (signed by the site it names), with its revocation: the only
+    source of tokens a server accepts."""
+    out: dict[str, IssuedToken] = {}
+    for e in ledger.entries(kinds=TOKEN_KINDS):
+        b = e.entry.body
+        if e.entry.actor != f"site:{b.get('site')}":
+            continue
+        if e.entry.kind == TOKEN_ISSUE:
+            out.setdefault(b["token_sha256"], IssuedToken(b["token_sha256"], b["site"], b["client"], e.index,
+                                                          e.entry.time))
+        else:
+            for digest in b.get("token_sha256s") or ():
+                t = out.get(digest)
+                if t is not None and t.live and t.site == b["site"]:
+                    out[digest] = IssuedToken(t.sha256, t.site, t.client, t.index, t.created_at, e.index, e.entry.time)
+    return out
