@@ -133,7 +133,8 @@ def test_deleting_lineage_rows_does_not_revive_a_stop_serving_model(signed_ws: W
     # ... then m2's base: its base column, and m1's rows altogether
     edit(ws, update(T.models).where(T.models.c.name == "m2").values(base=None),
          delete(T.model_key_wraps).where(T.model_key_wraps.c.model == "m1"),
-         delete(T.model_datasets).where(T.model_datasets.c.model == "m1"), delete(T.models).where(T.models.c.name == "m1"))
+         delete(T.model_datasets).where(T.model_datasets.c.model == "m1"),
+         delete(T.models).where(T.models.c.name == "m1"))
     later = reopen(ws)
     decision = later.decide(model_request("site:tokyo", "serve", "m2", "tokyo", "fine-tuning"))[0]
     assert not decision.allowed and "model/m2/dataset/furnace/withdrawn-stop-serving" in decision.rules
@@ -184,9 +185,9 @@ def test_a_token_digest_written_into_the_catalog_is_refused(signed_ws: Workspace
 def test_token_issue_and_revocation_are_ledger_entries(signed_ws: Workspace) -> None:
     ws = signed_ws
     token = tokens.issue(ws, "tokyo", "line-1")
-    issued = [e for e in ws.ledger.entries(kinds=("token.issue",))]
-    assert [(e.entry.actor, e.entry.body) for e in issued] == [
-        ("site:tokyo", {"site": "tokyo", "client": "line-1", "token_sha256": hashlib.sha256(token.encode()).hexdigest()})]
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    assert [(e.entry.actor, e.entry.body) for e in ws.ledger.entries(kinds=("token.issue",))] == [
+        ("site:tokyo", {"site": "tokyo", "client": "line-1", "token_sha256": digest})]
     assert token not in str([e.entry.body for e in ws.ledger.entries()])
     server = reopen(ws)
     table = tokens.TokenTable(server, "tokyo")
@@ -254,7 +255,8 @@ def test_an_open_workspace_follows_rules_another_process_changed(signed_ws: Work
     # consent given by another process: a new dataset becomes usable here without reopening
     (tmp_path / "new.toml").write_text(POLICY_KEEP)
     _cli(ws, "dataset", "ingest", "fresh", "--member", "autoco", "--site", "sakai", "--policy",
-         str(tmp_path / "new.toml"), "--embodiment", "furnace-line-3", str(write_frames(tmp_path / "new.parquet", seed=7)))
+         str(tmp_path / "new.toml"), "--embodiment", "furnace-line-3",
+         str(write_frames(tmp_path / "new.parquet", seed=7)))
     assert ws.decide(Request("site:tokyo", "copy", "fresh", "tokyo"))[0].allowed
     assert not ws.decide(Request("site:ohio", "copy", "fresh", "ohio"))[0].allowed
 

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from onshore.catalog import schema as T
 from onshore.catalog.db import write_transaction
@@ -211,9 +211,9 @@ def check_signed_rules(ws: Workspace) -> list[Finding]:
         sites = [tuple(r) for r in conn.execute(select(T.sites.c.name, T.sites.c.jurisdiction, T.sites.c.roles,
                                                        T.sites.c.public_key))]
         embodiments = [r[0] for r in conn.execute(select(T.embodiments.c.name))]
-        T.metadata.create_all(ws.catalog, tables=[T.serve_tokens])
-        token_rows = conn.execute(select(T.serve_tokens.c.site, T.serve_tokens.c.client,
-                                         T.serve_tokens.c.token_sha256)).all()
+        # tokens are ledger entries now; older catalogs may still hold this table, and rows in it
+        token_rows = conn.execute(select(T.serve_tokens.c.site, T.serve_tokens.c.client, T.serve_tokens.c.token_sha256)
+                                  ).all() if inspect(conn).has_table(T.serve_tokens.name) else []
     for name, owner, text in datasets:
         try:
             governance.check_catalog_dataset(gov, name, owner, text)
@@ -314,7 +314,10 @@ def run(ws: Workspace, repair: bool = False) -> DoctorReport:
     busy = _attempt_findings(ws, out, repair and ledger_ok)
     if ledger_ok:
         _catalog_findings(ws, out, busy, repair)
-        out.findings.extend(check_signed_rules(ws))
+        try:
+            out.findings.extend(check_signed_rules(ws))
+        except OnshoreError as e:  # a grant or release the ledger itself holds damaged
+            out.findings.append(Finding("signed-rules", "ledger", str(e), "run 'onshore ledger verify'", False))
     _file_findings(ws, out, busy, repair and ledger_ok)
     done = [f for f in out.findings if f.repaired]
     if done:
