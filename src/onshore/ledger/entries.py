@@ -30,6 +30,7 @@ KINDS = {
     "job": ("job.start", "job.end", "job.checkpoint", "job.abandoned"),
     "model": ("model.release", "model.copy", "model.export", "model.eval", "model.use", "model.attest", "model.taint",
               "model.serve"),
+    "token": ("token.issue", "token.revoke"),
 }
 ALL_KINDS = frozenset(k for ks in KINDS.values() for k in ks)
 

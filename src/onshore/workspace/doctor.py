@@ -10,6 +10,11 @@ What is checked (each finding says what to do):
   there; a dataset is withdrawn in the catalog exactly when the ledger records it; key wraps
   exist exactly at the sites holding an active dataset; no live ingest or copy in the ledger is
   missing from the catalog;
+- signed rules (``check_signed_rules``): every catalog row a decision uses agrees with the signed
+  entry it comes from: a dataset's owner and policy with its consent.grant, a model's base and
+  lineage rows with its model.release, members' and sites' keys (and sites' jurisdictions and
+  roles) with member.add / site.add, embodiments with embodiment.add, and no serving token digest
+  in the catalog that no token.issue entry issued;
 - every shard file is present and hashes to its digest;
 - orphans: shard files no catalog row names, staging folders of no running attempt;
 - training (:func:`_training_findings`): every model folder at every site is a released model
@@ -42,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from onshore.catalog import schema as T
 from onshore.catalog.db import write_transaction
@@ -52,9 +57,10 @@ from onshore.keys.keystore import RESOURCE_FOLDERS
 from onshore.ledger.entries import now_iso
 from onshore.names import is_name
 from onshore.store import shards as S
-from onshore.workspace import attempts, keyservice, runs
+from onshore.workspace import attempts, governance, keyservice, runs
 from onshore.workspace import models as wsm
 from onshore.workspace.paths import RECORDING_SPOOL, SPOOL_LOCK
+from onshore.workspace.registry import get_embodiment
 from onshore.workspace.workspace import LOG_ACTOR, Workspace
 
 LOG_FILE = "doctor.log"
@@ -197,6 +203,72 @@ def _catalog_findings(ws: Workspace, out: DoctorReport, busy: set[str], repair: 
                 "catalog-ledger", f"dataset {name!r}",
                 f"its key is wrapped at {sorted(got)} but it should be at {sorted(want)}",
                 "withdraw the dataset again to destroy stray wraps, or copy it again to restore a site", False))
+
+
+def check_signed_rules(ws: Workspace) -> list[Finding]:
+    """Every catalog row that feeds a decision, checked against the signed entry it comes from.
+
+    Decisions already use the signed values (or refuse the row); this names every disagreement at
+    once, with the row and the entry, so that a person can restore the catalog. Changes nothing.
+    """
+    gov = ws.ledger_governance()
+    found: list[Finding] = []
+    restore = "restore the catalog from a backup taken after this entry; decisions refuse the row until then"
+
+    def finding(subject: str, problem: str) -> None:
+        found.append(Finding("signed-rules", subject, problem, restore, False))
+
+    ws.ensure_model_tables()
+    with ws.catalog.connect() as conn:
+        datasets = conn.execute(select(T.datasets.c.name, T.datasets.c.owner, T.datasets.c.policy)).all()
+        models = {r["name"]: dict(r) for r in conn.execute(select(T.models.c.name, T.models.c.base,
+                                                                   T.models.c.ledger_index)).mappings()}
+        lineage_rows: dict[str, set[str]] = defaultdict(set)
+        for m, d in conn.execute(select(T.model_datasets.c.model, T.model_datasets.c.dataset)):
+            lineage_rows[m].add(d)
+        members = conn.execute(select(T.members.c.name, T.members.c.public_key)).all()
+        sites = [tuple(r) for r in conn.execute(select(T.sites.c.name, T.sites.c.jurisdiction, T.sites.c.roles,
+                                                       T.sites.c.public_key))]
+        embodiments = [r[0] for r in conn.execute(select(T.embodiments.c.name))]
+        # tokens are ledger entries now; older catalogs may still hold this table, and rows in it
+        token_rows = conn.execute(select(T.serve_tokens.c.site, T.serve_tokens.c.client, T.serve_tokens.c.token_sha256)
+                                  ).all() if inspect(conn).has_table(T.serve_tokens.name) else []
+    for name, owner, text in datasets:
+        try:
+            governance.check_catalog_dataset(gov, name, owner, text)
+        except OnshoreError as e:
+            finding(f"dataset {name!r}", str(e))
+    for name, row in sorted(models.items()):
+        try:
+            rel = governance.model_release(gov, name, int(row["ledger_index"]))
+        except OnshoreError as e:
+            finding(f"model {name!r}", str(e))
+            continue
+        if row["base"] != rel.base:
+            finding(f"model {name!r}", f"catalog row models/{name} says base {row['base']!r}, ledger entry "
+                                       f"{rel.index} (model.release) says {rel.base!r}")
+        if lineage_rows.get(name, set()) != set(rel.datasets):
+            finding(f"model {name!r}", f"catalog rows model_datasets/{name} name {sorted(lineage_rows.get(name, ()))}, "
+                                       f"ledger entry {rel.index} (model.release) names {list(rel.datasets)}")
+    for name, key in members:
+        if gov.members.get(name) != key:
+            finding(f"member {name!r}", f"catalog row members/{name}: its public key is not the one a member.add "
+                                        "entry registered")
+    try:
+        governance.check_catalog_sites(gov, sites)
+    except OnshoreError as e:
+        finding("sites", str(e))
+    for name in embodiments:
+        try:
+            get_embodiment(ws, name)
+        except OnshoreError as e:
+            finding(f"embodiment {name!r}", str(e))
+    issued = governance.ledger_tokens(ws.ledger)
+    for site, client, digest in token_rows:
+        if digest not in issued:
+            finding(f"token of {client!r} at {site!r}", f"catalog row serve_tokens ({digest[:16]}...) holds a digest "
+                                                        "no token.issue entry issued; servers never accept it")
+    return found
 
 
 def _stale_outcome(ws: Workspace, out: DoctorReport, name: str, stale: list[Any], repair: bool) -> None:
@@ -431,6 +503,10 @@ def run(ws: Workspace, repair: bool = False) -> DoctorReport:
     busy = _attempt_findings(ws, out, repair and ledger_ok)
     if ledger_ok:
         _catalog_findings(ws, out, busy, repair)
+        try:
+            out.findings.extend(check_signed_rules(ws))
+        except OnshoreError as e:  # a grant or release the ledger itself holds damaged
+            out.findings.append(Finding("signed-rules", "ledger", str(e), "run 'onshore ledger verify'", False))
     _file_findings(ws, out, busy, repair and ledger_ok)
     if ledger_ok:
         _training_findings(ws, out, repair)

@@ -1,10 +1,11 @@
-"""What the signed ledger says about the workspace: its rules, sites, members and withdrawals.
+"""What the signed ledger says about the workspace: its rules, sites, members, grants, models and withdrawals.
 
 Configuration files and catalog rows can be edited by anyone with filesystem access; ledger
 entries are signed by the log or the acting party and are what ``ledger verify`` and auditors
-check. So the workspace-wide rule, each site's jurisdiction and roles, and which datasets are
-withdrawn are read from here, and ``onshore.toml`` or the catalog disagreeing with them is refused,
-naming the difference.
+check. So the workspace-wide rule, each site's jurisdiction and roles, each dataset's owner and
+usage policy (its ``consent.grant``), each model's lineage (its ``model.release``: datasets and
+base model) and which datasets are withdrawn are read from here, and ``onshore.toml`` or the
+catalog disagreeing with them is refused (IntegrityError), naming the catalog row and the entry.
 """
 
 from __future__ import annotations
@@ -12,11 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from onshore.errors import IntegrityError, ValidationError
+from onshore.errors import IntegrityError, OnshoreError, ValidationError
 from onshore.ledger.log import Ledger
+from onshore.residency.policy import UsagePolicy, parse_policy
 
+#: Closes the entries of an attempt that made nothing (the same kind as ``attempts.ABANDONED``,
+#: which imports the workspace and so cannot be imported here).
+ABANDONED = "data.abandoned"
 #: Entry kinds this module reads (besides ``workspace.init`` at index 0).
-GOVERNANCE_KINDS = ("site.add", "member.add", "consent.withdraw")
+TOKEN_ISSUE, TOKEN_REVOKE = "token.issue", "token.revoke"
+TOKEN_KINDS = (TOKEN_ISSUE, TOKEN_REVOKE)
+GOVERNANCE_KINDS = ("site.add", "member.add", "embodiment.add", "consent.grant", "consent.withdraw", "model.release",
+                    ABANDONED)
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,27 @@ class LedgerSite:
     roles: tuple[str, ...]
     public_key: str
     index: int  # the latest site.add entry about it
+
+
+@dataclass(frozen=True)
+class LedgerGrant:
+    """A dataset's owner and usage policy as its owner signed them (the live ``consent.grant``)."""
+
+    dataset: str
+    owner: str
+    policy: UsagePolicy
+    index: int
+
+
+@dataclass(frozen=True)
+class LedgerRelease:
+    """A model as its training site signed it (``model.release``): the datasets and base it derives from."""
+
+    model: str
+    site: str
+    base: str | None
+    datasets: tuple[str, ...]
+    index: int
 
 
 @dataclass(frozen=True)
@@ -39,6 +68,10 @@ class Governance:
     sites: dict[str, LedgerSite] = field(default_factory=dict)
     members: dict[str, str] = field(default_factory=dict)  # name -> public key
     withdrawn: dict[str, int] = field(default_factory=dict)  # dataset -> consent.withdraw index
+    embodiments: dict[str, tuple[str, int]] = field(default_factory=dict)  # name -> (sha256, embodiment.add index)
+    grants: dict[str, LedgerGrant] = field(default_factory=dict)  # dataset -> its live grant
+    releases: dict[int, LedgerRelease] = field(default_factory=dict)  # model.release index -> release
+    latest_release: dict[str, int] = field(default_factory=dict)  # model -> its latest live model.release index
 
 
 def init_entry(ledger: Ledger) -> dict[str, Any]:
@@ -59,8 +92,13 @@ def read_governance(ledger: Ledger) -> Governance:
     init = init_entry(ledger)
     gov = Governance(str(init.get("name")), init.get("jurisdiction"), str(init.get("log_public_key")),
                      ledger.size())
-    for e in ledger.entries(kinds=GOVERNANCE_KINDS):
+    found = list(ledger.entries(kinds=GOVERNANCE_KINDS))
+    # an abandoned entry always follows the entries it closes: those made no dataset or model
+    closed = {int(i) for e in found if e.entry.kind == ABANDONED for i in e.entry.body.get("closes", [])}
+    for e in found:
         b, kind = e.entry.body, e.entry.kind
+        if e.index in closed:
+            continue
         if kind == "site.add" and e.entry.actor == "log":
             gov.sites[b["site"]] = LedgerSite(b["site"], b["jurisdiction"], tuple(sorted(b["roles"])),
                                               b["public_key"], e.index)
@@ -68,7 +106,88 @@ def read_governance(ledger: Ledger) -> Governance:
             gov.members[b["member"]] = b["public_key"]
         elif kind == "consent.withdraw":
             gov.withdrawn.setdefault(b["dataset"], e.index)
+        elif kind == "embodiment.add" and e.entry.actor == "log":
+            gov.embodiments.setdefault(b["embodiment"], (b["sha256"], e.index))
+        elif kind == "consent.grant" and e.entry.actor == f"member:{b.get('owner')}":
+            gov.grants[b["dataset"]] = LedgerGrant(b["dataset"], b["owner"], _signed_policy(b, e.index), e.index)
+        elif kind == "model.release" and e.entry.actor == f"site:{b.get('site')}":
+            gov.releases[e.index] = LedgerRelease(b["model"], b["site"], b.get("base"),
+                                                  tuple(sorted({d["name"] for d in b.get("datasets") or ()})),
+                                                  e.index)
+            gov.latest_release[b["model"]] = e.index
     return gov
+
+
+def _signed_policy(body: dict[str, Any], index: int) -> UsagePolicy:
+    # The grant holds the policy itself (canonical JSON) and its hash; both are signed, and a
+    # grant whose policy does not hash to its own policy_hash was not written by Onshore.
+    where = f"ledger entry {index} (consent.grant of dataset {body.get('dataset')!r})"
+    try:
+        policy = UsagePolicy.from_json(body.get("policy"), where)
+    except OnshoreError as e:
+        raise IntegrityError(f"{where} holds no readable policy ({e}); run 'onshore ledger verify'") from None
+    if body.get("policy_hash", policy.hash) != policy.hash:
+        raise IntegrityError(f"{where}: its policy does not hash to its policy_hash; run 'onshore ledger verify'")
+    return policy
+
+
+def check_catalog_dataset(gov: Governance, name: str, owner: str, policy_text: str) -> LedgerGrant:
+    """The signed grant of dataset ``name``, after checking the catalog row's owner and policy against it.
+
+    The catalog keeps the owner's TOML verbatim; it must parse to the policy the owner signed (the
+    same canonical hash; comments and layout do not count). IntegrityError, naming the catalog row
+    and the ledger entry, for a row with no live grant, another owner, or another policy: an
+    edited row never becomes a wider (or any) permission.
+    """
+    grant = gov.grants.get(name)
+    row = f"catalog row datasets/{name}"
+    if grant is None:
+        raise IntegrityError(f"{row}: no live consent.grant in the ledger registers this dataset; restore the "
+                             "catalog from a backup and run 'onshore doctor'")
+    problems = []
+    if owner != grant.owner:
+        problems.append(f"owner {owner!r}, but the grant says {grant.owner!r}")
+    try:
+        ok = parse_policy(policy_text, row).hash == grant.policy.hash
+    except OnshoreError:
+        ok = False
+    if not ok:
+        problems.append("its usage policy differs from the one the owner signed")
+    if problems:
+        raise IntegrityError(f"{row} disagrees with ledger entry {grant.index} (consent.grant): {'; '.join(problems)}."
+                             " Rules come from the ledger; restore the row (see 'onshore doctor')")
+    return grant
+
+
+def model_release(gov: Governance, name: str, index: int | None) -> LedgerRelease:
+    """The signed release of model ``name``: entry ``index`` when the catalog names one (it must be a
+    live ``model.release`` of that model), else the model's latest release; IntegrityError otherwise."""
+    rel = gov.releases.get(index) if index is not None else gov.releases.get(gov.latest_release.get(name, -1))
+    if rel is None or rel.model != name:
+        cited = f"cites ledger entry {index}, which is not" if index is not None else "has no"
+        raise IntegrityError(f"model {name!r}: the catalog {cited} a live model.release of it; restore the catalog "
+                             "from a backup and run 'onshore doctor'")
+    return rel
+
+
+def signed_lineage(gov: Governance, name: str, index: int | None, indices: dict[str, int]) -> tuple[str, ...]:
+    """Every dataset model ``name`` derives from, through each base model, from signed releases only.
+
+    ``indices``: the release entry the catalog cites for each model it holds (checked against the
+    ledger); a base the catalog no longer holds is followed through its latest signed release, so
+    deleting a base's row cannot drop its datasets from a fine-tuned model's lineage.
+    """
+    found: set[str] = set()
+    seen: set[str] = set()
+    current: str | None = name
+    at = index
+    while current is not None and current not in seen:
+        seen.add(current)
+        rel = model_release(gov, current, at)
+        found |= set(rel.datasets)
+        current = rel.base
+        at = indices.get(current) if current is not None else None
+    return tuple(sorted(found))
 
 
 def check_config(config_name: str, config_jurisdiction: str | None, init: dict[str, Any], where: str) -> None:
@@ -109,3 +228,39 @@ def check_catalog_sites(gov: Governance, catalog_sites: list[tuple[str, str, str
     if problems:
         raise IntegrityError("the catalog's site registry disagrees with the signed ledger: " + "; ".join(problems[:5])
                              + ". Restore the catalog, and run 'onshore ledger verify'")
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token's digest as the ledger issued it, and its revocation if any."""
+
+    sha256: str
+    site: str
+    client: str
+    index: int  # the token.issue entry
+    created_at: str
+    revoked_index: int | None = None
+    revoked_at: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.revoked_index is None
+
+
+def ledger_tokens(ledger: Ledger) -> dict[str, IssuedToken]:
+    """Every digest the ledger issued (signed by the site it names), with its revocation: the only
+    source of tokens a server accepts."""
+    out: dict[str, IssuedToken] = {}
+    for e in ledger.entries(kinds=TOKEN_KINDS):
+        b = e.entry.body
+        if e.entry.actor != f"site:{b.get('site')}":
+            continue
+        if e.entry.kind == TOKEN_ISSUE:
+            out.setdefault(b["token_sha256"], IssuedToken(b["token_sha256"], b["site"], b["client"], e.index,
+                                                          e.entry.time))
+        else:
+            for digest in b.get("token_sha256s") or ():
+                t = out.get(digest)
+                if t is not None and t.live and t.site == b["site"]:
+                    out[digest] = IssuedToken(t.sha256, t.site, t.client, t.index, t.created_at, e.index, e.entry.time)
+    return out

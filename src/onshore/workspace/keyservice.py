@@ -22,6 +22,7 @@ through :func:`release_checkpoint`, which decides and records like any other rel
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from onshore.keys.envelope import new_data_key, unwrap_key, wrap_key
 from onshore.ledger.entries import now_iso
 from onshore.ledger.log import AppendHook
 from onshore.names import check_name
+from onshore.residency.modelpolicy import STOP_SERVING_ACTIONS
 from onshore.residency.pdp import Decision, Request, model_request
 from onshore.workspace.workspace import Workspace
 
@@ -75,6 +77,27 @@ def _refuse_withdrawn(ws: Workspace, dataset: str, what: str) -> None:
             f"refused: {what} of dataset {dataset!r}: consent was withdrawn (ledger entry {idx}) and its keys "
             f"destroyed; the key service never handles it again, whatever the catalog says; "
             f"deciding rule(s): {WITHDRAWN_RULE}", [WITHDRAWN_RULE])
+
+
+def _refuse_withdrawn_lineage(ws: Workspace, model: str, action: str) -> None:
+    """PolicyDenied when a dataset of the model's signed lineage is withdrawn in the ledger under a
+    clause that forbids ``action`` now (``residency.modelpolicy``: stop-serving forbids serve and
+    export; a passed retrain-by date forbids every action)."""
+    today = dt.datetime.now(dt.UTC).date()
+    for d in ws.model_lineages().get(model, []):
+        if not d.withdrawn:
+            continue
+        rule = f"model/{model}/dataset/{d.name}"
+        if d.policy.derived_models == "stop-serving" and action in STOP_SERVING_ACTIONS:
+            rule += "/withdrawn-stop-serving"
+        elif d.policy.retrain_by is not None and today > d.policy.retrain_by:
+            rule += "/withdrawn-retrain-by"
+        else:
+            continue
+        raise PolicyDenied(
+            f"refused: {action} of model {model!r}: dataset {d.name!r} of its lineage was withdrawn (ledger entry "
+            f"{d.withdrawn_index}) under {d.policy.derived_models}; the key service releases no key for it; "
+            f"deciding rule(s): {rule}", [rule])
 
 
 def wrap_for_site(ws: Workspace, conn: Any, dataset: str, site: str, data_key: bytes) -> None:
@@ -262,8 +285,10 @@ def release_model(ws: Workspace, model: str, site: str, action: str, purpose: st
     The request is about the model (its Cedar: every lineage dataset's clauses and, for withdrawn
     ones, their derived-model clause). For a copy, ``copy_to`` names the target, and the target's
     copy is what is decided. Refuses (PolicyDenied, exit 3) whatever the decision point denies,
-    naming the rule (``model/MODEL/dataset/DATASET/CLAUSE``); (OnshoreError) a site that does not
-    hold the model or whose custody key is gone.
+    naming the rule (``model/MODEL/dataset/DATASET/CLAUSE``), and, read again from the signed ledger
+    after the decision, a lineage dataset (from the model's signed ``model.release`` entries) whose
+    withdrawal's derived-model clause forbids ``action``; (OnshoreError) a site that does not hold the
+    model or whose custody key is gone.
     """
     check_name(model, "model")
     check_name(site, "site")
@@ -274,6 +299,9 @@ def release_model(ws: Workspace, model: str, site: str, action: str, purpose: st
     else:
         request = model_request(f"site:{site}", action, model, site, purpose)
     decision, decision_index = ws.authorize(request)
+    # As for datasets: a second look at the signed ledger, holding even when the decision point
+    # this process compiled is older than a withdrawal another process just recorded.
+    _refuse_withdrawn_lineage(ws, model, action)
     with ws.catalog.connect() as conn:
         row = conn.execute(select(T.model_key_wraps.c.wrapped).where(
             T.model_key_wraps.c.model == model, T.model_key_wraps.c.site == site)).first()

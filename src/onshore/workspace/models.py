@@ -32,7 +32,7 @@ from onshore.model import io
 from onshore.names import check_name
 from onshore.residency.modelpolicy import EffectivePolicy, LineageDataset, ModelStatus, effective_policy, model_status
 from onshore.residency.pdp import Decision, model_request
-from onshore.workspace import attempts, keyservice
+from onshore.workspace import attempts, governance, keyservice
 from onshore.workspace.paths import check_plaintext_destination
 from onshore.workspace.registry import get_site
 from onshore.workspace.workspace import Workspace
@@ -150,44 +150,65 @@ def sites_of(ws: Workspace, name: str) -> list[dict[str, Any]]:
     return [{"site": s, "jurisdiction": get_site(ws, s).jurisdiction, "ledger_index": i} for s, i in rows]
 
 
-def _datasets_of(ws: Workspace, name: str) -> list[dict[str, Any]]:
+def _datasets_of(ws: Workspace, name: str) -> dict[str, dict[str, Any]]:
+    # the catalog's lineage rows hold what the release entry does not (embodiment, weight); they
+    # never decide which datasets a model derives from
     with ws.catalog.connect() as conn:
-        rows = conn.execute(select(T.model_datasets).where(T.model_datasets.c.model == name)
-                            .order_by(T.model_datasets.c.dataset)).mappings().all()
-    return [{**dict(r), "shards": json.loads(r["shards"])} for r in rows]
+        rows = conn.execute(select(T.model_datasets).where(T.model_datasets.c.model == name)).mappings().all()
+    return {r["dataset"]: dict(r) for r in rows}
+
+
+def _release_indices(ws: Workspace) -> dict[str, int]:
+    """The ``model.release`` entry the catalog cites for each model it holds."""
+    ensure_tables(ws)
+    with ws.catalog.connect() as conn:
+        return {n: int(i) for n, i in conn.execute(select(T.models.c.name, T.models.c.ledger_index))}
 
 
 def lineage(ws: Workspace, name: str) -> list[dict[str, Any]]:
-    """The model and its ancestors, newest first: name, site, purpose and datasets of each."""
+    """The model and its ancestors, newest first: name, site, purpose and datasets of each.
+
+    Read from the signed ``model.release`` entries (datasets, base), so a deleted catalog lineage
+    row or base model row changes nothing; IntegrityError for a model whose release is not in the ledger.
+    """
+    get_model(ws, name)
+    gov = ws.ledger_governance()
+    indices = _release_indices(ws)
+    with ws.catalog.connect() as conn:
+        embodiment = dict(conn.execute(select(T.datasets.c.name, T.datasets.c.embodiment)).all())
+        created = dict(conn.execute(select(T.models.c.name, T.models.c.created_at)).all())
     out, seen = [], set()
     current: str | None = name
     while current is not None and current not in seen:
         seen.add(current)
-        row = get_model(ws, current)
-        site = get_site(ws, row["site"])
-        out.append({"model": current, "site": row["site"], "jurisdiction": site.jurisdiction,
-                    "purpose": row["purpose"], "created_at": row["created_at"],
-                    "datasets": _datasets_of(ws, current)})
-        current = row["base"]
+        rel = governance.model_release(gov, current, indices.get(current))
+        body = ws.ledger.get(rel.index).entry.body
+        rows = _datasets_of(ws, current)
+        site = gov.sites.get(rel.site)
+        out.append({"model": current, "site": rel.site, "jurisdiction": site.jurisdiction if site else None,
+                    "purpose": body.get("purpose"), "created_at": created.get(current),
+                    "datasets": [{"model": current, "dataset": d["name"], "owner": d["owner"],
+                                  "embodiment": rows.get(d["name"], {}).get("embodiment") or embodiment.get(d["name"]),
+                                  "weight": rows.get(d["name"], {}).get("weight"), "shards": d["shards"],
+                                  "decision_index": d["decision_index"]}
+                                 for d in sorted(body.get("datasets") or (), key=lambda x: x["name"])]})
+        current = rel.base
     return out
 
 
 def derived_from(ws: Workspace, dataset: str) -> list[dict[str, Any]]:
-    """Every model trained on ``dataset``, directly or through the models it was fine-tuned from."""
-    ensure_tables(ws)
-    with ws.catalog.connect() as conn:
-        direct = [r[0] for r in conn.execute(select(T.model_datasets.c.model)
-                                             .where(T.model_datasets.c.dataset == dataset))]
-        bases = {n: b for n, b in conn.execute(select(T.models.c.name, T.models.c.base))}
-        sites = {n: s for n, s in conn.execute(select(T.models.c.name, T.models.c.site))}
-    found: dict[str, str] = {m: "trained on it" for m in direct}
-    changed = True
-    while changed:
-        changed = False
-        for model, base in bases.items():
-            if base in found and model not in found:
-                found[model] = f"fine-tuned from {base}"
-                changed = True
+    """Every catalog model trained on ``dataset``, directly or through the models it was fine-tuned
+    from (its signed lineage: ``Workspace.model_lineages``)."""
+    indices = _release_indices(ws)
+    gov = ws.ledger_governance()
+    found: dict[str, str] = {}
+    for model, index in indices.items():
+        rel = governance.model_release(gov, model, index)
+        if dataset in rel.datasets:
+            found[model] = "trained on it"
+        elif dataset in governance.signed_lineage(gov, model, index, indices):
+            found[model] = f"fine-tuned from {rel.base}"
+    sites = {m: governance.model_release(gov, m, indices[m]).site for m in found}
     return [{"model": m, "site": sites[m], "via": how} for m, how in sorted(found.items())]
 
 
@@ -378,15 +399,14 @@ def list_models(ws: Workspace) -> list[dict[str, Any]]:
                                    T.models.c.size, T.models.c.parameters, T.models.c.steps,
                                    T.models.c.world_size, T.models.c.created_at)
                             .order_by(T.models.c.name)).mappings().all()
-        used = conn.execute(select(T.model_datasets.c.model, T.model_datasets.c.dataset)).all()
         held = conn.execute(select(T.model_key_wraps.c.model, T.model_key_wraps.c.site)).all()
-    by_model: dict[str, list[str]] = {}
-    for m, d in used:
-        by_model.setdefault(m, []).append(d)
+    gov = ws.ledger_governance()
+    indices = _release_indices(ws)
+    by_model = {m: list(governance.model_release(gov, m, i).datasets) for m, i in indices.items()}
     sites: dict[str, list[str]] = {}
     for m, s in held:
         sites.setdefault(m, []).append(s)
-    lineages = ws.model_lineages()
+    lineages = ws.model_lineages(gov)
     today = dt.datetime.now(dt.UTC).date()
     return [{**dict(r), "datasets": sorted(by_model.get(r["name"], [])), "sites": sorted(sites.get(r["name"], [])),
              "status": model_status(lineages[r["name"]], today).label() if lineages.get(r["name"]) else "blocked"}

@@ -12,7 +12,7 @@ from sqlalchemy import func, insert, select, update
 
 from onshore.catalog import schema as T
 from onshore.catalog.db import write_transaction
-from onshore.errors import ValidationError
+from onshore.errors import IntegrityError, ValidationError
 from onshore.keys.keystore import KeyStore, public_key_b64
 from onshore.ledger.checkpoint import CosignatureVerifier
 from onshore.ledger.entries import canonical_json, now_iso
@@ -172,8 +172,7 @@ def add_embodiment(ws: Workspace, path: Path) -> Embodiment:
     """
     emb = Embodiment.from_toml(path)
     text = Path(path).read_text()
-    identity = {k: v for k, v in emb.to_dict().items() if k not in ("extra", "description")}
-    digest = hashlib.sha256(canonical_json(identity)).hexdigest()
+    digest = _embodiment_digest(emb)
     with write_transaction(ws.catalog, "the catalog") as conn:
         row = conn.execute(select(T.embodiments.c.sha256).where(T.embodiments.c.name == emb.name)).first()
         if row is not None:
@@ -191,8 +190,30 @@ def add_embodiment(ws: Workspace, path: Path) -> Embodiment:
 
 
 def get_embodiment(ws: Workspace, name: str) -> Embodiment:
+    """The registered embodiment ``name``, checked against its signed ``embodiment.add``.
+
+    Its limits and rates are what the safety envelope enforces, so a catalog row whose machine
+    type (channels, limits, rate) does not hash to the digest the log signed is refused
+    (IntegrityError naming the row and the entry), as is a row no entry registers.
+    """
     row = ws.row("embodiment", name)
-    return Embodiment.from_dict(tomllib.loads(row["spec"]), source=f"embodiment {name}")
+    emb = Embodiment.from_dict(tomllib.loads(row["spec"]), source=f"embodiment {name}")
+    signed = None
+    for e in ws.ledger.entries(kinds=("embodiment.add",)):
+        if e.entry.actor == LOG_ACTOR and e.entry.body.get("embodiment") == name:
+            signed = (e.entry.body.get("sha256"), e.index)
+            break
+    if signed is None or _embodiment_digest(emb) != signed[0]:
+        why = ("no embodiment.add entry registers it" if signed is None else
+               f"its machine type does not hash to the digest ledger entry {signed[1]} (embodiment.add) signed")
+        raise IntegrityError(f"catalog row embodiments/{name}: {why}; restore the catalog from a backup")
+    return emb
+
+
+def _embodiment_digest(emb: Embodiment) -> str:
+    # a machine type is its name, control rate and channels, not its free-text parts
+    identity = {k: v for k, v in emb.to_dict().items() if k not in ("extra", "description")}
+    return hashlib.sha256(canonical_json(identity)).hexdigest()
 
 
 def list_embodiments(ws: Workspace) -> list[Embodiment]:

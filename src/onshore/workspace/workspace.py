@@ -15,7 +15,6 @@ from sqlalchemy import Engine, insert, select
 
 from onshore.catalog import schema as T
 from onshore.catalog.db import open_engine, write_transaction
-from onshore.catalog.lineage import model_datasets
 from onshore.catalog.schema import metadata as catalog_metadata
 from onshore.errors import IntegrityError, NotFoundError, PolicyDenied, ValidationError
 from onshore.keys.keystore import IDENTITY_FILE, KeyStore, public_key_b64, public_key_from_b64
@@ -27,7 +26,7 @@ from onshore.names import check_principal, check_text, is_name, parse_principal
 from onshore.residency.jurisdictions import check_jurisdiction
 from onshore.residency.modelpolicy import LineageDataset, model_cedar
 from onshore.residency.pdp import Decision, PolicyDecisionPoint, Request, SiteFacts
-from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar, parse_policy, workspace_cedar
+from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar, workspace_cedar
 from onshore.workspace import governance
 from onshore.workspace.config import CONFIG_FILE, WorkspaceConfig
 
@@ -203,6 +202,15 @@ class Workspace:
         if registered is None:
             raise ValidationError(f"{actor} is not registered in this workspace; see 'onshore site list' "
                                   "and 'onshore member list'")
+        if actor != LOG_ACTOR:
+            # the catalog's key column is only a copy: the key the log registered is in the ledger
+            gov = self.ledger_governance()
+            kind, name = parse_principal(actor)
+            site = gov.sites.get(name) if kind == "site" else None
+            signed = site.public_key if site is not None else gov.members.get(name) if kind == "member" else None
+            if signed != public_key_b64(registered):
+                raise IntegrityError(f"catalog row {kind}s/{name}: its public key is not the one the ledger's "
+                                     f"{kind}.add entry registered for {actor}; restore the catalog from a backup")
         key = self.keystore(actor).identity()
         if public_key_b64(key.public_key()) != public_key_b64(registered):
             raise IntegrityError(
@@ -356,28 +364,45 @@ class Workspace:
             self._model_tables = True
 
     def model_lineages(self, gov: governance.Governance | None = None) -> dict[str, list[LineageDataset]]:
-        """Every model's lineage datasets with their policies and withdrawals (from the ledger)."""
+        """Every catalog model's lineage datasets, with the policies their owners signed and their
+        withdrawals: all from the ledger (``governance.signed_lineage``), never from catalog lineage rows.
+
+        IntegrityError when a model row cites an entry that is not its ``model.release``.
+        """
         gov = gov or self.ledger_governance()
         self.ensure_model_tables()
         with self.catalog.connect() as conn:
-            closure = model_datasets(conn)
-            rows = {n: (o, p) for n, o, p in conn.execute(
-                select(T.datasets.c.name, T.datasets.c.owner, T.datasets.c.policy))}
-        return {m: [LineageDataset(d, rows[d][0], parse_policy(rows[d][1], f"dataset {d} policy"),
-                                   gov.withdrawn.get(d)) for d in names]
-                for m, names in closure.items()}
+            indices = {n: int(i) for n, i in conn.execute(select(T.models.c.name, T.models.c.ledger_index))}
+        out: dict[str, list[LineageDataset]] = {}
+        for model, index in indices.items():
+            names = governance.signed_lineage(gov, model, index, indices)
+            missing = [d for d in names if d not in gov.grants]
+            if missing:
+                raise IntegrityError(f"model {model!r}: its signed lineage names dataset(s) {missing} with no live "
+                                     "consent.grant in the ledger; run 'onshore ledger verify'")
+            out[model] = [LineageDataset(d, gov.grants[d].owner, gov.grants[d].policy, gov.withdrawn.get(d))
+                          for d in names]
+        return out
 
-    def _policy_parts(self, extra: tuple[str, str, UsagePolicy] | None, gov: governance.Governance
-                      ) -> tuple[str, dict[str, str]]:
-        """The workspace rules' Cedar text, and each dataset's (by name) and model's (by
-        ``model:NAME``) own Cedar text."""
+    def _dataset_texts(self, gov: governance.Governance) -> dict[str, str]:
+        """Each catalog dataset's Cedar text, compiled from the policy its owner signed; every row is
+        checked against its grant first (``governance.check_catalog_dataset``)."""
         texts: dict[str, str] = {}
         with self.catalog.connect() as conn:
             rows = conn.execute(select(T.datasets.c.name, T.datasets.c.owner, T.datasets.c.policy,
                                        T.datasets.c.status).order_by(T.datasets.c.name)).all()
         for name, owner, text, status in rows:
-            texts[name] = dataset_cedar(name, owner, parse_policy(text, f"dataset {name} policy"),
+            grant = governance.check_catalog_dataset(gov, name, owner, text)
+            # the status column can only narrow: a withdrawal is the ledger's, whatever the row says
+            texts[name] = dataset_cedar(name, grant.owner, grant.policy,
                                         withdrawn=status == "withdrawn" or name in gov.withdrawn)
+        return texts
+
+    def _policy_parts(self, extra: tuple[str, str, UsagePolicy] | None, gov: governance.Governance
+                      ) -> tuple[str, dict[str, str]]:
+        """The workspace rules' Cedar text, and each dataset's (by name) and model's (by
+        ``model:NAME``) own Cedar text."""
+        texts = self._dataset_texts(gov)
         if extra is not None:
             texts[extra[0]] = dataset_cedar(extra[0], extra[1], extra[2], withdrawn=False)
         for model, lineage in sorted(self.model_lineages(gov).items()):
@@ -398,9 +423,11 @@ class Workspace:
     def dataset_policy(self, name: str) -> tuple[str, str]:
         """The Cedar text of dataset ``name``'s own policies as in force now, and its hash."""
         row = self.row("dataset", name)
-        # the same text _policy_parts compiles for it, without compiling every other dataset
-        text = dataset_cedar(name, row["owner"], parse_policy(row["policy"], f"dataset {name} policy"),
-                             withdrawn=row["status"] == "withdrawn" or name in self.ledger_governance().withdrawn)
+        gov = self.ledger_governance()
+        # the same text _dataset_texts compiles for it, without compiling every other dataset
+        grant = governance.check_catalog_dataset(gov, name, row["owner"], row["policy"])
+        text = dataset_cedar(name, grant.owner, grant.policy, withdrawn=row["status"] == "withdrawn"
+                             or name in gov.withdrawn)
         return text, cedar_hash(text)
 
     def model_policy(self, name: str) -> tuple[str, str]:
