@@ -77,6 +77,15 @@ def _stale(raw: Any, id_: int) -> bool:
     return isinstance(old, int) and old < id_
 
 
+def _last_word(raw: Any) -> ServeError | None:
+    """The ``error`` a server sent before it closed (``refused``, ``unauthorized``...), if ``raw`` is one."""
+    try:
+        _reply(raw, -1)
+    except ServeError as said:
+        return None if said.code == "protocol" else said
+    return None
+
+
 def _lost(url: str, e: Exception) -> ServeError:
     from websockets.exceptions import ConnectionClosed
 
@@ -141,14 +150,10 @@ class Client:
         """The server's last word when it cut the connection (an ``error`` it sent before closing,
         e.g. ``refused`` or ``unauthorized``), else ``closed``."""
         try:
-            last = self._ws.recv(timeout=0)
-            _reply(last, -1)
-        except ServeError as said:
-            if said.code != "protocol":
-                return said
+            said = _last_word(self._ws.recv(timeout=0))
         except Exception:  # nothing left to read: the close itself is all there is
-            pass
-        return _lost(self.url, e)
+            said = None
+        return said or _lost(self.url, e)
 
     def info(self) -> dict[str, Any]:
         return self.request({"type": "info"})
@@ -274,14 +279,10 @@ class AsyncClient:
         import asyncio
 
         try:
-            last = await asyncio.wait_for(self._ws.recv(), 0.05)
-            _reply(last, -1)
-        except ServeError as said:
-            if said.code != "protocol":
-                return said
+            said = _last_word(await asyncio.wait_for(self._ws.recv(), 0.05))
         except Exception:  # nothing left to read: the close itself is all there is
-            pass
-        return _lost(self.url, e)
+            said = None
+        return said or _lost(self.url, e)
 
     async def reset(self, embodiment: str, task: str, initial_action: np.ndarray | None = None) -> dict[str, Any]:
         msg: dict[str, Any] = {"type": "reset", "embodiment": embodiment, "task": task}
