@@ -361,6 +361,26 @@ def test_e_stop_stays_latched_across_reset_and_reconnect_until_reset_estop_recor
     assert reset[0]["digest"] == running.served.digest
 
 
+def test_a_latched_e_stop_survives_a_restart_of_the_server(served_ws: Workspace) -> None:
+    """The latch is in the ledger, not only in the server's memory: a server started after one that
+    latched (a crash, a restart, another model) starts that machine latched, until reset_estop."""
+    tok = tokens.issue(served_ws, "tokyo", "press-9")
+    with service.start(served_ws, MODEL, "tokyo", port=0) as first, Client(first.url, tok, EMBODIMENT) as c:
+        c.reset(TASK)
+        c.estop("light curtain broken")
+    with service.start(served_ws, MODEL, "tokyo", port=0) as second:
+        with Client(second.url, tok, EMBODIMENT) as c:
+            c.reset(TASK)
+            c.act(STATE)
+            assert c.last["estopped"] and "light curtain broken" in c.last["alarm"]
+            c.reset_estop(by="operator sato")
+    with service.start(served_ws, MODEL, "tokyo", port=0) as third, Client(third.url, tok, EMBODIMENT) as c:
+        c.reset(TASK)
+        c.act(STATE)
+        assert not c.last["estopped"]  # the recorded reset cleared it for good
+    assert service.latched_estops(served_ws, "tokyo").get(("press-9", EMBODIMENT)) is None
+
+
 def test_the_first_command_after_reset_is_limited_from_the_last_one_applied(running: service.Running,
                                                                             served_ws: Workspace) -> None:
     tok = tokens.issue(served_ws, "tokyo", "press-5")

@@ -114,8 +114,11 @@ class PolicyServer:
 
     def __init__(self, served: ServedModel, tokens: TokenTable, limits: ServerLimits | None = None,
                  recorder: Recorder | None = None, recheck: Recheck | None = None,
-                 on_event: EventSink | None = None) -> None:
+                 on_event: EventSink | None = None, latched: dict[tuple[str, str], str] | None = None) -> None:
         self.served, self.tokens = served, tokens
+        #: (client, embodiment) -> reason: e-stops latched before this server started (a previous
+        #: server of the site recorded them and no ``reset_estop`` since): a restart never clears one
+        self.latched = dict(latched or {})
         self.limits = limits or ServerLimits()
         self.recorder = recorder
         self.recheck, self.on_event = recheck, on_event
@@ -363,6 +366,8 @@ class PolicyServer:
         env = self._machines.get((s.client, emb_name))
         if env is None:
             env = self._machines[(s.client, emb_name)] = E.Envelope(E.Limits.from_embodiment(emb), initial=init)
+            if (s.client, emb_name) in self.latched:
+                env.estop(self.latched.pop((s.client, emb_name)), by="ledger")
         else:
             env.restart(init)
         s.envelope = env

@@ -220,6 +220,23 @@ class Recheck:
                 f"{', '.join(decision.rules)} (ledger entry {index})")
 
 
+def latched_estops(ws: Workspace, site: str) -> dict[tuple[str, str], str]:
+    """The machines of ``site`` whose e-stop the ledger shows latched and never reset, by (client,
+    embodiment), with the reason: read when a server starts, so that a crash or restart of the
+    server (whatever model it serves next) does not clear a latch; only ``reset_estop`` does."""
+    latched: dict[tuple[str, str], str] = {}
+    for e in ws.ledger.entries(kinds=["model.serve"]):
+        b = e.entry.body
+        if e.entry.actor != f"site:{site}" or b.get("site") != site or b.get("event") not in ("estop", "estop_reset"):
+            continue
+        machine = (str(b.get("client")), str(b.get("embodiment")))
+        if b["event"] == "estop":
+            latched.setdefault(machine, str(b.get("reason") or "e-stop"))
+        else:
+            latched.pop(machine, None)
+    return latched
+
+
 def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: int = 7070,
           record: RecordOptions | None = None, limits: ServerLimits | None = None,
           loader: Callable[..., ServedModel] = load_served_model, purpose: str | None = None) -> Running:
@@ -239,7 +256,7 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
     def on_event(body: dict[str, Any]) -> None:
         ws.record("model.serve", f"site:{site}", {**body, "model": model, "digest": served.digest, "site": site})
 
-    server = PolicyServer(served, tokens, limits, recorder, Recheck(ws, served), on_event)
+    server = PolicyServer(served, tokens, limits, recorder, Recheck(ws, served), on_event, latched_estops(ws, site))
     loop = asyncio.new_event_loop()
     started: dict[str, Any] = {}
     ready = threading.Event()
