@@ -3,6 +3,7 @@ concurrency, answers equal to the model acting in process, runs recorded as resi
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -359,6 +360,20 @@ def test_e_stop_stays_latched_across_reset_and_reconnect_until_reset_estop_recor
     assert [(b["client"], b["by"], b["reason"]) for b in reset] == [("press-4", "operator ito (client press-4)",
                                                                      "guard door open")]
     assert reset[0]["digest"] == running.served.digest
+
+
+def test_a_running_server_re_decides_when_the_day_changes(running: service.Running, served_ws: Workspace) -> None:
+    """Policies expire with the calendar, not only with ledger appends: a server running past its
+    data's ``expires`` date (2031-03-31 in the furnace policy) is refused on the first poll of that day."""
+    day = [dt.date(2031, 3, 31)]
+    recheck = service.Recheck(served_ws, running.served, today=lambda: day[0])
+    start = served_ws.ledger.size()
+    assert recheck() is None and recheck() is None  # allowed, and nothing recorded while it is
+    day[0] = dt.date(2031, 4, 1)
+    refusal = recheck()
+    assert refusal is not None and "dataset/furnace/expiry" in refusal, refusal
+    decisions = [e.entry.body for e in served_ws.ledger.entries(start) if e.entry.kind == "decision"]
+    assert len(decisions) == 1 and decisions[0]["decision"] == "deny"
 
 
 def test_a_latched_e_stop_survives_a_restart_of_the_server(served_ws: Workspace) -> None:

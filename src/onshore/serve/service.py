@@ -21,10 +21,11 @@ with the client and who did it.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -194,25 +195,30 @@ class Recheck:
     or None. Nothing is recorded unless it refuses, so polling does not fill the ledger. A change
     seen but not yet decided (a busy ledger: ``LockTimeout``, raised for the server to retry) is
     decided at the next call. A workspace that can no longer be decided on (a catalog that
-    disagrees with the ledger) refuses: fail closed."""
+    disagrees with the ledger) refuses: fail closed. Rules also change with the calendar (a
+    policy's ``expires``, a ``retrain-by`` date), so a new day (``today``, UTC) is re-decided too."""
 
     ws: Workspace
     served: ServedModel
     pending: bool = False
+    today: Callable[[], dt.date] = field(default=lambda: dt.datetime.now(dt.UTC).date())
+    decided_for: dt.date | None = None
 
     def __call__(self) -> str | None:
-        self.pending = self.ws.refresh() or self.pending
+        day = self.today()
+        self.pending = self.ws.refresh() or self.pending or day != self.decided_for
         if not self.pending:
             return None
         served = self.served
-        request = model_request(f"site:{served.site}", "serve", served.name, served.site, served.purpose)
+        request = replace(model_request(f"site:{served.site}", "serve", served.name, served.site, served.purpose),
+                          today=day)
         try:
             decision = self.ws.pdp().decide(request)
         except LockTimeout:
             raise
         except OnshoreError as e:
             return f"serving {served.name} at {served.site} can no longer be decided: {e}"
-        self.pending = False
+        self.pending, self.decided_for = False, day
         if decision.allowed:
             return None
         index = self.ws.record("decision", request.principal, decision.to_json())
