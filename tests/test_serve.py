@@ -376,6 +376,32 @@ def test_a_running_server_re_decides_when_the_day_changes(running: service.Runni
     assert len(decisions) == 1 and decisions[0]["decision"] == "deny"
 
 
+def test_a_refusal_whose_decision_cannot_be_recorded_still_refuses(running: service.Running, served_ws: Workspace,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed: a deny seen while the ledger is too busy to take its ``decision`` entry must
+    still stop serving, not be forgotten (the change was already consumed, so no later poll would
+    re-decide it)."""
+    from onshore.errors import LockTimeout
+
+    day = [dt.date(2031, 3, 31)]
+    recheck = service.Recheck(served_ws, running.served, today=lambda: day[0])
+    assert recheck() is None
+    day[0] = dt.date(2031, 4, 1)  # the furnace data expires: serving is denied from now on
+
+    def busy(*args: object, **kw: object) -> int:
+        raise LockTimeout("ledger busy (test)")
+
+    monkeypatch.setattr(served_ws, "record", busy)
+    refusals = []
+    for _ in range(3):  # the watch task calls again after an exception
+        try:
+            refusals.append(recheck())
+        except Exception:  # noqa: BLE001 - what the server's watch task does too
+            refusals.append(None)
+    assert refusals[0] is not None and "dataset/furnace/expiry" in refusals[0] and "not recorded" in refusals[0], \
+        refusals
+
+
 def test_a_latched_e_stop_survives_a_restart_of_the_server(served_ws: Workspace) -> None:
     """The latch is in the ledger, not only in the server's memory: a server started after one that
     latched (a crash, a restart, another model) starts that machine latched, until reset_estop."""
