@@ -3,6 +3,7 @@ concurrency, answers equal to the model acting in process, runs recorded as resi
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -545,6 +546,64 @@ def test_a_server_that_never_answers_gives_a_clear_error_within_the_timeout() ->
     finally:
         box["loop"].call_soon_threadsafe(box["stop"].set_result, None)
         t.join(10)
+
+
+@contextlib.contextmanager
+def _hostile_server(handler: object) -> Iterator[str]:
+    """A WebSocket server on 127.0.0.1 running ``handler`` on its own thread; yields its URL."""
+    import asyncio
+
+    from websockets.asyncio.server import serve as ws_serve
+
+    box: dict = {}
+    ready = threading.Event()
+
+    async def main() -> None:
+        async with ws_serve(handler, "127.0.0.1", 0) as srv:  # type: ignore[arg-type]
+            box["port"] = srv.sockets[0].getsockname()[1]
+            box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.get_running_loop().create_future()
+            ready.set()
+            await box["stop"]
+
+    t = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    t.start()
+    assert ready.wait(10)
+    try:
+        yield f"ws://127.0.0.1:{box['port']}"
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set_result, None)
+        t.join(10)
+
+
+def test_a_server_that_only_sends_old_replies_times_out_the_request() -> None:
+    """A server that answers every request with an endless trickle of replies to earlier requests
+    (old ids) is not answering: the request ends with ``timeout`` after ``timeout`` seconds in all,
+    not ``timeout`` seconds per stale reply (a hang)."""
+    import asyncio
+
+    async def stale(ws) -> None:  # type: ignore[no-untyped-def]
+        async for _ in ws:
+            for _ in range(200):  # bounded: 20 s at most
+                await ws.send(wire.pack({"type": "info", "id": 0}))
+                await asyncio.sleep(0.1)
+
+    with _hostile_server(stale) as url:
+        c = Client(url, "onshore_x", EMBODIMENT, timeout=1.0)
+        out: dict = {}
+
+        def call() -> None:
+            t0 = time.monotonic()
+            try:
+                c.info()
+            except ServeError as e:
+                out["error"], out["took"] = e, time.monotonic() - t0
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        t.join(5)
+        assert not t.is_alive(), "the client kept waiting on stale replies"
+        assert out["error"].code == "timeout" and out["took"] < 3, out
+        c.close()
 
 
 def test_serve_errors_cross_process_boundaries() -> None:
