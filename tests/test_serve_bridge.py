@@ -224,3 +224,67 @@ def test_eval_of_a_served_model_ends_with_a_clear_error_when_the_token_is_revoke
                 proc.kill()
     assert proc.returncode == 1, err
     assert "revoked" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("answer", ["garbage", "bad_array"])
+def test_a_policy_server_that_answers_garbage_makes_the_bridge_hold_not_exit(tmp_path: Path, answer: str) -> None:
+    """A policy server that answers ``act`` with bytes that are not msgpack, or an action array the
+    wire format refuses, is a server gone wrong: the bridge holds the safe action with its alarm
+    raised for the rest of the run, as for a server that went away, instead of ending the run with
+    the model's last setpoint left on the machine."""
+    import threading
+
+    import msgpack
+    from websockets.asyncio.server import serve as ws_serve
+
+    from onshore.serve import wire
+
+    plant = SimPlant("metaworld", "reach-v3", seed=5)
+
+    async def hostile(ws) -> None:  # type: ignore[no-untyped-def]
+        acts = 0
+        async for frame in ws:
+            msg = msgpack.unpackb(frame, raw=False)
+            if msg["type"] == "reset":
+                await ws.send(wire.pack({"type": "ready", "id": msg["id"], "spec": plant.emb.to_dict()}))
+            elif msg["type"] == "act":
+                acts += 1
+                if acts <= 3:  # a sane start: the model drives the arm away from its safe action
+                    action = wire.encode_array(np.full(plant.emb.action_dim, 0.5, np.float32))
+                    await ws.send(wire.pack({"type": "action", "id": msg["id"], "action": action}))
+                elif answer == "garbage":
+                    await ws.send(b"\xc1\xc1 not msgpack")
+                else:
+                    await ws.send(wire.pack({"type": "action", "id": msg["id"],
+                                             "action": {"dtype": "<f8", "shape": [4], "data": b"\0" * 32}}))
+            else:
+                await ws.send(wire.pack({"type": "ended", "id": msg["id"]}))
+
+    box: dict = {}
+    ready = threading.Event()
+
+    async def main() -> None:
+        async with ws_serve(hostile, "127.0.0.1", 0) as srv:
+            box["port"] = srv.sockets[0].getsockname()[1]
+            box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.get_running_loop().create_future()
+            ready.set()
+            await box["stop"]
+
+    server = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    server.start()
+    assert ready.wait(10)
+    try:
+        with PlantThread(plant) as pt:
+            mapping = _map(plant, tmp_path / "arm.toml")
+            report = asyncio.run(run_bridge(pt.endpoint, mapping, f"ws://127.0.0.1:{box['port']}", "onshore_x",
+                                            hz=20, steps=16))
+            assert plant.alarm
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set_result, None)
+        server.join(10)
+    assert report.server_lost is not None and report.steps == 16, report
+    assert report.interventions["fault"] > 0
+    written = np.stack(plant.actions)
+    safe = np.array(plant.map_dict()["envelope"]["safe_action"])
+    assert not np.allclose(written[2], safe)  # the model had moved the arm
+    np.testing.assert_allclose(written[-1], safe)  # the safe action, not the model's last setpoint

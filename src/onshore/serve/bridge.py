@@ -15,7 +15,7 @@ or Inf, has a Bad status code, or a source timestamp older than ``max_state_age_
 does not ask the model; it commands the safe action (``safe_action`` of the map, or holds the
 last command when the map names none), counted as a ``fault`` intervention, and raises its alarm
 (the ``alarm`` node, latched until ``estop_reset``). When the policy server refuses (a
-withdrawal, a revoked token) or goes away, the bridge holds the same way for the rest of the
+withdrawal, a revoked token), goes away or answers what the wire format refuses, the bridge holds the same way for the rest of the
 run, alarm raised, and the report's ``server_lost`` says why; it never exits leaving the last
 command on the machine. The limits it enforces are the registered embodiment's (the spec the
 server answers ``reset`` with); a map's ``embodiment_file`` may only narrow them. A node of the
@@ -327,18 +327,17 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                     task, pending = pending, None
                     try:
                         raw, t0 = task.result()
-                    except ServeError as e:
-                        if e.code == "rate_limited":  # early after a late answer: this period has no answer
+                    except OnshoreError as e:  # the policy client's errors: ServeError, WireError
+                        if isinstance(e, ServeError) and e.code == "rate_limited":
+                            # early after a late answer: this period has no answer
                             report.deadline_misses += 1
                             cmd = env.idle(loop.time())
                             if cmd is not None:
                                 await write(cmd)
-                        else:  # refused (a withdrawal, a revoked token) or gone: hold from now on
+                        else:  # refused (a withdrawal, a revoked token), gone, or answering garbage: hold
                             report.server_lost = str(e)
                             say(f"policy server: {e}; holding the safe action, alarm raised")
                             await hold(f"policy server lost: {e}; holding the safe action")
-                    except OnshoreError:
-                        raise
                     except Exception as e:  # a failed OPC UA read: this period has no state
                         report.io_errors += 1
                         report.deadline_misses += 1
