@@ -423,6 +423,50 @@ def test_a_latched_e_stop_survives_a_restart_of_the_server(served_ws: Workspace)
     assert service.latched_estops(served_ws, "tokyo").get(("press-9", EMBODIMENT)) is None
 
 
+def test_e_stop_records_reach_the_ledger_in_the_order_the_latch_changed(running: service.Running,
+                                                                       served_ws: Workspace) -> None:
+    """Two sessions of one machine: one resets the e-stop while the other latches it again. The
+    records must say what the latch did, in that order; a reset recorded after the second latch
+    (the reset's write was slower) would unlatch the machine at the next server start."""
+    import asyncio
+
+    from onshore.serve.server import PolicyServer
+
+    recorded: list[dict] = []
+
+    def sink(body: dict) -> None:  # a ledger write; the reset's is the slow one here
+        if body["event"] == "estop_reset":
+            time.sleep(0.5)
+        recorded.append(body)
+
+    tok = tokens.issue(served_ws, "tokyo", "press-12")
+    running.server.tokens.refresh()
+    server = PolicyServer(running.served, running.server.tokens, on_event=sink)
+    loop = asyncio.new_event_loop()
+    port = loop.run_until_complete(server.start("127.0.0.1", 0))
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    try:
+        url = f"ws://127.0.0.1:{port}"
+        with Client(url, tok, EMBODIMENT) as a, Client(url, tok, EMBODIMENT) as b:
+            a.reset(TASK)
+            b.reset(TASK)
+            a.estop("first")
+            resetting = threading.Thread(target=b.reset_estop, kwargs={"by": "operator"}, daemon=True)
+            resetting.start()
+            time.sleep(0.15)  # the reset is applied, its record still being written
+            a.estop("second")
+            resetting.join(10)
+            time.sleep(0.11)
+            a.act(STATE)
+            assert a.last["estopped"]  # latched again in memory
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+    assert [b["event"] for b in recorded] == ["estop", "estop_reset", "estop"], recorded
+
+
 def test_the_first_command_after_reset_is_limited_from_the_last_one_applied(running: service.Running,
                                                                             served_ws: Workspace) -> None:
     tok = tokens.issue(served_ws, "tokyo", "press-5")

@@ -130,6 +130,9 @@ class PolicyServer:
         self._sessions: set[Session] = set()
         self._machines: dict[tuple[str, str], E.Envelope] = {}
         self._bad_peers: dict[str, tuple[int, float]] = {}
+        # e-stop records reach the ledger in the order the latch changed (one writer, first come
+        # first served): a reset recorded after a later latch would clear it across a restart
+        self._events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onshore-events")
         self._server: Any = None
         self._refresher: asyncio.Task[None] | None = None
 
@@ -153,6 +156,7 @@ class PolicyServer:
         for s in list(self._sessions):
             self._end_episode(s)
         self._pool.shutdown(wait=True)
+        self._events.shutdown(wait=True)
 
     async def _watch(self) -> None:
         """Every ``poll_s``: refresh the token table (at least every half second) and cut sessions
@@ -440,7 +444,8 @@ class PolicyServer:
             return
         body = {"event": event, "client": s.client, "embodiment": s.embodiment, "by": by, "reason": reason}
         try:
-            await asyncio.to_thread(self.on_event, body)
+            # submitted at once, on the loop, right after the latch changed: the ledger order is the latch's
+            await asyncio.get_running_loop().run_in_executor(self._events, self.on_event, body)
         except Exception:  # the latch itself holds whatever happens to its record
             log.exception("could not record %s of client %s", event, s.client)
 
