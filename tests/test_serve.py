@@ -530,6 +530,43 @@ def test_repeated_bad_tokens_from_one_peer_are_slowed(running: service.Running, 
     assert time.monotonic() - t0 < 1.0
 
 
+def test_refusals_held_back_for_bad_tokens_are_bounded(running: service.Running) -> None:
+    """Slowing bad tokens holds their connections open: a spray of them at once must not pile up
+    held connections without end (file descriptors); at most ``max_connections`` are held back,
+    the rest are answered at once."""
+    import asyncio
+
+    from onshore.serve.server import PolicyServer, ServerLimits
+
+    server = PolicyServer(running.served, running.server.tokens,
+                          ServerLimits(max_connections=4, bad_tokens_free=0, bad_token_delay_max=3.0))
+    loop = asyncio.new_event_loop()
+    port = loop.run_until_complete(server.start("127.0.0.1", 0))
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    took: list[float] = []
+
+    def guess() -> None:
+        t0 = time.monotonic()
+        with pytest.raises(ServeError, match="401"):
+            Client(f"ws://127.0.0.1:{port}", "onshore_guess", EMBODIMENT, timeout=10)
+        took.append(time.monotonic() - t0)
+
+    try:
+        guessers = [threading.Thread(target=guess) for _ in range(16)]
+        for g in guessers:
+            g.start()
+        for g in guessers:
+            g.join(30)
+        assert len(took) == 16
+        assert sum(x < 0.095 for x in took) >= 8, sorted(took)  # at most 4 held back at once (0.1 s and more)
+        assert max(took) >= 0.1  # the slowing itself still works
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+
+
 def test_a_client_script_that_never_closes_exits_at_once(running: service.Running, token: str) -> None:
     script = ("import sys, numpy as np\nfrom onshore.serve import Client\n"
               f"c = Client({running.url!r}, {token!r}, {EMBODIMENT!r})\nc.reset({TASK!r})\n"

@@ -130,6 +130,7 @@ class PolicyServer:
         self._sessions: set[Session] = set()
         self._machines: dict[tuple[str, str], E.Envelope] = {}
         self._bad_peers: dict[str, tuple[int, float]] = {}
+        self._held = 0  # refusals of bad tokens being held back right now
         # e-stop records reach the ledger in the order the latch changed (one writer, first come
         # first served): a reset recorded after a later latch would clear it across a restart
         self._events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onshore-events")
@@ -226,7 +227,15 @@ class PolicyServer:
             return connection.respond(HTTPStatus.FORBIDDEN, f"refused: {self.refusal}\n")
         verdict = self.tokens.check(request.headers.get("Authorization"))
         if not verdict.ok:
-            await asyncio.sleep(self._bad_token_delay(peer))
+            delay = self._bad_token_delay(peer)
+            # a refusal held back keeps its connection open: at most max_connections at once, so that
+            # a spray of bad tokens cannot pile up held connections (file descriptors) without end
+            if delay > 0 and self._held < self.limits.max_connections:
+                self._held += 1
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    self._held -= 1
             self._refuse(peer, verdict.client, verdict.reason)
             return connection.respond(HTTPStatus.UNAUTHORIZED, f"refused: {verdict.reason}\n")
         if len(self._sessions) >= self.limits.max_connections:
@@ -243,7 +252,8 @@ class PolicyServer:
     def _bad_token_delay(self, peer: str) -> float:
         """How long to hold back a refusal for a peer host that sent bad tokens before: nothing for
         the first few, then doubling from 0.1 s up to ``bad_token_delay_max``; forgotten after a
-        minute without one. Holding back a refusal costs the event loop nothing."""
+        minute without one. Holding back a refusal costs the event loop nothing, but keeps its
+        connection open: beyond ``max_connections`` held at once, refusals are answered at once."""
         host = peer.rsplit(":", 1)[0]
         now = time.monotonic()
         n, last = self._bad_peers.get(host, (0, now))
