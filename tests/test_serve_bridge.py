@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -226,20 +227,17 @@ def test_eval_of_a_served_model_ends_with_a_clear_error_when_the_token_is_revoke
     assert "revoked" in err and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("answer", ["garbage", "bad_array"])
-def test_a_policy_server_that_answers_garbage_makes_the_bridge_hold_not_exit(tmp_path: Path, answer: str) -> None:
-    """A policy server that answers ``act`` with bytes that are not msgpack, or an action array the
-    wire format refuses, is a server gone wrong: the bridge holds the safe action with its alarm
-    raised for the rest of the run, as for a server that went away, instead of ending the run with
-    the model's last setpoint left on the machine."""
+@contextmanager
+def _hostile_policy(plant: SimPlant, answer: str, sane: int = 3) -> Iterator[str]:
+    """A policy server on 127.0.0.1 that answers ``reset`` with ``plant``'s spec and its first
+    ``sane`` acts with 0.5 on every channel, then every act with ``answer``: bytes that are not
+    msgpack (``garbage``) or an action array the wire format refuses (``bad_array``). Yields its URL."""
     import threading
 
     import msgpack
     from websockets.asyncio.server import serve as ws_serve
 
     from onshore.serve import wire
-
-    plant = SimPlant("metaworld", "reach-v3", seed=5)
 
     async def hostile(ws) -> None:  # type: ignore[no-untyped-def]
         acts = 0
@@ -249,7 +247,7 @@ def test_a_policy_server_that_answers_garbage_makes_the_bridge_hold_not_exit(tmp
                 await ws.send(wire.pack({"type": "ready", "id": msg["id"], "spec": plant.emb.to_dict()}))
             elif msg["type"] == "act":
                 acts += 1
-                if acts <= 3:  # a sane start: the model drives the arm away from its safe action
+                if acts <= sane:  # a sane start: the model drives the arm away from its safe action
                     action = wire.encode_array(np.full(plant.emb.action_dim, 0.5, np.float32))
                     await ws.send(wire.pack({"type": "action", "id": msg["id"], "action": action}))
                 elif answer == "garbage":
@@ -274,17 +272,44 @@ def test_a_policy_server_that_answers_garbage_makes_the_bridge_hold_not_exit(tmp
     server.start()
     assert ready.wait(10)
     try:
-        with PlantThread(plant) as pt:
-            mapping = _map(plant, tmp_path / "arm.toml")
-            report = asyncio.run(run_bridge(pt.endpoint, mapping, f"ws://127.0.0.1:{box['port']}", "onshore_x",
-                                            hz=20, steps=16))
-            assert plant.alarm
+        yield f"ws://127.0.0.1:{box['port']}"
     finally:
         box["loop"].call_soon_threadsafe(box["stop"].set_result, None)
         server.join(10)
+
+
+@pytest.mark.parametrize("answer", ["garbage", "bad_array"])
+def test_a_policy_server_that_answers_garbage_makes_the_bridge_hold_not_exit(tmp_path: Path, answer: str) -> None:
+    """A policy server that answers ``act`` with bytes that are not msgpack, or an action array the
+    wire format refuses, is a server gone wrong: the bridge holds the safe action with its alarm
+    raised for the rest of the run, as for a server that went away, instead of ending the run with
+    the model's last setpoint left on the machine."""
+    plant = SimPlant("metaworld", "reach-v3", seed=5)
+    with _hostile_policy(plant, answer) as url, PlantThread(plant) as pt:
+        mapping = _map(plant, tmp_path / "arm.toml")
+        report = asyncio.run(run_bridge(pt.endpoint, mapping, url, "onshore_x", hz=20, steps=16))
+        assert plant.alarm
     assert report.server_lost is not None and report.steps == 16, report
     assert report.interventions["fault"] > 0
     written = np.stack(plant.actions)
     safe = np.array(plant.map_dict()["envelope"]["safe_action"])
     assert not np.allclose(written[2], safe)  # the model had moved the arm
     np.testing.assert_allclose(written[-1], safe)  # the safe action, not the model's last setpoint
+
+
+def test_the_e_stop_button_still_works_after_the_policy_server_is_lost(tmp_path: Path) -> None:
+    """With no ``safe_action`` in the map, a lost server makes the bridge hold the last command; the
+    e-stop button pressed after that must still latch and move the machine to the safe action."""
+    plant = SimPlant("metaworld", "reach-v3", seed=5, estop_at=8)
+    with _hostile_policy(plant, "garbage") as url, PlantThread(plant) as pt:
+        d = plant.map_dict()
+        del d["envelope"]["safe_action"]  # hold the last command on a fault
+        import tomli_w
+
+        (tmp_path / "arm.toml").write_text(tomli_w.dumps(d))
+        report = asyncio.run(run_bridge(pt.endpoint, BridgeMap.from_toml(tmp_path / "arm.toml"), url, "onshore_x",
+                                        hz=20, steps=14))
+    assert report.server_lost is not None and report.estops == 1, report
+    written = np.stack(plant.actions)
+    np.testing.assert_allclose(written[4:7], np.full((3, 4), 0.5))  # server lost: the last command held
+    np.testing.assert_allclose(written[-1], np.zeros(4))  # the button: the safe action (0 within the limits)

@@ -15,9 +15,10 @@ or Inf, has a Bad status code, or a source timestamp older than ``max_state_age_
 does not ask the model; it commands the safe action (``safe_action`` of the map, or holds the
 last command when the map names none), counted as a ``fault`` intervention, and raises its alarm
 (the ``alarm`` node, latched until ``estop_reset``). When the policy server refuses (a
-withdrawal, a revoked token), goes away or answers what the wire format refuses, the bridge holds the same way for the rest of the
-run, alarm raised, and the report's ``server_lost`` says why; it never exits leaving the last
-command on the machine. The limits it enforces are the registered embodiment's (the spec the
+withdrawal, a revoked token), goes away or answers what the wire format refuses, the bridge
+holds the same way for the rest of the run, alarm raised (still reading the e-stop nodes: the
+button still latches), and the report's ``server_lost`` says why; it never exits leaving the
+last command on the machine. The limits it enforces are the registered embodiment's (the spec the
 server answers ``reset`` with); a map's ``embodiment_file`` may only narrow them. A node of the
 wrong data type is refused before the loop starts, naming the node.
 
@@ -265,12 +266,29 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                 await opc.write_values([alarm_node], [ua.Variant(on, ua.VariantType.Boolean)])
             alarmed = on
 
+        async def read_flags() -> None:
+            """Only the e-stop nodes (the server is lost): the button still latches, the reset still clears."""
+            if flag_nodes:
+                await buttons(await opc.read_attributes(flag_nodes, ua.AttributeIds.Value))
+
         async def io_step() -> tuple[np.ndarray | str, float]:
             """One period's read and, when the readings are usable, the server's answer; a plant
             fault comes back as its description instead of an action."""
             t0 = time.perf_counter()
             values = await opc.read_attributes(state_nodes + flag_nodes, ua.AttributeIds.Value)
-            flags = [bool(v.Value.Value) if v.Value is not None else False for v in values[len(state_nodes):]]
+            await buttons(values[len(state_nodes):])
+            fault = _plant_fault(values[:len(state_nodes)], state_names, max_age)
+            if fault is not None:
+                return fault, t0
+            state = np.asarray([v.Value.Value for v in values[:len(state_nodes)]], dtype=np.float32)
+            report.requests += 1
+            raw = await policy.act(state, deadline_misses=report.deadline_misses,
+                                   bridge_interventions=sum(report.interventions.values()))
+            return raw, t0
+
+        async def buttons(values: list[Any]) -> None:
+            """Latch the e-stop when its node reads true; clear it (and the alarm) on ``estop_reset``."""
+            flags = [bool(v.Value.Value) if v.Value is not None else False for v in values]
             pressed = flags[0] if mapping.estop else False
             reset = flags[-1] if mapping.estop_reset else False
             if pressed and not env.estopped:
@@ -282,14 +300,6 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                     env.reset_estop(by="estop_reset node")
                 await set_alarm(False)
                 say("e-stop reset")
-            fault = _plant_fault(values[:len(state_nodes)], state_names, max_age)
-            if fault is not None:
-                return fault, t0
-            state = np.asarray([v.Value.Value for v in values[:len(state_nodes)]], dtype=np.float32)
-            report.requests += 1
-            raw = await policy.act(state, deadline_misses=report.deadline_misses,
-                                   bridge_interventions=sum(report.interventions.values()))
-            return raw, t0
 
         async def write(cmd: E.Command) -> None:
             for k in cmd.interventions:
@@ -318,6 +328,11 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
             report.steps += 1
             deadline = tick + period
             if report.server_lost is not None:  # no server: hold for the rest of the run
+                try:
+                    await read_flags()  # a button pressed now still moves the machine to the safe action
+                except Exception as e:  # a failed read: the hold goes on regardless
+                    report.io_errors += 1
+                    say(f"OPC UA error: {e or type(e).__name__}")
                 await hold(f"policy server lost: {report.server_lost}; holding the safe action")
             else:
                 if pending is None:
