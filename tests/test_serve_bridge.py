@@ -313,3 +313,24 @@ def test_the_e_stop_button_still_works_after_the_policy_server_is_lost(tmp_path:
     written = np.stack(plant.actions)
     np.testing.assert_allclose(written[4:7], np.full((3, 4), 0.5))  # server lost: the last command held
     np.testing.assert_allclose(written[-1], np.zeros(4))  # the button: the safe action (0 within the limits)
+
+
+def test_a_plant_reading_stamped_in_the_future_is_a_fault() -> None:
+    """A source timestamp far ahead of this host's clock would pass the staleness check for as long
+    as the clocks disagree, a hung PLC's readings looking fresh all that time: it is a fault too."""
+    import datetime as dt
+
+    from asyncua import ua
+
+    from onshore.serve.bridge import _plant_fault
+
+    now = dt.datetime.now(dt.UTC)
+
+    def reading(offset_s: float) -> ua.DataValue:
+        stamp = now + dt.timedelta(seconds=offset_s)
+        return ua.DataValue(ua.Variant(1.0, ua.VariantType.Double), SourceTimestamp=stamp)
+
+    assert _plant_fault([reading(0.0), reading(0.2)], ["a", "b"], 1.0) is None  # small skew is fine
+    fault = _plant_fault([reading(0.0), reading(3 * 3600)], ["a", "b"], 1.0)
+    assert fault is not None and "b" in fault and "future" in fault, fault
+    assert "old" in (_plant_fault([reading(-3.0)], ["a"], 1.0) or "")

@@ -11,8 +11,9 @@ watchdog commands the safe action. The e-stop button latches the bridge's envelo
 to the server with each request, so the run's recording carries them.
 
 Faults never leave the last setpoint in place: when the plant reports a state value that is NaN
-or Inf, has a Bad status code, or a source timestamp older than ``max_state_age_s``, the bridge
-does not ask the model; it commands the safe action (``safe_action`` of the map, or holds the
+or Inf, has a Bad status code, or a source timestamp older than ``max_state_age_s`` (or that
+far ahead of this host's clock: clocks that disagree would hide a hung PLC), the bridge does
+not ask the model; it commands the safe action (``safe_action`` of the map, or holds the
 last command when the map names none), counted as a ``fault`` intervention, and raises its alarm
 (the ``alarm`` node, latched until ``estop_reset``). When the policy server refuses (a
 withdrawal, a revoked token), goes away or answers what the wire format refuses, the bridge
@@ -203,6 +204,9 @@ def _plant_fault(values: list[Any], names: list[str], max_age: float) -> str | N
             age = (now - stamp).total_seconds()
             if age > max_age:
                 return f"plant reading of {name} is {age:.1f} s old (over {max_age:g} s)"
+            if -age > max_age:  # a clock ahead would hide a hung PLC's old readings for that long
+                return (f"plant reading of {name} is stamped {-age:.1f} s in the future (over {max_age:g} s): the "
+                        "plant's clock and this host's disagree")
     return None
 
 
