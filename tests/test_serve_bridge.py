@@ -334,3 +334,43 @@ def test_a_plant_reading_stamped_in_the_future_is_a_fault() -> None:
     fault = _plant_fault([reading(0.0), reading(3 * 3600)], ["a", "b"], 1.0)
     assert fault is not None and "b" in fault and "future" in fault, fault
     assert "old" in (_plant_fault([reading(-3.0)], ["a"], 1.0) or "")
+
+
+def test_the_e_stop_button_latches_the_machine_at_the_server_so_a_restarted_bridge_stays_latched(
+        plant_ws: Workspace, tmp_path: Path) -> None:
+    """A momentary e-stop button latches the bridge; the bridge passes it on to the server, whose
+    latch belongs to the machine and outlives the connection (and server restarts). A bridge
+    restarted after the button was released must come up latched, not under the model's control,
+    until the ``estop_reset`` node clears it."""
+    from asyncua import Client as OpcClient
+    from asyncua import ua
+
+    tok = tokens.issue(plant_ws, "tokyo", "arm-latch")
+    plant = SimPlant("metaworld", "reach-v3", seed=5, estop_at=4)
+    with service.start(plant_ws, "plants", "tokyo", port=0, limits=FAST) as run, PlantThread(plant) as pt:
+        mapping = _map(plant, tmp_path / "arm.toml")
+        first = asyncio.run(run_bridge(pt.endpoint, mapping, run.url, tok, hz=20, steps=8))
+        assert first.estops == 1
+
+        async def release() -> None:  # the button springs back; nobody reset the e-stop
+            async with OpcClient(pt.endpoint) as c:
+                await c.get_node(mapping.estop).write_value(ua.Variant(False, ua.VariantType.Boolean))
+
+        asyncio.run(release())
+        before = len(plant.actions)
+        second = asyncio.run(run_bridge(pt.endpoint, mapping, run.url, tok, hz=20, steps=8))
+        safe = np.array(plant.map_dict()["envelope"]["safe_action"])
+        written = np.stack(plant.actions[before:])
+
+        async def reset() -> None:
+            async with OpcClient(pt.endpoint) as c:
+                await c.get_node(mapping.estop_reset).write_value(ua.Variant(True, ua.VariantType.Boolean))
+
+        asyncio.run(reset())  # the reset node clears the latch here and at the server
+        third = asyncio.run(run_bridge(pt.endpoint, mapping, run.url, tok, hz=20, steps=8))
+    assert second.server_lost is None and second.interventions["estop"] > 0, second
+    np.testing.assert_allclose(written[1:], np.broadcast_to(safe, written[1:].shape))
+    assert third.server_lost is None and not np.allclose(plant.actions[-1], safe)  # the model drives again
+    events = [(b["event"], b["by"]) for b in (e.entry.body for e in plant_ws.ledger.entries(kinds=["model.serve"]))
+              if b.get("client") == "arm-latch" and b.get("event") in ("estop", "estop_reset")]
+    assert events == [("estop", "arm-latch"), ("estop_reset", "estop_reset node (client arm-latch)")], events

@@ -6,8 +6,10 @@ module as the server's, seeded with the actuators' current positions), and write
 nodes in one Write. A period whose answer has not come back by the next tick is a **deadline
 miss**: the bridge keeps waiting for that answer (it never queues a second request behind a
 late one), and once no state has been answered for ``watchdog_periods`` periods the envelope's
-watchdog commands the safe action. The e-stop button latches the bridge's envelope; only the
-``estop_reset`` node (or a restart) clears it. Deadline misses and the bridge's interventions go
+watchdog commands the safe action. The e-stop button latches the bridge's envelope and is passed
+on to the server (``estop``), whose latch belongs to the machine and outlives this run: a
+restarted bridge finds it latched there and latches too. Only the ``estop_reset`` node clears
+it, here and at the server (``reset_estop``). Deadline misses and the bridge's interventions go
 to the server with each request, so the run's recording carries them.
 
 Faults never leave the last setpoint in place: when the plant reports a state value that is NaN
@@ -288,7 +290,20 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
             report.requests += 1
             raw = await policy.act(state, deadline_misses=report.deadline_misses,
                                    bridge_interventions=sum(report.interventions.values()))
+            if policy.last.get("estopped") and not env.estopped:
+                # the machine's latch at the server (an earlier run of this bridge, another session,
+                # a restart of the server): latched here too, until estop_reset
+                env.estop(str(policy.last.get("alarm") or "e-stop latched at the policy server"), by="policy server")
+                say("the policy server reports this machine's e-stop latched; commanding the safe action")
             return raw, t0
+
+        async def tell(msg: dict[str, Any]) -> None:
+            """Pass the button to the server's latch, which outlives this run; the local latch holds anyway."""
+            if report.server_lost is None:
+                try:
+                    await policy.request(msg)
+                except OnshoreError as e:
+                    say(f"policy server: could not pass on {msg['type']}: {e}")
 
         async def buttons(values: list[Any]) -> None:
             """Latch the e-stop when its node reads true; clear it (and the alarm) on ``estop_reset``."""
@@ -299,9 +314,11 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                 env.estop("e-stop button", by="e-stop button")
                 report.estops += 1
                 say("e-stop pressed: latched; commanding the safe action")
+                await tell({"type": "estop", "reason": "e-stop button"})
             elif reset and not pressed and (env.estopped or alarmed):
                 if env.estopped:
                     env.reset_estop(by="estop_reset node")
+                    await tell({"type": "reset_estop", "by": "estop_reset node"})
                 await set_alarm(False)
                 say("e-stop reset")
 
