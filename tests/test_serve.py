@@ -3,6 +3,7 @@ concurrency, answers equal to the model acting in process, runs recorded as resi
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -376,6 +377,32 @@ def test_a_running_server_re_decides_when_the_day_changes(running: service.Runni
     assert len(decisions) == 1 and decisions[0]["decision"] == "deny"
 
 
+def test_a_refusal_whose_decision_cannot_be_recorded_still_refuses(running: service.Running, served_ws: Workspace,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed: a deny seen while the ledger is too busy to take its ``decision`` entry must
+    still stop serving, not be forgotten (the change was already consumed, so no later poll would
+    re-decide it)."""
+    from onshore.errors import LockTimeout
+
+    day = [dt.date(2031, 3, 31)]
+    recheck = service.Recheck(served_ws, running.served, today=lambda: day[0])
+    assert recheck() is None
+    day[0] = dt.date(2031, 4, 1)  # the furnace data expires: serving is denied from now on
+
+    def busy(*args: object, **kw: object) -> int:
+        raise LockTimeout("ledger busy (test)")
+
+    monkeypatch.setattr(served_ws, "record", busy)
+    refusals = []
+    for _ in range(3):  # the watch task calls again after an exception
+        try:
+            refusals.append(recheck())
+        except Exception:  # noqa: BLE001 - what the server's watch task does too
+            refusals.append(None)
+    assert refusals[0] is not None and "dataset/furnace/expiry" in refusals[0] and "not recorded" in refusals[0], \
+        refusals
+
+
 def test_a_latched_e_stop_survives_a_restart_of_the_server(served_ws: Workspace) -> None:
     """The latch is in the ledger, not only in the server's memory: a server started after one that
     latched (a crash, a restart, another model) starts that machine latched, until reset_estop."""
@@ -394,6 +421,50 @@ def test_a_latched_e_stop_survives_a_restart_of_the_server(served_ws: Workspace)
         c.act(STATE)
         assert not c.last["estopped"]  # the recorded reset cleared it for good
     assert service.latched_estops(served_ws, "tokyo").get(("press-9", EMBODIMENT)) is None
+
+
+def test_e_stop_records_reach_the_ledger_in_the_order_the_latch_changed(running: service.Running,
+                                                                       served_ws: Workspace) -> None:
+    """Two sessions of one machine: one resets the e-stop while the other latches it again. The
+    records must say what the latch did, in that order; a reset recorded after the second latch
+    (the reset's write was slower) would unlatch the machine at the next server start."""
+    import asyncio
+
+    from onshore.serve.server import PolicyServer
+
+    recorded: list[dict] = []
+
+    def sink(body: dict) -> None:  # a ledger write; the reset's is the slow one here
+        if body["event"] == "estop_reset":
+            time.sleep(0.5)
+        recorded.append(body)
+
+    tok = tokens.issue(served_ws, "tokyo", "press-12")
+    running.server.tokens.refresh()
+    server = PolicyServer(running.served, running.server.tokens, on_event=sink)
+    loop = asyncio.new_event_loop()
+    port = loop.run_until_complete(server.start("127.0.0.1", 0))
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    try:
+        url = f"ws://127.0.0.1:{port}"
+        with Client(url, tok, EMBODIMENT) as a, Client(url, tok, EMBODIMENT) as b:
+            a.reset(TASK)
+            b.reset(TASK)
+            a.estop("first")
+            resetting = threading.Thread(target=b.reset_estop, kwargs={"by": "operator"}, daemon=True)
+            resetting.start()
+            time.sleep(0.15)  # the reset is applied, its record still being written
+            a.estop("second")
+            resetting.join(10)
+            time.sleep(0.11)
+            a.act(STATE)
+            assert a.last["estopped"]  # latched again in memory
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+    assert [b["event"] for b in recorded] == ["estop", "estop_reset", "estop"], recorded
 
 
 def test_the_first_command_after_reset_is_limited_from_the_last_one_applied(running: service.Running,
@@ -459,6 +530,43 @@ def test_repeated_bad_tokens_from_one_peer_are_slowed(running: service.Running, 
     assert time.monotonic() - t0 < 1.0
 
 
+def test_refusals_held_back_for_bad_tokens_are_bounded(running: service.Running) -> None:
+    """Slowing bad tokens holds their connections open: a spray of them at once must not pile up
+    held connections without end (file descriptors); at most ``max_connections`` are held back,
+    the rest are answered at once."""
+    import asyncio
+
+    from onshore.serve.server import PolicyServer, ServerLimits
+
+    server = PolicyServer(running.served, running.server.tokens,
+                          ServerLimits(max_connections=4, bad_tokens_free=0, bad_token_delay_max=3.0))
+    loop = asyncio.new_event_loop()
+    port = loop.run_until_complete(server.start("127.0.0.1", 0))
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    took: list[float] = []
+
+    def guess() -> None:
+        t0 = time.monotonic()
+        with pytest.raises(ServeError, match="401"):
+            Client(f"ws://127.0.0.1:{port}", "onshore_guess", EMBODIMENT, timeout=10)
+        took.append(time.monotonic() - t0)
+
+    try:
+        guessers = [threading.Thread(target=guess) for _ in range(16)]
+        for g in guessers:
+            g.start()
+        for g in guessers:
+            g.join(30)
+        assert len(took) == 16
+        assert sum(x < 0.095 for x in took) >= 8, sorted(took)  # at most 4 held back at once (0.1 s and more)
+        assert max(took) >= 0.1  # the slowing itself still works
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+
+
 def test_a_client_script_that_never_closes_exits_at_once(running: service.Running, token: str) -> None:
     script = ("import sys, numpy as np\nfrom onshore.serve import Client\n"
               f"c = Client({running.url!r}, {token!r}, {EMBODIMENT!r})\nc.reset({TASK!r})\n"
@@ -519,6 +627,64 @@ def test_a_server_that_never_answers_gives_a_clear_error_within_the_timeout() ->
     finally:
         box["loop"].call_soon_threadsafe(box["stop"].set_result, None)
         t.join(10)
+
+
+@contextlib.contextmanager
+def _hostile_server(handler: object) -> Iterator[str]:
+    """A WebSocket server on 127.0.0.1 running ``handler`` on its own thread; yields its URL."""
+    import asyncio
+
+    from websockets.asyncio.server import serve as ws_serve
+
+    box: dict = {}
+    ready = threading.Event()
+
+    async def main() -> None:
+        async with ws_serve(handler, "127.0.0.1", 0) as srv:  # type: ignore[arg-type]
+            box["port"] = srv.sockets[0].getsockname()[1]
+            box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.get_running_loop().create_future()
+            ready.set()
+            await box["stop"]
+
+    t = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    t.start()
+    assert ready.wait(10)
+    try:
+        yield f"ws://127.0.0.1:{box['port']}"
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set_result, None)
+        t.join(10)
+
+
+def test_a_server_that_only_sends_old_replies_times_out_the_request() -> None:
+    """A server that answers every request with an endless trickle of replies to earlier requests
+    (old ids) is not answering: the request ends with ``timeout`` after ``timeout`` seconds in all,
+    not ``timeout`` seconds per stale reply (a hang)."""
+    import asyncio
+
+    async def stale(ws) -> None:  # type: ignore[no-untyped-def]
+        async for _ in ws:
+            for _ in range(200):  # bounded: 20 s at most
+                await ws.send(wire.pack({"type": "info", "id": 0}))
+                await asyncio.sleep(0.1)
+
+    with _hostile_server(stale) as url:
+        c = Client(url, "onshore_x", EMBODIMENT, timeout=1.0)
+        out: dict = {}
+
+        def call() -> None:
+            t0 = time.monotonic()
+            try:
+                c.info()
+            except ServeError as e:
+                out["error"], out["took"] = e, time.monotonic() - t0
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        t.join(5)
+        assert not t.is_alive(), "the client kept waiting on stale replies"
+        assert out["error"].code == "timeout" and out["took"] < 3, out
+        c.close()
 
 
 def test_serve_errors_cross_process_boundaries() -> None:

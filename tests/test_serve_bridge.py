@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -224,3 +225,152 @@ def test_eval_of_a_served_model_ends_with_a_clear_error_when_the_token_is_revoke
                 proc.kill()
     assert proc.returncode == 1, err
     assert "revoked" in err and "Traceback" not in err, err
+
+
+@contextmanager
+def _hostile_policy(plant: SimPlant, answer: str, sane: int = 3) -> Iterator[str]:
+    """A policy server on 127.0.0.1 that answers ``reset`` with ``plant``'s spec and its first
+    ``sane`` acts with 0.5 on every channel, then every act with ``answer``: bytes that are not
+    msgpack (``garbage``) or an action array the wire format refuses (``bad_array``). Yields its URL."""
+    import threading
+
+    import msgpack
+    from websockets.asyncio.server import serve as ws_serve
+
+    from onshore.serve import wire
+
+    async def hostile(ws) -> None:  # type: ignore[no-untyped-def]
+        acts = 0
+        async for frame in ws:
+            msg = msgpack.unpackb(frame, raw=False)
+            if msg["type"] == "reset":
+                await ws.send(wire.pack({"type": "ready", "id": msg["id"], "spec": plant.emb.to_dict()}))
+            elif msg["type"] == "act":
+                acts += 1
+                if acts <= sane:  # a sane start: the model drives the arm away from its safe action
+                    action = wire.encode_array(np.full(plant.emb.action_dim, 0.5, np.float32))
+                    await ws.send(wire.pack({"type": "action", "id": msg["id"], "action": action}))
+                elif answer == "garbage":
+                    await ws.send(b"\xc1\xc1 not msgpack")
+                else:
+                    await ws.send(wire.pack({"type": "action", "id": msg["id"],
+                                             "action": {"dtype": "<f8", "shape": [4], "data": b"\0" * 32}}))
+            else:
+                await ws.send(wire.pack({"type": "ended", "id": msg["id"]}))
+
+    box: dict = {}
+    ready = threading.Event()
+
+    async def main() -> None:
+        async with ws_serve(hostile, "127.0.0.1", 0) as srv:
+            box["port"] = srv.sockets[0].getsockname()[1]
+            box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.get_running_loop().create_future()
+            ready.set()
+            await box["stop"]
+
+    server = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    server.start()
+    assert ready.wait(10)
+    try:
+        yield f"ws://127.0.0.1:{box['port']}"
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set_result, None)
+        server.join(10)
+
+
+@pytest.mark.parametrize("answer", ["garbage", "bad_array"])
+def test_a_policy_server_that_answers_garbage_makes_the_bridge_hold_not_exit(tmp_path: Path, answer: str) -> None:
+    """A policy server that answers ``act`` with bytes that are not msgpack, or an action array the
+    wire format refuses, is a server gone wrong: the bridge holds the safe action with its alarm
+    raised for the rest of the run, as for a server that went away, instead of ending the run with
+    the model's last setpoint left on the machine."""
+    plant = SimPlant("metaworld", "reach-v3", seed=5)
+    with _hostile_policy(plant, answer) as url, PlantThread(plant) as pt:
+        mapping = _map(plant, tmp_path / "arm.toml")
+        report = asyncio.run(run_bridge(pt.endpoint, mapping, url, "onshore_x", hz=20, steps=16))
+        assert plant.alarm
+    assert report.server_lost is not None and report.steps == 16, report
+    assert report.interventions["fault"] > 0
+    written = np.stack(plant.actions)
+    safe = np.array(plant.map_dict()["envelope"]["safe_action"])
+    assert not np.allclose(written[2], safe)  # the model had moved the arm
+    np.testing.assert_allclose(written[-1], safe)  # the safe action, not the model's last setpoint
+
+
+def test_the_e_stop_button_still_works_after_the_policy_server_is_lost(tmp_path: Path) -> None:
+    """With no ``safe_action`` in the map, a lost server makes the bridge hold the last command; the
+    e-stop button pressed after that must still latch and move the machine to the safe action."""
+    plant = SimPlant("metaworld", "reach-v3", seed=5, estop_at=8)
+    with _hostile_policy(plant, "garbage") as url, PlantThread(plant) as pt:
+        d = plant.map_dict()
+        del d["envelope"]["safe_action"]  # hold the last command on a fault
+        import tomli_w
+
+        (tmp_path / "arm.toml").write_text(tomli_w.dumps(d))
+        report = asyncio.run(run_bridge(pt.endpoint, BridgeMap.from_toml(tmp_path / "arm.toml"), url, "onshore_x",
+                                        hz=20, steps=14))
+    assert report.server_lost is not None and report.estops == 1, report
+    written = np.stack(plant.actions)
+    np.testing.assert_allclose(written[4:7], np.full((3, 4), 0.5))  # server lost: the last command held
+    np.testing.assert_allclose(written[-1], np.zeros(4))  # the button: the safe action (0 within the limits)
+
+
+def test_a_plant_reading_stamped_in_the_future_is_a_fault() -> None:
+    """A source timestamp far ahead of this host's clock would pass the staleness check for as long
+    as the clocks disagree, a hung PLC's readings looking fresh all that time: it is a fault too."""
+    import datetime as dt
+
+    from asyncua import ua
+
+    from onshore.serve.bridge import _plant_fault
+
+    now = dt.datetime.now(dt.UTC)
+
+    def reading(offset_s: float) -> ua.DataValue:
+        stamp = now + dt.timedelta(seconds=offset_s)
+        return ua.DataValue(ua.Variant(1.0, ua.VariantType.Double), SourceTimestamp=stamp)
+
+    assert _plant_fault([reading(0.0), reading(0.2)], ["a", "b"], 1.0) is None  # small skew is fine
+    fault = _plant_fault([reading(0.0), reading(3 * 3600)], ["a", "b"], 1.0)
+    assert fault is not None and "b" in fault and "future" in fault, fault
+    assert "old" in (_plant_fault([reading(-3.0)], ["a"], 1.0) or "")
+
+
+def test_the_e_stop_button_latches_the_machine_at_the_server_so_a_restarted_bridge_stays_latched(
+        plant_ws: Workspace, tmp_path: Path) -> None:
+    """A momentary e-stop button latches the bridge; the bridge passes it on to the server, whose
+    latch belongs to the machine and outlives the connection (and server restarts). A bridge
+    restarted after the button was released must come up latched, not under the model's control,
+    until the ``estop_reset`` node clears it."""
+    from asyncua import Client as OpcClient
+    from asyncua import ua
+
+    tok = tokens.issue(plant_ws, "tokyo", "arm-latch")
+    plant = SimPlant("metaworld", "reach-v3", seed=5, estop_at=4)
+    with service.start(plant_ws, "plants", "tokyo", port=0, limits=FAST) as run, PlantThread(plant) as pt:
+        mapping = _map(plant, tmp_path / "arm.toml")
+        first = asyncio.run(run_bridge(pt.endpoint, mapping, run.url, tok, hz=20, steps=8))
+        assert first.estops == 1
+
+        async def release() -> None:  # the button springs back; nobody reset the e-stop
+            async with OpcClient(pt.endpoint) as c:
+                await c.get_node(mapping.estop).write_value(ua.Variant(False, ua.VariantType.Boolean))
+
+        asyncio.run(release())
+        before = len(plant.actions)
+        second = asyncio.run(run_bridge(pt.endpoint, mapping, run.url, tok, hz=20, steps=8))
+        safe = np.array(plant.map_dict()["envelope"]["safe_action"])
+        written = np.stack(plant.actions[before:])
+
+        async def reset() -> None:
+            async with OpcClient(pt.endpoint) as c:
+                await c.get_node(mapping.estop_reset).write_value(ua.Variant(True, ua.VariantType.Boolean))
+
+        asyncio.run(reset())  # the reset node clears the latch here and at the server
+        third = asyncio.run(run_bridge(pt.endpoint, mapping, run.url, tok, hz=20, steps=8))
+    assert second.server_lost is None and second.interventions["estop"] > 0, second
+    np.testing.assert_allclose(written[1:], np.broadcast_to(safe, written[1:].shape))
+    assert third.server_lost is None and not np.allclose(plant.actions[-1], safe)  # the model drives again
+    events = [(b["event"], b["by"]) for b in (e.entry.body for e in plant_ws.ledger.entries(kinds=["model.serve"]))
+              if b.get("client") == "arm-latch" and b.get("event") in ("estop", "estop_reset")]
+    assert events == [("estop", "arm-latch"), ("estop_reset", "estop_reset node (client arm-latch)")], events

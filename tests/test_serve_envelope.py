@@ -188,3 +188,48 @@ def test_no_sequence_of_messages_resets_and_timings_escapes_the_limits_or_max_ra
             bound = np.where(np.isinf(lim.max_rate), np.inf, np.nan_to_num(lim.max_rate, posinf=0.0) * dt)
             assert (np.abs(a - previous) <= bound + 1e-9 * (1 + np.abs(previous))).all(), (a, previous, dt)
         previous, previous_t = a, now
+
+
+odd_times = st.one_of(st.floats(-10, 10), st.sampled_from([math.nan, math.inf, -math.inf, 1e308, -1e308, 0.0]))
+hostile = st.one_of(st.tuples(st.just("act"), outputs, odd_times), st.tuples(st.just("idle"), st.none(), odd_times),
+                    st.tuples(st.just("hold"), st.one_of(st.none(), outputs), odd_times),
+                    st.tuples(st.just("estop"), st.none(), odd_times),
+                    st.tuples(st.just("restart"), st.one_of(st.none(), outputs), odd_times))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(hostile, min_size=1, max_size=60), st.booleans())
+def test_hostile_timestamps_and_hold_targets_never_escape_the_limits_or_the_rate(seq: list, seeded: bool) -> None:
+    """Times that are NaN, infinite, huge or jump back, and hold targets of any width or value:
+    every command stays finite, inside the limits, and moves no more than the rate allows for the
+    time that really passed (the largest finite time seen so far only ever grows)."""
+    lim = E.Limits.from_embodiment(FURNACE, safe=[10.0, 0.0, 0.5])
+    env = E.Envelope(lim, initial=[99.0, -20.0, 1.0] if seeded else None, clock=lambda: 0.0)
+    previous, latest = env.last, None
+    for kind, arg, now in seq:
+        if kind == "act":
+            cmd = env.command(arg, now)
+        elif kind == "idle":
+            cmd = env.idle(now)
+        elif kind == "hold":
+            cmd = env.hold(E.FAULT, "plant fault", now, arg)
+        elif kind == "estop":
+            env.estop("test", by="t")
+            continue
+        else:
+            env.restart(arg)
+            continue
+        if cmd is None:
+            continue
+        a = cmd.action
+        assert a.shape == (3,) and np.isfinite(a).all(), a
+        assert (a >= lim.low).all() and (a <= lim.high).all()
+        if previous is not None:
+            # the time this command may use: how far the latest finite time moved forward
+            finite = math.isfinite(now)
+            dt = (lim.period if latest is None else min(max(now - latest, 0.0), lim.period)) if finite else 0.0
+            bound = np.where(np.isinf(lim.max_rate), np.inf, np.nan_to_num(lim.max_rate, posinf=0.0) * dt)
+            assert (np.abs(a - previous) <= bound + 1e-9 * (1 + np.abs(previous))).all(), (a, previous, now, latest)
+        if math.isfinite(now):
+            latest = now if latest is None else max(latest, now)
+        previous = a

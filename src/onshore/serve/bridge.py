@@ -6,18 +6,22 @@ module as the server's, seeded with the actuators' current positions), and write
 nodes in one Write. A period whose answer has not come back by the next tick is a **deadline
 miss**: the bridge keeps waiting for that answer (it never queues a second request behind a
 late one), and once no state has been answered for ``watchdog_periods`` periods the envelope's
-watchdog commands the safe action. The e-stop button latches the bridge's envelope; only the
-``estop_reset`` node (or a restart) clears it. Deadline misses and the bridge's interventions go
+watchdog commands the safe action. The e-stop button latches the bridge's envelope and is passed
+on to the server (``estop``), whose latch belongs to the machine and outlives this run: a
+restarted bridge finds it latched there and latches too. Only the ``estop_reset`` node clears
+it, here and at the server (``reset_estop``). Deadline misses and the bridge's interventions go
 to the server with each request, so the run's recording carries them.
 
 Faults never leave the last setpoint in place: when the plant reports a state value that is NaN
-or Inf, has a Bad status code, or a source timestamp older than ``max_state_age_s``, the bridge
-does not ask the model; it commands the safe action (``safe_action`` of the map, or holds the
+or Inf, has a Bad status code, or a source timestamp older than ``max_state_age_s`` (or that
+far ahead of this host's clock: clocks that disagree would hide a hung PLC), the bridge does
+not ask the model; it commands the safe action (``safe_action`` of the map, or holds the
 last command when the map names none), counted as a ``fault`` intervention, and raises its alarm
 (the ``alarm`` node, latched until ``estop_reset``). When the policy server refuses (a
-withdrawal, a revoked token) or goes away, the bridge holds the same way for the rest of the
-run, alarm raised, and the report's ``server_lost`` says why; it never exits leaving the last
-command on the machine. The limits it enforces are the registered embodiment's (the spec the
+withdrawal, a revoked token), goes away or answers what the wire format refuses, the bridge
+holds the same way for the rest of the run, alarm raised (still reading the e-stop nodes: the
+button still latches), and the report's ``server_lost`` says why; it never exits leaving the
+last command on the machine. The limits it enforces are the registered embodiment's (the spec the
 server answers ``reset`` with); a map's ``embodiment_file`` may only narrow them. A node of the
 wrong data type is refused before the loop starts, naming the node.
 
@@ -202,6 +206,9 @@ def _plant_fault(values: list[Any], names: list[str], max_age: float) -> str | N
             age = (now - stamp).total_seconds()
             if age > max_age:
                 return f"plant reading of {name} is {age:.1f} s old (over {max_age:g} s)"
+            if -age > max_age:  # a clock ahead would hide a hung PLC's old readings for that long
+                return (f"plant reading of {name} is stamped {-age:.1f} s in the future (over {max_age:g} s): the "
+                        "plant's clock and this host's disagree")
     return None
 
 
@@ -265,23 +272,17 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                 await opc.write_values([alarm_node], [ua.Variant(on, ua.VariantType.Boolean)])
             alarmed = on
 
+        async def read_flags() -> None:
+            """Only the e-stop nodes (the server is lost): the button still latches, the reset still clears."""
+            if flag_nodes:
+                await buttons(await opc.read_attributes(flag_nodes, ua.AttributeIds.Value))
+
         async def io_step() -> tuple[np.ndarray | str, float]:
             """One period's read and, when the readings are usable, the server's answer; a plant
             fault comes back as its description instead of an action."""
             t0 = time.perf_counter()
             values = await opc.read_attributes(state_nodes + flag_nodes, ua.AttributeIds.Value)
-            flags = [bool(v.Value.Value) if v.Value is not None else False for v in values[len(state_nodes):]]
-            pressed = flags[0] if mapping.estop else False
-            reset = flags[-1] if mapping.estop_reset else False
-            if pressed and not env.estopped:
-                env.estop("e-stop button", by="e-stop button")
-                report.estops += 1
-                say("e-stop pressed: latched; commanding the safe action")
-            elif reset and not pressed and (env.estopped or alarmed):
-                if env.estopped:
-                    env.reset_estop(by="estop_reset node")
-                await set_alarm(False)
-                say("e-stop reset")
+            await buttons(values[len(state_nodes):])
             fault = _plant_fault(values[:len(state_nodes)], state_names, max_age)
             if fault is not None:
                 return fault, t0
@@ -289,7 +290,37 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
             report.requests += 1
             raw = await policy.act(state, deadline_misses=report.deadline_misses,
                                    bridge_interventions=sum(report.interventions.values()))
+            if policy.last.get("estopped") and not env.estopped:
+                # the machine's latch at the server (an earlier run of this bridge, another session,
+                # a restart of the server): latched here too, until estop_reset
+                env.estop(str(policy.last.get("alarm") or "e-stop latched at the policy server"), by="policy server")
+                say("the policy server reports this machine's e-stop latched; commanding the safe action")
             return raw, t0
+
+        async def tell(msg: dict[str, Any]) -> None:
+            """Pass the button to the server's latch, which outlives this run; the local latch holds anyway."""
+            if report.server_lost is None:
+                try:
+                    await policy.request(msg)
+                except OnshoreError as e:
+                    say(f"policy server: could not pass on {msg['type']}: {e}")
+
+        async def buttons(values: list[Any]) -> None:
+            """Latch the e-stop when its node reads true; clear it (and the alarm) on ``estop_reset``."""
+            flags = [bool(v.Value.Value) if v.Value is not None else False for v in values]
+            pressed = flags[0] if mapping.estop else False
+            reset = flags[-1] if mapping.estop_reset else False
+            if pressed and not env.estopped:
+                env.estop("e-stop button", by="e-stop button")
+                report.estops += 1
+                say("e-stop pressed: latched; commanding the safe action")
+                await tell({"type": "estop", "reason": "e-stop button"})
+            elif reset and not pressed and (env.estopped or alarmed):
+                if env.estopped:
+                    env.reset_estop(by="estop_reset node")
+                    await tell({"type": "reset_estop", "by": "estop_reset node"})
+                await set_alarm(False)
+                say("e-stop reset")
 
         async def write(cmd: E.Command) -> None:
             for k in cmd.interventions:
@@ -318,6 +349,11 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
             report.steps += 1
             deadline = tick + period
             if report.server_lost is not None:  # no server: hold for the rest of the run
+                try:
+                    await read_flags()  # a button pressed now still moves the machine to the safe action
+                except Exception as e:  # a failed read: the hold goes on regardless
+                    report.io_errors += 1
+                    say(f"OPC UA error: {e or type(e).__name__}")
                 await hold(f"policy server lost: {report.server_lost}; holding the safe action")
             else:
                 if pending is None:
@@ -327,18 +363,17 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                     task, pending = pending, None
                     try:
                         raw, t0 = task.result()
-                    except ServeError as e:
-                        if e.code == "rate_limited":  # early after a late answer: this period has no answer
+                    except OnshoreError as e:  # the policy client's errors: ServeError, WireError
+                        if isinstance(e, ServeError) and e.code == "rate_limited":
+                            # early after a late answer: this period has no answer
                             report.deadline_misses += 1
                             cmd = env.idle(loop.time())
                             if cmd is not None:
                                 await write(cmd)
-                        else:  # refused (a withdrawal, a revoked token) or gone: hold from now on
+                        else:  # refused (a withdrawal, a revoked token), gone, or answering garbage: hold
                             report.server_lost = str(e)
                             say(f"policy server: {e}; holding the safe action, alarm raised")
                             await hold(f"policy server lost: {e}; holding the safe action")
-                    except OnshoreError:
-                        raise
                     except Exception as e:  # a failed OPC UA read: this period has no state
                         report.io_errors += 1
                         report.deadline_misses += 1

@@ -132,11 +132,15 @@ class Client:
         """Send one message and return the server's reply within ``timeout`` seconds
         (``ServeError``: on an ``error`` reply, with its code; ``timeout``; ``closed``)."""
         id_ = next(self._ids)
+        deadline = time.monotonic() + self.timeout  # for the whole exchange, stale replies included
         try:
             self._ws.send(wire.pack({**msg, "id": id_}))
             raw = self._ws.recv(timeout=self.timeout)
             while _stale(raw, id_):  # a late reply to a request that timed out before
-                raw = self._ws.recv(timeout=self.timeout)
+                left = deadline - time.monotonic()
+                if left <= 0:  # a server that only ever sends old replies is not answering
+                    raise TimeoutError
+                raw = self._ws.recv(timeout=left)
         except TimeoutError:
             raise ServeError("timeout", f"{self.url}: no reply to {msg.get('type')} within {self.timeout:g} s; "
                                         "the policy server is not answering") from None

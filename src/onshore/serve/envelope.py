@@ -213,9 +213,12 @@ class Envelope:
         out = np.clip(target, lim.low, lim.high)
         if not np.array_equal(out, target) and CLAMP not in kinds:
             kinds.append(CLAMP)
+        timed = _finite(now)
         if self._last is not None:
-            # the first command after a seed has no time of its own: one period's step
-            step = lim.step_within(lim.period if self._last_time is None else now - self._last_time)
+            # the first command after a seed has no time of its own: one period's step; a time that
+            # is not a finite number measures nothing, so it allows no move at all
+            dt = 0.0 if not timed else lim.period if self._last_time is None else now - self._last_time
+            step = lim.step_within(dt)
             # the last command is inside the limits, so clamping after the step cannot take the
             # result further than ``step`` from it
             lo = np.maximum(self._last - step, lim.low)
@@ -225,30 +228,30 @@ class Envelope:
                 kinds.append(RATE)
             out = stepped
         self._last = out
-        self._last_time = now if self._last_time is None else max(now, self._last_time)
+        if timed:
+            self._last_time = now if self._last_time is None else max(now, self._last_time)
         for k in kinds:
             self.counts[k] += 1
         return Command(out.copy(), tuple(kinds), alarm)
 
     def command(self, raw: object, now: float | None = None) -> Command:
         """The command for a model output ``raw`` made from a state that arrived at ``now``
-        (default: ``clock()``).
+        (default: ``clock()``). A ``now`` that is NaN or infinite measures no time: the command
+        may not move at all. An earlier ``now`` than the last (a clock that jumped back) does not
+        move either until time passes the last command's again.
 
         Never raises on ``raw``: anything that is not ``action_dim`` finite numbers is a
         NONFINITE intervention (hold the last command, or the safe action before any).
         """
         now = self.clock() if now is None else now
-        self._last_seen = now
+        if _finite(now):
+            self._last_seen = now
         kinds: list[str] = []
         alarm = None
         if self.estopped:
             return self._emit(self.limits.safe.copy(), [ESTOP], f"e-stop latched: {self.estop_reason}", now)
-        try:
-            a = np.asarray(raw, dtype=np.float64).reshape(-1)
-            ok = a.shape == self.limits.low.shape and bool(np.isfinite(a).all())
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
+        a = _action_or_none(raw, self.limits.low.shape)
+        if a is None:
             kinds.append(NONFINITE)
             alarm = "model output was not finite (NaN/Inf) or had the wrong width; holding the last safe command"
             a = self._last.copy() if self._last is not None else self.limits.safe.copy()
@@ -257,12 +260,12 @@ class Envelope:
     def hold(self, kind: str, alarm: str, now: float | None = None, target: object = None) -> Command:
         """Command ``target`` (the configured safe values), or hold the last command (the safe
         action before any) when ``target`` is None, rate limited, as intervention ``kind``.
-        For a fault outside the model (the plant's readings, the policy server gone)."""
+        For a fault outside the model (the plant's readings, the policy server gone). A ``target``
+        that is not ``action_dim`` finite numbers is not used: the last command is held."""
         if self.estopped:
             return self._emit(self.limits.safe.copy(), [kind, ESTOP], alarm, now)
-        if target is not None:
-            t = np.asarray(target, dtype=np.float64).reshape(-1)
-        else:
+        t = _action_or_none(target, self.limits.low.shape)
+        if t is None:  # no target, or one that is not action_dim finite numbers: hold
             t = self._last.copy() if self._last is not None else self.limits.safe.copy()
         return self._emit(t, [kind], alarm, now)
 
@@ -270,6 +273,8 @@ class Envelope:
         """Called each control period when no fresh command was made: the watchdog's safe command
         once no state has arrived for ``watchdog_periods`` periods (measured from the first state,
         or from the first call), else None."""
+        if not _finite(now):  # a time that is not a number measures no silence
+            return None
         if self._last_seen is None:
             self._last_seen = now
             return None
@@ -298,3 +303,19 @@ class Envelope:
         self.estopped = False
         self.estop_reason = ""
         return was
+
+
+def _finite(t: object) -> bool:
+    """Whether ``t`` is a usable time: a real number, not NaN or infinite."""
+    return isinstance(t, int | float | np.floating | np.integer) and not isinstance(t, bool) and math.isfinite(t)
+
+
+def _action_or_none(value: object, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``value`` as float64 of ``shape`` when it is that many finite numbers, else None."""
+    if value is None:
+        return None
+    try:
+        a = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return None
+    return a if a.shape == shape and bool(np.isfinite(a).all()) else None

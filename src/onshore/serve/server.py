@@ -130,6 +130,10 @@ class PolicyServer:
         self._sessions: set[Session] = set()
         self._machines: dict[tuple[str, str], E.Envelope] = {}
         self._bad_peers: dict[str, tuple[int, float]] = {}
+        self._held = 0  # refusals of bad tokens being held back right now
+        # e-stop records reach the ledger in the order the latch changed (one writer, first come
+        # first served): a reset recorded after a later latch would clear it across a restart
+        self._events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onshore-events")
         self._server: Any = None
         self._refresher: asyncio.Task[None] | None = None
 
@@ -153,6 +157,7 @@ class PolicyServer:
         for s in list(self._sessions):
             self._end_episode(s)
         self._pool.shutdown(wait=True)
+        self._events.shutdown(wait=True)
 
     async def _watch(self) -> None:
         """Every ``poll_s``: refresh the token table (at least every half second) and cut sessions
@@ -222,7 +227,15 @@ class PolicyServer:
             return connection.respond(HTTPStatus.FORBIDDEN, f"refused: {self.refusal}\n")
         verdict = self.tokens.check(request.headers.get("Authorization"))
         if not verdict.ok:
-            await asyncio.sleep(self._bad_token_delay(peer))
+            delay = self._bad_token_delay(peer)
+            # a refusal held back keeps its connection open: at most max_connections at once, so that
+            # a spray of bad tokens cannot pile up held connections (file descriptors) without end
+            if delay > 0 and self._held < self.limits.max_connections:
+                self._held += 1
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    self._held -= 1
             self._refuse(peer, verdict.client, verdict.reason)
             return connection.respond(HTTPStatus.UNAUTHORIZED, f"refused: {verdict.reason}\n")
         if len(self._sessions) >= self.limits.max_connections:
@@ -239,7 +252,8 @@ class PolicyServer:
     def _bad_token_delay(self, peer: str) -> float:
         """How long to hold back a refusal for a peer host that sent bad tokens before: nothing for
         the first few, then doubling from 0.1 s up to ``bad_token_delay_max``; forgotten after a
-        minute without one. Holding back a refusal costs the event loop nothing."""
+        minute without one. Holding back a refusal costs the event loop nothing, but keeps its
+        connection open: beyond ``max_connections`` held at once, refusals are answered at once."""
         host = peer.rsplit(":", 1)[0]
         now = time.monotonic()
         n, last = self._bad_peers.get(host, (0, now))
@@ -440,7 +454,8 @@ class PolicyServer:
             return
         body = {"event": event, "client": s.client, "embodiment": s.embodiment, "by": by, "reason": reason}
         try:
-            await asyncio.to_thread(self.on_event, body)
+            # submitted at once, on the loop, right after the latch changed: the ledger order is the latch's
+            await asyncio.get_running_loop().run_in_executor(self._events, self.on_event, body)
         except Exception:  # the latch itself holds whatever happens to its record
             log.exception("could not record %s of client %s", event, s.client)
 

@@ -195,7 +195,8 @@ class Recheck:
     or None. Nothing is recorded unless it refuses, so polling does not fill the ledger. A change
     seen but not yet decided (a busy ledger: ``LockTimeout``, raised for the server to retry) is
     decided at the next call. A workspace that can no longer be decided on (a catalog that
-    disagrees with the ledger) refuses: fail closed. Rules also change with the calendar (a
+    disagrees with the ledger) refuses: fail closed; so does a deny whose ``decision`` entry
+    cannot be written (the refusal says it was not recorded). Rules also change with the calendar (a
     policy's ``expires``, a ``retrain-by`` date), so a new day (``today``, UTC) is re-decided too."""
 
     ws: Workspace
@@ -221,9 +222,13 @@ class Recheck:
         self.pending, self.decided_for = False, day
         if decision.allowed:
             return None
-        index = self.ws.record("decision", request.principal, decision.to_json())
+        try:
+            recorded = f"ledger entry {self.ws.record('decision', request.principal, decision.to_json())}"
+        except Exception as e:  # fail closed: a deny that cannot be recorded (a busy ledger) still refuses
+            log.error("could not record the refusal of serving %s: %s", served.name, e)
+            recorded = f"not recorded: {e}"
         return (f"serving {served.name} at {served.site} for {served.purpose!r} is refused now; deciding rule(s): "
-                f"{', '.join(decision.rules)} (ledger entry {index})")
+                f"{', '.join(decision.rules)} ({recorded})")
 
 
 def latched_estops(ws: Workspace, site: str) -> dict[tuple[str, str], str]:
