@@ -26,6 +26,7 @@ from onshore.errors import IntegrityError, PolicyDenied
 from onshore.keys.envelope import new_data_key
 from onshore.keys.keystore import KeyStore, public_key_b64
 from onshore.residency.pdp import Request, model_request
+from onshore.residency.policy import parse_policy
 from onshore.serve import tokens
 from onshore.workspace import Workspace, datasets, doctor, keyservice, models, registry
 
@@ -114,6 +115,43 @@ def test_a_dataset_owner_changed_in_the_catalog_is_refused(signed_ws: Workspace)
                                              "'steelco'"):
         reopen(ws).pdp()
     assert any("furnace" in f.subject for f in signed_findings(ws))
+
+
+WIDE = POLICY_JP.replace('"fine-tuning"]', '"fine-tuning", "predictive-maintenance"]')
+
+
+def test_a_dataset_name_reused_after_its_rows_are_deleted_keeps_the_first_grant(signed_ws: Workspace,
+                                                                                  tmp_path: Path) -> None:
+    ws = signed_ws
+    release_model(ws, "m", [("plant", "autoco")])
+    asking = model_request("site:tokyo", "read", "m", "tokyo", "predictive-maintenance")
+    assert not ws.decide(asking)[0].allowed
+    first = grant_index(ws, "plant")
+    # the insider removes every catalog row of autoco's plant, then ingests a "plant" of steelco's
+    # with a looser policy, hoping the models trained on the first one follow it
+    edit(ws, delete(T.model_datasets).where(T.model_datasets.c.dataset == "plant"),
+         delete(T.key_wraps).where(T.key_wraps.c.dataset == "plant"),
+         delete(T.shards).where(T.shards.c.dataset == "plant"), delete(T.datasets).where(T.datasets.c.name == "plant"))
+    later = reopen(ws)
+    (tmp_path / "wide.toml").write_text(WIDE)
+    with pytest.raises(IntegrityError, match=rf"dataset 'plant' already exists in the ledger \(consent.grant, ledger "
+                                             rf"entry {first}\) but the catalog has no row datasets/plant"):
+        datasets.ingest(later, "plant", "steelco", "sakai", tmp_path / "wide.toml", "furnace-line-3",
+                        [write_frames(tmp_path / "again.parquet", seed=5)])
+    assert grant_index(ws, "plant") == first and len(list(ws.ledger.entries(kinds=("consent.grant",)))) == 2
+    # a second grant of the name signed anyway (an older version, by hand) does not replace the first
+    wide = parse_policy(WIDE, "wide.toml")
+    again = later.record("consent.grant", "member:steelco", {"dataset": "plant", "owner": "steelco",
+                                                            "policy": wide.to_json(), "policy_hash": wide.hash})
+    edit(ws, insert(T.datasets).values(name="plant", owner="steelco", embodiment="furnace-line-3", policy=WIDE,
+                                       policy_hash=wide.hash, status="active", episodes=1, frames=1,
+                                       created_at="2026-01-01T00:00:00Z"))
+    with pytest.raises(IntegrityError, match=rf"datasets/plant disagrees with ledger entry {first} \(consent.grant\)"
+                                             rf".*granted again later \(ledger entries \[{again}\]\)"):
+        reopen(ws).decide(asking)
+    (found,) = [f for f in signed_findings(ws) if "plant" in f.subject]
+    assert f"ledger entry {first}" in found.problem and "owner 'steelco'" in found.problem
+    later.close()
 
 
 # -- a model's lineage -----------------------------------------------------------------------------

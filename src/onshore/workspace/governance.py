@@ -72,6 +72,8 @@ class Governance:
     grants: dict[str, LedgerGrant] = field(default_factory=dict)  # dataset -> its live grant
     releases: dict[int, LedgerRelease] = field(default_factory=dict)  # model.release index -> release
     latest_release: dict[str, int] = field(default_factory=dict)  # model -> its latest live model.release index
+    # a name signed for again after its catalog row was removed: "dataset:NAME" or "model:NAME" -> later indices
+    reused: dict[str, list[int]] = field(default_factory=dict)
 
 
 def init_entry(ledger: Ledger) -> dict[str, Any]:
@@ -109,6 +111,12 @@ def read_governance(ledger: Ledger) -> Governance:
         elif kind == "embodiment.add" and e.entry.actor == "log":
             gov.embodiments.setdefault(b["embodiment"], (b["sha256"], e.index))
         elif kind == "consent.grant" and e.entry.actor == f"member:{b.get('owner')}":
+            # A dataset's grant is its first live one: a later grant of the same name (an ingest
+            # after an insider deleted the catalog row) must not hand the models trained on the
+            # first dataset another owner's, or a looser, policy.
+            if b["dataset"] in gov.grants:
+                gov.reused.setdefault(f"dataset:{b['dataset']}", []).append(e.index)
+                continue
             gov.grants[b["dataset"]] = LedgerGrant(b["dataset"], b["owner"], _signed_policy(b, e.index), e.index)
         elif kind == "model.release" and e.entry.actor == f"site:{b.get('site')}":
             gov.releases[e.index] = LedgerRelease(b["model"], b["site"], b.get("base"),
@@ -132,7 +140,8 @@ def _signed_policy(body: dict[str, Any], index: int) -> UsagePolicy:
 
 
 def check_catalog_dataset(gov: Governance, name: str, owner: str, policy_text: str) -> LedgerGrant:
-    """The signed grant of dataset ``name``, after checking the catalog row's owner and policy against it.
+    """The signed grant of dataset ``name`` (its first live one), after checking the catalog row's
+    owner and policy against it.
 
     The catalog keeps the owner's TOML verbatim; it must parse to the policy the owner signed (the
     same canonical hash; comments and layout do not count). IntegrityError, naming the catalog row
@@ -154,6 +163,10 @@ def check_catalog_dataset(gov: Governance, name: str, owner: str, policy_text: s
     if not ok:
         problems.append("its usage policy differs from the one the owner signed")
     if problems:
+        later = gov.reused.get(f"dataset:{name}")
+        if later:
+            problems.append(f"the dataset name was granted again later (ledger entries {later}), which does not "
+                            "replace the first grant")
         raise IntegrityError(f"{row} disagrees with ledger entry {grant.index} (consent.grant): {'; '.join(problems)}."
                              " Rules come from the ledger; restore the row (see 'onshore doctor')")
     return grant
