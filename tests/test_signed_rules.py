@@ -10,10 +10,12 @@ names it. Every test runs on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +27,12 @@ from onshore.catalog import schema as T
 from onshore.errors import IntegrityError, PolicyDenied
 from onshore.keys.envelope import new_data_key
 from onshore.keys.keystore import KeyStore, public_key_b64
+from onshore.ledger.log import ledger_attempts
 from onshore.residency.pdp import Request, model_request
 from onshore.residency.policy import parse_policy
 from onshore.serve import tokens
 from onshore.workspace import Workspace, datasets, doctor, keyservice, models, registry
+from onshore.workspace.attempts import ABANDONED
 
 POLICY_KEEP = POLICY_JP.replace('"stop-serving"', '"keep"')
 
@@ -204,6 +208,50 @@ def test_lineage_rows_that_differ_from_the_release_are_a_doctor_finding(signed_w
     edit(ws, delete(T.model_datasets).where(T.model_datasets.c.dataset == "furnace"))
     (found,) = signed_findings(ws)
     assert found.subject == "model 'm1'" and "model_datasets/m1" in found.problem and "model.release" in found.problem
+
+
+# -- the attempt journal and 'doctor --repair' ---------------------------------------------------------
+
+def forge_journal_row(ws: Workspace, op: str, dataset: str, actor: str, decision: int, state: str,
+                      outcome: list[int]) -> None:
+    """A row in the ledger database's attempt journal (beside the signed tree), as an insider writes it."""
+    engine = create_engine(ws.ledger.engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        conn.execute(insert(ledger_attempts).values(
+            id=uuid.uuid4().hex, op=op, dataset=dataset, site=None, actor=actor, decision_index=decision, state=state,
+            outcome=json.dumps(outcome), started_at="2026-01-01T00:00:00Z"))
+    engine.dispose()
+
+
+def test_a_forged_journal_row_cannot_have_a_withdrawal_abandoned(signed_ws: Workspace) -> None:
+    ws = signed_ws
+    release_model(ws, "m1", [("furnace", "steelco")])
+    datasets.withdraw(ws, "furnace", "steelco")
+    (withdrawal,) = ws.ledger.entries(kinds=("consent.withdraw",))
+    serving = model_request("site:tokyo", "serve", "m1", "tokyo", "fine-tuning")
+    decision = withdrawal.entry.body["decision_index"]
+    # a dead "withdraw" attempt citing the withdrawal's decision (and, in one row, the withdrawal)
+    forge_journal_row(ws, "withdraw", "furnace", "member:steelco", decision, "open", [withdrawal.index])
+    forge_journal_row(ws, "withdraw", "furnace", "member:steelco", decision, "open", [])
+    size = ws.ledger.size()
+    report = doctor.run(reopen(ws), repair=True)
+    assert ws.ledger.size() == size  # nothing closed, nothing signed
+    problems = [f.problem for f in report.findings if f.check == "attempts"]
+    assert len(problems) == 2 and all(not f.repairable for f in report.findings if f.check == "attempts")
+    assert any(f"lists outcome entries [{withdrawal.index}]" in p for p in problems)
+    assert any(f"its decision (ledger entry {decision}) is cited by ledger entries [{withdrawal.index}" in p
+               for p in problems)
+    assert not reopen(ws).decide(serving)[0].allowed
+    # and a data.abandoned that closes a withdrawal anyway (signed by hand, or by an older version) voids nothing
+    ws.record(ABANDONED, "log", {"attempt": None, "op": "withdraw", "dataset": "furnace", "site": None, "actor": None,
+                                 "decision_index": decision, "closes": [decision, withdrawal.index], "reason": "x"})
+    later = reopen(ws)
+    d = later.decide(serving)[0]
+    assert not d.allowed and "model/m1/dataset/furnace/withdrawn-stop-serving" in d.rules
+    with pytest.raises(PolicyDenied, match="withdrawn-stop-serving"):
+        keyservice.release_model(later, "m1", "tokyo", "serve", "fine-tuning")
+    assert not [f for f in doctor.run(later).findings if "does not record a withdrawal" in f.problem]
+    later.close()
 
 
 # -- serving tokens ----------------------------------------------------------------------------------

@@ -118,13 +118,20 @@ def _check_ledger(ws: Workspace, out: DoctorReport) -> bool:
 def _attempt_findings(ws: Workspace, out: DoctorReport, repair: bool) -> set[str]:
     """Report (and close) attempts whose process is gone; returns the datasets other checks skip
     (those with a running attempt, and without ``repair`` those with a dead one)."""
-    busy = set()
+    busy, foreign = set(), set()
     for row in attempts.open_attempts(ws):
         what = f"{row['op']} of {row['dataset']!r} (attempt {row['id'][:8]}, decision {row['decision_index']})"
         if row["alive"]:
             out.in_progress.append(what)
         if row["alive"] or not repair:  # a dead one's leftovers are its finding, not separate ones
             busy.add(row["dataset"])
+        problem = None if row["alive"] else attempts.foreign(ws, row)
+        if problem is not None:
+            foreign.add(row["id"])
+            out.findings.append(Finding("attempts", f"{row['op']} of {row['dataset']!r} (attempt {row['id'][:8]})",
+                                        f"{problem}; it is left open, nothing is closed for it",
+                                        "investigate who wrote it, then delete that row of the ledger database's "
+                                        "ledger_attempts table", False))
     if repair:
         done = attempts.recover(ws)
         for action in done:
@@ -132,7 +139,7 @@ def _attempt_findings(ws: Workspace, out: DoctorReport, repair: bool) -> set[str
                                         "onshore doctor --repair", True, action))
     else:
         for row in attempts.open_attempts(ws):
-            if not row["alive"]:
+            if not row["alive"] and row["id"] not in foreign:
                 out.findings.append(Finding(
                     "attempts", f"{row['op']} of {row['dataset']!r} (attempt {row['id'][:8]})",
                     f"its process stopped in state {row['state']!r} before finishing",
@@ -148,7 +155,7 @@ def _ledger_view(ws: Workspace) -> dict[str, dict[str, Any]]:
     key = {"consent.grant": "grant", "data.ingest": "ingest", "data.copy": "copies", "consent.withdraw": "withdraw"}
     for e in entries:
         k = key.get(e.entry.kind)
-        if k is not None and e.index not in voided:
+        if k is not None and (e.index not in voided or k == "withdraw"):  # a withdrawal is never undone
             view[e.entry.body["dataset"]][k].append(e)
     return view
 

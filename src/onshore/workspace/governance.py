@@ -99,7 +99,9 @@ def read_governance(ledger: Ledger) -> Governance:
     closed = {int(i) for e in found if e.entry.kind == ABANDONED for i in e.entry.body.get("closes", [])}
     for e in found:
         b, kind = e.entry.body, e.entry.kind
-        if e.index in closed:
+        # a withdrawal is never undone: no attempt is closed after its withdrawal entry is
+        # appended (it is rolled forward), so a data.abandoned citing one voids nothing
+        if e.index in closed and kind != "consent.withdraw":
             continue
         if kind == "site.add" and e.entry.actor == "log":
             gov.sites[b["site"]] = LedgerSite(b["site"], b["jurisdiction"], tuple(sorted(b["roles"])),
