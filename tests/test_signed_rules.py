@@ -254,6 +254,24 @@ def test_a_forged_journal_row_cannot_have_a_withdrawal_abandoned(signed_ws: Work
     later.close()
 
 
+def test_doctor_repair_does_not_close_the_grant_of_a_dataset_whose_rows_were_deleted(signed_ws: Workspace) -> None:
+    ws = signed_ws
+    release_model(ws, "m", [("plant", "autoco")])
+    first = grant_index(ws, "plant")
+    with ws.catalog.connect() as conn:
+        shard = conn.execute(select(T.shards.c.path).where(T.shards.c.dataset == "plant")).scalar()
+    edit(ws, delete(T.model_datasets).where(T.model_datasets.c.dataset == "plant"),
+         delete(T.key_wraps).where(T.key_wraps.c.dataset == "plant"),
+         delete(T.shards).where(T.shards.c.dataset == "plant"), delete(T.datasets).where(T.datasets.c.name == "plant"))
+    size = ws.ledger.size()
+    report = doctor.run(reopen(ws), repair=True)
+    (found,) = [f for f in report.findings if f.subject == "dataset 'plant'" and f.check == "catalog-ledger"]
+    assert not found.repairable and found.repaired is None and "rest on them" in found.problem
+    assert ws.ledger.size() == size and grant_index(ws, "plant") == first
+    assert reopen(ws).ledger_governance().grants["plant"].index == first
+    assert (Path(registry.get_site(ws, "sakai").root) / shard).is_file()  # kept for the catalog's restore
+
+
 # -- serving tokens ----------------------------------------------------------------------------------
 
 def test_a_token_digest_written_into_the_catalog_is_refused(signed_ws: Workspace) -> None:

@@ -174,8 +174,8 @@ def _catalog_findings(ws: Workspace, out: DoctorReport, busy: set[str], repair: 
         v, row = view[name], datasets.get(name)
         if row is None:
             stale = v["grant"] + v["ingest"] + v["copies"]
-            if stale:
-                _stale_outcome(ws, out, name, stale, repair)
+            if stale and not _stale_outcome(ws, out, name, stale, repair):
+                busy.add(name)  # its row was lost: its files are kept for the catalog's restore
             continue
         for kind in ("grant", "ingest"):
             if len(v[kind]) != 1:
@@ -278,10 +278,19 @@ def check_signed_rules(ws: Workspace) -> list[Finding]:
     return found
 
 
-def _stale_outcome(ws: Workspace, out: DoctorReport, name: str, stale: list[Any], repair: bool) -> None:
-    # Ingest (or copy) entries for a dataset the catalog never got: a crash between the ledger
-    # append and the catalog commit, from a version without the attempt journal.
+def _stale_outcome(ws: Workspace, out: DoctorReport, name: str, stale: list[Any], repair: bool) -> bool:
+    """Ingest (or copy) entries for a dataset the catalog never got: a crash between the ledger
+    append and the catalog commit, from a version without the attempt journal. False (nothing
+    closed) when later entries show the catalog did hold the dataset: its row was deleted, and
+    closing its grant would free its name and policy for someone else's (docs/threat-model.md)."""
     closes = [e.index for e in stale]
+    later = attempts.relied_on(ws, name, closes[-1])
+    if later:  # the catalog held the dataset once: its row was lost or deleted, not never committed
+        out.findings.append(Finding(
+            "catalog-ledger", f"dataset {name!r}", f"the ledger records entries {closes} for it, and later entries "
+            f"{later[:5]} rest on them, but the catalog has no such dataset",
+            "restore the catalog from a backup; nothing is closed, the name stays this dataset's", False))
+        return False
     f = Finding("catalog-ledger", f"dataset {name!r}",
                 f"the ledger records entries {closes} for it but the catalog has no such dataset",
                 "run 'onshore doctor --repair' to close them with a data.abandoned entry", True)
@@ -292,6 +301,7 @@ def _stale_outcome(ws: Workspace, out: DoctorReport, name: str, stale: list[Any]
             "reason": "the catalog never committed these entries' outcome (found by onshore doctor)"})
         f = Finding(**{**asdict(f), "repaired": f"closed entries {closes} with data.abandoned entry {idx}"})
     out.findings.append(f)
+    return True
 
 
 def _file_findings(ws: Workspace, out: DoctorReport, busy: set[str], repair: bool) -> None:
