@@ -193,6 +193,33 @@ def test_deleting_lineage_rows_does_not_revive_a_stop_serving_model(signed_ws: W
     later.close()
 
 
+def test_a_base_model_name_trained_again_does_not_launder_a_fine_tune(signed_ws: Workspace) -> None:
+    ws = signed_ws
+    first = release_model(ws, "m1", [("furnace", "steelco"), ("plant", "autoco")])
+    release_model(ws, "m2", [("plant", "autoco")], base="m1")
+    datasets.withdraw(ws, "furnace", "steelco")
+    serving = model_request("site:tokyo", "serve", "m2", "tokyo", "fine-tuning")
+    assert not ws.decide(serving)[0].allowed
+    # the insider deletes the base's rows and trains a new "m1" on plant alone: m2's release names
+    # its base by name only, so the new release must not stand in for the one m2 was tuned from
+    edit(ws, delete(T.model_key_wraps).where(T.model_key_wraps.c.model == "m1"),
+         delete(T.model_datasets).where(T.model_datasets.c.model == "m1"), delete(T.models).where(T.models.c.name == "m1"))
+    again = release_model(reopen(ws), "m1", [("plant", "autoco")])
+    later = reopen(ws)
+    decision = later.decide(serving)[0]
+    assert not decision.allowed and "model/m2/dataset/furnace/withdrawn-stop-serving" in decision.rules
+    with pytest.raises(PolicyDenied, match="withdrawn-stop-serving"):
+        keyservice.release_model(later, "m2", "tokyo", "serve", "fine-tuning")
+    assert models.status(later, "m2").status == "blocked"
+    # the name's later release adds to its lineage; pointing the row back at the first changes nothing
+    assert {d.name for d in models.lineage_datasets(later, "m1")} == {"furnace", "plant"}
+    edit(ws, update(T.models).where(T.models.c.name == "m1").values(ledger_index=first))
+    assert not reopen(ws).decide(serving)[0].allowed
+    found = [f for f in signed_findings(later) if f.subject == "model 'm1'"]
+    assert any(f"later model.release entries [{again}]" in f.problem for f in found)
+    later.close()
+
+
 def test_a_model_row_citing_another_entry_is_refused(signed_ws: Workspace) -> None:
     ws = signed_ws
     release_model(ws, "m1", [("furnace", "steelco")])

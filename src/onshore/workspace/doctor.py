@@ -257,6 +257,10 @@ def check_signed_rules(ws: Workspace) -> list[Finding]:
         if lineage_rows.get(name, set()) != set(rel.datasets):
             finding(f"model {name!r}", f"catalog rows model_datasets/{name} name {sorted(lineage_rows.get(name, ()))}, "
                                        f"ledger entry {rel.index} (model.release) names {list(rel.datasets)}")
+    for subject, later in sorted(gov.reused.items()):
+        if subject.startswith("model:"):
+            finding(f"model {subject[6:]!r}", f"the ledger releases this name more than once (later model.release "
+                                              f"entries {later}); its lineage counts every release's datasets")
     for name, key in members:
         if gov.members.get(name) != key:
             finding(f"member {name!r}", f"catalog row members/{name}: its public key is not the one a member.add "

@@ -72,7 +72,7 @@ class Governance:
     grants: dict[str, LedgerGrant] = field(default_factory=dict)  # dataset -> its live grant
     releases: dict[int, LedgerRelease] = field(default_factory=dict)  # model.release index -> release
     latest_release: dict[str, int] = field(default_factory=dict)  # model -> its latest live model.release index
-    # a name signed for again after its catalog row was removed: "dataset:NAME" or "model:NAME" -> later indices
+    # a name signed for again (its catalog row removed): "dataset:NAME" or "model:NAME" -> the later entries
     reused: dict[str, list[int]] = field(default_factory=dict)
 
 
@@ -124,6 +124,8 @@ def read_governance(ledger: Ledger) -> Governance:
             gov.releases[e.index] = LedgerRelease(b["model"], b["site"], b.get("base"),
                                                   tuple(sorted({d["name"] for d in b.get("datasets") or ()})),
                                                   e.index)
+            if b["model"] in gov.latest_release:
+                gov.reused.setdefault(f"model:{b['model']}", []).append(e.index)
             gov.latest_release[b["model"]] = e.index
     return gov
 
@@ -189,19 +191,26 @@ def signed_lineage(gov: Governance, name: str, index: int | None, indices: dict[
     """Every dataset model ``name`` derives from, through each base model, from signed releases only.
 
     ``indices``: the release entry the catalog cites for each model it holds (checked against the
-    ledger); a base the catalog no longer holds is followed through its latest signed release, so
-    deleting a base's row cannot drop its datasets from a fine-tuned model's lineage.
+    ledger); a base the catalog no longer holds is followed through its signed releases, so
+    deleting a base's row cannot drop its datasets from a fine-tuned model's lineage. Every live
+    release of a name counts: a name released again (its row deleted, a new model trained under
+    it) adds to what the first release derived from and never replaces it, so a model fine-tuned
+    from the first keeps the first's datasets.
     """
     found: set[str] = set()
     seen: set[str] = set()
-    current: str | None = name
-    at = index
-    while current is not None and current not in seen:
+    todo: list[tuple[str, int | None]] = [(name, index)]
+    while todo:
+        current, at = todo.pop()
+        if current in seen:
+            continue
         seen.add(current)
-        rel = model_release(gov, current, at)
-        found |= set(rel.datasets)
-        current = rel.base
-        at = indices.get(current) if current is not None else None
+        model_release(gov, current, at)  # the catalog's citation, checked
+        for rel in gov.releases.values():
+            if rel.model == current:
+                found |= set(rel.datasets)
+                if rel.base is not None:
+                    todo.append((rel.base, indices.get(rel.base)))
     return tuple(sorted(found))
 
 
