@@ -203,7 +203,8 @@ def test_a_base_model_name_trained_again_does_not_launder_a_fine_tune(signed_ws:
     # the insider deletes the base's rows and trains a new "m1" on plant alone: m2's release names
     # its base by name only, so the new release must not stand in for the one m2 was tuned from
     edit(ws, delete(T.model_key_wraps).where(T.model_key_wraps.c.model == "m1"),
-         delete(T.model_datasets).where(T.model_datasets.c.model == "m1"), delete(T.models).where(T.models.c.name == "m1"))
+         delete(T.model_datasets).where(T.model_datasets.c.model == "m1"),
+         delete(T.models).where(T.models.c.name == "m1"))
     again = release_model(reopen(ws), "m1", [("plant", "autoco")])
     later = reopen(ws)
     decision = later.decide(serving)[0]

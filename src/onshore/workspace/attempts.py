@@ -10,12 +10,12 @@ catalog write lock, publishes the files, writes the catalog rows, appends its ou
 is the row removed.
 
 A row whose process is gone is closed by the next ingest, copy or withdraw, or by `onshore
-doctor --repair` (:func:`recover`), unless it cannot be a row this code wrote (:func:`foreign`): if the catalog holds the outcome the row is simply removed;
-a withdrawal whose entries are in the ledger is rolled forward (its wraps are destroyed); any
-other attempt is closed by a signed ``data.abandoned`` entry citing the decision and any outcome
-entries, and its staged and published files are removed. An attempt that fails in its own
-process (refused input, a lost same-name race, an I/O error) closes itself the same way, giving
-the reason.
+doctor --repair` (:func:`recover`), unless it cannot be a row this code wrote (:func:`foreign`):
+if the catalog holds the outcome the row is simply removed; a withdrawal whose entries are in
+the ledger is rolled forward (its wraps are destroyed); any other attempt is closed by a signed
+``data.abandoned`` entry citing the decision and any outcome entries, and its staged and
+published files are removed. An attempt that fails in its own process (refused input, a lost
+same-name race, an I/O error) closes itself the same way, giving the reason.
 """
 
 from __future__ import annotations
