@@ -63,6 +63,9 @@ from onshore.workspace.paths import RECORDING_SPOOL, SPOOL_LOCK
 from onshore.workspace.registry import get_embodiment
 from onshore.workspace.workspace import LOG_ACTOR, Workspace
 
+#: The catalog settings row where the dashboard's token digest was kept before it was a ledger entry.
+DASHBOARD_SETTING = "dashboard_token_sha256"
+
 LOG_FILE = "doctor.log"
 _PLACING = ("consent.grant", "data.ingest", "data.copy", "consent.withdraw", "key.shred", attempts.ABANDONED)
 
@@ -240,6 +243,9 @@ def check_signed_rules(ws: Workspace) -> list[Finding]:
         # tokens are ledger entries now; older catalogs may still hold this table, and rows in it
         token_rows = conn.execute(select(T.serve_tokens.c.site, T.serve_tokens.c.client, T.serve_tokens.c.token_sha256)
                                   ).all() if inspect(conn).has_table(T.serve_tokens.name) else []
+        # the dashboard's token digest is a dashboard.token entry now (web/access.py); older
+        # catalogs kept it in this settings row, which opens nothing any more
+        dashboard_row = conn.execute(select(T.settings.c.value).where(T.settings.c.key == DASHBOARD_SETTING)).scalar()
     for name, owner, text in datasets:
         try:
             governance.check_catalog_dataset(gov, name, owner, text)
@@ -279,6 +285,9 @@ def check_signed_rules(ws: Workspace) -> list[Finding]:
         if digest not in issued:
             finding(f"token of {client!r} at {site!r}", f"catalog row serve_tokens ({digest[:16]}...) holds a digest "
                                                         "no token.issue entry issued; servers never accept it")
+    if dashboard_row is not None:
+        finding("dashboard token", f"catalog row settings/{DASHBOARD_SETTING} holds a digest; the dashboard accepts "
+                                   "only the token of the newest dashboard.token entry ('onshore dashboard token')")
     return found
 
 
