@@ -3,6 +3,7 @@ and real browser tests (Debian's headless Chromium driven by Selenium) over a de
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -18,17 +19,19 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from sqlalchemy import delete, insert
 from starlette.testclient import TestClient
 
 from _dashboard import HOSTILE, build, tampered
 from onshore.attest.trust import TrustRoot
 from onshore.attest.verify import verify_bundle
+from onshore.catalog import schema as T
 from onshore.cli.app import main
 from onshore.errors import ValidationError
 from onshore.web import access
 from onshore.web import app as app_module
 from onshore.web.app import create_app
-from onshore.workspace import Workspace, datasets, models
+from onshore.workspace import Workspace, datasets, doctor, models
 
 DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 LOCAL = "http://127.0.0.1"  # the Host a browser on the machine sends; others are refused
@@ -178,6 +181,27 @@ def test_token_gate_refuses_and_logs(demo: tuple[Workspace, Path, Path], caplog:
     app.state.workspace.close()
     assert main(["-w", str(ws.root), "dashboard", "token"]) == 0
     assert not access.token_matches(access.token_digest(ws) or "", token)  # issuing again revokes
+
+
+def test_a_token_digest_written_into_the_catalog_opens_nothing(demo: tuple[Workspace, Path, Path]) -> None:
+    ws = demo[0]
+    issued = access.issue_token(ws)
+    entry = list(ws.ledger.entries(kinds=(access.KIND,)))[-1].entry
+    assert entry.actor == "log" and entry.body == {"token_sha256": hashlib.sha256(issued.encode()).hexdigest()}
+    # an insider writes the digest of a token of their own into the catalog, as it used to be kept
+    forged = "insider-" + "x" * 40
+    with ws.catalog.begin() as conn:
+        conn.execute(delete(T.settings).where(T.settings.c.key == doctor.DASHBOARD_SETTING))
+        conn.execute(insert(T.settings).values(key=doctor.DASHBOARD_SETTING,
+                                               value=hashlib.sha256(forged.encode()).hexdigest()))
+    app = create_app(ws.root, access.required_digest(ws, "0.0.0.0"), host="0.0.0.0")
+    with TestClient(app, base_url="http://192.0.2.10") as c:
+        assert c.get("/", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+        assert c.get("/", headers={"Authorization": f"Bearer {issued}"}).status_code == 200
+    app.state.workspace.close()
+    assert any(f.subject == "dashboard token" for f in doctor.check_signed_rules(ws))
+    with ws.catalog.begin() as conn:
+        conn.execute(delete(T.settings).where(T.settings.c.key == doctor.DASHBOARD_SETTING))
 
 
 def test_every_response_carries_nosniff_and_a_content_security_policy(client: TestClient) -> None:

@@ -10,10 +10,12 @@ names it. Every test runs on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,9 +27,12 @@ from onshore.catalog import schema as T
 from onshore.errors import IntegrityError, PolicyDenied
 from onshore.keys.envelope import new_data_key
 from onshore.keys.keystore import KeyStore, public_key_b64
+from onshore.ledger.log import ledger_attempts
 from onshore.residency.pdp import Request, model_request
+from onshore.residency.policy import parse_policy
 from onshore.serve import tokens
 from onshore.workspace import Workspace, datasets, doctor, keyservice, models, registry
+from onshore.workspace.attempts import ABANDONED
 
 POLICY_KEEP = POLICY_JP.replace('"stop-serving"', '"keep"')
 
@@ -116,6 +121,43 @@ def test_a_dataset_owner_changed_in_the_catalog_is_refused(signed_ws: Workspace)
     assert any("furnace" in f.subject for f in signed_findings(ws))
 
 
+WIDE = POLICY_JP.replace('"fine-tuning"]', '"fine-tuning", "predictive-maintenance"]')
+
+
+def test_a_dataset_name_reused_after_its_rows_are_deleted_keeps_the_first_grant(signed_ws: Workspace,
+                                                                                  tmp_path: Path) -> None:
+    ws = signed_ws
+    release_model(ws, "m", [("plant", "autoco")])
+    asking = model_request("site:tokyo", "read", "m", "tokyo", "predictive-maintenance")
+    assert not ws.decide(asking)[0].allowed
+    first = grant_index(ws, "plant")
+    # the insider removes every catalog row of autoco's plant, then ingests a "plant" of steelco's
+    # with a looser policy, hoping the models trained on the first one follow it
+    edit(ws, delete(T.model_datasets).where(T.model_datasets.c.dataset == "plant"),
+         delete(T.key_wraps).where(T.key_wraps.c.dataset == "plant"),
+         delete(T.shards).where(T.shards.c.dataset == "plant"), delete(T.datasets).where(T.datasets.c.name == "plant"))
+    later = reopen(ws)
+    (tmp_path / "wide.toml").write_text(WIDE)
+    with pytest.raises(IntegrityError, match=rf"dataset 'plant' already exists in the ledger \(consent.grant, ledger "
+                                             rf"entry {first}\) but the catalog has no row datasets/plant"):
+        datasets.ingest(later, "plant", "steelco", "sakai", tmp_path / "wide.toml", "furnace-line-3",
+                        [write_frames(tmp_path / "again.parquet", seed=5)])
+    assert grant_index(ws, "plant") == first and len(list(ws.ledger.entries(kinds=("consent.grant",)))) == 2
+    # a second grant of the name signed anyway (an older version, by hand) does not replace the first
+    wide = parse_policy(WIDE, "wide.toml")
+    again = later.record("consent.grant", "member:steelco", {"dataset": "plant", "owner": "steelco",
+                                                            "policy": wide.to_json(), "policy_hash": wide.hash})
+    edit(ws, insert(T.datasets).values(name="plant", owner="steelco", embodiment="furnace-line-3", policy=WIDE,
+                                       policy_hash=wide.hash, status="active", episodes=1, frames=1,
+                                       created_at="2026-01-01T00:00:00Z"))
+    with pytest.raises(IntegrityError, match=rf"datasets/plant disagrees with ledger entry {first} \(consent.grant\)"
+                                             rf".*granted again later \(ledger entries \[{again}\]\)"):
+        reopen(ws).decide(asking)
+    (found,) = [f for f in signed_findings(ws) if "plant" in f.subject]
+    assert f"ledger entry {first}" in found.problem and "owner 'steelco'" in found.problem
+    later.close()
+
+
 # -- a model's lineage -----------------------------------------------------------------------------
 
 def test_deleting_lineage_rows_does_not_revive_a_stop_serving_model(signed_ws: Workspace) -> None:
@@ -151,6 +193,34 @@ def test_deleting_lineage_rows_does_not_revive_a_stop_serving_model(signed_ws: W
     later.close()
 
 
+def test_a_base_model_name_trained_again_does_not_launder_a_fine_tune(signed_ws: Workspace) -> None:
+    ws = signed_ws
+    first = release_model(ws, "m1", [("furnace", "steelco"), ("plant", "autoco")])
+    release_model(ws, "m2", [("plant", "autoco")], base="m1")
+    datasets.withdraw(ws, "furnace", "steelco")
+    serving = model_request("site:tokyo", "serve", "m2", "tokyo", "fine-tuning")
+    assert not ws.decide(serving)[0].allowed
+    # the insider deletes the base's rows and trains a new "m1" on plant alone: m2's release names
+    # its base by name only, so the new release must not stand in for the one m2 was tuned from
+    edit(ws, delete(T.model_key_wraps).where(T.model_key_wraps.c.model == "m1"),
+         delete(T.model_datasets).where(T.model_datasets.c.model == "m1"),
+         delete(T.models).where(T.models.c.name == "m1"))
+    again = release_model(reopen(ws), "m1", [("plant", "autoco")])
+    later = reopen(ws)
+    decision = later.decide(serving)[0]
+    assert not decision.allowed and "model/m2/dataset/furnace/withdrawn-stop-serving" in decision.rules
+    with pytest.raises(PolicyDenied, match="withdrawn-stop-serving"):
+        keyservice.release_model(later, "m2", "tokyo", "serve", "fine-tuning")
+    assert models.status(later, "m2").status == "blocked"
+    # the name's later release adds to its lineage; pointing the row back at the first changes nothing
+    assert {d.name for d in models.lineage_datasets(later, "m1")} == {"furnace", "plant"}
+    edit(ws, update(T.models).where(T.models.c.name == "m1").values(ledger_index=first))
+    assert not reopen(ws).decide(serving)[0].allowed
+    found = [f for f in signed_findings(later) if f.subject == "model 'm1'"]
+    assert any(f"later model.release entries [{again}]" in f.problem for f in found)
+    later.close()
+
+
 def test_a_model_row_citing_another_entry_is_refused(signed_ws: Workspace) -> None:
     ws = signed_ws
     release_model(ws, "m1", [("furnace", "steelco")])
@@ -166,6 +236,68 @@ def test_lineage_rows_that_differ_from_the_release_are_a_doctor_finding(signed_w
     edit(ws, delete(T.model_datasets).where(T.model_datasets.c.dataset == "furnace"))
     (found,) = signed_findings(ws)
     assert found.subject == "model 'm1'" and "model_datasets/m1" in found.problem and "model.release" in found.problem
+
+
+# -- the attempt journal and 'doctor --repair' ---------------------------------------------------------
+
+def forge_journal_row(ws: Workspace, op: str, dataset: str, actor: str, decision: int, state: str,
+                      outcome: list[int]) -> None:
+    """A row in the ledger database's attempt journal (beside the signed tree), as an insider writes it."""
+    engine = create_engine(ws.ledger.engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        conn.execute(insert(ledger_attempts).values(
+            id=uuid.uuid4().hex, op=op, dataset=dataset, site=None, actor=actor, decision_index=decision, state=state,
+            outcome=json.dumps(outcome), started_at="2026-01-01T00:00:00Z"))
+    engine.dispose()
+
+
+def test_a_forged_journal_row_cannot_have_a_withdrawal_abandoned(signed_ws: Workspace) -> None:
+    ws = signed_ws
+    release_model(ws, "m1", [("furnace", "steelco")])
+    datasets.withdraw(ws, "furnace", "steelco")
+    (withdrawal,) = ws.ledger.entries(kinds=("consent.withdraw",))
+    serving = model_request("site:tokyo", "serve", "m1", "tokyo", "fine-tuning")
+    decision = withdrawal.entry.body["decision_index"]
+    # a dead "withdraw" attempt citing the withdrawal's decision (and, in one row, the withdrawal)
+    forge_journal_row(ws, "withdraw", "furnace", "member:steelco", decision, "open", [withdrawal.index])
+    forge_journal_row(ws, "withdraw", "furnace", "member:steelco", decision, "open", [])
+    size = ws.ledger.size()
+    report = doctor.run(reopen(ws), repair=True)
+    assert ws.ledger.size() == size  # nothing closed, nothing signed
+    problems = [f.problem for f in report.findings if f.check == "attempts"]
+    assert len(problems) == 2 and all(not f.repairable for f in report.findings if f.check == "attempts")
+    assert any(f"lists outcome entries [{withdrawal.index}]" in p for p in problems)
+    assert any(f"its decision (ledger entry {decision}) is cited by ledger entries [{withdrawal.index}" in p
+               for p in problems)
+    assert not reopen(ws).decide(serving)[0].allowed
+    # and a data.abandoned that closes a withdrawal anyway (signed by hand, or by an older version) voids nothing
+    ws.record(ABANDONED, "log", {"attempt": None, "op": "withdraw", "dataset": "furnace", "site": None, "actor": None,
+                                 "decision_index": decision, "closes": [decision, withdrawal.index], "reason": "x"})
+    later = reopen(ws)
+    d = later.decide(serving)[0]
+    assert not d.allowed and "model/m1/dataset/furnace/withdrawn-stop-serving" in d.rules
+    with pytest.raises(PolicyDenied, match="withdrawn-stop-serving"):
+        keyservice.release_model(later, "m1", "tokyo", "serve", "fine-tuning")
+    assert not [f for f in doctor.run(later).findings if "does not record a withdrawal" in f.problem]
+    later.close()
+
+
+def test_doctor_repair_does_not_close_the_grant_of_a_dataset_whose_rows_were_deleted(signed_ws: Workspace) -> None:
+    ws = signed_ws
+    release_model(ws, "m", [("plant", "autoco")])
+    first = grant_index(ws, "plant")
+    with ws.catalog.connect() as conn:
+        shard = conn.execute(select(T.shards.c.path).where(T.shards.c.dataset == "plant")).scalar()
+    edit(ws, delete(T.model_datasets).where(T.model_datasets.c.dataset == "plant"),
+         delete(T.key_wraps).where(T.key_wraps.c.dataset == "plant"),
+         delete(T.shards).where(T.shards.c.dataset == "plant"), delete(T.datasets).where(T.datasets.c.name == "plant"))
+    size = ws.ledger.size()
+    report = doctor.run(reopen(ws), repair=True)
+    (found,) = [f for f in report.findings if f.subject == "dataset 'plant'" and f.check == "catalog-ledger"]
+    assert not found.repairable and found.repaired is None and "rest on them" in found.problem
+    assert ws.ledger.size() == size and grant_index(ws, "plant") == first
+    assert reopen(ws).ledger_governance().grants["plant"].index == first
+    assert (Path(registry.get_site(ws, "sakai").root) / shard).is_file()  # kept for the catalog's restore
 
 
 # -- serving tokens ----------------------------------------------------------------------------------

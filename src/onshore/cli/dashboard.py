@@ -52,4 +52,4 @@ def token() -> None:
     with open_workspace() as ws:
         value = issue_token(ws)
     console.print(value, highlight=False)
-    err.print("keep it secret: the catalog holds only its SHA-256; 'onshore dashboard token' again revokes it")
+    err.print("keep it secret: the ledger holds only its SHA-256; 'onshore dashboard token' again revokes it")

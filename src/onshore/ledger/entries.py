@@ -31,6 +31,7 @@ KINDS = {
     "model": ("model.release", "model.copy", "model.export", "model.eval", "model.use", "model.attest", "model.taint",
               "model.serve"),
     "token": ("token.issue", "token.revoke"),
+    "dashboard": ("dashboard.token",),
 }
 ALL_KINDS = frozenset(k for ks in KINDS.values() for k in ks)
 

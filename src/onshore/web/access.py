@@ -1,9 +1,11 @@
 """Who may look: the dashboard's access token (needed only when it binds beyond loopback).
 
-``onshore dashboard token`` issues a random token, prints it once, and keeps only its SHA-256 in
-the catalog's settings; issuing again replaces it (the old one stops working). A request then
-proves it with ``Authorization: Bearer TOKEN``, or once with ``?token=TOKEN`` (which sets an
-HttpOnly cookie so that plain links keep working without JavaScript).
+``onshore dashboard token`` issues a random token, prints it once, and records only its SHA-256
+in a ``dashboard.token`` ledger entry signed by the log; issuing again replaces it (the old one
+stops working). The digest is read from the ledger, never from the catalog, so a digest written
+into ``catalog.db`` opens nothing and every issue is on the record. A request then proves it
+with ``Authorization: Bearer TOKEN``, or once with ``?token=TOKEN`` (which sets an HttpOnly
+cookie so that plain links keep working without JavaScript).
 """
 
 from __future__ import annotations
@@ -13,14 +15,11 @@ import hmac
 import ipaddress
 import secrets
 
-from sqlalchemy import delete, insert, select
-
-from onshore.catalog import schema as T
-from onshore.catalog.db import write_transaction
 from onshore.errors import ValidationError
-from onshore.workspace.workspace import Workspace
+from onshore.workspace.workspace import LOG_ACTOR, Workspace
 
-SETTING = "dashboard_token_sha256"
+#: The ledger entry that issues the dashboard's token (the newest one signed by the log counts).
+KIND = "dashboard.token"
 COOKIE = "onshore_dashboard_token"
 
 
@@ -29,18 +28,21 @@ def _digest(token: str) -> str:
 
 
 def issue_token(ws: Workspace) -> str:
-    """A new token (returned once, never stored in clear); the previous one is revoked."""
+    """A new token (returned once, never stored in clear), recorded as a ``dashboard.token``
+    entry; the previous one is revoked."""
     token = secrets.token_urlsafe(32)
-    with write_transaction(ws.catalog, "the catalog") as conn:
-        conn.execute(delete(T.settings).where(T.settings.c.key == SETTING))
-        conn.execute(insert(T.settings).values(key=SETTING, value=_digest(token)))
+    ws.record(KIND, LOG_ACTOR, {"token_sha256": _digest(token)})
     return token
 
 
 def token_digest(ws: Workspace) -> str | None:
-    """The stored digest of the current token, or None when none was issued."""
-    with ws.catalog.connect() as conn:
-        return conn.execute(select(T.settings.c.value).where(T.settings.c.key == SETTING)).scalar()
+    """The digest of the current token: the newest ``dashboard.token`` entry signed by the log;
+    None when none was issued."""
+    digest = None
+    for e in ws.ledger.entries(kinds=(KIND,)):
+        if e.entry.actor == LOG_ACTOR and isinstance(e.entry.body.get("token_sha256"), str):
+            digest = e.entry.body["token_sha256"]
+    return digest
 
 
 def token_matches(digest: str, presented: str | None) -> bool:

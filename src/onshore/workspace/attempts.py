@@ -10,12 +10,12 @@ catalog write lock, publishes the files, writes the catalog rows, appends its ou
 is the row removed.
 
 A row whose process is gone is closed by the next ingest, copy or withdraw, or by `onshore
-doctor --repair` (:func:`recover`): if the catalog holds the outcome the row is simply removed;
-a withdrawal whose entries are in the ledger is rolled forward (its wraps are destroyed); any
-other attempt is closed by a signed ``data.abandoned`` entry citing the decision and any outcome
-entries, and its staged and published files are removed. An attempt that fails in its own
-process (refused input, a lost same-name race, an I/O error) closes itself the same way, giving
-the reason.
+doctor --repair` (:func:`recover`), unless it cannot be a row this code wrote (:func:`foreign`):
+if the catalog holds the outcome the row is simply removed; a withdrawal whose entries are in
+the ledger is rolled forward (its wraps are destroyed); any other attempt is closed by a signed
+``data.abandoned`` entry citing the decision and any outcome entries, and its staged and
+published files are removed. An attempt that fails in its own process (refused input, a lost
+same-name race, an I/O error) closes itself the same way, giving the reason.
 """
 
 from __future__ import annotations
@@ -296,6 +296,82 @@ def _catalog_holds_outcome(ws: Workspace, conn: Any, row: dict[str, Any]) -> boo
     return bool(placed) and claimed <= placed
 
 
+#: The outcome entries each kind of attempt appends (all about its dataset); an attempt closes
+#: nothing else, and a withdrawal's are rolled forward, never closed.
+OUTCOME_KINDS = {"ingest": ("consent.grant", "data.ingest"), "copy": ("data.copy",),
+                 "withdraw": ("consent.withdraw", "key.shred", "model.taint")}
+
+
+def _names(body: dict[str, Any], dataset: str) -> bool:
+    return body.get("dataset") == dataset or any(
+        isinstance(d, dict) and d.get("name") == dataset for d in body.get("datasets") or ())
+
+
+def relied_on(ws: Workspace, dataset: str, after: int, site: str | None = None) -> list[int]:
+    """Entries after index ``after`` that could only exist once the dataset (or, with ``site``,
+    its copy at that site) had been committed: closing the entries before them would undo work
+    done on that footing. A crash before the commit leaves only refusals and new ingest decisions
+    about the name, and the ``data.abandoned`` entries that close attempts.
+    """
+    found = []
+    for e in ws.ledger.entries(after + 1):
+        b, kind = e.entry.body, e.entry.kind
+        if kind == ABANDONED or not _names(b, dataset):
+            continue
+        if kind == "decision":
+            request = b.get("request") or {}
+            if b.get("decision") != "allow" or request.get("action") == "ingest":
+                continue
+            if site is not None and request.get("site") != site:
+                continue
+        elif site is not None and site not in (b.get("site"), b.get("from")):
+            continue
+        found.append(e.index)
+    return found
+
+
+def foreign(ws: Workspace, row: dict[str, Any]) -> str | None:
+    """Why the journal row cannot be one this code opened (None when it can be).
+
+    The journal sits beside the log, outside the signed tree, so anyone who can write the ledger
+    database can add a row; closing it would have the log sign a ``data.abandoned`` entry voiding
+    whatever the row cites. A row must cite its own allow decision (this operation, dataset and
+    actor), list outcome entries only once ``ledgered``, each of its operation's kinds, about its
+    dataset and after its decision, and (for an ingest or copy) nothing later may rest on them.
+    """
+    where = f"attempt journal row {row['id']} ({row['op']} of {row['dataset']!r})"
+    try:
+        first = int(row["decision_index"])
+        decision = ws.ledger.get(first).entry
+        outcome = [(int(i), ws.ledger.get(int(i)).entry) for i in row["outcome"]]
+    except (OnshoreError, TypeError, ValueError):
+        return f"{where} cites ledger entries that do not exist"
+    request = decision.body.get("request") or {}
+    if (decision.kind != "decision" or decision.body.get("decision") != "allow" or decision.actor != row["actor"]
+            or request.get("action") != row["op"] or request.get("dataset") != row["dataset"]):
+        return f"{where} cites ledger entry {first}, which is not its allow decision"
+    if outcome and row["state"] != "ledgered":
+        return f"{where} is open but lists outcome entries {[i for i, _ in outcome]}"
+    for i, e in outcome:
+        if i <= first or e.kind not in OUTCOME_KINDS.get(row["op"], ()) or e.body.get("dataset") != row["dataset"] \
+                or e.body.get("decision_index", first) != first:
+            return f"{where} lists ledger entry {i} ({e.kind}) as its outcome, which it is not"
+    own = {i for i, _ in outcome}
+    # a copy's source releases the key under its decision before any outcome is appended
+    citing = [e.index for e in ws.ledger.entries(first + 1) if e.index not in own
+              and first in (e.entry.body.get("decision_index"), *(e.entry.body.get("decision_indices") or ()))
+              and not (row["op"] == "copy" and e.entry.kind == "key.release"
+                       and e.entry.body.get("dataset") == row["dataset"])]
+    if citing:
+        return f"{where}: its decision (ledger entry {first}) is cited by ledger entries {citing[:5]}, not its own"
+    if row["op"] in ("ingest", "copy") and outcome:
+        later = relied_on(ws, row["dataset"], outcome[-1][0], row["site"] if row["op"] == "copy" else None)
+        if later:
+            return (f"{where}: later ledger entries {later[:5]} rest on its outcome entries "
+                    f"{[i for i, _ in outcome]}, so the catalog held them once")
+    return None
+
+
 def _roll_withdraw_forward(ws: Workspace, conn: Any, row: dict[str, Any]) -> None:
     # The ledger already says consent was withdrawn: make the catalog say so too, and record the
     # destruction of any wrap the crashed run had not listed (a copy that slipped in before).
@@ -343,7 +419,8 @@ def recover(ws: Workspace) -> list[str]:
     done = []
     with write_transaction(ws.catalog, "the catalog") as conn:
         for row in open_attempts(ws):
-            if not row["alive"]:
+            # a row this code did not open is left alone (onshore doctor reports it), never closed
+            if not row["alive"] and foreign(ws, row) is None:
                 done.append(close(ws, conn, row))
     if done:
         ws.invalidate()
@@ -358,6 +435,6 @@ def abandoned_indices(ws: Workspace) -> set[int]:
     return closed
 
 
-__all__ = ["ABANDONED", "Attempt", "Busy", "abandoned_indices", "close", "exclusive", "finish", "guard", "is_alive",
-           "is_held", "is_locked", "ledgered", "lock_path", "open_attempts", "opener", "prepare", "publish", "recover",
-           "remove_orphans", "start"]
+__all__ = ["ABANDONED", "OUTCOME_KINDS", "Attempt", "Busy", "abandoned_indices", "close", "exclusive", "finish",
+           "foreign", "guard", "is_alive", "is_held", "is_locked", "ledgered", "lock_path", "open_attempts", "opener",
+           "prepare", "publish", "recover", "relied_on", "remove_orphans", "start"]

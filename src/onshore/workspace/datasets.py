@@ -20,7 +20,7 @@ from sqlalchemy import insert, select, update
 
 from onshore.catalog import schema as T
 from onshore.catalog.db import write_transaction
-from onshore.errors import NotFoundError, OnshoreError, PolicyDenied, ValidationError
+from onshore.errors import IntegrityError, NotFoundError, OnshoreError, PolicyDenied, ValidationError
 from onshore.faults import crash_point
 from onshore.files import check_output_file, sha256_file
 from onshore.keys.envelope import new_data_key
@@ -98,6 +98,11 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
     attempts.recover(ws)
     if _dataset_exists(ws, name):
         raise ValidationError(f"dataset {name!r} already exists; ingest under a new name")
+    granted = ws.ledger_governance().grants.get(name)
+    if granted is not None:  # the catalog lost the row; the name stays the first dataset's
+        raise IntegrityError(f"dataset {name!r} already exists in the ledger (consent.grant, ledger entry "
+                             f"{granted.index}) but the catalog has no row datasets/{name}; a dataset name is never "
+                             "reused: ingest under a new name, and restore the catalog (see 'onshore doctor')")
     policy, policy_text = load_policy(policy_path)
     _check_policy_sites(ws, policy, str(policy_path))
     if not inputs:

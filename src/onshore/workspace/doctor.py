@@ -63,6 +63,9 @@ from onshore.workspace.paths import RECORDING_SPOOL, SPOOL_LOCK
 from onshore.workspace.registry import get_embodiment
 from onshore.workspace.workspace import LOG_ACTOR, Workspace
 
+#: The catalog settings row where the dashboard's token digest was kept before it was a ledger entry.
+DASHBOARD_SETTING = "dashboard_token_sha256"
+
 LOG_FILE = "doctor.log"
 _PLACING = ("consent.grant", "data.ingest", "data.copy", "consent.withdraw", "key.shred", attempts.ABANDONED)
 
@@ -118,13 +121,20 @@ def _check_ledger(ws: Workspace, out: DoctorReport) -> bool:
 def _attempt_findings(ws: Workspace, out: DoctorReport, repair: bool) -> set[str]:
     """Report (and close) attempts whose process is gone; returns the datasets other checks skip
     (those with a running attempt, and without ``repair`` those with a dead one)."""
-    busy = set()
+    busy, foreign = set(), set()
     for row in attempts.open_attempts(ws):
         what = f"{row['op']} of {row['dataset']!r} (attempt {row['id'][:8]}, decision {row['decision_index']})"
         if row["alive"]:
             out.in_progress.append(what)
         if row["alive"] or not repair:  # a dead one's leftovers are its finding, not separate ones
             busy.add(row["dataset"])
+        problem = None if row["alive"] else attempts.foreign(ws, row)
+        if problem is not None:
+            foreign.add(row["id"])
+            out.findings.append(Finding("attempts", f"{row['op']} of {row['dataset']!r} (attempt {row['id'][:8]})",
+                                        f"{problem}; it is left open, nothing is closed for it",
+                                        "investigate who wrote it, then delete that row of the ledger database's "
+                                        "ledger_attempts table", False))
     if repair:
         done = attempts.recover(ws)
         for action in done:
@@ -132,7 +142,7 @@ def _attempt_findings(ws: Workspace, out: DoctorReport, repair: bool) -> set[str
                                         "onshore doctor --repair", True, action))
     else:
         for row in attempts.open_attempts(ws):
-            if not row["alive"]:
+            if not row["alive"] and row["id"] not in foreign:
                 out.findings.append(Finding(
                     "attempts", f"{row['op']} of {row['dataset']!r} (attempt {row['id'][:8]})",
                     f"its process stopped in state {row['state']!r} before finishing",
@@ -148,7 +158,7 @@ def _ledger_view(ws: Workspace) -> dict[str, dict[str, Any]]:
     key = {"consent.grant": "grant", "data.ingest": "ingest", "data.copy": "copies", "consent.withdraw": "withdraw"}
     for e in entries:
         k = key.get(e.entry.kind)
-        if k is not None and e.index not in voided:
+        if k is not None and (e.index not in voided or k == "withdraw"):  # a withdrawal is never undone
             view[e.entry.body["dataset"]][k].append(e)
     return view
 
@@ -167,8 +177,8 @@ def _catalog_findings(ws: Workspace, out: DoctorReport, busy: set[str], repair: 
         v, row = view[name], datasets.get(name)
         if row is None:
             stale = v["grant"] + v["ingest"] + v["copies"]
-            if stale:
-                _stale_outcome(ws, out, name, stale, repair)
+            if stale and not _stale_outcome(ws, out, name, stale, repair):
+                busy.add(name)  # its row was lost: its files are kept for the catalog's restore
             continue
         for kind in ("grant", "ingest"):
             if len(v[kind]) != 1:
@@ -233,6 +243,9 @@ def check_signed_rules(ws: Workspace) -> list[Finding]:
         # tokens are ledger entries now; older catalogs may still hold this table, and rows in it
         token_rows = conn.execute(select(T.serve_tokens.c.site, T.serve_tokens.c.client, T.serve_tokens.c.token_sha256)
                                   ).all() if inspect(conn).has_table(T.serve_tokens.name) else []
+        # the dashboard's token digest is a dashboard.token entry now (web/access.py); older
+        # catalogs kept it in this settings row, which opens nothing any more
+        dashboard_row = conn.execute(select(T.settings.c.value).where(T.settings.c.key == DASHBOARD_SETTING)).scalar()
     for name, owner, text in datasets:
         try:
             governance.check_catalog_dataset(gov, name, owner, text)
@@ -250,6 +263,10 @@ def check_signed_rules(ws: Workspace) -> list[Finding]:
         if lineage_rows.get(name, set()) != set(rel.datasets):
             finding(f"model {name!r}", f"catalog rows model_datasets/{name} name {sorted(lineage_rows.get(name, ()))}, "
                                        f"ledger entry {rel.index} (model.release) names {list(rel.datasets)}")
+    for subject, later in sorted(gov.reused.items()):
+        if subject.startswith("model:"):
+            finding(f"model {subject[6:]!r}", f"the ledger releases this name more than once (later model.release "
+                                              f"entries {later}); its lineage counts every release's datasets")
     for name, key in members:
         if gov.members.get(name) != key:
             finding(f"member {name!r}", f"catalog row members/{name}: its public key is not the one a member.add "
@@ -268,13 +285,25 @@ def check_signed_rules(ws: Workspace) -> list[Finding]:
         if digest not in issued:
             finding(f"token of {client!r} at {site!r}", f"catalog row serve_tokens ({digest[:16]}...) holds a digest "
                                                         "no token.issue entry issued; servers never accept it")
+    if dashboard_row is not None:
+        finding("dashboard token", f"catalog row settings/{DASHBOARD_SETTING} holds a digest; the dashboard accepts "
+                                   "only the token of the newest dashboard.token entry ('onshore dashboard token')")
     return found
 
 
-def _stale_outcome(ws: Workspace, out: DoctorReport, name: str, stale: list[Any], repair: bool) -> None:
-    # Ingest (or copy) entries for a dataset the catalog never got: a crash between the ledger
-    # append and the catalog commit, from a version without the attempt journal.
+def _stale_outcome(ws: Workspace, out: DoctorReport, name: str, stale: list[Any], repair: bool) -> bool:
+    """Ingest (or copy) entries for a dataset the catalog never got: a crash between the ledger
+    append and the catalog commit, from a version without the attempt journal. False (nothing
+    closed) when later entries show the catalog did hold the dataset: its row was deleted, and
+    closing its grant would free its name and policy for someone else's (docs/threat-model.md)."""
     closes = [e.index for e in stale]
+    later = attempts.relied_on(ws, name, closes[-1])
+    if later:  # the catalog held the dataset once: its row was lost or deleted, not never committed
+        out.findings.append(Finding(
+            "catalog-ledger", f"dataset {name!r}", f"the ledger records entries {closes} for it, and later entries "
+            f"{later[:5]} rest on them, but the catalog has no such dataset",
+            "restore the catalog from a backup; nothing is closed, the name stays this dataset's", False))
+        return False
     f = Finding("catalog-ledger", f"dataset {name!r}",
                 f"the ledger records entries {closes} for it but the catalog has no such dataset",
                 "run 'onshore doctor --repair' to close them with a data.abandoned entry", True)
@@ -285,6 +314,7 @@ def _stale_outcome(ws: Workspace, out: DoctorReport, name: str, stale: list[Any]
             "reason": "the catalog never committed these entries' outcome (found by onshore doctor)"})
         f = Finding(**{**asdict(f), "repaired": f"closed entries {closes} with data.abandoned entry {idx}"})
     out.findings.append(f)
+    return True
 
 
 def _file_findings(ws: Workspace, out: DoctorReport, busy: set[str], repair: bool) -> None:

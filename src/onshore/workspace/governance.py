@@ -72,6 +72,8 @@ class Governance:
     grants: dict[str, LedgerGrant] = field(default_factory=dict)  # dataset -> its live grant
     releases: dict[int, LedgerRelease] = field(default_factory=dict)  # model.release index -> release
     latest_release: dict[str, int] = field(default_factory=dict)  # model -> its latest live model.release index
+    # a name signed for again (its catalog row removed): "dataset:NAME" or "model:NAME" -> the later entries
+    reused: dict[str, list[int]] = field(default_factory=dict)
 
 
 def init_entry(ledger: Ledger) -> dict[str, Any]:
@@ -97,7 +99,9 @@ def read_governance(ledger: Ledger) -> Governance:
     closed = {int(i) for e in found if e.entry.kind == ABANDONED for i in e.entry.body.get("closes", [])}
     for e in found:
         b, kind = e.entry.body, e.entry.kind
-        if e.index in closed:
+        # a withdrawal is never undone: no attempt is closed after its withdrawal entry is
+        # appended (it is rolled forward), so a data.abandoned citing one voids nothing
+        if e.index in closed and kind != "consent.withdraw":
             continue
         if kind == "site.add" and e.entry.actor == "log":
             gov.sites[b["site"]] = LedgerSite(b["site"], b["jurisdiction"], tuple(sorted(b["roles"])),
@@ -109,11 +113,19 @@ def read_governance(ledger: Ledger) -> Governance:
         elif kind == "embodiment.add" and e.entry.actor == "log":
             gov.embodiments.setdefault(b["embodiment"], (b["sha256"], e.index))
         elif kind == "consent.grant" and e.entry.actor == f"member:{b.get('owner')}":
+            # A dataset's grant is its first live one: a later grant of the same name (an ingest
+            # after an insider deleted the catalog row) must not hand the models trained on the
+            # first dataset another owner's, or a looser, policy.
+            if b["dataset"] in gov.grants:
+                gov.reused.setdefault(f"dataset:{b['dataset']}", []).append(e.index)
+                continue
             gov.grants[b["dataset"]] = LedgerGrant(b["dataset"], b["owner"], _signed_policy(b, e.index), e.index)
         elif kind == "model.release" and e.entry.actor == f"site:{b.get('site')}":
             gov.releases[e.index] = LedgerRelease(b["model"], b["site"], b.get("base"),
                                                   tuple(sorted({d["name"] for d in b.get("datasets") or ()})),
                                                   e.index)
+            if b["model"] in gov.latest_release:
+                gov.reused.setdefault(f"model:{b['model']}", []).append(e.index)
             gov.latest_release[b["model"]] = e.index
     return gov
 
@@ -132,7 +144,8 @@ def _signed_policy(body: dict[str, Any], index: int) -> UsagePolicy:
 
 
 def check_catalog_dataset(gov: Governance, name: str, owner: str, policy_text: str) -> LedgerGrant:
-    """The signed grant of dataset ``name``, after checking the catalog row's owner and policy against it.
+    """The signed grant of dataset ``name`` (its first live one), after checking the catalog row's
+    owner and policy against it.
 
     The catalog keeps the owner's TOML verbatim; it must parse to the policy the owner signed (the
     same canonical hash; comments and layout do not count). IntegrityError, naming the catalog row
@@ -154,6 +167,10 @@ def check_catalog_dataset(gov: Governance, name: str, owner: str, policy_text: s
     if not ok:
         problems.append("its usage policy differs from the one the owner signed")
     if problems:
+        later = gov.reused.get(f"dataset:{name}")
+        if later:
+            problems.append(f"the dataset name was granted again later (ledger entries {later}), which does not "
+                            "replace the first grant")
         raise IntegrityError(f"{row} disagrees with ledger entry {grant.index} (consent.grant): {'; '.join(problems)}."
                              " Rules come from the ledger; restore the row (see 'onshore doctor')")
     return grant
@@ -174,19 +191,26 @@ def signed_lineage(gov: Governance, name: str, index: int | None, indices: dict[
     """Every dataset model ``name`` derives from, through each base model, from signed releases only.
 
     ``indices``: the release entry the catalog cites for each model it holds (checked against the
-    ledger); a base the catalog no longer holds is followed through its latest signed release, so
-    deleting a base's row cannot drop its datasets from a fine-tuned model's lineage.
+    ledger); a base the catalog no longer holds is followed through its signed releases, so
+    deleting a base's row cannot drop its datasets from a fine-tuned model's lineage. Every live
+    release of a name counts: a name released again (its row deleted, a new model trained under
+    it) adds to what the first release derived from and never replaces it, so a model fine-tuned
+    from the first keeps the first's datasets.
     """
     found: set[str] = set()
     seen: set[str] = set()
-    current: str | None = name
-    at = index
-    while current is not None and current not in seen:
+    todo: list[tuple[str, int | None]] = [(name, index)]
+    while todo:
+        current, at = todo.pop()
+        if current in seen:
+            continue
         seen.add(current)
-        rel = model_release(gov, current, at)
-        found |= set(rel.datasets)
-        current = rel.base
-        at = indices.get(current) if current is not None else None
+        model_release(gov, current, at)  # the catalog's citation, checked
+        for rel in gov.releases.values():
+            if rel.model == current:
+                found |= set(rel.datasets)
+                if rel.base is not None:
+                    todo.append((rel.base, indices.get(rel.base)))
     return tuple(sorted(found))
 
 
