@@ -228,6 +228,28 @@ def test_update_shows_a_withdrawal(attested: Attested, withdrawn_later) -> None:
     failing(r, "update", f"withdrawn at ledger index {index}")
 
 
+def test_an_abandonment_signed_over_a_withdrawal_does_not_hide_it(attested: Attested, withdrawn_later,  # noqa: F811
+                                                                 tmp_path: Path) -> None:
+    """Onshore rolls a withdrawal forward and never abandons one; a ``data.abandoned`` entry that
+    claims to close a ``consent.withdraw`` (signed by hand with the log key) must not make an
+    auditor's update say "not withdrawn"."""
+    root, _, _, index = withdrawn_later
+    since = verify_bundle(attested.bundle, attested.trust).checkpoint_size
+    with Workspace.open(root) as ws:
+        ws.record("data.abandoned", "log", {"attempt": 999, "op": "withdraw", "dataset": "furnace", "site": None,
+                                           "actor": "member:steelco", "decision_index": index - 1,
+                                           "closes": [index], "reason": "forged"})
+        note = ws.make_checkpoint()
+        size = int(note.split("\n")[1])
+        for w in ("w1", "w2"):
+            witness = Witness.open(tmp_path / w)
+            old = witness.logs()[ws.origin].size
+            ws.add_cosignatures(witness.cosign(note, ws.log_vkey, ws.ledger.consistency_proof(old, size)))
+        forged = make_update(ws, "furnace", since)
+    failing(verify_bundle(attested.bundle, attested.trust, 2, update=forged), "update",
+            f"withdrawn at ledger index {index}")
+
+
 def test_an_update_that_hides_the_withdrawal_is_caught(attested: Attested, withdrawn_later) -> None:  # noqa: F811
     _, _, after, index = withdrawn_later
     doc = copy.deepcopy(after)

@@ -74,8 +74,10 @@ ENTRY_FIELDS = frozenset({"index", "leaf", "inclusionProof"})
 DATASET_KINDS = ("consent.grant", "data.ingest", "data.copy", "data.export", "key.release", "decision",
                  "consent.withdraw", "key.shred")
 #: Outcome kinds that a ``data.abandoned`` entry can void (its attempt's catalog commit never
-#: happened); decisions and key releases it cites stay true facts and stay in the history.
-VOIDABLE_KINDS = frozenset({"consent.grant", "data.ingest", "data.copy", "consent.withdraw", "key.shred"})
+#: happened); decisions and key releases it cites stay true facts and stay in the history. A
+#: withdrawal (``consent.withdraw``, ``key.shred``) is never voided: Onshore rolls a crashed one
+#: forward, so an abandonment that claims to close one is ignored, never a way to undo it.
+VOIDABLE_KINDS = frozenset({"consent.grant", "data.ingest", "data.copy"})
 
 
 class ClaimFormatError(ValidationError):

@@ -51,7 +51,7 @@ message, and the report is ``ok`` only when every check passed. The checks, in o
     by the log and cosigned by ``min_witnesses`` trust-root witnesses, extends the bundle's
     checkpoint (consistency proof), and its entries (signed, included in the newer tree) chain from
     its head note down to the bundle's head. Fails, naming the ledger index, when one of them is a
-    withdrawal of the dataset that no abandoned attempt voided.
+    withdrawal of the dataset (no abandoned attempt voids a withdrawal).
 ``freshness``
     With ``max_age``: the newest checkpoint the verifier holds (the update's, else the bundle's)
     was cosigned by a trust-root witness no longer ago than that.
@@ -862,8 +862,7 @@ def _check_update(update: Mapping[str, Any] | bytes | str | None, claim: Residen
     if stray:
         return Check(name, FAIL, f"update entries {stray[:5]} are not in the chain of {subject}"), u.note
     chain = sorted(walk.indices)
-    voided = _voided(chain, {i: got[i][0] for i in chain})
-    withdrawn = [i for i in chain if got[i][0].kind == "consent.withdraw" and i not in voided]
+    withdrawn = [i for i in chain if got[i][0].kind == "consent.withdraw"]  # never voided (VOIDABLE_KINDS)
     if withdrawn:
         return Check(name, FAIL, f"dataset {claim.dataset!r} was withdrawn at ledger index {withdrawn[0]}, after the "
                                  f"bundle's checkpoint (size {cp.size}); the claim no longer holds "
