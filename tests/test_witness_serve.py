@@ -70,12 +70,14 @@ class Served:
 def _start(folder: Path, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "onshore", "witness", "serve", "--folder", str(folder),
-                             "--port", str(port), *extra], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    # its log goes to a file beside the folder: a pipe nobody reads would block a chatty server
+    log = folder.parent / f"serve-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "onshore", "witness", "serve", "--folder", str(folder),
+                                 "--port", str(port), *extra], env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while True:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "server exited"
+        assert proc.poll() is None, log.read_text()
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return proc, port
