@@ -180,6 +180,8 @@ def test_checkpoint_text_matches_spec_layout() -> None:
         "o\n1\n" + base64.b64encode(ROOT[:31]).decode() + "\n",
         "o\n1\n" + base64.b64encode(ROOT).decode() + "\n\n",
         "o\n1\n" + base64.b64encode(ROOT).decode(),
+        "o\n" + str(2**63) + "\n" + base64.b64encode(ROOT).decode() + "\n",   # beyond a 64-bit size
+        "o\n" + "9" * 5000 + "\n" + base64.b64encode(ROOT).decode() + "\n",   # int() would raise ValueError
     ],
 )
 def test_malformed_checkpoints_refused(text: str) -> None:

@@ -24,9 +24,11 @@ LOG_VKEY = notes.encode_verifier_key(ORIGIN, LOG_KEY.public_key())
 class Log:
     """A tiny honest log (or, with a different prefix, a forked one)."""
 
-    def __init__(self, prefix: bytes = b"") -> None:
+    def __init__(self, prefix: bytes = b"", origin: str = ORIGIN, key: Ed25519PrivateKey = LOG_KEY) -> None:
         self.store = MemoryNodeStore()
         self.prefix = prefix
+        self.origin, self.key = origin, key
+        self.vkey = notes.encode_verifier_key(origin, key.public_key())
 
     def grow_to(self, n: int, fork_after: int | None = None) -> Log:
         while self.store.size < n:
@@ -37,7 +39,7 @@ class Log:
 
     def checkpoint(self, size: int | None = None) -> str:
         size = self.store.size if size is None else size
-        return ck.sign_checkpoint(ck.Checkpoint(ORIGIN, size, self.store.root(size)), ORIGIN, LOG_KEY)
+        return ck.sign_checkpoint(ck.Checkpoint(self.origin, size, self.store.root(size)), self.origin, self.key)
 
     def proof(self, old: int, new: int) -> list[bytes]:
         return consistency_proof(old, new, self.store.get) if 0 < old < new else []

@@ -90,6 +90,93 @@ def cosign(
         print(cosigned, end="")
 
 
+@witness_app.command("trust-log")
+def trust_log(directory: Path = typer.Option(..., "--dir", "--folder", metavar="DIR", help="The witness's folder."),
+              log_key: str = typer.Option(..., "--log-key", metavar="VKEY",
+                                          help="The log's verifier key, from 'onshore trust export' (.log.vkey)."),
+              origin: str | None = typer.Option(None, "--origin", metavar="ORIGIN",
+                                                help="The log's origin line (default: the key's name).")) -> None:
+    """Let this witness cosign a log's checkpoints: 'witness serve' refuses logs it does not follow.
+
+    Example: onshore witness trust-log --dir ~/witness --log-key "$(jq -r .log.vkey trust.json)"
+    """
+    from onshore.ledger.witness import Witness
+
+    w = Witness.open(directory)
+    with naming(directory):
+        state = w.trust_log(log_key, origin)
+    console.print(f"witness [bold]{esc(w.name)}[/] follows {esc(origin or log_key.split('+', 1)[0])} "
+                  f"(cosigned up to size {state.size})", highlight=False)
+
+
+@witness_app.command("serve")
+def serve(directory: Path = typer.Option(..., "--folder", "--dir", metavar="DIR", help="The witness's folder."),
+          port: int = typer.Option(..., "--port", min=1, max=65535, help="TCP port."),
+          host: str = typer.Option("127.0.0.1", "--host",
+                                   help="Address to bind. Anything but loopback needs --tls-cert and --tls-key."),
+          tls_cert: Path | None = typer.Option(None, "--tls-cert", metavar="PEM",
+                                               help="Serve HTTPS with this certificate."),
+          tls_key: Path | None = typer.Option(None, "--tls-key", metavar="PEM", help="Its private key."),
+          client_ca: Path | None = typer.Option(None, "--client-ca", metavar="PEM",
+                                                help="Mutual TLS: refuse clients without a certificate from this CA.")
+          ) -> None:
+    """Serve the witness over HTTP (c2sp.org/tlog-witness: POST /add-checkpoint) until Ctrl-C.
+
+    Example: onshore witness serve --folder ~/witness --port 7380
+    """
+    import logging
+
+    from onshore.tls import server_tls
+    from onshore.web.access import is_loopback
+    from onshore.web.witness import run
+
+    tls = server_tls(tls_cert, tls_key, client_ca)
+    if not tls and not is_loopback(host):
+        raise usage(f"--host {host} is not loopback: give --tls-cert and --tls-key (and --client-ca) to serve there")
+    from onshore.ledger.witness import Witness
+
+    w = Witness.open(directory)  # fail here, before binding, if the folder is not a witness
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    where = f"[{host}]" if ":" in host else host
+    scheme = "https" if tls else "http"
+    err.print(f"witness {esc(w.name)} on {scheme}://{esc(where)}:{port}/add-checkpoint"
+              + (" (mutual TLS)" if "ssl_ca_certs" in tls else "") + f", following {len(w.logs())} logs; "
+              "Ctrl-C stops it", highlight=False)
+    run(directory, host, port, tls)
+
+
+@witness_app.command("submit")
+def submit(url: str = typer.Argument(..., help="The witness's URL, e.g. http://127.0.0.1:7380"),
+           ca: Path | None = typer.Option(None, "--ca", metavar="PEM", help="Trust only this CA for an https URL."),
+           tls_cert: Path | None = typer.Option(None, "--tls-cert", metavar="PEM",
+                                                help="Mutual TLS: present this certificate."),
+           tls_key: Path | None = typer.Option(None, "--tls-key", metavar="PEM", help="Its private key."),
+           wait: float = typer.Option(15.0, "--wait", min=0, max=3600, metavar="SECONDS",
+                                      help="How long to retry a witness that cannot be reached."),
+           json_: bool = JSON) -> None:
+    """Checkpoint the ledger, have a witness cosign it over HTTP, and store the cosignature.
+
+    The witness must be registered ('onshore witness add'); bundles made afterwards carry its
+    cosignature as with 'witness cosign' and 'ledger checkpoint --add-cosigned'. Exit 3 if the
+    witness holds a checkpoint this ledger does not extend.
+
+    Example: onshore witness submit http://127.0.0.1:7380
+    """
+    from onshore.tls import client_tls
+    from onshore.workspace.witnessing import request_cosignature
+
+    context = client_tls(ca, tls_cert, tls_key)
+    with open_workspace() as ws:
+        done = request_cosignature(ws, url, context=context, wait_s=wait,
+                                   on_wait=lambda m: err.print(esc(m), highlight=False))
+    if json_:
+        print_json({"url": done.url, "size": done.size, "previous_size": done.previous_size,
+                    "witnesses": list(done.witnesses)})
+        return
+    console.print(f"cosigned at size {done.size} by {esc(', '.join(done.witnesses))} "
+                  f"(the witness held size {done.previous_size})", highlight=False)
+
+
 @witness_app.command("add")
 def add(name: str = typer.Argument(..., help="The witness's name, e.g. kyoto."),
         vkey: str | None = typer.Option(None, "--vkey", metavar="VKEY",

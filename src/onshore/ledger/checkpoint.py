@@ -38,6 +38,8 @@ from onshore.ledger.notes import (
 HASH_SIZE = 32
 MAX_TIMESTAMP = (1 << 63) - 1
 """tlog-cosignature: the timestamp MUST NOT exceed 2^63 - 1."""
+MAX_SIZE = (1 << 63) - 1
+"""The largest tree size accepted: what a signed 64-bit database integer holds."""
 
 _DECIMAL = re.compile(r"(0|[1-9][0-9]*)")
 
@@ -90,8 +92,11 @@ def parse(text: str) -> Checkpoint:
     origin, size_line, root_line, *extensions = lines
     if not origin:
         raise CheckpointError("checkpoint origin (line 1) is empty")
-    if not _DECIMAL.fullmatch(size_line):
-        raise CheckpointError(f"checkpoint size (line 2) must be decimal without leading zeroes, got {size_line!r}")
+    # At most 19 digits: a size must fit a signed 64-bit integer, and int() of a huge digit string
+    # is slow (or refused by Python's digit limit) before any signature is checked.
+    if not _DECIMAL.fullmatch(size_line) or len(size_line) > 19 or int(size_line) > MAX_SIZE:
+        raise CheckpointError(f"checkpoint size (line 2) must be decimal without leading zeroes and below 2^63, "
+                              f"got {size_line[:40]!r}")
     try:
         root = b64decode_strict(root_line, "checkpoint root hash (line 3)")
     except NoteError as e:
@@ -188,15 +193,25 @@ def cosign(checkpoint_note: str, witness_name: str, key: Ed25519PrivateKey, time
     the witness's job. An earlier cosignature by the same key is replaced so that a note carries
     one statement per cosigner.
     """
+    text, sigs = split_note(checkpoint_note)
+    mine = cosignature(text, witness_name, key, timestamp)
+    kept = [s for s in sigs if (s.name, s.key_id) != (mine.name, mine.key_id)]
+    kept.append(mine)
+    return text + "\n" + "".join(s.line() for s in kept)
+
+
+def cosignature(text: str, witness_name: str, key: Ed25519PrivateKey, timestamp: int) -> NoteSignature:
+    """The ``cosignature/v1`` signature line by ``witness_name`` over a checkpoint's note ``text``.
+
+    Only signs (see :func:`cosign`); refuses a text that is not a checkpoint, a bad key name or a
+    timestamp outside [0, 2^63-1].
+    """
     check_key_name(witness_name)
     _check_timestamp(timestamp)
-    text, sigs = split_note(checkpoint_note)
     parse(text)
     kid = cosigner_key_id(witness_name, key)
     sig = key.sign(cosigned_message(text, timestamp))
-    kept = [s for s in sigs if (s.name, s.key_id) != (witness_name, kid)]
-    kept.append(NoteSignature(witness_name, kid, struct.pack(">Q", timestamp) + sig))
-    return text + "\n" + "".join(s.line() for s in kept)
+    return NoteSignature(witness_name, kid, struct.pack(">Q", timestamp) + sig)
 
 
 @dataclass(frozen=True)

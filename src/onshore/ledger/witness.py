@@ -1,9 +1,15 @@
 """A standalone checkpoint witness (c2sp.org/tlog-cosignature semantics) that needs no workspace.
 
-A witness keeps, per log origin, the last checkpoint it cosigned. It cosigns a new checkpoint
-only if the log signed it and it is consistent with that one (RFC 9162 §2.1.4 consistency
-proof), so two parties shown different histories (a split view) cannot both get its cosignature.
-Its directory holds ``witness.key`` (Ed25519, PKCS#8 PEM, mode 0600) and ``state.json``.
+A witness keeps, per log origin, the log's verifier key and the last checkpoint it cosigned. It
+cosigns a new checkpoint only if the log signed it and it is consistent with that one (RFC 9162
+§2.1.4 consistency proof), so two parties shown different histories (a split view) cannot both
+get its cosignature. Its directory holds ``witness.key`` (Ed25519, PKCS#8 PEM, mode 0600) and
+``state.json``, replaced atomically under a lock after each cosignature and before it is handed out.
+
+Two ways in: :meth:`Witness.cosign` (the offline ``onshore witness cosign``, checking against the
+witness's own latest size) and :meth:`Witness.add_checkpoint` (c2sp.org/tlog-witness, served by
+``onshore witness serve``: the client names the old size it builds on, and each refusal is a
+distinct error that the server maps to the protocol's HTTP status).
 """
 
 from __future__ import annotations
@@ -30,13 +36,42 @@ from cryptography.hazmat.primitives.serialization import (
 
 from onshore.errors import IntegrityError, NotFoundError, PolicyDenied, ValidationError
 from onshore.ledger import checkpoint as ckpt
-from onshore.ledger.merkle import ProofError, verify_consistency
-from onshore.ledger.notes import check_key_name, parse_verifier_key
+from onshore.ledger.merkle import EMPTY_ROOT, ProofError, verify_consistency
+from onshore.ledger.notes import NoteError, SignatureError, check_key_name, parse_verifier_key, split_note
+from onshore.ledger.witness_wire import AddCheckpoint
 
 KEY_FILE = "witness.key"
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
 STATE_VERSION = 1
+
+
+class WitnessRefusal(PolicyDenied):
+    """The witness will not cosign this checkpoint; the subclass says why (tlog-witness status)."""
+
+
+class UnknownLog(WitnessRefusal):
+    """The checkpoint's origin is not a log this witness follows (tlog-witness: 404)."""
+
+
+class UntrustedSignature(WitnessRefusal):
+    """No signature on the checkpoint verifies under the log key this witness trusts (403)."""
+
+
+class OldSizeConflict(WitnessRefusal):
+    """The client's old size is not the witness's latest cosigned size, ``size`` (409)."""
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+class RootConflict(WitnessRefusal):
+    """Same size as the latest cosigned checkpoint but another root hash: a fork (409)."""
+
+
+class InconsistentProof(WitnessRefusal):
+    """The consistency proof does not show the checkpoint extends the latest cosigned one (422)."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +237,73 @@ class Witness:
             logs[cp.origin] = LogState(log_vkey, cp.size, cp.root_hash, ts)
             self._write_state(logs)
         return note
+
+    def trust_log(self, log_vkey: str, origin: str | None = None) -> LogState:
+        """Follow a log: accept checkpoints of ``origin`` (default: the key's name) signed by ``log_vkey``.
+
+        The witness starts at size 0 (it has cosigned nothing for this log yet). Following a log
+        it already follows under the same key changes nothing; under another key it is refused
+        (ValidationError): a key change needs a new witness state, not a silent switch.
+        """
+        verifier = parse_verifier_key(log_vkey)
+        origin = verifier.name if origin is None else origin
+        if not origin or "\n" in origin or any(ord(c) < 0x20 or c == "\x7f" for c in origin):
+            raise ValidationError(f"log origin {origin[:60]!r} must be one line without control characters")
+        with self._locked():
+            logs = self.logs()
+            known = logs.get(origin)
+            if known is not None:
+                if known.log_vkey != verifier.vkey():
+                    raise ValidationError(f"this witness already follows log {origin} under another key "
+                                          f"({known.log_vkey}); use a new witness folder for a new log key")
+                return known
+            logs[origin] = LogState(verifier.vkey(), 0, EMPTY_ROOT, 0)
+            self._write_state(logs)
+            return logs[origin]
+
+    def add_checkpoint(self, request: AddCheckpoint, *, timestamp: int | None = None) -> str:
+        """The tlog-witness ``add-checkpoint`` call: the cosignature line for ``request``'s checkpoint.
+
+        Refuses, changing nothing: a log this witness does not follow (:class:`UnknownLog`), a
+        checkpoint no trusted log key signed (:class:`UntrustedSignature`), an old size other than
+        the latest size cosigned (:class:`OldSizeConflict`, carrying that size), the same size with
+        another root (:class:`RootConflict`), a proof that does not verify
+        (:class:`InconsistentProof`). The check of the old size and the new state are one step
+        under the folder's lock, written to disk before the line is returned, so two concurrent
+        requests cannot both advance from one size and a crash never forgets a cosigned size.
+        """
+        cp = request.checkpoint
+        ts = int(time.time()) if timestamp is None else timestamp
+        where = f"log {cp.origin}"
+        with self._locked():
+            logs = self.logs()
+            prev = logs.get(cp.origin)
+            if prev is None:
+                raise UnknownLog(f"this witness does not follow {where}; its operator adds it with "
+                                 "'onshore witness trust-log'")
+            try:
+                ckpt.verify_checkpoint(request.note, prev.log_vkey, cp.origin)
+            except (SignatureError, NoteError) as e:
+                raise UntrustedSignature(f"the checkpoint of {where} is not signed by the log key this witness "
+                                         f"trusts ({prev.log_vkey}): {e}") from None
+            if request.old_size != prev.size:
+                raise OldSizeConflict(f"old size {request.old_size} is not the latest size cosigned for {where}, "
+                                      f"{prev.size}", prev.size)
+            if cp.size == prev.size:
+                if cp.root_hash != prev.root_hash:
+                    raise RootConflict(f"{where} at size {cp.size} has a different root hash from the checkpoint "
+                                       "already cosigned at that size (fork / split view)")
+            elif prev.size > 0:
+                try:
+                    verify_consistency(prev.size, cp.size, prev.root_hash, cp.root_hash, request.proof)
+                except ProofError as e:
+                    raise InconsistentProof(f"{where} at size {cp.size} is not shown consistent with the checkpoint "
+                                            f"cosigned at size {prev.size}: {e}") from None
+            text, _ = split_note(request.note)
+            line = ckpt.cosignature(text, self.name, self._key, ts).line()
+            logs[cp.origin] = LogState(prev.log_vkey, cp.size, cp.root_hash, ts)
+            self._write_state(logs)
+        return line
 
     def _check_extends(self, cp: ckpt.Checkpoint, prev: LogState, log_vkey: str, proof: list[bytes]) -> None:
         where = f"log {cp.origin}"
