@@ -227,7 +227,10 @@ def test_kill_9_then_the_same_command_resumes_to_the_same_weights(consortium: Wo
     ws.close()
     steps = 400
     proc = _cli_train(root, "killed", steps)
-    ckpt = root / "sites" / "sakai" / "data" / "models" / "killed" / "checkpoints" / "step-0000040" / "digests.json"
+    # step 80's folder appears only after step 40's job.checkpoint entry is recorded; killing as soon as
+    # step 40's folder appeared could land between sealing it and recording it, and an unrecorded
+    # checkpoint is (rightly) not resumed from
+    ckpt = root / "sites" / "sakai" / "data" / "models" / "killed" / "checkpoints" / "step-0000080" / "digests.json"
     deadline = time.monotonic() + 240
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
