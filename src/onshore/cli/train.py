@@ -81,7 +81,21 @@ def _run(request: Any, device: str | None, threads: int | None, json_: bool) -> 
     console.print(f"model [bold]{esc(result.name)}[/] trained at {esc(result.site)}: {result.steps} steps{resumed}, "
                   f"{result.parameters:,} parameters, {result.samples_per_s:.0f} samples/s on "
                   f"{result.world_size} process(es); final loss {result.metrics['final_loss']:.4f}")
-    console.print(f"files in {esc(result.folder)} (model.safetensors, model.json, metrics.csv, loss.png)")
+    from onshore.model.io import sealed_name
+
+    sealed = ", ".join(sealed_name(n) for n in sorted(result.files))
+    console.print(f"sealed for {esc(result.site)} in {esc(result.folder)}: {esc(sealed)} (plus metrics.csv and "
+                  "loss.png, which hold no weights)", highlight=False)
+
+
+def default_checkpoint_every(steps: int) -> int:
+    """Every 500 steps; a run of 100 to 500 steps checkpoints at its middle, so a kill can still resume.
+
+    Runs under 100 steps take seconds: they write no checkpoint, and a killed one is rerun.
+    """
+    if steps > 500:
+        return 500
+    return max(1, steps // 2) if steps >= 100 else max(1, steps)
 
 
 def _config(steps: int, batch_size: int, lr: float, warmup: int, checkpoint_every: int | None, holdout: float,
@@ -90,7 +104,8 @@ def _config(steps: int, batch_size: int, lr: float, warmup: int, checkpoint_ever
     from onshore.train.loop import TrainConfig
 
     return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
-                       checkpoint_every=checkpoint_every or max(1, min(500, steps)), holdout=holdout, seed=seed,
+                       checkpoint_every=checkpoint_every or default_checkpoint_every(steps), holdout=holdout,
+                       seed=seed,
                        precision=precision, strategy=strategy, freeze_trunk=freeze_trunk, ema_decay=ema_decay,
                        text_encoder=text_encoder)
 
@@ -99,7 +114,9 @@ STEPS = typer.Option(2000, "--steps", help="Optimiser steps.")
 BATCH = typer.Option(128, "--batch-size", help="Windows per step, over all processes and datasets.")
 LR = typer.Option(5e-4, "--lr", help="Peak learning rate (AdamW).")
 WARMUP = typer.Option(100, "--warmup", help="Warm-up steps (at most a tenth of the run).")
-CKPT = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints (default: 500, or the run).")
+CKPT = typer.Option(None, "--checkpoint-every",
+                    help="Steps between checkpoints (default: 500; a run of 100-500 steps checkpoints at its "
+                         "middle; a run under 100 steps writes none).")
 HOLDOUT = typer.Option(0.0, "--holdout", help="Fraction of episodes held out for a validation loss.")
 SEED = typer.Option(0, "--seed", help="Seed of initial weights and data order.")
 PRECISION = typer.Option("auto", "--precision",
