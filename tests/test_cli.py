@@ -115,3 +115,23 @@ def test_console_script_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     proc = subprocess.run([str(exe), "-w", str(tmp_path / "w"), "ledger", "verify"], capture_output=True, text=True)
     assert proc.returncode == 0 and "ledger verified" in proc.stdout
+
+
+def test_version_and_workspace_after_the_command(cli_ws: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    from onshore.cli.app import hoist_workspace
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"onshore {version('onshore')}"
+    w = str(cli_ws)
+    want = run(capsys, "-w", w, "site", "list", "--json")
+    assert want[0] == 0 and {s["name"] for s in json.loads(want[1])} == {"sakai", "ohio"}
+    for args in (["site", "list", "-w", w, "--json"], ["site", "list", "--json", f"--workspace={w}"],
+                 ["site", "list", f"-w{w}", "--json"], ["-w", "/nonexistent", "site", "list", "-w", w, "--json"]):
+        assert run(capsys, *args)[:2] == want[:2], args  # the later -w wins, as click's options do
+    code, _, err = run(capsys, "site", "list", "-w")
+    assert code == 2 and "-w needs a folder" in err and "Traceback" not in err
+    # after "--" nothing is an option any more
+    assert hoist_workspace(["ledger", "log", "--", "-w", "x"]) == ["ledger", "log", "--", "-w", "x"]
+    assert hoist_workspace(["ledger", "log", "--workers", "2"]) == ["ledger", "log", "--workers", "2"]

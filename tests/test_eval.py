@@ -53,6 +53,13 @@ def test_report_json_and_png(tmp_path):
     assert all(isinstance(e["episode_seed"], int) for e in task["episode_results"])
     again = evaluate("metaworld", ["reach-v3"], episodes=2, seed=3, workers=1)
     assert again.to_dict()["tasks"] == report.to_dict()["tasks"]
+    # a rerun with the same seed is a second report, never written over the first
+    first = paths[0].read_bytes()
+    paths2 = write_report(again, tmp_path / "reports")
+    assert [p.name for p in paths2] == [paths[0].stem + "-2.json", paths[0].stem + "-2.png"]
+    assert paths[0].read_bytes() == first and json.loads(paths2[0].read_text())["seed"] == 3
+    assert paths[0].stem.endswith("-expert-seed3")  # named for the policy that ran
+    assert not list((tmp_path / "reports").glob("*.partial"))
 
 
 def test_tep_report_plot(tmp_path):

@@ -34,6 +34,9 @@ def test_prove_and_consistency_outputs_verify(ws: Workspace, capsys: pytest.Capt
     c = _json(capsys, "-w", w, "ledger", "consistency", "3", str(size), "--json")
     merkle.verify_consistency(3, size, _b(c["old_root"]), _b(c["new_root"]), [_b(h) for h in c["proof"]])
     assert c["new_root"] == base64.b64encode(ws.ledger.root()).decode()
+    # one encoding for a root everywhere: verify prints what a checkpoint's third line carries
+    v = _json(capsys, "-w", w, "ledger", "verify", "--json")
+    assert v["root"] == c["new_root"] == ws.make_checkpoint().splitlines()[2]
     assert main(["-w", w, "ledger", "prove", str(size + 5)]) == 1
     assert "not in a tree of size" in capsys.readouterr().err
 

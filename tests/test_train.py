@@ -299,3 +299,47 @@ def test_a_feedback_model_trains_on_plant_telemetry_and_drives_the_plant(consort
         assert action.shape == (12,) and np.isfinite(action).all()
         state = env.step(action).state
     assert agent._known.tolist() == [1.0] * loaded.config.history  # it fed back what it applied
+
+
+def test_short_runs_checkpoint_at_their_middle_and_the_message_names_the_sealed_files(
+        consortium: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    from onshore.cli.train import default_checkpoint_every
+
+    assert [default_checkpoint_every(n) for n in (5, 99, 100, 300, 500, 501, 4000)] == [5, 99, 50, 150, 250, 500,
+                                                                                         500]
+    ws = consortium
+    assert main(["-w", str(ws.root), "train", "--site", "sakai", "--datasets", "plant", "--purpose",
+                 "foundation-pretraining", "--config", "tiny", "--steps", "100", "--batch-size", "8", "--precision",
+                 "fp32", "--text-encoder", HASHED, "--threads", "1", "--name", "short"]) == 0
+    out = capsys.readouterr().out
+    steps = [e.entry.body["step"] for e in ws.ledger.entries(kinds=("job.checkpoint",))
+             if e.entry.body["model"] == "short"]
+    assert steps == [50]  # a 100-step run checkpoints once, at its middle, so a kill can resume it
+    row = models.get_model(ws, "short")
+    folder = Path(registry.get_site(ws, "sakai").root) / row["folder"]
+    for name in row["files"]:
+        assert f"{name}.sealed" in out and (folder / f"{name}.sealed").exists()
+    assert "model.safetensors.sealed" in out
+
+
+def test_training_metrics_go_to_tensorboard_event_files(consortium: Workspace, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ws = consortium
+    base = ["-w", str(ws.root), "train", "--site", "sakai", "--datasets", "plant", "--purpose",
+            "foundation-pretraining", "--config", "tiny", "--steps", "6", "--batch-size", "8", "--precision", "fp32",
+            "--text-encoder", HASHED, "--threads", "1"]
+    (tmp_path / "afile").write_text("x")
+    size = ws.ledger.size()
+    assert main([*base, "--name", "tb-bad", "--tensorboard", str(tmp_path / "afile")]) == 1
+    assert "is a file" in capsys.readouterr().err and ws.ledger.size() == size  # refused before anything
+    assert main([*base, "--name", "tb", "--tensorboard", str(tmp_path / "tb")]) == 0
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "tb/loss" in tags and "tb/samples_per_s" in tags
+    losses = acc.Scalars("tb/loss")
+    assert losses[-1].step == 6 and all(np.isfinite(e.value) for e in losses)
+    rows = (Path(registry.get_site(ws, "sakai").root) / models.get_model(ws, "tb")["folder"] / "metrics.csv")
+    assert rows.exists()  # the CSV is still written: TensorBoard is an extra view, not a replacement

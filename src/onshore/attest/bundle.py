@@ -38,7 +38,6 @@ verifier asking for ``--min-witnesses 1`` or more will refuse.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -52,6 +51,7 @@ from sqlalchemy import select
 
 from onshore.attest.statement import Statement, Subject, build_statement, sign_statement
 from onshore.catalog import schema as T
+from onshore.encoding import b64encode
 from onshore.errors import IntegrityError, NotFoundError, ValidationError
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import notes
@@ -565,10 +565,6 @@ def _check_catalog_agrees(ws: Workspace, claim: ResidencyClaim) -> None:
 # --- bundling ------------------------------------------------------------------------------------
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def checkpoint_covering(ws: Workspace, last_index: int) -> tuple[str, int]:
     """The newest stored checkpoint if it covers ``last_index``, else a fresh (uncosigned) one."""
     note = ws.ledger.checkpoint_note()
@@ -612,7 +608,7 @@ def make_bundle(ws: Workspace, statement: Statement, signer_site: str, cited: It
     entries = []
     for i, proof in zip(indices, proofs, strict=True):
         leaf = leaves.get(i) or ws.ledger.get(i).leaf
-        entries.append({"index": i, "leaf": _b64(leaf), "inclusionProof": [_b64(h) for h in proof]})
+        entries.append({"index": i, "leaf": b64encode(leaf), "inclusionProof": [b64encode(h) for h in proof]})
     bundle = {"mediaType": BUNDLE_MEDIA_TYPE, "dsseEnvelope": envelope, "checkpoint": note}
     if subject is not None:
         bundle["subjectHead"] = ws.subject_head_note(subject, size)

@@ -7,7 +7,6 @@ re-serialised freely. Keys are Ed25519. The envelope's JSON form is
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from onshore.encoding import b64decode_canonical
+from onshore.encoding import b64decode_canonical, b64encode
 from onshore.errors import ValidationError
 
 # One error class for every failed signature check, notes and envelopes alike, so that callers
@@ -50,10 +49,6 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %b %d %b" % (len(t), t, len(payload), payload)
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def _unb64(text: Any, what: str) -> bytes:
     # DSSE accepts standard or URL-safe base64; we accept only the canonical standard form we
     # emit, so that an envelope has one spelling.
@@ -71,9 +66,9 @@ def sign_envelope(payload: bytes, payload_type: str, key: Ed25519PrivateKey, key
         raise EnvelopeError("payloadType must not be empty")
     sig = key.sign(pae(payload_type, payload))
     return {
-        "payload": _b64(payload),
+        "payload": b64encode(payload),
         "payloadType": payload_type,
-        "signatures": [{"keyid": keyid, "sig": _b64(sig)}],
+        "signatures": [{"keyid": keyid, "sig": b64encode(sig)}],
     }
 
 
@@ -84,7 +79,7 @@ def add_signature(envelope: dict[str, Any], key: Ed25519PrivateKey, keyid: str) 
     return {
         "payload": envelope["payload"],
         "payloadType": payload_type,
-        "signatures": [*({"keyid": k, "sig": _b64(s)} for k, s in sigs), {"keyid": keyid, "sig": _b64(sig)}],
+        "signatures": [*({"keyid": k, "sig": b64encode(s)} for k, s in sigs), {"keyid": keyid, "sig": b64encode(sig)}],
     }
 
 

@@ -23,10 +23,10 @@ each proven by the log's signatures, the witnesses' cosignatures and the proofs.
 
 from __future__ import annotations
 
-import base64
 from typing import TYPE_CHECKING, Any
 
 from onshore.attest.bundle import dataset_subject
+from onshore.encoding import b64encode
 from onshore.errors import IntegrityError, ValidationError
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import notes
@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 UPDATE_MEDIA_TYPE = "application/vnd.onshore.residency-update.v1+json"
 UPDATE_FIELDS = frozenset({"mediaType", "subject", "sinceSize", "checkpoint", "consistencyProof", "subjectHead",
                            "entries"})
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 def make_update(ws: Workspace, dataset: str, since_size: int) -> dict[str, Any]:
@@ -70,8 +66,8 @@ def make_update(ws: Workspace, dataset: str, since_size: int) -> dict[str, Any]:
     proofs = ws.ledger.inclusion_proofs([e.index for e in found], size) if found else []
     return {
         "mediaType": UPDATE_MEDIA_TYPE, "subject": subject, "sinceSize": since_size, "checkpoint": note,
-        "consistencyProof": [_b64(h) for h in ws.ledger.consistency_proof(since_size, size)],
+        "consistencyProof": [b64encode(h) for h in ws.ledger.consistency_proof(since_size, size)],
         "subjectHead": head_note,
-        "entries": [{"index": e.index, "leaf": _b64(e.leaf), "inclusionProof": [_b64(h) for h in p]}
+        "entries": [{"index": e.index, "leaf": b64encode(e.leaf), "inclusionProof": [b64encode(h) for h in p]}
                     for e, p in zip(found, proofs, strict=True)],
     }

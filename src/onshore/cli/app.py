@@ -24,7 +24,7 @@ from onshore.cli.registry import embodiment_app, member_app, site_app
 from onshore.cli.serve import bridge_app, serve_app
 from onshore.cli.train import finetune_command, train_command
 from onshore.cli.witness import trust_app, witness_app
-from onshore.errors import OnshoreError
+from onshore.errors import OnshoreError, UsageError
 
 app = typer.Typer(
     name="onshore",
@@ -36,11 +36,26 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("onshore")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            v = "unknown (not installed)"
+        console.print(f"onshore {v}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     workspace: Path | None = typer.Option(
         None, "-w", "--workspace", metavar="DIR",
-        help="Workspace folder (else $ONSHORE_WORKSPACE, else the current folder)."),
+        help="Workspace folder (else $ONSHORE_WORKSPACE, else the current folder); also accepted after the "
+             "command."),
+    _show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Print the version and exit."),
 ) -> None:
     context.set_workspace_path(workspace)
 
@@ -108,6 +123,39 @@ def _os_message(e: OSError) -> str:
     return f"{where}: {what.lower()}" if where else what
 
 
+_WS_FLAGS = ("-w", "--workspace")
+
+
+def hoist_workspace(args: list[str]) -> list[str]:
+    """``args`` with every ``-w DIR`` / ``--workspace DIR`` given after the command moved in front of it.
+
+    ``onshore dataset list -w ws`` then means ``onshore -w ws dataset list``: people type the
+    folder where they think of it. No subcommand has a ``-w`` of its own, so nothing is taken from
+    one. Arguments after ``--`` are left alone; when the option is given twice, the later one wins,
+    as click's options do. Refused (``UsageError``, exit 2): a ``-w`` with no folder after it.
+    """
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest.extend(args[i:])
+            break
+        if a in _WS_FLAGS:
+            if i + 1 == len(args):
+                raise UsageError(f"{a} needs a folder after it, e.g. {a} consortium")
+            front += [a, args[i + 1]]
+            i += 2
+            continue
+        if a.startswith("--workspace=") or (a.startswith("-w") and len(a) > 2 and not a.startswith("--")):
+            front.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; OnshoreErrors are printed without a traceback and set the exit code.
 
@@ -116,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ``argv`` given, returns the exit code instead of exiting, for tests.
     """
     try:
-        command()(args=argv, prog_name="onshore")
+        command()(args=hoist_workspace(sys.argv[1:] if argv is None else list(argv)), prog_name="onshore")
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

@@ -149,6 +149,12 @@ def verify_command(
         raise VerificationFailed(
             f"bundle NOT verified; failed check(s): {', '.join(report.failed)}"
             + (f" (not run: {', '.join(not_run)})" if not_run else ""))
+    if not report.witnesses:
+        # it passed, but only the log operator vouches for the checkpoint: a log that forked its
+        # history for this verifier would pass too (witnesses are what rule that out)
+        err.print("[yellow]warning:[/] verified with no witness cosignature: only the log operator vouches for "
+                  "this checkpoint; ask for --min-witnesses 1 (or more) to require independent witnesses",
+                  highlight=False)
     if not json_ and report.model is not None:
         st = report.model_status or {}
         console.print(f"[green]verified[/]: model {esc(report.model)} attested by its training site "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import typer
@@ -10,6 +9,7 @@ import typer
 from onshore.cli.context import open_workspace
 from onshore.cli.inputs import naming, read_text_input
 from onshore.cli.output import console, print_json, table
+from onshore.encoding import b64encode
 from onshore.files import check_output_file
 
 ledger_app = typer.Typer(help="The transparency ledger.", no_args_is_help=True)
@@ -59,15 +59,11 @@ def verify(json_: bool = JSON) -> None:
     with open_workspace() as ws:
         report = ws.verify_ledger()
     if json_:
-        print_json({"ok": True, "size": report.size, "root": report.root.hex(),
+        print_json({"ok": True, "size": report.size, "root": b64encode(report.root),
                     "signatures_checked": report.signatures_checked})
         return
     console.print(f"[green]ledger verified[/]: {report.size} entries, {report.signatures_checked} signatures, "
-                  f"root {report.root.hex()}")
-
-
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode()
+                  f"root {b64encode(report.root)}")
 
 
 def _print_proof(heading: str, hashes: list[str]) -> None:
@@ -88,8 +84,8 @@ def prove(index: int = typer.Argument(..., help="The entry's index, as in 'onsho
         proof = ws.ledger.inclusion_proof(index, n)
         stored = ws.ledger.get(index)
         root = ws.ledger.root(n)
-    out = {"index": index, "size": n, "leaf_hash": _b64(merkle.leaf_hash(stored.leaf)), "root": _b64(root),
-           "proof": [_b64(h) for h in proof], "entry": stored.entry.to_json()}
+    out = {"index": index, "size": n, "leaf_hash": b64encode(merkle.leaf_hash(stored.leaf)), "root": b64encode(root),
+           "proof": [b64encode(h) for h in proof], "entry": stored.entry.to_json()}
     if json_:
         print_json(out)
         return
@@ -102,8 +98,8 @@ def consistency(old: int = typer.Argument(..., help="The older tree size (a witn
     """Print an RFC 9162 consistency proof between tree sizes OLD and NEW."""
     with open_workspace() as ws:
         proof = ws.ledger.consistency_proof(old, new)
-        out = {"origin": ws.origin, "old_size": old, "new_size": new, "old_root": _b64(ws.ledger.root(old)),
-               "new_root": _b64(ws.ledger.root(new)), "proof": [_b64(h) for h in proof]}
+        out = {"origin": ws.origin, "old_size": old, "new_size": new, "old_root": b64encode(ws.ledger.root(old)),
+               "new_root": b64encode(ws.ledger.root(new)), "proof": [b64encode(h) for h in proof]}
     if json_:
         print_json(out)
         return

@@ -7,6 +7,7 @@ workspace and prints; the other ranks train their share of each batch.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -40,7 +41,24 @@ def _weights(text: str | None, datasets: list[str]) -> tuple[float, ...]:
     return tuple(given.get(d, 1.0) for d in datasets)
 
 
-def _run(request: Any, device: str | None, threads: int | None, json_: bool) -> None:
+def _tensorboard(folder: Path) -> Any:
+    """A TensorBoard ``SummaryWriter`` writing event files into ``folder`` (made if missing; no service).
+
+    Refused (``ValidationError``): ``folder`` is a file, or the ``tensorboard`` package is missing.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise ValidationError(f"--tensorboard {folder}: is a file; give a folder for the event files")
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValidationError("--tensorboard needs the tensorboard package: pip install 'onshore[tensorboard]'") \
+            from None
+    folder.mkdir(parents=True, exist_ok=True)
+    return SummaryWriter(log_dir=str(folder))
+
+
+def _run(request: Any, device: str | None, threads: int | None, json_: bool,
+         tensorboard: Path | None = None) -> None:
     import torch
 
     from onshore.train.loop import train
@@ -50,6 +68,7 @@ def _run(request: Any, device: str | None, threads: int | None, json_: bool) -> 
             raise ValidationError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     main = int(os.environ.get("RANK", "0")) == 0
+    board = _tensorboard(tensorboard) if tensorboard is not None and main else None
     ws = open_workspace()
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -60,6 +79,10 @@ def _run(request: Any, device: str | None, threads: int | None, json_: bool) -> 
 
             def progress(step: int, total: int, m: dict[str, float]) -> None:
                 bar.update(task, completed=step, loss=f"{m['loss']:.4f}", rate=f"{m['samples_per_s']:.0f}")
+                if board is not None:
+                    for k, v in m.items():
+                        if isinstance(v, int | float):
+                            board.add_scalar(f"{request.name}/{k}", float(v), step)
 
             def log(msg: str) -> None:
                 if not json_ and main:
@@ -68,6 +91,8 @@ def _run(request: Any, device: str | None, threads: int | None, json_: bool) -> 
             result = train(ws, request, progress=progress, device=device, log=log)
     finally:
         ws.close()
+        if board is not None:
+            board.close()
     if result is None:  # ranks other than 0
         return
     out = {"model": result.name, "site": result.site, "folder": str(result.folder), "files": result.files,
@@ -81,7 +106,21 @@ def _run(request: Any, device: str | None, threads: int | None, json_: bool) -> 
     console.print(f"model [bold]{esc(result.name)}[/] trained at {esc(result.site)}: {result.steps} steps{resumed}, "
                   f"{result.parameters:,} parameters, {result.samples_per_s:.0f} samples/s on "
                   f"{result.world_size} process(es); final loss {result.metrics['final_loss']:.4f}")
-    console.print(f"files in {esc(result.folder)} (model.safetensors, model.json, metrics.csv, loss.png)")
+    from onshore.model.io import sealed_name
+
+    sealed = ", ".join(sealed_name(n) for n in sorted(result.files))
+    console.print(f"sealed for {esc(result.site)} in {esc(result.folder)}: {esc(sealed)} (plus metrics.csv and "
+                  "loss.png, which hold no weights)", highlight=False)
+
+
+def default_checkpoint_every(steps: int) -> int:
+    """Every 500 steps; a run of 100 to 500 steps checkpoints at its middle, so a kill can still resume.
+
+    Runs under 100 steps take seconds: they write no checkpoint, and a killed one is rerun.
+    """
+    if steps > 500:
+        return 500
+    return max(1, steps // 2) if steps >= 100 else max(1, steps)
 
 
 def _config(steps: int, batch_size: int, lr: float, warmup: int, checkpoint_every: int | None, holdout: float,
@@ -90,7 +129,8 @@ def _config(steps: int, batch_size: int, lr: float, warmup: int, checkpoint_ever
     from onshore.train.loop import TrainConfig
 
     return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
-                       checkpoint_every=checkpoint_every or max(1, min(500, steps)), holdout=holdout, seed=seed,
+                       checkpoint_every=checkpoint_every or default_checkpoint_every(steps), holdout=holdout,
+                       seed=seed,
                        precision=precision, strategy=strategy, freeze_trunk=freeze_trunk, ema_decay=ema_decay,
                        text_encoder=text_encoder)
 
@@ -99,7 +139,9 @@ STEPS = typer.Option(2000, "--steps", help="Optimiser steps.")
 BATCH = typer.Option(128, "--batch-size", help="Windows per step, over all processes and datasets.")
 LR = typer.Option(5e-4, "--lr", help="Peak learning rate (AdamW).")
 WARMUP = typer.Option(100, "--warmup", help="Warm-up steps (at most a tenth of the run).")
-CKPT = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints (default: 500, or the run).")
+CKPT = typer.Option(None, "--checkpoint-every",
+                    help="Steps between checkpoints (default: 500; a run of 100-500 steps checkpoints at its "
+                         "middle; a run under 100 steps writes none).")
 HOLDOUT = typer.Option(0.0, "--holdout", help="Fraction of episodes held out for a validation loss.")
 SEED = typer.Option(0, "--seed", help="Seed of initial weights and data order.")
 PRECISION = typer.Option("auto", "--precision",
@@ -111,6 +153,9 @@ EMA = typer.Option(0.999, "--ema-decay", help="Decay of the EMA weights that the
 ENCODER = typer.Option("minilm-l6-v2", "--text-encoder",
                        help="Task text encoder: minilm-l6-v2 (falls back to hashed-ngram) or hashed-ngram.")
 WEIGHTS = typer.Option(None, "--weights", help="Sampling weights, e.g. arms=2,plant=1 (default 1 each).")
+TENSORBOARD = typer.Option(None, "--tensorboard", metavar="DIR",
+                           help="Also write the training metrics as TensorBoard event files here (local files; "
+                                "needs pip install 'onshore[tensorboard]').")
 
 
 def train_command(
@@ -128,6 +173,7 @@ def train_command(
     warmup: int = WARMUP, checkpoint_every: int | None = CKPT, holdout: float = HOLDOUT, seed: int = SEED,
     precision: str = PRECISION, strategy: str = STRATEGY, device: str | None = DEVICE,
     threads: int | None = THREADS, ema_decay: float = EMA, text_encoder: str = ENCODER, json_: bool = JSON,
+    tensorboard: Path | None = TENSORBOARD,
 ) -> None:
     """Train a model at a site on granted data (refused with exit 3, naming the rule, before any read).
 
@@ -148,7 +194,7 @@ def train_command(
                        size=config, train=_config(steps, batch_size, lr, warmup, checkpoint_every, holdout, seed,
                                                   precision, strategy, False, ema_decay, text_encoder),
                        model_overrides=overrides)
-    _run(req, device, threads, json_)
+    _run(req, device, threads, json_, tensorboard)
 
 
 def finetune_command(
@@ -162,6 +208,7 @@ def finetune_command(
     warmup: int = WARMUP, checkpoint_every: int | None = CKPT, holdout: float = HOLDOUT, seed: int = SEED,
     precision: str = PRECISION, strategy: str = STRATEGY, device: str | None = DEVICE,
     threads: int | None = THREADS, ema_decay: float = EMA, json_: bool = JSON,
+    tensorboard: Path | None = TENSORBOARD,
 ) -> None:
     """Fine-tune a model on more data; a new machine type gets a fresh stem and head."""
     from onshore.train.loop import TrainRequest
@@ -174,4 +221,4 @@ def finetune_command(
                        weights=_weights(weights, names), size=row["size"], base=base,
                        train=_config(steps, batch_size, lr, warmup, checkpoint_every, holdout, seed, precision,
                                      strategy, freeze_trunk, ema_decay, row["config"]["text_encoder"]))
-    _run(req, device, threads, json_)
+    _run(req, device, threads, json_, tensorboard)

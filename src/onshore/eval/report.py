@@ -41,21 +41,35 @@ def report_title(report: Report) -> str:
 def write_report(report: Report, reports_dir: Path) -> list[Path]:
     """Write ``<stem>.json`` and ``<stem>.png`` into ``reports_dir`` (created if missing).
 
-    An existing report of the same label, env, policy and seed is replaced. Refused
-    (``ValidationError``): ``reports_dir`` is a file.
+    Nothing is replaced: when a report of the same label, env, policy and seed exists (a rerun),
+    this one is ``<stem>-2``, ``-3``, ...; the name is claimed atomically, so two evaluations
+    finishing at once get two names. Refused (``ValidationError``): ``reports_dir`` is a file.
     """
     reports_dir = Path(reports_dir)
     if reports_dir.exists() and not reports_dir.is_dir():
         raise ValidationError(f"{reports_dir} is a file; --reports must name a folder")
     reports_dir.mkdir(parents=True, exist_ok=True)
-    stem = report_stem(report)
     data = {"created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **report.to_dict()}
-    json_path = reports_dir / f"{stem}.json"
-    json_path.write_text(json.dumps(data, indent=2) + "\n")
-    png_path = reports_dir / f"{stem}.png"
+    json_path = _claim(reports_dir, report_stem(report))
+    tmp = json_path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(json_path)  # the claimed (empty) name gets the whole report at once
+    png_path = json_path.with_suffix(".png")
     fig = figure(report)
     fig.savefig(png_path, dpi=110, metadata={"Software": None})
     return [json_path, png_path]
+
+
+def _claim(folder: Path, stem: str) -> Path:
+    """The first free ``stem.json``, ``stem-2.json``, ... in ``folder``, created empty (exclusively)."""
+    n = 1
+    while True:
+        path = folder / (f"{stem}.json" if n == 1 else f"{stem}-{n}.json")
+        try:
+            with open(path, "x"):
+                return path
+        except FileExistsError:
+            n += 1
 
 
 def figure(report: Report) -> Any:

@@ -33,6 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from onshore.encoding import b64encode
 from onshore.errors import NotFoundError, OnshoreError, ValidationError
 from onshore.web import access, pages
 from onshore.web.graph import lineage_graph
@@ -124,7 +125,7 @@ class LedgerVerifier:
             with Workspace.open(self.root) as ws:
                 st.total = ws.ledger.size()
                 report = ws.verify_ledger(self._progress)
-            st.size, st.root, st.signatures_checked = report.size, report.root.hex(), report.signatures_checked
+            st.size, st.root, st.signatures_checked = report.size, b64encode(report.root), report.signatures_checked
             st.state = "ok"
         except OnshoreError as e:
             st.state, st.error = "failed", str(e)

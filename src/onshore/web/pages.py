@@ -17,6 +17,7 @@ import pycountry
 from sqlalchemy import LargeBinary, Text, cast, func, literal, select
 
 from onshore.catalog import schema as T
+from onshore.encoding import b64encode
 from onshore.errors import NotFoundError
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger.entries import parse_leaf
@@ -322,7 +323,7 @@ def ledger_state(ws: Workspace, now: dt.datetime | None = None) -> dict[str, Any
     """Size, root, the newest checkpoint and its age, and each witness with its last cosignature."""
     now = now or dt.datetime.now(dt.UTC)
     size = ws.ledger.size()
-    out: dict[str, Any] = {"origin": ws.origin, "size": size, "root": ws.ledger.root(size).hex(),
+    out: dict[str, Any] = {"origin": ws.origin, "size": size, "root": b64encode(ws.ledger.root(size)),
                            "checkpoint": None, "witnesses": []}
     sizes = ws.ledger.checkpoint_sizes()
     witnesses = registry.list_witnesses(ws)
