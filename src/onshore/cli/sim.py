@@ -49,6 +49,9 @@ def generate_command(
         metavar="HZ", help="Control and logging rate in Hz (default: one frame per simulator step).")] = None,
     seconds: Annotated[float | None, typer.Option(
         metavar="SECONDS", help="Simulated seconds per episode (default: the env's episode length).")] = None,
+    expert_sees: Annotated[str, typer.Option(
+        metavar="WHAT", help="What the expert acts on: 'sensed' (the sensor readings, as its controller "
+                             "would) or 'exact' (the true state; frames still record the readings).")] = "sensed",
 ) -> None:
     """Run the scripted expert and write frame-schema Parquet plus EMBODIMENT.toml, ready for ingest.
 
@@ -60,7 +63,8 @@ def generate_command(
     sensors = SensorOptions(noise=noise, quantize=quantize, bits=bits, control_hz=control_hz)
     with StageProgress(unit="episodes") as bar:
         result = generate(env, split_tasks(tasks), episodes, seed, out, workers=workers, sensors=sensors,
-                          progress=lambda done, total: bar.update(f"{env} generate", done, total), seconds=seconds)
+                          progress=lambda done, total: bar.update(f"{env} generate", done, total), seconds=seconds,
+                          expert_sees=expert_sees)
     extra = f", {result.shutdowns} shutdowns" if env == "tep" else ""
     console.print(esc(
         f"wrote {result.episodes} episodes ({result.frames} frames, {result.successes} reached "

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from onshore.errors import ValidationError
 from onshore.sim import registry
 from onshore.sim.parallel import check_workers, map_ordered
-from onshore.sim.rollout import EpisodeFrames, EpisodeSpec, rollout
+from onshore.sim.rollout import EpisodeFrames, EpisodeSpec, check_policy_sees, rollout
 from onshore.sim.sensors import SensorOptions, control_period
 from onshore.sim.versions import package_versions
 from onshore.telemetry import frames as F
@@ -83,12 +83,13 @@ def _after_success(env: str) -> int | None:
     return None  # TEP: a plant is never "done"; episodes run their length
 
 
-def _run_episode(spec: EpisodeSpec, sensors: SensorOptions, seconds: float | None) -> EpisodeFrames:
+def _run_episode(spec: EpisodeSpec, sensors: SensorOptions, seconds: float | None,
+                 expert_sees: str = "sensed") -> EpisodeFrames:
     """Worker job: one expert episode (module level, so worker processes can unpickle it)."""
     env = registry.make_env(spec.env)
     period = control_period(sensors, env.dt)
     return rollout(env, env.expert(period), spec, sensors=sensors, seconds=seconds,
-                   after_success=_after_success(spec.env))
+                   after_success=_after_success(spec.env), policy_sees=expert_sees)
 
 
 def _list_column(rows: np.ndarray) -> pa.Array:
@@ -138,6 +139,7 @@ def generate(
     sensors: SensorOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
     seconds: float | None = None,
+    expert_sees: str = "sensed",
 ) -> GenerateResult:
     """Run the expert of ``env`` for ``episodes`` episodes per task and write them into ``out``.
 
@@ -146,10 +148,13 @@ def generate(
     processes to use (default: all cores). ``sensors``: the member's sensor model (default:
     exact readings at the simulator's rate). ``progress(done, total)`` is called per episode.
     ``seconds`` caps each episode's simulated time (default: the environment's episode length).
+    ``expert_sees``: ``"sensed"`` (the expert acts on the member's sensor readings, as its
+    controller would) or ``"exact"`` (it acts on the true state; the frames still record the
+    sensed readings): recorded in the sidecar and the embodiment's ``extra``.
 
     Refused (``ValidationError``, nothing written): an unknown env or task, ``episodes`` < 1,
-    ``workers`` < 1, a negative ``seed``, a control rate faster than the simulator, an ``out``
-    that is a file or already holds generated telemetry.
+    ``workers`` < 1, a negative ``seed``, an unknown ``expert_sees``, a control rate faster than
+    the simulator, an ``out`` that is a file or already holds generated telemetry.
     """
     started = time.monotonic()
     mod = registry.env_module(env)
@@ -158,6 +163,7 @@ def generate(
     if seconds is not None and not seconds > 0:
         raise ValidationError(f"episode length must be a positive number of seconds, got {seconds}")
     n_workers = check_workers(workers)
+    check_policy_sees(expert_sees)
     sensors = sensors or SensorOptions()
     base: Embodiment = mod.embodiment()
     period = control_period(sensors, 1.0 / base.control_hz)  # refuses too fast a rate early
@@ -175,6 +181,7 @@ def generate(
         "episode_seconds": seconds if seconds is not None else sim_env.default_seconds,
         "simulator_step_s": sim_env.dt,
         "sensors": sensors.to_dict(),
+        "expert_sees": expert_sees,
     }
     # The simulator's own extra (its named state groups) stays: models trained on this telemetry
     # build one stem token per named group, not blocks of eight channels.
@@ -185,7 +192,7 @@ def generate(
     files: list[Path] = []
     writer: pq.ParquetWriter | None = None
     frames = successes = shutdowns = 0
-    job = partial(_run_episode, sensors=sensors, seconds=seconds)
+    job = partial(_run_episode, sensors=sensors, seconds=seconds, expert_sees=expert_sees)
     try:
         # Chunks of neighbouring episodes (mostly one task) spare workers building environments
         # and goal sets for every task; small enough that all workers stay busy.

@@ -111,6 +111,16 @@ class EpisodeFrames:
         return bool(self.success.any())
 
 
+POLICY_SEES = ("sensed", "exact")
+
+
+def check_policy_sees(value: str) -> str:
+    """``value`` if it is one of :data:`POLICY_SEES`; else a ``ValidationError`` naming them."""
+    if value not in POLICY_SEES:
+        raise ValidationError(f"what the expert sees must be one of {', '.join(POLICY_SEES)}, got {value!r}")
+    return value
+
+
 def rollout(
     env: SimEnv,
     policy: Policy,
@@ -119,6 +129,7 @@ def rollout(
     sensors: SensorOptions | None = None,
     seconds: float | None = None,
     after_success: int | None = None,
+    policy_sees: str = "sensed",
 ) -> EpisodeFrames:
     """Run one episode of ``spec`` with ``policy`` and return its frames.
 
@@ -127,9 +138,16 @@ def rollout(
     first frame in a success state (0 ends on it). Actions are clipped to the embodiment's
     limits before they are applied and recorded, as the machine's actuators would saturate.
 
+    ``policy_sees``: ``"sensed"`` (the default) gives the policy the sensed state, as a real
+    controller gets; ``"exact"`` gives it the true state while the frames still record the sensed
+    one. The second makes telemetry whose observations are a factory's sensors and whose actions
+    come from an expert that was not fooled by them: the data to learn to act better than a
+    controller that sees only noisy readings.
+
     Refused (``ValidationError``): a control rate faster than the simulator, an action of the
-    wrong width or with NaN/Inf.
+    wrong width or with NaN/Inf, a ``policy_sees`` other than those two.
     """
+    check_policy_sees(policy_sees)
     sensors = sensors or SensorOptions()
     emb = env.embodiment()
     period = control_period(sensors, env.dt)
@@ -157,7 +175,8 @@ def rollout(
     terminated = ended = False
     while not ended:
         sensed = sensor.sense(raw)
-        action = np.asarray(policy.act(sensed.copy()), dtype=np.float64).reshape(-1)
+        seen = np.asarray(raw, dtype=np.float64).copy() if policy_sees == "exact" else sensed.copy()
+        action = np.asarray(policy.act(seen), dtype=np.float64).reshape(-1)
         if action.shape != (emb.action_dim,) or not np.isfinite(action).all():
             raise ValidationError(
                 f"policy returned an invalid action at frame {tick} of episode "
