@@ -24,8 +24,12 @@ $(VENV)/.torch: $(BIN)/python
 setup: $(VENV)/.torch
 	$(PIP_INSTALL) -e . '$(TORCH_PIN)'
 
+# openpi-client (PyPI) drives `onshore serve --protocol openpi` in the tests. Installed without its
+# dependencies: its metadata asks for numpy<2, which our pinned torch stack does not use, and the
+# modules the tests import need only msgpack, numpy and websockets, which we install anyway.
 setup-dev: $(VENV)/.torch browser
 	$(PIP_INSTALL) -e '.[dev]' '$(TORCH_PIN)'
+	$(PIP_INSTALL) --no-deps 'openpi-client==0.1.2'
 
 # The dashboard's browser tests drive Debian's headless Chromium through its chromedriver (never a
 # downloaded driver). Installed when missing and we are root (CI is); otherwise say what to install.

@@ -59,6 +59,13 @@ def run(
         None, "--act-hz", metavar="HZ",
         help="Acts per second a session may send (default: the embodiment's control rate); raise it only for a "
              "simulated plant that runs faster than real time."),
+    protocol: str = typer.Option(
+        "onshore", "--protocol", metavar="NAME",
+        help="onshore (this server's own, docs/serving.md) or openpi (what openpi-client's WebsocketClientPolicy "
+             "speaks; its api_key is an Onshore client token)."),
+    embodiment: str | None = typer.Option(
+        None, "--embodiment", metavar="NAME",
+        help="With --protocol openpi: the embodiment every session acts for (default: the model's only one)."),
 ) -> None:
     """Serve MODEL at a site that holds it until Ctrl-C (exit 3, naming the dataset and rule, where its data
     forbids it, also when that happens while it runs: a withdrawal, the site losing its serve role).
@@ -93,9 +100,11 @@ def run(
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with open_workspace() as ws:
         running = service.start(ws, model, site, host, port, record,
-                                ServerLimits(infer_threads=threads, act_hz=act_hz), purpose=purpose)
+                                ServerLimits(infer_threads=threads, act_hz=act_hz), purpose=purpose,
+                                protocol=protocol, embodiment=embodiment)
         err.print(f"serving [bold]{esc(model)}[/] (sha256 {running.served.digest[:16]}...) at {esc(site)} on "
-                  f"{esc(running.url)}; health at http://{esc(host)}:{running.port}/healthz; Ctrl-C stops",
+                  f"{esc(running.url)}{' (openpi protocol)' if protocol == 'openpi' else ''}; health at "
+                  f"http://{esc(host)}:{running.port}/healthz; Ctrl-C stops",
                   highlight=False)
         try:
             while not stop.wait(0.2) and running.refusal is None:

@@ -44,7 +44,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from onshore.serve import envelope as E
-from onshore.serve import wire
+from onshore.serve import openpi, wire
 from onshore.serve.loading import ServedModel
 from onshore.serve.record import Recorder
 from onshore.serve.tokens import TokenTable
@@ -88,6 +88,7 @@ class Session:
     act_refilled: float = field(default_factory=time.monotonic)
     auth: str | None = None
     ws: Any = None
+    task: str | None = None  # the episode's task text (the openpi protocol starts one per prompt)
 
 
 @dataclass
@@ -114,8 +115,12 @@ class PolicyServer:
 
     def __init__(self, served: ServedModel, tokens: TokenTable, limits: ServerLimits | None = None,
                  recorder: Recorder | None = None, recheck: Recheck | None = None,
-                 on_event: EventSink | None = None, latched: dict[tuple[str, str], str] | None = None) -> None:
+                 on_event: EventSink | None = None, latched: dict[tuple[str, str], str] | None = None,
+                 openpi_embodiment: str | None = None) -> None:
         self.served, self.tokens = served, tokens
+        #: Set: speak openpi's protocol (:mod:`onshore.serve.openpi`), every session acting for this
+        #: embodiment; None: Onshore's own protocol (:mod:`onshore.serve.wire`).
+        self.openpi = openpi_embodiment
         #: (client, embodiment) -> reason: e-stops latched before this server started (a previous
         #: server of the site recorded them and no ``reset_estop`` since): a restart never clears one
         self.latched = dict(latched or {})
@@ -189,7 +194,7 @@ class PolicyServer:
         """End one session: an ``error`` with ``code``, then close code 1008."""
         self._refuse(s.peer, s.client, why)
         try:
-            await s.ws.send(wire.pack(wire.error(code, message)))
+            await s.ws.send(self._error_frame(code, message))
             await s.ws.close(1008, message[:120])
         except Exception:  # a connection already going away: it ends either way, and the watch goes on
             pass
@@ -225,7 +230,10 @@ class PolicyServer:
         if self.refusal is not None:
             self._refuse(peer, None, f"serving refused: {self.refusal}")
             return connection.respond(HTTPStatus.FORBIDDEN, f"refused: {self.refusal}\n")
-        verdict = self.tokens.check(request.headers.get("Authorization"))
+        auth = request.headers.get("Authorization")
+        if self.openpi is not None:
+            auth = openpi.auth_header(auth)
+        verdict = self.tokens.check(auth)
         if not verdict.ok:
             delay = self._bad_token_delay(peer)
             # a refusal held back keeps its connection open: at most max_connections at once, so that
@@ -246,7 +254,7 @@ class PolicyServer:
             self._refuse(peer, verdict.client, why)
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"refused: {why}\n")
         connection.onshore_client = verdict.client  # type: ignore[attr-defined]
-        connection.onshore_auth = request.headers.get("Authorization")  # type: ignore[attr-defined]
+        connection.onshore_auth = auth  # type: ignore[attr-defined]
         return None
 
     def _bad_token_delay(self, peer: str) -> float:
@@ -273,6 +281,8 @@ class PolicyServer:
         self.stats.connections += 1
         log.info("client %s connected from %s", session.client, session.peer)
         try:
+            if self.openpi is not None:  # openpi clients wait for the server's metadata first
+                await ws.send(openpi.encode(self._openpi_metadata()))
             async for frame in ws:
                 if self.refusal is not None:
                     await self._cut(session, "refused", self.refusal, f"serving refused: {self.refusal}")
@@ -282,9 +292,12 @@ class PolicyServer:
                     break
                 if not self._admit(session):
                     if self._rate_limited_reply_due(session):
-                        await ws.send(wire.pack(wire.error(
+                        await ws.send(self._error_frame(
                             "rate_limited", f"over {self.limits.messages_per_s:g} messages/s; messages are being "
-                                            "dropped unanswered")))
+                                            "dropped unanswered"))
+                    continue
+                if self.openpi is not None:
+                    await ws.send(await self._answer_openpi(session, frame))
                     continue
                 reply = await self._answer(session, frame)
                 await ws.send(wire.pack(reply))
@@ -338,6 +351,42 @@ class PolicyServer:
             self.stats.errors += 1
             log.exception("internal error answering client %s", s.client)
             return wire.error("internal", "internal error; the request was not served", id_)
+
+    def _error_frame(self, code: str, message: str) -> bytes | str:
+        """An error in this server's protocol: an ``error`` message, or openpi's text frame."""
+        if self.openpi is not None:
+            return openpi.error_text(code, message)
+        return wire.pack(wire.error(code, message))
+
+    def _openpi_metadata(self) -> dict[str, Any]:
+        emb = self.served.embodiments[self.openpi or ""]
+        return {"server": "onshore", "model": self.served.name, "digest": self.served.digest,
+                "site": self.served.site, "embodiment": emb.name, "state_dim": emb.state_dim,
+                "action_dim": emb.action_dim, "control_hz": emb.control_hz, "action_horizon": 1,
+                "state_keys": list(openpi.STATE_KEYS), "prompt_key": openpi.PROMPT_KEY}
+
+    async def _answer_openpi(self, s: Session, frame: Any) -> bytes | str:
+        """One openpi observation: a new prompt starts an episode (``reset``), then one ``act``."""
+        try:
+            state, prompt = openpi.observation(openpi.decode(frame, self.limits.max_frame))
+            if s.policy is None or (prompt is not None and prompt != s.task):
+                if prompt is None:
+                    raise wire.WireError("no_session", f"the first observation needs {openpi.PROMPT_KEY!r}: the "
+                                                       "task text the model acts on")
+                await self._on_reset(s, {"type": "reset", "embodiment": self.openpi, "task": prompt})
+                s.task = prompt
+            reply = await self._on_act(s, {"type": "act", "state": wire.encode_array(state)})
+            action = wire.decode_array(reply["action"], "action")
+            return openpi.encode({"actions": action.reshape(1, -1), "onshore": {
+                "interventions": reply["interventions"], "alarm": reply["alarm"], "estopped": reply["estopped"],
+                "infer_ms": reply["infer_ms"]}})
+        except wire.WireError as e:
+            self.stats.errors += 1
+            return openpi.error_text(e.code, str(e))
+        except Exception:  # a bug must cost one request, never the server
+            self.stats.errors += 1
+            log.exception("internal error answering client %s", s.client)
+            return openpi.error_text("internal", "internal error; the request was not served")
 
     def _rate_limited_reply_due(self, s: Session) -> bool:
         now = time.monotonic()

@@ -248,18 +248,45 @@ def latched_estops(ws: Workspace, site: str) -> dict[tuple[str, str], str]:
     return latched
 
 
+PROTOCOLS = ("onshore", "openpi")
+
+
+def _openpi_embodiment(served: ServedModel, embodiment: str | None) -> str:
+    """The embodiment openpi sessions act for: the one named, or the model's only one."""
+    known = sorted(served.embodiments)
+    if embodiment is None:
+        if len(known) != 1:
+            raise ValidationError(f"model {served.name} acts for {', '.join(known)}: openpi clients name no "
+                                  "embodiment, so give --embodiment")
+        return known[0]
+    if embodiment not in served.embodiments:
+        raise ValidationError(f"model {served.name} does not act for embodiment {embodiment!r}; it knows "
+                              f"{', '.join(known)}")
+    return embodiment
+
+
 def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: int = 7070,
           record: RecordOptions | None = None, limits: ServerLimits | None = None,
-          loader: Callable[..., ServedModel] = load_served_model, purpose: str | None = None) -> Running:
+          loader: Callable[..., ServedModel] = load_served_model, purpose: str | None = None,
+          protocol: str = "onshore", embodiment: str | None = None) -> Running:
     """Serve ``model`` at ``site`` on ``host:port`` (0: a free port) until ``stop()``; ``purpose``
-    defaults to the purpose the model was trained for.
+    defaults to the purpose the model was trained for. ``protocol``: ``"onshore"`` (its own,
+    ``docs/serving.md``) or ``"openpi"`` (openpi-client's, every session acting for
+    ``embodiment``, which may be left out when the model acts for one embodiment only).
 
     Refused: see :func:`load_served_model` (exit 3 for policy); a bad recording (see
-    ``_check_record``); a port that cannot be bound (``OnshoreError``).
+    ``_check_record``); an unknown protocol, or an embodiment the model does not act for
+    (``ValidationError``); a port that cannot be bound (``OnshoreError``).
     """
+    if protocol not in PROTOCOLS:
+        raise ValidationError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if embodiment is not None and protocol != "openpi":
+        raise ValidationError("an embodiment is chosen per session in Onshore's protocol (its reset message); "
+                              "--embodiment is for --protocol openpi")
     if record is not None:
         _check_record(ws, site, record, model)
     served = loader(ws, model, site, purpose)
+    openpi_emb = _openpi_embodiment(served, embodiment) if protocol == "openpi" else None
     tokens = TokenTable(ws, site)
     recorder = Recorder(Path(get_site(ws, site).root) / RECORDING_SPOOL) if record is not None else None
     ws.refresh(force=True)  # what the load decided on is the baseline; later appends are news
@@ -267,7 +294,8 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
     def on_event(body: dict[str, Any]) -> None:
         ws.record("model.serve", f"site:{site}", {**body, "model": model, "digest": served.digest, "site": site})
 
-    server = PolicyServer(served, tokens, limits, recorder, Recheck(ws, served), on_event, latched_estops(ws, site))
+    server = PolicyServer(served, tokens, limits, recorder, Recheck(ws, served), on_event, latched_estops(ws, site),
+                          openpi_embodiment=openpi_emb)
     loop = asyncio.new_event_loop()
     started: dict[str, Any] = {}
     ready = threading.Event()
@@ -298,7 +326,8 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
     bound = started["port"]
     idx = ws.record("model.serve", f"site:{site}", {
         "event": "start", "model": model, "digest": served.digest, "files": served.files, "site": site,
-        "host": host, "port": bound, "purpose": served.purpose, "release_index": served.release_index,
+        "host": host, "port": bound, "purpose": served.purpose, "protocol": protocol,
+        "release_index": served.release_index,
         "embodiments": sorted(served.embodiments),
         "record": None if record is None else {"member": record.member, "policy": str(record.policy),
                                                "dataset": record.dataset}})
