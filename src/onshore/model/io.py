@@ -22,15 +22,14 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load as load_bytes
-from safetensors.torch import save as save_bytes
+from typing import TYPE_CHECKING, Any
 
 from onshore.errors import IntegrityError, NotFoundError
 from onshore.files import sha256_file
 from onshore.keys.sealed import seal, unseal
+
+if TYPE_CHECKING:
+    import torch
 
 SEALED_SUFFIX = ".sealed"
 
@@ -72,6 +71,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def _plaintexts(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> tuple[bytes, bytes]:
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    from safetensors.torch import save as save_bytes  # torch only where tensors are: listings stay light
+
     return save_bytes(plain), json.dumps(meta, indent=1, sort_keys=True).encode()
 
 
@@ -125,6 +126,8 @@ def read_artifact(folder: Path, stem: str, key: bytes, context: str, expect: dic
     """Open an artifact (see :func:`read_plaintexts` for what is refused): tensors and the JSON."""
     weights, doc = file_names(stem)
     data = read_plaintexts(folder, stem, key, context, expect, expect_sealed)
+    from safetensors.torch import load as load_bytes
+
     return load_bytes(data[weights]), json.loads(data[doc])
 
 
