@@ -46,6 +46,7 @@ from websockets.http11 import Request, Response
 from onshore.serve import envelope as E
 from onshore.serve import openpi, wire
 from onshore.serve.loading import ServedModel
+from onshore.serve.metrics import CONTENT_TYPE, ServerMetrics
 from onshore.serve.record import Recorder
 from onshore.serve.tokens import TokenTable
 
@@ -101,6 +102,8 @@ class Stats:
     rate_limited: int = 0
     interventions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(E.KINDS, 0))
     refusals: list[dict[str, Any]] = field(default_factory=list)
+    #: refusals by reason (at most 256 distinct reasons; the rest count as "(other)")
+    refusal_counts: dict[str, int] = field(default_factory=dict)
 
 
 #: Re-decides serving when the rules may have changed: a refusal (naming the rule), else None.
@@ -116,7 +119,7 @@ class PolicyServer:
     def __init__(self, served: ServedModel, tokens: TokenTable, limits: ServerLimits | None = None,
                  recorder: Recorder | None = None, recheck: Recheck | None = None,
                  on_event: EventSink | None = None, latched: dict[tuple[str, str], str] | None = None,
-                 openpi_embodiment: str | None = None) -> None:
+                 openpi_embodiment: str | None = None, metrics_extra: tuple[Any, ...] = ()) -> None:
         self.served, self.tokens = served, tokens
         #: Set: speak openpi's protocol (:mod:`onshore.serve.openpi`), every session acting for this
         #: embodiment; None: Onshore's own protocol (:mod:`onshore.serve.wire`).
@@ -141,6 +144,11 @@ class PolicyServer:
         self._events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onshore-events")
         self._server: Any = None
         self._refresher: asyncio.Task[None] | None = None
+        #: what ``GET /metrics`` exports (:mod:`onshore.serve.metrics`); ``metrics_extra`` adds collectors
+        self.metrics = ServerMetrics(self, tuple(metrics_extra))
+
+    def session_count(self) -> int:
+        return len(self._sessions)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -212,6 +220,8 @@ class PolicyServer:
 
     def _refuse(self, peer: str, client: str | None, reason: str) -> None:
         self.stats.refused += 1
+        key = reason if len(self.stats.refusal_counts) < 256 or reason in self.stats.refusal_counts else "(other)"
+        self.stats.refusal_counts[key] = self.stats.refusal_counts.get(key, 0) + 1
         entry = {"peer": peer, "client": client, "reason": reason, "time": time.time()}
         if len(self.stats.refusals) < 1000:
             self.stats.refusals.append(entry)
@@ -226,6 +236,11 @@ class PolicyServer:
                                "embodiments": sorted(self.served.embodiments)})
             response = connection.respond(HTTPStatus.OK, body + "\n")
             response.headers["Content-Type"] = "application/json"
+            return response
+        if request.path == "/metrics":  # aggregate counts, no token needed (as /healthz)
+            text = await asyncio.to_thread(self.metrics.text)  # ledger collectors read the database
+            response = connection.respond(HTTPStatus.OK, text.decode())
+            response.headers["Content-Type"] = CONTENT_TYPE
             return response
         if self.refusal is not None:
             self._refuse(peer, None, f"serving refused: {self.refusal}")
@@ -459,6 +474,7 @@ class PolicyServer:
             raise wire.WireError("rate_limited", f"act faster than {self.limits.act_hz or emb.control_hz:g} per second "
                                                  f"(the control rate of {emb.name}); this request was not served")
         policy, env = s.policy, s.envelope
+        started = time.perf_counter()
 
         def step() -> tuple[Any, float]:
             t0 = time.perf_counter()
@@ -468,6 +484,7 @@ class PolicyServer:
         raw, infer_ms = await asyncio.get_running_loop().run_in_executor(self._pool, step)
         # on the loop, never in the pool: sessions of one machine share its envelope
         command = env.command(raw, time.monotonic())
+        self.metrics.act_seconds.observe(time.perf_counter() - started)
         self.stats.actions += 1
         for k in command.interventions:
             self.stats.interventions[k] += 1

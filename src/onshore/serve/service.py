@@ -294,8 +294,10 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
     def on_event(body: dict[str, Any]) -> None:
         ws.record("model.serve", f"site:{site}", {**body, "model": model, "digest": served.digest, "site": site})
 
+    from onshore.workspace.metrics import LedgerCollector
+
     server = PolicyServer(served, tokens, limits, recorder, Recheck(ws, served), on_event, latched_estops(ws, site),
-                          openpi_embodiment=openpi_emb)
+                          openpi_embodiment=openpi_emb, metrics_extra=(LedgerCollector(ws),))
     loop = asyncio.new_event_loop()
     started: dict[str, Any] = {}
     ready = threading.Event()

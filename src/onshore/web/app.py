@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader
+from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -35,8 +36,10 @@ from starlette.staticfiles import StaticFiles
 
 from onshore.encoding import b64encode
 from onshore.errors import NotFoundError, OnshoreError, ValidationError
+from onshore.serve.metrics import CONTENT_TYPE
 from onshore.web import access, pages
 from onshore.web.graph import lineage_graph
+from onshore.workspace.metrics import LedgerCollector
 from onshore.workspace.workspace import Workspace
 
 log = logging.getLogger("onshore.dashboard")
@@ -249,6 +252,13 @@ def create_app(root: Path, token_digest: str | None = None, host: str = "127.0.0
         return render(request, "verify.html", {"report": out, "current": current},
                       as_json={**out, "current_status": current})
 
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LedgerCollector(ws))
+
+    async def metrics(request: Request) -> Response:
+        """Prometheus text: the ledger's size, checkpoint lag and decisions by rule (behind the token gate)."""
+        return Response(read(lambda: generate_latest(registry)), media_type=CONTENT_TYPE)
+
     async def refuse_errors(request: Request, exc: Exception) -> Response:
         status = 404 if isinstance(exc, NotFoundError) else 400
         return render(request, "error.html", {"error": str(exc)}, status=status)
@@ -262,6 +272,7 @@ def create_app(root: Path, token_digest: str | None = None, host: str = "127.0.0
         Route("/ledger", ledger),
         Route("/ledger/verify", ledger_verify, methods=["GET", "POST"]),
         Route("/verify", verify, methods=["GET", "POST"]),
+        Route("/metrics", metrics),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ], exception_handlers={OnshoreError: refuse_errors})
     app.state.workspace = ws
