@@ -17,7 +17,7 @@ from onshore.model.text import HASHED
 from onshore.serve import monitor
 from onshore.sim.generate import generate
 from onshore.train.loop import TrainConfig, TrainRequest, train
-from onshore.workspace import Workspace, datasets, registry
+from onshore.workspace import Workspace, datasets, models, registry
 
 POLICY = """jurisdictions = ["JP"]
 sites = []
@@ -33,6 +33,7 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     ws = Workspace.init(root / "ws", "monitor-test")
     registry.add_site(ws, "sakai", "JP", "storage,compute")
     registry.add_site(ws, "ohio", "US", "storage,compute")
+    registry.add_site(ws, "tokyo", "JP", "storage,compute,serve")
     registry.add_member(ws, "chem")
     generate("tep", ["base"], 6, 11, root / "normal", workers=1, seconds=360.0)  # 200 frames each
     registry.add_embodiment(ws, root / "normal" / "tennessee-eastman.toml")
@@ -43,6 +44,7 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
                       lr=3e-3)
     train(ws, TrainRequest("plant-tiny", "sakai", "foundation-pretraining", ("normal",), size="tiny", train=cfg,
                            model_overrides=(("history", 8), ("chunk", 4))))
+    models.copy_model(ws, "plant-tiny", "tokyo")  # served where it sits: tokyo has the serve role
     yield ws
     ws.close()
 
@@ -126,3 +128,62 @@ def test_protocol_pieces() -> None:
     assert spe_on.max() < 1e-2 < spe_off.min()
     with pytest.raises(ValidationError):
         FD.Pca.fit(np.zeros((2, 5)))
+
+
+# --- onshore shadow: the model beside the controller, recorded for DAgger ------------------------------
+
+def test_shadow_records_the_controllers_labels_and_the_models_proposals(plant: Workspace, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from onshore.serve.shadow import run_shadow
+    from onshore.sim import tep
+
+    (tmp_path / "p.toml").write_text(POLICY)
+    pure = run_shadow(plant, "plant-tiny", "tokyo", ["base"], member="chem", policy=tmp_path / "p.toml",
+                      dataset="shadow-pure", seconds=90.0, seed=4)
+    assert pure.frames == 50 and pure.model_applied == 0 and pure.episodes == 1
+    table = datasets.read(plant, "shadow-pure", "tokyo", "monitoring")
+    states = np.asarray(table.column("observation.state").to_pylist())
+    labels = np.asarray(table.column("action").to_pylist())
+    # pure shadow: the PI controller drove, so the recording is exactly its own closed-loop run
+    env = tep.TepEnv()
+    from onshore.sim.rollout import EpisodeSpec, rollout
+
+    ref = rollout(env, env.expert(), EpisodeSpec("tep", "base", 0, 0, 4), seconds=90.0)
+    assert np.allclose(states, ref.state, atol=1e-4) and np.allclose(labels, ref.action, atol=1e-3)
+    proposals = np.asarray(table.column("proposal").to_pylist())
+    assert proposals.shape == labels.shape and not np.allclose(proposals, labels)  # the model's own outputs
+    assert set(table.column("by_model").to_pylist()) == {0}
+    # DAgger: the model drives (through the envelope); the labels are still the controller's outputs
+    dag = run_shadow(plant, "plant-tiny", "tokyo", ["base"], member="chem", policy=tmp_path / "p.toml",
+                     dataset="shadow-dagger", seconds=90.0, seed=4, drive="model")
+    assert dag.model_applied == dag.frames == 50
+    dstates = np.asarray(datasets.read(plant, "shadow-dagger", "tokyo", "monitoring").column(
+        "observation.state").to_pylist())
+    assert not np.allclose(dstates[5:], states[5:], atol=1e-3)  # the model took the plant elsewhere
+    entry = plant.ledger.get(dag.index).entry
+    assert entry.body["use"] == "shadow" and entry.body["drive"] == "model" and entry.actor == "site:tokyo"
+    # the recording is training data at once: fine-tune on it
+    code, out, err = run_cli(capsys, "-w", str(plant.root), "finetune", "plant-tiny", "--datasets",
+                             "shadow-pure,shadow-dagger", "--name", "plant-r1", "--steps", "4", "--batch-size", "8",
+                             "--site", "tokyo", "--purpose", "monitoring", "--json")
+    assert code == 0, err
+
+
+def test_shadow_refusals(plant: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from onshore.serve.shadow import run_shadow
+
+    (tmp_path / "p.toml").write_text(POLICY)
+    size = plant.ledger.size()
+    for kwargs, needle in (({"drive": "autopilot"}, "--drive"), ({"drive": "mix", "beta": 1.5}, "--beta"),
+                           ({"episodes": 0}, "--episodes")):
+        with pytest.raises(ValidationError, match=needle):
+            run_shadow(plant, "plant-tiny", "tokyo", ["base"], member="chem", policy=tmp_path / "p.toml",
+                       dataset="x", seconds=10.0, **kwargs)  # type: ignore[arg-type]
+    assert plant.ledger.size() == size  # refused before anything was decided or recorded
+    with pytest.raises(PolicyDenied):  # sakai has no serve role: the model may not run next to a machine there
+        run_shadow(plant, "plant-tiny", "sakai", ["base"], member="chem", policy=tmp_path / "p.toml", dataset="x",
+                   seconds=10.0)
+    assert "x" not in {d["name"] for d in datasets.list_datasets(plant)}
+    code, _, err = run_cli(capsys, "-w", str(plant.root), "shadow", "plant-tiny", "--site", "tokyo", "--member",
+                           "chem", "--policy", str(tmp_path / "p.toml"), "--as", "y", "--tasks", "idv-77")
+    assert code == 1 and "idv-77" in err and "Traceback" not in err
