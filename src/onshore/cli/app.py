@@ -19,9 +19,11 @@ from onshore.cli.evaluate import eval_command
 from onshore.cli.helptext import tidy
 from onshore.cli.ledger import ledger_app
 from onshore.cli.model import model_app
+from onshore.cli.monitor import monitor_app
 from onshore.cli.output import console, err, esc
 from onshore.cli.registry import embodiment_app, member_app, site_app
 from onshore.cli.serve import bridge_app, serve_app
+from onshore.cli.shadow import shadow_command
 from onshore.cli.train import finetune_command, train_command
 from onshore.cli.witness import trust_app, witness_app
 from onshore.errors import OnshoreError, UsageError
@@ -103,6 +105,8 @@ app.command("finetune")(finetune_command)
 app.add_typer(model_app, name="model")
 app.add_typer(serve_app, name="serve")
 app.add_typer(bridge_app, name="bridge")
+app.add_typer(monitor_app, name="monitor")
+app.command("shadow")(shadow_command)
 app.command("demo")(demo_command)
 app.add_typer(attest_app, name="attest")
 app.command("verify")(verify_command)

@@ -24,8 +24,8 @@ from onshore.errors import OnshoreError, PolicyDenied, ValidationError
 JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
 
 
-class _ServeGroup(TyperGroup):
-    """``onshore serve MODEL ...`` runs ``onshore serve run MODEL ...``."""
+class RunByDefaultGroup(TyperGroup):
+    """``onshore serve MODEL ...`` runs ``onshore serve run MODEL ...`` (and ``monitor`` likewise)."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
@@ -33,7 +33,7 @@ class _ServeGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-serve_app = typer.Typer(cls=_ServeGroup, no_args_is_help=True,
+serve_app = typer.Typer(cls=RunByDefaultGroup, no_args_is_help=True,
                         help="Serve a model next to the machine: 'onshore serve MODEL --site S'; client tokens.")
 bridge_app = typer.Typer(no_args_is_help=True, help="Bridges between a machine's controller and a policy server.")
 

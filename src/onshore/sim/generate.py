@@ -92,7 +92,7 @@ def _run_episode(spec: EpisodeSpec, sensors: SensorOptions, seconds: float | Non
                    after_success=_after_success(spec.env), policy_sees=expert_sees)
 
 
-def _list_column(rows: np.ndarray) -> pa.Array:
+def list_column(rows: np.ndarray) -> pa.Array:
     """A ``list<float32>`` column from a [T, D] float32 array."""
     t, d = rows.shape
     offsets = pa.array(np.arange(0, (t + 1) * d, d, dtype=np.int32))
@@ -106,8 +106,8 @@ def episode_table(ep: EpisodeFrames, schema: pa.Schema) -> pa.Table:
         F.EPISODE: pa.array(np.full(n, ep.spec.episode_index, dtype=np.int64)),
         F.FRAME: pa.array(np.arange(n, dtype=np.int64)),
         F.TIMESTAMP: pa.array(ep.timestamp, type=pa.float64()),
-        F.STATE: _list_column(ep.state),
-        F.ACTION: _list_column(ep.action),
+        F.STATE: list_column(ep.state),
+        F.ACTION: list_column(ep.action),
         F.TASK: pa.array([ep.task_text] * n, type=pa.string()),
         F.REWARD: pa.array(ep.reward, type=pa.float32()),
         F.DONE: pa.array(ep.done, type=pa.bool_()),

@@ -1,0 +1,90 @@
+"""`onshore monitor fit MODEL ...` and `onshore monitor MODEL ...`: faults seen from the world model.
+
+``onshore monitor MODEL ...`` is short for ``onshore monitor run MODEL ...``. See
+``src/onshore/serve/monitor.py`` and ``docs/monitoring.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from onshore.cli.context import open_workspace
+from onshore.cli.inputs import usage
+from onshore.cli.output import console, esc, print_json
+from onshore.cli.serve import RunByDefaultGroup
+
+JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
+monitor_app = typer.Typer(cls=RunByDefaultGroup, no_args_is_help=True,
+                          help="Fault detection from a plant model: 'onshore monitor fit', then "
+                               "'onshore monitor MODEL --site S'.")
+
+
+@monitor_app.command("fit")
+def fit_command(
+    model: str = typer.Argument(..., help="The plant model whose predictions are watched."),
+    site: str = typer.Option(..., "--site", help="The site that holds the model and the normal data."),
+    dataset: str = typer.Option(..., "--dataset", help="A resident dataset of normal operation only."),
+    window: int = typer.Option(10, "--window", help="Frames the statistic is averaged over."),
+    far: float = typer.Option(0.01, "--far", help="False-alarm rate on normal data the threshold is set at."),
+    purpose: str | None = typer.Option(None, "--purpose", help="Purpose of the reads (default: the model's)."),
+    json_: bool = JSON,
+) -> None:
+    """Fit the monitor on normal operation and record its threshold in the ledger (signed by the site).
+
+    Example: onshore monitor fit plant-base --site sakai --dataset plant-normal --far 0.01
+    """
+    from onshore.serve.monitor import fit
+
+    with open_workspace() as ws:
+        f = fit(ws, model, site, dataset, window=window, far=far, purpose=purpose)
+    body = {**f.to_json(), "index": f.index}
+    body.pop("scale")
+    if json_:
+        print_json(body)
+        return
+    console.print(f"monitor of [bold]{esc(model)}[/] fitted at {esc(site)} on {esc(dataset)} ({f.episodes} episodes, "
+                  f"{f.frames} frames): threshold {f.threshold:.4g} at a {f.far:.2%} false-alarm rate over "
+                  f"{f.window} frames; ledger entry {f.index}", highlight=False)
+
+
+@monitor_app.command("run")
+def run_command(
+    model: str = typer.Argument(..., help="The plant model fitted with 'onshore monitor fit'."),
+    site: str = typer.Option(..., "--site", help="The site where it was fitted."),
+    task: str = typer.Option("base", "--task", help="The simulated plant's scenario, e.g. base or idv-6."),
+    seconds: float | None = typer.Option(None, "--seconds", help="Simulated seconds to watch (default: an episode)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the simulated plant."),
+    purpose: str | None = typer.Option(None, "--purpose", help="Purpose of the model's use (default: the model's)."),
+    record_member: str | None = typer.Option(None, "--record-member", metavar="MEMBER",
+                                             help="Who owns the watched frames and their alarms."),
+    record_policy: Path | None = typer.Option(None, "--record-policy", metavar="POLICY.toml",
+                                              help="Their usage policy (with --record-member)."),
+    record_as: str | None = typer.Option(None, "--record-as", metavar="DATASET",
+                                         help="Name of the recorded dataset (default MODEL-monitor-SEED-TASK)."),
+    json_: bool = JSON,
+) -> None:
+    """Watch the simulated Tennessee Eastman plant under its PI controller and raise alarms.
+
+    Example: onshore monitor plant-base --site sakai --task idv-6 --seconds 3600 --record-member kansai-chemicals
+    --record-policy policy.toml
+    """
+    from onshore.serve.monitor import run_simulated
+
+    if (record_member is None) != (record_policy is None):
+        raise usage("give --record-member and --record-policy together (who owns the alarms, under which policy)")
+    record = None
+    if record_member is not None and record_policy is not None:
+        record = (record_member, record_policy, record_as or f"{model}-monitor-{seed}-{task}")
+    with open_workspace() as ws:
+        r = run_simulated(ws, model, site, task, seconds=seconds, seed=seed, purpose=purpose, record=record)
+    out = {"frames": r.frames, "alarms": r.alarms, "first_alarm_frame": r.first_alarm,
+           "fault_onset_frame": r.fault_onset, "dataset": r.dataset, "ledger_index": r.index}
+    if json_:
+        print_json(out)
+        return
+    first = "no alarm" if r.first_alarm is None else f"first alarm at frame {r.first_alarm}"
+    onset = "" if r.fault_onset is None else f" (the simulator's fault began at frame {r.fault_onset})"
+    console.print(f"watched {r.frames} frames of {esc(task)}: {r.alarms} alarmed frames, {first}{onset}"
+                  + (f"; recorded as dataset {esc(r.dataset)}" if r.dataset else ""), highlight=False)

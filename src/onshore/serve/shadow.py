@@ -1,0 +1,154 @@
+"""``onshore shadow``: the model beside the running controller, its proposals and the controller's
+actions recorded as the plant owner's data, for ``onshore finetune`` to learn from (DAgger).
+
+A model trained on its teacher's telemetry has only seen the states the teacher visits; its own
+small errors take the plant where it has never been and its errors grow (covariate shift).
+DAgger (Ross, Gordon and Bagnell, 2011) fixes that by letting the learner drive and asking the
+teacher what it would have done in the states the learner reaches. On a plant the teacher is the
+running controller, so the labels are free: the controller computes its output every period
+whether or not it is applied.
+
+``drive`` says who moves the plant: ``controller`` (pure shadow mode: the controller acts, the
+model only proposes; safe on a live plant, but it adds no state the teacher would not visit),
+``model`` (the model acts through the safety envelope, the controller's would-be output is the
+label), or ``mix`` (per period, the model with probability ``beta``, else the controller: the
+DAgger schedule). Every frame records the state, the label (the controller's output, as the
+dataset's action, so ``finetune`` learns from it directly), the model's proposal, and which of
+the two was applied. The recording is ingested at the site as a dataset of the plant's owner
+under the owner's usage policy (decided and recorded like any ingest); the model's use is
+decided as serving is (the site must be allowed to serve it).
+
+Refused: a drive other than those three, a ``beta`` outside 0..1, an unknown scenario, a
+model that does not act for the plant (``ValidationError``), a site that may not serve the model
+or hold the owner's data (``PolicyDenied``). The simulated Tennessee Eastman plant under its PI
+controller is the machine here (the controller's outputs are the labels).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onshore.errors import ValidationError
+from onshore.serve import envelope as E
+from onshore.workspace import datasets
+from onshore.workspace.models import get_model, load_model_for
+from onshore.workspace.workspace import Workspace
+
+DRIVES = ("controller", "model", "mix")
+EMBODIMENT = "tennessee-eastman"
+
+
+@dataclass(frozen=True)
+class ShadowReport:
+    dataset: str
+    episodes: int
+    frames: int
+    model_applied: int  # frames the model's (enveloped) command moved the plant
+    shutdowns: int
+    mean_abs_gap: float  # mean |proposal - label| over frames and channels, in the valves' percent
+    index: int  # the ledger entry recording the run
+
+
+def run_shadow(ws: Workspace, model: str, site: str, tasks: list[str], *, member: str, policy: Path,
+               dataset: str, episodes: int = 1, seconds: float | None = None, seed: int = 0,
+               drive: str = "controller", beta: float = 0.5, purpose: str | None = None) -> ShadowReport:
+    """Run ``episodes`` per task beside the PI controller and ingest the recording as ``dataset``."""
+    from onshore.model.policy import ModelPolicy
+    from onshore.sim import tep
+    from onshore.sim.rollout import EpisodeSpec
+
+    if drive not in DRIVES:
+        raise ValidationError(f"--drive must be one of {', '.join(DRIVES)}, got {drive!r}")
+    if not (math.isfinite(beta) and 0.0 <= beta <= 1.0):
+        raise ValidationError(f"--beta must be between 0 and 1, got {beta}")
+    if episodes < 1:
+        raise ValidationError(f"--episodes must be at least 1, got {episodes}")
+    tep.check_tasks(tasks)
+    purpose = purpose or str(get_model(ws, model)["purpose"])  # as `onshore serve` defaults it
+    loaded = load_model_for(ws, model, site, "serve", purpose)
+    if EMBODIMENT not in loaded.model.specs:
+        raise ValidationError(f"model {model!r} does not act for {EMBODIMENT}; it knows "
+                              f"{', '.join(sorted(loaded.model.specs))}")
+    env = tep.TepEnv()
+    emb = env.embodiment()
+    horizon = env.default_seconds if seconds is None else float(seconds)
+    if not (math.isfinite(horizon) and horizon > 0):
+        raise ValidationError(f"--seconds must be positive, got {seconds}")
+    frames: list[dict[str, np.ndarray | float | int]] = []
+    applied = shutdowns = 0
+    gaps: list[np.ndarray] = []
+    n_ep = 0
+    for task in tasks:
+        for i in range(episodes):
+            spec = EpisodeSpec("tep", task, i, n_ep, seed)
+            rng = np.random.default_rng([spec.episode_seed, 0xDA66])  # who drives: per episode, reproducible
+            state, _ = env.reset(spec, horizon)
+            controller = env.expert()
+            controller.reset(env.task_text(task))
+            agent = ModelPolicy(loaded, EMBODIMENT)
+            agent.reset(env.task_text(task))
+            envelope: E.Envelope | None = None  # live while the model drives
+            last: np.ndarray | None = None  # the valves as last moved, by whichever drove
+            for t in range(max(1, int(horizon / env.dt))):
+                s = np.asarray(state, dtype=np.float32)
+                label = np.asarray(controller.act(s), dtype=np.float64)
+                proposal = np.asarray(agent.act(s), dtype=np.float64)
+                by_model = drive == "model" or (drive == "mix" and rng.random() < beta)
+                if by_model:
+                    if envelope is None:  # taking over: rate limited from where the valves are
+                        envelope = E.Envelope(E.Limits.from_embodiment(emb), initial=label if last is None else last)
+                    move = envelope.command(proposal, t * env.dt).action  # clamped, ramped: what the plant gets
+                else:
+                    envelope, move = None, label
+                last = move
+                applied += int(by_model)
+                gaps.append(np.abs(proposal - label))
+                frames.append({"episode": n_ep, "frame": t, "time": t * env.dt, "state": s,
+                               "action": label.astype(np.float32), "proposal": proposal.astype(np.float32),
+                               "by_model": int(by_model), "task": env.task_text(task)})
+                step = env.step(np.clip(move, [c.low for c in emb.action], [c.high for c in emb.action]))
+                state = step.state
+                if step.terminated:
+                    shutdowns += 1
+                    break
+            n_ep += 1
+    _ingest(ws, frames, member, policy, dataset, site)
+    gap = float(np.mean(gaps)) if gaps else 0.0
+    index = ws.record("model.use", f"site:{site}", {
+        "use": "shadow", "model": model, "site": site, "dataset": dataset, "drive": drive,
+        "beta": beta if drive == "mix" else None, "tasks": tasks, "episodes": n_ep, "seed": seed,
+        "frames": len(frames), "model_applied": applied, "shutdowns": shutdowns, "mean_abs_gap": round(gap, 6)})
+    return ShadowReport(dataset, n_ep, len(frames), applied, shutdowns, gap, index)
+
+
+def _ingest(ws: Workspace, frames: list[dict], member: str, policy: Path, name: str, site: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from onshore.sim.generate import list_column
+    from onshore.telemetry import frames as F
+
+    n = len(frames)
+    ep = np.array([f["episode"] for f in frames], dtype=np.int64)
+    last = np.append(ep[1:] != ep[:-1], True)
+    schema = F.frame_schema({"proposal": pa.list_(pa.float32()), "by_model": pa.int64()})
+    cols = {
+        F.EPISODE: pa.array(ep), F.FRAME: pa.array(np.array([f["frame"] for f in frames], dtype=np.int64)),
+        F.TIMESTAMP: pa.array(np.array([f["time"] for f in frames], dtype=np.float64)),
+        F.STATE: list_column(np.stack([f["state"] for f in frames])),
+        F.ACTION: list_column(np.stack([f["action"] for f in frames])),
+        F.TASK: pa.array([f["task"] for f in frames], type=pa.string()),
+        F.REWARD: pa.array(np.zeros(n, np.float32)), F.DONE: pa.array(last),
+        F.SUCCESS: pa.array(np.zeros(n, dtype=bool)),
+        "proposal": list_column(np.stack([f["proposal"] for f in frames])),
+        "by_model": pa.array(np.array([f["by_model"] for f in frames], dtype=np.int64)),
+    }
+    with tempfile.TemporaryDirectory(prefix="onshore-shadow-") as tmp:
+        path = Path(tmp) / "shadow.parquet"
+        pq.write_table(pa.Table.from_arrays([cols[fl.name] for fl in schema], schema=schema), path)
+        datasets.ingest(ws, name, member, site, policy, EMBODIMENT, [path])

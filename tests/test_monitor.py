@@ -1,0 +1,189 @@
+"""`onshore monitor`: a tiny plant model fitted on normal Tennessee Eastman telemetry, its threshold
+read back from the signed ledger, a faulty plant raising alarms that land in a resident dataset,
+refusals where the model or data may not be used, and the fault-detection protocol's pieces."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from onshore.errors import NotFoundError, PolicyDenied, ValidationError
+from onshore.eval import faults as FD
+from onshore.model.text import HASHED
+from onshore.serve import monitor
+from onshore.sim.generate import generate
+from onshore.train.loop import TrainConfig, TrainRequest, train
+from onshore.workspace import Workspace, datasets, models, registry
+
+POLICY = """jurisdictions = ["JP"]
+sites = []
+purposes = ["foundation-pretraining", "monitoring"]
+expires = 2031-03-31
+derived_models = "keep"
+"""
+
+
+@pytest.fixture(scope="module")
+def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    root = tmp_path_factory.mktemp("monitor")
+    ws = Workspace.init(root / "ws", "monitor-test")
+    registry.add_site(ws, "sakai", "JP", "storage,compute")
+    registry.add_site(ws, "ohio", "US", "storage,compute")
+    registry.add_site(ws, "tokyo", "JP", "storage,compute,serve")
+    registry.add_member(ws, "chem")
+    generate("tep", ["base"], 6, 11, root / "normal", workers=1, seconds=360.0)  # 200 frames each
+    registry.add_embodiment(ws, root / "normal" / "tennessee-eastman.toml")
+    (root / "policy.toml").write_text(POLICY)
+    datasets.ingest(ws, "normal", "chem", "sakai", root / "policy.toml", "tennessee-eastman",
+                    sorted((root / "normal").glob("*.parquet")))
+    cfg = TrainConfig(steps=60, batch_size=32, checkpoint_every=60, precision="fp32", text_encoder=HASHED, warmup=5,
+                      lr=3e-3)
+    train(ws, TrainRequest("plant-tiny", "sakai", "foundation-pretraining", ("normal",), size="tiny", train=cfg,
+                           model_overrides=(("history", 8), ("chunk", 4))))
+    models.copy_model(ws, "plant-tiny", "tokyo")  # served where it sits: tokyo has the serve role
+    yield ws
+    ws.close()
+
+
+def test_fit_is_recorded_and_read_back_from_the_ledger(plant: Workspace) -> None:
+    f = monitor.fit(plant, "plant-tiny", "sakai", "normal", window=5, far=0.05)
+    entry = plant.ledger.get(f.index).entry
+    assert entry.kind == "model.use" and entry.actor == "site:sakai" and entry.body["use"] == "monitor.fit"
+    assert entry.body["dataset"] == "normal" and entry.body["episodes"] == 6 and entry.body["frames"] == 6 * 200
+    back = monitor.latest_fit(plant, "plant-tiny", "sakai")
+    assert back.threshold == f.threshold and back.window == 5 and back.index == f.index
+    assert np.array_equal(back.scale.spread, f.scale.spread) and f.threshold > 0
+    assert len(back.scale.centre) == 41 + 12  # every measurement and every valve
+
+
+def test_a_fault_raises_alarms_that_land_in_a_resident_dataset(plant: Workspace, tmp_path: Path) -> None:
+    monitor.fit(plant, "plant-tiny", "sakai", "normal", window=5, far=0.05)
+    (tmp_path / "alarms.toml").write_text(POLICY)
+    r = monitor.run_simulated(plant, "plant-tiny", "sakai", "idv-6", seconds=1800.0, seed=3,
+                              record=("chem", tmp_path / "alarms.toml", "watch-idv6"))
+    assert r.frames == 1000 and r.fault_onset is not None and 250 <= r.fault_onset <= 500
+    assert r.first_alarm is not None and r.first_alarm >= 0 and r.alarms > 0
+    table = datasets.read(plant, "watch-idv6", "sakai", "monitoring")
+    alarm, fault = table.column("alarm").to_numpy(), table.column("fault").to_numpy()
+    # IDV 6 (loss of A feed) is the plant's largest upset: once it has run a while, the model's
+    # predictions are far off and the monitor alarms on most frames; before it, on few
+    assert alarm[fault == 6][100:].mean() > 0.9
+    assert alarm[fault == 0].mean() < alarm[fault == 6].mean()
+    entry = plant.ledger.get(r.index).entry
+    assert entry.body["use"] == "monitor.run" and entry.body["alarms"] == int(alarm.sum())
+    assert entry.body["dataset"] == "watch-idv6" and plant.row("dataset", "watch-idv6")["owner"] == "chem"
+
+
+def test_refusals_change_nothing(plant: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    size = plant.ledger.size()
+    with pytest.raises(NotFoundError, match="onshore monitor fit"):
+        monitor.run_simulated(plant, "plant-tiny", "ohio", "base", seconds=60.0)
+    assert plant.ledger.size() == size
+    with pytest.raises(ValidationError, match="--far"):
+        monitor.fit(plant, "plant-tiny", "sakai", "normal", far=0.9)
+    with pytest.raises(ValidationError, match="--window"):
+        monitor.fit(plant, "plant-tiny", "sakai", "normal", window=0)
+    with pytest.raises(PolicyDenied):  # JP data: a US site may neither use the model nor read the data
+        monitor.fit(plant, "plant-tiny", "ohio", "normal")
+    code, _, err = run_cli(capsys, "-w", str(plant.root), "monitor", "plant-tiny", "--site", "sakai", "--task",
+                           "idv-99")
+    assert code == 1 and "idv-99" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, "-w", str(plant.root), "monitor", "plant-tiny", "--site", "sakai",
+                           "--record-member", "chem")
+    assert code == 2 and "--record-policy" in err
+
+
+def test_cli_fit_then_watch(plant: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "-w", str(plant.root), "monitor", "fit", "plant-tiny", "--site", "sakai",
+                           "--dataset", "normal", "--window", "5", "--far", "0.05")
+    assert code == 0 and "threshold" in out and "ledger entry" in out
+    code, out, _ = run_cli(capsys, "-w", str(plant.root), "monitor", "plant-tiny", "--site", "sakai", "--task",
+                           "base", "--seconds", "180", "--json")
+    assert code == 0
+    import json
+
+    report = json.loads(out)
+    assert report["frames"] == 100 and report["fault_onset_frame"] is None
+
+
+def test_protocol_pieces() -> None:
+    assert np.allclose(FD.trailing_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
+    rng = np.random.default_rng(0)
+    normal = [rng.normal(size=10_000)]
+    limit = FD.threshold(normal, 0.01)
+    assert abs(np.mean(normal[0] > limit) - 0.01) < 0.001
+    stat = np.concatenate([np.zeros(50), np.ones(50) * 10])
+    assert FD.detect(stat, 40, 5.0) == (50 / 60, 10)
+    assert FD.detect(np.zeros(10), 5, 1.0) == (0.0, None)
+    # PCA on data that lives on a plane: SPE is ~0 on the plane and large off it
+    base = rng.normal(size=(500, 2)) @ np.array([[1.0, 2.0, 0.5], [0.3, -1.0, 2.0]])
+    pca = FD.Pca.fit(base + rng.normal(scale=1e-3, size=base.shape), var=0.99)
+    assert pca.axes.shape[1] == 2
+    _, spe_on = pca.statistics(base[:5])
+    _, spe_off = pca.statistics(base[:5] + np.array([5.0, -5.0, 5.0]))
+    assert spe_on.max() < 1e-2 < spe_off.min()
+    with pytest.raises(ValidationError):
+        FD.Pca.fit(np.zeros((2, 5)))
+
+
+# --- onshore shadow: the model beside the controller, recorded for DAgger ------------------------------
+
+def test_shadow_records_the_controllers_labels_and_the_models_proposals(plant: Workspace, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from onshore.serve.shadow import run_shadow
+    from onshore.sim import tep
+
+    (tmp_path / "p.toml").write_text(POLICY)
+    pure = run_shadow(plant, "plant-tiny", "tokyo", ["base"], member="chem", policy=tmp_path / "p.toml",
+                      dataset="shadow-pure", seconds=90.0, seed=4)
+    assert pure.frames == 50 and pure.model_applied == 0 and pure.episodes == 1
+    table = datasets.read(plant, "shadow-pure", "tokyo", "monitoring")
+    states = np.asarray(table.column("observation.state").to_pylist())
+    labels = np.asarray(table.column("action").to_pylist())
+    # pure shadow: the PI controller drove, so the recording is exactly its own closed-loop run
+    env = tep.TepEnv()
+    from onshore.sim.rollout import EpisodeSpec, rollout
+
+    ref = rollout(env, env.expert(), EpisodeSpec("tep", "base", 0, 0, 4), seconds=90.0)
+    assert np.allclose(states, ref.state, atol=1e-4) and np.allclose(labels, ref.action, atol=1e-3)
+    proposals = np.asarray(table.column("proposal").to_pylist())
+    assert proposals.shape == labels.shape and not np.allclose(proposals, labels)  # the model's own outputs
+    assert set(table.column("by_model").to_pylist()) == {0}
+    # DAgger: the model drives (through the envelope); the labels are still the controller's outputs
+    dag = run_shadow(plant, "plant-tiny", "tokyo", ["base"], member="chem", policy=tmp_path / "p.toml",
+                     dataset="shadow-dagger", seconds=90.0, seed=4, drive="model")
+    assert dag.model_applied == dag.frames == 50
+    dstates = np.asarray(datasets.read(plant, "shadow-dagger", "tokyo", "monitoring").column(
+        "observation.state").to_pylist())
+    assert not np.allclose(dstates[5:], states[5:], atol=1e-3)  # the model took the plant elsewhere
+    entry = plant.ledger.get(dag.index).entry
+    assert entry.body["use"] == "shadow" and entry.body["drive"] == "model" and entry.actor == "site:tokyo"
+    # the recording is training data at once: fine-tune on it
+    code, out, err = run_cli(capsys, "-w", str(plant.root), "finetune", "plant-tiny", "--datasets",
+                             "shadow-pure,shadow-dagger", "--name", "plant-r1", "--steps", "4", "--batch-size", "8",
+                             "--site", "tokyo", "--purpose", "monitoring", "--json")
+    assert code == 0, err
+
+
+def test_shadow_refusals(plant: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from onshore.serve.shadow import run_shadow
+
+    (tmp_path / "p.toml").write_text(POLICY)
+    size = plant.ledger.size()
+    for kwargs, needle in (({"drive": "autopilot"}, "--drive"), ({"drive": "mix", "beta": 1.5}, "--beta"),
+                           ({"episodes": 0}, "--episodes")):
+        with pytest.raises(ValidationError, match=needle):
+            run_shadow(plant, "plant-tiny", "tokyo", ["base"], member="chem", policy=tmp_path / "p.toml",
+                       dataset="x", seconds=10.0, **kwargs)  # type: ignore[arg-type]
+    assert plant.ledger.size() == size  # refused before anything was decided or recorded
+    with pytest.raises(PolicyDenied):  # sakai has no serve role: the model may not run next to a machine there
+        run_shadow(plant, "plant-tiny", "sakai", ["base"], member="chem", policy=tmp_path / "p.toml", dataset="x",
+                   seconds=10.0)
+    assert "x" not in {d["name"] for d in datasets.list_datasets(plant)}
+    code, _, err = run_cli(capsys, "-w", str(plant.root), "shadow", "plant-tiny", "--site", "tokyo", "--member",
+                           "chem", "--policy", str(tmp_path / "p.toml"), "--as", "y", "--tasks", "idv-77")
+    assert code == 1 and "idv-77" in err and "Traceback" not in err
