@@ -95,6 +95,9 @@ def test_refusals_change_nothing(plant: Workspace, tmp_path: Path, capsys: pytes
     code, _, err = run_cli(capsys, "-w", str(plant.root), "monitor", "plant-tiny", "--site", "sakai",
                            "--record-member", "chem")
     assert code == 2 and "--record-policy" in err
+    code, _, err = run_cli(capsys, "-w", str(plant.root), "monitor", "plant-tiny", "--site", "sakai", "--endpoint",
+                           "opc.tcp://127.0.0.1:9")
+    assert code == 2 and "--map" in err
 
 
 def test_cli_fit_then_watch(plant: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
@@ -187,3 +190,65 @@ def test_shadow_refusals(plant: Workspace, tmp_path: Path, capsys: pytest.Captur
     code, _, err = run_cli(capsys, "-w", str(plant.root), "shadow", "plant-tiny", "--site", "tokyo", "--member",
                            "chem", "--policy", str(tmp_path / "p.toml"), "--as", "y", "--tasks", "idv-77")
     assert code == 1 and "idv-77" in err and "Traceback" not in err
+
+
+def test_watching_over_opcua_computes_the_statistic_of_the_frames_the_plant_ran(plant: Workspace,
+                                                                                tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    from asyncua import Client as OpcClient
+    from asyncua import ua
+
+    from onshore.serve.plant import PlantThread, SimPlant
+    from onshore.sim import tep
+
+    f = monitor.fit(plant, "plant-tiny", "sakai", "normal", window=5, far=0.05)
+    sim = SimPlant("tep", "base", seed=2, scan_s=0.05)
+    steps = 25
+    with PlantThread(sim) as pt:
+        sim.write_map(tmp_path / "map.toml")
+        m = sim.map_dict()["nodes"]
+        frame_node = m["state"][0].replace("state/0", "frame")
+
+        async def pi_controller() -> None:  # the plant's own controller, writing its valves over OPC UA
+            c = OpcClient(pt.endpoint, timeout=5)
+            await c.connect()
+            try:
+                states = [c.get_node(n) for n in m["state"]]
+                actions = [c.get_node(n) for n in m["action"]]
+                pi = tep.TepEnv().expert()
+                pi.reset(tep.task_text("base"))
+                for _ in range(2 * steps):
+                    await asyncio.sleep(0.05)
+                    s = np.asarray(await c.read_values(states), dtype=np.float32)
+                    a = pi.act(s)
+                    await c.write_values(actions, [ua.Variant(float(x), ua.VariantType.Double) for x in a])
+            finally:
+                await c.disconnect()
+
+        controller = threading.Thread(target=lambda: asyncio.run(pi_controller()))
+        controller.start()
+        (tmp_path / "p.toml").write_text(POLICY)
+        r = monitor.run_opcua(plant, "plant-tiny", "sakai", pt.endpoint, tmp_path / "map.toml", steps=steps,
+                              seconds=120.0, frame_node=frame_node, record=("chem", tmp_path / "p.toml", "watch-opc"))
+        controller.join(120)
+    assert 0 < r.frames <= steps
+    table = datasets.read(plant, "watch-opc", "sakai", "monitoring")
+    frames = table.column("frame_index").to_pylist()
+    assert frames == sorted(frames) and len(frames) == r.frames
+    plant_states, plant_actions = np.asarray(sim.states), np.asarray(sim.actions)
+    # each frame watched is the plant's own frame of that index, paired with the action that followed it
+    assert np.allclose(np.asarray(table.column("observation.state").to_pylist()), plant_states[frames], atol=1e-3)
+    assert np.allclose(np.asarray(table.column("action").to_pylist()), plant_actions[frames], atol=1e-3)
+    # and the statistic is the one the monitor computes offline on those frames (afresh after a missed one)
+    from onshore.workspace.models import load_model_for
+
+    offline = monitor.Monitor(load_model_for(plant, "plant-tiny", "sakai", "read"), f)
+    want, prev = [], None
+    for k in frames:
+        if prev is not None and k != prev + 1:
+            offline.restart()
+        want.append(round(offline.step(plant_states[k], plant_actions[k])[1] * 1e6))
+        prev = k
+    assert np.allclose(table.column("monitor_score").to_pylist(), want, rtol=1e-3, atol=50)

@@ -63,9 +63,17 @@ def run_command(
                                               help="Their usage policy (with --record-member)."),
     record_as: str | None = typer.Option(None, "--record-as", metavar="DATASET",
                                          help="Name of the recorded dataset (default MODEL-monitor-SEED-TASK)."),
+    endpoint: str | None = typer.Option(None, "--endpoint", help="Watch a plant over OPC UA instead, e.g. "
+                                                                 "opc.tcp://plc.line2:4840 (with --map)."),
+    map_file: Path | None = typer.Option(None, "--map", metavar="MAP.toml",
+                                         help="The plant's state and action nodes (the bridge's map format)."),
+    frame_node: str | None = typer.Option(None, "--frame-node", help="A node counting control periods: one frame "
+                                                                     "per count (else read at the control rate)."),
+    steps: int | None = typer.Option(None, "--steps", help="Over OPC UA: stop after this many frames."),
     json_: bool = JSON,
 ) -> None:
-    """Watch the simulated Tennessee Eastman plant under its PI controller and raise alarms.
+    """Watch a plant and raise alarms: the simulated Tennessee Eastman plant under its PI controller, or a plant
+    over OPC UA (--endpoint, --map) whose controller writes its action nodes.
 
     Example: onshore monitor plant-base --site sakai --task idv-6 --seconds 3600 --record-member kansai-chemicals
     --record-policy policy.toml
@@ -77,8 +85,18 @@ def run_command(
     record = None
     if record_member is not None and record_policy is not None:
         record = (record_member, record_policy, record_as or f"{model}-monitor-{seed}-{task}")
+    if (endpoint is None) != (map_file is None):
+        raise usage("give --endpoint and --map together (where the plant is, and which nodes are what)")
     with open_workspace() as ws:
-        r = run_simulated(ws, model, site, task, seconds=seconds, seed=seed, purpose=purpose, record=record)
+        if endpoint is not None and map_file is not None:
+            from onshore.serve.monitor import run_opcua
+
+            if record is not None and record_as is None:
+                record = (record[0], record[1], f"{model}-monitor-opcua")
+            r = run_opcua(ws, model, site, endpoint, map_file, steps=steps, seconds=seconds, frame_node=frame_node,
+                          purpose=purpose, record=record)
+        else:
+            r = run_simulated(ws, model, site, task, seconds=seconds, seed=seed, purpose=purpose, record=record)
     out = {"frames": r.frames, "alarms": r.alarms, "first_alarm_frame": r.first_alarm,
            "fault_onset_frame": r.fault_onset, "dataset": r.dataset, "ledger_index": r.index}
     if json_:

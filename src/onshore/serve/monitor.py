@@ -34,7 +34,7 @@ from onshore.errors import NotFoundError, ValidationError
 from onshore.eval import faults as FD
 from onshore.workspace import datasets
 from onshore.workspace.models import get_model, load_model_for
-from onshore.workspace.registry import get_site
+from onshore.workspace.registry import get_embodiment, get_site
 from onshore.workspace.workspace import Workspace
 
 FIT = "monitor.fit"
@@ -148,6 +148,12 @@ class Monitor:
         self._scores: list[float] = []
         self._t = 0
 
+    def restart(self) -> None:
+        """Forget the history (a gap in the stream): the next frame starts afresh, like a first one."""
+        self._pred_next = None
+        self._t = 0
+        self._scores.clear()
+
     def step(self, state: np.ndarray, action: np.ndarray) -> tuple[float, float, bool]:
         """(this frame's score, its window mean, alarm) for frame ``state`` and the controller's ``action``."""
         import torch
@@ -207,7 +213,7 @@ def run_simulated(ws: Workspace, model: str, site: str, task: str, *, seconds: f
     state, extra = env.reset(EpisodeSpec("tep", task, 0, 0, seed), horizon)
     expert = env.expert()
     expert.reset(env.task_text(task))
-    rows: list[tuple[np.ndarray, np.ndarray, int, int, int]] = []
+    rows: list[tuple[np.ndarray, np.ndarray, int, int, int, int]] = []
     first = onset = None
     for t in range(max(1, int(horizon / env.dt))):
         action = np.asarray(expert.act(np.asarray(state, dtype=np.float32)), dtype=np.float64)
@@ -218,7 +224,7 @@ def run_simulated(ws: Workspace, model: str, site: str, task: str, *, seconds: f
         if alarm and first is None:
             first = t
         rows.append((np.asarray(state, np.float32), action.astype(np.float32), int(alarm), int(round(stat * 1e6)),
-                     fault))
+                     fault, t))
         step = env.step(action)
         state, extra = step.state, step.extra
         if step.terminated:
@@ -233,7 +239,103 @@ def run_simulated(ws: Workspace, model: str, site: str, task: str, *, seconds: f
     return RunReport(len(rows), sum(r[2] for r in rows), first, onset, name, idx)
 
 
-def _ingest(ws: Workspace, rows: list[tuple[np.ndarray, np.ndarray, int, int, int]], f: MonitorFit, member: str,
+def run_opcua(ws: Workspace, model: str, site: str, endpoint: str, map_file: Path, *, steps: int | None = None,
+              seconds: float | None = None, frame_node: str | None = None, poll_s: float = 0.005,
+              purpose: str | None = None, record: tuple[str, Path, str] | None = None) -> RunReport:
+    """Watch a plant over OPC UA: the map's state nodes and its action nodes (the controller's
+    outputs, written by whatever controls the plant), for ``steps`` frames or ``seconds``.
+
+    With ``frame_node`` (a counter the PLC or the simulated plant advances once per control
+    period), one frame is taken per new count and paired with the action that produced the next
+    one, so nothing is sampled twice; a count that jumps by more than one (a missed period) starts
+    the residuals afresh rather than comparing across the gap. Without it, the nodes are read once
+    per ``1 / control_hz`` of the embodiment. Refused: an unreachable endpoint, a map whose node
+    lists do not match the fitted embodiment (``OnshoreError``).
+    """
+    import asyncio
+
+    from onshore.serve.bridge import BridgeMap
+
+    f = latest_fit(ws, model, site)
+    mapping = BridgeMap.from_toml(map_file)
+    if mapping.embodiment != f.embodiment:
+        raise ValidationError(f"{map_file}: the map is for {mapping.embodiment}; this monitor watches {f.embodiment}")
+    if steps is None and seconds is None:
+        raise ValidationError("give --steps or --seconds: how long to watch")
+    loaded = load_model_for(ws, model, site, "read", purpose)
+    spec = loaded.model.specs[f.embodiment]
+    if (len(mapping.state), len(mapping.action)) != (spec.state_dim, spec.action_dim):
+        raise ValidationError(f"{map_file}: {len(mapping.state)} state and {len(mapping.action)} action nodes; "
+                              f"{f.embodiment} has {spec.state_dim} and {spec.action_dim}")
+    hz = get_embodiment(ws, f.embodiment).control_hz
+    rows = asyncio.run(_watch(endpoint, mapping, Monitor(loaded, f), hz, steps, seconds, frame_node, poll_s))
+    name = None
+    if record is not None and rows:
+        member, policy, name = record
+        _ingest(ws, rows, f, member, policy, name, site, 1.0 / hz)
+    alarms = sum(r[2] for r in rows)
+    first = next((i for i, r in enumerate(rows) if r[2]), None)
+    idx = ws.record("model.use", f"site:{site}", {
+        "use": RUN, "model": model, "site": site, "fit_index": f.index, "endpoint": endpoint, "frames": len(rows),
+        "alarms": alarms, "first_alarm": first, "dataset": name})
+    return RunReport(len(rows), alarms, first, None, name, idx)
+
+
+async def _watch(endpoint: str, mapping: Any, mon: Monitor, hz: float, steps: int | None, seconds: float | None,
+                 frame_node: str | None, poll_s: float) -> list[tuple[np.ndarray, np.ndarray, int, int, int, int]]:
+    import asyncio
+    import logging
+    import time
+
+    from asyncua import Client as OpcClient
+
+    from onshore.errors import OnshoreError
+
+    for logger in ("asyncua", "asyncua.client"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
+    opc = OpcClient(endpoint, timeout=5)
+    try:
+        await opc.connect()
+    except Exception as e:
+        raise OnshoreError(f"cannot reach the OPC UA server at {endpoint}: {e or type(e).__name__}") from None
+    rows: list[tuple[np.ndarray, np.ndarray, int, int, int, int]] = []
+    try:
+        state_nodes = [opc.get_node(n) for n in mapping.state]
+        action_nodes = [opc.get_node(n) for n in mapping.action]
+        counter = [opc.get_node(frame_node)] if frame_node else []
+        period = 1.0 / hz if frame_node is None else poll_s
+        deadline = time.monotonic() + seconds if seconds is not None else None
+        last_count: int | None = None
+        held: np.ndarray | None = None  # the state of the last frame, waiting for the action that followed it
+        while (steps is None or len(rows) < steps) and (deadline is None or time.monotonic() < deadline):
+            values = await opc.read_values(counter + state_nodes + action_nodes)
+            state = np.asarray(values[len(counter):len(counter) + len(state_nodes)], dtype=np.float64)
+            action = np.asarray(values[len(counter) + len(state_nodes):], dtype=np.float64)
+            if counter:
+                count = int(values[0])
+                if count == last_count:
+                    await asyncio.sleep(poll_s)
+                    continue
+                if last_count is not None and count != last_count + 1:
+                    mon.restart()  # a missed period: no residual across the gap
+                    held = None
+                last_count = count
+                if held is not None:  # the action now on the nodes is the one that followed ``held``
+                    _, stat, alarm = mon.step(held, action)
+                    rows.append((held.astype(np.float32), action.astype(np.float32), int(alarm),
+                                 int(round(stat * 1e6)), 0, count - 1))
+                held = state
+            else:
+                _, stat, alarm = mon.step(state, action)
+                rows.append((state.astype(np.float32), action.astype(np.float32), int(alarm),
+                             int(round(stat * 1e6)), 0, len(rows)))
+                await asyncio.sleep(period)
+    finally:
+        await opc.disconnect()
+    return rows
+
+
+def _ingest(ws: Workspace, rows: list[tuple[np.ndarray, np.ndarray, int, int, int, int]], f: MonitorFit, member: str,
             policy: Path, name: str, site: str, dt: float) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -245,8 +347,8 @@ def _ingest(ws: Workspace, rows: list[tuple[np.ndarray, np.ndarray, int, int, in
     n = len(rows)
     schema = F.frame_schema({"alarm": pa.int64(), "monitor_score": pa.int64(), "fault": pa.int64()})
     cols = {
-        F.EPISODE: pa.array(np.zeros(n, np.int64)), F.FRAME: pa.array(np.arange(n, dtype=np.int64)),
-        F.TIMESTAMP: pa.array(np.arange(n) * dt, type=pa.float64()),
+        F.EPISODE: pa.array(np.zeros(n, np.int64)), F.FRAME: pa.array(np.array([r[5] for r in rows], dtype=np.int64)),
+        F.TIMESTAMP: pa.array(np.array([r[5] for r in rows]) * dt, type=pa.float64()),
         F.STATE: list_column(np.stack([r[0] for r in rows])), F.ACTION: list_column(np.stack([r[1] for r in rows])),
         F.TASK: pa.array([f.task] * n, type=pa.string()), F.REWARD: pa.array(np.zeros(n, np.float32)),
         F.DONE: pa.array([False] * (n - 1) + [True]), F.SUCCESS: pa.array([False] * n),

@@ -29,7 +29,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from onshore.serve.wire import MAX_ITEMS, WireError
+from onshore.serve.wire import MAX_ITEMS, WireError, unpack_map
 
 #: Where an observation may carry the machine's state (openpi's and LeRobot's spellings).
 STATE_KEYS = ("state", "observation/state", "observation.state")
@@ -78,21 +78,7 @@ def _dtype(text: Any) -> np.dtype[Any]:
 
 def decode(frame: Any, max_frame: int) -> dict[str, Any]:
     """One observation frame as a map; refuses (``WireError``) anything but a checked msgpack map."""
-    if isinstance(frame, str):
-        raise WireError("bad_frame", "text frames are not accepted; send binary msgpack frames")
-    if len(frame) > max_frame:
-        raise WireError("too_large", f"frame of {len(frame)} bytes is over the limit of {max_frame}")
-    try:
-        msg = msgpack.unpackb(frame, raw=False, strict_map_key=False, object_hook=_array, use_list=True,
-                              max_str_len=max_frame, max_bin_len=max_frame, max_array_len=MAX_ITEMS,
-                              max_map_len=64, max_ext_len=0)
-    except WireError:
-        raise
-    except Exception as e:  # msgpack raises several types for malformed input; all mean the same
-        raise WireError("bad_frame", f"not a msgpack message ({type(e).__name__})") from None
-    if not isinstance(msg, dict):
-        raise WireError("bad_message", "an observation must be a msgpack map")
-    return msg
+    return unpack_map(frame, max_frame, object_hook=_array)
 
 
 def observation(msg: dict[str, Any]) -> tuple[np.ndarray, str | None]:

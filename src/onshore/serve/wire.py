@@ -13,6 +13,7 @@ the machine.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -85,22 +86,31 @@ def pack(message: dict[str, Any]) -> bytes:
     return msgpack.packb(message, default=default, use_bin_type=True)
 
 
-def unpack(frame: Any, types: tuple[str, ...]) -> dict[str, Any]:
-    """Decode one frame into a message whose ``type`` is one of ``types``; refuses anything else."""
+def unpack_map(frame: Any, max_frame: int = MAX_FRAME, object_hook: Callable[[dict[Any, Any]], Any] | None = None
+               ) -> dict[str, Any]:
+    """One binary frame as a msgpack map, bounded (``max_frame`` bytes, ``MAX_ITEMS`` items, 64 keys a
+    map, no extension types). Map keys must be strings unless ``object_hook`` is given, which then
+    sees every map first and must check its keys itself (openpi's array maps have byte keys)."""
     if isinstance(frame, str):
         raise WireError("bad_frame", "text frames are not accepted; send binary msgpack frames")
-    if len(frame) > MAX_FRAME:
-        raise WireError("too_large", f"frame of {len(frame)} bytes is over the limit of {MAX_FRAME}")
+    if len(frame) > max_frame:
+        raise WireError("too_large", f"frame of {len(frame)} bytes is over the limit of {max_frame}")
     try:
-        msg = msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=_no_ext, use_list=True,
-                              max_str_len=MAX_FRAME, max_bin_len=MAX_FRAME, max_array_len=MAX_ITEMS,
-                              max_map_len=64, max_ext_len=0)
+        msg = msgpack.unpackb(frame, raw=False, strict_map_key=object_hook is None, ext_hook=_no_ext,
+                              object_hook=object_hook, use_list=True, max_str_len=max_frame,
+                              max_bin_len=max_frame, max_array_len=MAX_ITEMS, max_map_len=64, max_ext_len=0)
     except WireError:
         raise
     except Exception as e:  # msgpack raises several types for malformed input; all mean the same
         raise WireError("bad_frame", f"not a msgpack message ({type(e).__name__})") from None
     if not isinstance(msg, dict):
         raise WireError("bad_message", "a message must be a msgpack map")
+    return msg
+
+
+def unpack(frame: Any, types: tuple[str, ...]) -> dict[str, Any]:
+    """Decode one frame into a message whose ``type`` is one of ``types``; refuses anything else."""
+    msg = unpack_map(frame)
     kind = msg.get("type")
     if kind not in types:
         raise WireError("bad_message", f"unknown message type {kind!r}; expected one of {', '.join(types)}")
