@@ -1,0 +1,387 @@
+"""Many parties (issue 19): real processes on loopback, each party in its own folder, stopped by PID.
+
+One deployment (coordinator + three site nodes, two JP and one US) serves the module; each test
+uses its own dataset names. The operator attacks use only what that operator holds: its own kit.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.flight as fl
+import pyarrow.parquet as pq
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from onshore.errors import OnshoreError, PolicyDenied, ValidationError
+from onshore.keys.keystore import public_key_b64
+from onshore.ledger import merkle
+from onshore.ledger.checkpoint import verify_checkpoint
+from onshore.ledger.entries import parse_leaf, verify_entry
+from onshore.ledger.notes import encode_verifier_key
+from onshore.parties import actions
+from onshore.parties.client import CoordinatorClient
+from onshore.parties.consortium import parse_consortium
+from onshore.parties.local import LocalConsortium, consortium_text
+from onshore.parties.provision import provision
+from onshore.parties.signed import RequestRefused, sign_request
+from onshore.parties.site import flight_client, push
+
+JP_ONLY = ('jurisdictions = ["JP"]\nsites = []\npurposes = ["fine-tuning"]\nexpires = 2031-03-31\n'
+           'derived_models = "keep"\n')
+TOKYO_ONLY = JP_ONLY.replace("sites = []", 'sites = ["tokyo"]')
+ROBOTICS, CHEMICALS = "member:kansai-robotics", "member:kansai-chemicals"
+
+
+def frames(n: int, seed: int = 0) -> pa.Table:
+    return pa.table({"episode_index": pa.array([seed] * n, pa.int64()),
+                     "frame_index": pa.array(range(n), pa.int64()),
+                     "observation.state": pa.array([[float(i % 7), float(seed)] for i in range(n)],
+                                                   pa.list_(pa.float32()))})
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalConsortium]:
+    c = LocalConsortium.provision(tmp_path_factory.mktemp("parties") / "dep")
+    c.start_all()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("tel")
+    pq.write_table(frames(20000), d / "a.parquet")
+    (d / "jp.toml").write_text(JP_ONLY)
+    (d / "tokyo.toml").write_text(TOKYO_ONLY)
+    return {"a": d / "a.parquet", "jp": d / "jp.toml", "tokyo": d / "tokyo.toml", "dir": d}
+
+
+def held(dep: LocalConsortium, site: str) -> list[str]:
+    kit = dep.kit(f"site:{site}")
+    res = list(flight_client(kit, kit.sites[site].flight).do_action(fl.Action("health", b"")))
+    return json.loads(res[0].body.to_pybytes())["datasets"]
+
+
+def flight_refusal(fn) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(fl.FlightError) as e:
+        fn()
+    return str(e.value)
+
+
+# ---- provisioning --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda t: t.replace('jurisdiction = "US"', 'jurisdiction = "us"'), "sites[2].jurisdiction"),
+    (lambda t: t.replace('name = "sakai"', 'name = "../sakai"'), "sites[0].name"),
+    (lambda t: t + '\n[extra]\nx = 1\n', "<top>.extra"),
+    (lambda t: t.replace('name = "tokyo"', 'name = "sakai"'), "name"),
+    (lambda t: re.sub(r"roles = \[[^\]]*\]", 'roles = ["cooking"]', t, count=1), "sites[0].roles"),
+])
+def test_provision_refuses_a_hostile_consortium_file(tmp_path: Path, edit, field: str) -> None:  # type: ignore[no-untyped-def]
+    text = edit(consortium_text())
+    with pytest.raises(ValidationError) as e:
+        provision(parse_consortium(text, "c.toml"), tmp_path / "out")
+    assert f"c.toml: field {field!r}" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_provision_never_overwrites_a_kit(tmp_path: Path) -> None:
+    c = parse_consortium(consortium_text(), "c.toml")
+    provision(c, tmp_path / "out")
+    before = (tmp_path / "out" / "coordinator" / "keys" / "identity.pem").read_bytes()
+    with pytest.raises(ValidationError, match="not empty"):
+        provision(c, tmp_path / "out")
+    assert (tmp_path / "out" / "coordinator" / "keys" / "identity.pem").read_bytes() == before
+
+
+# ---- the story over the network ------------------------------------------------------------------
+
+def test_ingest_copy_read_and_refusals(dep: LocalConsortium, files: dict[str, Path], tmp_path: Path) -> None:
+    member = dep.kit(ROBOTICS)
+    res = actions.ingest(member, "arms", [files["a"]], "sakai", files["jp"])
+    assert res["frames"] == 20000 and "arms" in held(dep, "sakai")
+    assert actions.copy(dep.kit("site:tokyo"), "arms", "sakai")["frames"] == 20000
+    with pytest.raises(PolicyDenied) as e:
+        actions.copy(dep.kit("site:ohio"), "arms", "sakai")
+    assert "dataset/arms/jurisdictions" in e.value.rules
+    assert "arms" not in held(dep, "ohio")
+    assert actions.read(dep.kit("site:tokyo"), "arms", tmp_path / "out.parquet") == 20000
+    assert pq.read_table(tmp_path / "out.parquet").equals(pq.read_table(files["a"]))
+    # the shard at tokyo is tokyo's own encryption: the bytes differ from sakai's
+    sak = sorted((dep.kit("site:sakai").folder / "data" / "datasets" / "arms").glob("*.parquet"))
+    tok = sorted((dep.kit("site:tokyo").folder / "data" / "datasets" / "arms").glob("*.parquet"))
+    assert sak and tok and sak[0].read_bytes() != tok[0].read_bytes()
+
+
+def test_each_party_folder_holds_only_its_own_keys(dep: LocalConsortium, files: dict[str, Path]) -> None:
+    actions.ingest(dep.kit(CHEMICALS), "plant", [files["a"]], "tokyo", files["jp"])
+    registered = {label: dep.kit(label).public_key(label if not label.startswith("coordinator") else "coordinator")
+                  for label in dep.kits if label.split(":")[0] in ("site", "member", "coordinator")}
+    for label, kit in dep.kits.items():
+        privates = []
+        for f in kit.folder.rglob("*"):
+            if f.is_file() and b"PRIVATE KEY" in f.read_bytes()[:100] and f.name == "identity.pem":
+                privates.append(serialization.load_pem_private_key(f.read_bytes(), None))
+        assert len(privates) == 1, f"{label} holds {len(privates)} identity keys"
+        mine = public_key_b64(privates[0].public_key())  # type: ignore[arg-type]
+        for other, pub in registered.items():
+            if other != label:
+                assert public_key_b64(pub) != mine, f"{label}'s folder holds {other}'s key"  # type: ignore[arg-type]
+        kind = kit.kind
+        assert (kit.folder / "keys" / "kek.bin").exists() == (kind == "site")
+        if kind != "site":
+            assert not list(kit.folder.rglob("datasets/*.key")), f"{label} holds a data key"
+    assert not (dep.kit("site:ohio").folder / "keys" / "datasets").exists() or \
+        not list((dep.kit("site:ohio").folder / "keys" / "datasets").iterdir())
+    assert [p.parent.name for p in (dep.root / "kits").rglob("ca.key")] == ["ca"]  # the provisioner's, in no kit
+
+
+# ---- what one operator can still not do ------------------------------------------------------------
+
+def _decision_as_coordinator(dep: LocalConsortium, request: dict, allow_body: dict) -> dict:  # type: ignore[type-arg]
+    """A decision signed with the coordinator's log key: a compromised coordinator (the sites must
+    still refuse what their own rules forbid)."""
+    key = dep.kit("coordinator:coordinator").keystore().identity()
+    return sign_request("coordinator", "decision", allow_body, key)
+
+
+def test_us_operator_cannot_get_jp_data(dep: LocalConsortium, files: dict[str, Path]) -> None:
+    member, ohio = dep.kit(ROBOTICS), dep.kit("site:ohio")
+    actions.ingest(member, "welds", [files["a"]], "sakai", files["jp"])
+    co = CoordinatorClient(ohio)
+    # a decision for itself to read or copy: denied by the coordinator
+    with pytest.raises(PolicyDenied):
+        co.decide("copy", "welds", "ohio")
+    with pytest.raises(PolicyDenied, match="site-acts-for-itself"):
+        co.decide("read", "welds", "sakai")
+    # at sakai's node with its own request and no valid decision: refused
+    req = sign_request("site:ohio", "decide", {"action": "read", "dataset": "welds", "site": "sakai",
+                                               "purpose": None}, ohio.keystore().identity())
+    sakai = flight_client(ohio, ohio.sites["sakai"].flight)
+    msg = flight_refusal(lambda: sakai.do_get(fl.Ticket(json.dumps({"request": req, "decision": {}}))).read_all())
+    assert "refused" in msg
+    # a captured decision (tokyo's own read) replayed, or edited to name ohio: refused
+    treq, tdec = CoordinatorClient(dep.kit("site:tokyo")).decide("copy", "welds", "tokyo")
+    edited = json.loads(json.dumps(tdec))
+    edited["body"]["site"] = "ohio"
+    edited["body"]["principal"] = "site:ohio"
+    oreq = sign_request("site:ohio", "decide", {"action": "copy", "dataset": "welds", "site": "ohio",
+                                                "purpose": None}, ohio.keystore().identity())
+    assert "does not verify" in flight_refusal(lambda: list(sakai.do_action(fl.Action(
+        "copy", json.dumps({"request": oreq, "decision": edited}).encode()))))
+    assert "bound to site 'tokyo'" in flight_refusal(lambda: list(sakai.do_action(fl.Action(
+        "copy", json.dumps({"request": oreq, "decision": tdec}).encode()))))
+    # even a compromised coordinator's "allow" does not make the US node store JP-only data
+    ireq = sign_request(ROBOTICS, "decide", {"action": "ingest", "dataset": "welds", "site": "ohio",
+                                             "purpose": None}, member.keystore().identity())
+    consent = json.loads(json.dumps(tdec["body"]["consent"]))
+    forged = _decision_as_coordinator(dep, ireq, {
+        "principal": ROBOTICS, "site": "ohio", "action": "ingest", "dataset": "welds", "purpose": None,
+        "request_nonce": ireq["nonce"], "decision": "allow", "rules": [], "policy_hash": "", "consent": consent})
+    tab = frames(100)
+    with pytest.raises(fl.FlightError, match="checked by the site itself"):
+        push(flight_client(member, member.sites["ohio"].flight), {"request": ireq, "decision": forged},
+             iter(tab.to_batches()), tab.schema)
+    assert "welds" not in held(dep, "ohio")
+    assert not list((ohio.folder / "data").rglob("*.parquet"))
+
+
+def test_sakai_operator_cannot_read_a_tokyo_only_dataset(dep: LocalConsortium, files: dict[str, Path]) -> None:
+    actions.ingest(dep.kit(CHEMICALS), "secret", [files["a"]], "tokyo", files["tokyo"])
+    with pytest.raises(PolicyDenied, match="dataset/secret/sites"):
+        actions.copy(dep.kit("site:sakai"), "secret", "tokyo")
+    sakai = dep.kit("site:sakai")
+    with pytest.raises(PolicyDenied):
+        CoordinatorClient(sakai).decide("read", "secret", "tokyo")
+    req = sign_request("site:sakai", "decide", {"action": "read", "dataset": "secret", "site": "tokyo",
+                                                "purpose": None}, sakai.keystore().identity())
+    tokyo = flight_client(sakai, sakai.sites["tokyo"].flight)
+    assert "refused" in flight_refusal(
+        lambda: tokyo.do_get(fl.Ticket(json.dumps({"request": req, "decision": {}}))).read_all())
+
+
+def test_a_member_cannot_act_as_another(dep: LocalConsortium, files: dict[str, Path]) -> None:
+    actions.ingest(dep.kit(ROBOTICS), "owned", [files["a"]], "sakai", files["jp"])
+    chem = dep.kit(CHEMICALS)
+    # signing as robotics with chemicals' key
+    forged = sign_request(ROBOTICS, "decide", {"action": "withdraw", "dataset": "owned", "site": "sakai"},
+                          chem.keystore().identity())
+    with pytest.raises(RequestRefused, match="does not verify"):
+        CoordinatorClient(chem)._call("POST", "/v1/decide", forged)
+    with pytest.raises(PolicyDenied):
+        CoordinatorClient(chem).decide("withdraw", "owned", "sakai")
+    with pytest.raises(RequestRefused, match="only its owner"):
+        CoordinatorClient(chem).withdraw("owned")
+    assert "owned" in held(dep, "sakai")
+
+
+def test_without_a_consortium_certificate_the_handshake_fails(dep: LocalConsortium, tmp_path: Path) -> None:
+    kit = dep.kit(ROBOTICS)
+    host, port = dep.endpoint("coordinator:coordinator")
+    ctx = ssl.create_default_context(cafile=str(kit.ca))  # trusts the CA, presents no certificate
+    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=10)
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
+        conn.request("GET", "/v1/health")
+        conn.getresponse().read()
+    # a certificate from another CA (another consortium) is refused too
+    other = LocalConsortium.provision(tmp_path / "other").kit(ROBOTICS)
+    ctx2 = ssl.create_default_context(cafile=str(kit.ca))
+    ctx2.load_cert_chain(str(other.cert), str(other.key))
+    conn = http.client.HTTPSConnection(host, port, context=ctx2, timeout=10)
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
+        conn.request("GET", "/v1/health")
+        conn.getresponse().read()
+    site = fl.FlightClient(kit.sites["sakai"].flight, tls_root_certs=kit.ca.read_bytes())
+    with pytest.raises(fl.FlightError):
+        list(site.do_action(fl.Action("health", b""), fl.FlightCallOptions(timeout=5)))
+
+
+def test_a_replayed_signed_request_is_refused(dep: LocalConsortium, files: dict[str, Path]) -> None:
+    member = dep.kit(ROBOTICS)
+    co = CoordinatorClient(member)
+    req = sign_request(ROBOTICS, "decide", {"action": "ingest", "dataset": "arms", "site": "sakai",
+                                            "purpose": None}, member.keystore().identity())
+    co._call("POST", "/v1/decide", req)
+    with pytest.raises(RequestRefused, match="replayed"):
+        co._call("POST", "/v1/decide", req)
+    # at a site: an upload's request + decision work once
+    co.consent("once", {"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"],
+                        "expires": "2031-03-31", "derived_models": "keep", "redistribution": False})
+    request, decision = co.decide("ingest", "once", "sakai")
+    tab = frames(50)
+    site = flight_client(member, member.sites["sakai"].flight)
+    push(site, {"request": request, "decision": decision}, iter(tab.to_batches()), tab.schema)
+    with pytest.raises(fl.FlightError, match="replayed"):
+        push(site, {"request": request, "decision": decision}, iter(tab.to_batches()), tab.schema)
+
+
+def test_a_tampered_stream_is_refused_and_leaves_nothing(dep: LocalConsortium) -> None:
+    member = dep.kit(ROBOTICS)
+    co = CoordinatorClient(member)
+    co.consent("tampered", {"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"],
+                            "expires": "2031-03-31", "derived_models": "keep", "redistribution": False})
+    request, decision = co.decide("ingest", "tampered", "sakai")
+    honest, evil = frames(1000), frames(1000, seed=9)
+
+    def edited() -> Iterator[pa.RecordBatch]:  # the digest is computed over honest, evil is sent
+        yield from evil.to_batches()
+    import hashlib
+
+    h = hashlib.sha256()
+    for b in honest.to_batches():
+        h.update(b.serialize())
+    writer, reader = flight_client(member, member.sites["sakai"].flight).do_put(
+        fl.FlightDescriptor.for_command(json.dumps({"request": request, "decision": decision})), evil.schema)
+    for b in edited():
+        writer.write_batch(b)
+    writer.write_metadata(pa.py_buffer(json.dumps({"sha256": h.hexdigest(), "frames": 1000}).encode()))
+    writer.done_writing()
+    with pytest.raises(fl.FlightError, match="does not match its digest"):
+        reader.read()
+        writer.close()
+    assert "tampered" not in held(dep, "sakai")
+    sakai = dep.kit("site:sakai").folder
+    assert not (sakai / "data" / "datasets" / "tampered").exists()
+    assert not (sakai / "keys" / "datasets" / "tampered.key").exists()
+
+
+def test_kill_9_of_a_site_mid_upload_leaves_nothing_and_a_retry_succeeds(dep: LocalConsortium) -> None:
+    member = dep.kit(ROBOTICS)
+    co = CoordinatorClient(member)
+    co.consent("crashy", {"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"],
+                          "expires": "2031-03-31", "derived_models": "keep", "redistribution": False})
+    request, decision = co.decide("ingest", "crashy", "sakai")
+    tab = frames(5000)
+    started = threading.Event()
+    errors: list[BaseException] = []
+
+    def slow() -> Iterator[pa.RecordBatch]:
+        for i in range(400):
+            if i == 5:
+                started.set()
+            yield tab.to_batches()[0]
+            time.sleep(0.02)
+
+    def upload() -> None:
+        try:
+            push(flight_client(member, member.sites["sakai"].flight), {"request": request, "decision": decision},
+                 slow(), tab.schema)
+        except BaseException as e:  # noqa: BLE001 - the failure is what is checked
+            errors.append(e)
+
+    t = threading.Thread(target=upload)
+    t.start()
+    assert started.wait(30)
+    time.sleep(0.3)
+    dep.kill("site:sakai", signal.SIGKILL)
+    t.join(60)
+    assert errors, "the upload should fail when its site dies"
+    staging = dep.kit("site:sakai").folder / "data" / ".staging"
+    assert staging.exists() and any(staging.rglob("*"))  # what the crash left, before restart
+    dep.start("site:sakai")
+    assert not any(staging.rglob("*.parquet")) and not any(staging.rglob("*.tmp"))
+    assert "crashy" not in held(dep, "sakai")
+    request, decision = co.decide("ingest", "crashy", "sakai")
+    res = push(flight_client(member, member.sites["sakai"].flight), {"request": request, "decision": decision},
+               iter([tab.to_batches()[0]] * 3), tab.schema)
+    assert res["frames"] == 15000 and "crashy" in held(dep, "sakai")
+
+
+def test_the_ledger_verifies_offline_from_the_trust_root(dep: LocalConsortium, files: dict[str, Path]) -> None:
+    actions.ingest(dep.kit(ROBOTICS), "audited", [files["a"]], "sakai", files["jp"])
+    auditor = dep.kit("auditor:auditor")
+    co = CoordinatorClient(auditor)
+    note = co.checkpoint()
+    leaves = [x.encode() for x in co.leaves()]
+    trust = json.loads((dep.root / "kits" / "trust-root.json").read_text())
+    origin = f"onshore/{trust['consortium']}"
+    from onshore.keys.keystore import public_key_from_b64
+
+    log_key = public_key_from_b64(trust["log_key"])
+    cp = verify_checkpoint(note, encode_verifier_key(origin, log_key), origin)
+    assert cp.size <= len(leaves)
+    assert merkle.root_from_leaf_hashes([merkle.leaf_hash(x) for x in leaves[:cp.size]]) == cp.root_hash
+    keys = {f"site:{k}": v for k, v in trust["sites"].items()} | {f"member:{k}": v for k, v in trust["members"].items()}
+    keys["log"] = trust["log_key"]
+    kinds = set()
+    for leaf in leaves:
+        e = parse_leaf(leaf)
+        verify_entry(e, public_key_from_b64(keys[e.actor]))
+        kinds.add((e.kind, e.actor.split(":")[0]))
+    assert {("consent.grant", "member"), ("data.ingest", "site"), ("decision", "log")} <= kinds
+    # an edited leaf no longer verifies
+    bad = parse_leaf(leaves[0])
+    body = json.loads(leaves[0])
+    body["body"] = {**body["body"], "dataset": "other"}
+    from onshore.ledger.entries import Entry
+
+    with pytest.raises(OnshoreError):
+        verify_entry(Entry(bad.kind, bad.actor, bad.time, body["body"], bad.sig, links=bad.links),
+                     public_key_from_b64(keys[bad.actor]))
+
+
+def test_coordinator_on_postgresql(tmp_path: Path, fresh_postgres_db: str, files: dict[str, Path]) -> None:
+    c = LocalConsortium.provision(tmp_path / "pg")
+    try:
+        c.start("coordinator:coordinator", fresh_postgres_db)
+        c.start("site:sakai")
+        res = actions.ingest(c.kit(ROBOTICS), "arms", [files["a"]], "sakai", files["jp"])
+        assert res["frames"] == 20000
+        import psycopg
+
+        with psycopg.connect(fresh_postgres_db) as conn:
+            kinds = [r[0] for r in conn.execute("SELECT kind FROM ledger_entries ORDER BY idx")]
+        assert kinds[:1] == ["consent.grant"] and "data.ingest" in kinds
+        assert not (c.kit("coordinator:coordinator").folder / "state" / "coordinator.db").exists()
+    finally:
+        c.stop()
