@@ -28,6 +28,7 @@ from onshore.parties import actions
 from onshore.parties.audit import load_trust_root, verify_ledger
 from onshore.parties.client import CoordinatorClient
 from onshore.parties.consortium import parse_consortium
+from onshore.parties.kit import Kit, load_kit
 from onshore.parties.local import LocalConsortium, consortium_text
 from onshore.parties.provision import provision
 from onshore.parties.signed import RequestRefused, sign_request
@@ -120,27 +121,46 @@ def test_ingest_copy_read_and_refusals(dep: LocalConsortium, files: dict[str, Pa
     assert sak and tok and sak[0].read_bytes() != tok[0].read_bytes()
 
 
-def test_each_party_folder_holds_only_its_own_keys(dep: LocalConsortium, files: dict[str, Path]) -> None:
-    actions.ingest(dep.kit(CHEMICALS), "plant", [files["a"]], "tokyo", files["jp"])
-    registered = {label: dep.kit(label).public_key(label if not label.startswith("coordinator") else "coordinator")
-                  for label in dep.kits if label.split(":")[0] in ("site", "member", "coordinator")}
-    for label, kit in dep.kits.items():
-        privates = []
-        for f in kit.folder.rglob("*"):
-            if f.is_file() and b"PRIVATE KEY" in f.read_bytes()[:100] and f.name == "identity.pem":
-                privates.append(serialization.load_pem_private_key(f.read_bytes(), None))
-        assert len(privates) == 1, f"{label} holds {len(privates)} identity keys"
+def assert_only_own_keys(kits: dict[str, Kit]) -> None:
+    """Every kit folder holds exactly one identity key, its own; only sites hold data keys or a KEK."""
+    registered = {label: kit.public_key("coordinator" if kit.kind == "coordinator" else label)
+                  for label, kit in kits.items() if kit.kind in ("site", "member", "coordinator")}
+    for label, kit in kits.items():
+        privates = [serialization.load_pem_private_key(f.read_bytes(), None) for f in kit.folder.rglob("*.pem")
+                    if f.is_file() and b"PRIVATE KEY" in f.read_bytes()[:100]]
+        assert len(privates) == 1, f"{label} holds {len(privates)} Ed25519 keys"
         mine = public_key_b64(privates[0].public_key())  # type: ignore[arg-type]
         for other, pub in registered.items():
             if other != label:
                 assert public_key_b64(pub) != mine, f"{label}'s folder holds {other}'s key"  # type: ignore[arg-type]
-        kind = kit.kind
-        assert (kit.folder / "keys" / "kek.bin").exists() == (kind == "site")
-        if kind != "site":
-            assert not list(kit.folder.rglob("datasets/*.key")), f"{label} holds a data key"
-    assert not (dep.kit("site:ohio").folder / "keys" / "datasets").exists() or \
-        not list((dep.kit("site:ohio").folder / "keys" / "datasets").iterdir())
+        assert (kit.folder / "keys" / "kek.bin").exists() == (kit.kind == "site")
+        if kit.kind != "site":
+            assert not list(kit.folder.rglob("*.key"))[1:], f"{label} holds more than its TLS key"
+            assert not list(kit.folder.rglob("datasets")), f"{label} holds data or data keys"
+
+
+def test_each_party_folder_holds_only_its_own_keys(dep: LocalConsortium, files: dict[str, Path]) -> None:
+    actions.ingest(dep.kit(CHEMICALS), "plant", [files["a"]], "tokyo", files["jp"])
+    assert_only_own_keys(dep.kits)
+    assert not list((dep.kit("site:ohio").folder / "keys").rglob("datasets/*.key"))
     assert [p.parent.name for p in (dep.root / "kits").rglob("ca.key")] == ["ca"]  # the provisioner's, in no kit
+
+
+def test_the_multi_party_demo_runs_and_leaves_each_party_its_own_keys(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from onshore.demo_parties import run_parties_demo
+
+    out = Console(record=True, width=200)
+    assert run_parties_demo(tmp_path / "demo", out) == 0, out.export_text()[-3000:]
+    text = out.export_text()
+    assert "refused by the coordinator (dataset/arms/jurisdictions)" in text
+    assert "checked by the site itself" in text and "(dataset/arms/withdrawn)" in text
+    kits = {f"{k.kind}:{k.name}": k for k in (load_kit(f) for f in (tmp_path / "demo" / "deployment" / "kits").iterdir()
+                                             if (f / "kit.json").exists())}
+    assert len(kits) == 8
+    assert_only_own_keys(kits)
+    assert not any((tmp_path / "demo" / "deployment" / "kits" / "site-ohio").rglob("datasets/*"))
 
 
 # ---- what one operator can still not do ------------------------------------------------------------
