@@ -77,6 +77,7 @@ class Coordinator:
         self.log_key = kit.keystore().identity()
         self.origin = f"onshore/{kit.consortium}"
         self._lock = threading.Lock()
+        self._pdp_cache: PolicyDecisionPoint | None = None  # rebuilt after consent or withdrawal
 
     # --- helpers
     def _checked(self, req: Any, op: str) -> dict[str, Any]:
@@ -91,6 +92,12 @@ class Coordinator:
                                          "withdrawn": bool(row.withdrawn)}
 
     def _pdp(self) -> PolicyDecisionPoint:
+        pdp = self._pdp_cache
+        if pdp is None:
+            pdp = self._pdp_cache = self._build_pdp()
+        return pdp
+
+    def _build_pdp(self) -> PolicyDecisionPoint:
         parts, hashes = [workspace_cedar(self.kit.jurisdiction)], {}
         with self.engine.connect() as c:
             rows = c.execute(select(datasets)).all()
@@ -138,6 +145,7 @@ class Coordinator:
             index = self._append_presigned(req["party"], e, ENTRY_KINDS["member"])
             with self.engine.begin() as c:
                 c.execute(insert(datasets).values(name=name, owner=owner, consent=json.dumps(req), withdrawn=False))
+            self._pdp_cache = None
         return {"index": index}
 
     def decide(self, req: Any) -> dict[str, Any]:
@@ -182,6 +190,7 @@ class Coordinator:
             index = self._append_presigned(req["party"], e, ENTRY_KINDS["member"])
             with self.engine.begin() as c:
                 c.execute(update(datasets).where(datasets.c.name == name).values(withdrawn=True))
+            self._pdp_cache = None
         return {"index": index}
 
     def checkpoint(self) -> str:
