@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from onshore.errors import IntegrityError, PolicyDenied, ValidationError
+from onshore.errors import IntegrityError, OnshoreError, PolicyDenied, ValidationError
 from onshore.keys.keystore import public_key_b64
 from onshore.parties import actions
 from onshore.parties.audit import load_trust_root, verify_ledger
@@ -389,3 +389,51 @@ def test_coordinator_on_postgresql(tmp_path: Path, fresh_postgres_db: str, files
         assert not (c.kit("coordinator:coordinator").folder / "state" / "coordinator.db").exists()
     finally:
         c.stop()
+
+
+def test_dataset_ingest_with_a_member_profile(dep: LocalConsortium, files: dict[str, Path], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from onshore.cli.app import main
+
+    monkeypatch.setenv("ONSHORE_PROFILES", str(tmp_path / "profiles.json"))
+    kit = str(dep.kit(ROBOTICS).folder)
+    assert main(["profile", "add", "robotics", "--kit", kit]) == 0
+    capsys.readouterr()
+    assert main(["profile", "add", "robotics", "--kit", kit]) == 1  # a name is used once
+    assert main(["profile", "add", "site", "--kit", str(dep.kit("site:sakai").folder)]) == 1  # not a member's kit
+    code = main(["dataset", "ingest", "profiled", str(files["a"]), "--site", "sakai", "--policy", str(files["jp"]),
+                 "--profile", "robotics", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert json.loads(out)["frames"] == 20000 and "profiled" in held(dep, "sakai")
+    assert "PRIVATE" not in (tmp_path / "profiles.json").read_text()
+    # the US site: refused by the coordinator, exit 3, nothing stored
+    code = main(["dataset", "ingest", "profiled2", str(files["a"]), "--site", "ohio", "--policy", str(files["jp"]),
+                 "--profile", "robotics"])
+    assert code == 3 and "profiled2" not in held(dep, "ohio")
+    # without --profile the embedded command still needs --member and --embodiment (exit 2)
+    assert main(["dataset", "ingest", "x", str(files["a"]), "--site", "sakai", "--policy", str(files["jp"])]) == 2
+
+
+def test_a_site_that_cannot_be_reached_and_a_coordinator_restart(dep: LocalConsortium, files: dict[str, Path]) -> None:
+    member = dep.kit(ROBOTICS)
+    dep.kill("site:ohio")
+    CoordinatorClient(member).consent("waiting", {"jurisdictions": ["US"], "sites": [], "purposes": ["fine-tuning"],
+                                                   "expires": "2031-03-31", "derived_models": "keep",
+                                                   "redistribution": False})
+    with pytest.raises(OnshoreError, match="site ohio could not be reached"):
+        actions.ingest(member, "waiting", [files["a"]], "ohio")
+    dep.start("site:ohio")
+    # the coordinator restarts: its ledger and registry are kept; a client waits for it
+    size = CoordinatorClient(member).health()["ledger_size"]
+    dep.kill("coordinator:coordinator")
+    restart = threading.Timer(1.0, lambda: dep.start("coordinator:coordinator"))
+    restart.start()
+    res = actions.ingest(member, "waiting", [files["a"]], "ohio")  # waits for the coordinator, then succeeds
+    restart.join()
+    assert res["frames"] == 20000 and CoordinatorClient(member).health()["ledger_size"] > size
+    dep.kill("coordinator:coordinator")
+    with pytest.raises(OnshoreError, match="did not answer"):
+        CoordinatorClient(member, wait_s=1.0, quiet=True).health()
+    dep.start("coordinator:coordinator")

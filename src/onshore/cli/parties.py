@@ -12,6 +12,7 @@ from onshore.cli.output import console, esc, print_json
 
 coordinator_app = typer.Typer(help="The coordinator: catalog, ledger and decisions for the consortium.",
                               no_args_is_help=True)
+profile_app = typer.Typer(help="Member profiles: a name for a member's startup kit.", no_args_is_help=True)
 party_app = typer.Typer(help="Act as a party from its startup kit: ingest, copy, read, withdraw.",
                         no_args_is_help=True)
 
@@ -131,3 +132,20 @@ def party_withdraw(name: str = typer.Argument(..., help="The dataset."),
     res = actions.withdraw(load_kit(kit, "member"), name, [s for s in sites.split(",") if s])
     print_json(res) if json_ else console.print(f"withdrew {esc(name)}: shredded at "
                                                 f"{', '.join(esc(s['site']) for s in res['shredded'])}")
+
+
+@profile_app.command("add")
+def profile_add(name: str = typer.Argument(..., help="A name for the profile, e.g. robotics."),
+                kit: Path = KIT,
+                coordinator: str | None = typer.Option(None, "--coordinator", metavar="URL",
+                                                       help="The coordinator's https:// URL (default: the kit's).")
+                ) -> None:
+    """Name a member's startup kit, for `onshore dataset ingest ... --profile NAME`.
+
+    Example: onshore profile add robotics --kit kits/member-kansai-robotics
+    """
+    from onshore.parties.profiles import add_profile, profiles_path
+
+    k = add_profile(name, kit, coordinator)
+    console.print(f"profile {esc(name)}: member {esc(k.name)} of {esc(k.consortium)}, "
+                  f"coordinator {esc(coordinator or k.coordinator_url)} (in {esc(profiles_path())})")
