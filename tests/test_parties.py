@@ -437,3 +437,22 @@ def test_a_site_that_cannot_be_reached_and_a_coordinator_restart(dep: LocalConso
     with pytest.raises(OnshoreError, match="did not answer"):
         CoordinatorClient(member, wait_s=1.0, quiet=True).health()
     dep.start("coordinator:coordinator")
+
+
+def test_doctor_kit_checks_every_node_it_can_reach(dep: LocalConsortium, capsys: pytest.CaptureFixture[str]) -> None:
+    from onshore.cli.app import main
+
+    kit = str(dep.kit(ROBOTICS).folder)
+    assert main(["doctor", "--kit", kit, "--json"]) == 0
+    checks = {c["node"]: c for c in json.loads(capsys.readouterr().out)}
+    assert set(checks) == {"coordinator", "site:sakai", "site:tokyo", "site:ohio"}
+    assert all(c["ok"] for c in checks.values())
+    assert "verifies with the kit's log key" in checks["coordinator"]["detail"]
+    dep.kill("site:tokyo")
+    try:
+        assert main(["doctor", "--kit", kit, "--json"]) == 1
+        checks = {c["node"]: c for c in json.loads(capsys.readouterr().out)}
+        assert not checks["site:tokyo"]["ok"] and "onshore site serve" in checks["site:tokyo"]["detail"]
+        assert checks["site:sakai"]["ok"]
+    finally:
+        dep.start("site:tokyo")
