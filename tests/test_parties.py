@@ -122,20 +122,19 @@ def test_ingest_copy_read_and_refusals(dep: LocalConsortium, files: dict[str, Pa
 
 
 def assert_only_own_keys(kits: dict[str, Kit]) -> None:
-    """Every kit folder holds exactly one identity key, its own; only sites hold data keys or a KEK."""
-    registered = {label: kit.public_key("coordinator" if kit.kind == "coordinator" else label)
+    """Every kit folder holds exactly one signing key (besides its TLS key), its own; only sites
+    hold data keys or a KEK."""
+    registered = {label: public_key_b64(kit.public_key("coordinator" if kit.kind == "coordinator" else label))  # type: ignore[arg-type]
                   for label, kit in kits.items() if kit.kind in ("site", "member", "coordinator")}
     for label, kit in kits.items():
-        privates = [serialization.load_pem_private_key(f.read_bytes(), None) for f in kit.folder.rglob("*.pem")
-                    if f.is_file() and b"PRIVATE KEY" in f.read_bytes()[:100]]
-        assert len(privates) == 1, f"{label} holds {len(privates)} Ed25519 keys"
+        privates = [serialization.load_pem_private_key(f.read_bytes(), None) for f in kit.folder.rglob("*")
+                    if f.is_file() and f.name != "tls.key" and b"PRIVATE KEY" in f.read_bytes()[:100]]
+        assert len(privates) == 1, f"{label} holds {len(privates)} signing keys"
         mine = public_key_b64(privates[0].public_key())  # type: ignore[arg-type]
         for other, pub in registered.items():
-            if other != label:
-                assert public_key_b64(pub) != mine, f"{label}'s folder holds {other}'s key"  # type: ignore[arg-type]
+            assert (pub == mine) == (other == label), f"{label}'s folder holds {other}'s key"
         assert (kit.folder / "keys" / "kek.bin").exists() == (kit.kind == "site")
         if kit.kind != "site":
-            assert not list(kit.folder.rglob("*.key"))[1:], f"{label} holds more than its TLS key"
             assert not list(kit.folder.rglob("datasets")), f"{label} holds data or data keys"
 
 
@@ -156,6 +155,7 @@ def test_the_multi_party_demo_runs_and_leaves_each_party_its_own_keys(tmp_path: 
     text = out.export_text()
     assert "refused by the coordinator (dataset/arms/jurisdictions)" in text
     assert "checked by the site itself" in text and "(dataset/arms/withdrawn)" in text
+    assert "cosigned by witness-kyoto (verified" in text
     kits = {f"{k.kind}:{k.name}": k for k in (load_kit(f) for f in (tmp_path / "demo" / "deployment" / "kits").iterdir()
                                              if (f / "kit.json").exists())}
     assert len(kits) == 8
@@ -360,6 +360,11 @@ def test_the_ledger_verifies_offline_from_the_trust_root(dep: LocalConsortium, f
     note, leaves = co.checkpoint(), [x.encode() for x in co.leaves()]
     trust = load_trust_root(dep.root / "kits" / "trust-root.json")
     audit = verify_ledger(note, leaves, trust)
+    assert audit.witnesses == ()  # nobody asked the witness yet
+    assert CoordinatorClient(dep.kit(ROBOTICS)).cosign()["cosigned_by"] == ["witness-kyoto"]
+    note, leaves = co.checkpoint(), [x.encode() for x in co.leaves()]
+    audit = verify_ledger(note, leaves, trust)
+    assert audit.witnesses == ("witness-kyoto",)
     assert audit.kinds["consent.grant"] >= 1 and audit.kinds["data.ingest"] >= 1 and audit.kinds["decision"] >= 1
     assert audit.actors["site:sakai"] >= 1
     # an edited entry, or a checkpoint signed by another key, does not verify

@@ -1,5 +1,5 @@
 """`onshore demo --parties`: the consortium as separate processes on loopback, each in its own
-folder: a coordinator and three site nodes (Sakai and Tokyo in JP, Ohio in the US) started by PID,
+folder: a coordinator, three site nodes (Sakai and Tokyo in JP, Ohio in the US) and a witness started by PID,
 members and sites acting from their own startup kits, an auditor verifying offline. Stops every
 process it started, by PID, whatever happens."""
 
@@ -48,7 +48,7 @@ def run_parties_demo(directory: Path, c: Console) -> int:
     for label, kit in dep.kits.items():
         c.print(f"  {label:28} {kit.folder}")
     try:
-        head("2. start the coordinator and three site nodes, each its own process")
+        head("2. start the coordinator, three site nodes and a witness, each its own process")
         dep.start_all()
         for label, p in dep.procs.items():
             host, port = dep.endpoint(label)
@@ -94,7 +94,14 @@ def run_parties_demo(directory: Path, c: Console) -> int:
         except Exception as e:  # noqa: BLE001 - a Flight error is the expected outcome
             c.print(f"  ohio: {str(e).split('Detail:')[0].strip()[:160]}")
 
-        head("6. the auditor verifies the ledger offline, from the trust root alone")
+        head("6. the witness cosigns the coordinator's checkpoint (C2SP tlog-witness, mutual TLS)")
+        r = CoordinatorClient(robotics, quiet=True).cosign()
+        c.print(f"  checkpoint at {r['size']} cosigned by {', '.join(r['cosigned_by']) or 'nobody'}"
+                + (f"; failed: {r['failed']}" if r["failed"] else ""))
+        if not r["cosigned_by"]:
+            return 1
+
+        head("7. the auditor verifies the ledger offline, from the trust root alone")
         co = CoordinatorClient(dep.kit("auditor:auditor"), quiet=True)
         note, leaves = co.checkpoint(), [x.encode() for x in co.leaves()]
         (directory / "auditor").mkdir()
@@ -102,8 +109,9 @@ def run_parties_demo(directory: Path, c: Console) -> int:
         (directory / "auditor" / "ledger.json").write_text(json.dumps([x.decode() for x in leaves]))
         audit = verify_ledger(note, leaves, load_trust_root(dep.root / "kits" / "trust-root.json"))
         c.print(f"  {audit.size} entries verified: " + ", ".join(f"{k} {v}" for k, v in sorted(audit.kinds.items())))
+        c.print(f"  checkpoint cosigned by {', '.join(audit.witnesses)} (verified with the trust root's witness key)")
 
-        head("7. kansai-robotics withdraws arms: the keys are shredded at each site that holds it")
+        head("8. kansai-robotics withdraws arms: the keys are shredded at each site that holds it")
         r = actions.withdraw(robotics, "arms", ["sakai", "tokyo"])
         c.print("  shredded at " + ", ".join(s["site"] for s in r["shredded"]))
         try:
@@ -113,7 +121,7 @@ def run_parties_demo(directory: Path, c: Console) -> int:
         except PolicyDenied as e:
             c.print(f"  a read at tokyo now: refused ({', '.join(e.rules)})")
 
-        head("8. each party's folder holds only its own keys")
+        head("9. each party's folder holds only its own keys")
         for label, kit in dep.kits.items():
             keys = sorted(str(p.relative_to(kit.folder)) for p in (kit.folder / "keys").rglob("*") if p.is_file())
             c.print(f"  {label:28} {', '.join(keys)}")

@@ -12,7 +12,7 @@ from typing import Any
 from onshore.errors import IntegrityError, ValidationError
 from onshore.keys.keystore import public_key_from_b64
 from onshore.ledger import merkle
-from onshore.ledger.checkpoint import verify_checkpoint
+from onshore.ledger.checkpoint import verify_checkpoint, verify_cosignatures
 from onshore.ledger.entries import parse_leaf, verify_entry
 from onshore.ledger.notes import NoteError, SignatureError, encode_verifier_key
 
@@ -22,6 +22,7 @@ class LedgerAudit:
     size: int
     kinds: dict[str, int]   # entry kind -> count
     actors: dict[str, int]  # actor -> count
+    witnesses: tuple[str, ...] = ()  # the trust root's witnesses whose cosignatures verified
 
 
 def load_trust_root(path: Path) -> dict[str, Any]:
@@ -59,4 +60,5 @@ def verify_ledger(note: str, leaves: list[bytes], trust: dict[str, Any]) -> Ledg
         verify_entry(e, public_key_from_b64(keys[e.actor]))
         kinds[e.kind] += 1
         actors[e.actor] += 1
-    return LedgerAudit(cp.size, dict(kinds), dict(actors))
+    cosigned = verify_cosignatures(note, list(trust.get("witnesses", {}).values())) if trust.get("witnesses") else []
+    return LedgerAudit(cp.size, dict(kinds), dict(actors), tuple(cosigned))

@@ -115,6 +115,10 @@ class CoordinatorClient:
             raise PolicyDenied(f"{action} of {dataset} at {site} refused by {', '.join(rules)}", rules)
         return request, decision
 
+    def cosign(self) -> dict[str, Any]:
+        """Have the coordinator checkpoint its ledger and collect its witnesses' cosignatures."""
+        return self.signed("/v1/cosign", "cosign", {})
+
     def checkpoint(self) -> str:
         return self._call("GET", "/v1/checkpoint")["note"]
 

@@ -194,12 +194,76 @@ class Coordinator:
         return {"index": index}
 
     def checkpoint(self) -> str:
+        """The newest cosigned checkpoint if it is current, else a fresh one signed by the log key."""
         size = self.ledger.size()
+        stored = self.ledger.checkpoint_note(size)
+        if stored is not None:
+            return stored
         return ckpt.sign_checkpoint(ckpt.Checkpoint(self.origin, size, self.ledger.root(size)), self.origin,
                                     self.log_key)
 
+    def cosign(self, req: Any) -> dict[str, Any]:
+        """Checkpoint the ledger and have every witness of the kit cosign it (C2SP tlog-witness,
+        over mutual TLS); the cosigned note is kept and served by ``checkpoint``. A witness that
+        does not answer or refuses is reported, not fatal."""
+        self._checked(req, "cosign")
+        with self._lock:
+            size = self.ledger.size()
+            note = ckpt.sign_checkpoint(ckpt.Checkpoint(self.origin, size, self.ledger.root(size)), self.origin,
+                                        self.log_key)
+            done, failed = [], {}
+            for name, w in self.kit.witnesses.items():
+                try:
+                    note = cosign_at(w["url"], name, w["vkey"], note, size, self.ledger, self.kit)
+                    done.append(name)
+                except OnshoreError as e:
+                    failed[name] = str(e)
+            if done:
+                self.ledger.store_checkpoint(size, note)
+        return {"size": size, "cosigned_by": done, "failed": failed}
+
     def leaves(self, start: int) -> list[str]:
         return [e.leaf.decode() for e in self.ledger.entries(start)]
+
+
+def cosign_at(url: str, name: str, vkey: str, note: str, size: int, ledger: Ledger, kit: Kit) -> str:
+    """``note`` with the cosignature of the witness at ``url`` added (after checking it verifies
+    under ``vkey``); starts from old size 0 and answers the witness's 409 with a consistency proof."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from onshore.ledger import notes
+    from onshore.ledger.witness_wire import ADD_CHECKPOINT_PATH, decode_size, encode_request
+    from onshore.tls import client_tls
+
+    parts = urlsplit(url)
+    ctx = client_tls(kit.ca, kit.cert, kit.key)
+    old = 0
+    for _ in range(3):
+        proof = ledger.consistency_proof(old, size) if 0 < old < size else []
+        conn = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=10, context=ctx)
+        try:
+            conn.request("POST", ADD_CHECKPOINT_PATH, body=encode_request(old, proof, note))
+            resp = conn.getresponse()
+            status, body = resp.status, resp.read(1 << 16)
+        except (OSError, http.client.HTTPException) as e:
+            raise OnshoreError(f"witness {name} at {url} did not answer ({e}); is 'onshore witness serve' running?"
+                               ) from None
+        finally:
+            conn.close()
+        if status == 409:
+            old = decode_size(body)
+            continue
+        if status != 200:
+            raise OnshoreError(f"witness {name} refused ({status}: {body[:200].decode('utf-8', 'replace')})")
+        text = notes.split_note(note)[0]
+        sigs = [notes.parse_signature_line(line) for line in body.decode().rstrip("\n").split("\n")]
+        good = notes.verified_lines(text, sigs, [ckpt.CosignatureVerifier.from_vkey(vkey)],
+                                    lambda s: f"the cosignature by {s.name} does not verify")
+        if not good:
+            raise OnshoreError(f"witness {name} answered without a cosignature under its registered key")
+        return notes.add_signatures(note, good)
+    raise OnshoreError(f"witness {name} kept moving; try again")
 
 
 def make_app(coord: Coordinator) -> Starlette:
@@ -247,6 +311,7 @@ def make_app(coord: Coordinator) -> Starlette:
         Route("/v1/decide", handler(coord.decide), methods=["POST"]),
         Route("/v1/entries", handler(coord.entries), methods=["POST"]),
         Route("/v1/withdraw", handler(coord.withdraw), methods=["POST"]),
+        Route("/v1/cosign", handler(coord.cosign), methods=["POST"]),
     ])
 
 

@@ -64,10 +64,17 @@ class LocalConsortium:
         return self.kits[label]
 
     def start(self, label: str, db_url: str | None = None) -> subprocess.Popen[bytes]:
-        """Start the coordinator (``coordinator:coordinator``) or a site (``site:NAME``) as a process."""
+        """Start the coordinator (``coordinator:coordinator``), a site (``site:NAME``) or a witness
+        (``witness:NAME``) as a process."""
         kit = self.kits[label]
-        args = ["coordinator", "serve", str(kit.folder)] if kit.kind == "coordinator" else \
-            ["site", "serve", str(kit.folder)]
+        if kit.kind == "witness":
+            host, port = self.endpoint(label)
+            args = ["witness", "serve", "--folder", str(kit.folder / "keys"), "--host", host, "--port", str(port),
+                    "--tls-cert", str(kit.cert), "--tls-key", str(kit.key), "--client-ca", str(kit.ca)]
+        elif kit.kind == "coordinator":
+            args = ["coordinator", "serve", str(kit.folder)]
+        else:
+            args = ["site", "serve", str(kit.folder)]
         if db_url:
             args += ["--db", db_url]
         log = open(self.root / f"{label.replace(':', '-')}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -80,7 +87,8 @@ class LocalConsortium:
 
     def endpoint(self, label: str) -> tuple[str, int]:
         kit = self.kits[label]
-        url = kit.coordinator_url if kit.kind == "coordinator" else kit.sites[kit.name].flight
+        url = (kit.coordinator_url if kit.kind == "coordinator" else kit.witnesses[kit.name]["url"]
+               if kit.kind == "witness" else kit.sites[kit.name].flight)
         host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
         return host, int(port)
 
@@ -102,7 +110,7 @@ class LocalConsortium:
     def start_all(self, db_url: str | None = None) -> None:
         self.start("coordinator:coordinator", db_url)
         for label in self.kits:
-            if label.startswith("site:"):
+            if label.startswith(("site:", "witness:")):
                 self.start(label)
 
     def kill(self, label: str, sig: int = signal.SIGTERM) -> None:

@@ -21,7 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from onshore.errors import ValidationError
-from onshore.keys.keystore import KeyStore, public_key_b64
+from onshore.keys.keystore import KeyStore, public_key_b64, public_key_from_b64
+from onshore.ledger.notes import encode_verifier_key
+from onshore.ledger.witness import Witness
 from onshore.parties.consortium import Consortium, Endpoint, is_ip
 from onshore.parties.kit import KIT_FILE, KIT_VERSION
 
@@ -95,6 +97,7 @@ def provision(consortium: Consortium, out: Path) -> dict[str, Path]:
     parties += [("auditor", a, None) for a in consortium.auditors]
     folders: dict[str, Path] = {}
     pub: dict[str, str] = {}
+    witnesses: list[Witness] = []
     for kind, name, ep in parties:
         folder = out / (name if kind in ("coordinator",) else f"{kind}-{name}")
         folders[f"{kind}:{name}"] = folder
@@ -103,6 +106,11 @@ def provision(consortium: Consortium, out: Path) -> dict[str, Path]:
         _write(folder / "ca.pem", ca_pem)
         _write(folder / "tls.pem", cert)
         _write(folder / "tls.key", key, secret=True)
+        if kind == "witness":  # a tlog-witness folder (onshore witness serve), its cosigning key inside
+            w = Witness.init(name, folder / "keys")
+            pub[f"{kind}:{name}"] = w.vkey
+            witnesses.append(w)
+            continue
         store = KeyStore.create(folder / "keys", with_kek=kind == "site")
         pub[f"{kind}:{name}"] = public_key_b64(store.public_key())
     coord = consortium.coordinator
@@ -113,7 +121,7 @@ def provision(consortium: Consortium, out: Path) -> dict[str, Path]:
                            "flight": f"grpc+tls://{s.endpoint.host}:{s.endpoint.port}", "key": pub[f"site:{s.name}"]}
                   for s in consortium.sites},
         "members": {m: pub[f"member:{m}"] for m in consortium.members},
-        "witnesses": {w: {"url": f"https://{e.host}:{e.port}", "key": pub[f"witness:{w}"]}
+        "witnesses": {w: {"url": f"https://{e.host}:{e.port}", "vkey": pub[f"witness:{w}"]}
                       for w, e in consortium.witnesses},
     }
     for label, folder in folders.items():
@@ -121,6 +129,10 @@ def provision(consortium: Consortium, out: Path) -> dict[str, Path]:
         _write(folder / KIT_FILE, json.dumps({**common, "kind": kind, "name": name}, indent=2).encode())
     trust = {"consortium": org, "log_key": pub["coordinator:coordinator"],
              "sites": {s: v["key"] for s, v in common["sites"].items()}, "members": common["members"],
-             "witnesses": {w: v["key"] for w, v in common["witnesses"].items()}}
+             "witnesses": {w: v["vkey"] for w, v in common["witnesses"].items()}}
+    origin = f"onshore/{org}"
+    log_vkey = encode_verifier_key(origin, public_key_from_b64(pub["coordinator:coordinator"]))
+    for w in witnesses:
+        w.trust_log(log_vkey, origin)
     _write(out / "trust-root.json", json.dumps(trust, indent=2).encode())
     return folders
