@@ -461,3 +461,21 @@ def test_doctor_kit_checks_every_node_it_can_reach(dep: LocalConsortium, capsys:
         assert checks["site:sakai"]["ok"]
     finally:
         dep.start("site:tokyo")
+
+
+def test_a_dataset_outlives_the_expiry_of_its_consent_request(dep: LocalConsortium, files: dict[str, Path]) -> None:
+    """The owner's consent request expires (as every request) but the consent it recorded does not:
+    sites keep acting on decisions that carry it."""
+    member = dep.kit(ROBOTICS)
+    co = CoordinatorClient(member)
+    policy = {"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"], "expires": "2031-03-31",
+              "derived_models": "keep", "redistribution": False}
+    from onshore.ledger.entries import sign_entry
+
+    entry = sign_entry("consent.grant", ROBOTICS, {"dataset": "lasting", "policy": policy},
+                       member.keystore().identity(), links={"dataset:lasting": None})
+    co._call("POST", "/v1/consent", sign_request(ROBOTICS, "consent.grant", {
+        "dataset": "lasting", "policy": policy, "entry": entry.to_json()}, member.keystore().identity(), ttl_s=1.0))
+    time.sleep(1.5)
+    assert actions.ingest(member, "lasting", [files["a"]], "sakai")["frames"] == 20000
+    assert actions.copy(dep.kit("site:tokyo"), "lasting", "sakai")["frames"] == 20000

@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from onshore.catalog.db import open_engine
-from onshore.errors import OnshoreError
+from onshore.errors import IntegrityError, OnshoreError
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import merkle
 from onshore.ledger.entries import Draft, verify_entry
@@ -102,7 +102,14 @@ class Coordinator:
         with self.engine.connect() as c:
             rows = c.execute(select(datasets)).all()
         for r in rows:
-            policy = UsagePolicy.from_json(json.loads(r.consent)["body"]["policy"], f"dataset {r.name}")
+            # the registry row is checked against the owner's signature: an edited row is an integrity error
+            try:
+                consent = check_signed(json.loads(r.consent), self.kit.public_key, "consent.grant", fresh=False)
+            except (RequestRefused, ValueError) as e:
+                raise IntegrityError(f"the registry's consent for dataset {r.name} does not verify ({e})") from None
+            if consent["party"] != f"member:{r.owner}" or consent["body"].get("dataset") != r.name:
+                raise IntegrityError(f"the registry's row for dataset {r.name} disagrees with its signed consent")
+            policy = UsagePolicy.from_json(consent["body"]["policy"], f"dataset {r.name}")
             text = dataset_cedar(r.name, r.owner, policy, bool(r.withdrawn))
             parts.append(text)
             hashes[r.name] = cedar_hash(text)

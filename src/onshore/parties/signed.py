@@ -41,9 +41,11 @@ def sign_request(party: str, op: str, body: dict[str, Any], key: Ed25519PrivateK
     return {**msg, "sig": base64.b64encode(key.sign(canonical_json(msg))).decode()}
 
 
-def check_signed(req: Any, key_for: Any, op: str | None = None) -> dict[str, Any]:
-    """Verify ``req`` (signature by its party's key from ``key_for(party)``, expiry, shape, ``op``).
-    Returns the request; refuses (RequestRefused) anything else. Does not check the nonce."""
+def check_signed(req: Any, key_for: Any, op: str | None = None, fresh: bool = True) -> dict[str, Any]:
+    """Verify ``req`` (signature by its party's key from ``key_for(party)``, shape, ``op`` and,
+    when ``fresh``, expiry). Returns the request; refuses (RequestRefused) anything else. Does not
+    check the nonce. ``fresh=False`` is for a record kept after its request was accepted (the
+    owner's consent, carried in every decision about its dataset)."""
     if not isinstance(req, dict) or set(req) != {"party", "op", "body", "nonce", "expires", "sig"}:
         raise RequestRefused("not a signed request (fields party, op, body, nonce, expires, sig)")
     if not isinstance(req["body"], dict) or not isinstance(req["nonce"], str) or not 16 <= len(req["nonce"]) <= 64:
@@ -59,6 +61,8 @@ def check_signed(req: Any, key_for: Any, op: str | None = None) -> dict[str, Any
     except (InvalidSignature, ValueError, TypeError):
         raise RequestRefused(f"signature of the {req['op']!r} request by {req['party']} does not verify") from None
     now = time.time()
+    if not fresh:
+        return req
     if isinstance(req["expires"], bool) or not isinstance(req["expires"], int) or req["expires"] < now:
         raise RequestRefused(f"the {req['op']!r} request by {req['party']} has expired; make a new one")
     if req["expires"] > now + MAX_TTL_S + 5:

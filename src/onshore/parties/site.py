@@ -120,7 +120,7 @@ class SiteNode(fl.FlightServerBase):
         dataset = b.get("dataset")
         d = check_decision(cmd.get("decision"), self.kit.public_key("coordinator"), site=self.kit.name,  # type: ignore[arg-type]
                            action=action, dataset=dataset, principal=req["party"], nonce=req["nonce"])
-        consent = check_signed(d.get("consent"), self.kit.public_key, "consent.grant")
+        consent = check_signed(d.get("consent"), self.kit.public_key, "consent.grant", fresh=False)
         if consent["body"].get("dataset") != dataset or not consent["party"].startswith("member:"):
             raise RequestRefused("the decision's consent is not the owner's consent for this dataset")
         policy = UsagePolicy.from_json(consent["body"].get("policy"), f"consent for {dataset}")
@@ -261,8 +261,8 @@ class SiteNode(fl.FlightServerBase):
         dataset = req["body"].get("dataset")
         d = check_decision(cmd.get("decision"), self.kit.public_key("coordinator"), site=dst_name,  # type: ignore[arg-type]
                            action="copy", dataset=dataset, principal=req["party"], nonce=req["nonce"])
-        policy = UsagePolicy.from_json(check_signed(d["consent"], self.kit.public_key, "consent.grant")["body"]
-                                       .get("policy"), f"consent for {dataset}")
+        consent = check_signed(d["consent"], self.kit.public_key, "consent.grant", fresh=False)
+        policy = UsagePolicy.from_json(consent["body"].get("policy"), f"consent for {dataset}")
         if dst.jurisdiction not in policy.jurisdictions or (policy.sites and dst_name not in policy.sites):
             raise RequestRefused(f"{dataset} may not go to {dst_name} ({dst.jurisdiction}): refused by the source")
         schema, batches = self._batches(dataset)
