@@ -263,17 +263,17 @@ def test_without_a_consortium_certificate_the_handshake_fails(dep: LocalConsorti
         list(site.do_action(fl.Action("health", b""), fl.FlightCallOptions(timeout=5)))
 
 
-def test_a_replayed_signed_request_is_refused(dep: LocalConsortium, files: dict[str, Path]) -> None:
+def test_a_replayed_signed_request_is_refused(dep: LocalConsortium) -> None:
     member = dep.kit(ROBOTICS)
     co = CoordinatorClient(member)
-    req = sign_request(ROBOTICS, "decide", {"action": "ingest", "dataset": "arms", "site": "sakai",
+    co.consent("once", {"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"],
+                        "expires": "2031-03-31", "derived_models": "keep", "redistribution": False})
+    req = sign_request(ROBOTICS, "decide", {"action": "ingest", "dataset": "once", "site": "sakai",
                                             "purpose": None}, member.keystore().identity())
     co._call("POST", "/v1/decide", req)
     with pytest.raises(RequestRefused, match="replayed"):
         co._call("POST", "/v1/decide", req)
     # at a site: an upload's request + decision work once
-    co.consent("once", {"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"],
-                        "expires": "2031-03-31", "derived_models": "keep", "redistribution": False})
     request, decision = co.decide("ingest", "once", "sakai")
     tab = frames(50)
     site = flight_client(member, member.sites["sakai"].flight)
@@ -479,3 +479,14 @@ def test_a_dataset_outlives_the_expiry_of_its_consent_request(dep: LocalConsorti
     time.sleep(1.5)
     assert actions.ingest(member, "lasting", [files["a"]], "sakai")["frames"] == 20000
     assert actions.copy(dep.kit("site:tokyo"), "lasting", "sakai")["frames"] == 20000
+
+
+@pytest.mark.parametrize("name", ["../escape", 'x"); permit (principal, action, resource', "A", ""])
+def test_a_hostile_dataset_name_is_refused_and_registers_nothing(dep: LocalConsortium, name: str) -> None:
+    co = CoordinatorClient(dep.kit(ROBOTICS))
+    policy = {"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"], "expires": "2031-03-31",
+              "derived_models": "keep", "redistribution": False}
+    size = co.health()["ledger_size"]
+    with pytest.raises(RequestRefused, match="invalid dataset name"):
+        co.consent(name, policy)
+    assert co.health()["ledger_size"] == size

@@ -38,6 +38,7 @@ from onshore.ledger import merkle
 from onshore.ledger.entries import Draft, verify_entry
 from onshore.ledger.log import Ledger, ledger_metadata
 from onshore.ledger.subjects import link_to
+from onshore.names import check_name
 from onshore.parties.kit import Kit
 from onshore.parties.signed import (
     NonceBook,
@@ -140,7 +141,7 @@ class Coordinator:
         if not req["party"].startswith("member:"):
             raise RequestRefused("only a member registers a dataset")
         b = req["body"]
-        name, owner = b.get("dataset"), req["party"].split(":", 1)[1]
+        name, owner = check_name(b.get("dataset"), "dataset"), req["party"].split(":", 1)[1]  # type: ignore[arg-type]
         UsagePolicy.from_json(b.get("policy"), "consent policy")
         e = b.get("entry") or {}
         if e.get("kind") != "consent.grant" or (e.get("body") or {}).get("dataset") != name \

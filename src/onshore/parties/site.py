@@ -40,6 +40,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, Text, delete, i
 
 from onshore.catalog.db import open_engine
 from onshore.errors import OnshoreError
+from onshore.names import check_name
 from onshore.parties.client import CoordinatorClient
 from onshore.parties.kit import Kit
 from onshore.parties.signed import NonceBook, RequestRefused, check_decision, check_signed
@@ -117,7 +118,9 @@ class SiteNode(fl.FlightServerBase):
                                  f"not {action} at {self.kit.name}")
         if not req["party"].startswith(principal_kind + ":"):
             raise RequestRefused(f"{action} at a site is asked by a {principal_kind}, not {req['party']}")
-        dataset = b.get("dataset")
+        dataset = check_name(b.get("dataset"), "dataset")  # type: ignore[arg-type]  # it names files here
+        if principal_kind == "site" and req["party"] != f"site:{self.kit.name}":
+            raise RequestRefused(f"{action} at {self.kit.name} is this site's own, not {req['party']}'s")
         d = check_decision(cmd.get("decision"), self.kit.public_key("coordinator"), site=self.kit.name,  # type: ignore[arg-type]
                            action=action, dataset=dataset, principal=req["party"], nonce=req["nonce"])
         consent = check_signed(d.get("consent"), self.kit.public_key, "consent.grant", fresh=False)
