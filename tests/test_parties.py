@@ -490,3 +490,41 @@ def test_a_hostile_dataset_name_is_refused_and_registers_nothing(dep: LocalConso
     with pytest.raises(RequestRefused, match="invalid dataset name"):
         co.consent(name, policy)
     assert co.health()["ledger_size"] == size
+
+
+def test_kill_9_of_the_destination_mid_copy_leaves_nothing_and_a_retry_succeeds(
+        dep: LocalConsortium, tmp_path: Path) -> None:
+    import numpy as np
+
+    n = 300_000
+    state = np.random.default_rng(1).uniform(0, 1, size=(n, 8)).astype(np.float32)
+    big = pa.table({"episode_index": np.arange(n, dtype=np.int64) // 1000,
+                    "frame_index": np.arange(n, dtype=np.int64) % 1000,
+                    "observation.state": pa.FixedSizeListArray.from_arrays(state.ravel(), 8)})
+    pq.write_table(big, tmp_path / "big.parquet")
+    (tmp_path / "jp.toml").write_text(JP_ONLY)
+    actions.ingest(dep.kit(ROBOTICS), "bigcopy", [tmp_path / "big.parquet"], "sakai", tmp_path / "jp.toml")
+    tokyo = dep.kit("site:tokyo")
+    staging = tokyo.folder / "data" / ".staging"
+    errors: list[BaseException] = []
+
+    def copy() -> None:
+        try:
+            actions.copy(tokyo, "bigcopy", "sakai")
+        except BaseException as e:  # noqa: BLE001 - the failure is what is checked
+            errors.append(e)
+
+    t = threading.Thread(target=copy)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not (staging.exists() and any(staging.rglob("*.tmp"))) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert t.is_alive(), "the copy finished before the kill: nothing was tested"
+    dep.kill("site:tokyo", signal.SIGKILL)
+    t.join(60)
+    assert errors, "the copy should fail when its destination dies"
+    dep.start("site:tokyo")
+    assert not any(staging.rglob("*")) and "bigcopy" not in held(dep, "tokyo")
+    assert not (tokyo.folder / "data" / "datasets" / "bigcopy").exists()
+    assert actions.copy(tokyo, "bigcopy", "sakai")["frames"] == n
+    assert "bigcopy" in held(dep, "tokyo")
