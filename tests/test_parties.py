@@ -475,8 +475,8 @@ def test_a_dataset_outlives_the_expiry_of_its_consent_request(dep: LocalConsorti
     entry = sign_entry("consent.grant", ROBOTICS, {"dataset": "lasting", "policy": policy},
                        member.keystore().identity(), links={"dataset:lasting": None})
     co._call("POST", "/v1/consent", sign_request(ROBOTICS, "consent.grant", {
-        "dataset": "lasting", "policy": policy, "entry": entry.to_json()}, member.keystore().identity(), ttl_s=1.0))
-    time.sleep(1.5)
+        "dataset": "lasting", "policy": policy, "entry": entry.to_json()}, member.keystore().identity(), ttl_s=3.0))
+    time.sleep(3.2)  # the consent request (expires within 3 s: whole seconds) has expired by now
     assert actions.ingest(member, "lasting", [files["a"]], "sakai")["frames"] == 20000
     assert actions.copy(dep.kit("site:tokyo"), "lasting", "sakai")["frames"] == 20000
 
