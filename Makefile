@@ -51,4 +51,4 @@ bench: setup-dev
 	for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) demo-workspace .pytest_cache
+	rm -rf $(VENV) demo-workspace demo-parties .pytest_cache

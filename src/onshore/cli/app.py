@@ -21,6 +21,7 @@ from onshore.cli.ledger import ledger_app
 from onshore.cli.model import model_app
 from onshore.cli.monitor import monitor_app
 from onshore.cli.output import console, err, esc
+from onshore.cli.parties import coordinator_app, party_app, profile_app, provision_command, site_serve
 from onshore.cli.registry import embodiment_app, member_app, site_app
 from onshore.cli.serve import bridge_app, serve_app
 from onshore.cli.shadow import shadow_command
@@ -112,6 +113,11 @@ app.add_typer(attest_app, name="attest")
 app.command("verify")(verify_command)
 app.command("doctor")(doctor_command)
 app.add_typer(dashboard_app, name="dashboard")
+app.command("provision")(provision_command)
+app.add_typer(coordinator_app, name="coordinator")
+site_app.command("serve")(site_serve)
+app.add_typer(party_app, name="party")
+app.add_typer(profile_app, name="profile")
 
 
 @functools.cache

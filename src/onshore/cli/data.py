@@ -24,10 +24,14 @@ PURPOSE = typer.Option(None, "--purpose", help="Why it is read, e.g. fine-tuning
 def ingest(
     name: str = typer.Argument(..., help="A new dataset name, e.g. arms."),
     files: list[Path] = typer.Argument(..., help="Frame-schema Parquet files or a LeRobot v3.0 folder."),
-    member: str = typer.Option(..., "--member", help="The owning member."),
+    member: str | None = typer.Option(None, "--member", help="The owning member (required without --profile)."),
     site: str = typer.Option(..., "--site", help="The site where the data is placed."),
     policy: Path = typer.Option(..., "--policy", metavar="FILE", help="The member's usage policy (TOML)."),
-    embodiment: str = typer.Option(..., "--embodiment", help="A registered embodiment name."),
+    embodiment: str | None = typer.Option(None, "--embodiment",
+                                          help="A registered embodiment name (required without --profile)."),
+    profile: str | None = typer.Option(None, "--profile", metavar="NAME",
+                                       help="Stream to a site node as this member profile (onshore profile add) "
+                                            "instead of the local workspace."),
     allow_out_of_limits: bool = typer.Option(
         False, "--allow-out-of-limits",
         help="Keep state values outside the embodiment's limits (counted in the ledger entry). Actions outside "
@@ -39,6 +43,17 @@ def ingest(
     Example: onshore dataset ingest arms tel/*.parquet --member kansai-robotics --site sakai
     --policy policy.toml --embodiment sawyer-metaworld
     """
+    if profile is not None:
+        from onshore.parties import actions
+        from onshore.parties.profiles import open_profile
+
+        res = actions.ingest(open_profile(profile), name, files, site, policy)
+        print_json(res) if json_ else console.print(
+            f"ingested [bold]{esc(name)}[/] at site node {esc(site)}: {res['frames']} frames in "
+            f"{res['shards']} encrypted shard(s), ledger entry {res['entry']}")
+        return
+    if member is None or embodiment is None:
+        raise usage("give --member and --embodiment (or --profile to stream to a site node)")
     from onshore.workspace import datasets
 
     with open_workspace() as ws, StageProgress(enabled=not json_) as bar:

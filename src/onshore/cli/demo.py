@@ -14,8 +14,18 @@ def demo_command(
     episodes: int = typer.Option(3, "--episodes", help="Episodes per task for each member."),
     workers: int | None = typer.Option(None, "--workers", help="Simulator processes (default: all cores)."),
     train_steps: int = typer.Option(300, "--train-steps", help="Steps of the demo's tiny model (0: no model)."),
+    parties: bool = typer.Option(False, "--parties",
+                                 help="Run the parties as separate processes on loopback (coordinator, three site "
+                                      "nodes), each in its own folder under --dir (default demo-parties)."),
 ) -> None:
     """Build a three-member consortium on simulator telemetry and prove where its data sat."""
+    if parties:
+        from onshore.demo_parties import run_parties_demo
+
+        target = Path("demo-parties") if directory == Path("demo-workspace") else directory
+        if run_parties_demo(target, console):
+            raise typer.Exit(1)
+        return
     from onshore.demo import run_demo
 
     code = run_demo(directory, episodes, workers, console, train_steps)

@@ -1,0 +1,151 @@
+"""`onshore provision`, `onshore coordinator serve`, `onshore site serve` (on the site group) and
+`onshore party ...`: the consortium as separate processes, each started from its own startup kit (see
+docs/deployment.md). None of these needs a workspace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from onshore.cli.output import console, esc, print_json
+
+coordinator_app = typer.Typer(help="The coordinator: catalog, ledger and decisions for the consortium.",
+                              no_args_is_help=True)
+profile_app = typer.Typer(help="Member profiles: a name for a member's startup kit.", no_args_is_help=True)
+party_app = typer.Typer(help="Act as a party from its startup kit: ingest, copy, read, withdraw.",
+                        no_args_is_help=True)
+
+JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
+KIT = typer.Option(..., "--kit", metavar="DIR", help="This party's startup kit (from onshore provision).")
+
+
+def provision_command(consortium: Path = typer.Argument(..., metavar="CONSORTIUM.toml",
+                                                         help="The consortium file: parties, sites, jurisdictions."),
+                      out: Path = typer.Option(..., "--out", metavar="DIR", help="A new folder for the kits."),
+                      json_: bool = JSON) -> None:
+    """Make the consortium CA and one startup kit per party (only that party's keys in each).
+
+    Example: onshore provision consortium.toml --out kits/
+    """
+    from onshore.parties.consortium import load_consortium
+    from onshore.parties.provision import provision
+
+    folders = provision(load_consortium(consortium), out)
+    if json_:
+        print_json({k: str(v) for k, v in folders.items()})
+        return
+    for label, folder in folders.items():
+        console.print(f"{esc(label)}: {esc(folder)}")
+    console.print(f"CA key in {esc(out / 'ca')} (keep it offline); auditors use {esc(out / 'trust-root.json')}")
+
+
+@coordinator_app.command("serve")
+def coordinator_serve(kit: Path = typer.Argument(..., metavar="KIT", help="The coordinator's startup kit."),
+                      db: str | None = typer.Option(None, "--db", metavar="URL",
+                                                    help="Database (default: SQLite in the kit), e.g. "
+                                                         "postgresql://onshore@db/coordinator."),
+                      port: int | None = typer.Option(None, "--port", help="Override the kit's port.")) -> None:
+    """Serve the coordinator over mutual TLS until stopped.
+
+    Example: onshore coordinator serve kits/coordinator
+    """
+    from onshore.parties import coordinator
+    from onshore.parties.kit import load_kit
+
+    coordinator.serve(load_kit(kit, "coordinator"), db, port=port)
+
+
+def site_serve(kit: Path = typer.Argument(..., metavar="KIT", help="The site's startup kit.")) -> None:
+    """Serve a site node (Arrow Flight over mutual TLS) until stopped.
+
+    Example: onshore site serve kits/site-sakai
+    """
+    from onshore.parties import site
+    from onshore.parties.kit import load_kit
+
+    k = load_kit(kit, "site")
+    console.print(f"site {esc(k.name)} ({esc(k.sites[k.name].jurisdiction)}) at {esc(k.sites[k.name].flight)}")
+    site.serve(k)
+
+
+@party_app.command("ingest")
+def party_ingest(name: str = typer.Argument(..., help="A new dataset name."),
+                 files: list[Path] = typer.Argument(..., help="The member's Parquet files."),
+                 site: str = typer.Option(..., "--site", help="The site node to store it."),
+                 policy: Path | None = typer.Option(None, "--policy", metavar="FILE",
+                                                    help="The usage policy (TOML); registers the dataset."),
+                 kit: Path = KIT, json_: bool = JSON) -> None:
+    """As a member: register a dataset (consent signed here) and stream it to a site node.
+
+    Example: onshore party ingest arms tel/*.parquet --site sakai --policy policy.toml --kit kits/member-x
+    """
+    from onshore.parties import actions
+    from onshore.parties.kit import load_kit
+
+    res = actions.ingest(load_kit(kit, "member"), name, files, site, policy)
+    print_json(res) if json_ else console.print(f"ingested {esc(name)} at {esc(site)}: {res['frames']} frames")
+
+
+@party_app.command("copy")
+def party_copy(name: str = typer.Argument(..., help="The dataset."),
+               source: str = typer.Option(..., "--from", metavar="SITE", help="The site holding it."),
+               kit: Path = KIT, json_: bool = JSON) -> None:
+    """As a site: copy a dataset here from another site, if its policy allows this site.
+
+    Example: onshore party copy arms --from sakai --kit kits/site-tokyo
+    """
+    from onshore.parties import actions
+    from onshore.parties.kit import load_kit
+
+    res = actions.copy(load_kit(kit, "site"), name, source)
+    print_json(res) if json_ else console.print(f"copied {esc(name)} to {esc(res['site'])}: {res['frames']} frames")
+
+
+@party_app.command("read")
+def party_read(name: str = typer.Argument(..., help="The dataset."),
+               out: Path = typer.Option(..., "--out", metavar="FILE", help="Parquet file to write."),
+               kit: Path = KIT) -> None:
+    """As a site: read a dataset stored at this site (decision recorded at the coordinator).
+
+    Example: onshore party read arms --out arms.parquet --kit kits/site-sakai
+    """
+    from onshore.files import check_output_file
+    from onshore.parties import actions
+    from onshore.parties.kit import load_kit
+
+    check_output_file(out)
+    console.print(f"read {actions.read(load_kit(kit, 'site'), name, out)} frames into {esc(out)}")
+
+
+@party_app.command("withdraw")
+def party_withdraw(name: str = typer.Argument(..., help="The dataset."),
+                   sites: str = typer.Option(..., "--sites", help="Comma-separated sites that hold it."),
+                   kit: Path = KIT, json_: bool = JSON) -> None:
+    """As the owner: shred a dataset at each site holding it, then record the withdrawal.
+
+    Example: onshore party withdraw arms --sites sakai,tokyo --kit kits/member-x
+    """
+    from onshore.parties import actions
+    from onshore.parties.kit import load_kit
+
+    res = actions.withdraw(load_kit(kit, "member"), name, [s for s in sites.split(",") if s])
+    print_json(res) if json_ else console.print(f"withdrew {esc(name)}: shredded at "
+                                                f"{', '.join(esc(s['site']) for s in res['shredded'])}")
+
+
+@profile_app.command("add")
+def profile_add(name: str = typer.Argument(..., help="A name for the profile, e.g. robotics."),
+                kit: Path = KIT,
+                coordinator: str | None = typer.Option(None, "--coordinator", metavar="URL",
+                                                       help="The coordinator's https:// URL (default: the kit's).")
+                ) -> None:
+    """Name a member's startup kit, for `onshore dataset ingest ... --profile NAME`.
+
+    Example: onshore profile add robotics --kit kits/member-kansai-robotics
+    """
+    from onshore.parties.profiles import add_profile, profiles_path
+
+    k = add_profile(name, kit, coordinator)
+    console.print(f"profile {esc(name)}: member {esc(k.name)} of {esc(k.consortium)}, "
+                  f"coordinator {esc(coordinator or k.coordinator_url)} (in {esc(profiles_path())})")

@@ -1,0 +1,127 @@
+"""A party's client for the coordinator: HTTPS with the party's consortium certificate (mutual TLS),
+signed requests, and entries signed on the party's own machine with their links.
+
+A coordinator that cannot be reached is waited for (a message says what for) up to ``wait_s``,
+then refused with a clear error; a refusal by the coordinator is raised as it came.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import sys
+import time
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from onshore.errors import OnshoreError, PolicyDenied
+from onshore.ledger.entries import sign_entry
+from onshore.ledger.subjects import subjects_of
+from onshore.parties.kit import Kit
+from onshore.parties.signed import RequestRefused, sign_request
+from onshore.tls import client_tls
+
+
+class Unreachable(OnshoreError):
+    """A party did not answer within the wait bound."""
+
+
+class CoordinatorClient:
+    """Calls the coordinator as the party of ``kit``."""
+
+    def __init__(self, kit: Kit, wait_s: float = 30.0, quiet: bool = False) -> None:
+        self.kit = kit
+        self.wait_s = wait_s
+        self.quiet = quiet
+        self._ctx: ssl.SSLContext | None = client_tls(kit.ca, kit.cert, kit.key)
+        self._url = urlsplit(kit.coordinator_url)
+        self._key = kit.keystore().identity()
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        deadline = time.monotonic() + self.wait_s
+        told = False
+        while True:
+            conn = http.client.HTTPSConnection(self._url.hostname or "", self._url.port, timeout=30, context=self._ctx)
+            try:
+                conn.request(method, path, body=None if body is None else json.dumps(body),
+                             headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                data = json.loads(resp.read() or b"null")
+                status = resp.status
+                break
+            except (ConnectionError, TimeoutError, OSError, http.client.HTTPException) as e:
+                if isinstance(e, ssl.SSLError):
+                    raise OnshoreError(f"TLS handshake with the coordinator {self.kit.coordinator_url} failed: {e}; "
+                                       "check that this kit's certificate is the consortium's") from None
+                if time.monotonic() > deadline:
+                    raise Unreachable(f"the coordinator at {self.kit.coordinator_url} did not answer for "
+                                      f"{self.wait_s:.0f} s ({e}); is 'onshore coordinator serve' running?") from None
+                if not told and not self.quiet:
+                    print(f"waiting for the coordinator at {self.kit.coordinator_url} ({e})", file=sys.stderr)
+                    told = True
+                time.sleep(0.2)
+            finally:
+                conn.close()
+        if status == 409:
+            from onshore.parties.signed import StaleLinks
+            raise StaleLinks(data.get("error", "stale links"))
+        if status >= 400:
+            raise RequestRefused(f"the coordinator refused: {data.get('error') if isinstance(data, dict) else data}")
+        return data
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/health")
+
+    def signed(self, path: str, op: str, body: dict[str, Any]) -> Any:
+        return self._call("POST", path, sign_request(self.kit.party, op, body, self._key))
+
+    def _with_entry(self, path: str, op: str, body: dict[str, Any], kind: str, entry_body: dict[str, Any]) -> Any:
+        """Sign an entry linked to its subjects' newest entries, and send it in a signed request;
+        signs again (a few times) when another party's append overtook the links."""
+        for _ in range(10):
+            links = {s: self._call("GET", "/v1/heads?" + urlencode({"subject": s}))["link"]
+                     for s in subjects_of(kind, entry_body)}
+            entry = sign_entry(kind, self.kit.party, entry_body, self._key, links=links or None)
+            try:
+                return self.signed(path, op, {**body, "entry": entry.to_json()})
+            except RequestRefused as e:
+                if type(e).__name__ != "StaleLinks":
+                    raise
+        raise OnshoreError("the coordinator's ledger kept moving; try again")
+
+    def append(self, kind: str, entry_body: dict[str, Any]) -> int:
+        """Append an entry of ``kind`` signed by this party; returns its index."""
+        return self._with_entry("/v1/entries", "entry", {}, kind, entry_body)["index"]
+
+    def consent(self, dataset: str, policy: dict[str, Any]) -> int:
+        return self._with_entry("/v1/consent", "consent.grant", {"dataset": dataset, "policy": policy},
+                                "consent.grant", {"dataset": dataset, "policy": policy})["index"]
+
+    def withdraw(self, dataset: str) -> int:
+        return self._with_entry("/v1/withdraw", "consent.withdraw", {"dataset": dataset},
+                                "consent.withdraw", {"dataset": dataset})["index"]
+
+    def decide(self, action: str, dataset: str, site: str,
+               purpose: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A signed request of this party and the coordinator's decision on it, bound to its nonce:
+        the pair a site acts on (the site records the nonce too, so the pair works once). Raises
+        PolicyDenied when the decision denies."""
+        request = sign_request(self.kit.party, "decide",
+                               {"action": action, "dataset": dataset, "site": site, "purpose": purpose}, self._key)
+        decision = self._call("POST", "/v1/decide", request)
+        if decision["body"]["decision"] != "allow":
+            rules = decision["body"].get("rules", [])
+            raise PolicyDenied(f"{action} of {dataset} at {site} refused by {', '.join(rules)}", rules)
+        return request, decision
+
+    def cosign(self) -> dict[str, Any]:
+        """Have the coordinator checkpoint its ledger and collect its witnesses' cosignatures."""
+        return self.signed("/v1/cosign", "cosign", {})
+
+    def checkpoint(self) -> str:
+        return self._call("GET", "/v1/checkpoint")["note"]
+
+    def leaves(self, start: int = 0) -> list[str]:
+        return self._call("GET", f"/v1/ledger?start={start}")["leaves"]
+

@@ -1,0 +1,338 @@
+"""The coordinator: the consortium's control plane (catalog of datasets, ledger, decision point).
+
+It holds the log key (which signs checkpoints, decision entries and decisions) and a database
+(SQLite in its kit, or PostgreSQL by URL); it holds no data key and no site's or member's signing
+key. Every state-changing call is a signed request (onshore.parties.signed): the coordinator
+verifies it against the party's registered key, refuses a replayed nonce, and appends the
+entries the party signed on its own machine (checked against the same key) to the ledger.
+
+HTTP + JSON over mutual TLS (uvicorn with the consortium CA as client CA): a client without a
+consortium certificate fails the handshake. Routes::
+
+    GET  /v1/health                   liveness, ledger size
+    GET  /v1/heads?subject=S          the newest entry about S (what a party links a new entry to)
+    POST /v1/consent                  member: register a dataset with its policy (consent.grant)
+    POST /v1/decide                   any party: a signed decision bound to site/action/dataset/nonce
+    POST /v1/entries                  site or member: append an entry it signed
+    POST /v1/withdraw                 member: withdraw consent (consent.withdraw)
+    GET  /v1/checkpoint               a checkpoint of the ledger signed by the log key
+    GET  /v1/ledger?start=N           entries (leaves) for auditors
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from sqlalchemy import Boolean, Column, MetaData, String, Table, Text, insert, select, update
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from onshore.catalog.db import open_engine
+from onshore.errors import IntegrityError, OnshoreError
+from onshore.ledger import checkpoint as ckpt
+from onshore.ledger import merkle
+from onshore.ledger.entries import Draft, verify_entry
+from onshore.ledger.log import Ledger, ledger_metadata
+from onshore.ledger.subjects import link_to
+from onshore.names import check_name
+from onshore.parties.kit import Kit
+from onshore.parties.signed import (
+    NonceBook,
+    PresignedKey,
+    RequestRefused,
+    StaleLinks,
+    check_signed,
+    entry_from_json,
+    sign_request,
+)
+from onshore.residency.pdp import PolicyDecisionPoint, SiteFacts
+from onshore.residency.pdp import Request as PdpRequest
+from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar, workspace_cedar
+
+party_metadata = MetaData()
+datasets = Table("party_datasets", party_metadata, Column("name", String(64), primary_key=True),
+                 Column("owner", String(64), nullable=False), Column("consent", Text, nullable=False),
+                 Column("withdrawn", Boolean, nullable=False, default=False))
+
+#: which entry kinds each kind of party may sign and append
+ENTRY_KINDS = {"site": ("data.ingest", "data.copy", "data.read", "key.release", "key.shred", "data.abandoned"),
+               "member": ("consent.grant", "consent.withdraw")}
+
+
+class Coordinator:
+    """The coordinator's state and rules, independent of HTTP (the routes call these methods)."""
+
+    def __init__(self, kit: Kit, db_url: str | None = None) -> None:
+        self.kit = kit
+        state = kit.folder / "state"
+        state.mkdir(exist_ok=True, mode=0o700)
+        url = db_url or f"sqlite:///{state / 'coordinator.db'}"
+        self.engine = open_engine(url, ledger_metadata, create=True)
+        party_metadata.create_all(self.engine)
+        self.ledger = Ledger(self.engine)
+        self.nonces = NonceBook(self.engine)
+        self.log_key = kit.keystore().identity()
+        self.origin = f"onshore/{kit.consortium}"
+        self._lock = threading.Lock()
+        self._pdp_cache: PolicyDecisionPoint | None = None  # rebuilt after consent or withdrawal
+
+    # --- helpers
+    def _checked(self, req: Any, op: str) -> dict[str, Any]:
+        req = check_signed(req, self.kit.public_key, op)
+        self.nonces.use(req)
+        return req
+
+    def _dataset(self, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(datasets).where(datasets.c.name == name)).first()
+        return None if row is None else {"owner": row.owner, "consent": json.loads(row.consent),
+                                         "withdrawn": bool(row.withdrawn)}
+
+    def _pdp(self) -> PolicyDecisionPoint:
+        pdp = self._pdp_cache
+        if pdp is None:
+            pdp = self._pdp_cache = self._build_pdp()
+        return pdp
+
+    def _build_pdp(self) -> PolicyDecisionPoint:
+        parts, hashes = [workspace_cedar(self.kit.jurisdiction)], {}
+        with self.engine.connect() as c:
+            rows = c.execute(select(datasets)).all()
+        for r in rows:
+            # the registry row is checked against the owner's signature: an edited row is an integrity error
+            try:
+                consent = check_signed(json.loads(r.consent), self.kit.public_key, "consent.grant", fresh=False)
+            except (RequestRefused, ValueError) as e:
+                raise IntegrityError(f"the registry's consent for dataset {r.name} does not verify ({e})") from None
+            if consent["party"] != f"member:{r.owner}" or consent["body"].get("dataset") != r.name:
+                raise IntegrityError(f"the registry's row for dataset {r.name} disagrees with its signed consent")
+            policy = UsagePolicy.from_json(consent["body"]["policy"], f"dataset {r.name}")
+            text = dataset_cedar(r.name, r.owner, policy, bool(r.withdrawn))
+            parts.append(text)
+            hashes[r.name] = cedar_hash(text)
+        sites = [SiteFacts(s.name, s.jurisdiction, s.roles) for s in self.kit.sites.values()]
+        return PolicyDecisionPoint("".join(parts), sites, dataset_hashes=hashes)
+
+    def _append_presigned(self, party: str, entry_json: Any, kinds: tuple[str, ...]) -> int:
+        entry = entry_from_json(entry_json)
+        if entry.actor != party:
+            raise RequestRefused(f"{party} may append only entries it signs as itself, not as {entry.actor}")
+        if entry.kind not in kinds:
+            raise RequestRefused(f"{party} may not append a {entry.kind} entry (only {', '.join(kinds)})")
+        key = self.kit.public_key(party)
+        assert key is not None
+        verify_entry(entry, key)
+        draft = Draft(entry.kind, entry.actor, entry.body, PresignedKey(entry), entry.time)  # type: ignore[arg-type]
+        return self.ledger.append([draft])[0]
+
+    # --- operations
+    def head(self, subject: str) -> dict[str, Any] | None:
+        h = self.ledger.subject_head(subject)
+        return None if h is None else link_to(h.index, merkle.leaf_hash(h.leaf))
+
+    def consent(self, req: Any) -> dict[str, Any]:
+        """A member registers dataset ``body.dataset`` with ``body.policy``; its signed consent.grant
+        entry goes to the ledger. Refuses a non-member, a taken name or a policy that does not parse."""
+        req = self._checked(req, "consent.grant")
+        if not req["party"].startswith("member:"):
+            raise RequestRefused("only a member registers a dataset")
+        b = req["body"]
+        name, owner = check_name(b.get("dataset"), "dataset"), req["party"].split(":", 1)[1]  # type: ignore[arg-type]
+        UsagePolicy.from_json(b.get("policy"), "consent policy")
+        e = b.get("entry") or {}
+        if e.get("kind") != "consent.grant" or (e.get("body") or {}).get("dataset") != name \
+                or (e.get("body") or {}).get("policy") != b.get("policy"):
+            raise RequestRefused("the consent.grant entry must name the same dataset and policy as the request")
+        with self._lock:
+            if self._dataset(name) is not None:
+                raise RequestRefused(f"dataset {name!r} is registered already; choose another name")
+            index = self._append_presigned(req["party"], e, ENTRY_KINDS["member"])
+            with self.engine.begin() as c:
+                c.execute(insert(datasets).values(name=name, owner=owner, consent=json.dumps(req), withdrawn=False))
+            self._pdp_cache = None
+        return {"index": index}
+
+    def decide(self, req: Any) -> dict[str, Any]:
+        """Decide ``body`` (action, dataset, site, purpose) for the signing party; record the decision
+        entry; return a decision signed by the coordinator, bound to the request's nonce, with the
+        owner's signed consent so a site can check the policy itself."""
+        req = self._checked(req, "decide")
+        b = req["body"]
+        ds = self._dataset(b.get("dataset", ""))
+        if ds is None:
+            raise RequestRefused(f"unknown dataset {b.get('dataset')!r}; the owner registers it first")
+        try:
+            decision = self._pdp().decide(PdpRequest(req["party"], b.get("action", ""), b["dataset"], b.get("site"),
+                                                     b.get("purpose")))
+        except (OnshoreError, KeyError) as e:
+            raise RequestRefused(f"cannot decide: {e}") from None
+        self.ledger.append([Draft("decision", "log", decision.to_json(), self.log_key)])
+        body = {"principal": req["party"], "site": b.get("site"), "action": b["action"], "dataset": b["dataset"],
+                "purpose": b.get("purpose"), "request_nonce": req["nonce"],
+                "decision": "allow" if decision.allowed else "deny", "rules": list(decision.rules),
+                "policy_hash": decision.policy_hash, "consent": ds["consent"]}
+        return sign_request("coordinator", "decision", body, self.log_key)
+
+    def entries(self, req: Any) -> dict[str, Any]:
+        req = self._checked(req, "entry")
+        kind = req["party"].split(":", 1)[0]
+        index = self._append_presigned(req["party"], req["body"].get("entry"), ENTRY_KINDS.get(kind, ()))
+        return {"index": index}
+
+    def withdraw(self, req: Any) -> dict[str, Any]:
+        """The owner withdraws consent: its consent.withdraw entry is appended and every later
+        decision about the dataset denies (dataset/NAME/withdrawn)."""
+        req = self._checked(req, "consent.withdraw")
+        name = req["body"].get("dataset")
+        ds = self._dataset(name or "")
+        if ds is None or f"member:{ds['owner']}" != req["party"]:
+            raise RequestRefused(f"{req['party']} does not own a dataset {name!r}; only its owner withdraws it")
+        e = req["body"].get("entry") or {}
+        if e.get("kind") != "consent.withdraw" or (e.get("body") or {}).get("dataset") != name:
+            raise RequestRefused("the consent.withdraw entry must name the dataset of the request")
+        with self._lock:
+            index = self._append_presigned(req["party"], e, ENTRY_KINDS["member"])
+            with self.engine.begin() as c:
+                c.execute(update(datasets).where(datasets.c.name == name).values(withdrawn=True))
+            self._pdp_cache = None
+        return {"index": index}
+
+    def checkpoint(self) -> str:
+        """The newest cosigned checkpoint if it is current, else a fresh one signed by the log key."""
+        size = self.ledger.size()
+        stored = self.ledger.checkpoint_note(size)
+        if stored is not None:
+            return stored
+        return ckpt.sign_checkpoint(ckpt.Checkpoint(self.origin, size, self.ledger.root(size)), self.origin,
+                                    self.log_key)
+
+    def cosign(self, req: Any) -> dict[str, Any]:
+        """Checkpoint the ledger and have every witness of the kit cosign it (C2SP tlog-witness,
+        over mutual TLS); the cosigned note is kept and served by ``checkpoint``. A witness that
+        does not answer or refuses is reported, not fatal."""
+        self._checked(req, "cosign")
+        with self._lock:
+            size = self.ledger.size()
+            note = ckpt.sign_checkpoint(ckpt.Checkpoint(self.origin, size, self.ledger.root(size)), self.origin,
+                                        self.log_key)
+            done, failed = [], {}
+            for name, w in self.kit.witnesses.items():
+                try:
+                    note = cosign_at(w["url"], name, w["vkey"], note, size, self.ledger, self.kit)
+                    done.append(name)
+                except OnshoreError as e:
+                    failed[name] = str(e)
+            if done:
+                self.ledger.store_checkpoint(size, note)
+        return {"size": size, "cosigned_by": done, "failed": failed}
+
+    def leaves(self, start: int) -> list[str]:
+        return [e.leaf.decode() for e in self.ledger.entries(start)]
+
+
+def cosign_at(url: str, name: str, vkey: str, note: str, size: int, ledger: Ledger, kit: Kit) -> str:
+    """``note`` with the cosignature of the witness at ``url`` added (after checking it verifies
+    under ``vkey``); starts from old size 0 and answers the witness's 409 with a consistency proof."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from onshore.ledger import notes
+    from onshore.ledger.witness_wire import ADD_CHECKPOINT_PATH, decode_size, encode_request
+    from onshore.tls import client_tls
+
+    parts = urlsplit(url)
+    ctx = client_tls(kit.ca, kit.cert, kit.key)
+    old = 0
+    for _ in range(3):
+        proof = ledger.consistency_proof(old, size) if 0 < old < size else []
+        conn = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=10, context=ctx)
+        try:
+            conn.request("POST", ADD_CHECKPOINT_PATH, body=encode_request(old, proof, note))
+            resp = conn.getresponse()
+            status, body = resp.status, resp.read(1 << 16)
+        except (OSError, http.client.HTTPException) as e:
+            raise OnshoreError(f"witness {name} at {url} did not answer ({e}); is 'onshore witness serve' running?"
+                               ) from None
+        finally:
+            conn.close()
+        if status == 409:
+            old = decode_size(body)
+            continue
+        if status != 200:
+            raise OnshoreError(f"witness {name} refused ({status}: {body[:200].decode('utf-8', 'replace')})")
+        text = notes.split_note(note)[0]
+        sigs = [notes.parse_signature_line(line) for line in body.decode().rstrip("\n").split("\n")]
+        good = notes.verified_lines(text, sigs, [ckpt.CosignatureVerifier.from_vkey(vkey)],
+                                    lambda s: f"the cosignature by {s.name} does not verify")
+        if not good:
+            raise OnshoreError(f"witness {name} answered without a cosignature under its registered key")
+        return notes.add_signatures(note, good)
+    raise OnshoreError(f"witness {name} kept moving; try again")
+
+
+def make_app(coord: Coordinator) -> Starlette:
+    """The HTTP routes over ``coord``; every refusal is a JSON ``{"error": ...}`` (409 for stale
+    links, 403 for a refused request, 400 for bad input)."""
+
+    def handler(fn: Any) -> Any:
+        async def route(request: Request) -> JSONResponse:
+            try:
+                data = await request.json()
+            except ValueError:
+                return JSONResponse({"error": "body is not JSON"}, status_code=400)
+            try:
+                import anyio.to_thread
+
+                return JSONResponse(await anyio.to_thread.run_sync(fn, data))
+            except StaleLinks as e:
+                return JSONResponse({"error": str(e)}, status_code=409)
+            except RequestRefused as e:
+                return JSONResponse({"error": str(e)}, status_code=403)
+            except OnshoreError as e:
+                return JSONResponse({"error": str(e)}, status_code=400)
+        return route
+
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"ok": True, "party": "coordinator", "ledger_size": coord.ledger.size()})
+
+    async def heads(request: Request) -> JSONResponse:
+        return JSONResponse({"link": coord.head(request.query_params.get("subject", ""))})
+
+    async def checkpoint(_: Request) -> JSONResponse:
+        return JSONResponse({"note": coord.checkpoint()})
+
+    async def ledger(request: Request) -> JSONResponse:
+        try:
+            start = max(0, int(request.query_params.get("start", "0")))
+        except ValueError:
+            return JSONResponse({"error": "start must be an integer"}, status_code=400)
+        return JSONResponse({"start": start, "leaves": coord.leaves(start)})
+
+    return Starlette(routes=[
+        Route("/v1/health", health), Route("/v1/heads", heads), Route("/v1/checkpoint", checkpoint),
+        Route("/v1/ledger", ledger),
+        Route("/v1/consent", handler(coord.consent), methods=["POST"]),
+        Route("/v1/decide", handler(coord.decide), methods=["POST"]),
+        Route("/v1/entries", handler(coord.entries), methods=["POST"]),
+        Route("/v1/withdraw", handler(coord.withdraw), methods=["POST"]),
+        Route("/v1/cosign", handler(coord.cosign), methods=["POST"]),
+    ])
+
+
+def serve(kit: Kit, db_url: str | None = None, host: str | None = None, port: int | None = None) -> None:
+    """Run the coordinator over mutual TLS until stopped (the kit's endpoint unless overridden)."""
+    from urllib.parse import urlsplit
+
+    import uvicorn
+
+    from onshore.tls import server_tls
+
+    parts = urlsplit(kit.coordinator_url)
+    coord = Coordinator(kit, db_url)
+    uvicorn.run(make_app(coord), host=host or parts.hostname or "127.0.0.1", port=port or parts.port or 8700,
+                log_level="warning", **server_tls(kit.cert, kit.key, kit.ca))
+
