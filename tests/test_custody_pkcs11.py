@@ -6,9 +6,7 @@ config there). Skipped when softhsm2 or python-pkcs11 is absent (``make test`` i
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,56 +16,40 @@ from sqlalchemy import select
 from conftest import build_consortium, write_frames
 from onshore.catalog import schema as T
 from onshore.errors import OnshoreError, PolicyDenied
-from onshore.keys import pkcs11store
+from onshore.keys import pkcs11store, softhsm
 from onshore.keys.pkcs11store import CUSTODY_FILE, CustodyConfig, Pkcs11KeyStore
 from onshore.workspace import custody, datasets, doctor
 from onshore.workspace.workspace import Workspace
 
-MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 pkcs11 = pytest.importorskip("pkcs11")
-pytestmark = pytest.mark.skipif(not (Path(MODULE).is_file() and shutil.which("softhsm2-util")),
+pytestmark = pytest.mark.skipif(not softhsm.available(),
                                 reason="softhsm2 not installed (apt-get install softhsm2; make test does)")
-PIN = "4321"
-
-
-def init_token(folder: Path, label: str) -> None:
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", "1234",
-                    "--pin", PIN], check=True, capture_output=True, env=os.environ.copy())
+MODULE = softhsm.MODULE
+Tokens = dict[str, CustodyConfig]
 
 
 @pytest.fixture
-def hsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A SoftHSM2 token store of this test's own, with tokens for sakai and tokyo."""
-    tokens = tmp_path / "tokens"
-    tokens.mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
-    monkeypatch.setenv("ONSHORE_TEST_PIN", PIN)
-    for label in ("sakai", "tokyo"):
-        init_token(tokens, label)
-    pkcs11store.reset()  # the module reads its config and slots when initialised
-    yield tokens
+def hsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tokens]:
+    """A SoftHSM2 token store of this test's own (SOFTHSM2_CONF in tmp), tokens for sakai and tokyo."""
+    monkeypatch.setenv("SOFTHSM2_CONF", "")  # restored after the test; token_store sets it
+    softhsm.token_store(tmp_path / "hsm")
+    yield {label: softhsm.init_token(tmp_path / "hsm", label) for label in ("sakai", "tokyo")}
     pkcs11store.reset()
-
-
-def _config(label: str) -> CustodyConfig:
-    return CustodyConfig(MODULE, label, pin_env="ONSHORE_TEST_PIN")
 
 
 def _ingest(ws: Workspace, tmp: Path, policy: Path, name: str = "furnace") -> None:
     datasets.ingest(ws, name, "steelco", "sakai", policy, "furnace-line-3", [write_frames(tmp / f"{name}.parquet")])
 
 
-def _pkcs11_ws(tmp_path: Path) -> Workspace:
+def _pkcs11_ws(tmp_path: Path, hsm: Tokens) -> Workspace:
     ws = build_consortium(Workspace.init(tmp_path / "ws", "hsm-consortium"), tmp_path)
     for site in ("sakai", "tokyo"):
-        custody.migrate(ws, site, _config(site))
+        custody.migrate(ws, site, hsm[site])
     return ws
 
 
-def test_ingest_copy_read_with_keys_only_in_the_token(hsm: Path, tmp_path: Path, policy_file: Path) -> None:
-    ws = _pkcs11_ws(tmp_path)
+def test_ingest_copy_read_with_keys_only_in_the_token(hsm: Tokens, tmp_path: Path, policy_file: Path) -> None:
+    ws = _pkcs11_ws(tmp_path, hsm)
     _ingest(ws, tmp_path, policy_file)
     datasets.copy(ws, "furnace", "tokyo")
     assert datasets.read(ws, "furnace", "tokyo").num_rows == 200
@@ -89,8 +71,8 @@ def test_ingest_copy_read_with_keys_only_in_the_token(hsm: Path, tmp_path: Path,
     ws.close()
 
 
-def test_copy_of_workspace_before_withdrawal_no_longer_opens(hsm: Path, tmp_path: Path, policy_file: Path) -> None:
-    ws = _pkcs11_ws(tmp_path)
+def test_copy_of_workspace_before_withdrawal_no_longer_opens(hsm: Tokens, tmp_path: Path, policy_file: Path) -> None:
+    ws = _pkcs11_ws(tmp_path, hsm)
     _ingest(ws, tmp_path, policy_file)
     ws.close()
     backup = tmp_path / "backup"
@@ -112,46 +94,45 @@ def test_copy_of_workspace_before_withdrawal_no_longer_opens(hsm: Path, tmp_path
     old.close()
 
 
-def test_wrong_pin_and_missing_module_are_clear_errors(hsm: Path, tmp_path: Path, policy_file: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_pin_and_missing_module_are_clear_errors(hsm: Tokens, tmp_path: Path,
+                                                      policy_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ws = build_consortium(Workspace.init(tmp_path / "ws", "hsm-consortium"), tmp_path)
     size = ws.ledger.size()
+    pin = Path(hsm["sakai"].pin_file or "").read_text().strip()
+    by_env = CustodyConfig(MODULE, "sakai", pin_env="ONSHORE_TEST_PIN")
     with pytest.raises(OnshoreError, match="not found"):
         custody.migrate(ws, "sakai", CustodyConfig(str(tmp_path / "nope.so"), "sakai", pin_env="ONSHORE_TEST_PIN"))
     monkeypatch.setenv("ONSHORE_TEST_PIN", "0000")
     with pytest.raises(OnshoreError, match="PIN is incorrect"):
-        custody.migrate(ws, "sakai", _config("sakai"))
+        custody.migrate(ws, "sakai", by_env)
     monkeypatch.delenv("ONSHORE_TEST_PIN")
     with pytest.raises(OnshoreError, match="ONSHORE_TEST_PIN"):
-        custody.migrate(ws, "sakai", _config("sakai"))
+        custody.migrate(ws, "sakai", by_env)
     with pytest.raises(OnshoreError, match="no token labelled"):
-        custody.migrate(ws, "sakai", CustodyConfig(MODULE, "nobody", pin_file=str(tmp_path / "pin")))
+        custody.migrate(ws, "sakai", CustodyConfig(MODULE, "nobody", pin_file=hsm["sakai"].pin_file))
+    # nothing changed: no ledger entry, no custody file, the file keys still there
     assert ws.ledger.size() == size and not (ws.keys_dir("site:sakai") / CUSTODY_FILE).exists()
     assert (ws.keys_dir("site:sakai") / "kek.bin").exists()
-    monkeypatch.setenv("ONSHORE_TEST_PIN", PIN)
-    custody.migrate(ws, "sakai", _config("sakai"))
+    monkeypatch.setenv("ONSHORE_TEST_PIN", pin)
+    custody.migrate(ws, "sakai", by_env)
     ws.close()
-    pkcs11store.reset()  # a new process: a site configured in a token, opened with a wrong PIN
+    pkcs11store.reset()  # a new process: the site's custody.toml names the token, the PIN is wrong
     monkeypatch.setenv("ONSHORE_TEST_PIN", "9999")
     ws = Workspace.open(tmp_path / "ws")
-    _ingest_err = None
-    try:
+    with pytest.raises(OnshoreError, match="PIN is incorrect"):
         _ingest(ws, tmp_path, policy_file)
-    except OnshoreError as e:
-        _ingest_err = str(e)
-    assert _ingest_err is not None and "PIN is incorrect" in _ingest_err
     assert datasets.list_datasets(ws) == []
     ws.close()
 
 
-def test_migration_from_file_store_loses_nothing(hsm: Path, tmp_path: Path, policy_file: Path) -> None:
+def test_migration_from_file_store_loses_nothing(hsm: Tokens, tmp_path: Path, policy_file: Path) -> None:
     ws = build_consortium(Workspace.init(tmp_path / "ws", "hsm-consortium"), tmp_path)
     _ingest(ws, tmp_path, policy_file)
     _ingest(ws, tmp_path, policy_file, "furnace2")
     datasets.copy(ws, "furnace", "tokyo")
     before = {(d, s): datasets.read(ws, d, s) for d, s in (("furnace", "sakai"), ("furnace2", "sakai"),
                                                            ("furnace", "tokyo"))}
-    out = custody.migrate(ws, "sakai", _config("sakai"))
+    out = custody.migrate(ws, "sakai", hsm["sakai"])
     assert out["datasets"] == ["furnace", "furnace2"]
     entry = list(ws.ledger.entries(kinds=("site.custody",)))[-1].entry.body
     assert entry["site"] == "sakai" and entry["datasets"] == ["furnace", "furnace2"] and entry["token_serial"]
@@ -159,7 +140,7 @@ def test_migration_from_file_store_loses_nothing(hsm: Path, tmp_path: Path, poli
     for (d, s), table in before.items():
         assert datasets.read(ws, d, s).equals(table)
     with pytest.raises(OnshoreError, match="already has its custody"):
-        custody.migrate(ws, "sakai", _config("sakai"))
+        custody.migrate(ws, "sakai", hsm["sakai"])
     assert doctor.run(ws).ok
     # a token key destroyed behind Onshore's back is a doctor finding
     ws.keystore("site:sakai").destroy_key("dataset", "furnace2")
@@ -169,4 +150,27 @@ def test_migration_from_file_store_loses_nothing(hsm: Path, tmp_path: Path, poli
         datasets.read(ws, "furnace2", "sakai")
     with pytest.raises(PolicyDenied):
         datasets.read(ws, "furnace", "sakai", purpose="advertising")
+    ws.close()
+
+
+def test_train_copy_and_serve_load_with_pkcs11_sites(hsm: Tokens, tmp_path: Path, policy_file: Path) -> None:
+    from onshore.model.text import HASHED
+    from onshore.serve.loading import load_served_model
+    from onshore.train.loop import TrainConfig, TrainRequest, train
+    from onshore.workspace import models
+
+    ws = _pkcs11_ws(tmp_path, hsm)
+    datasets.ingest(ws, "furnace", "steelco", "sakai", policy_file, "furnace-line-3",
+                    [write_frames(tmp_path / "f.parquet", episodes=3, frames=40)])
+    config = TrainConfig(steps=2, batch_size=8, checkpoint_every=2, log_every=1, precision="fp32",
+                         text_encoder=HASHED, warmup=1)
+    train(ws, TrainRequest("furnace-tiny", "sakai", "fine-tuning", ("furnace",), size="tiny", train=config))
+    models.copy_model(ws, "furnace-tiny", "tokyo")
+    for site in ("sakai", "tokyo"):
+        key = ws.keystore(f"site:{site}").handle("model", "furnace-tiny")
+        assert key is not None and key[pkcs11.Attribute.EXTRACTABLE] is False
+        assert not list((ws.keys_dir(f"site:{site}") / "models").glob("*.key"))
+    served = load_served_model(ws, "furnace-tiny", "tokyo")
+    assert served.digest
+    assert doctor.run(ws).ok
     ws.close()
