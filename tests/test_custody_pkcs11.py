@@ -6,6 +6,7 @@ config there). Skipped when softhsm2 or python-pkcs11 is absent (``make test`` i
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,3 +175,22 @@ def test_train_copy_and_serve_load_with_pkcs11_sites(hsm: Tokens, tmp_path: Path
     assert served.digest
     assert doctor.run(ws).ok
     ws.close()
+
+
+def test_cli_migrate_takes_the_pin_from_the_environment_only(hsm: Tokens, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import run_cli
+
+    ws = build_consortium(Workspace.init(tmp_path / "ws", "hsm-consortium"), tmp_path)
+    ws.close()
+    monkeypatch.setenv("ONSHORE_WORKSPACE", str(tmp_path / "ws"))
+    base = ("site", "custody", "migrate", "tokyo", "--to", "pkcs11", "--module", MODULE, "--token-label", "tokyo")
+    code, _, err = run_cli(capsys, *base)
+    assert code != 0 and "--pin-env" in err
+    monkeypatch.setenv("TOKYO_PIN", Path(hsm["tokyo"].pin_file or "").read_text().strip())
+    code, out, err = run_cli(capsys, *base, "--pin-env", "TOKYO_PIN")
+    assert code == 0, err
+    assert "token tokyo" in out
+    conf = (tmp_path / "ws" / "sites" / "tokyo" / "keys" / CUSTODY_FILE).read_text()
+    assert 'pin_env = "TOKYO_PIN"' in conf and os.environ["TOKYO_PIN"] not in conf

@@ -155,8 +155,8 @@ def custody_migrate(
         raise UsageError(f"--to {to!r}: only pkcs11 (a site moves from the file store into a token)")
     if (pin_env is None) == (pin_file is None):
         raise UsageError("give exactly one of --pin-env VAR or --pin-file FILE (never the PIN itself)")
-    config = CustodyConfig(str(module.resolve()), token_label, pin_env,
-                           str(pin_file.resolve()) if pin_file else None)
+    config = CustodyConfig(str(module.absolute()), token_label, pin_env,
+                           str(pin_file.absolute()) if pin_file else None)
     with open_workspace() as ws:
         result = custody.migrate(ws, name, config)
     if json_:

@@ -107,13 +107,14 @@ _LIBS: dict[str, Any] = {}
 
 def _lib(module: str) -> Any:
     import pkcs11  # optional extra: onshore[pkcs11]
-    lib = _LIBS.get(module)
+    real = os.path.realpath(module)  # one library object per shared object, whatever path names it
+    lib = _LIBS.get(real)
     if lib is None:
         if not Path(module).is_file():
             raise OnshoreError(f"PKCS#11 module {module} not found; install the vendor's library (for SoftHSM2: "
                                "apt-get install softhsm2) or fix 'module' in the site's custody.toml")
         try:
-            lib = _LIBS[module] = pkcs11.lib(module)
+            lib = _LIBS[real] = pkcs11.lib(real)
         except (RuntimeError, OSError, pkcs11.PKCS11Error) as e:
             raise OnshoreError(f"PKCS#11 module {module} does not load ({e}); is it a PKCS#11 library?") from None
     return lib
