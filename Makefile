@@ -11,7 +11,7 @@ PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
 TORCH_INDEX ?=
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test setup setup-dev browser lint bench clean
+.PHONY: demo test setup setup-dev browser softhsm lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ setup: $(VENV)/.torch
 # openpi-client (PyPI) drives `onshore serve --protocol openpi` in the tests. Installed without its
 # dependencies: its metadata asks for numpy<2, which our pinned torch stack does not use, and the
 # modules the tests import need only msgpack, numpy and websockets, which we install anyway.
-setup-dev: $(VENV)/.torch browser
+setup-dev: $(VENV)/.torch browser softhsm
 	$(PIP_INSTALL) -e '.[dev]' '$(TORCH_PIN)'
 	$(PIP_INSTALL) --no-deps 'openpi-client==0.1.2'
 
@@ -37,6 +37,12 @@ browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	else echo "dashboard browser tests need chromium and chromium-driver: sudo apt-get install -y chromium chromium-driver" >&2; exit 1; fi
+
+# PKCS#11 custody tests run against Debian's SoftHSM2, a software token (docs/custody.md).
+softhsm:
+	@if command -v softhsm2-util >/dev/null && [ -f /usr/lib/softhsm/libsofthsm2.so ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2; \
+	else echo "PKCS#11 custody tests need softhsm2: sudo apt-get install -y softhsm2" >&2; exit 1; fi
 
 demo: setup
 	$(BIN)/onshore demo

@@ -209,10 +209,11 @@ def _serve_and_bridge(ws, c: Console, head, directory: Path) -> None:  # type: i
 
 
 def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
-             console: Console | None = None, train_steps: int = 300) -> int:
+             console: Console | None = None, train_steps: int = 300, custody: str = "file") -> int:
     """Run the whole story in ``directory``; returns 0 when the auditor's verify passes.
 
-    ``train_steps`` = 0 skips the model (training, refusal, evaluation, lineage)."""
+    ``train_steps`` = 0 skips the model (training, refusal, evaluation, lineage). ``custody`` =
+    "pkcs11" keeps every site's keys in its own SoftHSM2 token (refused when softhsm2 is absent)."""
     from onshore.attest.bundle import attest_dataset, write_bundle
     from onshore.attest.trust import build_trust_root
     from onshore.eval.report import write_report
@@ -224,6 +225,11 @@ def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
 
     c = console or Console()
     directory = Path(directory).resolve()
+    if custody not in ("file", "pkcs11"):
+        raise ValidationError(f"--custody {custody!r}: use file or pkcs11")
+    if custody == "pkcs11":
+        from onshore.keys import softhsm
+        softhsm.require()  # before anything is made
     _prepare(directory)
     step = iter(range(1, 100))
 
@@ -234,6 +240,14 @@ def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
     ws = Workspace.init(directory / "workspace", "onshore-demo")
     for name, jur, roles, operator in SITES:
         registry.add_site(ws, name, jur, roles, operator)
+    if custody == "pkcs11":
+        from onshore.keys import softhsm
+        from onshore.workspace import custody as site_custody
+        softhsm.token_store(directory / "softhsm")
+        for name, *_ in SITES:
+            moved = site_custody.migrate(ws, name, softhsm.init_token(directory / "softhsm", name))
+            c.print(f"site {name}: keys in PKCS#11 token {name!r} (SoftHSM2, serial {moved['token_serial']}), "
+                    "generated there as sensitive and non-extractable")
     for m in MEMBERS:
         registry.add_member(ws, m.name)
     t = Table("site", "jurisdiction", "roles", "operator")

@@ -17,9 +17,16 @@ def demo_command(
     parties: bool = typer.Option(False, "--parties",
                                  help="Run the parties as separate processes on loopback (coordinator, three site "
                                       "nodes), each in its own folder under --dir (default demo-parties)."),
+    custody: str = typer.Option("file", "--custody", help="Site key custody: file, or pkcs11 (a SoftHSM2 token "
+                                "per site; needs softhsm2)."),
 ) -> None:
     """Build a three-member consortium on simulator telemetry and prove where its data sat."""
     if parties:
+        if custody != "file":
+            from onshore.errors import UsageError
+
+            raise UsageError("--custody applies to the embedded demo; the parties demo keeps each site's keys in "
+                             "its own kit's file store")
         from onshore.demo_parties import run_parties_demo
 
         target = Path("demo-parties") if directory == Path("demo-workspace") else directory
@@ -28,6 +35,6 @@ def demo_command(
         return
     from onshore.demo import run_demo
 
-    code = run_demo(directory, episodes, workers, console, train_steps)
+    code = run_demo(directory, episodes, workers, console, train_steps, custody)
     if code:
         raise typer.Exit(code)

@@ -124,3 +124,44 @@ def embodiment_list(json_: bool = JSON) -> None:
         return
     table("Embodiments", ["name", "control Hz", "state", "action"],
           [(e.name, f"{e.control_hz:g}", e.state_dim, e.action_dim) for e in embs])
+
+
+custody_app = typer.Typer(help="A site's key custody: files (default) or a PKCS#11 token.", no_args_is_help=True)
+site_app.add_typer(custody_app, name="custody")
+
+
+@custody_app.command("migrate")
+def custody_migrate(
+    name: str = typer.Argument(..., help="A registered site."),
+    to: str = typer.Option(..., "--to", help="The new custody: pkcs11."),
+    module: Path = typer.Option(..., "--module", metavar="LIB", help="The PKCS#11 library, e.g. "
+                                "/usr/lib/softhsm/libsofthsm2.so."),
+    token_label: str = typer.Option(..., "--token-label", metavar="LABEL", help="The token's label."),
+    pin_env: str | None = typer.Option(None, "--pin-env", metavar="VAR",
+                                       help="Environment variable holding the PIN (never the PIN itself)."),
+    pin_file: Path | None = typer.Option(None, "--pin-file", metavar="FILE", help="File holding the PIN."),
+    json_: bool = JSON,
+) -> None:
+    """Move a site's keys into a PKCS#11 token, re-wrapping every data key; recorded in the ledger.
+
+    Example: ONSHORE_PIN=... onshore site custody migrate sakai --to pkcs11 --module
+    /usr/lib/softhsm/libsofthsm2.so --token-label sakai --pin-env ONSHORE_PIN
+    """
+    from onshore.errors import UsageError
+    from onshore.keys.pkcs11store import CustodyConfig
+    from onshore.workspace import custody
+
+    if to != "pkcs11":
+        raise UsageError(f"--to {to!r}: only pkcs11 (a site moves from the file store into a token)")
+    if (pin_env is None) == (pin_file is None):
+        raise UsageError("give exactly one of --pin-env VAR or --pin-file FILE (never the PIN itself)")
+    config = CustodyConfig(str(module.absolute()), token_label, pin_env,
+                           str(pin_file.absolute()) if pin_file else None)
+    with open_workspace() as ws:
+        result = custody.migrate(ws, name, config)
+    if json_:
+        print_json(result)
+        return
+    console.print(f"site [bold]{esc(name)}[/] now keeps its keys in token {esc(token_label)} "
+                  f"(serial {esc(result['token_serial'])}): {len(result['datasets'])} dataset and "
+                  f"{len(result['models'])} model key(s) re-wrapped")

@@ -162,6 +162,19 @@ class KeyStore:
             os.close(dfd)
         return True
 
+    def wrap(self, kind: str, name: str, data_key: bytes, context: bytes) -> bytes:
+        """``data_key`` wrapped under the key of ``kind`` ``name`` (AES-256-GCM bound to ``context``).
+
+        The one way callers wrap: a PKCS#11 store (``keys/pkcs11store.py``) does this in its token.
+        """
+        from onshore.keys.envelope import wrap_key
+        return wrap_key(self.key(kind, name), data_key, context)
+
+    def unwrap(self, kind: str, name: str, wrapped: bytes, context: bytes) -> bytes:
+        """Inverse of :meth:`wrap`; NotFoundError without the key, IntegrityError when the wrap does not open."""
+        from onshore.keys.envelope import unwrap_key
+        return unwrap_key(self.key(kind, name), wrapped, context)
+
     # The dataset spellings that the key service and other layers use (the same files as above).
 
     def has_dataset_key(self, dataset: str) -> bool:

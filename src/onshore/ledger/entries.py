@@ -22,7 +22,8 @@ VERSION = 1
 
 #: Entry kinds by family (DESIGN.md "Ledger"); the family is the part before the dot.
 KINDS = {
-    "governance": ("workspace.init", "site.add", "member.add", "embodiment.add", "key.create"),
+    "governance": ("workspace.init", "site.add", "member.add", "embodiment.add", "key.create",
+                   "site.custody"),
     "consent": ("consent.grant", "consent.withdraw"),
     "data": ("data.ingest", "data.copy", "data.export", "data.read", "key.release", "key.shred", "data.attest",
              "data.abandoned"),

@@ -41,7 +41,7 @@ from onshore.ledger.log import AppendHook, ledger_attempts
 from onshore.residency.pdp import Decision, Request
 from onshore.residency.policy import UsagePolicy
 from onshore.store import shards as S
-from onshore.workspace import keyservice
+from onshore.workspace import custody, keyservice
 from onshore.workspace.workspace import LOG_ACTOR, Workspace
 
 LOCKS_DIR = "locks"
@@ -376,12 +376,15 @@ def _roll_withdraw_forward(ws: Workspace, conn: Any, row: dict[str, Any]) -> Non
     # The ledger already says consent was withdrawn: make the catalog say so too, and record the
     # destruction of any wrap the crashed run had not listed (a copy that slipped in before).
     recorded = {ws.ledger.get(i).entry.body.get("site") for i in row["outcome"][1:]}
+    facts = {s: custody.custody_facts(ws, s, "dataset", row["dataset"])  # token serial/object before destroying
+             for s in keyservice.key_sites(ws, conn, row["dataset"]) if s not in recorded}
     sites = keyservice.shred(ws, conn, row["dataset"])
     conn.execute(update(T.datasets).where(T.datasets.c.name == row["dataset"]).values(
         status="withdrawn", withdrawn_at=now_iso()))
     extra = [s for s in sites if s not in recorded]
     if extra:
-        ws.record_many([("key.shred", f"site:{s}", {"dataset": row["dataset"], "site": s}) for s in extra])
+        ws.record_many([("key.shred", f"site:{s}", {"dataset": row["dataset"], "site": s, **facts.get(s, {})})
+                        for s in extra])
 
 
 def close(ws: Workspace, catalog_conn: Any, row: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ from onshore.telemetry import frames as F
 from onshore.telemetry.inputs import open_inputs
 from onshore.telemetry.lerobot import write_lerobot_v3
 from onshore.telemetry.provenance import read_provenance, with_provenance
-from onshore.workspace import attempts, keyservice
+from onshore.workspace import attempts, custody, keyservice
 from onshore.workspace.lineage import check_redistribution
 from onshore.workspace.models import derived_from, taint_entries
 from onshore.workspace.paths import check_plaintext_destination
@@ -488,7 +488,8 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
             attempt.outcome = ws.record_many(
                 [("consent.withdraw", f"member:{member}", {"dataset": name, "decision_index": attempt.decision_index,
                                                            "derived_models": models, "derived_models_clause": clause})]
-                + [("key.shred", f"site:{s}", {"dataset": name, "site": s}) for s in sites]
+                + [("key.shred", f"site:{s}", {"dataset": name, "site": s,
+                                                **custody.custody_facts(ws, s, "dataset", name)}) for s in sites]
                 + taint_entries(ws, name, member, clause),
                 attempts.ledgered(attempt))
             crash_point("withdraw.ledgered")

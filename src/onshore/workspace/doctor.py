@@ -57,7 +57,7 @@ from onshore.keys.keystore import RESOURCE_FOLDERS
 from onshore.ledger.entries import now_iso
 from onshore.names import is_name
 from onshore.store import shards as S
-from onshore.workspace import attempts, governance, keyservice, runs
+from onshore.workspace import attempts, custody, governance, keyservice, runs
 from onshore.workspace import models as wsm
 from onshore.workspace.paths import RECORDING_SPOOL, SPOOL_LOCK
 from onshore.workspace.registry import get_embodiment
@@ -541,6 +541,9 @@ def run(ws: Workspace, repair: bool = False) -> DoctorReport:
     if ledger_ok:
         _training_findings(ws, out, repair)
         _model_key_findings(ws, out, repair)
+        for subject, problem in custody.token_findings(ws):
+            out.findings.append(Finding("token-keys", subject, problem, "check the site's PKCS#11 token and "
+                                        "custody.toml; investigate (keys are never recreated)", False))
     _spool_findings(ws, out, repair and ledger_ok)
     done = [f for f in out.findings if f.repaired]
     if done:

@@ -7,7 +7,7 @@ citing its own decision. No decision object is ever taken from a caller, so a de
 another site, dataset or purpose, or one built by hand, cannot release a key.
 
 Key material: the data key is wrapped (AES-256-GCM, bound to dataset and site) under the dataset's
-key-encryption key in the site's key custody (``KeyStore.dataset_key``); the catalog keeps only the
+key-encryption key in the site's key custody (``KeyStore.wrap``: a file, or a PKCS#11 token); the catalog keeps only the
 wrap. Withdrawal destroys the custody key at every site, so a catalog restored from a backup holds
 wraps that no longer open.
 
@@ -32,7 +32,7 @@ from sqlalchemy import delete, insert, select, update
 
 from onshore.catalog import schema as T
 from onshore.errors import NotFoundError, OnshoreError, PolicyDenied, ValidationError
-from onshore.keys.envelope import new_data_key, unwrap_key, wrap_key
+from onshore.keys.envelope import new_data_key
 from onshore.ledger.entries import now_iso
 from onshore.ledger.log import AppendHook
 from onshore.names import check_name
@@ -116,8 +116,8 @@ def wrap_for_site(ws: Workspace, conn: Any, dataset: str, site: str, data_key: b
         if held is not None:
             raise ValidationError(f"site {site!r} already holds a key for dataset {dataset!r}")
         store.destroy_dataset_key(dataset)  # a crashed attempt's key: nothing committed uses it
-    kek = store.create_dataset_key(dataset)
-    wrapped = wrap_key(kek, data_key, _context(dataset, site))
+    store.create_dataset_key(dataset)
+    wrapped = store.wrap("dataset", dataset, data_key, _context(dataset, site))
     conn.execute(insert(T.key_wraps).values(dataset=dataset, site=site, wrapped=wrapped, created_at=now_iso()))
 
 
@@ -152,10 +152,9 @@ def release(ws: Workspace, dataset: str, site: str, action: str, purpose: str | 
     if row is None:
         raise OnshoreError(missing)
     try:
-        kek = ws.keystore(f"site:{site}").dataset_key(dataset)
+        key = ws.keystore(f"site:{site}").unwrap("dataset", dataset, bytes(row[0]), _context(dataset, site))
     except NotFoundError as e:
         raise OnshoreError(f"{missing} ({e})") from None
-    key = unwrap_key(kek, bytes(row[0]), _context(dataset, site))
     index = ws.record("key.release", f"site:{site}", {
         "dataset": dataset, "site": site, "action": action, "purpose": purpose,
         "decision_index": decision_index, "policy_hash": decision.policy_hash,
@@ -214,9 +213,10 @@ def wrap_model_for_site(ws: Workspace, conn: Any, model: str, site: str, data_ke
         raise ValidationError(f"site {site!r} already holds model {model!r}")
     if store.has_key("model", model) and not keep_custody_key:
         store.destroy_key("model", model)
-    kek = store.key("model", model) if store.has_key("model", model) else store.create_key("model", model)
-    conn.execute(insert(T.model_key_wraps).values(model=model, site=site, wrapped=wrap_key(
-        kek, data_key, _model_context(model, site)), ledger_index=ledger_index, created_at=now_iso()))
+    if not store.has_key("model", model):
+        store.create_key("model", model)
+    conn.execute(insert(T.model_key_wraps).values(model=model, site=site, wrapped=store.wrap(
+        "model", model, data_key, _model_context(model, site)), ledger_index=ledger_index, created_at=now_iso()))
 
 
 def checkpoint_key(ws: Workspace, model: str, site: str, wrap_file: Path) -> bytes:
@@ -233,7 +233,8 @@ def checkpoint_key(ws: Workspace, model: str, site: str, wrap_file: Path) -> byt
     if store.has_key("model", model):
         store.destroy_key("model", model)
     key = new_data_key()
-    wrap_file.write_bytes(wrap_key(store.create_key("model", model), key, _checkpoint_context(model, site)))
+    store.create_key("model", model)
+    wrap_file.write_bytes(store.wrap("model", model, key, _checkpoint_context(model, site)))
     return key
 
 
@@ -264,12 +265,11 @@ def release_checkpoint(ws: Workspace, model: str, site: str, purpose: str, datas
         _refuse_withdrawn(ws, d, f"resuming model {model!r} from a checkpoint at site {site!r}")
     missing = f"no key for the checkpoints of model {model!r} at site {site!r}"
     try:
-        kek = ws.keystore(f"site:{site}").key("model", model)
-        wrapped = wrap_file.read_bytes()
+        key = ws.keystore(f"site:{site}").unwrap("model", model, wrap_file.read_bytes(),
+                                                 _checkpoint_context(model, site))
     except (NotFoundError, FileNotFoundError) as e:
         raise OnshoreError(f"{missing} ({e}); remove the run's folder (or run 'onshore doctor --repair') and "
                            "train again") from None
-    key = unwrap_key(kek, wrapped, _checkpoint_context(model, site))
     indices = [i for _, i in decided]
     index = ws.record("key.release", f"site:{site}", {
         "model": model, "checkpoint": step, "site": site, "action": "train", "purpose": purpose,
@@ -310,10 +310,9 @@ def release_model(ws: Workspace, model: str, site: str, action: str, purpose: st
     if row is None:
         raise OnshoreError(missing)
     try:
-        kek = ws.keystore(f"site:{site}").key("model", model)
+        key = ws.keystore(f"site:{site}").unwrap("model", model, bytes(row[0]), _model_context(model, site))
     except NotFoundError as e:
         raise OnshoreError(f"{missing} ({e})") from None
-    key = unwrap_key(kek, bytes(row[0]), _model_context(model, site))
     index = ws.record("key.release", f"site:{site}", {
         "model": model, "site": site, "action": action, "purpose": purpose,
         "decision_index": decision_index, "policy_hash": decision.policy_hash,

@@ -18,6 +18,7 @@ from onshore.catalog.db import open_engine, write_transaction
 from onshore.catalog.schema import metadata as catalog_metadata
 from onshore.errors import IntegrityError, NotFoundError, PolicyDenied, ValidationError
 from onshore.keys.keystore import IDENTITY_FILE, KeyStore, public_key_b64, public_key_from_b64
+from onshore.keys.pkcs11store import open_keystore
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import merkle, notes, subjects
 from onshore.ledger.entries import Draft, now_iso
@@ -183,7 +184,7 @@ class Workspace:
     def keystore(self, actor: str) -> KeyStore:
         ks = self._keystores.get(actor)
         if ks is None:
-            ks = self._keystores[actor] = KeyStore(self.keys_dir(actor))
+            ks = self._keystores[actor] = open_keystore(self.keys_dir(actor))
         return ks
 
     def signer(self, actor: str) -> Ed25519PrivateKey:
