@@ -98,6 +98,16 @@ def test_refusals_change_nothing(plant: Workspace, tmp_path: Path, capsys: pytes
     code, _, err = run_cli(capsys, "-w", str(plant.root), "monitor", "plant-tiny", "--site", "sakai", "--endpoint",
                            "opc.tcp://127.0.0.1:9")
     assert code == 2 and "--map" in err
+    code, _, err = run_cli(capsys, "-w", str(plant.root), "monitor", "fit", "no-such-model", "--site", "sakai",
+                           "--dataset", "normal")
+    assert code == 1 and "no-such-model" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, "-w", str(plant.root), "monitor", "no-such-model", "--site", "sakai")
+    assert code == 1 and "no-such-model" in err and "Traceback" not in err
+    bad_map = tmp_path / "map.toml"
+    bad_map.write_text("state = [\"ns=2;s=x\"\n")  # not TOML: an unclosed list
+    code, _, err = run_cli(capsys, "-w", str(plant.root), "monitor", "plant-tiny", "--site", "sakai", "--endpoint",
+                           "opc.tcp://127.0.0.1:9", "--map", str(bad_map))
+    assert code == 1 and "map.toml" in err and "Traceback" not in err
 
 
 def test_cli_fit_then_watch(plant: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
