@@ -56,6 +56,71 @@ POLICY = ('jurisdictions = ["JP"]\nsites = []\npurposes = ["foundation-pretraini
           'expires = 2031-03-31\nderived_models = "keep"\n')
 
 
+# ---- result 2s: the claim on several splits (issue 18 section 0) ---------------------------------------
+# Three disjoint sets of five fine-tune tasks drawn from the 45 usable tasks (all v3 tasks but the
+# five held out) by SPLIT_SEED; each split pre-trains on the other 40. Nothing is tuned on any one
+# fixed five: recipes are chosen per split on a held-out part of that split's demonstrations.
+SPLIT_SEED = 18
+SPLIT_SEEDS = (0, 1, 2)  # split indices: tasks [5s, 5s + 5) of the SPLIT_SEED permutation
+SPLIT_DEMOS = (3, 10)
+SEED_TASK_DATA, SEED_SPLIT_DEMOS, SEED_SPLIT_EVAL = 500, 700, 9301  # 500-544, 700-702; 9301 evaluates only
+SPLIT_EVAL_EPISODES = 50
+SPLIT_HOLDOUT = 0.3  # of the fine-tune demonstrations' episodes, for choosing a recipe
+SPLIT_MLP_LR = 1e-3
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to fine-tune the pooled base; chosen per split by the held-out action loss."""
+
+    label: str
+    lr: float
+    freeze_trunk: bool = False
+    refit_stats: bool = False
+    why: str = ""
+
+
+RECIPES = (
+    Recipe("all", 3e-4, why="all weights at lr 3e-4 (the recipe of result 2)"),
+    Recipe("refit", 3e-4, refit_stats=True,
+           why="all weights at lr 3e-4 after refitting the state statistics on the demonstrations (openpi, Octo)"),
+    Recipe("frozen", 1e-3, freeze_trunk=True,
+           why="trunk frozen, stems, heads and task projection at lr 1e-3 (HPT's transfer setting)"),
+)
+
+
+def usable_tasks() -> list[str]:
+    """The 45 v3 tasks that may be trained on: every one but the five held out for an outside check."""
+    from onshore.sim.metaworld import all_tasks
+
+    out = [t for t in all_tasks() if t not in HELD_OUT]
+    assert len(out) == 45, len(out)
+    return out
+
+
+def split_tasks(split: int) -> tuple[str, ...]:
+    """The five fine-tune tasks of ``split`` (disjoint across splits)."""
+    import numpy as np
+
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(usable_tasks()))
+    tasks = usable_tasks()
+    return tuple(sorted(tasks[i] for i in order[5 * split:5 * split + 5]))
+
+
+def split_pretrain(split: int) -> list[str]:
+    out = [t for t in usable_tasks() if t not in split_tasks(split)]
+    assert len(out) == 40
+    return out
+
+
+def task_dataset(task: str) -> str:
+    return "mw-" + task.removesuffix("-v3")
+
+
+def split_demos(split: int, k: int) -> str:
+    return f"split{split}-demos-{k}"
+
+
 def pretrain_tasks() -> list[str]:
     """All v3 tasks but the five fine-tune tasks and the five held out (40 tasks)."""
     from onshore.sim.metaworld import all_tasks
@@ -101,7 +166,13 @@ def telemetry_plan() -> list[Telemetry]:
             *(Telemetry(f"fewshot-{k}", "newcomer", "metaworld", FINETUNE_TASKS, k, 202,
                         cache="fewshot" if k == 10 else None) for k in DEMOS),
             Telemetry("tep", "plant-operator", "tep", ("base",), 10, 401),
-            Telemetry("tep-idv", "plant-operator", "tep", TEP_DISTURBANCES, 5, 402)]
+            Telemetry("tep-idv", "plant-operator", "tep", TEP_DISTURBANCES, 5, 402),
+            # result 2s: one dataset per usable task (a split pre-trains on 40 of them), and each
+            # split's fine-tune demonstrations (the 3-demo set is the first 3 of the 10-demo set)
+            *(Telemetry(task_dataset(t), f"pool-member-{i % 4}", "metaworld", (t,), 50, SEED_TASK_DATA + i)
+              for i, t in enumerate(usable_tasks())),
+            *(Telemetry(split_demos(s, k), "newcomer", "metaworld", split_tasks(s), k, SEED_SPLIT_DEMOS + s)
+              for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS)]
     for t in plan:
         assert not set(t.tasks) & set(HELD_OUT), t
     return plan
@@ -137,6 +208,7 @@ class Run:
     def __init__(self, ws_root: Path, data: Path, out: Path, budget: Budget, argv: list[str]) -> None:
         self.ws_root, self.data, self.out, self.budget = ws_root, data, out, budget
         self.argv = argv
+        self.splits: tuple[int, ...] = tuple(range(len(SPLIT_SEEDS)))
         self.ws: Any = None
         (out / "train").mkdir(parents=True, exist_ok=True)
         (out / "eval").mkdir(parents=True, exist_ok=True)
@@ -210,7 +282,8 @@ class Run:
     # -- training --------------------------------------------------------------------------------
     def train(self, name: str, datasets: list[str], *, steps: int, lr: float, purpose: str,
               weights: tuple[float, ...] = (), base: str | None = None,
-              overrides: tuple[tuple[str, Any], ...] = ()) -> dict[str, Any]:
+              overrides: tuple[tuple[str, Any], ...] = (), size: str = SIZE, holdout: float = 0.0,
+              freeze_trunk: bool = False, refit_stats: bool = False) -> dict[str, Any]:
         """Train (or fine-tune ``base``) model ``name`` unless its summary exists; returns the summary."""
         import torch
 
@@ -223,9 +296,10 @@ class Run:
             return json.loads(path.read_text())
         b = self.budget
         tc = TrainConfig(steps=steps, batch_size=b.batch, lr=lr, warmup=min(100, steps // 10),
-                         checkpoint_every=max(100, steps // 5), seed=0)
+                         checkpoint_every=max(100, steps // 5), seed=0, holdout=holdout, freeze_trunk=freeze_trunk,
+                         refit_stats=refit_stats)
         req = TrainRequest(name=name, site=SITE, purpose=purpose, datasets=tuple(datasets), weights=weights,
-                           size=SIZE, train=tc, base=base, model_overrides=overrides)
+                           size=size, train=tc, base=base, model_overrides=overrides)
         try:
             row = get_model(self.ws, name)  # finished before its summary was written
             result = None
@@ -244,12 +318,15 @@ class Run:
             result = train(self.ws, req, progress=progress, device="cpu", log=self.say)
             row = get_model(self.ws, name)
             row["wall_s"] = time.time() - t0
-        cmd = ("onshore finetune " + base if base else f"onshore train --site {SITE} --config {SIZE}") + \
+        cmd = ("onshore finetune " + base if base else f"onshore train --site {SITE} --config {size}") + \
             f" --datasets {','.join(datasets)} --purpose {purpose} --steps {steps} --batch-size {b.batch} " \
             f"--lr {lr:g} --warmup {tc.warmup} --threads {b.threads} --name {name}" + \
             (f" --weights {','.join(f'{d}={w:g}' for d, w in zip(datasets, weights, strict=True))}" if weights else "")
         cmd += "".join(f" --model-option {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides)
+        cmd += (f" --holdout {holdout:g}" if holdout else "") + (" --freeze-trunk" if freeze_trunk else "") + \
+            (" --refit-stats" if refit_stats else "")
         summary = {"model": name, "base": base, "overrides": [list(o) for o in overrides], "datasets": datasets,
+                   "size": size, "holdout": holdout, "freeze_trunk": freeze_trunk, "refit_stats": refit_stats,
                    "weights": list(weights), "purpose": purpose,
                    "steps": steps, "batch": b.batch, "lr": lr, "threads": b.threads, "parameters": row["parameters"],
                    "metrics": row["metrics"], "wall_s": row.get("wall_s"),
@@ -557,12 +634,74 @@ def result3_long(r: Run) -> None:
     write_doc(r)
 
 
+def split_base(split: int) -> str:
+    return f"s{split}-pool-small"
+
+
+def split_recipe_choice(r: Run, split: int, k: int) -> Recipe | None:
+    """The recipe whose model (trained with a held-out part of the demonstrations) had the lowest
+    held-out action loss (EMA weights); None until every recipe of (split, k) has trained."""
+    losses = {}
+    for rc in RECIPES:
+        tr = _load(r.out, "train", f"s{split}-pft{k}-{rc.label}-val")
+        if tr is None:
+            return None
+        losses[rc.label] = tr["metrics"]["heldout_action_loss_ema"]
+    return min(RECIPES, key=lambda rc: losses[rc.label])
+
+
+def result2_splits_pooled(r: Run) -> None:
+    """Per split: pool-small pre-trained on the 40 other tasks, each recipe fine-tuned with a 0.3
+    holdout of the demonstrations, the recipe with the lowest held-out action loss fine-tuned again
+    on all of them and evaluated (50 episodes per task, seed 9301)."""
+    b = r.budget
+    for s in r.splits:
+        ft = list(split_tasks(s))
+        r.train(split_base(s), [task_dataset(t) for t in split_pretrain(s)], steps=b.steps, lr=b.lr,
+                purpose="foundation-pretraining")
+        write_doc(r)
+        for k in SPLIT_DEMOS:
+            for rc in RECIPES:
+                r.train(f"s{s}-pft{k}-{rc.label}-val", [split_demos(s, k)], steps=b.finetune_steps, lr=rc.lr,
+                        purpose="fine-tuning", base=split_base(s), holdout=SPLIT_HOLDOUT,
+                        freeze_trunk=rc.freeze_trunk, refit_stats=rc.refit_stats)
+                write_doc(r)
+            rc = split_recipe_choice(r, s, k)
+            assert rc is not None
+            name = f"s{s}-pft{k}-{rc.label}"
+            r.train(name, [split_demos(s, k)], steps=b.finetune_steps, lr=rc.lr, purpose="fine-tuning",
+                    base=split_base(s), freeze_trunk=rc.freeze_trunk, refit_stats=rc.refit_stats)
+            r.evaluate(f"r2s-s{s}-pooled-{k}", name, "metaworld", ft, SPLIT_EVAL_EPISODES, SEED_SPLIT_EVAL)
+            write_doc(r)
+
+
+def own_models(b: Budget, split: int, k: int) -> list[tuple[str, str, float]]:
+    """(model name, size, lr) of the own-data baselines of (split, k): the transformer at each lr, the MLP."""
+    return [*((f"s{split}-own{k}-lr{lr_tag(lr)}", SIZE, lr) for lr in b.own_lrs),
+            (f"s{split}-own{k}-mlp", "mlp", SPLIT_MLP_LR)]
+
+
+def result2_splits_own(r: Run) -> None:
+    """Per split and number of demonstrations: every own-data baseline trained on all demonstrations
+    and evaluated (50 episodes per task, seed 9301)."""
+    b = r.budget
+    for s in r.splits:
+        ft = list(split_tasks(s))
+        r.evaluate(f"r2s-s{s}-expert", "expert", "metaworld", ft, SPLIT_EVAL_EPISODES, SEED_SPLIT_EVAL)
+        for k in SPLIT_DEMOS:
+            for name, size, lr in own_models(b, s, k):
+                r.train(name, [split_demos(s, k)], steps=b.finetune_steps, lr=lr, purpose="fine-tuning", size=size)
+                r.evaluate(f"r2s-{name}", name, "metaworld", ft, SPLIT_EVAL_EPISODES, SEED_SPLIT_EVAL)
+                write_doc(r)
+
+
 STAGES: dict[str, Callable[[Run], None]] = {"r1": result1, "r4": result4, "r2": result2, "r1-noisy": result1_noisy,
                                            "r3": result3,
                                            "r4-try": result4_try, "r4-confirm": result4_confirm,
                                            "r3-long": result3_long, "r2-confirm": result2_confirm,
                                            "r1-noisy-clean": result1_noisy_clean,
-                                           "r1-noisy-clean-long": result1_noisy_clean_long}
+                                           "r1-noisy-clean-long": result1_noisy_clean_long,
+                                           "r2s-pooled": result2_splits_pooled, "r2s-own": result2_splits_own}
 # The datasets each stage reads: a run of some stages generates and ingests only those.
 STAGE_DATA: dict[str, tuple[str, ...]] = {
     "r1": ("mt10",), "r1-noisy": ("mt10-noisy",), "r1-noisy-clean": ("mt10-noisy-clean",),
@@ -570,7 +709,10 @@ STAGE_DATA: dict[str, tuple[str, ...]] = {
     "r2": ("pool-0", "pool-1", "pool-2", "pool-3", *(f"fewshot-{k}" for k in DEMOS)),
     "r2-confirm": ("pool-0", "pool-1", "pool-2", "pool-3", *(f"fewshot-{k}" for k in DEMOS)),
     "r3": ("mt10", "tep", "tep-idv"), "r3-long": ("mt10", "tep", "tep-idv"),
-    "r4": ("tep", "tep-idv"), "r4-try": ("tep", "tep-idv"), "r4-confirm": ("tep", "tep-idv")}
+    "r4": ("tep", "tep-idv"), "r4-try": ("tep", "tep-idv"), "r4-confirm": ("tep", "tep-idv"),
+    "r2s-pooled": (*(task_dataset(t) for t in usable_tasks()),
+                   *(split_demos(s, k) for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS)),
+    "r2s-own": tuple(split_demos(s, k) for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS)}
 
 
 # ---- docs/results.md ------------------------------------------------------------------------------
@@ -629,6 +771,84 @@ def _train_line(tr: dict[str, Any] | None, name: str) -> str:
 
 def _goal(ok: bool | None) -> str:
     return "pending" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def _overlap_ok(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether a's mean success is not below b's beyond the intervals (a's upper bound reaches b's mean)."""
+    k, n = _pooled(a)
+    return _wilson(k, n)[1] >= mean_success(b)
+
+
+def split_section(r: Run) -> list[str]:
+    """Result 2s: the pooling claim on three splits, with the goals checked per split."""
+    E = lambda k: _load(r.out, "eval", k)  # noqa: E731
+    T = lambda k: _load(r.out, "train", k)  # noqa: E731
+    b = r.budget
+    L = ["## 2s. Pooling on tasks nobody tuned on: three splits\n",
+         f"The 45 usable v3 tasks (all but the five held out for an outside check) are permuted with seed "
+         f"{SPLIT_SEED}; split s fine-tunes on tasks 5s to 5s + 4 of that order and pre-trains `small` on the other "
+         f"40 ({b.steps} steps, lr {b.lr:g}; one dataset of 50 expert episodes per task, seeds "
+         f"{SEED_TASK_DATA}–{SEED_TASK_DATA + 44}). Demonstrations: {', '.join(map(str, SPLIT_DEMOS))} per task "
+         f"(seed {SEED_SPLIT_DEMOS} + s; the 3 are the first 3 of the 10). Own-data baselines: `small` at lr "
+         f"{', '.join(f'{x:g}' for x in b.own_lrs)} and the MLP (`--config mlp`, lr {SPLIT_MLP_LR:g}), "
+         f"{b.finetune_steps} steps each, all evaluated; the best of them by evaluation is the comparison (which "
+         f"flatters own data, not pooling). Pooled: each recipe fine-tunes the split's base for {b.finetune_steps} "
+         f"steps with {SPLIT_HOLDOUT:g} of the demonstrations' episodes held out; the recipe with the lowest "
+         "held-out action loss (EMA weights) is fine-tuned again on all demonstrations and evaluated. Recipes: "
+         + "; ".join(f"`{rc.label}`: {rc.why}" for rc in RECIPES) + ". Evaluation: "
+         f"{SPLIT_EVAL_EPISODES} episodes per task, seed {SEED_SPLIT_EVAL} (no data seed).\n"]
+    w = L.append
+    for s in SPLIT_SEEDS:
+        tasks = split_tasks(s)
+        w(f"### Split {s}: {', '.join(tasks)}\n")
+        cols: list[tuple[str, dict[str, Any] | None]] = [("expert", E(f"r2s-s{s}-expert"))]
+        for k in SPLIT_DEMOS:
+            cols += [(f"own {k}, {'mlp' if size == 'mlp' else size + f' lr {lr:g}'}", E(f"r2s-{name}"))
+                     for name, size, lr in own_models(b, s, k)]
+            rc = split_recipe_choice(r, s, k)
+            cols.append((f"pooled {k}" + (f" ({rc.label})" if rc else ""), E(f"r2s-s{s}-pooled-{k}")))
+        w("| model | " + " | ".join(tasks) + " | mean |")
+        w("|---|" + "---|" * (len(tasks) + 1))
+        for label, ev in cols:
+            w(f"| {label} | " + " | ".join(_cell(ev, t) for t in tasks) + f" | {_mean_row(ev)} |")
+        w("")
+        for k in SPLIT_DEMOS:
+            vals = [(rc, T(f"s{s}-pft{k}-{rc.label}-val")) for rc in RECIPES]
+            w(f"Recipes with {k} demonstrations, held-out action loss: " + ", ".join(
+                f"`{rc.label}` {tr['metrics']['heldout_action_loss_ema']:.4f}" if tr else f"`{rc.label}` pending"
+                for rc, tr in vals) + ".  ")
+        own = {k: [e for n, _, _ in own_models(b, s, k) if (e := E(f"r2s-{n}"))] for k in SPLIT_DEMOS}
+        best = {k: max(v, key=mean_success) if len(v) == len(own_models(b, s, k)) else None for k, v in own.items()}
+        pooled = {k: E(f"r2s-s{s}-pooled-{k}") for k in SPLIT_DEMOS}
+        for k in SPLIT_DEMOS:
+            p, o = pooled[k], best[k]
+            ok = None if p is None or o is None else _overlap_ok(p, o)
+            detail = "" if ok is None else f": pooled {_pct(mean_success(p))} against own {_pct(mean_success(o))}"
+            w(f"Goal (pooled ≥ best own data at {k} demonstrations, within the interval): {_goal(ok)}{detail}.  ")
+        p3, o10 = pooled[3], best[10]
+        ok = None if p3 is None or o10 is None else _overlap_ok(p3, o10)
+        detail = "" if ok is None else f": pooled@3 {_pct(mean_success(p3))} against own@10 {_pct(mean_success(o10))}"
+        w(f"Goal (pooled with 3 ≥ best own data with 10, within the interval): {_goal(ok)}{detail}.\n")
+        names = [split_base(s), *(f"s{s}-pft{k}-{rc.label}-val" for k in SPLIT_DEMOS for rc in RECIPES),
+                 *(n for k in SPLIT_DEMOS for n, _, _ in own_models(b, s, k))]
+        for k in SPLIT_DEMOS:
+            rc = split_recipe_choice(r, s, k)
+            if rc:
+                names.append(f"s{s}-pft{k}-{rc.label}")
+        done = [n for n in names if T(n)]
+        for n in done:
+            w(_train_line(T(n), n))
+        if len(done) < len(names):
+            w(f"- pending: {', '.join(f'`{n}`' for n in names if n not in done)}")
+        e = E(f"r2s-s{s}-expert")
+        if e:
+            w(f"- evaluations: e.g. `{e['command']}` (the same episodes for every model of this split)")
+        w("")
+    w("Resume or extend: `PYTHONPATH=src python bench/results.py --ws /work/results-ws-pool --data /work/results-data "
+      "--steps 4000 --finetune-steps 1000 --own-lrs 3e-4,1e-3,3e-3 --mt10-episodes 50 --joint-mt10-episodes 50 "
+      "--fewshot-episodes 20 --tep-episodes 3 --stages r2s-pooled,r2s-own` (finished JSONs are skipped; "
+      "`--splits 0` for one split).\n")
+    return L
 
 
 def write_doc(r: Run) -> None:
@@ -817,6 +1037,8 @@ def write_doc(r: Run) -> None:
     if e1:
         w(f"- evaluations: e.g. `{e1['command']}` (same for every model of this result)")
     w("")
+
+    L.extend(split_section(r))
 
     # ---- result 3
     jm, jt, tp = E("r3-joint-small-mt10"), E("r3-joint-small-tep"), E("r4-tep-small")
@@ -1036,9 +1258,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--doc-only", action="store_true", help="only rewrite docs/results.md from the JSON files")
+    p.add_argument("--splits", default=",".join(str(x) for x in SPLIT_SEEDS),
+                   help="result 2s: which splits the r2s stages run (all by default)")
     a = p.parse_args(argv)
     os.environ["ONSHORE_WORKSPACE"] = str(a.ws)
     r = Run(a.ws.resolve(), (a.data or a.ws / "telemetry").resolve(), a.out.resolve(), args_budget(a), argv)
+    r.splits = tuple(int(x) for x in a.splits.split(","))
+    if not set(r.splits) <= set(SPLIT_SEEDS):
+        raise SystemExit(f"--splits: choose from {', '.join(map(str, SPLIT_SEEDS))}")
     budget_file = r.out / "budget.json"
     if budget_file.exists() and json.loads(budget_file.read_text()) != json.loads(json.dumps(asdict(r.budget))):
         raise SystemExit(f"{budget_file} records another budget; rerun with the same settings, or remove "

@@ -237,3 +237,60 @@ def test_model_options_are_typed_and_checked() -> None:
             parse_model_options([bad])
     with pytest.raises(ValidationError, match="unknown"):
         model_config("tiny", colour="red")
+
+
+def test_the_mlp_baseline_has_about_0_6m_parameters_and_the_same_heads_and_loss() -> None:
+    mw = metaworld.embodiment()
+    groups = state_groups(mw)
+    arm = EmbodimentSpec(mw.name, 39, 4, groups, (0.0,) * 39, (1.0,) * 39, (-1.0,) * 4, (1.0,) * 4)
+    init_seed(0)
+    net = FoundationModel(CONFIGS["mlp"], [arm])
+    assert 500_000 < parameter_count(net) < 700_000
+    assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in net.modules())
+    cfg = net.config
+    hist, task = torch.randn(3, cfg.history, 39), torch.randn(3, cfg.text_dim)
+    actions, nxt = net.predict(mw.name, hist, task)
+    assert actions.shape == (3, cfg.chunk, 4) and nxt.shape == (3, 39)
+    # the state history and the task text both reach the output
+    assert not torch.allclose(net.predict(mw.name, hist + 1.0, task)[0], actions)
+    assert not torch.allclose(net.predict(mw.name, hist, task + 1.0)[0], actions)
+    batch = {mw.name: {"state": hist, "task": task, "action": actions.detach(), "action_mask": torch.ones(3, cfg.chunk),
+                       "next_state": nxt.detach() + 1.0, "next_mask": torch.ones(3)}}
+    loss = net(batch)
+    assert loss[0].item() == pytest.approx(0.0, abs=1e-6) and loss[1].item() > 0.5
+    with pytest.raises(ValidationError, match="--config"):
+        model_config("small", trunk="mlp")
+
+
+@pytest.mark.parametrize("size", ["tiny", "mlp"])
+def test_refit_state_statistics_keeps_the_function(size: str) -> None:
+    init_seed(1)
+    old = replace(spec("arm", 7, 2), groups=(("a", (0, 1, 2, 3)), ("b", (4, 5, 6))),
+                  state_mean=tuple(np.linspace(-2, 2, 7)), state_std=tuple(np.linspace(0.1, 3, 7)))
+    net = FoundationModel(model_config(size), [old, spec("other", 4, 1)])
+    net.eval()
+    cfg = net.config
+    rng = np.random.default_rng(0)
+    raw = rng.normal(3.0, 5.0, (5, cfg.history, 7)).astype(np.float32)  # channels far from the old stats
+    task = torch.randn(5, cfg.text_dim)
+    with torch.no_grad():
+        a0, n0 = net.predict("arm", torch.from_numpy(old.normalise_state(raw)), task)
+        other0 = net.predict("other", torch.randn(5, cfg.history, 4, generator=torch.Generator().manual_seed(3)), task)
+    new = replace(old, state_mean=tuple(raw.reshape(-1, 7).mean(0).tolist()),
+                  state_std=tuple(raw.reshape(-1, 7).std(0).tolist()))
+    net.refit_state(new)
+    assert net.specs["arm"] == new
+    with torch.no_grad():
+        a1, n1 = net.predict("arm", torch.from_numpy(new.normalise_state(raw)), task)
+        other1 = net.predict("other", torch.randn(5, cfg.history, 4, generator=torch.Generator().manual_seed(3)), task)
+    assert torch.allclose(a0, a1, atol=1e-5)
+    # the world head's next state, read back in machine units, is the same too
+    back0 = n0.numpy() * np.array(old.state_std) + np.array(old.state_mean)
+    back1 = n1.numpy() * np.array(new.state_std) + np.array(new.state_mean)
+    assert np.allclose(back0, back1, atol=1e-4)
+    assert not torch.allclose(n0, n1)  # in normalised units it did move
+    assert all(torch.equal(x, y) for x, y in zip(other0, other1, strict=True))  # other embodiments untouched
+    for bad in (replace(new, action_low=(0.0, 0.0)), replace(new, name="nobody")):
+        with pytest.raises(ValidationError, match="refit|no embodiment"):
+            net.refit_state(bad)
+    assert net.specs["arm"] == new

@@ -17,7 +17,7 @@ import torch
 
 from _training import make_consortium
 from onshore.cli.app import main
-from onshore.errors import PolicyDenied
+from onshore.errors import PolicyDenied, ValidationError
 from onshore.model.text import HASHED
 from onshore.train import data as TD
 from onshore.train.loop import TrainConfig, TrainRequest, granted_datasets, train
@@ -343,3 +343,39 @@ def test_training_metrics_go_to_tensorboard_event_files(consortium: Workspace, t
     assert losses[-1].step == 6 and all(np.isfinite(e.value) for e in losses)
     rows = (Path(registry.get_site(ws, "sakai").root) / models.get_model(ws, "tb")["folder"] / "metrics.csv")
     assert rows.exists()  # the CSV is still written: TensorBoard is an extra view, not a replacement
+
+
+def test_finetune_refits_state_statistics_and_reports_the_heldout_action_loss(consortium: Workspace) -> None:
+    ws = consortium
+    # the MLP baseline trains and loads through the same paths as the transformer
+    r = train(ws, TrainRequest("arm-mlp", "sakai", "foundation-pretraining", ("arms",), size="mlp",
+                               train=fast(4, holdout=0.3)))
+    assert r is not None and 400_000 < r.parameters < 800_000
+    mlp = models.load_model_for(ws, "arm-mlp", "sakai", "read", "foundation-pretraining")
+    assert mlp.model.config.trunk == "mlp" and mlp.meta["metrics"]["heldout_action_loss_ema"] > 0
+    start = ws.ledger.size()
+    with pytest.raises(ValidationError, match="needs a base model"):
+        train(ws, TrainRequest("no-base", "sakai", "fine-tuning", ("arms",), size="tiny",
+                               train=fast(4, refit_stats=True)))
+    assert ws.ledger.size() == start and not models_named(ws, "no-base")
+    # the arms' statistics come from the arms' data, the plant's stay the base's
+    train(ws, TrainRequest("arm-base", "sakai", "foundation-pretraining", ("arms", "plant"), size="tiny",
+                           weights=(1.0, 1.0), train=fast(4)))
+    r = train(ws, TrainRequest("arm-refit", "sakai", "fine-tuning", ("arms",), size="tiny", base="arm-base",
+                               train=fast(4, refit_stats=True, holdout=0.3)))
+    assert r is not None and r.metrics["heldout_action_loss_ema"] is not None
+    assert 0 < r.metrics["heldout_action_loss_ema"] <= r.metrics["heldout_loss_ema"]
+    base = {s.name: s for s in models.load_model_for(ws, "arm-base", "sakai", "read",
+                                                     "foundation-pretraining").model.specs.values()}
+    tuned = {s.name: s for s in models.load_model_for(ws, "arm-refit", "sakai", "read",
+                                                      "fine-tuning").model.specs.values()}
+    arm = "sawyer-metaworld"
+    assert tuned[arm].state_mean != base[arm].state_mean
+    assert tuned[arm].action_low == base[arm].action_low and tuned[arm].groups == base[arm].groups
+    assert tuned["tennessee-eastman"] == base["tennessee-eastman"]
+    header = (Path(registry.get_site(ws, "sakai").root) / "models" / "arm-refit" / "metrics.csv").read_text()
+    assert "heldout_action_loss" in header.splitlines()[0]
+
+
+def models_named(ws: Workspace, name: str) -> list[dict]:
+    return [m for m in models.list_models(ws) if m["name"] == name]

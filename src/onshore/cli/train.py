@@ -125,14 +125,14 @@ def default_checkpoint_every(steps: int) -> int:
 
 def _config(steps: int, batch_size: int, lr: float, warmup: int, checkpoint_every: int | None, holdout: float,
             seed: int, precision: str, strategy: str, freeze_trunk: bool, ema_decay: float,
-            text_encoder: str) -> Any:
+            text_encoder: str, refit_stats: bool = False) -> Any:
     from onshore.train.loop import TrainConfig
 
     return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                        checkpoint_every=checkpoint_every or default_checkpoint_every(steps), holdout=holdout,
                        seed=seed,
                        precision=precision, strategy=strategy, freeze_trunk=freeze_trunk, ema_decay=ema_decay,
-                       text_encoder=text_encoder)
+                       text_encoder=text_encoder, refit_stats=refit_stats)
 
 
 STEPS = typer.Option(2000, "--steps", help="Optimiser steps.")
@@ -164,7 +164,9 @@ def train_command(
     name: str = typer.Option(..., "--name", help="Name of the new model."),
     datasets: str | None = typer.Option(None, "--datasets", help="Comma-separated datasets."),
     all_granted: bool = typer.Option(False, "--all-granted", help="Every dataset at the site granted for this."),
-    config: str = typer.Option("small", "--config", help="Model size: tiny, small or base."),
+    config: str = typer.Option("small", "--config",
+                               help="Model size: tiny, small or base (transformer trunk), or mlp (a plain ~0.6M "
+                                    "MLP state-to-chunk baseline)."),
     model_option: list[str] | None = typer.Option(
         None, "--model-option", metavar="KEY=VALUE",
         help="Change one field of the size's config, e.g. history=32 or action_feedback=true (repeatable; "
@@ -204,6 +206,9 @@ def finetune_command(
     site: str | None = typer.Option(None, "--site", help="The training site (default: where BASE was trained)."),
     purpose: str = typer.Option("fine-tuning", "--purpose", help="Purpose of the fine-tuning."),
     freeze_trunk: bool = typer.Option(False, "--freeze-trunk", help="Train only stems, heads and task projection."),
+    refit_stats: bool = typer.Option(
+        False, "--refit-stats", help="Refit the state normalisation on the fine-tune data (as openpi and Octo do), "
+                                     "folded into the stem so that the base's function is unchanged at step 0."),
     weights: str | None = WEIGHTS, steps: int = STEPS, batch_size: int = BATCH, lr: float = LR,
     warmup: int = WARMUP, checkpoint_every: int | None = CKPT, holdout: float = HOLDOUT, seed: int = SEED,
     precision: str = PRECISION, strategy: str = STRATEGY, device: str | None = DEVICE,
@@ -220,5 +225,5 @@ def finetune_command(
     req = TrainRequest(name=name, site=site or row["site"], purpose=purpose, datasets=tuple(names),
                        weights=_weights(weights, names), size=row["size"], base=base,
                        train=_config(steps, batch_size, lr, warmup, checkpoint_every, holdout, seed, precision,
-                                     strategy, freeze_trunk, ema_decay, row["config"]["text_encoder"]))
+                                     strategy, freeze_trunk, ema_decay, row["config"]["text_encoder"], refit_stats))
     _run(req, device, threads, json_, tensorboard)

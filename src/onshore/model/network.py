@@ -70,6 +70,9 @@ class ModelConfig:
     # chunk's first action, which follows each new observation at once (fast loops need that).
     ensemble: bool = True
     ensemble_m: float = 0.01
+    # "transformer": group tokens mixed by attention; "mlp": a plain state-to-chunk baseline, one
+    # flat stem over the whole history, task and embodiment vectors added, residual MLP blocks.
+    trunk: str = "transformer"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,17 +88,23 @@ CONFIGS: dict[str, ModelConfig] = {
     "tiny": ModelConfig("tiny", d_model=64, n_layers=2, n_heads=4, chunk=8),
     "small": ModelConfig("small", d_model=192, n_layers=4, n_heads=6, chunk=16),
     "base": ModelConfig("base", d_model=512, n_layers=8, n_heads=8, chunk=16),
+    # ~0.6M parameters on a Meta-World arm: the own-data baseline a member could train alone
+    "mlp": ModelConfig("mlp", d_model=192, n_layers=3, n_heads=1, mlp_ratio=2, chunk=16, trunk="mlp"),
 }
+TRUNKS = ("transformer", "mlp")
 
 
 #: The fields a run may change (``--model-option``), with their types; ``size`` is ``--config``.
-_OPTION_TYPES: dict[str, type] = {f: type(v) for f, v in asdict(CONFIGS["small"]).items() if f != "size"}
+_OPTION_TYPES: dict[str, type] = {f: type(v) for f, v in asdict(CONFIGS["small"]).items()
+                                  if f not in ("size", "trunk")}
 
 
 def model_config(size: str, **overrides: Any) -> ModelConfig:
     """The named size (``tiny``, ``small``, ``base``), with any field overridden (not ``size``)."""
     if size not in CONFIGS:
         raise ValidationError(f"--config {size!r}: choose one of {', '.join(CONFIGS)}")
+    if "trunk" in overrides:
+        raise ValidationError("the trunk is chosen by --config (mlp for the MLP baseline), not by a model option")
     unknown = sorted(set(overrides) - set(_OPTION_TYPES))
     if unknown:
         raise ValidationError(f"model option(s) {', '.join(unknown)} unknown; choose from "
@@ -226,6 +235,30 @@ class Stem(nn.Module):
         return torch.einsum("bgi,gid->bgd", x, self.weight) + self.bias + self.pos
 
 
+class FlatStem(nn.Module):
+    """The MLP baseline's stem: one linear map of all K frames' channels to one token."""
+
+    def __init__(self, state_dim: int, history: int, d: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(history * state_dim, d)
+
+    def forward(self, hist: torch.Tensor) -> torch.Tensor:
+        """[B, K, S] normalised states -> [B, 1, d]."""
+        return self.proj(hist.flatten(1))[:, None]
+
+
+class MLPBlock(nn.Module):
+    """Residual MLP block of the MLP baseline: x + MLP(LN(x)), on one token."""
+
+    def __init__(self, d: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d), nn.GELU(), nn.Linear(mlp_ratio * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.ln(x))
+
+
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(LN(x)), then x + MLP(LN(x))."""
 
@@ -280,13 +313,17 @@ class FoundationModel(nn.Module):
 
     def __init__(self, config: ModelConfig, embodiments: list[EmbodimentSpec]) -> None:
         super().__init__()
+        if config.trunk not in TRUNKS:
+            raise ValidationError(f"trunk {config.trunk!r}: choose one of {', '.join(TRUNKS)}")
         if config.d_model % config.n_heads:
             raise ValidationError(f"d_model {config.d_model} must be a multiple of n_heads {config.n_heads}")
         self.config = config
         self.specs: dict[str, EmbodimentSpec] = {}
         d = config.d_model
         self.task_proj = nn.Linear(config.text_dim, d)
-        self.blocks = nn.ModuleList(Block(d, config.n_heads, config.mlp_ratio) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(
+            (MLPBlock(d, config.mlp_ratio) if config.trunk == "mlp" else Block(d, config.n_heads, config.mlp_ratio))
+            for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(d)
         self.stems = nn.ModuleDict()
         self.feedback = nn.ModuleDict()  # per embodiment, only with config.action_feedback
@@ -301,11 +338,51 @@ class FoundationModel(nn.Module):
             raise ValidationError(f"the model already has embodiment {spec.name!r}")
         c = self.config
         self.specs[spec.name] = spec
-        self.stems[spec.name] = Stem(spec.groups, spec.state_dim, c.history, c.d_model)
+        self.stems[spec.name] = (FlatStem(spec.state_dim, c.history, c.d_model) if c.trunk == "mlp"
+                                 else Stem(spec.groups, spec.state_dim, c.history, c.d_model))
         self.heads[spec.name] = Head(c.d_model, c.chunk, spec.action_dim, spec.state_dim)
         self.tokens[spec.name] = nn.Parameter(torch.randn(2, c.d_model) * 0.02)
         if c.action_feedback:
             self.feedback[spec.name] = FeedbackStem(spec.action_dim, c.history, c.d_model)
+
+    def refit_state(self, spec: EmbodimentSpec) -> None:
+        """Take ``spec``'s state statistics for its embodiment, keeping the network's function.
+
+        A state normalised the old way is ``(s - m0) / s0``; the new way ``(s - m1) / s1``. So the
+        stem's first linear map is rescaled by ``s1 / s0`` per channel and its bias shifted by
+        ``(m1 - m0) / s0``, and the world head's output (a next state in normalised units) is mapped
+        from old to new units: the outputs on raw states are the same before and after, up to
+        rounding. Only the state statistics change: sizes, groups and action scaling must match
+        (refused otherwise, nothing changed).
+        """
+        old = self.specs.get(spec.name)
+        if old is None:
+            raise ValidationError(f"the model has no embodiment {spec.name!r} to refit")
+        if (spec.state_dim, spec.action_dim, spec.groups, spec.action_low, spec.action_high) != \
+                (old.state_dim, old.action_dim, old.groups, old.action_low, old.action_high):
+            raise ValidationError(f"embodiment {spec.name!r}: a refit may change state statistics only")
+        m0, s0 = torch.tensor(old.state_mean, dtype=torch.float64), torch.tensor(old.state_std, dtype=torch.float64)
+        m1, s1 = torch.tensor(spec.state_mean, dtype=torch.float64), torch.tensor(spec.state_std, dtype=torch.float64)
+        scale, shift = s1 / s0, (m1 - m0) / s0  # x_old = x_new * scale + shift
+        stem, head = self.stems[spec.name], self.heads[spec.name]
+        k = self.config.history
+        with torch.no_grad():
+            if isinstance(stem, FlatStem):
+                w = stem.proj.weight.double()  # [d, K*S], input index k*S + c
+                stem.proj.bias.copy_(stem.proj.bias.double() + w @ shift.repeat(k))
+                stem.proj.weight.copy_(w * scale.repeat(k)[None])
+            else:
+                assert isinstance(stem, Stem)
+                pad = torch.cat([scale, torch.ones(1, dtype=torch.float64)])[stem.index]  # [G, W]; pad: unused
+                off = torch.cat([shift, torch.zeros(1, dtype=torch.float64)])[stem.index]
+                w = stem.weight.double()  # [G, K*W, d], input index k*W + w
+                stem.bias.copy_(stem.bias.double() + torch.einsum("gi,gid->gd", off.repeat(1, k), w))
+                stem.weight.copy_(w * pad.repeat(1, k)[:, :, None])
+            # next state: y_new = (y_old * s0 + m0 - m1) / s1
+            ww, wb = head.world.weight.double(), head.world.bias.double()
+            head.world.weight.copy_(ww * (s0 / s1)[:, None])
+            head.world.bias.copy_((wb * s0 + m0 - m1) / s1)
+        self.specs[spec.name] = spec
 
     def embodiment_parameters(self, name: str) -> list[nn.Parameter]:
         fb = [*self.feedback[name].parameters()] if name in self.feedback else []
@@ -332,10 +409,17 @@ class FoundationModel(nn.Module):
             if prev is None or known is None:
                 raise ValidationError("this model was trained with action feedback: pass the applied actions")
             parts.append(self.feedback[name](prev, known))
-        x = torch.cat(parts, dim=1)
-        for block in self.blocks:
-            x = block(x)
-        actions, next_state = self.heads[name](self.ln_f(x[:, 2]))
+        if self.config.trunk == "mlp":  # one vector: the sum of every part's token
+            x = torch.cat(parts, dim=1).sum(1)
+            for block in self.blocks:
+                x = block(x)
+            out = self.ln_f(x)
+        else:
+            x = torch.cat(parts, dim=1)
+            for block in self.blocks:
+                x = block(x)
+            out = self.ln_f(x[:, 2])
+        actions, next_state = self.heads[name](out)
         if fb:
             assert prev is not None and known is not None
             last = (prev[:, -1] * known[:, -1, None])[:, None]

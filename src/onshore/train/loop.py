@@ -41,7 +41,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,9 @@ class TrainConfig:
     strategy: str = "ddp"
     freeze_trunk: bool = False
     text_encoder: str = MINILM
+    # fine-tuning only: refit the state normalisation on the fine-tune data, folded into the stem
+    # and the world head so that the base model's function is unchanged at step 0
+    refit_stats: bool = False
 
     def check(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
@@ -268,6 +271,9 @@ def check_model_options(req: TrainRequest) -> ModelConfig | None:
     here. A fine-tune keeps its base model's configuration: options are refused with ``base``.
     Returns the configuration (None for a fine-tune).
     """
+    if req.train.refit_stats and req.base is None:
+        raise ValidationError("--refit-stats refits a base model's state statistics on the fine-tune data; "
+                              "it needs a base model (onshore finetune BASE)")
     if req.base is not None:
         if req.model_overrides:
             raise ValidationError("a fine-tune keeps its base model's configuration; drop the model options")
@@ -494,7 +500,12 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
     vectors: np.ndarray | None = None
     if world.main:
         say("scanning the data for normalisation statistics ...")
-        scanned = scan(sources, embodiments, cfg, tc.holdout, tc.seed, keep=keep)
+        refit = {s.embodiment for s in sources} if tc.refit_stats else set()
+        scanned = scan(sources, embodiments, cfg, tc.holdout, tc.seed,
+                       keep={n: sp for n, sp in keep.items() if n not in refit})
+        for n in refit & set(keep):  # new state statistics; the base's groups and action scaling
+            scanned.specs[n] = replace(keep[n], state_mean=scanned.specs[n].state_mean,
+                                       state_std=scanned.specs[n].state_std)
         if ckpt_meta is not None:
             scanned.specs = {e["name"]: EmbodimentSpec.from_json(e) for e in ckpt_meta["embodiments"]}
             scanned.tasks = list(ckpt_meta["tasks"])
@@ -515,6 +526,8 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
         for name in dict.fromkeys(s.embodiment for s in sources):
             if name not in net.specs:
                 net.add_embodiment(scanned.specs[name])  # a new machine type: fresh stem and head
+            elif tc.refit_stats:
+                net.refit_state(scanned.specs[name])  # same function, the fine-tune data's statistics
     else:
         order = list(dict.fromkeys(s.embodiment for s in sources))
         net = FoundationModel(cfg, [scanned.specs[n] for n in order])
@@ -570,13 +583,14 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
     if start:
         say(f"resuming from {resume_path} (step {start})")
 
-    def heldout_loss(m: torch.nn.Module) -> float | None:
+    def heldout_losses(m: torch.nn.Module) -> tuple[float, float] | tuple[None, None]:
+        """(total, action) loss per window on the held-out episodes' windows."""
         if not heldout:
-            return None
+            return None, None
         with torch.no_grad(), torch.autocast(world.device.type, torch.bfloat16, enabled=bf16):
             sums = m(_to_torch(heldout, world.device)).float()
         n = sum(len(h["state"]) for h in heldout.values())
-        return float((sums[0] + cfg.world_weight * sums[1]) / n)
+        return float((sums[0] + cfg.world_weight * sums[1]) / n), float(sums[0] / n)
 
     def checkpoint(step: int) -> None:
         model_state, optim_state = D.full_state(net, optimizer)
@@ -624,7 +638,8 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
                     "elapsed_s": elapsed}
             if n_done % tc.checkpoint_every == 0 or n_done == steps_total:
                 net.eval()
-                last["heldout_loss"] = heldout_loss(model if tc.strategy == "fsdp" else net)  # type: ignore[assignment]
+                last["heldout_loss"], last["heldout_action_loss"] = heldout_losses(  # type: ignore[assignment]
+                    model if tc.strategy == "fsdp" else net)
                 net.train()
             if metrics_log is not None:
                 metrics_log.write(last)
@@ -645,13 +660,16 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
     final.eval()
     task_table = {t: vectors[i] for i, t in enumerate(scanned.tasks)}
     tensors, tasks = mp.model_tensors(final, task_table)
-    ema_heldout = None
-    if heldout:
+    ema_heldout = ema_heldout_action = None
+    if heldout:  # the weights the model keeps (EMA), on the held-out episodes: what a recipe is chosen by
         with torch.no_grad():
             s = final(_to_torch(heldout, torch.device("cpu")))
-        ema_heldout = float((s[0] + cfg.world_weight * s[1]) / sum(len(h["state"]) for h in heldout.values()))
+        n_held = sum(len(h["state"]) for h in heldout.values())
+        ema_heldout = float((s[0] + cfg.world_weight * s[1]) / n_held)
+        ema_heldout_action = float(s[0] / n_held)
     metrics = {"final_loss": last.get("loss"), "final_action_loss": last.get("action_loss"),
-               "heldout_loss_ema": ema_heldout, "samples_per_s": done_samples / max(elapsed, 1e-9)}
+               "heldout_loss_ema": ema_heldout, "heldout_action_loss_ema": ema_heldout_action,
+               "samples_per_s": done_samples / max(elapsed, 1e-9)}
     meta = mp.model_meta(final, tasks, encoder_name, name=req.name, purpose=req.purpose, base=req.base,
                          steps=steps_total, **{k: v for k, v in static_meta.items()
                                                if k not in ("config", "embodiments", "tasks", "text_encoder")},

@@ -10,7 +10,8 @@ import csv
 import math
 from pathlib import Path
 
-COLUMNS = ("step", "loss", "action_loss", "world_loss", "heldout_loss", "lr", "grad_norm", "samples_per_s",
+COLUMNS = ("step", "loss", "action_loss", "world_loss", "heldout_loss", "heldout_action_loss",
+           "lr", "grad_norm", "samples_per_s",
            "elapsed_s")
 
 
