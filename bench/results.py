@@ -557,12 +557,139 @@ def result3_long(r: Run) -> None:
     write_doc(r)
 
 
+# ---- result 4b: DAgger rounds from the chosen plant model (issue 18 section 1) --------------------
+@dataclass(frozen=True)
+class DaggerRound:
+    """Round ``n``: the previous round's model drives the plant in a share ``beta`` of the periods
+    (through the safety envelope; `onshore shadow --drive mix`) while the PI controller's would-be
+    outputs are recorded as labels; the next model is fine-tuned on every round's recording so far
+    plus the controller's own telemetry (DAgger aggregates)."""
+
+    n: int
+    beta: float
+
+    @property
+    def dataset(self) -> str:
+        return f"shadow-r{self.n}"
+
+    @property
+    def model(self) -> str:
+        return f"tep-dagger-r{self.n}"
+
+
+# The model's share grows as it improves (DAgger's schedule run backwards: beta here is the learner's
+# share). A pure-shadow round (beta 0) would add no state the controller does not visit itself.
+DAGGER_ROUNDS = (DaggerRound(1, 0.5), DaggerRound(2, 0.8), DaggerRound(3, 1.0))
+DAGGER_EPISODES = 2  # shadow episodes per scenario and round (2 h each)
+SEED_DAGGER_SHADOW = 600  # + round: the plants the rounds are recorded on
+SEED_DAGGER_VAL = 9411  # choosing a round (and any setting of this stage) is done on these episodes only
+SEED_DAGGER_EVAL = 9403  # unseen: reported, never chosen on
+DAGGER_EVAL_EPISODES = 10
+
+
+def dagger_start() -> TepTry:
+    """Round 0: the chosen plant config of result 4 (32 frames, 4-step chunks)."""
+    return next(t for t in TEP_TRIES if t.label == "h32c4")
+
+
+def dagger_choice(r: Run) -> str | None:
+    """The round (model name) with the fewest shutdowns, then the lowest worst-scenario IAE ratio, on
+    the validation seed; None until every round has its validation figures."""
+    names = [dagger_start().model, *(d.model for d in DAGGER_ROUNDS)]
+    evs = [_load(r.out, "eval", f"r4-dagger-val-{m}") for m in names]
+    if any(e is None for e in evs):
+        return None
+    return min(zip(names, evs, strict=True),
+               key=lambda me: (sum(t["shutdowns"] for t in me[1]["tasks"].values()), _worst_ratio(me[1])))[0]
+
+
+def result4_dagger(r: Run) -> None:
+    """A few DAgger rounds with `onshore shadow` (library call) and `onshore finetune`; every round
+    evaluated on the validation seed (for the choice) and on the unseen seed (for the report)."""
+    from onshore.serve.shadow import run_shadow
+    from onshore.workspace import datasets
+
+    b = r.budget
+    start = dagger_start()
+    r.train(start.model, ["tep", "tep-idv"], steps=b.steps, lr=b.lr, purpose="foundation-pretraining",
+            overrides=start.overrides)
+    prev, aggregate = start.model, ["tep", "tep-idv"]
+    for m in (prev,):
+        r.evaluate(f"r4-dagger-val-{m}", m, "tep", list(TEP_SCENARIOS), b.tep_episodes, SEED_DAGGER_VAL)
+        r.evaluate(f"r4-dagger-{m}", m, "tep", list(TEP_SCENARIOS), DAGGER_EVAL_EPISODES, SEED_DAGGER_EVAL)
+    (r.out / "shadow").mkdir(exist_ok=True)
+    for d in DAGGER_ROUNDS:
+        path = r.out / "shadow" / f"{d.dataset}.json"
+        if not path.exists():
+            if d.dataset in {x["name"] for x in datasets.list_datasets(r.ws)}:
+                raise SystemExit(f"dataset {d.dataset} exists without {path}: remove the workspace's copy or the file")
+            seed = SEED_DAGGER_SHADOW + d.n
+            r.say(f"shadow round {d.n}: {prev} drives {d.beta:.0%} of the periods, seed {seed}")
+            rep = run_shadow(r.ws, prev, SITE, list(TEP_SCENARIOS), member="plant-operator",
+                             policy=r.ws_root / "member-policies" / "plant-operator.toml", dataset=d.dataset,
+                             episodes=DAGGER_EPISODES, seed=seed, drive="mix", beta=d.beta)
+            path.write_text(json.dumps({
+                "dataset": d.dataset, "model": prev, "beta": d.beta, "seed": seed, "frames": rep.frames,
+                "model_applied": rep.model_applied, "shutdowns": rep.shutdowns, "mean_abs_gap": rep.mean_abs_gap,
+                "command": f"onshore shadow {prev} --site {SITE} --member plant-operator --policy POLICY.toml "
+                           f"--as {d.dataset} --tasks {','.join(TEP_SCENARIOS)} --episodes {DAGGER_EPISODES} "
+                           f"--seed {seed} --drive mix --beta {d.beta:g}"}, indent=1))
+        aggregate = [*aggregate, d.dataset]
+        r.train(d.model, aggregate, steps=b.finetune_steps, lr=b.finetune_lr, purpose="fine-tuning", base=prev)
+        r.evaluate(f"r4-dagger-val-{d.model}", d.model, "tep", list(TEP_SCENARIOS), b.tep_episodes, SEED_DAGGER_VAL)
+        r.evaluate(f"r4-dagger-{d.model}", d.model, "tep", list(TEP_SCENARIOS), DAGGER_EVAL_EPISODES,
+                   SEED_DAGGER_EVAL)
+        prev = d.model
+        write_doc(r)
+
+
+def _dagger_section(r: Run, w: Callable[[str], None]) -> None:
+    """Result 4b from the r4-dagger stage's JSON files."""
+    start = dagger_start().model
+    names = [start, *(d.model for d in DAGGER_ROUNDS)]
+    evs = {m: _load(r.out, "eval", f"r4-dagger-{m}") for m in names}
+    if not any(evs.values()):
+        return
+    w("## 4b. DAgger: the plant model drives, the PI controller labels (`onshore shadow`)\n")
+    w(f"Round 0 is `{start}` (result 4's chosen config). Each round, the previous model drives the plant in a share "
+      f"beta of the control periods through the safety envelope (`onshore shadow --drive mix`) for "
+      f"{DAGGER_EPISODES} episodes of 2 h per scenario; the PI controller's would-be outputs are the labels; the next "
+      "model is `onshore finetune`d from the previous one on the controller's telemetry plus every round's "
+      f"recording. The round is chosen on seed {SEED_DAGGER_VAL} (fewest shutdowns, then lowest worst ratio); the "
+      f"figures below are on seed {SEED_DAGGER_EVAL}, {DAGGER_EVAL_EPISODES} episodes per scenario, which no "
+      "choice saw. Pure shadow (beta 0) is not a round: it records only states the controller visits itself.\n")
+    w("| round | model | beta | " + " | ".join(f"{s} ratio" for s in TEP_SCENARIOS) + " | shutdowns model / PI |")
+    w("|---|---|---|" + "---|" * len(TEP_SCENARIOS) + "---|")
+    betas = {d.model: d.beta for d in DAGGER_ROUNDS}
+    for i, m in enumerate(names):
+        ev = evs[m]
+        if ev is None:
+            w(f"| {i} | {m} | {betas.get(m, '')} | " + "pending | " * len(TEP_SCENARIOS) + " |")
+            continue
+        t = ev["tasks"]
+        w(f"| {i} | {m} | {betas.get(m, '')} | " + " | ".join(f"{_ratio(t[s]):.2f}×" for s in TEP_SCENARIOS) +
+          f" | {sum(x['shutdowns'] for x in t.values())} / {sum(x['pi_shutdowns'] or 0 for x in t.values())} |")
+    chosen = dagger_choice(r)
+    w(f"\nChosen on seed {SEED_DAGGER_VAL}: " + (f"`{chosen}`." if chosen else "pending (not every round ran)."))
+    w("Goal: IAE ratio ≤ 1.0× on every scenario, no shutdowns, for the chosen round.\n")
+    for d in DAGGER_ROUNDS:
+        sh = _load(r.out, "shadow", d.dataset)
+        if sh:
+            w(f"- round {d.n} shadow ({sh['frames']} frames, the model drove {sh['model_applied']}, "
+              f"{sh['shutdowns']} shutdowns): `{sh['command']}`")
+        tr = _load(r.out, "train", d.model)
+        if tr:
+            w(f"- round {d.n} fine-tune: `{tr['command']}`")
+    w("")
+
+
 STAGES: dict[str, Callable[[Run], None]] = {"r1": result1, "r4": result4, "r2": result2, "r1-noisy": result1_noisy,
                                            "r3": result3,
                                            "r4-try": result4_try, "r4-confirm": result4_confirm,
                                            "r3-long": result3_long, "r2-confirm": result2_confirm,
                                            "r1-noisy-clean": result1_noisy_clean,
-                                           "r1-noisy-clean-long": result1_noisy_clean_long}
+                                           "r1-noisy-clean-long": result1_noisy_clean_long,
+                                           "r4-dagger": result4_dagger}
 # The datasets each stage reads: a run of some stages generates and ingests only those.
 STAGE_DATA: dict[str, tuple[str, ...]] = {
     "r1": ("mt10",), "r1-noisy": ("mt10-noisy",), "r1-noisy-clean": ("mt10-noisy-clean",),
@@ -570,7 +697,8 @@ STAGE_DATA: dict[str, tuple[str, ...]] = {
     "r2": ("pool-0", "pool-1", "pool-2", "pool-3", *(f"fewshot-{k}" for k in DEMOS)),
     "r2-confirm": ("pool-0", "pool-1", "pool-2", "pool-3", *(f"fewshot-{k}" for k in DEMOS)),
     "r3": ("mt10", "tep", "tep-idv"), "r3-long": ("mt10", "tep", "tep-idv"),
-    "r4": ("tep", "tep-idv"), "r4-try": ("tep", "tep-idv"), "r4-confirm": ("tep", "tep-idv")}
+    "r4": ("tep", "tep-idv"), "r4-try": ("tep", "tep-idv"), "r4-confirm": ("tep", "tep-idv"),
+    "r4-dagger": ("tep", "tep-idv")}
 
 
 # ---- docs/results.md ------------------------------------------------------------------------------
@@ -933,6 +1061,7 @@ def write_doc(r: Run) -> None:
         for s, t in ev["tasks"].items():
             w(f"| {s} | " + " | ".join(f"{t['iae'][c]:.3g} / {t['pi_iae'][c]:.3g}" for c in cvs) + " |")
     w("")
+    _dagger_section(r, w)
     _faults_section(out, w)
     disc = out / "discussion.md"
     if disc.exists():
