@@ -614,9 +614,8 @@ def result4_dagger(r: Run) -> None:
     r.train(start.model, ["tep", "tep-idv"], steps=b.steps, lr=b.lr, purpose="foundation-pretraining",
             overrides=start.overrides)
     prev, aggregate = start.model, ["tep", "tep-idv"]
-    for m in (prev,):
-        r.evaluate(f"r4-dagger-val-{m}", m, "tep", list(TEP_SCENARIOS), b.tep_episodes, SEED_DAGGER_VAL)
-        r.evaluate(f"r4-dagger-{m}", m, "tep", list(TEP_SCENARIOS), DAGGER_EVAL_EPISODES, SEED_DAGGER_EVAL)
+    r.evaluate(f"r4-dagger-val-{prev}", prev, "tep", list(TEP_SCENARIOS), b.tep_episodes, SEED_DAGGER_VAL)
+    r.evaluate(f"r4-dagger-{prev}", prev, "tep", list(TEP_SCENARIOS), DAGGER_EVAL_EPISODES, SEED_DAGGER_EVAL)
     (r.out / "shadow").mkdir(exist_ok=True)
     for d in DAGGER_ROUNDS:
         path = r.out / "shadow" / f"{d.dataset}.json"
