@@ -695,13 +695,61 @@ def result2_splits_own(r: Run) -> None:
                 write_doc(r)
 
 
+DAGGER_ROUNDS = 3
+DAGGER_EPISODES = 2  # per scenario and round, driven by the model (onshore shadow --drive model)
+DAGGER_SEED = 700  # + round: the plant's episodes of each round; no evaluation seed
+SEED_TEP_DAGGER_EVAL = 9403  # 10 episodes per scenario, unseen by every training and choice
+DAGGER_EVAL_EPISODES = 10
+UNSEEN_DISTURBANCES = ("idv-2", "idv-6", "idv-7", "idv-13", "idv-14")
+
+
+def result4_dagger(r: Run) -> None:
+    """DAgger on the plant: the chosen plant config (32 frames, 4-step chunks) trained on the PI
+    controller's telemetry, then rounds of ``onshore shadow --drive model`` (the model drives
+    through the envelope, the PI controller's would-be outputs are the labels) and a fine-tune on
+    everything so far. Every round is reported on the same unseen episodes; the last round is the
+    result (fixed before any ran: nothing is chosen on the evaluation episodes)."""
+    from onshore.errors import NotFoundError
+    from onshore.serve.shadow import run_shadow
+
+    b = r.budget
+    r.train("tep-r0", ["tep", "tep-idv"], steps=b.steps, lr=b.lr, purpose="foundation-pretraining",
+            overrides=R3_LONG)
+    r.evaluate("r4d-round-0", "tep-r0", "tep", list(TEP_SCENARIOS), DAGGER_EVAL_EPISODES, SEED_TEP_DAGGER_EVAL)
+    write_doc(r)
+    policy = r.ws_root / "member-policies" / "plant-operator.toml"
+    policy.parent.mkdir(exist_ok=True)
+    policy.write_text(POLICY)
+    shadows: list[str] = []
+    for k in range(1, DAGGER_ROUNDS + 1):
+        name = f"shadow-r{k}"
+        try:
+            r.ws.row("dataset", name)
+        except NotFoundError:
+            r.say(f"onshore shadow tep-r{k - 1} --drive model: {DAGGER_EPISODES} episodes per scenario")
+            run_shadow(r.ws, f"tep-r{k - 1}", SITE, list(TEP_SCENARIOS), member="plant-operator", policy=policy,
+                       dataset=name, episodes=DAGGER_EPISODES, seed=DAGGER_SEED + k, drive="model",
+                       purpose="foundation-pretraining")
+        shadows.append(name)
+        r.train(f"tep-r{k}", ["tep", "tep-idv", *shadows], steps=b.finetune_steps, lr=b.finetune_lr,
+                purpose="foundation-pretraining", base=f"tep-r{k - 1}")
+        r.evaluate(f"r4d-round-{k}", f"tep-r{k}", "tep", list(TEP_SCENARIOS), DAGGER_EVAL_EPISODES,
+                   SEED_TEP_DAGGER_EVAL)
+        write_doc(r)
+    last = f"tep-r{DAGGER_ROUNDS}"
+    r.evaluate("r4d-unseen-0", "tep-r0", "tep", list(UNSEEN_DISTURBANCES), DAGGER_EVAL_EPISODES, SEED_TEP_DAGGER_EVAL)
+    r.evaluate("r4d-unseen-last", last, "tep", list(UNSEEN_DISTURBANCES), DAGGER_EVAL_EPISODES, SEED_TEP_DAGGER_EVAL)
+    write_doc(r)
+
+
 STAGES: dict[str, Callable[[Run], None]] = {"r1": result1, "r4": result4, "r2": result2, "r1-noisy": result1_noisy,
                                            "r3": result3,
                                            "r4-try": result4_try, "r4-confirm": result4_confirm,
                                            "r3-long": result3_long, "r2-confirm": result2_confirm,
                                            "r1-noisy-clean": result1_noisy_clean,
                                            "r1-noisy-clean-long": result1_noisy_clean_long,
-                                           "r2s-pooled": result2_splits_pooled, "r2s-own": result2_splits_own}
+                                           "r2s-pooled": result2_splits_pooled, "r2s-own": result2_splits_own,
+                                           "r4-dagger": result4_dagger}
 # The datasets each stage reads: a run of some stages generates and ingests only those.
 STAGE_DATA: dict[str, tuple[str, ...]] = {
     "r1": ("mt10",), "r1-noisy": ("mt10-noisy",), "r1-noisy-clean": ("mt10-noisy-clean",),
@@ -712,7 +760,8 @@ STAGE_DATA: dict[str, tuple[str, ...]] = {
     "r4": ("tep", "tep-idv"), "r4-try": ("tep", "tep-idv"), "r4-confirm": ("tep", "tep-idv"),
     "r2s-pooled": (*(task_dataset(t) for t in usable_tasks()),
                    *(split_demos(s, k) for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS)),
-    "r2s-own": tuple(split_demos(s, k) for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS)}
+    "r2s-own": tuple(split_demos(s, k) for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS),
+    "r4-dagger": ("tep", "tep-idv")}
 
 
 # ---- docs/results.md ------------------------------------------------------------------------------
@@ -1155,11 +1204,58 @@ def write_doc(r: Run) -> None:
         for s, t in ev["tasks"].items():
             w(f"| {s} | " + " | ".join(f"{t['iae'][c]:.3g} / {t['pi_iae'][c]:.3g}" for c in cvs) + " |")
     w("")
+    _dagger_section(r, w)
     _faults_section(out, w)
     disc = out / "discussion.md"
     if disc.exists():
         w(disc.read_text())
     (out.parent / "results.md").write_text("\n".join(L) + "\n")
+
+
+def _dagger_section(r: Run, w: Callable[[str], None]) -> None:
+    """Result 4b: DAgger rounds from onshore shadow."""
+    E = lambda k: _load(r.out, "eval", k)  # noqa: E731
+    T = lambda k: _load(r.out, "train", k)  # noqa: E731
+    rounds = [(k, E(f"r4d-round-{k}")) for k in range(DAGGER_ROUNDS + 1)]
+    if not any(ev for _, ev in rounds):
+        return
+    w("### 4b. Better than its teacher? DAgger with `onshore shadow`\n")
+    w(f"`tep-r0`: the chosen plant config (32 frames, 4-step chunks) trained on `tep` and `tep-idv` as above. Each "
+      f"round k runs `onshore shadow tep-r(k-1) --drive model` for {DAGGER_EPISODES} episodes per scenario (seed "
+      f"{DAGGER_SEED}+k): the model drives the plant through the safety envelope while the PI controller's would-be "
+      f"outputs are recorded as the labels (`shadow-rk`, the plant operator's dataset); `tep-rk` is then "
+      f"`onshore finetune tep-r(k-1)` on `tep`, `tep-idv` and every shadow dataset so far. Every round is evaluated "
+      f"on the same {DAGGER_EVAL_EPISODES} episodes per scenario (seed {SEED_TEP_DAGGER_EVAL}, which no training or "
+      f"choice saw); round {DAGGER_ROUNDS} was fixed as the result before any ran. IAE ratio = model / PI on the "
+      "same episodes.\n")
+    w("| round | base | idv-1 | idv-4 | idv-8 | shutdowns model / PI |")
+    w("|---|---|---|---|---|---|")
+    for k, ev in rounds:
+        if ev is None:
+            w(f"| {k} | pending | | | | |")
+            continue
+        cells = [f"{_ratio(ev['tasks'][s]):.2f}×" if s in ev["tasks"] else "-" for s in TEP_SCENARIOS]
+        sd = sum(t["shutdowns"] for t in ev["tasks"].values())
+        pi = sum(t["pi_shutdowns"] or 0 for t in ev["tasks"].values())
+        n = sum(t["episodes"] for t in ev["tasks"].values())
+        w(f"| {k} | " + " | ".join(cells) + f" | {sd}/{n} / {pi}/{n} |")
+    w("")
+    last = E(f"r4d-round-{DAGGER_ROUNDS}")
+    if last is not None:
+        worst = max(_ratio(t) for t in last["tasks"].values())
+        sd = sum(t["shutdowns"] for t in last["tasks"].values())
+        w(f"Goal (IAE at most 1.0× the PI controller's on each scenario, no shutdowns, 10 episodes each): "
+          f"{_goal(worst <= 1.0 and sd == 0)}: worst {worst:.2f}×, {sd} shutdown(s).  ")
+    for key, label in (("r4d-unseen-0", "round 0"), ("r4d-unseen-last", f"round {DAGGER_ROUNDS}")):
+        ev = E(key)
+        if ev is not None:
+            cells = ", ".join(f"{s} {_ratio(t):.2f}×" for s, t in ev["tasks"].items())
+            sd = sum(t["shutdowns"] for t in ev["tasks"].values())
+            w(f"Disturbances never trained on ({label}): {cells}; {sd} shutdown(s) (goal: at most 1.1×, none).  ")
+    w("")
+    for k in range(DAGGER_ROUNDS + 1):
+        w(_train_line(T(f"tep-r{k}"), f"tep-r{k}"))
+    w("")
 
 
 def _faults_section(out: Path, w: Callable[[str], None]) -> None:

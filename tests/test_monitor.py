@@ -4,6 +4,7 @@ refusals where the model or data may not be used, and the fault-detection protoc
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,6 +144,36 @@ def test_protocol_pieces() -> None:
         FD.Pca.fit(np.zeros((2, 5)))
 
 
+def _pi_over_opcua(endpoint: str, nodes: dict, periods: int) -> threading.Thread:
+    """The plant's own PI controller on a thread, reading its states and writing its valves over OPC UA."""
+    import asyncio
+
+    from asyncua import Client as OpcClient
+    from asyncua import ua
+
+    from onshore.sim import tep
+
+    async def pi_controller() -> None:
+        c = OpcClient(endpoint, timeout=5)
+        await c.connect()
+        try:
+            states = [c.get_node(n) for n in nodes["state"]]
+            actions = [c.get_node(n) for n in nodes["action"]]
+            pi = tep.TepEnv().expert()
+            pi.reset(tep.task_text("base"))
+            for _ in range(periods):
+                await asyncio.sleep(0.05)
+                s = np.asarray(await c.read_values(states), dtype=np.float32)
+                a = pi.act(s)
+                await c.write_values(actions, [ua.Variant(float(x), ua.VariantType.Double) for x in a])
+        finally:
+            await c.disconnect()
+
+    t = threading.Thread(target=lambda: asyncio.run(pi_controller()))
+    t.start()
+    return t
+
+
 # --- onshore shadow: the model beside the controller, recorded for DAgger ------------------------------
 
 def test_shadow_records_the_controllers_labels_and_the_models_proposals(plant: Workspace, tmp_path: Path,
@@ -204,14 +235,9 @@ def test_shadow_refusals(plant: Workspace, tmp_path: Path, capsys: pytest.Captur
 
 def test_watching_over_opcua_computes_the_statistic_of_the_frames_the_plant_ran(plant: Workspace,
                                                                                 tmp_path: Path) -> None:
-    import asyncio
-    import threading
 
-    from asyncua import Client as OpcClient
-    from asyncua import ua
 
     from onshore.serve.plant import PlantThread, SimPlant
-    from onshore.sim import tep
 
     f = monitor.fit(plant, "plant-tiny", "sakai", "normal", window=5, far=0.05)
     sim = SimPlant("tep", "base", seed=2, scan_s=0.05)
@@ -221,24 +247,7 @@ def test_watching_over_opcua_computes_the_statistic_of_the_frames_the_plant_ran(
         m = sim.map_dict()["nodes"]
         frame_node = m["state"][0].replace("state/0", "frame")
 
-        async def pi_controller() -> None:  # the plant's own controller, writing its valves over OPC UA
-            c = OpcClient(pt.endpoint, timeout=5)
-            await c.connect()
-            try:
-                states = [c.get_node(n) for n in m["state"]]
-                actions = [c.get_node(n) for n in m["action"]]
-                pi = tep.TepEnv().expert()
-                pi.reset(tep.task_text("base"))
-                for _ in range(2 * steps):
-                    await asyncio.sleep(0.05)
-                    s = np.asarray(await c.read_values(states), dtype=np.float32)
-                    a = pi.act(s)
-                    await c.write_values(actions, [ua.Variant(float(x), ua.VariantType.Double) for x in a])
-            finally:
-                await c.disconnect()
-
-        controller = threading.Thread(target=lambda: asyncio.run(pi_controller()))
-        controller.start()
+        controller = _pi_over_opcua(pt.endpoint, m, 2 * steps)
         (tmp_path / "p.toml").write_text(POLICY)
         r = monitor.run_opcua(plant, "plant-tiny", "sakai", pt.endpoint, tmp_path / "map.toml", steps=steps,
                               seconds=120.0, frame_node=frame_node, record=("chem", tmp_path / "p.toml", "watch-opc"))
@@ -262,3 +271,60 @@ def test_watching_over_opcua_computes_the_statistic_of_the_frames_the_plant_ran(
         want.append(round(offline.step(plant_states[k], plant_actions[k])[1] * 1e6))
         prev = k
     assert np.allclose(table.column("monitor_score").to_pylist(), want, rtol=1e-3, atol=50)
+
+
+def test_shadow_over_opcua_labels_are_the_plants_controller_outputs(plant: Workspace, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from onshore.errors import OnshoreError
+    from onshore.model.policy import ModelPolicy
+    from onshore.serve.plant import PlantThread, SimPlant, free_port
+    from onshore.serve.shadow import run_shadow_opcua
+    from onshore.sim import tep
+    from onshore.workspace.models import load_model_for
+
+    (tmp_path / "p.toml").write_text(POLICY)
+    sim = SimPlant("tep", "base", seed=3, scan_s=0.05)
+    steps = 20
+    with PlantThread(sim) as pt:
+        sim.write_map(tmp_path / "map.toml")
+        m = sim.map_dict()["nodes"]
+        controller = _pi_over_opcua(pt.endpoint, m, 2 * steps)
+        r = run_shadow_opcua(plant, "plant-tiny", "tokyo", pt.endpoint, tmp_path / "map.toml", member="chem",
+                             policy=tmp_path / "p.toml", dataset="shadow-opc", steps=steps, seconds=120.0,
+                             frame_node=m["state"][0].replace("state/0", "frame"))
+        controller.join(120)
+    assert 0 < r.frames <= steps and r.model_applied == 0
+    table = datasets.read(plant, "shadow-opc", "tokyo", "monitoring")
+    frames = table.column("frame_index").to_pylist()
+    states = np.asarray(table.column("observation.state").to_pylist())
+    # each frame is the plant's own frame, labelled with the action its PI controller wrote after it
+    assert np.allclose(states, np.asarray(sim.states)[frames], atol=1e-3)
+    assert np.allclose(np.asarray(table.column("action").to_pylist()), np.asarray(sim.actions)[frames], atol=1e-3)
+    # and the proposals are the model's own on those states (its history restarted after a missed period)
+    agent = ModelPolicy(load_model_for(plant, "plant-tiny", "tokyo", "serve", "monitoring"), "tennessee-eastman")
+    want, prev = [], None
+    for k, s in zip(frames, states, strict=True):
+        if prev is None or k != prev + 1:
+            agent.reset(tep.task_text("base"))
+        want.append(agent.act(s.astype(np.float32)))
+        prev = k
+    assert np.allclose(np.asarray(table.column("proposal").to_pylist()), want, atol=1e-4)
+    assert set(table.column("by_model").to_pylist()) == {0}
+    assert plant.ledger.get(r.index).entry.body["endpoint"] == pt.endpoint
+
+    # refusals: a model-driven run over OPC UA (usage), a map for another machine, an unreachable plant
+    code, _, err = run_cli(capsys, "-w", str(plant.root), "shadow", "plant-tiny", "--site", "tokyo", "--member",
+                           "chem", "--policy", str(tmp_path / "p.toml"), "--as", "z", "--endpoint",
+                           "opc.tcp://127.0.0.1:1", "--map", str(tmp_path / "map.toml"), "--drive", "model")
+    assert code == 2 and "onshore bridge" in err and "Traceback" not in err
+    arm_map = tmp_path / "arm.toml"
+    arm_map.write_text((tmp_path / "map.toml").read_text().replace('"tennessee-eastman"', '"sawyer-metaworld"'))
+    size = plant.ledger.size()
+    with pytest.raises(ValidationError, match="sawyer-metaworld"):
+        run_shadow_opcua(plant, "plant-tiny", "tokyo", "opc.tcp://127.0.0.1:1", arm_map, member="chem",
+                         policy=tmp_path / "p.toml", dataset="z", steps=5)
+    assert plant.ledger.size() == size
+    with pytest.raises(OnshoreError, match="cannot reach"):
+        run_shadow_opcua(plant, "plant-tiny", "tokyo", f"opc.tcp://127.0.0.1:{free_port()}", tmp_path / "map.toml",
+                         member="chem", policy=tmp_path / "p.toml", dataset="z", steps=5)
+    assert "z" not in {d["name"] for d in datasets.list_datasets(plant)}

@@ -153,6 +153,23 @@ def _monitor_plant(ws, c: Console, head, directory: Path, workers: int | None) -
             "IDV 1-20 against PCA (docs/monitoring.md)[/]")
 
 
+def _shadow_plant(ws, c: Console, head, directory: Path) -> None:  # type: ignore[no-untyped-def]
+    """Run the model beside the plant's PI controller (DAgger, the model driving half the periods
+    through the envelope); the controller's outputs come back as labels in the owner's dataset."""
+    from onshore.serve.shadow import run_shadow
+
+    head("Shadow mode: the model beside the plant's controller, whose outputs become its labels (DAgger)")
+    plant = MEMBERS[2]
+    policy = directory / "members" / plant.name / "policy.toml"
+    r = run_shadow(ws, "consortium-tiny", "tokyo", ["base"], member=plant.name, policy=policy,
+                   dataset="setouchi-shadow", seconds=180.0, seed=8, drive="mix", beta=0.5)
+    c.print(f"recorded setouchi-shadow at tokyo, owned by {plant.name}: {r.frames} frames, the model drove "
+            f"{r.model_applied} of them through the safety envelope, {r.shutdowns} shutdown(s); its proposals were "
+            f"{r.mean_abs_gap:.3g} % from the PI controller's outputs on average (ledger entry {r.index})")
+    c.print("[dim]next round: onshore finetune consortium-tiny --datasets setouchi-tep,setouchi-shadow "
+            "(docs/monitoring.md)[/]")
+
+
 def _serve_and_bridge(ws, c: Console, head, directory: Path) -> None:  # type: ignore[no-untyped-def]
     """Serve the model at tokyo, drive a simulated arm through the OPC UA bridge for a few seconds
     (the e-stop pressed halfway), refuse a client without a token, record the run as data."""
@@ -306,6 +323,7 @@ def run_demo(directory: Path, episodes: int = 3, workers: int | None = None,
         _train_and_evaluate(ws, c, head, episodes, workers, train_steps, expert_success)
         _monitor_plant(ws, c, head, directory, workers)
         _serve_and_bridge(ws, c, head, directory)
+        _shadow_plant(ws, c, head, directory)  # at tokyo, where serving copied the model
 
     head("An outside witness cosigns the ledger's checkpoint")
     witness_dir = directory / "witness-elsewhere"

@@ -283,55 +283,19 @@ def run_opcua(ws: Workspace, model: str, site: str, endpoint: str, map_file: Pat
 
 async def _watch(endpoint: str, mapping: Any, mon: Monitor, hz: float, steps: int | None, seconds: float | None,
                  frame_node: str | None, poll_s: float) -> list[tuple[np.ndarray, np.ndarray, int, int, int, int]]:
-    import asyncio
-    import logging
-    import time
+    from contextlib import aclosing
 
-    from asyncua import Client as OpcClient
+    from onshore.serve.watch import watch
 
-    from onshore.errors import OnshoreError
-
-    for logger in ("asyncua", "asyncua.client"):
-        logging.getLogger(logger).setLevel(logging.ERROR)
-    opc = OpcClient(endpoint, timeout=5)
-    try:
-        await opc.connect()
-    except Exception as e:
-        raise OnshoreError(f"cannot reach the OPC UA server at {endpoint}: {e or type(e).__name__}") from None
     rows: list[tuple[np.ndarray, np.ndarray, int, int, int, int]] = []
-    try:
-        state_nodes = [opc.get_node(n) for n in mapping.state]
-        action_nodes = [opc.get_node(n) for n in mapping.action]
-        counter = [opc.get_node(frame_node)] if frame_node else []
-        period = 1.0 / hz if frame_node is None else poll_s
-        deadline = time.monotonic() + seconds if seconds is not None else None
-        last_count: int | None = None
-        held: np.ndarray | None = None  # the state of the last frame, waiting for the action that followed it
-        while (steps is None or len(rows) < steps) and (deadline is None or time.monotonic() < deadline):
-            values = await opc.read_values(counter + state_nodes + action_nodes)
-            state = np.asarray(values[len(counter):len(counter) + len(state_nodes)], dtype=np.float64)
-            action = np.asarray(values[len(counter) + len(state_nodes):], dtype=np.float64)
-            if counter:
-                count = int(values[0])
-                if count == last_count:
-                    await asyncio.sleep(poll_s)
-                    continue
-                if last_count is not None and count != last_count + 1:
-                    mon.restart()  # a missed period: no residual across the gap
-                    held = None
-                last_count = count
-                if held is not None:  # the action now on the nodes is the one that followed ``held``
-                    _, stat, alarm = mon.step(held, action)
-                    rows.append((held.astype(np.float32), action.astype(np.float32), int(alarm),
-                                 int(round(stat * 1e6)), 0, count - 1))
-                held = state
-            else:
-                _, stat, alarm = mon.step(state, action)
-                rows.append((state.astype(np.float32), action.astype(np.float32), int(alarm),
-                             int(round(stat * 1e6)), 0, len(rows)))
-                await asyncio.sleep(period)
-    finally:
-        await opc.disconnect()
+    async with aclosing(watch(endpoint, mapping, hz, steps=steps, seconds=seconds, frame_node=frame_node,
+                              poll_s=poll_s)) as frames:
+        async for f in frames:
+            if f.gap:
+                mon.restart()  # a missed period: no residual across the gap
+            _, stat, alarm = mon.step(f.state, f.action)
+            rows.append((f.state.astype(np.float32), f.action.astype(np.float32), int(alarm),
+                         int(round(stat * 1e6)), 0, f.index))
     return rows
 
 

@@ -21,7 +21,8 @@ decided as serving is (the site must be allowed to serve it).
 Refused: a drive other than those three, a ``beta`` outside 0..1, an unknown scenario, a
 model that does not act for the plant (``ValidationError``), a site that may not serve the model
 or hold the owner's data (``PolicyDenied``). The simulated Tennessee Eastman plant under its PI
-controller is the machine here (the controller's outputs are the labels).
+controller is the machine here (the controller's outputs are the labels); :func:`run_shadow_opcua`
+shadows such a plant over OPC UA, its controller's action nodes the labels.
 """
 
 from __future__ import annotations
@@ -124,6 +125,79 @@ def run_shadow(ws: Workspace, model: str, site: str, tasks: list[str], *, member
         "beta": beta if drive == "mix" else None, "tasks": tasks, "episodes": n_ep, "seed": seed,
         "frames": len(frames), "model_applied": applied, "shutdowns": shutdowns, "mean_abs_gap": round(gap, 6)})
     return ShadowReport(dataset, n_ep, len(frames), applied, shutdowns, gap, index)
+
+
+def run_shadow_opcua(ws: Workspace, model: str, site: str, endpoint: str, map_file: Path, *, member: str,
+                     policy: Path, dataset: str, task: str = "base", steps: int | None = None,
+                     seconds: float | None = None, frame_node: str | None = None, poll_s: float = 0.005,
+                     purpose: str | None = None) -> ShadowReport:
+    """Pure shadow mode on a plant over OPC UA: the plant's own controller writes its action nodes
+    (they are the labels), the model proposes on every frame's state and moves nothing; the frames
+    are read as ``onshore monitor`` reads them (:mod:`onshore.serve.watch`) and ingested as
+    ``dataset``, owned by ``member`` under ``policy``. ``task`` names the scenario whose instruction
+    the model is given. A model-driven round over OPC UA goes through ``onshore bridge`` (which
+    writes the model's commands through the envelope) with the controller's output on other nodes:
+    not this function. Refused: a map for another embodiment, node counts that do not match, no
+    ``steps`` or ``seconds`` (``ValidationError``), an unreachable endpoint (``OnshoreError``), a
+    site that may not serve the model or hold the owner's data (``PolicyDenied``); nothing is
+    recorded by a refusal before the model's use is decided.
+    """
+    import asyncio
+    from contextlib import aclosing
+
+    from onshore.model.policy import ModelPolicy
+    from onshore.serve.bridge import BridgeMap
+    from onshore.serve.watch import watch
+    from onshore.sim import tep
+    from onshore.workspace.registry import get_embodiment
+
+    mapping = BridgeMap.from_toml(map_file)
+    if mapping.embodiment != EMBODIMENT:
+        raise ValidationError(f"{map_file}: the map is for {mapping.embodiment}; onshore shadow runs beside the "
+                              f"{EMBODIMENT} plant's controller")
+    if steps is None and seconds is None:
+        raise ValidationError("give --steps or --seconds: how long to shadow the plant")
+    if steps is not None and steps < 1:
+        raise ValidationError(f"--steps must be at least 1, got {steps}")
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise ValidationError(f"--seconds must be positive, got {seconds}")
+    tep.check_tasks([task])
+    purpose = purpose or str(get_model(ws, model)["purpose"])
+    loaded = load_model_for(ws, model, site, "serve", purpose)
+    if EMBODIMENT not in loaded.model.specs:
+        raise ValidationError(f"model {model!r} does not act for {EMBODIMENT}; it knows "
+                              f"{', '.join(sorted(loaded.model.specs))}")
+    spec = loaded.model.specs[EMBODIMENT]
+    if (len(mapping.state), len(mapping.action)) != (spec.state_dim, spec.action_dim):
+        raise ValidationError(f"{map_file}: {len(mapping.state)} state and {len(mapping.action)} action nodes; "
+                              f"{EMBODIMENT} has {spec.state_dim} and {spec.action_dim}")
+    dt = 1.0 / get_embodiment(ws, EMBODIMENT).control_hz
+    text = tep.task_text(task)
+    agent = ModelPolicy(loaded, EMBODIMENT)
+
+    async def shadow() -> list[dict]:
+        rows: list[dict] = []
+        agent.reset(text)
+        async with aclosing(watch(endpoint, mapping, 1.0 / dt, steps=steps, seconds=seconds, frame_node=frame_node,
+                                  poll_s=poll_s)) as frames:
+            async for f in frames:
+                if f.gap:
+                    agent.reset(text)  # a missed period: the model's history starts again
+                proposal = np.asarray(agent.act(f.state.astype(np.float32)), dtype=np.float64)
+                rows.append({"episode": 0, "frame": f.index, "time": f.index * dt, "state": f.state.astype(np.float32),
+                             "action": f.action.astype(np.float32), "proposal": proposal.astype(np.float32),
+                             "by_model": 0, "task": text})
+        return rows
+
+    frames = asyncio.run(shadow())
+    if frames:
+        _ingest(ws, frames, member, policy, dataset, site)
+    gap = float(np.mean([np.abs(f["proposal"] - f["action"]) for f in frames])) if frames else 0.0
+    index = ws.record("model.use", f"site:{site}", {
+        "use": "shadow", "model": model, "site": site, "dataset": dataset if frames else None, "drive": "controller",
+        "beta": None, "tasks": [task], "endpoint": endpoint, "episodes": 1, "frames": len(frames),
+        "model_applied": 0, "shutdowns": 0, "mean_abs_gap": round(gap, 6)})
+    return ShadowReport(dataset, 1, len(frames), 0, 0, gap, index)
 
 
 def _ingest(ws: Workspace, frames: list[dict], member: str, policy: Path, name: str, site: str) -> None:
