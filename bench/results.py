@@ -1251,7 +1251,11 @@ def _dagger_section(r: Run, w: Callable[[str], None]) -> None:
         if ev is not None:
             cells = ", ".join(f"{s} {_ratio(t):.2f}×" for s, t in ev["tasks"].items())
             sd = sum(t["shutdowns"] for t in ev["tasks"].values())
-            w(f"Disturbances never trained on ({label}): {cells}; {sd} shutdown(s) (goal: at most 1.1×, none).  ")
+            pi = sum(t["pi_shutdowns"] or 0 for t in ev["tasks"].values())
+            where = ", ".join(f"{s} {t['shutdowns']}" for s, t in ev["tasks"].items() if t["shutdowns"])
+            w(f"Disturbances never trained on ({label}, {DAGGER_EVAL_EPISODES} episodes each): {cells}; "
+              f"{sd} shutdown(s){f' ({where})' if where else ''} against the PI controller's {pi} "
+              "(goal: at most 1.1×, none).  ")
     w("")
     for k in range(DAGGER_ROUNDS + 1):
         w(_train_line(T(f"tep-r{k}"), f"tep-r{k}"))
