@@ -8,8 +8,9 @@ import typer
 from rich.table import Table
 
 from onshore.cli.context import open_workspace
-from onshore.cli.inputs import parse_duration, read_input
+from onshore.cli.inputs import read_input
 from onshore.cli.output import console, err, esc, print_json, table
+from onshore.durations import parse_duration
 from onshore.files import check_output_file
 
 attest_app = typer.Typer(help="Residency attestations: signed claims an auditor verifies offline.",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,14 +46,3 @@ def naming(path: Path) -> Iterator[None]:
         if str(path) not in str(e):
             e.args = (f"{path}: {e}", *e.args[1:])
         raise
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str, option: str) -> dt.timedelta:
-    """``30d``, ``12h``, ``90m``, ``3600s`` or ``2w``; a ValidationError naming ``option`` otherwise."""
-    m = re.fullmatch(r"([0-9]{1,9})([smhdw])", text.strip())
-    if m is None:
-        raise ValidationError(f"{option} {text!r}: use a number and a unit, e.g. 30d, 12h, 90m, 3600s or 2w")
-    return dt.timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])

@@ -233,7 +233,7 @@ def create_app(root: Path, token_digest: str | None = None, host: str = "127.0.0
             return render(request, "verify.html", {"report": None})
         from onshore.attest.trust import TrustRoot
         from onshore.attest.verify import verify_bundle
-        from onshore.cli.inputs import parse_duration
+        from onshore.durations import parse_duration
 
         form = await request.form(max_part_size=MAX_UPLOAD)
         blobs = {}
