@@ -23,7 +23,6 @@ a monitor run with no fit recorded (``NotFoundError`` naming ``onshore monitor f
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -302,25 +301,14 @@ async def _watch(endpoint: str, mapping: Any, mon: Monitor, hz: float, steps: in
 def _ingest(ws: Workspace, rows: list[tuple[np.ndarray, np.ndarray, int, int, int, int]], f: MonitorFit, member: str,
             policy: Path, name: str, site: str, dt: float) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from onshore.sim.generate import list_column
-    from onshore.telemetry import frames as F
+    from onshore.serve.record import ingest_frames
 
     get_site(ws, site)
-    n = len(rows)
-    schema = F.frame_schema({"alarm": pa.int64(), "monitor_score": pa.int64(), "fault": pa.int64()})
-    cols = {
-        F.EPISODE: pa.array(np.zeros(n, np.int64)), F.FRAME: pa.array(np.array([r[5] for r in rows], dtype=np.int64)),
-        F.TIMESTAMP: pa.array(np.array([r[5] for r in rows]) * dt, type=pa.float64()),
-        F.STATE: list_column(np.stack([r[0] for r in rows])), F.ACTION: list_column(np.stack([r[1] for r in rows])),
-        F.TASK: pa.array([f.task] * n, type=pa.string()), F.REWARD: pa.array(np.zeros(n, np.float32)),
-        F.DONE: pa.array([False] * (n - 1) + [True]), F.SUCCESS: pa.array([False] * n),
-        "alarm": pa.array([r[2] for r in rows], type=pa.int64()),
-        "monitor_score": pa.array([r[3] for r in rows], type=pa.int64()),
-        "fault": pa.array([r[4] for r in rows], type=pa.int64()),
-    }
-    with tempfile.TemporaryDirectory(prefix="onshore-monitor-") as tmp:
-        path = Path(tmp) / "monitored.parquet"
-        pq.write_table(pa.Table.from_arrays([cols[fl.name] for fl in schema], schema=schema), path)
-        datasets.ingest(ws, name, member, site, policy, f.embodiment, [path])
+    frame = np.array([r[5] for r in rows], dtype=np.int64)
+    ingest_frames(ws, name, member, site, policy, f.embodiment, episode=np.zeros(len(rows), np.int64), frame=frame,
+                  time=frame * dt, state=np.stack([r[0] for r in rows]), action=np.stack([r[1] for r in rows]),
+                  task=[f.task] * len(rows),
+                  extra={"alarm": pa.array([r[2] for r in rows], type=pa.int64()),
+                         "monitor_score": pa.array([r[3] for r in rows], type=pa.int64()),
+                         "fault": pa.array([r[4] for r in rows], type=pa.int64())})

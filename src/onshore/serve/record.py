@@ -205,3 +205,31 @@ class Recorder:
             if self._held is not None:
                 self._held.close()
                 self._held = None
+
+
+def ingest_frames(ws: Any, name: str, member: str, site: str, policy: Path, embodiment: str, *,
+                  episode: np.ndarray, frame: np.ndarray, time: np.ndarray, state: np.ndarray, action: np.ndarray,
+                  task: list[str], extra: dict[str, pa.Array]) -> None:
+    """Frames a monitor or shadow run watched, ingested as dataset ``name`` of ``member`` at ``site``
+    under ``policy`` (an ordinary ingest: decided, recorded, all or nothing). ``done`` marks each
+    episode's last frame; reward is 0 and success False (a watched plant has neither); ``extra``
+    adds columns (alarms, scores, proposals). Nothing outlives the call but the dataset."""
+    from onshore.sim.generate import list_column
+    from onshore.workspace import datasets
+
+    n = len(frame)
+    schema = F.frame_schema({k: v.type for k, v in extra.items()})
+    ep = np.asarray(episode, dtype=np.int64)
+    cols = {
+        F.EPISODE: pa.array(ep), F.FRAME: pa.array(np.asarray(frame, dtype=np.int64)),
+        F.TIMESTAMP: pa.array(np.asarray(time, dtype=np.float64)),
+        F.STATE: list_column(np.asarray(state, dtype=np.float32)),
+        F.ACTION: list_column(np.asarray(action, dtype=np.float32)),
+        F.TASK: pa.array(task, type=pa.string()), F.REWARD: pa.array(np.zeros(n, np.float32)),
+        F.DONE: pa.array(np.append(ep[1:] != ep[:-1], True)), F.SUCCESS: pa.array(np.zeros(n, dtype=bool)),
+        **extra,
+    }
+    with tempfile.TemporaryDirectory(prefix="onshore-watched-") as tmp:
+        path = Path(tmp) / "frames.parquet"
+        pq.write_table(pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema), path)
+        datasets.ingest(ws, name, member, site, policy, embodiment, [path])

@@ -28,7 +28,6 @@ shadows such a plant over OPC UA, its controller's action nodes the labels.
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import numpy as np
 
 from onshore.errors import ValidationError
 from onshore.serve import envelope as E
-from onshore.workspace import datasets
+from onshore.serve.record import ingest_frames
 from onshore.workspace.models import get_model, load_model_for
 from onshore.workspace.workspace import Workspace
 
@@ -202,27 +201,14 @@ def run_shadow_opcua(ws: Workspace, model: str, site: str, endpoint: str, map_fi
 
 def _ingest(ws: Workspace, frames: list[dict], member: str, policy: Path, name: str, site: str) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from onshore.sim.generate import list_column
-    from onshore.telemetry import frames as F
 
-    n = len(frames)
-    ep = np.array([f["episode"] for f in frames], dtype=np.int64)
-    last = np.append(ep[1:] != ep[:-1], True)
-    schema = F.frame_schema({"proposal": pa.list_(pa.float32()), "by_model": pa.int64()})
-    cols = {
-        F.EPISODE: pa.array(ep), F.FRAME: pa.array(np.array([f["frame"] for f in frames], dtype=np.int64)),
-        F.TIMESTAMP: pa.array(np.array([f["time"] for f in frames], dtype=np.float64)),
-        F.STATE: list_column(np.stack([f["state"] for f in frames])),
-        F.ACTION: list_column(np.stack([f["action"] for f in frames])),
-        F.TASK: pa.array([f["task"] for f in frames], type=pa.string()),
-        F.REWARD: pa.array(np.zeros(n, np.float32)), F.DONE: pa.array(last),
-        F.SUCCESS: pa.array(np.zeros(n, dtype=bool)),
-        "proposal": list_column(np.stack([f["proposal"] for f in frames])),
-        "by_model": pa.array(np.array([f["by_model"] for f in frames], dtype=np.int64)),
-    }
-    with tempfile.TemporaryDirectory(prefix="onshore-shadow-") as tmp:
-        path = Path(tmp) / "shadow.parquet"
-        pq.write_table(pa.Table.from_arrays([cols[fl.name] for fl in schema], schema=schema), path)
-        datasets.ingest(ws, name, member, site, policy, EMBODIMENT, [path])
+    def col(key: str) -> np.ndarray:
+        return np.array([f[key] for f in frames])
+
+    ingest_frames(ws, name, member, site, policy, EMBODIMENT, episode=col("episode"), frame=col("frame"),
+                  time=col("time"), state=np.stack([f["state"] for f in frames]),
+                  action=np.stack([f["action"] for f in frames]), task=[f["task"] for f in frames],
+                  extra={"proposal": list_column(np.stack([f["proposal"] for f in frames])),
+                         "by_model": pa.array(col("by_model").astype(np.int64))})
