@@ -179,6 +179,18 @@ class Monitor:
 
 
 @dataclass(frozen=True)
+class Watched:
+    """One watched frame: what the plant showed, what its controller did, and what the monitor said."""
+
+    state: np.ndarray
+    action: np.ndarray
+    alarm: int
+    score: int  # the windowed statistic in millionths (an integer column of the recorded dataset)
+    fault: int  # the simulator's label (0: none, or not known, as over OPC UA)
+    frame: int
+
+
+@dataclass(frozen=True)
 class RunReport:
     frames: int
     alarms: int
@@ -212,7 +224,7 @@ def run_simulated(ws: Workspace, model: str, site: str, task: str, *, seconds: f
     state, extra = env.reset(EpisodeSpec("tep", task, 0, 0, seed), horizon)
     expert = env.expert()
     expert.reset(env.task_text(task))
-    rows: list[tuple[np.ndarray, np.ndarray, int, int, int, int]] = []
+    rows: list[Watched] = []
     first = onset = None
     for t in range(max(1, int(horizon / env.dt))):
         action = np.asarray(expert.act(np.asarray(state, dtype=np.float32)), dtype=np.float64)
@@ -222,8 +234,8 @@ def run_simulated(ws: Workspace, model: str, site: str, task: str, *, seconds: f
             onset = t
         if alarm and first is None:
             first = t
-        rows.append((np.asarray(state, np.float32), action.astype(np.float32), int(alarm), int(round(stat * 1e6)),
-                     fault, t))
+        rows.append(Watched(np.asarray(state, np.float32), action.astype(np.float32), int(alarm),
+                            int(round(stat * 1e6)), fault, t))
         step = env.step(action)
         state, extra = step.state, step.extra
         if step.terminated:
@@ -234,8 +246,8 @@ def run_simulated(ws: Workspace, model: str, site: str, task: str, *, seconds: f
         _ingest(ws, rows, f, member, policy, name, site, env.dt)
     idx = ws.record("model.use", f"site:{site}", {
         "use": RUN, "model": model, "site": site, "fit_index": f.index, "task": task, "seed": seed,
-        "frames": len(rows), "alarms": sum(r[2] for r in rows), "first_alarm": first, "dataset": name})
-    return RunReport(len(rows), sum(r[2] for r in rows), first, onset, name, idx)
+        "frames": len(rows), "alarms": sum(r.alarm for r in rows), "first_alarm": first, "dataset": name})
+    return RunReport(len(rows), sum(r.alarm for r in rows), first, onset, name, idx)
 
 
 def run_opcua(ws: Workspace, model: str, site: str, endpoint: str, map_file: Path, *, steps: int | None = None,
@@ -272,8 +284,8 @@ def run_opcua(ws: Workspace, model: str, site: str, endpoint: str, map_file: Pat
     if record is not None and rows:
         member, policy, name = record
         _ingest(ws, rows, f, member, policy, name, site, 1.0 / hz)
-    alarms = sum(r[2] for r in rows)
-    first = next((i for i, r in enumerate(rows) if r[2]), None)
+    alarms = sum(r.alarm for r in rows)
+    first = next((i for i, r in enumerate(rows) if r.alarm), None)
     idx = ws.record("model.use", f"site:{site}", {
         "use": RUN, "model": model, "site": site, "fit_index": f.index, "endpoint": endpoint, "frames": len(rows),
         "alarms": alarms, "first_alarm": first, "dataset": name})
@@ -281,34 +293,34 @@ def run_opcua(ws: Workspace, model: str, site: str, endpoint: str, map_file: Pat
 
 
 async def _watch(endpoint: str, mapping: Any, mon: Monitor, hz: float, steps: int | None, seconds: float | None,
-                 frame_node: str | None, poll_s: float) -> list[tuple[np.ndarray, np.ndarray, int, int, int, int]]:
+                 frame_node: str | None, poll_s: float) -> list[Watched]:
     from contextlib import aclosing
 
     from onshore.serve.watch import watch
 
-    rows: list[tuple[np.ndarray, np.ndarray, int, int, int, int]] = []
+    rows: list[Watched] = []
     async with aclosing(watch(endpoint, mapping, hz, steps=steps, seconds=seconds, frame_node=frame_node,
                               poll_s=poll_s)) as frames:
         async for f in frames:
             if f.gap:
                 mon.restart()  # a missed period: no residual across the gap
             _, stat, alarm = mon.step(f.state, f.action)
-            rows.append((f.state.astype(np.float32), f.action.astype(np.float32), int(alarm),
-                         int(round(stat * 1e6)), 0, f.index))
+            rows.append(Watched(f.state.astype(np.float32), f.action.astype(np.float32), int(alarm),
+                                int(round(stat * 1e6)), 0, f.index))
     return rows
 
 
-def _ingest(ws: Workspace, rows: list[tuple[np.ndarray, np.ndarray, int, int, int, int]], f: MonitorFit, member: str,
+def _ingest(ws: Workspace, rows: list[Watched], f: MonitorFit, member: str,
             policy: Path, name: str, site: str, dt: float) -> None:
     import pyarrow as pa
 
     from onshore.serve.record import ingest_frames
 
     get_site(ws, site)
-    frame = np.array([r[5] for r in rows], dtype=np.int64)
+    frame = np.array([r.frame for r in rows], dtype=np.int64)
     ingest_frames(ws, name, member, site, policy, f.embodiment, episode=np.zeros(len(rows), np.int64), frame=frame,
-                  time=frame * dt, state=np.stack([r[0] for r in rows]), action=np.stack([r[1] for r in rows]),
+                  time=frame * dt, state=np.stack([r.state for r in rows]), action=np.stack([r.action for r in rows]),
                   task=[f.task] * len(rows),
-                  extra={"alarm": pa.array([r[2] for r in rows], type=pa.int64()),
-                         "monitor_score": pa.array([r[3] for r in rows], type=pa.int64()),
-                         "fault": pa.array([r[4] for r in rows], type=pa.int64())})
+                  extra={"alarm": pa.array([r.alarm for r in rows], type=pa.int64()),
+                         "monitor_score": pa.array([r.score for r in rows], type=pa.int64()),
+                         "fault": pa.array([r.fault for r in rows], type=pa.int64())})
