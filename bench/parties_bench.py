@@ -8,7 +8,7 @@
   (``datasets.ingest`` in a workspace: read, validate, encrypt, catalog, ledger), interleaved, in
   this process. Goal (issue 19): upload >= 0.7x the local ingest's frames/s on loopback. The
   site node does not validate telemetry (the local ingest does): that work is not in its figure.
-- copy: site to site (Tokyo pulls from Sakai: decrypt, stream, re-encrypt under Tokyo's key),
+- copy: site to site (Tokyo pulls from Sakai: the shards' encrypted bytes and the key sealed to Tokyo's node),
   MB/s of the source Parquet's size and frames/s.
 - decision round trip: a site's signed request to the coordinator and the signed decision back
   (HTTPS, mutual TLS, Cedar, a ledger append), p50 / p99 over ``--decisions`` calls.

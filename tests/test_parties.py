@@ -6,6 +6,8 @@ uses its own dataset names. The operator attacks use only what that operator hol
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import http.client
 import json
 import re
@@ -33,6 +35,7 @@ from onshore.parties.local import LocalConsortium, consortium_text
 from onshore.parties.provision import provision
 from onshore.parties.signed import RequestRefused, sign_request
 from onshore.parties.site import flight_client, push
+from onshore.residency.policy import UsagePolicy
 
 JP_ONLY = ('jurisdictions = ["JP"]\nsites = []\npurposes = ["fine-tuning"]\nexpires = 2031-03-31\n'
            'derived_models = "keep"\n')
@@ -115,10 +118,17 @@ def test_ingest_copy_read_and_refusals(dep: LocalConsortium, files: dict[str, Pa
     assert "arms" not in held(dep, "ohio")
     assert actions.read(dep.kit("site:tokyo"), "arms", tmp_path / "out.parquet") == 20000
     assert pq.read_table(tmp_path / "out.parquet").equals(pq.read_table(files["a"]))
-    # the shard at tokyo is tokyo's own encryption: the bytes differ from sakai's
+    # a copy moves the encrypted bytes unchanged (the shard keeps its SHA-256, so the ledger can
+    # place it at both sites) and the dataset key, sealed to tokyo's node, into tokyo's own custody
     sak = sorted((dep.kit("site:sakai").folder / "data" / "datasets" / "arms").glob("*.parquet"))
     tok = sorted((dep.kit("site:tokyo").folder / "data" / "datasets" / "arms").glob("*.parquet"))
-    assert sak and tok and sak[0].read_bytes() != tok[0].read_bytes()
+    assert sak and [p.name for p in sak] == [p.name for p in tok] and sak[0].read_bytes() == tok[0].read_bytes()
+    assert dep.kit("site:tokyo").keystore().has_dataset_key("arms")
+    assert not dep.kit("site:ohio").keystore().has_dataset_key("arms")
+    leaves = [json.loads(x) for x in CoordinatorClient(dep.kit("auditor:auditor")).leaves()]
+    copy = next(e["body"] for e in leaves if e["kind"] == "data.copy" and e["body"]["dataset"] == "arms")
+    assert (copy["from"], copy["to"], copy["shards"]) == ("sakai", "tokyo", [p.stem for p in sak])
+    assert not any(b"PARE" in json.dumps(e).encode() for e in leaves)  # nothing but digests in the ledger
 
 
 def assert_only_own_keys(kits: dict[str, Kit]) -> None:
@@ -195,9 +205,9 @@ def test_us_operator_cannot_get_jp_data(dep: LocalConsortium, files: dict[str, P
     oreq = sign_request("site:ohio", "decide", {"action": "copy", "dataset": "welds", "site": "ohio",
                                                 "purpose": None}, ohio.keystore().identity())
     assert "does not verify" in flight_refusal(lambda: list(sakai.do_action(fl.Action(
-        "copy", json.dumps({"request": oreq, "decision": edited}).encode()))))
+        "copy", json.dumps({"request": oreq, "decision": edited, "source": "sakai"}).encode()))))
     assert "bound to site 'tokyo'" in flight_refusal(lambda: list(sakai.do_action(fl.Action(
-        "copy", json.dumps({"request": oreq, "decision": tdec}).encode()))))
+        "copy", json.dumps({"request": oreq, "decision": tdec, "source": "sakai"}).encode()))))
     # even a compromised coordinator's "allow" does not make the US node store JP-only data
     ireq = sign_request(ROBOTICS, "decide", {"action": "ingest", "dataset": "welds", "site": "ohio",
                                              "purpose": None}, member.keystore().identity())
@@ -237,8 +247,15 @@ def test_a_member_cannot_act_as_another(dep: LocalConsortium, files: dict[str, P
         CoordinatorClient(chem)._call("POST", "/v1/decide", forged)
     with pytest.raises(PolicyDenied):
         CoordinatorClient(chem).decide("withdraw", "owned", "sakai")
-    with pytest.raises(RequestRefused, match="only its owner"):
+    with pytest.raises(PolicyDenied):  # its withdraw decision is a deny
         CoordinatorClient(chem).withdraw("owned")
+    with pytest.raises(RequestRefused, match="only its owner"):  # and the coordinator refuses it anyway
+        CoordinatorClient(chem)._with_entry("/v1/withdraw", "consent.withdraw", {"dataset": "owned"},
+                                            "consent.withdraw", {"dataset": "owned", "decision_index": 0})
+    # the owner's own withdrawal must cite an allowing withdraw decision of its own
+    with pytest.raises(RequestRefused, match="not an allowing withdraw decision"):
+        CoordinatorClient(dep.kit(ROBOTICS))._with_entry("/v1/withdraw", "consent.withdraw", {"dataset": "owned"},
+                                                         "consent.withdraw", {"dataset": "owned", "decision_index": 0})
     assert "owned" in held(dep, "sakai")
 
 
@@ -266,8 +283,8 @@ def test_without_a_consortium_certificate_the_handshake_fails(dep: LocalConsorti
 def test_a_replayed_signed_request_is_refused(dep: LocalConsortium) -> None:
     member = dep.kit(ROBOTICS)
     co = CoordinatorClient(member)
-    co.consent("once", {"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"],
-                        "expires": "2031-03-31", "derived_models": "keep", "redistribution": False})
+    co.consent("once", UsagePolicy.from_json({"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"],
+                        "expires": "2031-03-31", "derived_models": "keep", "redistribution": False}))
     req = sign_request(ROBOTICS, "decide", {"action": "ingest", "dataset": "once", "site": "sakai",
                                             "purpose": None}, member.keystore().identity())
     co._call("POST", "/v1/decide", req)
@@ -285,8 +302,8 @@ def test_a_replayed_signed_request_is_refused(dep: LocalConsortium) -> None:
 def test_a_tampered_stream_is_refused_and_leaves_nothing(dep: LocalConsortium) -> None:
     member = dep.kit(ROBOTICS)
     co = CoordinatorClient(member)
-    co.consent("tampered", {"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"],
-                            "expires": "2031-03-31", "derived_models": "keep", "redistribution": False})
+    co.consent("tampered", UsagePolicy.from_json({"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"],
+                            "expires": "2031-03-31", "derived_models": "keep", "redistribution": False}))
     request, decision = co.decide("ingest", "tampered", "sakai")
     honest, evil = frames(1000), frames(1000, seed=9)
 
@@ -315,8 +332,8 @@ def test_a_tampered_stream_is_refused_and_leaves_nothing(dep: LocalConsortium) -
 def test_kill_9_of_a_site_mid_upload_leaves_nothing_and_a_retry_succeeds(dep: LocalConsortium) -> None:
     member = dep.kit(ROBOTICS)
     co = CoordinatorClient(member)
-    co.consent("crashy", {"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"],
-                          "expires": "2031-03-31", "derived_models": "keep", "redistribution": False})
+    co.consent("crashy", UsagePolicy.from_json({"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"],
+                          "expires": "2031-03-31", "derived_models": "keep", "redistribution": False}))
     request, decision = co.decide("ingest", "crashy", "sakai")
     tab = frames(5000)
     started = threading.Event()
@@ -373,10 +390,10 @@ def test_the_ledger_verifies_offline_from_the_trust_root(dep: LocalConsortium, f
     assert edited[0] != leaves[0]
     with pytest.raises(IntegrityError, match="root"):
         verify_ledger(note, edited, trust)
-    other = json.loads((LocalConsortium.provision(dep.root.parent / "other").root / "kits" / "trust-root.json")
-                       .read_text())
+    other = load_trust_root(LocalConsortium.provision(dep.root.parent / "other").root / "kits" / "trust-root.json")
     with pytest.raises(IntegrityError, match="log key"):
-        verify_ledger(note, leaves, {**trust, "log_key": other["log_key"]})
+        verify_ledger(note, leaves, dataclasses.replace(trust, log_vkey=other.log_vkey,
+                                                        log_public_key=other.log_public_key))
 
 
 def test_coordinator_on_postgresql(tmp_path: Path, fresh_postgres_db: str, files: dict[str, Path]) -> None:
@@ -424,9 +441,9 @@ def test_dataset_ingest_with_a_member_profile(dep: LocalConsortium, files: dict[
 def test_a_site_that_cannot_be_reached_and_a_coordinator_restart(dep: LocalConsortium, files: dict[str, Path]) -> None:
     member = dep.kit(ROBOTICS)
     dep.kill("site:ohio")
-    CoordinatorClient(member).consent("waiting", {"jurisdictions": ["US"], "sites": [], "purposes": ["fine-tuning"],
-                                                   "expires": "2031-03-31", "derived_models": "keep",
-                                                   "redistribution": False})
+    CoordinatorClient(member).consent("waiting", UsagePolicy.from_json({
+        "jurisdictions": ["US"], "sites": [], "purposes": ["fine-tuning"], "expires": "2031-03-31",
+        "derived_models": "keep", "redistribution": False}))
     with pytest.raises(OnshoreError, match="site ohio could not be reached"):
         actions.ingest(member, "waiting", [files["a"]], "ohio")
     dep.start("site:ohio")
@@ -471,8 +488,10 @@ def test_a_dataset_outlives_the_expiry_of_its_consent_request(dep: LocalConsorti
     policy = {"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"], "expires": "2031-03-31",
               "derived_models": "keep", "redistribution": False}
     from onshore.ledger.entries import sign_entry
+    from onshore.parties.coordinator import consent_body
 
-    entry = sign_entry("consent.grant", ROBOTICS, {"dataset": "lasting", "policy": policy},
+    entry = sign_entry("consent.grant", ROBOTICS,
+                       consent_body("lasting", "kansai-robotics", UsagePolicy.from_json(policy)),
                        member.keystore().identity(), links={"dataset:lasting": None})
     co._call("POST", "/v1/consent", sign_request(ROBOTICS, "consent.grant", {
         "dataset": "lasting", "policy": policy, "entry": entry.to_json()}, member.keystore().identity(), ttl_s=3.0))
@@ -484,8 +503,8 @@ def test_a_dataset_outlives_the_expiry_of_its_consent_request(dep: LocalConsorti
 @pytest.mark.parametrize("name", ["../escape", 'x"); permit (principal, action, resource', "A", ""])
 def test_a_hostile_dataset_name_is_refused_and_registers_nothing(dep: LocalConsortium, name: str) -> None:
     co = CoordinatorClient(dep.kit(ROBOTICS))
-    policy = {"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"], "expires": "2031-03-31",
-              "derived_models": "keep", "redistribution": False}
+    policy = UsagePolicy.from_json({"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"],
+                                    "expires": "2031-03-31", "derived_models": "keep", "redistribution": False})
     size = co.health()["ledger_size"]
     with pytest.raises(RequestRefused, match="invalid dataset name"):
         co.consent(name, policy)
@@ -496,7 +515,7 @@ def test_kill_9_of_the_destination_mid_copy_leaves_nothing_and_a_retry_succeeds(
         dep: LocalConsortium, tmp_path: Path) -> None:
     import numpy as np
 
-    n = 300_000
+    n = 1_500_000  # about 50 MB of encrypted shards: the copy outlasts the kill's polling
     state = np.random.default_rng(1).uniform(0, 1, size=(n, 8)).astype(np.float32)
     big = pa.table({"episode_index": np.arange(n, dtype=np.int64) // 1000,
                     "frame_index": np.arange(n, dtype=np.int64) % 1000,
@@ -517,7 +536,7 @@ def test_kill_9_of_the_destination_mid_copy_leaves_nothing_and_a_retry_succeeds(
     t = threading.Thread(target=copy)
     t.start()
     deadline = time.monotonic() + 30
-    while not (staging.exists() and any(staging.rglob("*.tmp"))) and time.monotonic() < deadline:
+    while not (staging.exists() and any(staging.rglob("*.part"))) and time.monotonic() < deadline:
         time.sleep(0.005)
     assert t.is_alive(), "the copy finished before the kill: nothing was tested"
     dep.kill("site:tokyo", signal.SIGKILL)
@@ -528,3 +547,62 @@ def test_kill_9_of_the_destination_mid_copy_leaves_nothing_and_a_retry_succeeds(
     assert not (tokyo.folder / "data" / "datasets" / "bigcopy").exists()
     assert actions.copy(tokyo, "bigcopy", "sakai")["frames"] == n
     assert "bigcopy" in held(dep, "tokyo")
+
+
+def test_bundles_from_the_deployment_verify_offline_as_the_embedded_defaults_do(
+        dep: LocalConsortium, files: dict[str, Path], tmp_path: Path) -> None:
+    """A site attests from the coordinator's evidence; the auditor fetches the bundle from the
+    coordinator and runs the unchanged 'onshore verify' on it with the provisioned trust root, before
+    and after the owner's withdrawal."""
+    import subprocess
+    import sys
+
+    trust = dep.root / "kits" / "trust-root.json"
+    sakai, tokyo = dep.kit("site:sakai"), dep.kit("site:tokyo")
+    actions.ingest(dep.kit(ROBOTICS), "bundled", [files["a"]], "sakai", files["jp"], embodiment="arm7")
+    actions.copy(tokyo, "bundled", "sakai")
+    actions.read(tokyo, "bundled", tmp_path / "r.parquet")
+    with pytest.raises(PolicyDenied):
+        actions.copy(dep.kit("site:ohio"), "bundled", "sakai")  # a refusal: it must be in the claim too
+    CoordinatorClient(dep.kit(ROBOTICS)).cosign()
+
+    def verify(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "onshore", "verify", str(path), "--trust-root", str(trust),
+                               "--json", *extra], capture_output=True, text=True, timeout=120)
+
+    bundle = actions.attest(sakai, "bundled")
+    claim = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))["predicate"]
+    assert (claim["embodiment"], claim["ingest"]["site"], [c["to"] for c in claim["copies"]]) == \
+        ("arm7", "sakai", ["tokyo"])
+    assert {(r["site"], r["action"]) for r in claim["keyReleases"]} == {("tokyo", "read"), ("sakai", "copy")}
+    assert any(d["principal"] == "site:ohio" and d["decision"] == "deny" for d in claim["decisions"])
+    out = tmp_path / "fetched.json"
+    cli = subprocess.run([sys.executable, "-m", "onshore", "party", "bundle", "bundled", "--out", str(out),
+                          "--kit", str(dep.kit("auditor:auditor").folder)], capture_output=True, text=True,
+                         timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(out.read_text()) == bundle
+    r = verify(out, "--min-witnesses", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert all(c["status"] == "pass" for c in json.loads(r.stdout)["checks"])
+
+    # an edited claim, or another consortium's trust root, does not verify
+    forged = json.loads(out.read_text())
+    statement = json.loads(base64.b64decode(forged["dsseEnvelope"]["payload"]))
+    statement["predicate"]["copies"][0]["jurisdiction"] = "US"
+    forged["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    assert verify(tmp_path / "forged.json").returncode != 0
+    other = LocalConsortium.provision(tmp_path / "other").root / "kits" / "trust-root.json"
+    r = subprocess.run([sys.executable, "-m", "onshore", "verify", str(out), "--trust-root", str(other)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+
+    # after the withdrawal, tokyo (which held and shredded it) attests the withdrawal
+    actions.withdraw(dep.kit(ROBOTICS), "bundled", ["sakai", "tokyo"])
+    after = actions.attest(tokyo, "bundled")
+    wd = json.loads(base64.b64decode(after["dsseEnvelope"]["payload"]))["predicate"]["withdrawal"]
+    assert sorted(s["site"] for s in wd["shredded"]) == ["sakai", "tokyo"]
+    (tmp_path / "after.json").write_text(json.dumps(after))
+    r = verify(tmp_path / "after.json")
+    assert r.returncode == 0, r.stdout + r.stderr

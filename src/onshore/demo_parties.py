@@ -13,6 +13,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from rich.console import Console
 
+from onshore.attest.bundle import write_bundle
+from onshore.attest.trust import TrustRoot
+from onshore.attest.verify import verify_bundle
 from onshore.errors import OnshoreError, PolicyDenied
 from onshore.parties import actions
 from onshore.parties.audit import load_trust_root, verify_ledger
@@ -67,7 +70,8 @@ def run_parties_demo(directory: Path, c: Console) -> int:
 
         head("4. site to site: allowed in JP, refused to the US and outside a Tokyo-only policy")
         r = actions.copy(tokyo, "arms", "sakai")
-        c.print(f"  tokyo copied arms from sakai: {r['frames']} frames, re-encrypted under tokyo's own key")
+        c.print(f"  tokyo copied arms from sakai: {r['frames']} frames; the shards' encrypted bytes unchanged, the "
+                "key sealed to tokyo's node and kept in tokyo's own custody")
         for kit, ds, src in ((ohio, "arms", "sakai"), (sakai, "plant", "tokyo")):
             try:
                 actions.copy(kit, ds, src)
@@ -101,7 +105,7 @@ def run_parties_demo(directory: Path, c: Console) -> int:
         if not r["cosigned_by"]:
             return 1
 
-        head("7. the auditor verifies the ledger offline, from the trust root alone")
+        head("7. the auditor verifies the ledger and a site's residency bundle offline, from the trust root alone")
         co = CoordinatorClient(dep.kit("auditor:auditor"), quiet=True)
         note, leaves = co.checkpoint(), [x.encode() for x in co.leaves()]
         (directory / "auditor").mkdir()
@@ -110,6 +114,15 @@ def run_parties_demo(directory: Path, c: Console) -> int:
         audit = verify_ledger(note, leaves, load_trust_root(dep.root / "kits" / "trust-root.json"))
         c.print(f"  {audit.size} entries verified: " + ", ".join(f"{k} {v}" for k, v in sorted(audit.kinds.items())))
         c.print(f"  checkpoint cosigned by {', '.join(audit.witnesses)} (verified with the trust root's witness key)")
+        bundle = actions.attest(sakai, "arms")  # sakai signs; the coordinator keeps it for auditors
+        fetched = co.bundle("arms")
+        write_bundle(fetched, directory / "auditor" / "arms.bundle.json")
+        report = verify_bundle(fetched, TrustRoot.load(dep.root / "kits" / "trust-root.json"), min_witnesses=1)
+        c.print(f"  sakai attested arms ({len(bundle['entries'])} ledger entries); the auditor fetched the bundle "
+                f"and 'onshore verify' passes {sum(ch.passed for ch in report.checks)}/{len(report.checks)} checks")
+        if not report.ok:
+            c.print(f"  [red]the bundle does not verify: {report.failed}[/]")
+            return 1
 
         head("8. kansai-robotics withdraws arms: the keys are shredded at each site that holds it")
         r = actions.withdraw(robotics, "arms", ["sakai", "tokyo"])

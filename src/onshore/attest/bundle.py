@@ -56,7 +56,7 @@ from onshore.errors import IntegrityError, NotFoundError, ValidationError
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import notes
 from onshore.ledger.entries import now_iso
-from onshore.ledger.log import StoredEntry
+from onshore.ledger.log import Ledger, StoredEntry
 from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar
 from onshore.workspace.attempts import ABANDONED
 
@@ -470,9 +470,16 @@ def collect_history(ws: Workspace, name: str, size: int | None = None) -> Datase
     happened. Refuses (NotFoundError) a dataset the ledger has no ingest for, and
     (IntegrityError) a ledger with two live ingests or grants of the same name.
     """
+    return history_from_entries(name, ws.ledger.subject_entries(dataset_subject(name), 0, size))
+
+
+def history_from_entries(name: str, entries: Iterable[StoredEntry]) -> DatasetHistory:
+    """The history of dataset ``name`` from ``entries`` (its subject chain, ascending): what
+    :func:`collect_history` does for a workspace, and a site node does with the chain its
+    coordinator sends (``onshore.parties``). Same refusals."""
     found: dict[str, list[StoredEntry]] = {k: [] for k in DATASET_KINDS}
     voided: set[int] = set()
-    for e in ws.ledger.subject_entries(dataset_subject(name), 0, size):
+    for e in entries:
         if e.entry.kind not in found and e.entry.kind != ABANDONED:
             continue
         if _dataset_of(e) != name:
@@ -602,17 +609,21 @@ def make_bundle(ws: Workspace, statement: Statement, signer_site: str, cited: It
         if not wanted <= set(chain):
             raise ValidationError(f"an attestation must cite entries about {subject} in the tree of size {size}")
         wanted, leaves = set(chain), {**chain, **leaves}
-    indices = sorted(wanted)
     envelope = sign_statement(statement, ws.signer(f"site:{signer_site}"), f"site:{signer_site}")
-    proofs = ws.ledger.inclusion_proofs(indices, size)  # one batch: cited entries share upper nodes
-    entries = []
-    for i, proof in zip(indices, proofs, strict=True):
-        leaf = leaves.get(i) or ws.ledger.get(i).leaf
-        entries.append({"index": i, "leaf": b64encode(leaf), "inclusionProof": [b64encode(h) for h in proof]})
+    entries = bundle_entries(ws.ledger, {i: leaves.get(i) for i in wanted}, size)
     bundle = {"mediaType": BUNDLE_MEDIA_TYPE, "dsseEnvelope": envelope, "checkpoint": note}
     if subject is not None:
         bundle["subjectHead"] = ws.subject_head_note(subject, size)
     return {**bundle, "entries": entries}
+
+
+def bundle_entries(ledger: Ledger, leaves: dict[int, bytes | None], size: int) -> list[dict[str, Any]]:
+    """The bundle's ``entries`` for the indices of ``leaves`` (ascending), each with its inclusion
+    proof to the tree of ``size``; a leaf given as None is read from ``ledger``."""
+    indices = sorted(leaves)
+    proofs = ledger.inclusion_proofs(indices, size)  # one batch: cited entries share upper nodes
+    return [{"index": i, "leaf": b64encode(leaves[i] or ledger.get(i).leaf),
+             "inclusionProof": [b64encode(h) for h in proof]} for i, proof in zip(indices, proofs, strict=True)]
 
 
 def attest_dataset(ws: Workspace, name: str, site: str | None = None) -> dict[str, Any]:

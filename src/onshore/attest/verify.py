@@ -33,12 +33,14 @@ message, and the report is ``ok`` only when every check passed. The checks, in o
 ``decisions``
     Every decision that authorised a claimed action is an allow, recorded before the action, for
     this dataset, action, site and principal, inside the policy's expiry and purposes, and not
-    after the withdrawal. Policy hashes: a decision carries the SHA-256 of the whole Cedar policy
-    *set* in force; copies and key releases record the same set hash, and must match their
-    decision's. The dataset's own usage-policy hash (consent.grant, data.ingest) is a different
-    hash; it is checked in ``claim matches ledger`` against the consent entry and recomputed from
-    the policy text. The ingest decision's set hash cannot be compared with either (it is the set
-    with the new dataset added), so it is only reported.
+    after the withdrawal. A decision is signed by its principal (the embedded default), or by
+    the log key carrying the principal's signed request (a deployment's coordinator). Policy
+    hashes: a decision carries the SHA-256 of the whole Cedar policy *set* in force; copies and
+    key releases record the same set hash, and must match their decision's. The dataset's own
+    usage-policy hash (consent.grant, data.ingest) is a different hash; it is checked in ``claim
+    matches ledger`` against the consent entry and recomputed from the policy text. The ingest
+    decision's set hash cannot be compared with either (it is the set with the new dataset
+    added), so it is only reported.
 ``completeness``
     The bundle carries the dataset's whole chain (``onshore.ledger.subjects``): the log-signed head
     note names the newest entry about the dataset in the checkpoint's tree (same size and root),
@@ -94,6 +96,7 @@ from onshore.keys.keystore import public_key_from_b64
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import merkle, notes
 from onshore.ledger.entries import Entry, parse_leaf, verify_entry
+from onshore.ledger.requests import request_shape_ok, request_signature_ok
 from onshore.ledger.subjects import SubjectHead, open_head, subjects_of, walk_back
 from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar
 
@@ -584,8 +587,12 @@ def _check_claim(claim: ResidencyClaim, statement: Statement, parsed: dict[int, 
 
     for d in claim.decisions:
         what = f"decision {d.index}"
-        body = ents.body(d.index, "decision", d.principal, what)
+        body = ents.body(d.index, "decision", None, what)
         if body is None:
+            continue
+        if parsed[d.index].actor not in (d.principal, "log"):
+            p.append(f"{what}: entry {d.index} is signed by {parsed[d.index].actor}, expected {d.principal} "
+                     "(or the log, for a deployment's decision point)")
             continue
         req = body.get("request") if isinstance(body.get("request"), dict) else {}
         for key, claimed, recorded in (
@@ -682,7 +689,31 @@ def _check_jurisdictions(claim: ResidencyClaim, trust: TrustRoot) -> Check:
                    f"{len(sites)} site(s) ({', '.join(sites)}) all in {', '.join(allowed)}")
 
 
-def _check_decisions(claim: ResidencyClaim, parsed: dict[int, Entry]) -> Check:
+def decision_signer_problem(e: Entry, principal: str, trust: TrustRoot) -> str | None:
+    """Why decision entry ``e`` does not stand for ``principal``'s decision, or None.
+
+    The embedded default signs a decision with the principal's own key. A deployment's decision
+    point is the coordinator: the log key signs the decision, and the entry carries the signed
+    request it answers (``signed_request``, onshore.ledger.requests), which must be the
+    principal's, signed by the principal's trust-root key, asking for exactly this decision."""
+    if e.actor == principal:
+        return None
+    if e.actor != "log":
+        return f"is signed by {e.actor}, not {principal}"
+    req = e.body.get("signed_request")
+    if not request_shape_ok(req):
+        return "is signed by the log but carries no request signed by the principal"
+    key = trust.key_for(principal) if isinstance(req["party"], str) else None
+    if req["party"] != principal or req["op"] != "decide" or key is None or not request_signature_ok(req, key):
+        return f"is signed by the log, but its request is not {principal}'s signed decide request"
+    asked, decided = req["body"], e.body.get("request") if isinstance(e.body.get("request"), dict) else {}
+    for key_name in ("action", "dataset", "site", "purpose"):
+        if asked.get(key_name) != decided.get(key_name):
+            return f"decides {key_name} {decided.get(key_name)!r}, but {principal} asked for {asked.get(key_name)!r}"
+    return None
+
+
+def _check_decisions(claim: ResidencyClaim, parsed: dict[int, Entry], trust: TrustRoot) -> Check:
     problems: list[str] = []
     owner = f"member:{claim.owner}"
     copies_by_decision = {c.decision_index: c for c in claim.copies}
@@ -727,8 +758,9 @@ def _check_decisions(claim: ResidencyClaim, parsed: dict[int, Entry]) -> Check:
         for key, value in want.items():
             if req.get(key) != value:
                 problems.append(f"{what}: decision {idx} is about {key} {req.get(key)!r}, not {value!r}")
-        if e.actor != principal:
-            problems.append(f"{what}: decision {idx} is signed by {e.actor}, not {principal}")
+        signer_problem = decision_signer_problem(e, principal, trust)
+        if signer_problem:
+            problems.append(f"{what}: decision {idx} {signer_problem}")
         if idx >= item:
             problems.append(f"{what}: decision {idx} is not earlier than the action it allowed ({item})")
         if set_hash is not None and b.get("policy_hash") != set_hash:
@@ -964,7 +996,7 @@ def verify_bundle(bundle: Mapping[str, Any] | bytes | str, trust: TrustRoot, min
         checks.append(_guard("claim matches ledger", lambda: _check_claim(claim, statement, entries, carried),
                              _alone))
         checks.append(_guard("jurisdictions", lambda: _check_jurisdictions(claim, trust), _alone))
-        checks.append(_guard("decisions", lambda: _check_decisions(claim, entries), _alone))
+        checks.append(_guard("decisions", lambda: _check_decisions(claim, entries, trust), _alone))
         c_check, head = _guard("completeness", lambda: _check_completeness(claim, b, entries, cp, trust),
                                lambda c: (c, None))
         checks.append(c_check)

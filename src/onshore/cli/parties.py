@@ -75,6 +75,8 @@ def party_ingest(name: str = typer.Argument(..., help="A new dataset name."),
                  site: str = typer.Option(..., "--site", help="The site node to store it."),
                  policy: Path | None = typer.Option(None, "--policy", metavar="FILE",
                                                     help="The usage policy (TOML); registers the dataset."),
+                 embodiment: str | None = typer.Option(None, "--embodiment",
+                                                       help="The embodiment the frames come from (recorded)."),
                  kit: Path = KIT, json_: bool = JSON) -> None:
     """As a member: register a dataset (consent signed here) and stream it to a site node.
 
@@ -83,7 +85,7 @@ def party_ingest(name: str = typer.Argument(..., help="A new dataset name."),
     from onshore.parties import actions
     from onshore.parties.kit import load_kit
 
-    res = actions.ingest(load_kit(kit, "member"), name, files, site, policy)
+    res = actions.ingest(load_kit(kit, "member"), name, files, site, policy, embodiment=embodiment)
     print_json(res) if json_ else console.print(f"ingested {esc(name)} at {esc(site)}: {res['frames']} frames")
 
 
@@ -149,3 +151,42 @@ def profile_add(name: str = typer.Argument(..., help="A name for the profile, e.
     k = add_profile(name, kit, coordinator)
     console.print(f"profile {esc(name)}: member {esc(k.name)} of {esc(k.consortium)}, "
                   f"coordinator {esc(coordinator or k.coordinator_url)} (in {esc(profiles_path())})")
+
+
+@party_app.command("attest")
+def party_attest(name: str = typer.Argument(..., help="The dataset."),
+                 out: Path = typer.Option(..., "--out", metavar="FILE", help="Where to write the bundle."),
+                 kit: Path = KIT) -> None:
+    """As a site holding a dataset: sign its residency bundle, hand it to the coordinator for
+    auditors, and write it here ('onshore verify FILE --trust trust-root.json' checks it offline).
+
+    Example: onshore party attest arms --out arms.bundle.json --kit kits/site-sakai
+    """
+    from onshore.attest.bundle import write_bundle
+    from onshore.files import check_output_file
+    from onshore.parties import actions
+    from onshore.parties.kit import load_kit
+
+    check_output_file(out)
+    bundle = actions.attest(load_kit(kit, "site"), name)
+    write_bundle(bundle, out)
+    console.print(f"bundle for {esc(name)} ({len(bundle['entries'])} entries) written to {esc(out)}")
+
+
+@party_app.command("bundle")
+def party_bundle(name: str = typer.Argument(..., help="The dataset."),
+                 out: Path = typer.Option(..., "--out", metavar="FILE", help="Where to write the bundle."),
+                 kit: Path = KIT) -> None:
+    """As an auditor (or any party): fetch the newest bundle a site handed in for a dataset. The
+    coordinator vouches for nothing: verify it offline with 'onshore verify FILE --trust ...'.
+
+    Example: onshore party bundle arms --out arms.bundle.json --kit kits/auditor-auditor
+    """
+    from onshore.attest.bundle import write_bundle
+    from onshore.files import check_output_file
+    from onshore.parties.client import CoordinatorClient
+    from onshore.parties.kit import load_kit
+
+    check_output_file(out)
+    write_bundle(CoordinatorClient(load_kit(kit)).bundle(name), out)
+    console.print(f"bundle for {esc(name)} written to {esc(out)}")

@@ -121,6 +121,13 @@ class KeyStore:
         _write_secret(self._key_path(kind, name), key)
         return key
 
+    def import_key(self, kind: str, name: str, key: bytes) -> None:
+        """Keep ``key`` (received sealed to this site, e.g. a dataset copied here with its ciphertext
+        unchanged) as the key of ``kind`` ``name``; refuses an existing one or a key of another size."""
+        if len(key) != KEK_BYTES:
+            raise IntegrityError(f"a {kind} key has {KEK_BYTES} bytes, not {len(key)}")
+        _write_secret(self._key_path(kind, name), key)
+
     def key(self, kind: str, name: str) -> bytes:
         """The key-encryption key of ``kind`` ``name`` at this site. Only the site's key service calls this.
 

@@ -3,18 +3,16 @@ ledger's entries, verified with the trust root alone (public keys; no network, n
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from onshore.errors import IntegrityError, ValidationError
-from onshore.keys.keystore import public_key_from_b64
+from onshore.attest.trust import TrustRoot
+from onshore.errors import IntegrityError
 from onshore.ledger import merkle
 from onshore.ledger.checkpoint import verify_checkpoint, verify_cosignatures
 from onshore.ledger.entries import parse_leaf, verify_entry
-from onshore.ledger.notes import NoteError, SignatureError, encode_verifier_key
+from onshore.ledger.notes import NoteError, SignatureError
 
 
 @dataclass(frozen=True)
@@ -25,23 +23,17 @@ class LedgerAudit:
     witnesses: tuple[str, ...] = ()  # the trust root's witnesses whose cosignatures verified
 
 
-def load_trust_root(path: Path) -> dict[str, Any]:
-    try:
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
-        if not isinstance(d, dict) or not {"consortium", "log_key", "sites", "members"} <= set(d):
-            raise ValueError("fields consortium, log_key, sites, members")
-        return d
-    except (OSError, ValueError) as e:
-        raise ValidationError(f"{path}: not a trust root ({e}); use trust-root.json from 'onshore provision'") from None
+def load_trust_root(path: Path) -> TrustRoot:
+    """The trust root 'onshore provision' wrote (the embedded default's format: attest/trust.py)."""
+    return TrustRoot.load(path)
 
 
-def verify_ledger(note: str, leaves: list[bytes], trust: dict[str, Any]) -> LedgerAudit:
+def verify_ledger(note: str, leaves: list[bytes], trust: TrustRoot) -> LedgerAudit:
     """Check the log key's signature on ``note``, that ``leaves`` (the first checkpoint-size of
     them) hash to its root, and every entry's signature against its actor's key in ``trust``.
     Raises IntegrityError naming the first thing that does not hold."""
-    origin = f"onshore/{trust['consortium']}"
     try:
-        cp = verify_checkpoint(note, encode_verifier_key(origin, public_key_from_b64(trust["log_key"])), origin)
+        cp = verify_checkpoint(note, trust.log_vkey, trust.log_origin)
     except (NoteError, SignatureError) as e:
         raise IntegrityError(f"the checkpoint does not verify with the trust root's log key: {e}") from None
     if len(leaves) < cp.size:
@@ -49,16 +41,15 @@ def verify_ledger(note: str, leaves: list[bytes], trust: dict[str, Any]) -> Ledg
     leaves = leaves[:cp.size]
     if merkle.root_from_leaf_hashes([merkle.leaf_hash(x) for x in leaves]) != cp.root_hash:
         raise IntegrityError("the entries do not hash to the checkpoint's root: the ledger was edited")
-    keys = {f"site:{k}": v for k, v in trust["sites"].items()} | {f"member:{k}": v for k, v in trust["members"].items()}
-    keys["log"] = trust["log_key"]
     kinds: Counter[str] = Counter()
     actors: Counter[str] = Counter()
     for i, leaf in enumerate(leaves):
         e = parse_leaf(leaf)
-        if e.actor not in keys:
+        key = trust.key_for(e.actor)
+        if key is None:
             raise IntegrityError(f"entry {i} is by {e.actor}, whom the trust root does not name")
-        verify_entry(e, public_key_from_b64(keys[e.actor]))
+        verify_entry(e, key)
         kinds[e.kind] += 1
         actors[e.actor] += 1
-    cosigned = verify_cosignatures(note, list(trust.get("witnesses", {}).values())) if trust.get("witnesses") else []
+    cosigned = verify_cosignatures(note, [w.vkey for w in trust.witnesses]) if trust.witnesses else []
     return LedgerAudit(cp.size, dict(kinds), dict(actors), tuple(cosigned))

@@ -18,8 +18,10 @@ from urllib.parse import urlencode, urlsplit
 from onshore.errors import OnshoreError, PolicyDenied
 from onshore.ledger.entries import sign_entry
 from onshore.ledger.subjects import subjects_of
+from onshore.parties.coordinator import consent_body
 from onshore.parties.kit import Kit
 from onshore.parties.signed import RequestRefused, sign_request
+from onshore.residency.policy import UsagePolicy
 from onshore.tls import client_tls
 
 
@@ -94,21 +96,28 @@ class CoordinatorClient:
         """Append an entry of ``kind`` signed by this party; returns its index."""
         return self._with_entry("/v1/entries", "entry", {}, kind, entry_body)["index"]
 
-    def consent(self, dataset: str, policy: dict[str, Any]) -> int:
-        return self._with_entry("/v1/consent", "consent.grant", {"dataset": dataset, "policy": policy},
-                                "consent.grant", {"dataset": dataset, "policy": policy})["index"]
+    def consent(self, dataset: str, policy: UsagePolicy) -> int:
+        """Register ``dataset`` under ``policy`` as this member (its consent.grant entry signed here)."""
+        owner = self.kit.party.split(":", 1)[1]
+        return self._with_entry("/v1/consent", "consent.grant", {"dataset": dataset, "policy": policy.to_json()},
+                                "consent.grant", consent_body(dataset, owner, policy))["index"]
 
     def withdraw(self, dataset: str) -> int:
-        return self._with_entry("/v1/withdraw", "consent.withdraw", {"dataset": dataset},
-                                "consent.withdraw", {"dataset": dataset})["index"]
+        """Withdraw consent to ``dataset``: decided first (withdraw, no site), then the owner's
+        consent.withdraw entry citing that decision."""
+        _, decision = self.decide("withdraw", dataset, None)
+        return self._with_entry("/v1/withdraw", "consent.withdraw", {"dataset": dataset}, "consent.withdraw",
+                                {"dataset": dataset, "decision_index": decision["body"]["decision_index"]})["index"]
 
-    def decide(self, action: str, dataset: str, site: str,
-               purpose: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def decide(self, action: str, dataset: str, site: str | None, purpose: str | None = None,
+               **extra: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """A signed request of this party and the coordinator's decision on it, bound to its nonce:
-        the pair a site acts on (the site records the nonce too, so the pair works once). Raises
-        PolicyDenied when the decision denies."""
+        the pair a site acts on (the site records the nonce too, so the pair works once). ``extra``
+        goes into the signed body for the site (an ingest's ``embodiment``). Raises PolicyDenied
+        when the decision denies."""
         request = sign_request(self.kit.party, "decide",
-                               {"action": action, "dataset": dataset, "site": site, "purpose": purpose}, self._key)
+                               {"action": action, "dataset": dataset, "site": site, "purpose": purpose, **extra},
+                               self._key)
         decision = self._call("POST", "/v1/decide", request)
         if decision["body"]["decision"] != "allow":
             rules = decision["body"].get("rules", [])
@@ -121,6 +130,17 @@ class CoordinatorClient:
 
     def checkpoint(self) -> str:
         return self._call("GET", "/v1/checkpoint")["note"]
+
+    def evidence(self, dataset: str) -> dict[str, Any]:
+        """Checkpoint, head note and the chain of ``dataset`` with proofs (Coordinator.evidence)."""
+        return self._call("GET", "/v1/evidence?" + urlencode({"dataset": dataset}))
+
+    def store_bundle(self, dataset: str, bundle: dict[str, Any]) -> None:
+        self.signed("/v1/bundles", "bundle", {"dataset": dataset, "bundle": bundle})
+
+    def bundle(self, dataset: str) -> dict[str, Any]:
+        """The newest bundle a site handed in for ``dataset`` (verify it offline: attest/verify.py)."""
+        return self._call("GET", "/v1/bundles?" + urlencode({"dataset": dataset}))
 
     def leaves(self, start: int = 0) -> list[str]:
         return self._call("GET", f"/v1/ledger?start={start}")["leaves"]

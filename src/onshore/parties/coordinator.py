@@ -17,6 +17,9 @@ consortium certificate fails the handshake. Routes::
     POST /v1/withdraw                 member: withdraw consent (consent.withdraw)
     GET  /v1/checkpoint               a checkpoint of the ledger signed by the log key
     GET  /v1/ledger?start=N           entries (leaves) for auditors
+    GET  /v1/evidence?dataset=D       checkpoint, head note, chain and proofs for a site's attestation
+    POST /v1/bundles                  site: hand in a residency bundle it signed
+    GET  /v1/bundles?dataset=D        the newest bundle for D, for auditors (verified offline)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import json
 import threading
 from typing import Any
 
-from sqlalchemy import Boolean, Column, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, Text, insert, select, update
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -34,7 +37,7 @@ from starlette.routing import Route
 from onshore.catalog.db import open_engine
 from onshore.errors import IntegrityError, OnshoreError
 from onshore.ledger import checkpoint as ckpt
-from onshore.ledger import merkle
+from onshore.ledger import merkle, notes
 from onshore.ledger.entries import Draft, verify_entry
 from onshore.ledger.log import Ledger, ledger_metadata
 from onshore.ledger.subjects import link_to
@@ -58,9 +61,22 @@ datasets = Table("party_datasets", party_metadata, Column("name", String(64), pr
                  Column("owner", String(64), nullable=False), Column("consent", Text, nullable=False),
                  Column("withdrawn", Boolean, nullable=False, default=False))
 
+bundles = Table("party_bundles", party_metadata, Column("id", Integer, primary_key=True, autoincrement=True),
+                Column("dataset", String(64), nullable=False), Column("site", String(64), nullable=False),
+                Column("bundle", Text, nullable=False))
+MAX_BUNDLE_BYTES = 32 << 20
+
 #: which entry kinds each kind of party may sign and append
-ENTRY_KINDS = {"site": ("data.ingest", "data.copy", "data.read", "key.release", "key.shred", "data.abandoned"),
+ENTRY_KINDS = {"site": ("data.ingest", "data.copy", "data.read", "key.release", "key.shred", "data.abandoned",
+                        "data.attest"),
                "member": ("consent.grant", "consent.withdraw")}
+
+
+def consent_body(dataset: str, owner: str, policy: UsagePolicy) -> dict[str, Any]:
+    """The body of a member's consent.grant entry: what the embedded default records, so that a
+    deployment's bundles verify as the embedded default's do."""
+    return {"dataset": dataset, "owner": owner, "policy": policy.to_json(), "policy_hash": policy.hash,
+            "cedar_hash": cedar_hash(dataset_cedar(dataset, owner, policy, withdrawn=False))}
 
 
 class Coordinator:
@@ -142,11 +158,11 @@ class Coordinator:
             raise RequestRefused("only a member registers a dataset")
         b = req["body"]
         name, owner = check_name(b.get("dataset"), "dataset"), req["party"].split(":", 1)[1]  # type: ignore[arg-type]
-        UsagePolicy.from_json(b.get("policy"), "consent policy")
+        policy = UsagePolicy.from_json(b.get("policy"), "consent policy")
         e = b.get("entry") or {}
-        if e.get("kind") != "consent.grant" or (e.get("body") or {}).get("dataset") != name \
-                or (e.get("body") or {}).get("policy") != b.get("policy"):
-            raise RequestRefused("the consent.grant entry must name the same dataset and policy as the request")
+        if e.get("kind") != "consent.grant" or e.get("body") != consent_body(name, owner, policy):
+            raise RequestRefused("the consent.grant entry must be the request's dataset, owner, policy and the "
+                                 "policy's hashes (onshore.parties.coordinator.consent_body)")
         with self._lock:
             if self._dataset(name) is not None:
                 raise RequestRefused(f"dataset {name!r} is registered already; choose another name")
@@ -170,11 +186,15 @@ class Coordinator:
                                                      b.get("purpose")))
         except (OnshoreError, KeyError) as e:
             raise RequestRefused(f"cannot decide: {e}") from None
-        self.ledger.append([Draft("decision", "log", decision.to_json(), self.log_key)])
+        # the log key signs the decision; the request it answers rides along, so an auditor sees
+        # offline that the principal asked (attest/verify.py checks its signature)
+        index = self.ledger.append([Draft("decision", "log", {**decision.to_json(), "signed_request": req},
+                                          self.log_key)])[0]
         body = {"principal": req["party"], "site": b.get("site"), "action": b["action"], "dataset": b["dataset"],
                 "purpose": b.get("purpose"), "request_nonce": req["nonce"],
                 "decision": "allow" if decision.allowed else "deny", "rules": list(decision.rules),
-                "policy_hash": decision.policy_hash, "consent": ds["consent"]}
+                "policy_hash": decision.policy_hash, "decision_index": index,
+                "dataset_policy_hash": decision.dataset_policy_hash, "consent": ds["consent"]}
         return sign_request("coordinator", "decision", body, self.log_key)
 
     def entries(self, req: Any) -> dict[str, Any]:
@@ -192,14 +212,74 @@ class Coordinator:
         if ds is None or f"member:{ds['owner']}" != req["party"]:
             raise RequestRefused(f"{req['party']} does not own a dataset {name!r}; only its owner withdraws it")
         e = req["body"].get("entry") or {}
-        if e.get("kind") != "consent.withdraw" or (e.get("body") or {}).get("dataset") != name:
-            raise RequestRefused("the consent.withdraw entry must name the dataset of the request")
+        eb = e.get("body") or {}
+        if e.get("kind") != "consent.withdraw" or set(eb) != {"dataset", "decision_index"} or eb["dataset"] != name:
+            raise RequestRefused("the consent.withdraw entry must be {dataset, decision_index} for the request's "
+                                 "dataset")
+        self._check_withdraw_decision(eb["decision_index"], req["party"], name)
         with self._lock:
             index = self._append_presigned(req["party"], e, ENTRY_KINDS["member"])
             with self.engine.begin() as c:
                 c.execute(update(datasets).where(datasets.c.name == name).values(withdrawn=True))
             self._pdp_cache = None
         return {"index": index}
+
+    def _check_withdraw_decision(self, index: Any, party: str, dataset: str) -> None:
+        """A withdrawal cites this log's allowing decision on (party, withdraw, dataset, no site)."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.ledger.size():
+            raise RequestRefused("the withdrawal's decision_index is not an entry of this ledger")
+        e = self.ledger.get(index).entry
+        r = e.body.get("request") if isinstance(e.body.get("request"), dict) else {}
+        if (e.kind != "decision" or e.actor != "log" or e.body.get("decision") != "allow"
+                or (r.get("principal"), r.get("action"), r.get("dataset"), r.get("site"))
+                != (party, "withdraw", dataset, None)):
+            raise RequestRefused(f"entry {index} is not an allowing withdraw decision for {party} on {dataset}")
+
+    def evidence(self, dataset: str) -> dict[str, Any]:
+        """What a site needs to attest ``dataset`` (attest/bundle.py's bundle less the signed
+        statement): a checkpoint covering the dataset's newest entry (the newest stored, witness-
+        cosigned one when it does), the log-signed head note of its chain in that tree, and every
+        entry of the chain with its inclusion proof."""
+        from onshore.attest.bundle import bundle_entries, dataset_subject
+        from onshore.ledger import subjects
+
+        subject = dataset_subject(check_name(dataset, "dataset"))
+        head = self.ledger.subject_head(subject)
+        if head is None:
+            raise RequestRefused(f"the ledger holds nothing about dataset {dataset!r}")
+        note = self.ledger.checkpoint_note()
+        if note is None or ckpt.parse(notes.split_note(note)[0]).size <= head.index:
+            note = self.checkpoint()  # a fresh one, cosigned by nobody yet
+        size = ckpt.parse(notes.split_note(note)[0]).size
+        head = self.ledger.subject_head(subject, size)
+        assert head is not None
+        chain = {e.index: e.leaf for e in self.ledger.subject_entries(subject, 0, size)}
+        head_note = subjects.sign_head(subjects.SubjectHead(self.origin, subject, size, self.ledger.root(size),
+                                                            head.index, merkle.leaf_hash(head.leaf)),
+                                       self.origin, self.log_key)
+        return {"checkpoint": note, "subjectHead": head_note,
+                "entries": bundle_entries(self.ledger, chain, size)}
+
+    def store_bundle(self, req: Any) -> dict[str, Any]:
+        """A site hands in a bundle it signed, for auditors to fetch (GET /v1/bundles). The
+        coordinator keeps it as given: auditors verify it offline, the coordinator vouches for nothing."""
+        req = self._checked(req, "bundle")
+        if not req["party"].startswith("site:"):
+            raise RequestRefused("only a site attests")
+        b = req["body"]
+        name = check_name(b.get("dataset"), "dataset")  # type: ignore[arg-type]
+        text = json.dumps(b.get("bundle"))
+        if len(text) > MAX_BUNDLE_BYTES:
+            raise RequestRefused(f"a bundle is at most {MAX_BUNDLE_BYTES} bytes")
+        with self.engine.begin() as c:
+            c.execute(insert(bundles).values(dataset=name, site=req["party"].split(":", 1)[1], bundle=text))
+        return {"dataset": name}
+
+    def bundle(self, dataset: str) -> Any:
+        with self.engine.connect() as c:
+            row = c.execute(select(bundles.c.bundle).where(bundles.c.dataset == dataset)
+                            .order_by(bundles.c.id.desc())).first()
+        return None if row is None else json.loads(row.bundle)
 
     def checkpoint(self) -> str:
         """The newest cosigned checkpoint if it is current, else a fresh one signed by the log key."""
@@ -312,9 +392,25 @@ def make_app(coord: Coordinator) -> Starlette:
             return JSONResponse({"error": "start must be an integer"}, status_code=400)
         return JSONResponse({"start": start, "leaves": coord.leaves(start)})
 
+    async def evidence(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(coord.evidence(request.query_params.get("dataset", "")))
+        except RequestRefused as e:
+            return JSONResponse({"error": str(e)}, status_code=404)
+        except OnshoreError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+
+    async def bundle(request: Request) -> JSONResponse:
+        found = coord.bundle(request.query_params.get("dataset", ""))
+        if found is None:
+            return JSONResponse({"error": "no bundle for that dataset; a site holding it attests first"},
+                                status_code=404)
+        return JSONResponse(found)
+
     return Starlette(routes=[
         Route("/v1/health", health), Route("/v1/heads", heads), Route("/v1/checkpoint", checkpoint),
-        Route("/v1/ledger", ledger),
+        Route("/v1/ledger", ledger), Route("/v1/evidence", evidence), Route("/v1/bundles", bundle),
+        Route("/v1/bundles", handler(coord.store_bundle), methods=["POST"]),
         Route("/v1/consent", handler(coord.consent), methods=["POST"]),
         Route("/v1/decide", handler(coord.decide), methods=["POST"]),
         Route("/v1/entries", handler(coord.entries), methods=["POST"]),

@@ -16,6 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from onshore.attest.trust import TrustedMember, TrustedSite, TrustedWitness, TrustRoot
 from onshore.errors import ValidationError
 from onshore.keys.keystore import KeyStore, public_key_from_b64
 
@@ -78,6 +79,22 @@ class Kit:
         if kind == "member" and name in self.members:
             return public_key_from_b64(self.members[name])
         return None
+
+
+def trust_root(kit: Kit) -> TrustRoot:
+    """The consortium's trust root as any kit knows it (public keys only): the file auditors get
+    from 'onshore provision', in the embedded default's format, so 'onshore verify' reads both."""
+    from onshore.keys.keystore import public_key_from_b64
+    from onshore.ledger.notes import encode_verifier_key
+
+    origin = f"onshore/{kit.consortium}"
+    return TrustRoot(
+        workspace=kit.consortium, log_origin=origin,
+        log_vkey=encode_verifier_key(origin, public_key_from_b64(kit.coordinator_key)),
+        log_public_key=kit.coordinator_key,
+        sites=[TrustedSite(s.name, s.jurisdiction, list(s.roles), s.key) for s in kit.sites.values()],
+        members=[TrustedMember(n, k) for n, k in kit.members.items()],
+        witnesses=[TrustedWitness(n, w["vkey"]) for n, w in kit.witnesses.items()])
 
 
 def load_kit(folder: Path, kind: str | None = None) -> Kit:

@@ -53,7 +53,7 @@ class LocalConsortium:
 
     @classmethod
     def provision(cls, root: Path, text: str | None = None) -> LocalConsortium:
-        root = Path(root)
+        root = Path(root).resolve()  # each party runs in its own folder: relative paths would break
         root.mkdir(parents=True, exist_ok=True)
         (root / "consortium.toml").write_text(text or consortium_text())
         folders = provision(parse_consortium((root / "consortium.toml").read_text(), "consortium.toml"),

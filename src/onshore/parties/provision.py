@@ -21,11 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from onshore.errors import ValidationError
-from onshore.keys.keystore import KeyStore, public_key_b64, public_key_from_b64
-from onshore.ledger.notes import encode_verifier_key
+from onshore.keys.keystore import KeyStore, public_key_b64
 from onshore.ledger.witness import Witness
 from onshore.parties.consortium import Consortium, Endpoint, is_ip
-from onshore.parties.kit import KIT_FILE, KIT_VERSION
+from onshore.parties.kit import KIT_FILE, KIT_VERSION, load_kit, trust_root
 
 CERT_DAYS = 825
 
@@ -127,12 +126,8 @@ def provision(consortium: Consortium, out: Path) -> dict[str, Path]:
     for label, folder in folders.items():
         kind, _, name = label.partition(":")
         _write(folder / KIT_FILE, json.dumps({**common, "kind": kind, "name": name}, indent=2).encode())
-    trust = {"consortium": org, "log_key": pub["coordinator:coordinator"],
-             "sites": {s: v["key"] for s, v in common["sites"].items()}, "members": common["members"],
-             "witnesses": {w: v["vkey"] for w, v in common["witnesses"].items()}}
-    origin = f"onshore/{org}"
-    log_vkey = encode_verifier_key(origin, public_key_from_b64(pub["coordinator:coordinator"]))
+    trust = trust_root(load_kit(folders["coordinator:coordinator"]))
     for w in witnesses:
-        w.trust_log(log_vkey, origin)
-    _write(out / "trust-root.json", json.dumps(trust, indent=2).encode())
+        w.trust_log(trust.log_vkey, trust.log_origin)
+    _write(out / "trust-root.json", (json.dumps(trust.to_json(), indent=2) + "\n").encode())
     return folders

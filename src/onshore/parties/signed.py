@@ -14,31 +14,25 @@ request it answers, with its own expiry; a site acts only on one that names itse
 from __future__ import annotations
 
 import base64
-import secrets
 import time
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Column, Engine, Float, MetaData, String, Table, delete, insert
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
 from onshore.errors import OnshoreError, ValidationError
-from onshore.ledger.entries import Entry, canonical_json
+from onshore.ledger.entries import Entry
+from onshore.ledger.requests import DEFAULT_TTL_S, request_shape_ok, request_signature_ok, sign_request
+
+__all__ = ["DEFAULT_TTL_S", "MAX_TTL_S", "NonceBook", "PresignedKey", "RequestRefused", "StaleLinks", "check_decision",
+           "check_signed", "entry_from_json", "sign_request"]
 
 MAX_TTL_S = 300
-DEFAULT_TTL_S = 120
 
 
 class RequestRefused(OnshoreError):
     """A signed request or decision that does not verify, has expired, or was seen before."""
-
-
-def sign_request(party: str, op: str, body: dict[str, Any], key: Ed25519PrivateKey,
-                 ttl_s: float = DEFAULT_TTL_S) -> dict[str, Any]:
-    """A signed request by ``party`` with a fresh nonce, expiring ``ttl_s`` seconds from now."""
-    msg = {"party": party, "op": op, "body": body, "nonce": secrets.token_hex(16), "expires": int(time.time() + ttl_s)}
-    return {**msg, "sig": base64.b64encode(key.sign(canonical_json(msg))).decode()}
 
 
 def check_signed(req: Any, key_for: Any, op: str | None = None, fresh: bool = True) -> dict[str, Any]:
@@ -46,20 +40,16 @@ def check_signed(req: Any, key_for: Any, op: str | None = None, fresh: bool = Tr
     when ``fresh``, expiry). Returns the request; refuses (RequestRefused) anything else. Does not
     check the nonce. ``fresh=False`` is for a record kept after its request was accepted (the
     owner's consent, carried in every decision about its dataset)."""
-    if not isinstance(req, dict) or set(req) != {"party", "op", "body", "nonce", "expires", "sig"}:
-        raise RequestRefused("not a signed request (fields party, op, body, nonce, expires, sig)")
-    if not isinstance(req["body"], dict) or not isinstance(req["nonce"], str) or not 16 <= len(req["nonce"]) <= 64:
-        raise RequestRefused("signed request: bad body or nonce")
+    if not request_shape_ok(req):
+        raise RequestRefused("not a signed request (fields party, op, body, nonce, expires, sig; a body object "
+                             "and a nonce of 16-64 characters)")
     if op is not None and req["op"] != op:
         raise RequestRefused(f"signed request is for {req['op']!r}, not {op!r}")
     key: Ed25519PublicKey | None = key_for(req["party"]) if isinstance(req["party"], str) else None
     if key is None:
         raise RequestRefused(f"unknown party {req['party']!r}: not registered in this consortium")
-    unsigned = {k: v for k, v in req.items() if k != "sig"}
-    try:
-        key.verify(base64.b64decode(req["sig"], validate=True), canonical_json(unsigned))
-    except (InvalidSignature, ValueError, TypeError):
-        raise RequestRefused(f"signature of the {req['op']!r} request by {req['party']} does not verify") from None
+    if not request_signature_ok(req, key):
+        raise RequestRefused(f"signature of the {req['op']!r} request by {req['party']} does not verify")
     now = time.time()
     if not fresh:
         return req
