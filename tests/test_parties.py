@@ -606,3 +606,63 @@ def test_bundles_from_the_deployment_verify_offline_as_the_embedded_defaults_do(
     (tmp_path / "after.json").write_text(json.dumps(after))
     r = verify(tmp_path / "after.json")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("point", ["site.ingest.ledgered", "site.copy.ledgered"])
+def test_a_site_killed_between_its_entry_and_publishing_closes_the_entry_on_restart(
+        dep: LocalConsortium, files: dict[str, Path], point: str) -> None:
+    """The crash window of a site node: its data.ingest (or data.copy) is in the ledger, the shards
+    are not published. On restart the node closes the entry with a signed data.abandoned, a retry
+    succeeds, and the dataset's bundle verifies with the abandoned attempt left out."""
+    name = "crashed-" + point.split(".")[1]
+    site = "sakai" if point == "site.ingest.ledgered" else "tokyo"
+    member = dep.kit(ROBOTICS)
+    if site == "tokyo":
+        actions.ingest(member, name, [files["a"]], "sakai", files["jp"])
+    dep.kill(f"site:{site}")
+    dep.start(f"site:{site}", env={"ONSHORE_FAULT": point})
+    with pytest.raises(OnshoreError):
+        if site == "sakai":
+            actions.ingest(member, name, [files["a"]], "sakai", files["jp"])
+        else:
+            actions.copy(dep.kit("site:tokyo"), name, "sakai")
+    dep.procs[f"site:{site}"].wait(30)  # it killed itself at the crash point
+    dep.kill(f"site:{site}")
+    co = CoordinatorClient(dep.kit("auditor:auditor"))
+    kind = "data.ingest" if site == "sakai" else "data.copy"
+    orphan = [i for i, x in enumerate(co.leaves()) if json.loads(x)["kind"] == kind
+              and json.loads(x)["body"]["dataset"] == name]
+    assert len(orphan) == 1 and name not in held_after_restart(dep, site)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the node reconciles in the background after start-up
+        closes = [json.loads(x)["body"]["closes"] for x in co.leaves() if json.loads(x)["kind"] == "data.abandoned"
+                  and json.loads(x)["body"]["dataset"] == name]
+        if closes:
+            break
+        time.sleep(0.2)
+    assert closes == [orphan]
+    if site == "sakai":
+        assert actions.ingest(member, name, [files["a"]], "sakai")["frames"] == 20000
+    else:
+        assert actions.copy(dep.kit("site:tokyo"), name, "sakai")["frames"] == 20000
+    bundle = actions.attest(dep.kit(f"site:{site}"), name)  # attest() verifies the bundle itself
+    claim = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))["predicate"]
+    assert orphan[0] not in [claim["ingest"]["index"], *(c["index"] for c in claim["copies"])]
+
+
+def held_after_restart(dep: LocalConsortium, site: str) -> list[str]:
+    dep.start(f"site:{site}")
+    return held(dep, site)
+
+
+def test_a_site_cannot_abandon_another_sites_entry(dep: LocalConsortium, files: dict[str, Path]) -> None:
+    actions.ingest(dep.kit(ROBOTICS), "kept", [files["a"]], "sakai", files["jp"])
+    co = CoordinatorClient(dep.kit("auditor:auditor"))
+    ingest = next(i for i, x in enumerate(co.leaves()) if json.loads(x)["kind"] == "data.ingest"
+                  and json.loads(x)["body"]["dataset"] == "kept")
+    for body in ({"dataset": "kept", "closes": [ingest]}, {"dataset": "kept", "closes": []},
+                 {"dataset": "kept", "closes": [10 ** 9]}):
+        with pytest.raises(RequestRefused, match="close"):
+            CoordinatorClient(dep.kit("site:tokyo")).append("data.abandoned", body)
+    bundle = actions.attest(dep.kit("site:sakai"), "kept")
+    assert json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))["predicate"]["ingest"]["index"] == ingest

@@ -29,6 +29,8 @@ POINTS = (
     "withdraw.decided",
     "withdraw.ledgered",  # consent.withdraw and key.shred appended; wraps not yet destroyed
     "withdraw.committed",
+    "site.ingest.ledgered",  # a site node: data.ingest appended at the coordinator; nothing published
+    "site.copy.ledgered",    # a site node: data.copy appended at the coordinator; nothing published
 )
 
 

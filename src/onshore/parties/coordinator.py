@@ -200,8 +200,26 @@ class Coordinator:
     def entries(self, req: Any) -> dict[str, Any]:
         req = self._checked(req, "entry")
         kind = req["party"].split(":", 1)[0]
-        index = self._append_presigned(req["party"], req["body"].get("entry"), ENTRY_KINDS.get(kind, ()))
+        e = req["body"].get("entry")
+        if isinstance(e, dict) and e.get("kind") == "data.abandoned":
+            self._check_abandon(req["party"], e.get("body"))
+        index = self._append_presigned(req["party"], e, ENTRY_KINDS.get(kind, ()))
         return {"index": index}
+
+    def _check_abandon(self, party: str, body: Any) -> None:
+        """A site closes only its own data.ingest or data.copy entries of the named dataset: an
+        abandonment voids what it closes for every verifier, so nobody closes another's facts."""
+        closes = body.get("closes") if isinstance(body, dict) else None
+        if not isinstance(closes, list) or not closes:
+            raise RequestRefused("a data.abandoned entry closes a non-empty list of ledger indices")
+        for i in closes:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.ledger.size():
+                raise RequestRefused(f"data.abandoned closes {i!r}, which is not an entry of this ledger")
+            e = self.ledger.get(i).entry
+            if e.kind not in ("data.ingest", "data.copy") or e.actor != party \
+                    or e.body.get("dataset") != body.get("dataset"):
+                raise RequestRefused(f"{party} may close only its own data.ingest or data.copy entries of "
+                                     f"{body.get('dataset')!r}; entry {i} is a {e.kind} by {e.actor}")
 
     def withdraw(self, req: Any) -> dict[str, Any]:
         """The owner withdraws consent: its consent.withdraw entry is appended and every later

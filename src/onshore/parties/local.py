@@ -63,9 +63,10 @@ class LocalConsortium:
     def kit(self, label: str) -> Kit:
         return self.kits[label]
 
-    def start(self, label: str, db_url: str | None = None) -> subprocess.Popen[bytes]:
+    def start(self, label: str, db_url: str | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start the coordinator (``coordinator:coordinator``), a site (``site:NAME``) or a witness
-        (``witness:NAME``) as a process."""
+        (``witness:NAME``) as a process, with ``env`` added to its environment (tests: crash points)."""
         kit = self.kits[label]
         if kit.kind == "witness":
             host, port = self.endpoint(label)
@@ -78,7 +79,7 @@ class LocalConsortium:
         if db_url:
             args += ["--db", db_url]
         log = open(self.root / f"{label.replace(':', '-')}.log", "ab")  # noqa: SIM115 - owned by the child
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         proc = subprocess.Popen([sys.executable, "-m", "onshore", *args], stdout=log, stderr=log, env=env,
                                 cwd=kit.folder)
         self.procs[label] = proc

@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +44,10 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, Text, delete, i
 
 from onshore.catalog.db import open_engine
 from onshore.errors import OnshoreError, PolicyDenied
+from onshore.faults import crash_point
 from onshore.files import sha256_file
 from onshore.keys.envelope import open_sealed, seal_key
+from onshore.ledger.entries import parse_leaf
 from onshore.names import check_name
 from onshore.parties.client import CoordinatorClient
 from onshore.parties.kit import Kit
@@ -59,6 +62,7 @@ from onshore.store.shards import (
     shard_path,
     staging_dir,
 )
+from onshore.workspace.attempts import ABANDONED  # the embedded default's entry kind, so verifiers agree
 
 site_metadata = MetaData()
 site_datasets = Table("site_datasets", site_metadata, Column("name", String(64), primary_key=True),
@@ -155,6 +159,8 @@ class SiteNode(fl.FlightServerBase):
         self.keys = kit.keystore()
         self.coordinator = CoordinatorClient(kit, wait_s=wait_s, quiet=True)
         self._pulls: dict[str, Any] = {}  # request nonce -> X25519 private key of a copy under way
+        self._storing: set[str] = set()  # datasets whose DoPut is under way (reconcile leaves them)
+        self._lock = threading.Lock()
         super().__init__(location or self.info.flight.replace("grpc+tls://", "grpc+tls://"),
                          tls_certificates=[fl.CertKeyPair(kit.cert.read_bytes(), kit.key.read_bytes())],
                          verify_client=True, root_certificates=kit.ca.read_bytes())
@@ -215,10 +221,17 @@ class SiteNode(fl.FlightServerBase):
             dataset = req["body"]["dataset"]
             if self._row(dataset) is not None:
                 raise RequestRefused(f"{dataset} is stored at {self.kit.name} already")
-            if action == "ingest":
-                answer = self._store(cmd, dataset, owner, policy, reader)
-            else:
-                answer = self._receive_copy(cmd, dataset, owner, reader)
+            with self._lock:
+                if dataset in self._storing:
+                    raise RequestRefused(f"{dataset} is being stored at {self.kit.name} right now")
+                self._storing.add(dataset)
+            try:
+                if action == "ingest":
+                    answer = self._store(cmd, dataset, owner, policy, reader)
+                else:
+                    answer = self._receive_copy(cmd, dataset, owner, reader)
+            finally:
+                self._storing.discard(dataset)
         except (OnshoreError, ValueError, KeyError, TypeError) as e:
             raise fl.FlightServerError(f"refused: {e}") from None
         writer.write(pa.py_buffer(json.dumps(answer).encode()))
@@ -246,10 +259,12 @@ class SiteNode(fl.FlightServerBase):
                      "shards": [{"sha256": s.sha256, "salt": s.salt, "frames": s.frames, "bytes": s.bytes}
                                 for s in shards]}
             index = self.coordinator.append("data.ingest", entry)
+            crash_point("site.ingest.ledgered")
             self._commit(stage, dataset, owner, cmd, shards)
         except BaseException:
             out.abort()
             self.keys.destroy_dataset_key(dataset)
+            self._reconcile_after_failure(dataset)
             raise
         finally:
             shutil.rmtree(stage, ignore_errors=True)
@@ -296,13 +311,65 @@ class SiteNode(fl.FlightServerBase):
                      "policy_hash": d["policy_hash"], "shards": [sh.sha256 for sh in shards],
                      "frames": frames, "stream_sha256": digest}
             index = self.coordinator.append("data.copy", entry)
+            crash_point("site.copy.ledgered")
             self._commit(stage, dataset, owner, cmd, shards)
         except BaseException:
             self.keys.destroy_dataset_key(dataset)
+            self._reconcile_after_failure(dataset)
             raise
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return {"dataset": dataset, "site": self.kit.name, "frames": frames, "shards": len(shards), "entry": index}
+
+    def reconcile(self, only: str | None = None) -> list[int]:
+        """Close this site's own data.ingest and data.copy entries that describe nothing it holds.
+
+        The window between a site's entry reaching the coordinator and its shards being published
+        here (a crash, a lost answer, a failure after the append) leaves an entry placing shards
+        at this site that are not here. For each such entry (its shards not all held, no later
+        key.shred by this site, not closed already) this site appends a signed ``data.abandoned``
+        entry closing it, as the embedded default's crash journal does: verifiers then leave the
+        entry out (attest/bundle.py). Runs at start-up and after a failed store; skips datasets
+        being stored right now. Returns the indices closed."""
+        leaves = self.coordinator.leaves(0)
+        me = f"site:{self.kit.name}"
+        closed: set[int] = set()
+        shredded: dict[str, int] = {}
+        mine: list[tuple[int, Any]] = []
+        for i, text in enumerate(leaves):
+            e = parse_leaf(text.encode())
+            if e.actor != me:
+                continue
+            if e.kind == ABANDONED:
+                closed.update(x for x in e.body.get("closes", []) if isinstance(x, int))
+            elif e.kind == "key.shred":
+                shredded[e.body.get("dataset")] = i
+            elif e.kind in ("data.ingest", "data.copy"):
+                mine.append((i, e))
+        with self.engine.connect() as c:
+            held: dict[str, set[str]] = {}
+            for r in c.execute(select(site_shards.c.dataset, site_shards.c.sha256)).all():
+                held.setdefault(r.dataset, set()).add(r.sha256)
+        done = []
+        for i, e in mine:
+            ds = e.body.get("dataset")
+            if i in closed or (only is not None and ds != only) or ds in self._storing or shredded.get(ds, -1) > i:
+                continue
+            shas = {s.get("sha256") for s in e.body.get("shards", [])} if e.kind == "data.ingest" \
+                else set(e.body.get("shards", []))
+            if shas and shas <= held.get(ds, set()):
+                continue
+            done.append(self.coordinator.append(ABANDONED, {
+                "dataset": ds, "site": self.kit.name, "op": e.kind, "closes": [i],
+                "reason": "its shards were never published at this site (a crash or failure after the entry)"}))
+        return done
+
+    def _reconcile_after_failure(self, dataset: str) -> None:
+        self._storing.discard(dataset)
+        try:
+            self.reconcile(dataset)
+        except OnshoreError:  # the coordinator is unreachable: the next start-up reconciles
+            pass
 
     def _commit(self, stage: Path, dataset: str, owner: str, cmd: dict[str, Any], shards: list[ShardInfo]) -> None:
         """Publish staged shards and record them (after the ledger entry: a crash before leaves the
@@ -457,6 +524,18 @@ class SiteNode(fl.FlightServerBase):
 
 
 def serve(kit: Kit) -> None:
-    """Run the site node until stopped."""
+    """Run the site node until stopped; reconcile its entries with what it holds first (in the
+    background, so a coordinator that is still starting does not delay serving)."""
     node = SiteNode(kit)
+
+    def reconcile() -> None:
+        try:
+            closed = node.reconcile()
+            if closed:
+                print(f"site {kit.name}: closed entries {closed} whose shards were never published here", flush=True)
+        except OnshoreError as e:
+            print(f"site {kit.name}: could not reconcile with the coordinator ({e}); retried at the next start",
+                  flush=True)
+
+    threading.Thread(target=reconcile, daemon=True).start()
     node.serve()
