@@ -283,7 +283,7 @@ class Run:
     def train(self, name: str, datasets: list[str], *, steps: int, lr: float, purpose: str,
               weights: tuple[float, ...] = (), base: str | None = None,
               overrides: tuple[tuple[str, Any], ...] = (), size: str = SIZE, holdout: float = 0.0,
-              freeze_trunk: bool = False, refit_stats: bool = False) -> dict[str, Any]:
+              freeze_trunk: bool = False, refit_stats: bool = False, balance: bool = False) -> dict[str, Any]:
         """Train (or fine-tune ``base``) model ``name`` unless its summary exists; returns the summary."""
         import torch
 
@@ -297,7 +297,7 @@ class Run:
         b = self.budget
         tc = TrainConfig(steps=steps, batch_size=b.batch, lr=lr, warmup=min(100, steps // 10),
                          checkpoint_every=max(100, steps // 5), seed=0, holdout=holdout, freeze_trunk=freeze_trunk,
-                         refit_stats=refit_stats)
+                         refit_stats=refit_stats, balance=balance)
         req = TrainRequest(name=name, site=SITE, purpose=purpose, datasets=tuple(datasets), weights=weights,
                            size=size, train=tc, base=base, model_overrides=overrides)
         try:
@@ -324,7 +324,7 @@ class Run:
             (f" --weights {','.join(f'{d}={w:g}' for d, w in zip(datasets, weights, strict=True))}" if weights else "")
         cmd += "".join(f" --model-option {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides)
         cmd += (f" --holdout {holdout:g}" if holdout else "") + (" --freeze-trunk" if freeze_trunk else "") + \
-            (" --refit-stats" if refit_stats else "")
+            (" --refit-stats" if refit_stats else "") + (" --balance-embodiments" if balance else "")
         summary = {"model": name, "base": base, "overrides": [list(o) for o in overrides], "datasets": datasets,
                    "size": size, "holdout": holdout, "freeze_trunk": freeze_trunk, "refit_stats": refit_stats,
                    "weights": list(weights), "purpose": purpose,
@@ -634,6 +634,22 @@ def result3_long(r: Run) -> None:
     write_doc(r)
 
 
+def result3_balance(r: Run) -> None:
+    """Issue 18 section 2: the h32c4 joint model again, with per-embodiment loss balancing
+    (--balance-embodiments); everything else as r3-long (same data, weights, steps, seeds)."""
+    from onshore.sim.metaworld import DEFAULT_TASKS
+
+    b, mt10 = r.budget, list(DEFAULT_TASKS)
+    r.train("joint-small-h32c4-bal", ["mt10", "tep", "tep-idv"], steps=2 * b.steps, lr=b.lr,
+            purpose="foundation-pretraining", weights=(2.0, 1.0, 1.0), overrides=R3_LONG, balance=True)
+    r.evaluate("r3-joint-small-h32c4-bal-tep", "joint-small-h32c4-bal", "tep", list(TEP_SCENARIOS), b.tep_episodes,
+               SEED_TEP_EVAL)
+    write_doc(r)
+    r.evaluate("r3-joint-small-h32c4-bal-mt10", "joint-small-h32c4-bal", "metaworld", mt10, b.joint_mt10_episodes,
+               SEED_MT10_EVAL)
+    write_doc(r)
+
+
 def split_base(split: int) -> str:
     return f"s{split}-pool-small"
 
@@ -749,7 +765,7 @@ STAGES: dict[str, Callable[[Run], None]] = {"r1": result1, "r4": result4, "r2": 
                                            "r1-noisy-clean": result1_noisy_clean,
                                            "r1-noisy-clean-long": result1_noisy_clean_long,
                                            "r2s-pooled": result2_splits_pooled, "r2s-own": result2_splits_own,
-                                           "r4-dagger": result4_dagger}
+                                           "r4-dagger": result4_dagger, "r3-balance": result3_balance}
 # The datasets each stage reads: a run of some stages generates and ingests only those.
 STAGE_DATA: dict[str, tuple[str, ...]] = {
     "r1": ("mt10",), "r1-noisy": ("mt10-noisy",), "r1-noisy-clean": ("mt10-noisy-clean",),
@@ -761,7 +777,7 @@ STAGE_DATA: dict[str, tuple[str, ...]] = {
     "r2s-pooled": (*(task_dataset(t) for t in usable_tasks()),
                    *(split_demos(s, k) for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS)),
     "r2s-own": tuple(split_demos(s, k) for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS),
-    "r4-dagger": ("tep", "tep-idv")}
+    "r4-dagger": ("tep", "tep-idv"), "r3-balance": ("mt10", "tep", "tep-idv")}
 
 
 # ---- docs/results.md ------------------------------------------------------------------------------

@@ -379,3 +379,35 @@ def test_finetune_refits_state_statistics_and_reports_the_heldout_action_loss(co
 
 def models_named(ws: Workspace, name: str) -> list[dict]:
     return [m for m in models.list_models(ws) if m["name"] == name]
+
+
+def test_balanced_loss_weighs_each_embodiment_alike_and_keeps_the_scale() -> None:
+    from onshore.train.loop import _balanced_loss
+
+    # two embodiments: losses 1.0 and 0.01 per sample (16 and 8 samples), a third absent
+    parts = torch.tensor([[16.0, 0.0, 16.0], [0.08, 0.0, 8.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    avg = torch.zeros(3)
+    loss = _balanced_loss(parts, 0.5, avg)
+    # first step: each running mean starts at its own loss, so the loss is the mean of the means
+    assert torch.allclose(avg, torch.tensor([1.0, 0.01, 0.0]))
+    assert float(loss.detach()) == pytest.approx((1.0 + 0.01) / 2)
+    loss.backward()
+    g = parts.grad
+    assert g is not None
+    # d loss / d (action sum) per sample: the small-loss embodiment is pushed on as hard as the big
+    # one relative to its own scale (1/avg), both times the same overall scale
+    per_sample = g[:2, 0] * parts.detach()[:2, 2] * avg[:2]
+    assert torch.allclose(per_sample, per_sample[0].expand(2))
+    assert float(g[2, 0]) == 0.0  # absent: no push (its parameters still join the graph with zero)
+
+
+def test_training_with_balanced_embodiments_records_the_option(consortium: Workspace) -> None:
+    ws = consortium
+    r = train(ws, TrainRequest("balanced", "sakai", "foundation-pretraining", ("arms", "plant"),
+                               size="tiny", train=fast(balance=True)))
+    assert r is not None and r.steps == 12 and np.isfinite(r.metrics["final_loss"])
+    start = next(e for e in ws.ledger.entries(kinds=["job.start"]) if e.entry.body["model"] == "balanced")
+    assert start.entry.body["train"]["balance"] is True
+    plain = train(ws, TrainRequest("plain", "sakai", "foundation-pretraining", ("arms", "plant"), size="tiny",
+                                   train=fast()))
+    assert plain is not None and plain.metrics["final_loss"] != r.metrics["final_loss"]  # another objective

@@ -125,14 +125,14 @@ def default_checkpoint_every(steps: int) -> int:
 
 def _config(steps: int, batch_size: int, lr: float, warmup: int, checkpoint_every: int | None, holdout: float,
             seed: int, precision: str, strategy: str, freeze_trunk: bool, ema_decay: float,
-            text_encoder: str, refit_stats: bool = False) -> Any:
+            text_encoder: str, refit_stats: bool = False, balance: bool = False) -> Any:
     from onshore.train.loop import TrainConfig
 
     return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                        checkpoint_every=checkpoint_every or default_checkpoint_every(steps), holdout=holdout,
                        seed=seed,
                        precision=precision, strategy=strategy, freeze_trunk=freeze_trunk, ema_decay=ema_decay,
-                       text_encoder=text_encoder, refit_stats=refit_stats)
+                       text_encoder=text_encoder, refit_stats=refit_stats, balance=balance)
 
 
 STEPS = typer.Option(2000, "--steps", help="Optimiser steps.")
@@ -176,6 +176,9 @@ def train_command(
     precision: str = PRECISION, strategy: str = STRATEGY, device: str | None = DEVICE,
     threads: int | None = THREADS, ema_decay: float = EMA, text_encoder: str = ENCODER, json_: bool = JSON,
     tensorboard: Path | None = TENSORBOARD,
+    balance: bool = typer.Option(False, "--balance-embodiments",
+                                 help="Divide each embodiment's loss by its running mean, so that every "
+                                      "embodiment weighs the same on the shared trunk (docs/training.md)."),
 ) -> None:
     """Train a model at a site on granted data (refused with exit 3, naming the rule, before any read).
 
@@ -194,7 +197,8 @@ def train_command(
             raise ValidationError(f"no dataset at site {site!r} is granted for training for {purpose!r}")
     req = TrainRequest(name=name, site=site, purpose=purpose, datasets=tuple(names), weights=_weights(weights, names),
                        size=config, train=_config(steps, batch_size, lr, warmup, checkpoint_every, holdout, seed,
-                                                  precision, strategy, False, ema_decay, text_encoder),
+                                                  precision, strategy, False, ema_decay, text_encoder,
+                                                  balance=balance),
                        model_overrides=overrides)
     _run(req, device, threads, json_, tensorboard)
 

@@ -426,16 +426,19 @@ class FoundationModel(nn.Module):
             actions = last + actions / self.config.feedback_gain
         return actions, next_state
 
-    def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+    def forward(self, batch: dict[str, dict[str, torch.Tensor]], per_embodiment: bool = False) -> torch.Tensor:
         """Summed per-sample losses [action, world] over a batch grouped by embodiment.
 
         Each group holds ``state`` [B, K, S], ``task`` [B, text_dim], ``action`` [B, H, A] (scaled),
         ``action_mask`` [B, H], ``next_state`` [B, S], ``next_mask`` [B], and the applied actions
         before each frame, ``prev_action`` [B, K, A] (scaled) and ``prev_known`` [B, K]. Sums, not means, so
         that the caller can divide by the global batch size whatever the split across processes.
+        With ``per_embodiment``: one row [action sum, world sum, samples] per embodiment of
+        ``self.specs``, in its order (zeros for one absent from the batch), for loss balancing.
         """
         c = self.config
         total_a = total_w = None
+        rows: dict[str, torch.Tensor] = {}
         for name, g in batch.items():
             actions, next_state = self.predict(name, g["state"], g["task"], g.get("prev_action"), g.get("prev_known"))
             la = F.smooth_l1_loss(actions.float(), g["action"], reduction="none", beta=c.huber_beta).mean(-1)
@@ -445,10 +448,16 @@ class FoundationModel(nn.Module):
                                   beta=c.huber_beta).mean(-1) * g["next_mask"]
             total_a = per_sample.sum() if total_a is None else total_a + per_sample.sum()
             total_w = lw.sum() if total_w is None else total_w + lw.sum()
+            if per_embodiment:
+                rows[name] = torch.stack([per_sample.sum(), lw.sum(), per_sample.new_tensor(float(len(per_sample)))])
         # Embodiments absent from this batch take part with weight zero, so that every parameter
         # has a gradient on every process (DDP and FSDP reduce the same set everywhere).
         idle = [p for n in self.specs if n not in batch for p in self.embodiment_parameters(n) if p.requires_grad]
         zero = sum((p.sum() * 0.0 for p in idle), torch.zeros((), device=self.ln_f.weight.device))
+        if per_embodiment:
+            empty = torch.zeros(3, device=self.ln_f.weight.device)
+            out = torch.stack([rows.get(n, empty) for n in self.specs])
+            return out + torch.stack([zero, zero * 0.0, zero * 0.0])[None]
         return torch.stack([total_a + zero, total_w])  # type: ignore[operator]
 
 

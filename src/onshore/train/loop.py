@@ -103,6 +103,10 @@ class TrainConfig:
     # fine-tuning only: refit the state normalisation on the fine-tune data, folded into the stem
     # and the world head so that the base model's function is unchanged at step 0
     refit_stats: bool = False
+    # per-embodiment loss balancing: each embodiment's mean loss is divided by a running average
+    # of itself, so every embodiment pulls on the shared trunk with the same relative weight
+    # whatever the scale of its losses (the overall scale is kept: see _balanced_loss)
+    balance: bool = False
 
     def check(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
@@ -140,6 +144,8 @@ class TrainRequest:
     def fingerprint(self) -> dict[str, Any]:
         """Everything that fixes the result: a rerun resumes only if this matches."""
         d = asdict(self)
+        if not self.train.balance:  # runs from before the option resume as they were
+            d["train"].pop("balance")
         d["datasets"], d["weights"] = list(self.datasets), list(self.weights_or_default())
         d["model_overrides"] = [list(x) for x in self.model_overrides]
         return d
@@ -207,6 +213,29 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / warm
     progress = (step - warm) / max(1, cfg.steps - warm)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+BALANCE_DECAY = 0.98
+
+
+def _balanced_loss(parts: torch.Tensor, world_weight: float, avg: torch.Tensor) -> torch.Tensor:
+    """The balanced training loss from ``parts`` ([embodiment, (action sum, world sum, samples)]).
+
+    Each embodiment present contributes its mean loss divided by ``avg`` (its running mean,
+    updated here in place, detached), and the mean of those ratios is multiplied back by the mean
+    of ``avg``: the loss keeps its usual scale (gradient clipping and learning rates mean what
+    they meant), while an embodiment whose losses are small no longer counts for less. A form of
+    the loss normalisation across tasks that multi-task and cross-embodiment training use."""
+    present = parts[:, 2] > 0
+    mean = (parts[:, 0] + world_weight * parts[:, 1]) / parts[:, 2].clamp(min=1.0)
+    with torch.no_grad():
+        m = mean.detach()
+        fresh = present & (avg == 0)
+        avg[fresh] = m[fresh]
+        seen = present & ~fresh
+        avg[seen] = BALANCE_DECAY * avg[seen] + (1 - BALANCE_DECAY) * m[seen]
+    ratios = mean[present] / avg[present].clamp(min=1e-8)
+    return ratios.mean() * avg[present].mean() + 0.0 * parts[:, 0].sum()
 
 
 def _to_torch(batch: dict[str, dict[str, np.ndarray]], device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
@@ -606,6 +635,7 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
         D.barrier(world)
 
     # -- the steps --
+    balance_avg = torch.zeros(len(net.specs), device=world.device)  # running mean loss per embodiment
     ema_list = [ema[n] for n, _ in net.named_parameters()]
     params_list = [p.detach() for _, p in net.named_parameters()]
     t0 = time.perf_counter()
@@ -618,8 +648,14 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
             g["lr"] = lr
         batch = _to_torch(mixer.next_batch(), world.device)
         with torch.autocast(world.device.type, torch.bfloat16, enabled=bf16):
-            sums = model(batch).float()
-        loss = (sums[0] + cfg.world_weight * sums[1]) * (world.size / tc.batch_size)
+            if tc.balance:
+                parts = model(batch, per_embodiment=True).float()
+                loss = _balanced_loss(parts, cfg.world_weight, balance_avg)
+                sums = parts[:, :2].sum(0)
+            else:
+                sums = model(batch).float()
+        if not tc.balance:
+            loss = (sums[0] + cfg.world_weight * sums[1]) * (world.size / tc.batch_size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in trainable], tc.grad_clip)
