@@ -666,3 +666,35 @@ def test_a_site_cannot_abandon_another_sites_entry(dep: LocalConsortium, files: 
             CoordinatorClient(dep.kit("site:tokyo")).append("data.abandoned", body)
     bundle = actions.attest(dep.kit("site:sakai"), "kept")
     assert json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))["predicate"]["ingest"]["index"] == ingest
+
+
+def test_a_log_signed_decision_stands_only_with_the_principals_own_request() -> None:
+    """The verifier's rule for a deployment's decisions (attest/verify.py), entry by entry."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from onshore.attest.trust import TrustedMember, TrustRoot
+    from onshore.attest.verify import decision_signer_problem
+    from onshore.ledger.entries import sign_entry
+
+    log, member, other = (Ed25519PrivateKey.generate() for _ in range(3))
+    trust = TrustRoot("c", "onshore/c", "vkey", public_key_b64(log.public_key()), [],
+                      [TrustedMember("m", public_key_b64(member.public_key())),
+                       TrustedMember("o", public_key_b64(other.public_key()))], [])
+    ask = {"action": "read", "dataset": "d", "site": "sakai", "purpose": None}
+
+    def decision(req: object, **over: object) -> object:
+        body = {"request": {"principal": "member:m", **ask, **over}, "decision": "allow", "signed_request": req}
+        return sign_entry("decision", "log", body, log)
+
+    good = sign_request("member:m", "decide", ask, member)
+    assert decision_signer_problem(decision(good), "member:m", trust) is None
+    assert "carries no request" in str(decision_signer_problem(decision(None), "member:m", trust))
+    forged = sign_request("member:m", "decide", ask, other)  # signed with another member's key
+    assert "not member:m's signed decide request" in str(decision_signer_problem(decision(forged), "member:m", trust))
+    edited = {**good, "body": {**ask, "site": "ohio"}}  # the request edited after signing
+    assert "not member:m's" in str(decision_signer_problem(decision(edited), "member:m", trust))
+    assert "asked for 'sakai'" in str(decision_signer_problem(decision(good, site="ohio"), "member:m", trust))
+    own = sign_entry("decision", "member:m", {"request": {"principal": "member:m", **ask}}, member)
+    assert decision_signer_problem(own, "member:m", trust) is None  # the embedded default's form
+    assert "signed by member:o" in str(decision_signer_problem(
+        sign_entry("decision", "member:o", {"request": {}}, other), "member:m", trust))

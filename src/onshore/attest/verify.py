@@ -778,6 +778,16 @@ def _check_decisions(claim: ResidencyClaim, parsed: dict[int, Entry], trust: Tru
             problems.append(f"{what}: purpose {purpose!r} is not among the policy's purposes")
         if action in ("train", "serve") and not purpose:
             problems.append(f"{what}: {action} without a purpose")
+    # a deployment's principal signs one request per decision: one request answered twice is a replay
+    nonces: dict[str, int] = {}
+    for d in claim.decisions:
+        e = parsed.get(d.index)
+        req = e.body.get("signed_request") if e is not None and e.actor == "log" else None
+        if isinstance(req, dict) and isinstance(req.get("nonce"), str):
+            if req["nonce"] in nonces:
+                problems.append(f"decisions {nonces[req['nonce']]} and {d.index} answer the same signed request "
+                                f"(nonce {req['nonce'][:12]}…): a request is decided once")
+            nonces.setdefault(req["nonce"], d.index)
     refusals = sum(1 for d in claim.decisions if not d.allowed)
     authorising = len({n[2] for n in needs})
     return _result("decisions", problems, f"{authorising} authorising decision(s) are allows for this dataset, "
