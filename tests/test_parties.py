@@ -698,3 +698,19 @@ def test_a_log_signed_decision_stands_only_with_the_principals_own_request() -> 
     assert decision_signer_problem(own, "member:m", trust) is None  # the embedded default's form
     assert "signed by member:o" in str(decision_signer_problem(
         sign_entry("decision", "member:o", {"request": {}}, other), "member:m", trust))
+
+
+def test_the_coordinator_refuses_an_oversized_or_malformed_body(dep: LocalConsortium) -> None:
+    from onshore.parties.coordinator import MAX_BODY_BYTES
+
+    co = CoordinatorClient(dep.kit(ROBOTICS))
+    size = co.health()["ledger_size"]
+    with pytest.raises(RequestRefused, match="at most"):
+        co._call("POST", "/v1/decide", "x" * (MAX_BODY_BYTES + 10))
+    with pytest.raises(RequestRefused, match="not JSON|not a signed request"):
+        co._call("POST", "/v1/decide", "[" * 100_000)
+    with pytest.raises(RequestRefused, match="nothing about dataset"):
+        co.evidence("never-ingested")
+    with pytest.raises(RequestRefused, match="invalid dataset name"):
+        co.evidence("../etc")
+    assert co.health()["ledger_size"] == size

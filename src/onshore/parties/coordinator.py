@@ -65,6 +65,7 @@ bundles = Table("party_bundles", party_metadata, Column("id", Integer, primary_k
                 Column("dataset", String(64), nullable=False), Column("site", String(64), nullable=False),
                 Column("bundle", Text, nullable=False))
 MAX_BUNDLE_BYTES = 32 << 20
+MAX_BODY_BYTES = MAX_BUNDLE_BYTES + (1 << 20)
 
 #: which entry kinds each kind of party may sign and append
 ENTRY_KINDS = {"site": ("data.ingest", "data.copy", "data.read", "key.release", "key.shred", "data.abandoned",
@@ -378,9 +379,17 @@ def make_app(coord: Coordinator) -> Starlette:
 
     def handler(fn: Any) -> Any:
         async def route(request: Request) -> JSONResponse:
+            # read at most MAX_BODY_BYTES: a party with a certificate is still hostile input
+            body, size = bytearray(), 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    return JSONResponse({"error": f"a request body is at most {MAX_BODY_BYTES} bytes"},
+                                        status_code=413)
+                body += chunk
             try:
-                data = await request.json()
-            except ValueError:
+                data = json.loads(body)
+            except (ValueError, RecursionError):
                 return JSONResponse({"error": "body is not JSON"}, status_code=400)
             try:
                 import anyio.to_thread
