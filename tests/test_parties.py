@@ -559,7 +559,14 @@ def test_bundles_from_the_deployment_verify_offline_as_the_embedded_defaults_do(
 
     trust = dep.root / "kits" / "trust-root.json"
     sakai, tokyo = dep.kit("site:sakai"), dep.kit("site:tokyo")
-    actions.ingest(dep.kit(ROBOTICS), "bundled", [files["a"]], "sakai", files["jp"], embodiment="arm7")
+    from conftest import EMBODIMENT_TOML, make_frames
+    from onshore.telemetry.embodiment import Embodiment
+
+    (tmp_path / "furnace.toml").write_text(EMBODIMENT_TOML)
+    CoordinatorClient(dep.kit(ROBOTICS)).add_embodiment(Embodiment.from_toml(tmp_path / "furnace.toml"))
+    pq.write_table(make_frames(episodes=8, frames=250), tmp_path / "furnace.parquet")
+    actions.ingest(dep.kit(ROBOTICS), "bundled", [tmp_path / "furnace.parquet"], "sakai", files["jp"],
+                   embodiment="furnace-line-3")
     actions.copy(tokyo, "bundled", "sakai")
     actions.read(tokyo, "bundled", tmp_path / "r.parquet")
     with pytest.raises(PolicyDenied):
@@ -573,7 +580,7 @@ def test_bundles_from_the_deployment_verify_offline_as_the_embedded_defaults_do(
     bundle = actions.attest(sakai, "bundled")
     claim = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))["predicate"]
     assert (claim["embodiment"], claim["ingest"]["site"], [c["to"] for c in claim["copies"]]) == \
-        ("arm7", "sakai", ["tokyo"])
+        ("furnace-line-3", "sakai", ["tokyo"])
     assert {(r["site"], r["action"]) for r in claim["keyReleases"]} == {("tokyo", "read"), ("sakai", "copy")}
     assert any(d["principal"] == "site:ohio" and d["decision"] == "deny" for d in claim["decisions"])
     out = tmp_path / "fetched.json"
@@ -713,4 +720,46 @@ def test_the_coordinator_refuses_an_oversized_or_malformed_body(dep: LocalConsor
         co.evidence("never-ingested")
     with pytest.raises(RequestRefused, match="invalid dataset name"):
         co.evidence("../etc")
+    assert co.health()["ledger_size"] == size
+
+
+def test_sites_validate_every_frame_against_the_registered_embodiment(
+        dep: LocalConsortium, files: dict[str, Path], tmp_path: Path) -> None:
+    from conftest import EMBODIMENT_TOML, make_frames
+    from onshore.telemetry.embodiment import Embodiment
+
+    (tmp_path / "furnace.toml").write_text(EMBODIMENT_TOML)
+    emb = Embodiment.from_toml(tmp_path / "furnace.toml")
+    member = dep.kit(ROBOTICS)
+    co = CoordinatorClient(member)
+    first = co.add_embodiment(emb)  # (another test of this module may have registered it already)
+    assert first["sha256"] == emb.digest() and co.add_embodiment(emb)["index"] is None  # again: a no-op
+    changed = Embodiment.from_dict({**emb.to_dict(), "control_hz": 20.0})
+    with pytest.raises(RequestRefused, match="immutable"):
+        co.add_embodiment(changed)
+    with pytest.raises(RequestRefused, match="only a member"):
+        CoordinatorClient(dep.kit("site:sakai")).signed("/v1/embodiments", "embodiment.add",
+                                                        {"embodiment": emb.to_dict()})
+    # frames inside the limits: stored, the embodiment recorded
+    good = make_frames(episodes=40, frames=500)
+    pq.write_table(good, tmp_path / "good.parquet", row_group_size=4096)
+    assert actions.ingest(member, "furnace-ok", [tmp_path / "good.parquet"], "sakai", files["jp"],
+                          embodiment="furnace-line-3")["frames"] == 20000
+    leaves = [json.loads(x) for x in CoordinatorClient(dep.kit("auditor:auditor")).leaves()]
+    ingest = next(e["body"] for e in leaves if e["kind"] == "data.ingest" and e["body"]["dataset"] == "furnace-ok")
+    assert ingest["embodiment"] == "furnace-line-3"
+    assert any(e["kind"] == "embodiment.add" and e["body"]["sha256"] == emb.digest() for e in leaves)
+    # an action outside its channel's limits, deep in the stream: refused by the site, nothing stored
+    bad = good.to_pydict()
+    bad["action"][15000] = [100.0, 250.0]
+    pq.write_table(pa.table(bad, schema=good.schema), tmp_path / "bad.parquet", row_group_size=4096)
+    with pytest.raises(OnshoreError, match="air_damper"):
+        actions.ingest(member, "furnace-bad", [tmp_path / "bad.parquet"], "sakai", files["jp"],
+                       embodiment="furnace-line-3")
+    assert "furnace-bad" not in held(dep, "sakai")
+    assert not any((dep.kit("site:sakai").folder / "data" / "datasets").glob("furnace-bad*"))
+    # an embodiment nobody registered: refused by the coordinator before any decision is recorded
+    size = co.health()["ledger_size"]
+    with pytest.raises(RequestRefused, match="not registered"):
+        actions.ingest(member, "furnace-bad", [files["a"]], "sakai", embodiment="no-such-machine")
     assert co.health()["ledger_size"] == size

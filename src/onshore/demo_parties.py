@@ -23,6 +23,7 @@ from onshore.parties.client import CoordinatorClient
 from onshore.parties.local import LocalConsortium
 from onshore.parties.signed import sign_request
 from onshore.parties.site import flight_client, push
+from onshore.telemetry.embodiment import Embodiment
 
 JP_POLICY = ('jurisdictions = ["JP"]\nsites = []\npurposes = ["foundation-pretraining", "fine-tuning"]\n'
              'expires = 2031-03-31\nderived_models = "stop-serving"\n')
@@ -62,10 +63,18 @@ def run_parties_demo(directory: Path, c: Console) -> int:
         robotics, chemicals = dep.kit("member:kansai-robotics"), dep.kit("member:kansai-chemicals")
         sakai, tokyo, ohio = dep.kit("site:sakai"), dep.kit("site:tokyo"), dep.kit("site:ohio")
 
-        head("3. members stream their telemetry to site nodes (Arrow Flight, mutual TLS)")
-        r = actions.ingest(robotics, "arms", arms_files, "sakai", directory / "jp.toml")
+        head("3. members register their machine types and stream telemetry to site nodes (Arrow Flight, mTLS)")
+        names = {}
+        for member, files in ((robotics, arms_files), (chemicals, plant_files)):
+            emb = Embodiment.from_toml(next(files[0].parent.glob("*.toml")))
+            CoordinatorClient(member, quiet=True).add_embodiment(emb)
+            names[member.name] = emb.name
+        c.print(f"  embodiments registered: {', '.join(names.values())} (each site validates every frame against them)")
+        r = actions.ingest(robotics, "arms", arms_files, "sakai", directory / "jp.toml",
+                           embodiment=names[robotics.name])
         c.print(f"  kansai-robotics -> sakai: arms, {r['frames']} frames, ledger entry {r['entry']}")
-        r = actions.ingest(chemicals, "plant", plant_files, "tokyo", directory / "tokyo.toml")
+        r = actions.ingest(chemicals, "plant", plant_files, "tokyo", directory / "tokyo.toml",
+                           embodiment=names[chemicals.name])
         c.print(f"  kansai-chemicals -> tokyo: plant (policy: Tokyo only), {r['frames']} frames")
 
         head("4. site to site: allowed in JP, refused to the US and outside a Tokyo-only policy")

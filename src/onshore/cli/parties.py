@@ -190,3 +190,21 @@ def party_bundle(name: str = typer.Argument(..., help="The dataset."),
     check_output_file(out)
     write_bundle(CoordinatorClient(load_kit(kit)).bundle(name), out)
     console.print(f"bundle for {esc(name)} written to {esc(out)}")
+
+
+@party_app.command("embodiment")
+def party_embodiment(file: Path = typer.Argument(..., metavar="FILE.toml", help="The embodiment (machine type)."),
+                     kit: Path = KIT, json_: bool = JSON) -> None:
+    """As a member: register a machine type at the coordinator, so that site nodes validate every
+    frame ingested under it (channels, widths, limits, order). Immutable once registered.
+
+    Example: onshore party embodiment furnace.toml --kit kits/member-kansai-robotics
+    """
+    from onshore.parties.client import CoordinatorClient
+    from onshore.parties.kit import load_kit
+    from onshore.telemetry.embodiment import Embodiment
+
+    res = CoordinatorClient(load_kit(kit, "member")).add_embodiment(Embodiment.from_toml(file))
+    print_json(res) if json_ else console.print(
+        f"embodiment {esc(res['embodiment'])} registered (sha256 {res['sha256'][:12]}…)"
+        + ("" if res["index"] is not None else ", as it was already"))

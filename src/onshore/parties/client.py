@@ -102,6 +102,10 @@ class CoordinatorClient:
         return self._with_entry("/v1/consent", "consent.grant", {"dataset": dataset, "policy": policy.to_json()},
                                 "consent.grant", consent_body(dataset, owner, policy))["index"]
 
+    def add_embodiment(self, emb: Any) -> dict[str, Any]:
+        """Register machine type ``emb`` (an Embodiment) as this member; a no-op if registered alike."""
+        return self.signed("/v1/embodiments", "embodiment.add", {"embodiment": emb.to_dict()})
+
     def withdraw(self, dataset: str) -> int:
         """Withdraw consent to ``dataset``: decided first (withdraw, no site), then the owner's
         consent.withdraw entry citing that decision."""

@@ -12,6 +12,7 @@ consortium certificate fails the handshake. Routes::
     GET  /v1/health                   liveness, ledger size
     GET  /v1/heads?subject=S          the newest entry about S (what a party links a new entry to)
     POST /v1/consent                  member: register a dataset with its policy (consent.grant)
+    POST /v1/embodiments              member: register a machine type (embodiment.add)
     POST /v1/decide                   any party: a signed decision bound to site/action/dataset/nonce
     POST /v1/entries                  site or member: append an entry it signed
     POST /v1/withdraw                 member: withdraw consent (consent.withdraw)
@@ -64,6 +65,8 @@ datasets = Table("party_datasets", party_metadata, Column("name", String(64), pr
 bundles = Table("party_bundles", party_metadata, Column("id", Integer, primary_key=True, autoincrement=True),
                 Column("dataset", String(64), nullable=False), Column("site", String(64), nullable=False),
                 Column("bundle", Text, nullable=False))
+embodiments = Table("party_embodiments", party_metadata, Column("name", String(64), primary_key=True),
+                    Column("spec", Text, nullable=False), Column("sha256", String(64), nullable=False))
 MAX_BUNDLE_BYTES = 32 << 20
 MAX_BODY_BYTES = MAX_BUNDLE_BYTES + (1 << 20)
 
@@ -173,6 +176,42 @@ class Coordinator:
             self._pdp_cache = None
         return {"index": index}
 
+    def add_embodiment(self, req: Any) -> dict[str, Any]:
+        """A member registers a machine type (``body.embodiment``: Embodiment.to_dict) so that sites
+        validate telemetry against it. Immutable, as in the embedded default: the same name with
+        the same channels and rate is a no-op, with others refused. Recorded as the embedded
+        default's log-signed ``embodiment.add`` entry."""
+        from onshore.telemetry.embodiment import Embodiment
+
+        req = self._checked(req, "embodiment.add")
+        if not req["party"].startswith("member:"):
+            raise RequestRefused("only a member registers an embodiment")
+        emb = Embodiment.from_dict(req["body"].get("embodiment"), source="the embodiment in the request")
+        digest = emb.digest()
+        with self._lock:
+            with self.engine.connect() as c:
+                row = c.execute(select(embodiments.c.sha256).where(embodiments.c.name == emb.name)).first()
+            if row is not None:
+                if row.sha256 != digest:
+                    raise RequestRefused(f"embodiment {emb.name!r} is registered already with other channels or "
+                                         "control rate; embodiments are immutable: register it under a new name")
+                return {"embodiment": emb.name, "sha256": digest, "index": None}
+            index = self.ledger.append([Draft("embodiment.add", "log", {
+                "embodiment": emb.name, "sha256": digest, "state_dim": emb.state_dim, "action_dim": emb.action_dim,
+                "control_hz": str(emb.control_hz)}, self.log_key)])[0]
+            with self.engine.begin() as c:
+                c.execute(insert(embodiments).values(name=emb.name, spec=json.dumps(emb.to_dict()), sha256=digest))
+        return {"embodiment": emb.name, "sha256": digest, "index": index}
+
+    def _embodiment(self, name: Any) -> dict[str, Any]:
+        with self.engine.connect() as c:
+            row = c.execute(select(embodiments).where(embodiments.c.name == name)).first() \
+                if isinstance(name, str) else None
+        if row is None:
+            raise RequestRefused(f"embodiment {name!r} is not registered; its member registers it first "
+                                 "('onshore party embodiment FILE.toml')")
+        return {"name": row.name, "spec": json.loads(row.spec), "sha256": row.sha256}
+
     def decide(self, req: Any) -> dict[str, Any]:
         """Decide ``body`` (action, dataset, site, purpose) for the signing party; record the decision
         entry; return a decision signed by the coordinator, bound to the request's nonce, with the
@@ -182,6 +221,8 @@ class Coordinator:
         ds = self._dataset(b.get("dataset", ""))
         if ds is None:
             raise RequestRefused(f"unknown dataset {b.get('dataset')!r}; the owner registers it first")
+        emb = self._embodiment(b["embodiment"]) if b.get("action") == "ingest" and b.get("embodiment") is not None \
+            else None  # checked before anything is recorded
         try:
             decision = self._pdp().decide(PdpRequest(req["party"], b.get("action", ""), b["dataset"], b.get("site"),
                                                      b.get("purpose")))
@@ -196,6 +237,8 @@ class Coordinator:
                 "decision": "allow" if decision.allowed else "deny", "rules": list(decision.rules),
                 "policy_hash": decision.policy_hash, "decision_index": index,
                 "dataset_policy_hash": decision.dataset_policy_hash, "consent": ds["consent"]}
+        if emb is not None:  # the site validates every frame against the registered machine type
+            body["embodiment"] = emb
         return sign_request("coordinator", "decision", body, self.log_key)
 
     def entries(self, req: Any) -> dict[str, Any]:
@@ -439,6 +482,7 @@ def make_app(coord: Coordinator) -> Starlette:
         Route("/v1/ledger", ledger), Route("/v1/evidence", evidence), Route("/v1/bundles", bundle),
         Route("/v1/bundles", handler(coord.store_bundle), methods=["POST"]),
         Route("/v1/consent", handler(coord.consent), methods=["POST"]),
+        Route("/v1/embodiments", handler(coord.add_embodiment), methods=["POST"]),
         Route("/v1/decide", handler(coord.decide), methods=["POST"]),
         Route("/v1/entries", handler(coord.entries), methods=["POST"]),
         Route("/v1/withdraw", handler(coord.withdraw), methods=["POST"]),

@@ -243,13 +243,24 @@ class SiteNode(fl.FlightServerBase):
     def _store(self, cmd: dict[str, Any], dataset: str, owner: str, policy: UsagePolicy,
                reader: Any) -> dict[str, Any]:
         self._fresh_key(dataset)
-        body = cmd["request"]["body"]
-        embodiment = check_name(body.get("embodiment") or UNREGISTERED, "embodiment")
+        validator, embodiment = self._validator(cmd, dataset)
         key = self.keys.create_dataset_key(dataset)
         stage = staging_dir(self.root) / uuid.uuid4().hex
-        out = ShardWriter(stage, dataset, key, reader.schema, max_frames=SHARD_FRAMES)
+        out: ShardWriter | None = None
+
+        def write(b: pa.RecordBatch) -> None:
+            nonlocal out
+            table = validator.feed(b) if validator is not None else pa.Table.from_batches([b])
+            if out is None:  # validated batches have canonical column types: the shards' schema
+                out = ShardWriter(stage, dataset, key, table.schema, max_frames=SHARD_FRAMES)
+            out.write(table)
+
         try:
-            frames, digest = _read_stream(reader, lambda b: out.write(pa.Table.from_batches([b])), dataset)
+            frames, digest = _read_stream(reader, write, dataset)
+            if validator is not None:
+                validator.finish()
+            if out is None:
+                raise RequestRefused(f"the stream of {dataset} held no frames: nothing was stored")
             shards = out.close()
             # the embedded default's data.ingest body (workspace/datasets.py), so bundles verify alike
             entry = {"dataset": dataset, "owner": owner, "site": self.kit.name, "jurisdiction": self.info.jurisdiction,
@@ -262,13 +273,31 @@ class SiteNode(fl.FlightServerBase):
             crash_point("site.ingest.ledgered")
             self._commit(stage, dataset, owner, cmd, shards)
         except BaseException:
-            out.abort()
+            if out is not None:
+                out.abort()
             self.keys.destroy_dataset_key(dataset)
             self._reconcile_after_failure(dataset)
             raise
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return {"dataset": dataset, "site": self.kit.name, "frames": frames, "shards": len(shards), "entry": index}
+
+    def _validator(self, cmd: dict[str, Any], dataset: str) -> tuple[Any, str]:
+        """(a FrameValidator for the registered embodiment the ingest names, its name), or (None,
+        ``unregistered``) when the member named none: the machine type comes in the coordinator's
+        signed decision, and its digest is checked against it here."""
+        from onshore.telemetry.embodiment import Embodiment
+        from onshore.telemetry.validate import FrameValidator
+
+        named = cmd["decision"]["body"].get("embodiment")
+        if named is None:
+            if cmd["request"]["body"].get("embodiment") is not None:
+                raise RequestRefused("the ingest names an embodiment but its decision carries none")
+            return None, UNREGISTERED
+        emb = Embodiment.from_dict(named.get("spec"), source=f"embodiment {named.get('name')!r} of the decision")
+        if emb.digest() != named.get("sha256") or emb.name != cmd["request"]["body"].get("embodiment"):
+            raise RequestRefused("the decision's embodiment is not the one the ingest names")
+        return FrameValidator(emb, f"the stream of {dataset}"), emb.name
 
     def _receive_copy(self, cmd: dict[str, Any], dataset: str, owner: str, reader: Any) -> dict[str, Any]:
         """The destination's part of a copy that this node asked for (``pull``): the shards arrive

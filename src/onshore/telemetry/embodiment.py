@@ -67,6 +67,16 @@ class Embodiment:
         out["action"] = [chan(c) for c in self.action]
         return out
 
+    def digest(self) -> str:
+        """SHA-256 of the machine type: its name, control rate and channels (canonical JSON), not
+        its free-text parts (``extra``, ``description``). What ``embodiment.add`` entries sign."""
+        import hashlib
+
+        from onshore.ledger.entries import canonical_json
+
+        identity = {k: v for k, v in self.to_dict().items() if k not in ("extra", "description")}
+        return hashlib.sha256(canonical_json(identity)).hexdigest()
+
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
 

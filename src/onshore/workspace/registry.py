@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tomllib
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from onshore.catalog.db import write_transaction
 from onshore.errors import IntegrityError, ValidationError
 from onshore.keys.keystore import KeyStore, public_key_b64
 from onshore.ledger.checkpoint import CosignatureVerifier
-from onshore.ledger.entries import canonical_json, now_iso
+from onshore.ledger.entries import now_iso
 from onshore.names import check_name, check_text
 from onshore.residency.jurisdictions import check_jurisdiction
 from onshore.telemetry.embodiment import Embodiment
@@ -172,7 +171,7 @@ def add_embodiment(ws: Workspace, path: Path) -> Embodiment:
     """
     emb = Embodiment.from_toml(path)
     text = Path(path).read_text()
-    digest = _embodiment_digest(emb)
+    digest = emb.digest()
     with write_transaction(ws.catalog, "the catalog") as conn:
         row = conn.execute(select(T.embodiments.c.sha256).where(T.embodiments.c.name == emb.name)).first()
         if row is not None:
@@ -203,17 +202,11 @@ def get_embodiment(ws: Workspace, name: str) -> Embodiment:
         if e.entry.actor == LOG_ACTOR and e.entry.body.get("embodiment") == name:
             signed = (e.entry.body.get("sha256"), e.index)
             break
-    if signed is None or _embodiment_digest(emb) != signed[0]:
+    if signed is None or emb.digest() != signed[0]:
         why = ("no embodiment.add entry registers it" if signed is None else
                f"its machine type does not hash to the digest ledger entry {signed[1]} (embodiment.add) signed")
         raise IntegrityError(f"catalog row embodiments/{name}: {why}; restore the catalog from a backup")
     return emb
-
-
-def _embodiment_digest(emb: Embodiment) -> str:
-    # a machine type is its name, control rate and channels, not its free-text parts
-    identity = {k: v for k, v in emb.to_dict().items() if k not in ("extra", "description")}
-    return hashlib.sha256(canonical_json(identity)).hexdigest()
 
 
 def list_embodiments(ws: Workspace) -> list[Embodiment]:
