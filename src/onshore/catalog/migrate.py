@@ -102,11 +102,13 @@ def check(engine: Engine, line: SchemaLine) -> None:
                       "'onshore upgrade' (it takes a backup first), then run this command again")
 
 
-def _config(conn: Connection, line: SchemaLine):  # type: ignore[no-untyped-def]
+def alembic_config(conn: Connection, line: SchemaLine):  # type: ignore[no-untyped-def]
+    """An Alembic config for ``line`` that runs on ``conn`` (its env.py reads both from the attributes)."""
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(line.scripts))
+    cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("version_locations", str(line.scripts / "versions"))
     cfg.attributes["connection"] = conn
     cfg.attributes["version_table"] = line.version_table
@@ -130,7 +132,7 @@ def stamp_head(engine: Engine, line: SchemaLine) -> None:
     from alembic import command
 
     with write_transaction(engine, line.what) as conn:
-        command.stamp(_config(conn, line), line.head)
+        command.stamp(alembic_config(conn, line), line.head)
 
 
 def pending(engine: Engine, line: SchemaLine) -> str | None:
@@ -160,7 +162,7 @@ def upgrade(engine: Engine, line: SchemaLine) -> Applied:
     pending(engine, line)
     with write_transaction(engine, line.what) as conn:
         before = stored_revision(conn, line)  # again, under the lock: another upgrade may have run
-        cfg = _config(conn, line)
+        cfg = alembic_config(conn, line)
         script = ScriptDirectory.from_config(cfg)
         if before is None:
             command.stamp(cfg, line.revisions[0])
