@@ -187,3 +187,38 @@ def test_a_postgresql_backup_without_pg_dump_is_refused(tmp_path: Path, fresh_po
     with pytest.raises(OnshoreError, match="'pg_dump' is not on PATH"):
         backup(ws.root, tmp_path / "bk")
     assert not (tmp_path / "bk").exists()
+
+
+def test_a_withdrawal_reaches_backups_through_reshred(small_backup: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "ws"
+    # restored as it is, a backup taken before a withdrawal opens the dataset again: that is the risk
+    restore(small_backup, tmp_path / "unshredded")
+    with Workspace.open(root) as ws:
+        datasets.withdraw(ws, "furnace", "steelco")
+    with Workspace.open(tmp_path / "unshredded") as stale:
+        assert datasets.read(stale, "furnace", "sakai").num_rows == 200
+    code, out, err = run_cli(capsys, "-w", str(root), "reshred", str(small_backup))
+    assert code == 0 and "destroyed 1 key(s) of furnace" in out, err
+    assert not list(small_backup.glob("workspace/sites/*/keys/datasets/furnace.key"))
+    code, out, _ = run_cli(capsys, "-w", str(root), "reshred", str(small_backup))
+    assert "nothing withdrawn since it was taken" in out  # again: nothing left to destroy
+    with pytest.raises(ValidationError, match="not a backup of this workspace"):
+        other = Workspace.init(tmp_path / "other", "other")
+        try:
+            from onshore.workspace.backup import reshred
+
+            reshred(small_backup, other)
+        finally:
+            other.close()
+
+    code, out, err = run_cli(capsys, "-w", str(tmp_path / "restored"), "restore", str(small_backup))
+    assert code == 0, err
+    assert "onshore dataset withdraw furnace --member steelco" in out
+    with Workspace.open(tmp_path / "restored") as again, pytest.raises(OnshoreError, match="keys were destroyed"):
+        datasets.read(again, "furnace", "sakai")  # its key is gone: the shards are noise
+    code, out, err = run_cli(capsys, "-w", str(tmp_path / "restored"), "dataset", "withdraw", "furnace",
+                             "--member", "steelco")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "-w", str(tmp_path / "restored"), "doctor")
+    assert code == 0 and "doctor: nothing to do" in out, out + err

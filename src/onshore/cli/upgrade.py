@@ -1,4 +1,4 @@
-"""`onshore upgrade`, `onshore backup`, `onshore restore`: a workspace's schema and its copies."""
+"""`onshore upgrade`, `onshore backup`, `onshore reshred`, `onshore restore`: a workspace's schema and its copies."""
 
 from __future__ import annotations
 
@@ -84,4 +84,27 @@ def restore_command(
     for site in report.token_custody:
         console.print(f"[yellow]note:[/] site {esc(site)} keeps its keys in a PKCS#11 token: restore the token too",
                       highlight=False)
+    for dataset, owner in sorted(report.withdrawn_since.items()):
+        console.print(f"[yellow]withdrawn since this backup:[/] {esc(dataset)} (its keys were re-shredded in it); "
+                      f"record the withdrawal again: onshore dataset withdraw {esc(dataset)} --member {esc(owner)}",
+                      highlight=False)
     console.print("next: onshore doctor (and onshore upgrade if it asks for it)")
+
+
+def reshred_command(
+    backups: list[Path] = typer.Argument(..., metavar="BACKUP...", help="Folders 'onshore backup' wrote."),
+) -> None:
+    """Destroy, in backups of this workspace, the keys of every dataset withdrawn since each was taken.
+
+    Run it over every retained backup after each withdrawal (docs/custody.md, "Backups and withdrawal").
+    Example: onshore reshred /mnt/bk/ws-1201 /mnt/bk/ws-1205
+    """
+    from onshore.workspace.backup import reshred
+
+    with context.open_workspace() as ws:
+        for folder in backups:
+            done = reshred(folder, ws)
+            if not done.datasets:
+                console.print(f"{esc(done.backup)}: nothing withdrawn since it was taken", highlight=False)
+            for dataset, files in sorted(done.datasets.items()):
+                console.print(f"{esc(done.backup)}: destroyed {len(files)} key(s) of {esc(dataset)}", highlight=False)

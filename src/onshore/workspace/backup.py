@@ -43,12 +43,13 @@ from onshore.catalog.db import open_engine, write_transaction
 from onshore.catalog.schema import metadata as catalog_metadata
 from onshore.errors import IntegrityError, OnshoreError, ValidationError
 from onshore.files import sha256_file
+from onshore.keys.keystore import DATASET_KEYS, KeyStore
 from onshore.keys.pkcs11store import CUSTODY_FILE
 from onshore.ledger.entries import now_iso
 from onshore.ledger.log import LEDGER_SCHEMA, Ledger, ledger_metadata
 from onshore.names import is_name
 from onshore.workspace.config import WorkspaceConfig
-from onshore.workspace.workspace import catalog_url, ledger_url
+from onshore.workspace.workspace import Workspace, catalog_url, ledger_url
 
 MANIFEST = "backup.json"
 FORMAT = "onshore-backup/1"
@@ -85,6 +86,7 @@ class RestoreReport:
     ledger_size: int
     site_roots: dict[str, str]
     token_custody: list[str]
+    withdrawn_since: dict[str, str]  # dataset -> owner: withdrawn after the backup, keys re-shredded in it
 
 
 def _walk(folder: Path, skip_top: set[str]) -> Iterator[Path]:
@@ -261,8 +263,63 @@ def _backup(root: Path, out: Path, config: WorkspaceConfig, catalog: Engine, led
         "revisions": revisions, "ledger_size": size, "ledger_root": root_hash,
         "site_roots": site_roots, "token_custody": token, "files": files,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    _write_manifest(out, manifest)
     return BackupReport(out, len(files), total, size, root_hash, manifest["backend"], token)
+
+
+# ---- re-shredding: withdrawals reach the backups -----------------------------------------------
+
+@dataclass
+class Reshredded:
+    """What :func:`reshred` destroyed in one backup: per dataset, the key files (paths in the backup)."""
+
+    backup: Path
+    datasets: dict[str, list[str]]
+
+
+def _write_manifest(folder: Path, data: dict[str, Any]) -> None:
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, folder / MANIFEST)
+
+
+def reshred(backup_dir: Path, ws: Workspace) -> Reshredded:
+    """Destroy, in the backup ``backup_dir`` of workspace ``ws``, the custody keys of every dataset that
+    ``ws``'s ledger records as withdrawn (crypto-shredding, as the withdrawal did in the live custody).
+
+    A backup holds the keys as they were when it was taken: without this a dataset withdrawn since
+    opens again from it. Run it over every retained backup after each withdrawal. The manifest
+    forgets the destroyed files and records the withdrawal (``shredded``), so that a restore
+    says which withdrawals to record again. Refuses a folder that is not a backup of ``ws`` (its
+    ledger is not a prefix of ``ws``'s: root at its size differs). Sites whose custody is a token
+    are out of reach here (their keys were never in the backup).
+    """
+    backup_dir = Path(backup_dir).expanduser().resolve()
+    data = _read_manifest(backup_dir)
+    size = int(data["ledger_size"])
+    if size > ws.ledger.size() or ws.ledger.root(size).hex() != data["ledger_root"]:
+        raise ValidationError(f"{backup_dir}: not a backup of this workspace (its ledger of {size} entries is not "
+                              f"the first {size} of {ws.root}'s); re-shred it against the workspace it came from")
+    gov = ws.ledger_governance()
+    done: dict[str, list[str]] = {}
+    shredded = data.setdefault("shredded", {})
+    if not isinstance(shredded, dict):
+        raise ValidationError(f"{backup_dir / MANIFEST}: field 'shredded' must be an object; the backup is damaged")
+    for dataset, index in sorted(gov.withdrawn.items()):
+        if index < size:
+            continue  # withdrawn before the backup: its keys were already gone
+        suffix = f"/keys/{DATASET_KEYS}/{dataset}.key"
+        for rel in sorted(r for r in data["files"] if r.startswith(f"{WORKSPACE_DIR}/sites/") and r.endswith(suffix)):
+            keys = backup_dir / rel[: -len(suffix)] / "keys"
+            KeyStore(keys).destroy_dataset_key(dataset)
+            del data["files"][rel]
+            done.setdefault(dataset, []).append(rel)
+        if dataset in done:  # it was in the backup (a dataset ingested after it has nothing there)
+            grant = gov.grants.get(dataset)
+            shredded[dataset] = {"withdraw_index": index, "owner": grant.owner if grant else None,
+                                 "shredded_at": now_iso(), "files": done.get(dataset, [])}
+    _write_manifest(backup_dir, data)
+    return Reshredded(backup_dir, done)
 
 
 # ---- restore -----------------------------------------------------------------------------------
@@ -411,4 +468,5 @@ def _restore(backup_dir: Path, root: Path, data: dict[str, Any], config: Workspa
                 site_roots[name] = str(new)
     finally:
         catalog_engine.dispose()
-    return RestoreReport(root, count, int(data["ledger_size"]), site_roots, list(data["token_custody"]))
+    withdrawn = {d: str(v.get("owner")) for d, v in (data.get("shredded") or {}).items() if isinstance(v, dict)}
+    return RestoreReport(root, count, int(data["ledger_size"]), site_roots, list(data["token_custody"]), withdrawn)
