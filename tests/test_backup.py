@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import pytest
 from _serving import MODEL, furnace_workspace
 from conftest import POLICY_JP, build_consortium, run_cli, write_frames
 from onshore.errors import IntegrityError, OnshoreError, ValidationError
-from onshore.workspace import Workspace, datasets
+from onshore.workspace import Workspace, datasets, registry
 from onshore.workspace.backup import backup, restore
 
 
@@ -47,6 +48,8 @@ def test_backup_restores_to_a_workspace_that_doctor_finds_clean(backend: str, tm
     assert manifest["ledger_size"] == size and manifest["backend"] == backend
     assert any(k.endswith("sites/sakai/keys/datasets/furnace.key") for k in manifest["files"])
     assert any(k.endswith(".parquet") for k in manifest["files"])
+    assert (tmp_path / "bk").stat().st_mode & 0o777 == 0o700  # it holds every key
+    assert (tmp_path / "bk" / "workspace" / "sites" / "sakai" / "keys").stat().st_mode & 0o777 == 0o700
 
     args = ["-w", str(tmp_path / "restored"), "restore", str(tmp_path / "bk")]
     if db is not None:
@@ -78,7 +81,7 @@ def test_backup_restores_to_a_workspace_that_doctor_finds_clean(backend: str, tm
 WRITER = """
 import sys, time
 from pathlib import Path
-from onshore.workspace import Workspace, datasets
+from onshore.workspace import Workspace, datasets, registry
 root, frames, policy, stop = map(Path, sys.argv[1:5])
 with Workspace.open(root) as ws:
     i = 0
@@ -172,6 +175,11 @@ def test_backup_and_restore_refuse_folders_they_would_clobber(small_backup: Path
         backup(tmp_path / "ws", small_backup)
     with pytest.raises(ValidationError, match="inside the workspace"):
         backup(tmp_path / "ws", tmp_path / "ws" / "sites" / "bk")
+    with Workspace.open(tmp_path / "ws") as ws:  # a site with its storage outside the workspace
+        registry.add_site(ws, "osaka", "JP", "storage", root=tmp_path / "osaka-disk")
+    with pytest.raises(ValidationError, match="inside the storage folder of site 'osaka'"):
+        backup(tmp_path / "ws", tmp_path / "osaka-disk" / "bk")
+    assert not (tmp_path / "osaka-disk" / "bk").exists()
     code, _, err = run_cli(capsys, "-w", str(tmp_path / "ws"), "restore", str(small_backup))
     assert code == 1 and "not an empty folder" in err
     with pytest.raises(ValidationError, match="SQLite files"):
@@ -222,3 +230,26 @@ def test_a_withdrawal_reaches_backups_through_reshred(small_backup: Path, tmp_pa
     assert code == 0, err
     code, out, err = run_cli(capsys, "-w", str(tmp_path / "restored"), "doctor")
     assert code == 0 and "doctor: nothing to do" in out, out + err
+
+
+def test_storage_kept_outside_the_workspace_comes_back_inside_the_restored_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ws = Workspace.init(tmp_path / "ws", "outside")
+    build_consortium(ws, tmp_path)
+    registry.add_site(ws, "osaka", "JP", "storage", root=tmp_path / "osaka-disk")
+    (tmp_path / "p.toml").write_text(POLICY_JP)
+    datasets.ingest(ws, "furnace", "steelco", "osaka", tmp_path / "p.toml", "furnace-line-3",
+                    [write_frames(tmp_path / "f.parquet")])
+    ws.close()
+    report = backup(ws.root, tmp_path / "bk")
+    manifest = json.loads((report.out / "backup.json").read_text())
+    assert any(k.startswith("site-roots/osaka/datasets/furnace/") for k in manifest["files"])
+    restored = restore(report.out, tmp_path / "restored")
+    assert restored.site_roots["osaka"] == str(tmp_path / "restored" / "sites" / "osaka" / "data")
+    code, out, err = run_cli(capsys, "-w", str(tmp_path / "restored"), "doctor")
+    assert code == 0 and "doctor: nothing to do" in out, out + err
+    with Workspace.open(tmp_path / "restored") as again:
+        assert datasets.read(again, "furnace", "osaka").num_rows == 200
+    shutil.rmtree(tmp_path / "osaka-disk")  # the restored workspace does not lean on the original's disk
+    with Workspace.open(tmp_path / "restored") as again:
+        assert datasets.read(again, "furnace", "osaka").num_rows == 200

@@ -111,6 +111,7 @@ def _walk(folder: Path, skip_top: set[str]) -> Iterator[Path]:
 def _copy(src: Path, dst: Path) -> tuple[str, int]:
     """Copy ``src`` to ``dst`` (mode kept), hashing what was written; returns (sha256, bytes)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(dst.parent, src.parent.stat().st_mode & 0o777)  # a custody folder stays 0700
     h = hashlib.sha256()
     n = 0
     with open(src, "rb") as fi, open(dst, "xb") as fo:
@@ -193,10 +194,16 @@ def backup(root: Path, out: Path) -> BackupReport:
     config, catalog, ledger_engine = open_databases(root)
     try:
         out = _check_out(out, root)
+        with catalog.connect() as conn:
+            for name, site_root in conn.execute(select(T.sites.c.name, T.sites.c.root)):
+                if out.is_relative_to(Path(site_root).resolve()):
+                    raise ValidationError(f"{out}: inside the storage folder of site {name!r}; put the backup "
+                                          "elsewhere")
         postgres = catalog.dialect.name == "postgresql" or ledger_engine.dialect.name == "postgresql"
         pg_dump = _pg_tool("pg_dump", "back up a PostgreSQL catalog or ledger") if postgres else ""
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
+        out.chmod(0o700)  # it holds every site's and member's keys
         try:
             return _backup(root, out, config, catalog, ledger_engine, pg_dump)
         except BaseException:
