@@ -170,9 +170,8 @@ def upgrade(engine: Engine, line: SchemaLine) -> Applied:
         steps = [(s.revision, (s.doc or "").strip()) for s in script.iterate_revisions(line.head, start)]
         steps.reverse()
         if before is None:
-            base = script.get_revision(line.revisions[0])
-            steps.insert(0, (base.revision, "recorded as the baseline (made before revisions existed)"))
+            steps.insert(0, (line.revisions[0], "recorded as the baseline (made before revisions existed)"))
         command.upgrade(cfg, line.head)
         after = stored_revision(conn, line)
     assert after == line.head, (after, line.head)
-    return Applied(line.what, before, after, steps if before != line.head else [])
+    return Applied(line.what, before, after, steps)
