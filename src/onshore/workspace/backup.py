@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, inspect, select, update
+from sqlalchemy import URL, Engine, inspect, make_url, select, update
 
 from onshore.catalog import migrate
 from onshore.catalog import schema as T
@@ -141,10 +141,6 @@ def _sqlite_copy(engine: Engine, dst: Path) -> None:
         src.close()
 
 
-def _libpq_url(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
 def _pg_tool(name: str, doing: str) -> str:
     tool = shutil.which(name)
     if tool is None:
@@ -153,10 +149,18 @@ def _pg_tool(name: str, doing: str) -> str:
     return tool
 
 
-def _run_pg(args: list[str], doing: str) -> None:
-    proc = subprocess.run(args, capture_output=True, text=True)
+def _run_pg(tool: str, args: list[str], url: str, doing: str) -> None:
+    """Run a PostgreSQL client program on the database ``url``; its password, if any, goes in
+    $PGPASSWORD rather than on the command line, where other users of the machine could read it."""
+    parsed = make_url(url)
+    env = {**os.environ}
+    if parsed.password is not None:
+        env["PGPASSWORD"] = str(parsed.password)
+    target = URL.create("postgresql", parsed.username, None, parsed.host, parsed.port, parsed.database,
+                        parsed.query).render_as_string(hide_password=False)
+    proc = subprocess.run([tool, *args, target], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise OnshoreError(f"cannot {doing}: {Path(args[0]).name} failed: {proc.stderr.strip()[-800:]}")
+        raise OnshoreError(f"cannot {doing}: {Path(tool).name} failed: {proc.stderr.strip()[-800:]}")
 
 
 def open_databases(root: Path) -> tuple[WorkspaceConfig, Engine, Engine]:
@@ -244,8 +248,8 @@ def _backup(root: Path, out: Path, config: WorkspaceConfig, catalog: Engine, led
                 if what == "ledger" and same_db:
                     databases[what] = databases["catalog"]
                     continue
-                _run_pg([pg_dump, "--no-owner", "--no-privileges", "-f", str(out / name),
-                         _libpq_url(engine.url.render_as_string(hide_password=False))], f"back up {what}")
+                _run_pg(pg_dump, ["--no-owner", "--no-privileges", "-f", str(out / name)],
+                        engine.url.render_as_string(hide_password=False), f"back up the {what}")
             databases[what] = name
             files[name] = sha256_file(out / name)
             total += (out / name).stat().st_size
@@ -441,8 +445,8 @@ def _restore(backup_dir: Path, root: Path, data: dict[str, Any], config: Workspa
                         raise ValidationError("--ledger: the backup holds catalog and ledger in one database; give "
                                               "the same database as --catalog (or leave both out)")
                     continue  # one dump held both, already loaded
-                _run_pg([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(backup_dir / name), _libpq_url(url)],
-                        f"restore the {what} into {url}")
+                _run_pg(psql, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(backup_dir / name)], url,
+                        f"restore the {what} into {make_url(url).render_as_string(hide_password=True)}")
         finally:
             for engine in engines.values():
                 engine.dispose()
