@@ -182,7 +182,7 @@ def test_backup_and_restore_refuse_folders_they_would_clobber(small_backup: Path
     assert not (tmp_path / "osaka-disk" / "bk").exists()
     code, _, err = run_cli(capsys, "-w", str(tmp_path / "ws"), "restore", str(small_backup))
     assert code == 1 and "not an empty folder" in err
-    with pytest.raises(ValidationError, match="SQLite files"):
+    with pytest.raises(ValidationError, match="catalog is a SQLite file"):
         restore(small_backup, tmp_path / "r", catalog="postgresql://x@127.0.0.1/y")
     assert not (tmp_path / "r").exists()
 

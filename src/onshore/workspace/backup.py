@@ -367,6 +367,9 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         if parts[0] == SITE_ROOTS_DIR and (len(parts) < 3 or parts[1] not in data["site_roots"]):
             raise ValidationError(f"{path}: file entry {rel!r} is not under a site's folder; the backup is damaged")
     for what in ("catalog", "ledger"):
+        if not isinstance(data["databases"].get(what), str) or not data["databases"][what].endswith((".db", ".sql")):
+            raise ValidationError(f"{path}: field 'databases' names no {what} file (.db or .sql); the backup is "
+                                  "damaged")
         if data["databases"].get(what) not in data["files"]:
             raise ValidationError(f"{path}: field 'databases' names no {what} file listed in 'files'")
     return data
@@ -389,16 +392,16 @@ def _empty(engine: Engine) -> bool:
 def restore(backup_dir: Path, root: Path, catalog: str | None = None, ledger: str | None = None) -> RestoreReport:
     """Make the workspace ``root`` (a new or empty folder) from the backup in ``backup_dir``.
 
-    A PostgreSQL backup is loaded (``psql``) into ``catalog`` and ``ledger`` (default: the URLs the
-    backed-up workspace used), which must be empty databases; a SQLite backup becomes ``catalog.db``
-    and ``ledger.db`` in ``root``. Site storage folders that were inside the backed-up workspace are
+    A PostgreSQL dump is loaded (``psql``) into ``catalog`` or ``ledger`` (default: the URL the
+    backed-up workspace used), which must be an empty database; a SQLite copy becomes ``catalog.db``
+    or ``ledger.db`` in ``root``. Site storage folders that were inside the backed-up workspace are
     restored at the same place in ``root``; those that were outside it are restored to the site's
     default folder in ``root`` (``sites/NAME/data``), and the catalog is pointed there.
 
     Refuses before writing anything: a folder that is not a backup, a manifest or file that does not
     match (damaged or altered: every file's SHA-256 is checked first), a ``root`` that holds anything,
-    database URLs given for a SQLite backup, non-empty target databases, a PostgreSQL backup
-    without ``psql``. A restore that fails removes what it made. Run ``onshore doctor`` after it.
+    a database URL given for a SQLite copy, non-empty target databases, a PostgreSQL dump without
+    ``psql``. A restore that fails removes what it made. Run ``onshore doctor`` after it.
     """
     backup_dir = Path(backup_dir).expanduser().resolve()
     data = _read_manifest(backup_dir)
@@ -409,17 +412,33 @@ def restore(backup_dir: Path, root: Path, catalog: str | None = None, ledger: st
         raise ValidationError(f"{root}: inside the backup {backup_dir}; restore into a folder of its own")
     _verify_files(backup_dir, data["files"])
     config = WorkspaceConfig.read(backup_dir / WORKSPACE_DIR)
-    postgres = data["backend"] == "postgresql"
-    if not postgres and (catalog or ledger):
-        raise ValidationError("--catalog/--ledger: this backup's catalog and ledger are SQLite files; they are "
-                              "restored into the workspace folder")
-    psql = _pg_tool("psql", "restore a PostgreSQL catalog or ledger") if postgres else ""
-    curl = catalog or config.catalog_url
-    lurl = ledger or config.ledger_url
+    names = data["databases"]
+    given = {"catalog": catalog, "ledger": ledger}
+    for what in ("catalog", "ledger"):
+        if names[what].endswith(".db") and given[what]:
+            raise ValidationError(f"--{what}: this backup's {what} is a SQLite file; it is restored into the "
+                                  "workspace folder")
+    urls = {what: "" if names[what].endswith(".db") else (given[what] or getattr(config, f"{what}_url"))
+            for what in ("catalog", "ledger")}
+    for what, url in urls.items():
+        if names[what].endswith(".sql") and not url:
+            raise ValidationError(f"--{what}: this backup's {what} is a PostgreSQL dump; give an empty database for it")
+    if names["catalog"] == names["ledger"] and urls["catalog"] != urls["ledger"]:
+        raise ValidationError("--ledger: the backup holds catalog and ledger in one database; give the same database "
+                              "as --catalog (or leave both out)")
+    psql = _pg_tool("psql", "restore a PostgreSQL catalog or ledger") if any(urls.values()) else ""
+    for url in sorted({u for u in urls.values() if u}):
+        engine = open_engine(url, catalog_metadata)
+        try:
+            if not _empty(engine):
+                raise ValidationError(f"database {make_url(url).render_as_string(hide_password=True)}: not empty; "
+                                      "restore into an empty database")
+        finally:
+            engine.dispose()
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        return _restore(backup_dir, root, data, config, curl, lurl, psql)
+        return _restore(backup_dir, root, data, config, urls, psql)
     except BaseException:
         if created:
             shutil.rmtree(root, ignore_errors=True)
@@ -429,30 +448,15 @@ def restore(backup_dir: Path, root: Path, catalog: str | None = None, ledger: st
         raise
 
 
-def _restore(backup_dir: Path, root: Path, data: dict[str, Any], config: WorkspaceConfig, curl: str, lurl: str,
+def _restore(backup_dir: Path, root: Path, data: dict[str, Any], config: WorkspaceConfig, urls: dict[str, str],
              psql: str) -> RestoreReport:
-    if psql:
-        engines = {}
-        for what, url in (("catalog", curl), ("ledger", lurl)):
-            engine = engines[url] = engines.get(url) or open_engine(url, catalog_metadata)
-            if not _empty(engine) and not (what == "ledger" and url == curl):
-                raise ValidationError(f"{what} database {url}: not empty; restore into an empty database")
-        try:
-            for what, url in (("catalog", curl), ("ledger", lurl)):
-                name = data["databases"][what]
-                if what == "ledger" and name == data["databases"]["catalog"]:
-                    if url != curl:
-                        raise ValidationError("--ledger: the backup holds catalog and ledger in one database; give "
-                                              "the same database as --catalog (or leave both out)")
-                    continue  # one dump held both, already loaded
-                _run_pg(psql, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(backup_dir / name)], url,
-                        f"restore the {what} into {make_url(url).render_as_string(hide_password=True)}")
-        finally:
-            for engine in engines.values():
-                engine.dispose()
-    else:
-        for what in ("catalog", "ledger"):
-            shutil.copyfile(backup_dir / data["databases"][what], root / f"{what}.db")
+    names = data["databases"]
+    for what, url in urls.items():
+        if not url:
+            shutil.copyfile(backup_dir / names[what], root / f"{what}.db")
+        elif not (what == "ledger" and names["ledger"] == names["catalog"]):  # one dump of both: loaded once
+            _run_pg(psql, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(backup_dir / names[what])], url,
+                    f"restore the {what} into {make_url(url).render_as_string(hide_password=True)}")
     count = 0
     old_root = Path(data["root"])
     for rel in sorted(data["files"]):
@@ -465,7 +469,7 @@ def _restore(backup_dir: Path, root: Path, data: dict[str, Any], config: Workspa
             continue
         _copy(backup_dir / rel, dst)
         count += 1
-    WorkspaceConfig(config.name, config.jurisdiction, curl if psql else "", lurl if psql else "").write(root)
+    WorkspaceConfig(config.name, config.jurisdiction, urls["catalog"], urls["ledger"]).write(root)
     site_roots: dict[str, str] = {}
     catalog_engine = open_engine(catalog_url(root, WorkspaceConfig.read(root)), catalog_metadata)
     try:
