@@ -153,9 +153,6 @@ model_key_wraps = Table(
     Column("created_at", String(32), nullable=False),
 )
 
-#: The tables of models, created on first use in catalogs made before they existed.
-MODEL_TABLES = (models, model_datasets, model_key_wraps)
-
 # Clients allowed to ask a policy server at a site for actions. Only the SHA-256 of each token is
 # kept (tokens are 256-bit random, so a fast hash is enough); revoking sets revoked_at.
 serve_tokens = Table(

@@ -26,6 +26,7 @@ from onshore.cli.registry import embodiment_app, member_app, site_app
 from onshore.cli.serve import bridge_app, serve_app
 from onshore.cli.shadow import shadow_command
 from onshore.cli.train import finetune_command, train_command
+from onshore.cli.upgrade import backup_command, reshred_command, restore_command, upgrade_command
 from onshore.cli.witness import trust_app, witness_app
 from onshore.errors import OnshoreError, UsageError
 
@@ -112,6 +113,10 @@ app.command("demo")(demo_command)
 app.add_typer(attest_app, name="attest")
 app.command("verify")(verify_command)
 app.command("doctor")(doctor_command)
+app.command("upgrade")(upgrade_command)
+app.command("backup")(backup_command)
+app.command("restore")(restore_command)
+app.command("reshred")(reshred_command)
 app.add_typer(dashboard_app, name="dashboard")
 app.command("provision")(provision_command)
 app.add_typer(coordinator_app, name="coordinator")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -41,6 +42,7 @@ from sqlalchemy import (
 )
 
 from onshore.catalog.db import Writer, write_transaction
+from onshore.catalog.migrate import SchemaLine
 from onshore.errors import IntegrityError, OnshoreError
 from onshore.ledger import merkle
 from onshore.ledger.checkpoint import Checkpoint
@@ -116,6 +118,23 @@ ledger_heads = Table(
     Column("idx", BigInteger, nullable=False),
     Column("leaf_hash", LargeBinary(32), nullable=False),
 )
+
+#: The ledger's line of schema revisions (onshore.catalog.migrate; scripts in ledger/revisions).
+LEDGER_SCHEMA = SchemaLine("ledger", "alembic_version_ledger", Path(__file__).parent / "revisions",
+                           ("ledger_0001", "ledger_0002"), "ledger_entries")
+
+
+def fill_heads(conn) -> None:  # type: ignore[no-untyped-def]
+    """Fill an empty ledger_heads from the entries: the newest entry about each subject (pre-link
+    history: the first linked entry about a subject links to the newest unlinked one)."""
+    last: dict[str, tuple[int, bytes]] = {}
+    for idx, leaf in conn.execute(select(ledger_entries.c.idx, ledger_entries.c.leaf).order_by(ledger_entries.c.idx)):
+        e = parse_leaf(bytes(leaf))
+        for s in subjects_of(e.kind, e.body):
+            last[s] = (int(idx), merkle.leaf_hash(bytes(leaf)))
+    if last:
+        conn.execute(insert(ledger_heads), [{"subject": s, "idx": i, "leaf_hash": h} for s, (i, h) in last.items()])
+
 
 #: ``then(conn, indices)``: run inside an append's transaction, after its entries are inserted.
 AppendHook = Callable[[Any, list[int]], None]
@@ -450,21 +469,13 @@ class Ledger:
         return sign_entry(draft.kind, draft.actor, draft.body, draft.key, draft.time, links)
 
     def _ensure_heads(self, conn) -> None:  # type: ignore[no-untyped-def]
-        """Make ledger_heads in a ledger created before it existed, filled from the entries (pre-link
-        history: the first linked entry about a subject links to the newest unlinked one)."""
+        """Make ledger_heads in a bare ledger created before it existed (a workspace's ledger gets it
+        from ``onshore upgrade``: revision ledger_0002)."""
         if self._heads_ready:
             return
         if not conn.dialect.has_table(conn, ledger_heads.name):
             ledger_heads.create(conn)
-            last: dict[str, tuple[int, bytes]] = {}
-            for idx, leaf in conn.execute(select(ledger_entries.c.idx, ledger_entries.c.leaf).order_by(
-                    ledger_entries.c.idx)):
-                e = parse_leaf(bytes(leaf))
-                for s in subjects_of(e.kind, e.body):
-                    last[s] = (int(idx), merkle.leaf_hash(bytes(leaf)))
-            if last:
-                conn.execute(insert(ledger_heads), [{"subject": s, "idx": i, "leaf_hash": h}
-                                                    for s, (i, h) in last.items()])
+            fill_heads(conn)
         self._heads_ready = True
 
     # -- subjects ------------------------------------------------------------------------------------

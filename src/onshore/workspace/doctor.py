@@ -228,7 +228,6 @@ def check_signed_rules(ws: Workspace) -> list[Finding]:
     def finding(subject: str, problem: str) -> None:
         found.append(Finding("signed-rules", subject, problem, restore, False))
 
-    ws.ensure_model_tables()
     with ws.catalog.connect() as conn:
         datasets = conn.execute(select(T.datasets.c.name, T.datasets.c.owner, T.datasets.c.policy)).all()
         models = {r["name"]: dict(r) for r in conn.execute(select(T.models.c.name, T.models.c.base,
@@ -360,7 +359,6 @@ def _site_roots(ws: Workspace) -> dict[str, Path]:
 
 def _model_wraps(ws: Workspace) -> dict[tuple[str, str], int]:
     """(model, site) -> the ledger index the catalog's wrap cites."""
-    wsm.ensure_tables(ws)
     with ws.catalog.connect() as conn:
         return {(m, s): int(i) for m, s, i in conn.execute(select(
             T.model_key_wraps.c.model, T.model_key_wraps.c.site, T.model_key_wraps.c.ledger_index))}

@@ -70,15 +70,9 @@ class ModelRelease:
     sealed: dict[str, str] = field(default_factory=dict)  # sealed file name -> sha256 on disk
 
 
-def ensure_tables(ws: Workspace) -> None:
-    """Create the model tables in a catalog made before they existed (idempotent)."""
-    ws.ensure_model_tables()
-
-
 def check_new_name(ws: Workspace, name: str) -> None:
     """Refuse a bad model name or one already taken."""
     check_name(name, "model")
-    ensure_tables(ws)
     with ws.catalog.connect() as conn:
         if conn.execute(select(T.models.c.name).where(T.models.c.name == name)).first():
             raise ValidationError(f"model {name!r} already exists; choose a new --name (see 'onshore model list')")
@@ -87,7 +81,6 @@ def check_new_name(ws: Workspace, name: str) -> None:
 def release(ws: Workspace, r: ModelRelease, data_key: bytes) -> int:
     """Record a finished model: catalog rows, a ``model.release`` ledger entry signed by the site,
     and its data key wrapped for the training site (the only site that holds it so far)."""
-    ensure_tables(ws)
     with write_transaction(ws.catalog, "the catalog") as conn:
         # checked again in the write turn: two runs with the same --name race to here
         if conn.execute(select(T.models.c.name).where(T.models.c.name == r.name)).first():
@@ -112,7 +105,6 @@ def release(ws: Workspace, r: ModelRelease, data_key: bytes) -> int:
 
 def get_model(ws: Workspace, name: str) -> dict[str, Any]:
     """The catalog row of model ``name`` (JSON fields decoded), or NotFoundError."""
-    ensure_tables(ws)
     with ws.catalog.connect() as conn:
         row = conn.execute(select(T.models).where(T.models.c.name == name)).mappings().first()
     if row is None:
@@ -143,7 +135,6 @@ def release_entry(ws: Workspace, name: str) -> dict[str, Any]:
 
 def sites_of(ws: Workspace, name: str) -> list[dict[str, Any]]:
     """Every site that holds the model (its files and a wrap of its key): site, jurisdiction, ledger index."""
-    ensure_tables(ws)
     with ws.catalog.connect() as conn:
         rows = conn.execute(select(T.model_key_wraps.c.site, T.model_key_wraps.c.ledger_index)
                             .where(T.model_key_wraps.c.model == name).order_by(T.model_key_wraps.c.ledger_index)).all()
@@ -160,7 +151,6 @@ def _datasets_of(ws: Workspace, name: str) -> dict[str, dict[str, Any]]:
 
 def _release_indices(ws: Workspace) -> dict[str, int]:
     """The ``model.release`` entry the catalog cites for each model it holds."""
-    ensure_tables(ws)
     with ws.catalog.connect() as conn:
         return {n: int(i) for n, i in conn.execute(select(T.models.c.name, T.models.c.ledger_index))}
 
@@ -393,7 +383,6 @@ def taints(ws: Workspace, name: str) -> list[dict[str, Any]]:
 
 def list_models(ws: Workspace) -> list[dict[str, Any]]:
     """Every model: training site, purpose, size, datasets, the sites holding it and its status."""
-    ensure_tables(ws)
     with ws.catalog.connect() as conn:
         rows = conn.execute(select(T.models.c.name, T.models.c.site, T.models.c.purpose, T.models.c.base,
                                    T.models.c.size, T.models.c.parameters, T.models.c.steps,

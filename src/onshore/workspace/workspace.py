@@ -13,6 +13,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import Engine, insert, select
 
+from onshore.catalog import migrate
 from onshore.catalog import schema as T
 from onshore.catalog.db import open_engine, write_transaction
 from onshore.catalog.schema import metadata as catalog_metadata
@@ -22,7 +23,7 @@ from onshore.keys.pkcs11store import open_keystore
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger import merkle, notes, subjects
 from onshore.ledger.entries import Draft, now_iso
-from onshore.ledger.log import AppendHook, Ledger, ledger_metadata
+from onshore.ledger.log import LEDGER_SCHEMA, AppendHook, Ledger, ledger_metadata
 from onshore.names import check_principal, check_text, is_name, parse_principal
 from onshore.residency.jurisdictions import check_jurisdiction
 from onshore.residency.modelpolicy import LineageDataset, model_cedar
@@ -49,6 +50,16 @@ def find_workspace(option: Path | None = None) -> Path:
     return Path(env) if env else Path.cwd()
 
 
+def catalog_url(root: Path, config: WorkspaceConfig) -> str:
+    """The catalog's database URL: the config's, else the SQLite file ``catalog.db`` in ``root``."""
+    return config.catalog_url or f"sqlite:///{Path(root).resolve() / 'catalog.db'}"
+
+
+def ledger_url(root: Path, config: WorkspaceConfig) -> str:
+    """The ledger's database URL: the config's, else the SQLite file ``ledger.db`` in ``root``."""
+    return config.ledger_url or f"sqlite:///{Path(root).resolve() / 'ledger.db'}"
+
+
 class Workspace:
     """An open workspace. Create with ``Workspace.init`` or open with ``Workspace.open``."""
 
@@ -62,7 +73,6 @@ class Workspace:
         self._pdp: PolicyDecisionPoint | None = None
         self._keystores: dict[str, KeyStore] = {}
         self._signers: dict[str, Ed25519PrivateKey] = {}
-        self._model_tables = False
         self._seen_size = -1  # the ledger size this process's derived state (decision point, ...) reflects
         self._seen_at = 0.0
 
@@ -98,15 +108,17 @@ class Workspace:
     @classmethod
     def _init_in(cls, root: Path, config: WorkspaceConfig) -> Workspace:
         name, jurisdiction = config.name, config.jurisdiction
-        catalog = open_engine(cls._catalog_url(root, config), catalog_metadata, create=True)
+        catalog = open_engine(catalog_url(root, config), catalog_metadata, create=True)
         with catalog.connect() as conn:
             if conn.execute(select(T.settings.c.value).where(T.settings.c.key == "name")).first():
                 raise ValidationError(
                     f"catalog {config.catalog_url} already belongs to a workspace; use an empty database"
                 )
-        ledger = Ledger(open_engine(cls._ledger_url(root, config), ledger_metadata, create=True))
+        ledger = Ledger(open_engine(ledger_url(root, config), ledger_metadata, create=True))
         if ledger.size():
             raise ValidationError(f"ledger {config.ledger_url} is not empty; use an empty database")
+        migrate.stamp_head(catalog, migrate.CATALOG)  # made by this code's tables: at the newest revision
+        migrate.stamp_head(ledger.engine, LEDGER_SCHEMA)
         log_keys = KeyStore.create(root / "keys" / "log", with_kek=False)
         config.write(root)
         ws = cls(root, config, catalog, ledger)
@@ -127,6 +139,8 @@ class Workspace:
     def open(cls, root: Path) -> Workspace:
         """Open a workspace; refuses an ``onshore.toml`` whose name or rule differs from the ledger.
 
+        Refuses (SchemaError) a catalog or ledger not at this code's schema revision: older ones
+        name ``onshore upgrade`` (onshore.workspace.upgrade), newer ones say to upgrade Onshore.
         The file only points at the databases; the workspace's name and its workspace-wide rule are
         those of the signed ``workspace.init`` entry, and a file saying otherwise (an edited or
         deleted ``jurisdiction``) is refused with the difference named. So is a catalog whose log
@@ -134,9 +148,11 @@ class Workspace:
         """
         root = Path(root)
         config = WorkspaceConfig.read(root)
-        catalog = open_engine(cls._catalog_url(root, config), catalog_metadata)
-        ledger = Ledger(open_engine(cls._ledger_url(root, config), ledger_metadata))
+        catalog = open_engine(catalog_url(root, config), catalog_metadata)
+        ledger = Ledger(open_engine(ledger_url(root, config), ledger_metadata))
         try:
+            migrate.check(catalog, migrate.CATALOG)
+            migrate.check(ledger.engine, LEDGER_SCHEMA)
             init = governance.init_entry(ledger)
             governance.check_config(config.name, config.jurisdiction, init, str(root / CONFIG_FILE))
             with catalog.connect() as conn:
@@ -149,14 +165,6 @@ class Workspace:
             ledger.close()
             raise
         return cls(root, config, catalog, ledger, init)
-
-    @staticmethod
-    def _catalog_url(root: Path, config: WorkspaceConfig) -> str:
-        return config.catalog_url or f"sqlite:///{Path(root).resolve() / 'catalog.db'}"
-
-    @staticmethod
-    def _ledger_url(root: Path, config: WorkspaceConfig) -> str:
-        return config.ledger_url or f"sqlite:///{Path(root).resolve() / 'ledger.db'}"
 
     def close(self) -> None:
         self.catalog.dispose()
@@ -358,12 +366,6 @@ class Workspace:
         governance.check_catalog_sites(gov, [tuple(r) for r in rows])
         return [SiteFacts(s.name, s.jurisdiction, s.roles) for s in (gov.sites[r[0]] for r in rows)]
 
-    def ensure_model_tables(self) -> None:
-        """Create the model tables in a catalog made before they existed (idempotent, once per object)."""
-        if not self._model_tables:
-            T.metadata.create_all(self.catalog, tables=list(T.MODEL_TABLES))
-            self._model_tables = True
-
     def model_lineages(self, gov: governance.Governance | None = None) -> dict[str, list[LineageDataset]]:
         """Every catalog model's lineage datasets, with the policies their owners signed and their
         withdrawals: all from the ledger (``governance.signed_lineage``), never from catalog lineage rows.
@@ -371,7 +373,6 @@ class Workspace:
         IntegrityError when a model row cites an entry that is not its ``model.release``.
         """
         gov = gov or self.ledger_governance()
-        self.ensure_model_tables()
         with self.catalog.connect() as conn:
             indices = {n: int(i) for n, i in conn.execute(select(T.models.c.name, T.models.c.ledger_index))}
         out: dict[str, list[LineageDataset]] = {}

@@ -1,0 +1,1 @@
+"""The catalog's revision scripts, oldest first by their ids."""

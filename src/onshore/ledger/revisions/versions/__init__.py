@@ -1,0 +1,1 @@
+"""The ledger's revision scripts, oldest first by their ids."""
