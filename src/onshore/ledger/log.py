@@ -119,9 +119,35 @@ ledger_heads = Table(
     Column("leaf_hash", LargeBinary(32), nullable=False),
 )
 
+# Every entry by subject (dataset:NAME, model:NAME): what a page or filter about one dataset reads,
+# one indexed query instead of a scan of every leaf. Filled in the append transaction (derived
+# from the signed entries; ``verify`` recomputes it, so an edited row is caught).
+ledger_subject_index = Table(
+    "ledger_subject_index",
+    ledger_metadata,
+    Column("subject", String(140), primary_key=True),
+    Column("idx", BigInteger, primary_key=True),
+)
+
 #: The ledger's line of schema revisions (onshore.catalog.migrate; scripts in ledger/revisions).
 LEDGER_SCHEMA = SchemaLine("ledger", "alembic_version_ledger", Path(__file__).parent / "revisions",
-                           ("ledger_0001", "ledger_0002"), "ledger_entries")
+                           ("ledger_0001", "ledger_0002", "ledger_0003"), "ledger_entries")
+
+
+def subject_index_rows(conn) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    """(subject, index) of every entry about a subject, recomputed from the leaves."""
+    out = []
+    for idx, leaf in conn.execute(select(ledger_entries.c.idx, ledger_entries.c.leaf).order_by(ledger_entries.c.idx)):
+        e = parse_leaf(bytes(leaf))
+        out += [(s, int(idx)) for s in subjects_of(e.kind, e.body)]
+    return out
+
+
+def fill_subject_index(conn) -> None:  # type: ignore[no-untyped-def]
+    """Fill an empty ledger_subject_index from the entries (the revision that adds it)."""
+    rows = subject_index_rows(conn)
+    for start in range(0, len(rows), 5000):
+        conn.execute(insert(ledger_subject_index), [{"subject": s, "idx": i} for s, i in rows[start:start + 5000]])
 
 
 def fill_heads(conn) -> None:  # type: ignore[no-untyped-def]
@@ -403,7 +429,7 @@ class Ledger:
                 self._load_edge(conn, size)
             edge = dict(self._edge)
             get = self._getter(conn)
-            rows, nodes = [], []
+            rows, nodes, about = [], [], []
             start = size
             heads: dict[str, tuple[int, bytes] | None] = {}  # subject -> newest entry, as of this batch
             try:
@@ -419,6 +445,7 @@ class Ledger:
                             heads[subject] = (size, lh)
                         new = merkle.nodes_to_store_on_append(size, lh, get)
                         rows.append((size, e.kind, e.actor, leaf))
+                        about += [(subject, size) for subject in subjects_of(e.kind, e.body)]
                         nodes += [(node_key(level, idx), h) for level, idx, h in new]
                         # each left sibling merged into a parent leaves the compact range; the
                         # top of the new nodes joins it
@@ -429,6 +456,9 @@ class Ledger:
                     p.indices = list(range(first, size))
                 _insert_many(cur, conn.dialect.paramstyle, ledger_entries, rows)
                 _insert_many(cur, conn.dialect.paramstyle, ledger_nodes, nodes)
+                if about:
+                    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+                    cur.executemany(f"INSERT INTO ledger_subject_index (subject, idx) VALUES ({mark}, {mark})", about)
                 moved = [(s, h[0], h[1]) for s, h in heads.items() if h is not None and h[0] >= start]
                 if moved:
                     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
@@ -506,6 +536,18 @@ class Ledger:
                     found = e
             return found
         return None if at is None else self.get(at)
+
+    def subject_indices(self, subject: str, before: int | None = None, limit: int | None = None) -> list[int]:
+        """Indices of the entries about ``subject`` (below ``before``), newest first, at most
+        ``limit``: one indexed query whatever the size of the ledger."""
+        q = select(ledger_subject_index.c.idx).where(ledger_subject_index.c.subject == subject)
+        if before is not None:
+            q = q.where(ledger_subject_index.c.idx < before)
+        q = q.order_by(ledger_subject_index.c.idx.desc())
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            return [int(r[0]) for r in conn.execute(q)]
 
     def subject_entries(self, subject: str, start: int = 0, size: int | None = None) -> list[StoredEntry]:
         """Every entry about ``subject`` with ``start <= index < size``, ascending, found by its links.
@@ -609,6 +651,11 @@ class Ledger:
                     raise IntegrityError(
                         f"the ledger_heads table disagrees with the entries for {', '.join(bad[:3])}: the ledger store "
                         "was altered; restore it from a backup")
+            if conn.dialect.has_table(conn, ledger_subject_index.name):
+                kept_index = {(r[0], int(r[1])) for r in conn.execute(select(ledger_subject_index))}
+                if kept_index != set(subject_index_rows(conn)):
+                    raise IntegrityError("the ledger_subject_index table disagrees with the entries: the ledger store "
+                                         "was altered; restore it from a backup")
         if recomputed != stored:
             raise IntegrityError(
                 "ledger tree root recomputed from the entries does not match the stored tree nodes: "
