@@ -22,7 +22,7 @@ def _print_backup(report) -> None:  # type: ignore[no-untyped-def]
         console.print(f"[yellow]note:[/] site {esc(site)} keeps its keys in a PKCS#11 token: the backup holds only "
                       "its custody.toml; back the token up with its own tools", highlight=False)
     console.print("[dim]it holds every site's key custody: keep it as the most restrictive dataset in it requires, "
-                  "and re-shred it on every withdrawal (docs/custody.md)[/]", highlight=False)
+                  "and re-shred it on every withdrawal (docs/operations.md)[/]", highlight=False)
 
 
 def upgrade_command(
