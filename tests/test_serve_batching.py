@@ -150,3 +150,65 @@ def test_served_sessions_acting_together_get_what_each_gets_alone(served_ws: Wor
         assert st.batches < st.requests
     else:
         assert st.largest == 1 and st.batches == st.requests, st
+
+
+def _batcher_run(run, active, n_requests, policies=None, **kw):  # type: ignore[no-untyped-def]
+    """Submit ``n_requests`` acts at once to a Batcher over ``run``; its results and stats."""
+    import asyncio
+
+    from onshore.serve.batching import Batcher
+
+    b = Batcher(run, lambda: active, **kw)
+
+    async def go():  # type: ignore[no-untyped-def]
+        pols = policies or [object() for _ in range(n_requests)]
+        return await asyncio.gather(*(b.act(p, i) for i, p in enumerate(pols)), return_exceptions=True)
+
+    try:
+        return asyncio.run(go()), b.stats
+    finally:
+        b.close()
+
+
+def test_the_batcher_gathers_waiting_acts_and_never_a_policy_twice() -> None:
+    seen: list[list[int]] = []
+
+    def run(policies, states):  # type: ignore[no-untyped-def]
+        seen.append(list(states))
+        time.sleep(0.02)  # acts that come meanwhile make up the next batch
+        return [s * 10 for s in states]
+
+    results, st = _batcher_run(run, active=8, n_requests=8, threads=1, wait_s=0.05)
+    assert [r[0] for r in results] == [i * 10 for i in range(8)]  # each request gets its own result
+    assert sorted(s for batch in seen for s in batch) == list(range(8)) and st.largest > 1
+    assert all(r[2] == len(b) for b in seen for r in results if r[0] // 10 in b)  # sizes reported
+    # one policy twice: never in one batch (its history takes one state per step), both answered in order
+    seen.clear()
+    p = object()
+    results, st = _batcher_run(run, active=2, n_requests=2, policies=[p, p], threads=1, wait_s=0.05)
+    assert [r[0] for r in results] == [0, 10] and seen == [[0], [1]]
+
+
+def test_the_batcher_waits_for_no_one_with_one_session_and_turns_off() -> None:
+    def run(policies, states):  # type: ignore[no-untyped-def]
+        return list(states)
+
+    t0 = time.perf_counter()
+    results, st = _batcher_run(run, active=1, n_requests=1, threads=1, wait_s=5.0)
+    assert time.perf_counter() - t0 < 2.0 and results[0][0] == 0 and st.batches == 1  # no 5 s wait
+    results, st = _batcher_run(run, active=8, n_requests=8, threads=2, max_batch=1, wait_s=5.0)
+    assert st.largest == 1 and st.batches == 8 and [r[0] for r in results] == list(range(8))
+
+
+def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
+    calls = []
+
+    def run(policies, states):  # type: ignore[no-untyped-def]
+        calls.append(list(states))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return list(states)
+
+    results, st = _batcher_run(run, active=1, n_requests=3, threads=1, wait_s=0.0)
+    assert isinstance(results[0], RuntimeError)  # the first batch (one act: one active session)
+    assert [r[0] for r in results[1:]] == [1, 2] and len(calls) == 3
