@@ -152,7 +152,10 @@ def evaluate(
     if with_baseline:
         jobs += [(s, "expert", sensors) for s in specs]
     n_workers = workers_for(len(jobs), workers)
-    chunk = max(1, min(episodes, math.ceil(len(jobs) / (2 * n_workers))))
+    # chunks of neighbouring episodes (mostly one task) spare a process building environments and goal sets
+    # for every task; four per process, so that one that started late (imports, opening the model) is
+    # left with little at the end
+    chunk = max(1, min(episodes, math.ceil(len(jobs) / (4 * n_workers))))
     # the forkserver imports once what every worker needs: this module, the simulator, the policy's module
     # (a model's imports torch)
     preload = [__name__, *mod.PRELOAD] + ([] if isinstance(policy, str) else [type(policy).__module__])
