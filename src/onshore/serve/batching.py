@@ -6,8 +6,9 @@ waiting and run it as one batch through ``run`` (the server passes
 keeping its own history, ensembling and, on the loop, its own envelope). A worker that finds
 one request waiting while other sessions are active waits at most ``wait_s`` for them (their
 requests tend to come within the same millisecond when they were waiting on a forward pass)
-and never past the number of active sessions or ``max_batch``; with one active session it
-runs at once, with no wait. Only one worker gathers at a time, so while one runs a batch the
+and never past ``max_batch`` or the number of active sessions that may still send one (those whose
+act is in a batch running now cannot: each connection waits for its answer); with one active
+session it runs at once, with no wait. Only one worker gathers at a time, so while one runs a batch the
 next gathers the one after: requests that come during a forward pass make up the next batch.
 
 ``max_batch=1`` turns batching off: one forward pass per request, the server as it was before
@@ -74,6 +75,7 @@ class Batcher:
         self._gather = threading.Lock()
         self._stats_lock = threading.Lock()
         self._closed = False
+        self._running = 0  # requests in batches being run now
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(threads)]
         for t in self._threads:
             t.start()
@@ -116,7 +118,10 @@ class Batcher:
             if first is None:
                 return None
             batch, seen = [first], {id(first.policy)}
-            limit = min(self.max_batch, max(1, self.active()))
+            # sessions whose act is in a batch running now cannot send another before its answer: not waited for
+            with self._stats_lock:
+                running = self._running
+            limit = min(self.max_batch, max(1, self.active() - running))
             deadline = time.monotonic() + self.wait_s
             deferred: list[_Request] = []
             while len(batch) < limit:
@@ -133,6 +138,8 @@ class Batcher:
                 seen.add(id(item.policy))
                 batch.append(item)
             self._carry.extend(deferred)
+            with self._stats_lock:
+                self._running += len(batch)
             return batch
 
     def _work(self) -> None:
@@ -147,11 +154,14 @@ class Batcher:
                     raise RuntimeError(f"a batch of {len(batch)} gave {len(results)} results")
             except BaseException as e:  # each request fails with the batch; the worker goes on
                 log.exception("a batch of %d act(s) failed", len(batch))
+                with self._stats_lock:
+                    self._running -= len(batch)
                 for r in batch:
                     _reply(r, _fail, e)
                 continue
             ms = (time.perf_counter() - t0) * 1e3
             with self._stats_lock:
+                self._running -= len(batch)
                 st = self.stats
                 st.batches += 1
                 st.requests += len(batch)
