@@ -119,3 +119,52 @@ def test_eval_with_member_sensors_changes_what_the_policy_sees():
                                                        "control_hz": None}
     # the same episode (seed), a different trajectory: the expert acted on noisy readings
     assert noisy.tasks[0].mean_return != clean.tasks[0].mean_return
+
+
+def _sealed_model_factory(folder):
+    """A random tiny model for the Sawyer arm, sealed as training seals one, behind its factory."""
+    import numpy as np
+    import torch
+
+    from onshore.model import io
+    from onshore.model.network import EmbodimentSpec, FoundationModel, model_config, state_groups
+    from onshore.model.policy import STEM, ModelPolicyFactory, model_meta, model_tensors
+    from onshore.sim import metaworld
+
+    emb = metaworld.embodiment()
+    cfg = model_config("tiny")
+    spec = EmbodimentSpec(emb.name, emb.state_dim, emb.action_dim, state_groups(emb, cfg.max_group),
+                          (0.0,) * emb.state_dim, (1.0,) * emb.state_dim, (-1.0,) * emb.action_dim,
+                          (1.0,) * emb.action_dim)
+    torch.manual_seed(11)
+    net = FoundationModel(cfg, [spec]).eval()
+    rng = np.random.default_rng(0)
+    vectors = {metaworld.task_text(t): rng.standard_normal(cfg.text_dim).astype(np.float32)
+               for t in ("reach-v3", "push-v3")}
+    tensors, tasks = model_tensors(net, vectors)
+    key = bytes(range(32))
+    written = io.write_artifact(folder, STEM, tensors, model_meta(net, tasks, "hashed-ngram"), key, "eval-test")
+    return ModelPolicyFactory(str(folder), tuple(sorted(written.files.items())), emb.name, label="model:random",
+                              key=key, context="eval-test", sealed=tuple(sorted(written.sealed.items())))
+
+
+def test_a_model_evaluated_on_two_workers_gives_the_report_of_one(tmp_path):
+    factory = _sealed_model_factory(tmp_path / "model")
+    one = evaluate("metaworld", ["reach-v3", "push-v3"], episodes=3, seed=4, policy=factory, workers=1)
+    two = evaluate("metaworld", ["reach-v3", "push-v3"], episodes=3, seed=4, policy=factory, workers=2)
+    assert one.to_dict() == two.to_dict()
+    results = [e for t in one.tasks for e in t.episode_results]
+    assert len(results) == 6 and len({e["episode_seed"] for e in results}) == 6
+    # the episodes differ from each other (a run that repeated one episode would pass the equality too)
+    assert len({e["return"] for e in results}) == 6
+
+
+def test_the_worker_count_follows_the_size_of_the_job():
+    from onshore.sim.parallel import MIN_JOBS_PER_WORKER, default_workers, workers_for
+
+    assert workers_for(1, None) == 1 and workers_for(3, 8) == 3  # never more processes than jobs
+    assert workers_for(MIN_JOBS_PER_WORKER - 1, None) == 1  # a short run is not worth a second process
+    assert workers_for(1000, None) == default_workers()
+    assert workers_for(10, 1) == 1
+    with pytest.raises(ValidationError, match="--workers"):
+        workers_for(10, 0)

@@ -70,6 +70,8 @@ def test_serve_metrics_follow_acts_refusals_and_the_ledger(ws: Workspace) -> Non
         after = scrape(base)
         assert after[("onshore_serve_actions_total", ())] == 5
         assert after[("onshore_serve_act_seconds_count", ())] == 5
+        # one session: every act its own forward pass (no batch waits on sessions that are not there)
+        assert after[("onshore_serve_batches_total", ())] == after[("onshore_serve_batched_acts_total", ())] == 5
         assert 0 < after[("onshore_serve_act_seconds_sum", ())] < 5
         assert after[("onshore_serve_refusals_total", (("reason", "unknown token"),))] == 1
         assert after[("onshore_serve_connections_total", ())] == 1

@@ -59,7 +59,8 @@ def eval_command(
     site: Annotated[str | None, typer.Option(
         metavar="SITE", help="Site where a model is loaded (required for a model; decided by its data's "
                              "policies).")] = None,
-    workers: Annotated[int | None, typer.Option(metavar="N", help="Worker processes (default: all cores).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        metavar="N", help="Worker processes, this one among them (default: all cores, fewer for a short run).")] = None,
     name: Annotated[str, typer.Option(
         "--name", metavar="NAME",
         help="Whose evaluation this is (a member or dataset, e.g. kansai-robotics): named in the report's title "

@@ -55,6 +55,8 @@ def run(
     record_as: str | None = typer.Option(None, "--record-as", metavar="DATASET",
                                          help="Name of the recorded dataset (default MODEL-run-RUNID)."),
     threads: int = typer.Option(2, "--threads", help="Inference threads (torch runs one thread in each)."),
+    batch: bool = typer.Option(True, "--batch/--no-batch",
+                               help="Run the acts that sessions send at the same time as one forward pass."),
     act_hz: float | None = typer.Option(
         None, "--act-hz", metavar="HZ",
         help="Acts per second a session may send (default: the embodiment's control rate); raise it only for a "
@@ -100,7 +102,7 @@ def run(
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with open_workspace() as ws:
         running = service.start(ws, model, site, host, port, record,
-                                ServerLimits(infer_threads=threads, act_hz=act_hz), purpose=purpose,
+                                ServerLimits(infer_threads=threads, act_hz=act_hz, batch=batch), purpose=purpose,
                                 protocol=protocol, embodiment=embodiment)
         err.print(f"serving [bold]{esc(model)}[/] (sha256 {running.served.digest[:16]}...) at {esc(site)} on "
                   f"{esc(running.url)}{' (openpi protocol)' if protocol == 'openpi' else ''}; health at "

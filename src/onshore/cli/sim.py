@@ -38,7 +38,8 @@ def generate_command(
         help="Comma-separated tasks, e.g. pick-place-v3,reach-v3 or base,idv-1 (default: the env's set).")] = None,
     episodes: Annotated[int, typer.Option(metavar="N", help="Episodes per task.")] = 10,
     seed: Annotated[int, typer.Option(metavar="N", help="Seed; the same seed gives the same files.")] = 0,
-    workers: Annotated[int | None, typer.Option(metavar="N", help="Worker processes (default: all cores).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        metavar="N", help="Worker processes, this one among them (default: all cores, fewer for a short run).")] = None,
     noise: Annotated[float, typer.Option(metavar="FRACTION",
                                          help="Sensor noise, std as a fraction of each channel's range, e.g. "
                                               "0.01.")] = 0.0,

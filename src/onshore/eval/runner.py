@@ -21,7 +21,7 @@ from onshore.eval.protocol import PolicyFactory
 from onshore.eval.stats import wilson_interval
 from onshore.sim import registry
 from onshore.sim.generate import episode_specs
-from onshore.sim.parallel import check_workers, map_ordered
+from onshore.sim.parallel import map_ordered, workers_for
 from onshore.sim.rollout import EpisodeSpec, rollout
 from onshore.sim.sensors import SensorOptions
 from onshore.sim.versions import package_versions
@@ -130,6 +130,9 @@ def evaluate(
     ``sensors``: what the policy (and the PI baseline) sense, e.g. noise and quantisation as a
     member's telemetry has them (default: exact readings); success is scored on the true plant.
 
+    ``workers``: processes (this one among them); default: all cores, but one per few episodes for
+    a short run (:func:`onshore.sim.parallel.workers_for`). Results do not depend on it.
+
     Refused (``ValidationError``): an unknown env, task or policy name, ``episodes`` < 1,
     ``workers`` < 1, a negative seed.
     """
@@ -141,7 +144,6 @@ def evaluate(
                               "is available until trained models can be evaluated")
     if not isinstance(policy, str) and not callable(policy):
         raise ValidationError("policy must be 'expert' or a function that builds a policy")
-    n_workers = check_workers(workers)
     scorer = _scorer(env)
     specs = episode_specs(env, task_list, episodes, seed)
     jobs: list[tuple[EpisodeSpec, str | PolicyFactory, SensorOptions | None]] = [(s, policy, sensors) for s in specs]
@@ -149,8 +151,15 @@ def evaluate(
     with_baseline = env == "tep" and policy != "expert"
     if with_baseline:
         jobs += [(s, "expert", sensors) for s in specs]
-    chunk = max(1, min(episodes, math.ceil(len(jobs) / (2 * n_workers))))
-    results = list(map_ordered(_job, jobs, n_workers, progress, chunksize=chunk))
+    n_workers = workers_for(len(jobs), workers)
+    # chunks of neighbouring episodes (mostly one task) spare a process building environments and goal sets
+    # for every task; four per process, so that one that started late (imports, opening the model) is
+    # left with little at the end
+    chunk = max(1, min(episodes, math.ceil(len(jobs) / (4 * n_workers))))
+    # the forkserver imports once what every worker needs: this module, the simulator, the policy's module
+    # (a model's imports torch)
+    preload = [__name__, *mod.PRELOAD] + ([] if isinstance(policy, str) else [type(policy).__module__])
+    results = list(map_ordered(_job, jobs, n_workers, progress, chunksize=chunk, preload=preload))
 
     sim_env = registry.make_env(env)
     emb = mod.embodiment()

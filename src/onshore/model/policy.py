@@ -16,6 +16,7 @@ use (workers run at that site, as a training job's peers do), and each worker lo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,11 @@ class ModelPolicy:
         self._t = 0
 
     def act(self, state: np.ndarray) -> np.ndarray:
+        """The command for ``state`` (in the embodiment's units): one forward pass, this policy alone."""
+        return act_batch([self], [state])[0]
+
+    def _inputs(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Take ``state`` into the history; the forward pass's inputs (history, applied actions, known)."""
         if self._task is None:
             raise ValidationError("call reset(task) before act(state)")
         s = self.spec.normalise_state(np.asarray(state, dtype=np.float32).reshape(-1))
@@ -128,10 +134,10 @@ class ModelPolicy:
         else:
             self._hist[:-1] = self._hist[1:].copy()
             self._hist[-1] = s
-        fb = (torch.from_numpy(self._prev[None]), torch.from_numpy(self._known[None])) if self.feedback else ()
-        with torch.inference_mode():
-            chunk, _ = self.loaded.model.predict(self.name, torch.from_numpy(self._hist[None]), self._task, *fb)
-        chunk_np = chunk[0].float().numpy()
+        return self._hist, self._prev, self._known
+
+    def _apply(self, chunk_np: np.ndarray) -> np.ndarray:
+        """Take the predicted chunk [H, A] into the ensemble; the command to apply now."""
         self._chunks[1:] = self._chunks[:-1].copy()
         self._chunks[0] = chunk_np
         self._t += 1
@@ -149,6 +155,41 @@ class ModelPolicy:
         self._known[:-1] = self._known[1:].copy()
         self._known[-1] = 1.0
         return self.spec.unscale_action(scaled)
+
+
+def act_batch(policies: Sequence[ModelPolicy], states: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``policies[i].act(states[i])`` for every i, with one forward pass per (model, embodiment).
+
+    Each policy keeps its own history, chunks and ensemble: the actions are those of acting one
+    by one, within float tolerance (a batched matrix product may sum in another order). The
+    policies must be distinct (one state per policy and step; ``ValueError`` otherwise) and
+    reset; a policy that is not reset raises ``ValidationError`` before any state is taken.
+    """
+    if len(policies) != len(states):
+        raise ValueError(f"{len(policies)} policies but {len(states)} states")
+    if len({id(p) for p in policies}) != len(policies):
+        raise ValueError("a policy appears twice in one batch; give it one state per step")
+    for p in policies:
+        if p._task is None:
+            raise ValidationError("call reset(task) before act(state)")
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, p in enumerate(policies):
+        groups.setdefault((id(p.loaded.model), p.name), []).append(i)
+    out: list[np.ndarray] = [np.empty(0)] * len(policies)
+    for idx in groups.values():
+        members = [policies[i] for i in idx]
+        inputs = [p._inputs(states[i]) for p, i in zip(members, idx, strict=True)]
+        first = members[0]
+        hist = torch.from_numpy(np.stack([x[0] for x in inputs]))
+        task = torch.cat([p._task for p in members])  # type: ignore[misc]
+        fb = (torch.from_numpy(np.stack([x[1] for x in inputs])), torch.from_numpy(np.stack([x[2] for x in inputs]))) \
+            if first.feedback else ()
+        with torch.inference_mode():
+            chunk, _ = first.loaded.model.predict(first.name, hist, task, *fb)
+        chunks = chunk.float().numpy()
+        for j, (p, i) in enumerate(zip(members, idx, strict=True)):
+            out[i] = p._apply(chunks[j])
+    return out
 
 
 _cache: dict[tuple[str, str], LoadedModel] = {}

@@ -4,7 +4,8 @@
 ``/healthz`` does: aggregate counts only, never a token, a state or an action. Each server has its
 own registry (two servers in one process never share counters). What is exported:
 ``onshore_serve_connections_total``, ``onshore_serve_sessions``, ``onshore_serve_actions_total``,
-``onshore_serve_act_seconds`` (histogram: from a well-formed ``act`` to its command, inference and
+``onshore_serve_batches_total`` and ``onshore_serve_batched_acts_total`` (forward passes and the acts
+they answered), ``onshore_serve_act_seconds`` (histogram: from a well-formed ``act`` to its command, inference and
 envelope included), ``onshore_serve_refusals_total{reason}``, ``onshore_serve_errors_total``,
 ``onshore_serve_rate_limited_total``, ``onshore_serve_dropped_total``,
 ``onshore_serve_interventions_total{kind}``, ``onshore_serve_refusing`` (1 once serving was
@@ -38,6 +39,11 @@ class ServerCollector(Collector):
         yield CounterMetricFamily("onshore_serve_connections", "Connections accepted.", value=st.connections)
         yield GaugeMetricFamily("onshore_serve_sessions", "Open connections.", value=self.server.session_count())
         yield CounterMetricFamily("onshore_serve_actions", "Commands answered.", value=st.actions)
+        batches = self.server.batcher.stats
+        yield CounterMetricFamily("onshore_serve_batches", "Forward passes run (each for one batch of acts).",
+                                  value=batches.batches)
+        yield CounterMetricFamily("onshore_serve_batched_acts", "Acts answered by those forward passes.",
+                                  value=batches.requests)
         yield CounterMetricFamily("onshore_serve_errors", "Requests answered with an error.", value=st.errors)
         yield CounterMetricFamily("onshore_serve_rate_limited", "Acts refused for their rate.", value=st.rate_limited)
         yield CounterMetricFamily("onshore_serve_dropped", "Messages dropped over a connection's budget.",

@@ -1,7 +1,9 @@
 """The policy server: a model next to its machine, over WebSocket with msgpack frames.
 
-One asyncio event loop takes connections; inference (the model's ``act``) runs on a small thread
-pool, off the loop, so a slow request never stalls other clients' I/O. Each connection is one
+One asyncio event loop takes connections; inference (the model's ``act``) runs on a few worker
+threads, off the loop, so a slow request never stalls other clients' I/O, and the acts that wait
+at the same time, from different sessions, run as one forward pass (:mod:`onshore.serve.batching`;
+``ServerLimits.batch``). Each connection is one
 session at a time (``reset`` starts an episode for an embodiment and task; ``act`` answers one
 state with one command), with its own model history. The safety envelope belongs to the
 *machine*, named by the token's client and the embodiment: it outlives sessions, so a latched
@@ -45,6 +47,7 @@ from websockets.http11 import Request, Response
 
 from onshore.serve import envelope as E
 from onshore.serve import openpi, wire
+from onshore.serve.batching import Batcher
 from onshore.serve.loading import ServedModel
 from onshore.serve.metrics import CONTENT_TYPE, ServerMetrics
 from onshore.serve.record import Recorder
@@ -63,6 +66,11 @@ class ServerLimits:
     max_connections: int = 64
     max_connections_per_client: int = 8  # so one token holder cannot lock the others out
     infer_threads: int = 2
+    #: acts of different sessions run as one forward pass (:mod:`onshore.serve.batching`); False:
+    #: one forward pass per request
+    batch: bool = True
+    batch_wait_s: float = 0.001  # the longest a gathered act waits for other active sessions' acts
+    max_batch: int = 32
     max_task_chars: int = 512
     act_hz: float | None = None  # acts per second per session; None: the embodiment's control rate
     act_burst: float = 2.0  # acts a session may send at once above that (network jitter)
@@ -134,7 +142,10 @@ class PolicyServer:
         #: Why serving was refused while running (None while serving); set once, never cleared.
         self.refusal: str | None = None
         self.refused = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=self.limits.infer_threads, thread_name_prefix="onshore-infer")
+        self._pool = ThreadPoolExecutor(max_workers=self.limits.infer_threads, thread_name_prefix="onshore-build")
+        #: acts, batched across sessions, on ``infer_threads`` threads off the loop
+        self.batcher = Batcher(_act_batch, self._acting, self.limits.infer_threads, self.limits.batch_wait_s,
+                               self.limits.max_batch if self.limits.batch else 1)
         self._sessions: set[Session] = set()
         self._machines: dict[tuple[str, str], E.Envelope] = {}
         self._bad_peers: dict[str, tuple[int, float]] = {}
@@ -149,6 +160,10 @@ class PolicyServer:
 
     def session_count(self) -> int:
         return len(self._sessions)
+
+    def _acting(self) -> int:
+        """Sessions that may send an act now (reset, not ended): how many acts a batch may wait for."""
+        return sum(s.policy is not None for s in list(self._sessions))
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -170,6 +185,7 @@ class PolicyServer:
         for s in list(self._sessions):
             self._end_episode(s)
         self._pool.shutdown(wait=True)
+        self.batcher.close()
         self._events.shutdown(wait=True)
 
     async def _watch(self) -> None:
@@ -475,13 +491,7 @@ class PolicyServer:
                                                  f"(the control rate of {emb.name}); this request was not served")
         policy, env = s.policy, s.envelope
         started = time.perf_counter()
-
-        def step() -> tuple[Any, float]:
-            t0 = time.perf_counter()
-            raw = policy.act(state)
-            return raw, (time.perf_counter() - t0) * 1e3
-
-        raw, infer_ms = await asyncio.get_running_loop().run_in_executor(self._pool, step)
+        raw, infer_ms, _size = await self.batcher.act(policy, state)
         # on the loop, never in the pool: sessions of one machine share its envelope
         command = env.command(raw, time.monotonic())
         self.metrics.act_seconds.observe(time.perf_counter() - started)
@@ -539,6 +549,12 @@ class PolicyServer:
                 self.recorder.finish(ep)
             except Exception:
                 log.exception("could not spool an episode of client %s", s.client)
+
+
+def _act_batch(policies: Any, states: Any) -> list[Any]:
+    from onshore.model.policy import act_batch  # torch is imported by the model, never by this module
+
+    return act_batch(policies, states)
 
 
 def _peer(connection: ServerConnection) -> str:

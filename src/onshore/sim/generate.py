@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from onshore.errors import ValidationError
 from onshore.sim import registry
-from onshore.sim.parallel import check_workers, map_ordered
+from onshore.sim.parallel import check_workers, map_ordered, workers_for
 from onshore.sim.rollout import EpisodeFrames, EpisodeSpec, check_policy_sees, rollout
 from onshore.sim.sensors import SensorOptions, control_period
 from onshore.sim.versions import package_versions
@@ -145,8 +145,9 @@ def generate(
 
     ``tasks``: task names (Meta-World v3 names such as ``"pick-place-v3"``; TEP scenarios such
     as ``"base"`` or ``"idv-4"``), or ``None`` for the environment's default set. ``workers``:
-    processes to use (default: all cores). ``sensors``: the member's sensor model (default:
-    exact readings at the simulator's rate). ``progress(done, total)`` is called per episode.
+    processes to use, this one among them (default: all cores, fewer for a short run).
+    ``sensors``: the member's sensor model (default: exact readings at the simulator's rate).
+    ``progress(done, total)`` is called per episode.
     ``seconds`` caps each episode's simulated time (default: the environment's episode length).
     ``expert_sees``: ``"sensed"`` (the expert acts on the member's sensor readings, as its
     controller would) or ``"exact"`` (it acts on the true state; the frames still record the
@@ -196,8 +197,9 @@ def generate(
     try:
         # Chunks of neighbouring episodes (mostly one task) spare workers building environments
         # and goal sets for every task; small enough that all workers stay busy.
+        n_workers = workers_for(len(specs), workers)
         chunk = max(1, min(episodes, math.ceil(len(specs) / (2 * n_workers))))
-        for ep in map_ordered(job, specs, n_workers, progress, chunksize=chunk):
+        for ep in map_ordered(job, specs, n_workers, progress, chunksize=chunk, preload=[__name__, *mod.PRELOAD]):
             if ep.spec.episode_index % EPISODES_PER_FILE == 0:
                 if writer is not None:
                     writer.close()

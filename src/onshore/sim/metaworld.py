@@ -57,6 +57,9 @@ DEFAULT_TASKS: tuple[str, ...] = (
     "window-close-v3",
 )
 
+#: Heavy modules a worker process needs: the forkserver imports them once (``map_ordered``'s preload).
+PRELOAD: tuple[str, ...] = ("mujoco", "metaworld", "metaworld.env_dict", "metaworld.policies")
+
 WORKSPACE_LOW = (-1.0, -0.5, -0.5)
 WORKSPACE_HIGH = (1.0, 1.5, 1.0)
 AFTER_SUCCESS_FRAMES = 10  # frames kept after first success when generating telemetry

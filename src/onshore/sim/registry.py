@@ -1,6 +1,7 @@
 """The simulated environments by name: ``metaworld`` and ``tep``.
 
-Each is a module with ``EMBODIMENT``, ``DEFAULT_TASKS``, ``all_tasks()``, ``check_tasks()``,
+Each is a module with ``EMBODIMENT``, ``PRELOAD`` (the heavy modules its workers import),
+``DEFAULT_TASKS``, ``all_tasks()``, ``check_tasks()``,
 ``task_text()``, ``embodiment()`` and an adapter class. Environments are built once per process
 and kept, because building one (MuJoCo models, the TEP kernel) costs more than an episode.
 """

@@ -53,6 +53,8 @@ from onshore.sim.rollout import EpisodeSpec, Step
 from onshore.telemetry.embodiment import Channel, Embodiment
 
 EMBODIMENT = "tennessee-eastman"
+#: Heavy modules a worker process needs: the forkserver imports them once (``map_ordered``'s preload).
+PRELOAD: tuple[str, ...] = ("tep_studio",)
 SIM_STEP_H = 0.0005  # hours per simulator step (= the PI loops' sample period)
 DEFAULT_HOURS = 2.0
 DEFAULT_TASKS: tuple[str, ...] = ("base",)
