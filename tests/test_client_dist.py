@@ -155,8 +155,16 @@ def test_the_fresh_environment_holds_the_client_and_no_heavy_package(client_pyth
     assert not names & set(HEAVY_DISTS), sorted(names & set(HEAVY_DISTS))
 
 
+MAP = f"""embodiment = "{EMBODIMENT}"
+task = "{TASK}"
+[nodes]
+state = ["ns=2;s=state/0", "ns=2;s=state/1", "ns=2;s=state/2"]
+action = ["ns=2;s=action/0", "ns=2;s=action/1"]
+"""
+
 PROBE = """
 import json, sys
+import asyncua  # what the bridge opens the PLC with: a dependency, importable here
 import numpy as np
 import onshore
 from onshore.serve import Client
@@ -167,12 +175,13 @@ url, token, embodiment, task, state = sys.argv[1], sys.argv[2], sys.argv[3], sys
 with Client(url, token, embodiment) as client:
     ready = client.reset(task)
     action = client.act(np.array(state, dtype=np.float32))
+mapping = bridge.BridgeMap.from_toml(sys.argv[6])
 emb = Embodiment.from_dict(ready["spec"], source="the server")
 limits = envelope.Limits.from_embodiment(emb)
 command = envelope.Envelope(limits, initial=action).command(action)
 print(json.dumps({"action": action.tolist(), "enveloped": command.action.tolist(), "low": limits.low.tolist(),
-                  "high": limits.high.tolist(), "onshore": onshore.__file__, "bridge": bridge.__name__,
-                  "heavy": [m for m in HEAVY if m in sys.modules]}))
+                  "high": limits.high.tolist(), "onshore": onshore.__file__,
+                  "map": [mapping.embodiment, len(mapping.action)], "heavy": [m for m in HEAVY if m in sys.modules]}))
 """
 
 
@@ -186,9 +195,11 @@ def test_the_installed_client_acts_against_a_real_server_without_importing_torch
         ws.close()
     try:
         probe = f"HEAVY = {HEAVY_MODULES!r}\n{PROBE}"
+        bridge_map = tmp_path / "line3.toml"
+        bridge_map.write_text(MAP)
         # -I: nothing from this tree (PYTHONPATH, the current folder) on the path, only the virtualenv
-        proc = _run([str(client_python), "-I", "-c", probe, server.url, token, EMBODIMENT, TASK, json.dumps(STATE)],
-                    "acting from the fresh virtualenv", timeout=120)
+        proc = _run([str(client_python), "-I", "-c", probe, server.url, token, EMBODIMENT, TASK, json.dumps(STATE),
+                     str(bridge_map)], "acting from the fresh virtualenv", timeout=120)
         got = json.loads(proc.stdout.strip().splitlines()[-1])
         with Client(server.url, token, EMBODIMENT) as here:  # the same request from this environment
             here.reset(TASK)
@@ -198,6 +209,7 @@ def test_the_installed_client_acts_against_a_real_server_without_importing_torch
         server.finish()
     assert Path(got["onshore"]).is_relative_to(client_python.parent.parent), got["onshore"]
     assert got["heavy"] == [], got["heavy"]
+    assert got["map"] == [EMBODIMENT, 2]
     action = np.array(got["action"])
     assert action.shape == expected.shape and np.isfinite(action).all()
     np.testing.assert_allclose(action, expected, rtol=1e-6, atol=1e-6)
