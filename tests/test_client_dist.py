@@ -140,7 +140,7 @@ def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           capture_output=True, text=True, timeout=600, cwd="/", env=CLEAN_ENV)
     if proc.returncode != 0:
         pytest.fail("could not install the onshore-client wheel with its dependencies (numpy, msgpack, websockets, "
-                    "asyncua, tomli-w) from PyPI; this test needs PyPI, or a pip cache that holds them:\n"
+                    "asyncua, ...) from PyPI; this test needs PyPI, or a pip cache that holds them:\n"
                     + proc.stderr[-3000:], pytrace=False)
     return python
 
