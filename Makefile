@@ -4,14 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
-# torch is pinned (==2.13.0 in pyproject.toml) and installed first, alone, so that pip never
-# resolves a newer torch or pulls the multi-GB CUDA build while it solves the rest. Our machines
-# reach PyPI only, where pip finds the CPU build of this pin; set TORCH_INDEX to an extra index
-# (e.g. PyTorch's CPU or CUDA wheel index) where that is reachable and wanted.
+# torch is pinned here (==2.13.0, the release our results are checked against; pyproject.toml's
+# metadata accepts a tested range, so that Onshore can share an environment with other torch tools)
+# and installed first, alone, so that pip never resolves a newer torch or pulls the multi-GB CUDA
+# build while it solves the rest. Our machines reach PyPI only, where pip finds the CPU build of this
+# pin; set TORCH_INDEX to an extra index (e.g. PyTorch's CPU or CUDA wheel index) where that is
+# reachable and wanted.
 TORCH_INDEX ?=
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test setup setup-dev browser softhsm lint bench clean
+.PHONY: demo test setup setup-dev browser softhsm lint bench clean client-wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,5 +58,10 @@ lint: setup-dev
 bench: setup-dev
 	for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
+# onshore-client: the torch-free client, envelope and OPC UA bridge as a wheel of their own, for the
+# computer next to the machine (client/pyproject.toml lists its modules; docs/serving.md).
+client-wheel: $(BIN)/python
+	$(BIN)/pip wheel --disable-pip-version-check -q --no-deps -w dist ./client
+
 clean:
-	rm -rf $(VENV) demo-workspace demo-parties .pytest_cache
+	rm -rf $(VENV) demo-workspace demo-parties .pytest_cache client/build src/onshore_client.egg-info

@@ -6,70 +6,27 @@ changes the rules; the client runs here."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
-from _serving import EMBODIMENT, MODEL, TASK, furnace_workspace
+from _serving import EMBODIMENT, ENV, MODEL, TASK, Server, furnace_workspace, serve
 from onshore.cli.app import main
 from onshore.serve import Client, ServeError, tokens
-from onshore.serve.plant import free_port
 from onshore.workspace import Workspace
 
 STATE = np.array([600.0, 640.0, 4.0], dtype=np.float32)
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
 def cli(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "onshore", "-w", str(ws.root), *args], capture_output=True,
                           text=True, timeout=120, env=ENV)
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[str]
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
-        if self.proc.poll() is None:
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=60)
-        return self.proc.returncode, out, err
-
-
-def serve(ws: Workspace) -> Server:
-    """`onshore serve` as its own process, once it answers /healthz."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "onshore", "-w", str(ws.root), "serve", MODEL, "--site", "tokyo",
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                assert json.loads(r.read())["status"] == "ok"
-            return Server(proc, port)
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(proc.communicate()[1]) from None
-            time.sleep(0.2)
 
 
 @dataclass
