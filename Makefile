@@ -13,7 +13,7 @@ PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
 TORCH_INDEX ?=
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test setup setup-dev browser softhsm lint bench clean client-wheel
+.PHONY: demo test setup setup-dev browser softhsm lint bench clean client-wheel messages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,19 @@ demo: setup
 
 test: setup-dev
 	$(BIN)/python -m pytest -q
+
+# The message catalogue (onshore.i18n, babel.cfg): extract what people read from the source and the
+# dashboard's templates, merge it into each language's .po (then translate the new entries there:
+# an empty msgstr shows English), and compile the .mo files that ship in the package.
+# tests/test_i18n.py fails while a .po or .mo is behind the source. Needs the dev extras (Babel).
+messages:
+	pot=$$(mktemp --suffix=.pot) && \
+	$(BIN)/pybabel extract -F babel.cfg --no-location --sort-output --project=onshore \
+		--add-comments=TRANSLATORS: -o $$pot src/onshore >/dev/null && \
+	$(BIN)/pybabel update -i $$pot -d src/onshore/locale -D onshore -l ja --init-missing --ignore-obsolete \
+		--no-fuzzy-matching && \
+	rm -f $$pot
+	$(BIN)/pybabel compile -d src/onshore/locale -D onshore --statistics
 
 lint: setup-dev
 	$(BIN)/ruff check src tests bench

@@ -85,6 +85,14 @@ def write_frames(path: Path, table: pa.Table | None = None, **kw: int) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _english_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages in English whatever the locale the suite runs under (tests/test_i18n.py asks for Japanese)."""
+    for var in ("LANGUAGE", "LC_ALL", "LC_MESSAGES"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LANG", "C.UTF-8")
+
+
 @pytest.fixture
 def frames_file(tmp_path: Path) -> Path:
     return write_frames(tmp_path / "frames.parquet")

@@ -364,6 +364,34 @@ def test_browser_overview_shows_sites_by_jurisdiction_and_the_us_refusal(server:
     _shot(d, "dashboard-overview.png")
 
 
+def test_browser_overview_in_japanese_by_accept_language(server: str, tmp_path: Path) -> None:
+    """A browser whose preferred language is Japanese gets the overview in Japanese; names and rule ids as they are."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium") or "chromium"
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,900",
+              "--lang=ja", f"--user-data-dir={tmp_path / 'chromium-ja'}"):
+        opts.add_argument(a)
+    opts.add_experimental_option("prefs", {"intl.accept_languages": "ja,en"})  # sent as Accept-Language
+    d = webdriver.Chrome(service=Service(executable_path=shutil.which("chromedriver") or "chromedriver"),
+                         options=opts)
+    try:
+        d.set_page_load_timeout(60)
+        d.get(server + "/")
+        assert d.find_element(By.TAG_NAME, "h1").text == "データの所在"
+        assert d.find_element(By.TAG_NAME, "html").get_attribute("lang") == "ja"
+        assert "概要" in d.find_element(By.TAG_NAME, "nav").text
+        refusal = d.find_element(By.ID, "refusals").text
+        assert "ohio (US)" in refusal and "copy" in refusal and "jurisdictions" in refusal
+        assert "United States" in d.find_element(By.ID, "jurisdiction-US").text
+    finally:
+        d.quit()
+
+
 def test_browser_dataset_page_shows_shards_at_their_sites(server: str, browser: object) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -6,11 +6,23 @@ a required option (``UsageError``), 3 for a refusal by policy.
 
 from __future__ import annotations
 
+from onshore.i18n import Message
+
 
 class OnshoreError(Exception):
-    """An error the user can fix; the message says which file, which field and what to do."""
+    """An error the user can fix; the message says which file, which field and what to do.
+
+    The message is text, or an ``onshore.i18n.Message`` (a template and its values) that front
+    ends show in the reader's language; ``str(error)`` is always the English text.
+    """
 
     exit_code: int = 1
+
+    @property
+    def message(self) -> Message | str:
+        """What the error says: its ``Message`` when it was raised with one, else its text."""
+        first = self.args[0] if self.args else None
+        return first if isinstance(first, Message) else str(self)
 
 
 class NotFoundError(OnshoreError):
@@ -37,7 +49,7 @@ class PolicyDenied(OnshoreError):
 
     exit_code = 3
 
-    def __init__(self, message: str, rules: list[str] | None = None) -> None:
+    def __init__(self, message: str | Message, rules: list[str] | None = None) -> None:
         super().__init__(message)
         self.rules = rules or []
 

@@ -16,7 +16,8 @@ from onshore.cli.data import dataset_app, policy_app
 from onshore.cli.demo import demo_command
 from onshore.cli.doctor import doctor_command
 from onshore.cli.evaluate import eval_command
-from onshore.cli.helptext import tidy
+from onshore.cli.helptext import localize, tidy
+from onshore.cli.language import take_language
 from onshore.cli.ledger import ledger_app
 from onshore.cli.model import model_app
 from onshore.cli.monitor import monitor_app
@@ -29,6 +30,7 @@ from onshore.cli.train import finetune_command, train_command
 from onshore.cli.upgrade import backup_command, reshred_command, restore_command, upgrade_command
 from onshore.cli.witness import trust_app, witness_app
 from onshore.errors import OnshoreError, UsageError
+from onshore.i18n import N_, language_from_env, render, translator
 
 app = typer.Typer(
     name="onshore",
@@ -60,6 +62,10 @@ def _global(
              "command."),
     _show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
                                        help="Print the version and exit."),
+    _lang: str | None = typer.Option(  # read by main() wherever it is given, before anything runs
+        None, "--lang", metavar="LANG",
+        help="Language of messages and help summaries: en or ja (else $LANGUAGE, $LC_ALL, $LANG); also "
+             "accepted after the command. --json output is the same in every language."),
 ) -> None:
     context.set_workspace_path(workspace)
 
@@ -139,6 +145,8 @@ def _os_message(e: OSError) -> str:
 
 
 _WS_FLAGS = ("-w", "--workspace")
+#: The prefix of every error line, in the reader's language.
+ERROR = N_("error:")
 
 
 def hoist_workspace(args: list[str]) -> list[str]:
@@ -176,21 +184,25 @@ def main(argv: list[str] | None = None) -> int:
 
     Usage errors are click's own (exit 2). An OSError that no command turned into an
     OnshoreError (a permission refused, a disk full) is still a one-line message, exit 1. With
-    ``argv`` given, returns the exit code instead of exiting, for tests.
+    ``argv`` given, returns the exit code instead of exiting, for tests. Error lines and help
+    summaries are in the language of ``--lang`` or the environment (onshore.cli.language).
     """
+    tr = translator(language_from_env())
     try:
-        command()(args=hoist_workspace(sys.argv[1:] if argv is None else list(argv)), prog_name="onshore")
+        lang, args = take_language(sys.argv[1:] if argv is None else list(argv))
+        tr = translator(lang)
+        localize(command(), tr)(args=hoist_workspace(args), prog_name="onshore")
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except OnshoreError as e:
-        err.print(f"[red]error:[/] {esc(e)}", highlight=False)
+        err.print(f"[red]{esc(tr.gettext(ERROR))}[/] {esc(render(e.message, tr))}", highlight=False)
         code = e.exit_code
     except OSError as e:
-        err.print(f"[red]error:[/] {esc(_os_message(e))}", highlight=False)
+        err.print(f"[red]{esc(tr.gettext(ERROR))}[/] {esc(_os_message(e))}", highlight=False)
         code = 1
     except KeyboardInterrupt:
-        err.print("interrupted")
+        err.print(esc(tr.gettext("interrupted")))
         code = 130
     if argv is None:
         sys.exit(code)

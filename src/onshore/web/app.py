@@ -36,6 +36,8 @@ from starlette.staticfiles import StaticFiles
 
 from onshore.encoding import b64encode
 from onshore.errors import NotFoundError, OnshoreError, ValidationError
+from onshore.i18n import language_from_accept, translator
+from onshore.i18n import render as render_message
 from onshore.serve.metrics import CONTENT_TYPE
 from onshore.web import access, pages
 from onshore.web.graph import lineage_graph
@@ -67,9 +69,14 @@ def _age(seconds: int | None) -> str:
 
 
 def templates() -> Environment:
-    """Autoescape on for every template: a dataset called ``<script>`` is shown as text."""
+    """Autoescape on for every template: a dataset called ``<script>`` is shown as text.
+
+    Text goes through jinja2.ext.i18n (``{% trans %}``, ``_()``); each request renders with the
+    translations its ``Accept-Language`` asks for (``page_language``), English without one.
+    """
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True,
-                      lstrip_blocks=True)
+                      lstrip_blocks=True, extensions=["jinja2.ext.i18n"])
+    env.install_null_translations()  # type: ignore[attr-defined]  # added by the i18n extension
     env.filters["bytes"] = _fmt_bytes
     env.filters["age"] = _age
     env.filters["q"] = lambda s: quote(str(s), safe="")
@@ -148,6 +155,17 @@ def wants_json(request: Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
+def page_language(request: Request) -> dict[str, Any]:
+    """Template variables for the reader's language: ``lang`` and the gettext functions of jinja2.ext.i18n.
+
+    Passed with each render (never installed on the shared environment), so two requests in two
+    languages at once each get their own.
+    """
+    lang = language_from_accept(request.headers.get("accept-language"))
+    tr = translator(lang)
+    return {"lang": lang, "gettext": tr.gettext, "_": tr.gettext, "ngettext": tr.ngettext}
+
+
 def create_app(root: Path, token_digest: str | None = None, host: str = "127.0.0.1") -> Starlette:
     """The dashboard over the workspace at ``root``, bound to ``host``.
 
@@ -167,8 +185,9 @@ def create_app(root: Path, token_digest: str | None = None, host: str = "127.0.0
         if wants_json(request):
             return JSONResponse(json.loads(json.dumps(data if as_json is None else as_json, default=str)),
                                 status_code=status)
-        html = env.get_template(template).render(d=data, workspace=ws.config.name, path=request.url.path, **extra)
-        return HTMLResponse(html, status_code=status)
+        html = env.get_template(template).render(d=data, workspace=ws.config.name, path=request.url.path,
+                                                 **page_language(request), **extra)
+        return HTMLResponse(html, status_code=status, headers={"Vary": "Accept-Language"})
 
     def read(fn: Callable[[], Any]) -> Any:
         with lock:  # one request at a time on the shared workspace handle
@@ -261,7 +280,10 @@ def create_app(root: Path, token_digest: str | None = None, host: str = "127.0.0
 
     async def refuse_errors(request: Request, exc: Exception) -> Response:
         status = 404 if isinstance(exc, NotFoundError) else 400
-        return render(request, "error.html", {"error": str(exc)}, status=status)
+        message = exc.message if isinstance(exc, OnshoreError) else str(exc)
+        text = render_message(message, translator(language_from_accept(request.headers.get("accept-language"))))
+        return render(request, "error.html", {"error": text}, status=status,
+                      as_json={"error": str(exc)})  # JSON stays English, whatever the language
 
     app = Starlette(routes=[
         Route("/", overview),

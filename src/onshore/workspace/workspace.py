@@ -18,6 +18,7 @@ from onshore.catalog import schema as T
 from onshore.catalog.db import open_engine, write_transaction
 from onshore.catalog.schema import metadata as catalog_metadata
 from onshore.errors import IntegrityError, NotFoundError, PolicyDenied, ValidationError
+from onshore.i18n import N_, Message
 from onshore.keys.keystore import IDENTITY_FILE, KeyStore, public_key_b64, public_key_from_b64
 from onshore.keys.pkcs11store import open_keystore
 from onshore.ledger import checkpoint as ckpt
@@ -492,13 +493,17 @@ class Workspace:
         """``decide``, then raise PolicyDenied (exit 3) naming the deciding rules on a deny."""
         decision, index = self.decide(request, extra, on_allow)
         if not decision.allowed:
-            where = f" at site {request.site} ({decision.site_jurisdiction})" if request.site else ""
-            purpose = f" for purpose {request.purpose!r}" if request.purpose else ""
-            raise PolicyDenied(
-                f"refused: {request.action} of {request.resource} {request.dataset!r} by {request.principal}{where}"
-                f"{purpose}; deciding rule(s): {', '.join(decision.rules)} (ledger entry {index})",
-                list(decision.rules),
-            )
+            # a template with named fields (onshore.i18n): the CLI shows it in the reader's language;
+            # action, names, rule ids and the ledger index are filled in as they are
+            where = Message(N_(" at site {site} ({jurisdiction})"),
+                            {"site": request.site, "jurisdiction": decision.site_jurisdiction}) if request.site else ""
+            purpose = Message(N_(" for purpose {purpose!r}"), {"purpose": request.purpose}) if request.purpose else ""
+            raise PolicyDenied(Message(
+                N_("refused: {action} of {resource} {dataset!r} by {principal}{where}{purpose}; "
+                   "deciding rule(s): {rules} (ledger entry {index})"),
+                {"action": request.action, "resource": request.resource, "dataset": request.dataset,
+                 "principal": request.principal, "where": where, "purpose": purpose,
+                 "rules": ", ".join(decision.rules), "index": index}), list(decision.rules))
         return decision, index
 
     # -- catalog lookups -------------------------------------------------------------------------
@@ -510,5 +515,6 @@ class Workspace:
         with self.catalog.connect() as conn:
             row = conn.execute(select(table).where(table.c.name == name)).mappings().first()
         if row is None:
-            raise NotFoundError(f"no {table_name} named {name!r}; see 'onshore {table_name} list'")
+            raise NotFoundError(Message(N_("no {kind} named {name!r}; see 'onshore {kind} list'"),
+                                        {"kind": table_name, "name": name}))
         return dict(row)

@@ -1,0 +1,270 @@
+"""Japanese as well as English: the catalogue is current and compiled, the real CLI and the dashboard
+speak the reader's language, and what scripts read (JSON, rule ids, names) never changes with it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from babel.messages.extract import extract_from_dir
+from babel.messages.frontend import parse_mapping_cfg
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from starlette.testclient import TestClient
+
+from conftest import EMBODIMENT_TOML, POLICY_JP, write_frames
+from conftest import run_cli as run
+from onshore import i18n
+from onshore.cli.helptext import breakable
+from onshore.cli.language import take_language
+from onshore.errors import NotFoundError, UsageError
+from onshore.web.app import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "src" / "onshore"
+JA_PO = PACKAGE / "locale" / "ja" / "LC_MESSAGES" / "onshore.po"
+JA_MO = JA_PO.with_suffix(".mo")
+RULE = "dataset/furnace/jurisdictions"
+
+
+def _catalog():  # type: ignore[no-untyped-def]
+    with JA_PO.open("rb") as f:
+        return read_po(f)
+
+
+# -- the catalogue --------------------------------------------------------------------------------
+
+def test_committed_mo_is_what_the_po_compiles_to() -> None:
+    buf = io.BytesIO()
+    write_mo(buf, _catalog())
+    assert JA_MO.read_bytes() == buf.getvalue(), "the .mo is stale: run 'make messages' and commit both"
+
+
+def test_every_msgid_in_the_po_still_occurs_in_the_source() -> None:
+    with (ROOT / "babel.cfg").open() as f:
+        method_map, options_map = parse_mapping_cfg(f)
+    extracted = {msg if isinstance(msg, str) else msg[0]
+                 for _, _, msg, _, _ in extract_from_dir(str(PACKAGE), method_map, options_map)}
+    # the extraction finds the kinds of text the catalogue is for
+    assert {"error:", "Overview", "Datasets: ingest, copy, read, export, list, show, withdraw."} <= extracted
+    stale = sorted(m.id for m in _catalog() if m.id and m.id not in extracted)
+    assert not stale, f"msgids no longer in the source (run 'make messages'): {stale}"
+
+
+def _fields(text: str) -> set[str]:
+    named = set(re.findall(r"%\((\w+)\)s", text))
+    braces = {f"{{{name}!{conv}}}" if conv else f"{{{name}}}"
+              for _, name, _, conv in string.Formatter().parse(text) if name is not None}
+    return named | braces
+
+
+def test_every_japanese_entry_is_translated_and_keeps_its_placeholders() -> None:
+    entries = [m for m in _catalog() if m.id]
+    assert len(entries) > 40
+    for m in entries:
+        assert m.string and not m.fuzzy, f"untranslated: {m.id!r}"
+        assert _fields(m.string) == _fields(m.id), m.id
+        # what stays as it is in every language: product names and the commands people type
+        for term in ("Cedar", "OPC UA", "PKCS#11", *re.findall(r"'onshore [^']*'", m.id)):
+            if term in m.id:
+                assert term in m.string, (term, m.id)
+
+
+# -- choosing the language -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("env", "lang"), [
+    ({"LANG": "ja_JP.UTF-8"}, "ja"),
+    ({"LANG": "C.UTF-8"}, "en"),
+    ({}, "en"),
+    ({"LANG": "fr_FR.UTF-8"}, "en"),
+    ({"LANG": "ja_JP.UTF-8", "LC_ALL": "C"}, "en"),           # LC_ALL overrides LANG
+    ({"LANG": "C", "LC_MESSAGES": "ja_JP.eucJP"}, "ja"),
+    ({"LANGUAGE": "fr:ja:en", "LANG": "C"}, "ja"),            # the first supported of the list
+])
+def test_language_from_the_environment(env: dict[str, str], lang: str) -> None:
+    assert i18n.language_from_env(env) == lang
+
+
+@pytest.mark.parametrize(("header", "lang"), [
+    ("ja", "ja"), ("ja-JP,ja;q=0.9,en-US;q=0.8", "ja"), ("en-US,en;q=0.9,ja;q=0.8", "en"),
+    ("fr, ja;q=0.5", "ja"), ("ja;q=0", "en"), ("*", "en"), ("", "en"), (None, "en"),
+    ("ja;q=banana, en", "en"), ("de", "en"),
+])
+def test_language_from_accept_language(header: str | None, lang: str) -> None:
+    assert i18n.language_from_accept(header) == lang
+
+
+def test_lang_option_is_taken_anywhere_before_the_double_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    assert take_language(["dataset", "list", "--lang", "ja"]) == ("ja", ["dataset", "list"])
+    assert take_language(["--lang=ja-JP", "site", "list"]) == ("ja", ["site", "list"])
+    assert take_language(["x", "--", "--lang", "ja"]) == ("en", ["x", "--", "--lang", "ja"])
+    monkeypatch.setenv("LANG", "ja_JP.UTF-8")
+    assert take_language(["--lang", "en", "site", "list"])[0] == "en"
+    assert take_language(["site", "list"])[0] == "ja"
+    for bad in (["--lang"], ["--lang", "fr"], ["--lang="]):
+        with pytest.raises(UsageError):
+            take_language(bad)
+
+
+def test_a_message_renders_its_fields_untouched_and_survives_a_broken_translation() -> None:
+    msg = i18n.Message("no {kind} named {name!r}; see 'onshore {kind} list'", {"kind": "dataset", "name": "炉"})
+    ja = i18n.render(msg, i18n.translator("ja"))
+    assert ja.startswith("dataset '炉' は見つかりません") and "'onshore dataset list'" in ja
+    assert str(NotFoundError(msg)) == str(msg) == "no dataset named '炉'; see 'onshore dataset list'"
+
+    class Broken(i18n.gettext.NullTranslations):
+        def gettext(self, message: str) -> str:
+            return "{missing}"
+
+    assert i18n.render(msg, Broken()) == str(msg)  # an error message always prints
+
+
+def test_breakable_keeps_every_line_within_the_width() -> None:
+    from rich.cells import cell_len
+
+    text = ("許可されたデータでサイト上のモデルを学習します（拒否された場合は、"
+            "読み出しの前にルールを示して終了コード 3 で終わります）。")
+    lines = breakable(text, width=50).split("\n")
+    assert lines == ["許可されたデータでサイト上のモデルを学習します", "（拒否された場合は、",  # before a bracket
+                     "読み出しの前にルールを示して終了コード 3", "で終わります）。"]             # after punctuation
+    assert all(cell_len(line) <= 50 for line in lines)
+    # a run with nothing to break at stays whole rather than being cut
+    assert breakable("あ" * 40, width=50) == "あ" * 40
+
+
+# -- the real command line -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def refused_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace where copying 'furnace' to the US site is refused by the dataset's policy."""
+    from onshore.cli.app import main
+
+    tmp = tmp_path_factory.mktemp("i18n")
+    w = tmp / "ws"
+    assert main(["init", str(w), "--name", "i18n-test"]) == 0
+    for args in (["site", "add", "sakai", "--jurisdiction", "JP", "--roles", "storage,compute"],
+                 ["site", "add", "ohio", "--jurisdiction", "US", "--roles", "storage"],
+                 ["member", "add", "steelco"]):
+        assert main(["-w", str(w), *args]) == 0
+    (tmp / "emb.toml").write_text(EMBODIMENT_TOML)
+    (tmp / "policy.toml").write_text(POLICY_JP)
+    assert main(["-w", str(w), "embodiment", "add", str(tmp / "emb.toml")]) == 0
+    f = write_frames(tmp / "f.parquet")
+    assert main(["-w", str(w), "dataset", "ingest", "furnace", str(f), "--member", "steelco", "--site", "sakai",
+                 "--policy", str(tmp / "policy.toml"), "--embodiment", "furnace-line-3"]) == 0
+    assert main(["-w", str(w), "--lang", "en", "dataset", "copy", "furnace", "--to", "ohio"]) == 3
+    return w
+
+
+def _onshore(*args: str, lang: str = "C.UTF-8") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LANGUAGE", "LC_ALL", "LC_MESSAGES")}
+    env["LANG"] = lang
+    env["COLUMNS"] = "200"
+    return subprocess.run([sys.executable, "-m", "onshore", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_a_refusal_in_japanese_names_the_same_rule(refused_ws: Path) -> None:
+    w = str(refused_ws)
+    en = _onshore("-w", w, "dataset", "copy", "furnace", "--to", "ohio")
+    ja_env = _onshore("-w", w, "dataset", "copy", "furnace", "--to", "ohio", lang="ja_JP.UTF-8")
+    ja_opt = _onshore("-w", w, "dataset", "copy", "furnace", "--to", "ohio", "--lang", "ja")
+    assert en.returncode == ja_env.returncode == ja_opt.returncode == 3
+    assert en.stderr.startswith("error: refused: copy of dataset 'furnace' by site:ohio at site ohio (US)")
+    for p in (ja_env, ja_opt):
+        line = p.stderr.strip()
+        assert line.startswith("エラー: ポリシーにより拒否: site:ohio による dataset 'furnace' の copy"
+                               "（サイト ohio、US）")
+        assert f"判定したルール: {RULE}" in line and "Traceback" not in p.stderr
+    # each refusal was recorded (its own ledger entry), in the same language-neutral form
+    indices = [int(re.search(r"(?:ledger entry|ledger エントリ) (\d+)", p.stderr).group(1))  # type: ignore[union-attr]
+               for p in (en, ja_env, ja_opt)]
+    assert indices == sorted(indices) and len(set(indices)) == 3
+    # an explicit --lang en wins over a Japanese locale
+    back = _onshore("-w", w, "dataset", "copy", "furnace", "--to", "ohio", "--lang", "en", lang="ja_JP.UTF-8")
+    assert back.stderr.startswith("error: refused: copy") and RULE in back.stderr
+
+
+def test_json_output_is_the_same_in_every_language(refused_ws: Path) -> None:
+    w = str(refused_ws)
+    args = ("-w", w, "policy", "check", "--action", "copy", "--dataset", "furnace", "--site", "ohio", "--json")
+    en, ja = _onshore(*args), _onshore(*args, lang="ja_JP.UTF-8")
+    assert en.returncode == ja.returncode == 3
+    a, b = json.loads(en.stdout), json.loads(ja.stdout)
+    assert a["rules"] == b["rules"] == [RULE] and a["decision"] == b["decision"] == "deny"
+    assert {k for k in a} == {k for k in b}
+    # the same, field by field, but for what a second decision changes (its time and ledger place)
+    assert b["ledger_index"] > a["ledger_index"]
+    a.pop("ledger_index"), b.pop("ledger_index")
+    assert a == b
+    listing = ("-w", w, "site", "list", "--json")
+    assert _onshore(*listing).stdout == _onshore(*listing, "--lang", "ja").stdout
+
+
+def test_errors_and_help_summaries_in_japanese(refused_ws: Path, tmp_path: Path) -> None:
+    missing = _onshore("-w", str(refused_ws), "dataset", "show", "nope", "--lang", "ja")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == ("エラー: dataset 'nope' は見つかりません。"
+                                      "'onshore dataset list' で一覧を確認してください")
+    top = _onshore("--help", "--lang", "ja")
+    assert top.returncode == 0
+    assert "データセット: 取り込み、コピー、読み出し、" in top.stdout and "--lang" in top.stdout
+    group = _onshore("dataset", "--help", lang="ja_JP.UTF-8")
+    assert "データセット: 取り込み、コピー" in group.stdout and "ingest" in group.stdout  # command names stay
+    assert "Datasets: ingest, copy" in _onshore("dataset", "--help").stdout
+    bad = _onshore("--lang", "fr", "site", "list")
+    assert bad.returncode == 2 and "en, ja" in bad.stderr
+
+
+def test_in_process_cli_switches_language_per_call(refused_ws: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    w = str(refused_ws)
+    code, _, err = run(capsys, "-w", w, "dataset", "copy", "furnace", "--to", "ohio", "--lang", "ja")
+    assert code == 3 and err.startswith("エラー:") and RULE in err
+    code, _, err = run(capsys, "-w", w, "dataset", "copy", "furnace", "--to", "ohio")
+    assert code == 3 and err.startswith("error: refused:") and RULE in err
+    code, out, _ = run(capsys, "--help")
+    assert "Datasets: ingest" in out and "データセット" not in out
+
+
+# -- the dashboard -------------------------------------------------------------------------------
+
+def test_dashboard_overview_follows_accept_language(refused_ws: Path) -> None:
+    app = create_app(refused_ws)
+    try:
+        with TestClient(app, base_url="http://127.0.0.1") as c:
+            ja = c.get("/", headers={"Accept-Language": "ja-JP,ja;q=0.9,en;q=0.8"})
+            en = c.get("/", headers={"Accept-Language": "en-US,en;q=0.9"})
+            plain = c.get("/")
+            assert ja.status_code == en.status_code == 200 and ja.headers["vary"] == "Accept-Language"
+            assert '<html lang="ja">' in ja.text and "<h1>データの所在</h1>" in ja.text
+            assert "データセット 1 件" in ja.text and "過去 24 時間の拒否" in ja.text
+            assert ">概要</a>" in ja.text and "Where the data sits" not in ja.text
+            assert '<html lang="en">' in en.text and "<h1>Where the data sits</h1>" in en.text
+            assert plain.text == en.text
+            # names, rule ids and Cedar are shown as they are in both
+            for page in (ja.text, en.text):
+                assert f'<td class="rule">{RULE}</td>' in page and 'data-site="sakai"' in page
+                assert '<a href="/datasets/furnace">furnace</a>' in page and "Cedar, SHA-256" in page
+            # the JSON API is the same whatever the language
+            j_ja = c.get("/?format=json", headers={"Accept-Language": "ja"}).json()
+            j_en = c.get("/?format=json").json()
+            for j in (j_ja, j_en):
+                j.pop("generated_at", None)
+            assert j_ja.keys() == j_en.keys() and j_ja["jurisdictions"] == j_en["jurisdictions"]
+            # an error page in Japanese, its JSON in English
+            nf = c.get("/datasets/nope", headers={"Accept-Language": "ja"})
+            assert nf.status_code == 404 and "dataset &#39;nope&#39; は見つかりません" in nf.text
+            nf_json = c.get("/datasets/nope?format=json", headers={"Accept-Language": "ja"})
+            assert nf_json.status_code == 404 and nf_json.json()["error"].startswith("no dataset named 'nope'")
+    finally:
+        app.state.workspace.close()
