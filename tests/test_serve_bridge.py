@@ -354,7 +354,8 @@ def test_the_e_stop_button_latches_the_machine_at_the_server_so_a_restarted_brid
 
         async def release() -> None:  # the button springs back; nobody reset the e-stop
             async with OpcClient(pt.endpoint) as c:
-                await c.get_node(mapping.estop).write_value(ua.Variant(False, ua.VariantType.Boolean))
+                button = c.get_node(plant.node_id("estop", nsu=False))
+                await button.write_value(ua.Variant(False, ua.VariantType.Boolean))
 
         asyncio.run(release())
         before = len(plant.actions)
@@ -364,7 +365,8 @@ def test_the_e_stop_button_latches_the_machine_at_the_server_so_a_restarted_brid
 
         async def reset() -> None:
             async with OpcClient(pt.endpoint) as c:
-                await c.get_node(mapping.estop_reset).write_value(ua.Variant(True, ua.VariantType.Boolean))
+                reset_node = c.get_node(plant.node_id("estop_reset", nsu=False))
+                await reset_node.write_value(ua.Variant(True, ua.VariantType.Boolean))
 
         asyncio.run(reset())  # the reset node clears the latch here and at the server
         third = asyncio.run(run_bridge(pt.endpoint, mapping, run.url, tok, hz=20, steps=8))
