@@ -339,8 +339,16 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                 report.interventions[k] += 1
             if cmd.alarm and len(report.alarms) < 100 and (not report.alarms or report.alarms[-1] != cmd.alarm):
                 report.alarms.append(cmd.alarm)
-            await opc.write_values(action_nodes, [ua.Variant(float(x), vt)
-                                                  for x, vt in zip(cmd.action, types["action"], strict=True)])
+            try:
+                await opc.write_values(action_nodes, [ua.Variant(float(x), vt)
+                                                      for x, vt in zip(cmd.action, types["action"], strict=True)])
+            except ua.UaStatusCodeError as e:
+                name = ua.StatusCode(e.code).name
+                if "AccessDenied" in name or "NotWritable" in name:  # this session may not act: nothing written
+                    raise OnshoreError(f"the OPC UA server refused this session's write to the action nodes "
+                                       f"({name}): log in as a user who may write them (--credentials FILE, or "
+                                       f"{opcua.USER_ENV} and {opcua.PASSWORD_ENV})") from None
+                raise
             report.written += 1
 
         async def hold(why: str) -> None:
