@@ -107,7 +107,7 @@ def test_refusals_change_nothing(plant: Workspace, tmp_path: Path, capsys: pytes
     bad_map = tmp_path / "map.toml"
     bad_map.write_text("state = [\"ns=2;s=x\"\n")  # not TOML: an unclosed list
     code, _, err = run_cli(capsys, "-w", str(plant.root), "monitor", "plant-tiny", "--site", "sakai", "--endpoint",
-                           "opc.tcp://127.0.0.1:9", "--map", str(bad_map))
+                           "opc.tcp://127.0.0.1:9", "--map", str(bad_map), "--security", "none")
     assert code == 1 and "map.toml" in err and "Traceback" not in err
 
 

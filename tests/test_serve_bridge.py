@@ -479,6 +479,21 @@ def test_a_secured_plant_driven_by_the_cli_bridge_and_browsed_with_asyncuas_own_
         assert estop.stdout.strip() == "False", estop.stdout
         # no unsecured endpoint at all
         assert _tool("uals", "-u", pt.endpoint, "-n", "i=85").returncode != 0
+        # a watcher (onshore monitor, onshore shadow) only reads: an anonymous SignAndEncrypt session does
+        from contextlib import aclosing
+
+        from onshore.serve.opcua import Security
+        from onshore.serve.watch import watch
+
+        async def look() -> list:
+            anonymous = Security("sign-encrypt", tmp_path / "watch-pki")
+            async with aclosing(watch(pt.endpoint, BridgeMap.from_toml(map_file), 50.0, steps=2, seconds=20,
+                                      frame_node=None, security=anonymous)) as it:
+                return [f async for f in it]
+
+        frames = asyncio.run(look())
+        assert len(frames) == 2 and np.allclose(frames[-1].state, plant.states[-1])
+        np.testing.assert_allclose(frames[-1].action, plant.actions[-1])
     assert plant.frames == before
 
 

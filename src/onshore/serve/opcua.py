@@ -239,10 +239,13 @@ async def connect(endpoint: str, security: Security, name: str, say: Any = None,
     unreachable server. ``say`` (a callable) is told the server certificate's fingerprint when
     it was taken from the server rather than pinned.
     """
+    import logging
+
     from asyncua import Client, ua
     from asyncua.crypto import security_policies
 
     check_security(endpoint, security.mode)
+    logging.getLogger("asyncua").setLevel(logging.ERROR)  # its warnings (session timeouts) are not the user's
     client = Client(endpoint, timeout=timeout)
     try:
         if security.mode != "none":
