@@ -433,6 +433,9 @@ def test_a_secured_plant_driven_by_the_cli_bridge_and_browsed_with_asyncuas_own_
         assert code == 1 and "refused this session's write" in err and "Traceback" not in err, err
         code, _, err = bridge("--security", "sign-encrypt", "--credentials", str(wrong))
         assert code == 1 and "BadUserAccessDenied" in err and "--credentials" in err and "Traceback" not in err, err
+        code, _, err = bridge("--security", "sign-encrypt", "--credentials", str(creds), "--server-cert",
+                              str(bridge_pki / "bridge-cert.der"))  # pinned to a certificate not the plant's
+        assert code == 1 and "check that it is this server's certificate" in err and "Traceback" not in err, err
         assert plant.frames == before
 
         # the bridge's application certificate: made once in --pki, key owner-only, ApplicationUri in its SAN
@@ -499,7 +502,7 @@ def test_a_secured_plant_driven_by_the_cli_bridge_and_browsed_with_asyncuas_own_
 
 def test_security_none_must_be_asked_for_and_stays_on_loopback(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from onshore.serve.opcua import Credentials, application_certificate, check_security
+    from onshore.serve.opcua import Credentials, application_certificate, check_security, read_users
 
     check_security("opc.tcp://127.0.0.1:4840/x", "none")
     check_security("opc.tcp://localhost:4840", "none")
@@ -535,6 +538,18 @@ def test_security_none_must_be_asked_for_and_stays_on_loopback(tmp_path: Path,
     assert Credentials.from_env({}) is None
     with pytest.raises(ValidationError, match="both"):
         Credentials.from_env({"ONSHORE_OPCUA_USER": "u"})
+
+    # a server's users: an owner-only [users] table; never with --security none
+    users = tmp_path / "users.toml"
+    users.write_text('[users]\nline-3 = "pw"\n')
+    users.chmod(0o640)
+    with pytest.raises(ValidationError, match="chmod 600"):
+        read_users(users)
+    users.chmod(0o600)
+    assert read_users(users) == {"line-3": "pw"}
+    capsys.readouterr()
+    assert main(["sim", "plant", "--env", "tep", "--task", "base", "--security", "none", "--users", str(users)]) == 2
+    assert "passwords never travel unencrypted" in capsys.readouterr().err
 
     # application certificates: made once, reused, never overwritten; a key others read is refused
     first = application_certificate(tmp_path / "pki", "bridge", "urn:h:onshore:bridge")

@@ -193,7 +193,7 @@ async def _check_types(nodes: dict[str, list[Any]], ids: dict[str, list[str]]) -
             try:
                 vt = await node.read_data_type_as_variant_type()
             except Exception as e:
-                raise ValidationError(f"OPC UA node {node_id} ({role}) cannot be read: {e or type(e).__name__}; "
+                raise ValidationError(f"OPC UA node {node_id} ({role}) cannot be read: {str(e) or type(e).__name__}; "
                                       "check the node id in the map") from None
             if vt.name not in allowed[role]:
                 raise ValidationError(f"OPC UA node {node_id} ({role}) has data type {vt.name}; a {role} node must "
@@ -373,7 +373,7 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                     await read_flags()  # a button pressed now still moves the machine to the safe action
                 except Exception as e:  # a failed read: the hold goes on regardless
                     report.io_errors += 1
-                    say(f"OPC UA error: {e or type(e).__name__}")
+                    say(f"OPC UA error: {str(e) or type(e).__name__}")
                 await hold(f"policy server lost: {report.server_lost}; holding the safe action")
             else:
                 if pending is None:
@@ -397,7 +397,7 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                     except Exception as e:  # a failed OPC UA read: this period has no state
                         report.io_errors += 1
                         report.deadline_misses += 1
-                        say(f"OPC UA error: {e or type(e).__name__}")
+                        say(f"OPC UA error: {str(e) or type(e).__name__}")
                         cmd = env.idle(loop.time())
                         if cmd is not None:
                             await write(cmd)

@@ -277,8 +277,12 @@ async def connect(endpoint: str, security: Security, name: str, say: Any = None,
         raise OnshoreError(f"the OPC UA server at {endpoint} refused the session: {_status(e)}"
                            + _hint(e)) from None
     except Exception as e:
+        why = str(e) or type(e).__name__
+        if isinstance(e, TimeoutError) and security.server_cert is not None:
+            why += (f" (a server that cannot read what was encrypted for --server-cert {security.server_cert} does "
+                    "not answer: check that it is this server's certificate)")
         raise OnshoreError(f"cannot reach the OPC UA server at {endpoint} with --security {security.mode}: "
-                           f"{e or type(e).__name__}") from None
+                           f"{why}") from None
     return client
 
 
