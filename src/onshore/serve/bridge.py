@@ -91,9 +91,11 @@ class BridgeMap:
     source: str = "the map"  # where it was read from, for messages
 
     def node_ids(self) -> dict[str, list[str]]:
-        """The map's node ids by role: ``state``, ``action``, ``flag`` (e-stop, reset), ``alarm``."""
+        """The map's node ids by role (``state``, ``action``, ``estop``, ``estop_reset``, ``alarm``;
+        an optional role the map leaves out has none)."""
         return {"state": list(self.state), "action": list(self.action),
-                "flag": [n for n in (self.estop, self.estop_reset) if n], "alarm": [self.alarm] if self.alarm else []}
+                **{role: [n] if n else [] for role, n in (("estop", self.estop), ("estop_reset", self.estop_reset),
+                                                           ("alarm", self.alarm))}}
 
     @classmethod
     def from_toml(cls, path: Path) -> BridgeMap:
@@ -252,11 +254,12 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
     try:
         ids = mapping.node_ids()
         found = await opcua.resolve(opc, ids, mapping.source)
-        state_nodes, action_nodes, flag_nodes = found["state"], found["action"], found["flag"]
+        state_nodes, action_nodes = found["state"], found["action"]
+        flag_nodes = found["estop"] + found["estop_reset"]  # read each period, in this order
         alarm_node = found["alarm"][0] if found["alarm"] else None
         types = await _check_types(
             {"state": state_nodes, "action": action_nodes, "flag": flag_nodes + found["alarm"]},
-            {"state": ids["state"], "action": ids["action"], "flag": ids["flag"] + ids["alarm"]})
+            {"state": ids["state"], "action": ids["action"], "flag": ids["estop"] + ids["estop_reset"] + ids["alarm"]})
         await policy.connect()
         initial = np.asarray(await opc.read_values(action_nodes), dtype=np.float64)
         ready = await policy.reset(mapping.embodiment, mapping.task, initial_action=initial.astype(np.float32))
