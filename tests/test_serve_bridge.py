@@ -573,6 +573,13 @@ def test_a_mistyped_node_id_says_which_node_was_not_found(plant_ws: Workspace, t
     tok = tokens.issue(plant_ws, "tokyo", "tep-typo")
     plant = SimPlant("tep", "base", seed=3)
     with service.start(plant_ws, "plants", "tokyo", port=0, limits=FAST) as run, PlantThread(plant) as pt:
+        async def type_of(node_id: str) -> int:
+            from asyncua import Client as OpcClient
+
+            async with OpcClient(pt.endpoint) as c:
+                return (await c.get_node(node_id).read_type_definition()).Identifier
+
+        assert asyncio.run(type_of(plant.node_id("state/reactor_level", nsu=False))) == 2368  # AnalogItemType
         (tmp_path / "ns.toml").write_text(tomli_w.dumps(plant.map_dict(nsu=False)))
         by_index = BridgeMap.from_toml(tmp_path / "ns.toml")
         assert by_index.state[0].startswith("ns=")

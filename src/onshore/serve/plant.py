@@ -5,8 +5,8 @@ Eastman process through tep-studio) exposed by an ``asyncua`` server the way a p
 expects to browse one: an ApplicationUri of ``urn:HOST:onshore:sim-plant``, and under
 ``Objects/plant`` (every BrowseName in the plant's own namespace ``urn:onshore:sim-plant``, never
 namespace 0) a ``state`` folder with one Double ``AnalogItemType`` node per state channel, named
-by the embodiment's channel (``ns=N;s=plant/state/reactor_pressure``), a ``state`` folder's twin
-``action`` with one writable node per action channel, each with its ``EngineeringUnits``
+by the embodiment's channel (``ns=N;s=plant/state/reactor_pressure``), an ``action`` folder
+with one writable such node per action channel, each with its ``EngineeringUnits``
 (EUInformation, UNECE code where known) and ``EURange`` (the channel's limits) properties; an
 ``estop`` Boolean (the operator's button), ``estop_reset``, an ``alarm`` Boolean (the bridge
 raises it) and a ``frame`` counter. Like a PLC's scan cycle, it republishes its state every
