@@ -107,7 +107,7 @@ def test_refusals_change_nothing(plant: Workspace, tmp_path: Path, capsys: pytes
     bad_map = tmp_path / "map.toml"
     bad_map.write_text("state = [\"ns=2;s=x\"\n")  # not TOML: an unclosed list
     code, _, err = run_cli(capsys, "-w", str(plant.root), "monitor", "plant-tiny", "--site", "sakai", "--endpoint",
-                           "opc.tcp://127.0.0.1:9", "--map", str(bad_map))
+                           "opc.tcp://127.0.0.1:9", "--map", str(bad_map), "--security", "none")
     assert code == 1 and "map.toml" in err and "Traceback" not in err
 
 
@@ -244,8 +244,8 @@ def test_watching_over_opcua_computes_the_statistic_of_the_frames_the_plant_ran(
     steps = 25
     with PlantThread(sim) as pt:
         sim.write_map(tmp_path / "map.toml")
-        m = sim.map_dict()["nodes"]
-        frame_node = m["state"][0].replace("state/0", "frame")
+        m = sim.map_dict(nsu=False)["nodes"]
+        frame_node = sim.node_id("frame")
 
         controller = _pi_over_opcua(pt.endpoint, m, 2 * steps)
         (tmp_path / "p.toml").write_text(POLICY)
@@ -287,11 +287,11 @@ def test_shadow_over_opcua_labels_are_the_plants_controller_outputs(plant: Works
     steps = 20
     with PlantThread(sim) as pt:
         sim.write_map(tmp_path / "map.toml")
-        m = sim.map_dict()["nodes"]
+        m = sim.map_dict(nsu=False)["nodes"]
         controller = _pi_over_opcua(pt.endpoint, m, 2 * steps)
         r = run_shadow_opcua(plant, "plant-tiny", "tokyo", pt.endpoint, tmp_path / "map.toml", member="chem",
                              policy=tmp_path / "p.toml", dataset="shadow-opc", steps=steps, seconds=120.0,
-                             frame_node=m["state"][0].replace("state/0", "frame"))
+                             frame_node=sim.node_id("frame"))
         controller.join(120)
     assert 0 < r.frames <= steps and r.model_applied == 0
     table = datasets.read(plant, "shadow-opc", "tokyo", "monitoring")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -54,7 +56,7 @@ def test_tep_plant_through_the_cli_bridge_with_a_latched_e_stop(plant_ws: Worksp
         map_file = plant.write_map(tmp_path / "tep.toml")
         capsys.readouterr()
         code = main(["bridge", "opcua", "--endpoint", pt.endpoint, "--map", str(map_file), "--server", run.url,
-                     "--token", tok, "--hz", "20", "--steps", "24", "--json"])
+                     "--token", tok, "--hz", "20", "--steps", "24", "--json", "--security", "none"])
         out = capsys.readouterr().out
         assert code == 0, out
         report = json.loads(out)
@@ -73,7 +75,7 @@ def test_tep_plant_through_the_cli_bridge_with_a_latched_e_stop(plant_ws: Worksp
         # a refused token: nothing is written, exit 1 with the reason
         before = plant.frames
         assert main(["bridge", "opcua", "--endpoint", pt.endpoint, "--map", str(map_file), "--server", run.url,
-                     "--token", "onshore_forged", "--steps", "2"]) == 1
+                     "--token", "onshore_forged", "--steps", "2", "--security", "none"]) == 1
         assert plant.frames == before
     assert run.report is not None and run.report.refused == 1
 
@@ -165,7 +167,7 @@ def test_a_revoked_token_mid_run_makes_the_bridge_hold_with_its_alarm(plant_ws: 
         timer.start()
         capsys.readouterr()
         code = main(["bridge", "opcua", "--endpoint", pt.endpoint, "--map", str(map_file), "--server", run.url,
-                     "--token", tok, "--hz", "20", "--seconds", "3", "--json"])
+                     "--token", tok, "--hz", "20", "--seconds", "3", "--json", "--security", "none"])
         timer.join()
         assert plant.alarm
     report = json.loads(capsys.readouterr().out)
@@ -354,7 +356,8 @@ def test_the_e_stop_button_latches_the_machine_at_the_server_so_a_restarted_brid
 
         async def release() -> None:  # the button springs back; nobody reset the e-stop
             async with OpcClient(pt.endpoint) as c:
-                await c.get_node(mapping.estop).write_value(ua.Variant(False, ua.VariantType.Boolean))
+                button = c.get_node(plant.node_id("estop", nsu=False))
+                await button.write_value(ua.Variant(False, ua.VariantType.Boolean))
 
         asyncio.run(release())
         before = len(plant.actions)
@@ -364,7 +367,8 @@ def test_the_e_stop_button_latches_the_machine_at_the_server_so_a_restarted_brid
 
         async def reset() -> None:
             async with OpcClient(pt.endpoint) as c:
-                await c.get_node(mapping.estop_reset).write_value(ua.Variant(True, ua.VariantType.Boolean))
+                reset_node = c.get_node(plant.node_id("estop_reset", nsu=False))
+                await reset_node.write_value(ua.Variant(True, ua.VariantType.Boolean))
 
         asyncio.run(reset())  # the reset node clears the latch here and at the server
         third = asyncio.run(run_bridge(pt.endpoint, mapping, run.url, tok, hz=20, steps=8))
@@ -374,3 +378,225 @@ def test_the_e_stop_button_latches_the_machine_at_the_server_so_a_restarted_brid
     events = [(b["event"], b["by"]) for b in (e.entry.body for e in plant_ws.ledger.entries(kinds=["model.serve"]))
               if b.get("client") == "arm-latch" and b.get("event") in ("estop", "estop_reset")]
     assert events == [("estop", "arm-latch"), ("estop_reset", "estop_reset node (client arm-latch)")], events
+
+
+# --- issue 21: OPC UA the way plant engineers expect ---------------------------------------------------
+
+
+def _tool(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """One of asyncua's own command-line tools (installed beside it), run against a loopback server."""
+    return subprocess.run([str(Path(sys.executable).parent / name), *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def _owner_only(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def test_a_secured_plant_driven_by_the_cli_bridge_and_browsed_with_asyncuas_own_tools(
+        plant_ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Basic256Sha256 with Sign and SignAndEncrypt, application certificates on both sides, a user
+    who may write; anonymous sessions may browse but not act; ``uals`` and ``uaread`` see channel-
+    named nodes in the plant's namespace with their engineering units and ranges."""
+    tok = tokens.issue(plant_ws, "tokyo", "secure-bridge")
+    plant = SimPlant("tep", "base", seed=3, security="sign", pki=tmp_path / "plant-pki",
+                     users={"line-3-bridge": "correct horse battery"})
+    creds = _owner_only(tmp_path / "bridge-user.toml",
+                        'username = "line-3-bridge"\npassword = "correct horse battery"\n')
+    wrong = _owner_only(tmp_path / "wrong-user.toml", 'username = "line-3-bridge"\npassword = "guess"\n')
+    bridge_pki = tmp_path / "bridge-pki"
+    with service.start(plant_ws, "plants", "tokyo", port=0, limits=FAST) as run, PlantThread(plant) as pt:
+        assert plant.certificate is not None
+        map_file = plant.write_map(tmp_path / "tep.toml")
+        assert "nsu=urn:onshore:sim-plant;s=plant/state/reactor_pressure" in map_file.read_text()
+
+        def bridge(*extra: str) -> tuple[int, str, str]:
+            capsys.readouterr()
+            code = main(["bridge", "opcua", "--endpoint", pt.endpoint, "--map", str(map_file), "--server", run.url,
+                         "--token", tok, "--hz", "20", "--steps", "6", "--pki", str(bridge_pki), *extra])
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        written = 0
+        for mode in ("sign-encrypt", "sign"):
+            code, out, err = bridge("--security", mode, "--credentials", str(creds), "--server-cert",
+                                    str(plant.certificate.cert), "--json")
+            assert code == 0, err
+            report = json.loads(out)
+            assert report["written"] > 0 and report["server_lost"] is None, report
+            written += report["written"]
+        assert plant.frames == written  # every command the secured sessions wrote stepped the plant
+        before = plant.frames
+        code, _, err = bridge("--security", "sign-encrypt")  # anonymous: may look, may not act
+        assert code == 1 and "refused this session's write" in err and "Traceback" not in err, err
+        code, _, err = bridge("--security", "sign-encrypt", "--credentials", str(wrong))
+        assert code == 1 and "BadUserAccessDenied" in err and "--credentials" in err and "Traceback" not in err, err
+        code, _, err = bridge("--security", "sign-encrypt", "--credentials", str(creds), "--server-cert",
+                              str(bridge_pki / "bridge-cert.der"))  # pinned to a certificate not the plant's
+        assert code == 1 and "check that it is this server's certificate" in err and "Traceback" not in err, err
+        assert plant.frames == before
+
+        # the bridge's application certificate: made once in --pki, key owner-only, ApplicationUri in its SAN
+        from cryptography import x509
+
+        cert = x509.load_der_x509_certificate((bridge_pki / "bridge-cert.der").read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert any(u.endswith(":onshore:bridge") for u in san.get_values_for_type(x509.UniformResourceIdentifier))
+        assert (bridge_pki / "bridge-key.pem").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "plant-pki" / "sim-plant-key.pem").stat().st_mode & 0o777 == 0o600
+
+        # asyncua's own tools, over SignAndEncrypt with a certificate of their own, anonymously
+        from onshore.serve.opcua import application_certificate
+
+        mine = application_certificate(tmp_path / "tool-pki", "uals", "urn:onshore-test:uals")
+        sec = ["--security", f"Basic256Sha256,SignAndEncrypt,{mine.cert},{mine.key}"]
+        ns = plant.node_id("x", nsu=False).split(";")[0].removeprefix("ns=")
+        top = _tool("uals", "-u", pt.endpoint, "-n", plant.node_id("", nsu=False).rstrip("/"), "-l", *sec)
+        assert top.returncode == 0, top.stderr
+        for name in ("state", "action", "estop", "estop_reset", "alarm", "frame"):
+            assert f"{ns}:{name} " in top.stdout, top.stdout  # BrowseNames in the plant's namespace, not 0
+        states = _tool("uals", "-u", pt.endpoint, "-n", plant.node_id("state", nsu=False), "-l", *sec)
+        assert states.returncode == 0, states.stderr
+        for c in plant.emb.state:
+            assert f"ns={ns};s=plant/state/{c.name} " in states.stdout and f"{ns}:{c.name} " in states.stdout
+        props = _tool("uals", "-u", pt.endpoint, "-n", plant.node_id("state/reactor_temperature", nsu=False), "-l",
+                      *sec)
+        assert "0:EURange" in props.stdout and "0:EngineeringUnits" in props.stdout, props.stdout
+        unit = _tool("uaread", "-u", pt.endpoint, "-n",
+                     plant.node_id("state/reactor_temperature/EngineeringUnits", nsu=False), *sec)
+        assert "UnitId=4408652" in unit.stdout and "degC" in unit.stdout, unit.stdout  # UNECE CEL
+        valve = plant.emb.action[0]
+        rng = _tool("uaread", "-u", pt.endpoint, "-n", plant.node_id(f"action/{valve.name}/EURange", nsu=False), *sec)
+        assert f"Range(Low={valve.low}, High={valve.high})" in rng.stdout, rng.stdout
+        uris = _tool("uaread", "-u", pt.endpoint, "-n", "i=2255", *sec)  # Server.NamespaceArray
+        assert ":onshore:sim-plant'" in uris.stdout and "'urn:onshore:sim-plant'" in uris.stdout, uris.stdout
+        # what the bridge last wrote is what the plant shows on its action node
+        last = _tool("uaread", "-u", pt.endpoint, "-n", plant.node_id(f"action/{valve.name}", nsu=False), *sec)
+        assert float(last.stdout.strip()) == pytest.approx(plant.actions[-1][0]), last.stdout
+        # an anonymous write to the e-stop is refused, and changes nothing
+        press = _tool("uawrite", "-u", pt.endpoint, "-n", plant.node_id("estop", nsu=False), "-t", "bool", *sec, "true")
+        assert "BadUserAccessDenied" in press.stdout + press.stderr
+        estop = _tool("uaread", "-u", pt.endpoint, "-n", plant.node_id("estop", nsu=False), *sec)
+        assert estop.stdout.strip() == "False", estop.stdout
+        # no unsecured endpoint at all
+        assert _tool("uals", "-u", pt.endpoint, "-n", "i=85").returncode != 0
+        # a watcher (onshore monitor, onshore shadow) only reads: an anonymous SignAndEncrypt session does
+        from contextlib import aclosing
+
+        from onshore.serve.opcua import Security
+        from onshore.serve.watch import watch
+
+        async def look() -> list:
+            anonymous = Security("sign-encrypt", tmp_path / "watch-pki")
+            async with aclosing(watch(pt.endpoint, BridgeMap.from_toml(map_file), 50.0, steps=2, seconds=20,
+                                      frame_node=None, security=anonymous)) as it:
+                return [f async for f in it]
+
+        frames = asyncio.run(look())
+        assert len(frames) == 2 and np.allclose(frames[-1].state, plant.states[-1])
+        np.testing.assert_allclose(frames[-1].action, plant.actions[-1])
+    assert plant.frames == before
+
+
+def test_security_none_must_be_asked_for_and_stays_on_loopback(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from onshore.serve.opcua import Credentials, application_certificate, check_security, read_users
+
+    check_security("opc.tcp://127.0.0.1:4840/x", "none")
+    check_security("opc.tcp://localhost:4840", "none")
+    for host in ("192.0.2.10", "plc.line3", "0.0.0.0"):
+        with pytest.raises(ValidationError, match="not loopback"):
+            check_security(f"opc.tcp://{host}:4840", "none")
+    check_security("opc.tcp://192.0.2.10:4840", "sign-encrypt")
+    plant_map = tmp_path / "m.toml"
+    plant_map.write_text('embodiment = "e"\ntask = "t"\n[nodes]\nstate = ["ns=2;s=a"]\naction = ["ns=2;s=b"]\n')
+    base = ["bridge", "opcua", "--map", str(plant_map), "--server", "ws://127.0.0.1:9", "--token", "t", "--steps", "1"]
+    for extra, why in ((["--endpoint", "opc.tcp://192.0.2.10:4840", "--security", "none"], "not loopback"),
+                       (["--endpoint", "opc.tcp://192.0.2.10:4840"], "needs --pki"),  # the default is secured
+                       (["--endpoint", "opc.tcp://127.0.0.1:9", "--security", "plaintext"], "use one of")):
+        capsys.readouterr()
+        code = main(base + extra)
+        err = capsys.readouterr().err
+        assert code in (1, 2) and why in err and "Traceback" not in err, err
+    capsys.readouterr()
+    assert main(["sim", "plant", "--env", "tep", "--task", "base", "--host", "0.0.0.0", "--security", "none"]) == 1
+    assert "not loopback" in capsys.readouterr().err
+    assert main(["sim", "plant", "--env", "tep", "--task", "base", "--port", "9"]) == 1  # secured by default
+    assert "needs --pki" in capsys.readouterr().err
+
+    # credentials: a file only its owner reads, or both environment variables; never half
+    loose = tmp_path / "user.toml"
+    loose.write_text('username = "u"\npassword = "p"\n')
+    loose.chmod(0o644)
+    with pytest.raises(ValidationError, match="chmod 600"):
+        Credentials.from_file(loose)
+    loose.chmod(0o600)
+    assert Credentials.from_file(loose) == Credentials("u", "p") and "p" not in repr(Credentials("u", "p"))
+    assert Credentials.from_env({"ONSHORE_OPCUA_USER": "u", "ONSHORE_OPCUA_PASSWORD": "p"}) == Credentials("u", "p")
+    assert Credentials.from_env({}) is None
+    with pytest.raises(ValidationError, match="both"):
+        Credentials.from_env({"ONSHORE_OPCUA_USER": "u"})
+
+    # a server's users: an owner-only [users] table; never with --security none
+    users = tmp_path / "users.toml"
+    users.write_text('[users]\nline-3 = "pw"\n')
+    users.chmod(0o640)
+    with pytest.raises(ValidationError, match="chmod 600"):
+        read_users(users)
+    users.chmod(0o600)
+    assert read_users(users) == {"line-3": "pw"}
+    capsys.readouterr()
+    assert main(["sim", "plant", "--env", "tep", "--task", "base", "--security", "none", "--users", str(users)]) == 2
+    assert "passwords never travel unencrypted" in capsys.readouterr().err
+
+    # application certificates: made once, reused, never overwritten; a key others read is refused
+    first = application_certificate(tmp_path / "pki", "bridge", "urn:h:onshore:bridge")
+    assert (tmp_path / "pki").stat().st_mode & 0o777 == 0o700 and first.key.stat().st_mode & 0o777 == 0o600
+    der = first.cert.read_bytes()
+    assert application_certificate(tmp_path / "pki", "bridge", "urn:h:onshore:bridge").cert.read_bytes() == der
+    with pytest.raises(ValidationError, match="made for ApplicationUri"):
+        application_certificate(tmp_path / "pki", "bridge", "urn:other:onshore:bridge")
+    first.key.chmod(0o644)
+    with pytest.raises(ValidationError, match="chmod 600"):
+        application_certificate(tmp_path / "pki", "bridge", "urn:h:onshore:bridge")
+    assert first.cert.read_bytes() == der
+
+
+def test_a_mistyped_node_id_says_which_node_was_not_found(plant_ws: Workspace, tmp_path: Path) -> None:
+    """Maps by ``ns=`` index (the old form) still work; ``nsu=`` is resolved against the server; a
+    node the server does not have, a namespace it does not have, a node id that does not parse:
+    each refused before anything is written, naming the node and its role."""
+    import tomli_w
+
+    tok = tokens.issue(plant_ws, "tokyo", "tep-typo")
+    plant = SimPlant("tep", "base", seed=3)
+    with service.start(plant_ws, "plants", "tokyo", port=0, limits=FAST) as run, PlantThread(plant) as pt:
+        async def type_of(node_id: str) -> int:
+            from asyncua import Client as OpcClient
+
+            async with OpcClient(pt.endpoint) as c:
+                return (await c.get_node(node_id).read_type_definition()).Identifier
+
+        assert asyncio.run(type_of(plant.node_id("state/reactor_level", nsu=False))) == 2368  # AnalogItemType
+        (tmp_path / "ns.toml").write_text(tomli_w.dumps(plant.map_dict(nsu=False)))
+        by_index = BridgeMap.from_toml(tmp_path / "ns.toml")
+        assert by_index.state[0].startswith("ns=")
+        report = asyncio.run(run_bridge(pt.endpoint, by_index, run.url, tok, hz=20, steps=3))
+        assert report.written > 0 and plant.frames == report.written
+        before = plant.frames
+        mapping = BridgeMap.from_toml(plant.write_map(tmp_path / "nsu.toml"))
+        typo = mapping.state[7].replace("reactor_level", "reactor_levle")
+        with pytest.raises(ValidationError, match=r"reactor_levle \(state\) was not found on the server"):
+            asyncio.run(run_bridge(pt.endpoint, replace(mapping, state=(*mapping.state[:7], typo,
+                                                                        *mapping.state[8:])), run.url, tok, steps=1))
+        with pytest.raises(ValidationError, match=r"urn:nope.*does not have"):
+            asyncio.run(run_bridge(pt.endpoint, replace(mapping, estop="nsu=urn:nope;s=plant/estop"), run.url, tok,
+                                   steps=1))
+    assert plant.frames == before
+    d = plant.map_dict()
+    d["nodes"]["action"][1] = "ns=2;q=oops"
+    (tmp_path / "bad.toml").write_text(tomli_w.dumps(d))
+    with pytest.raises(ValidationError, match=r"bad.toml: \[nodes\] action: 'ns=2;q=oops' is not an OPC UA node id"):
+        BridgeMap.from_toml(tmp_path / "bad.toml")

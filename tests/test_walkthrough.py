@@ -196,7 +196,8 @@ def test_sim_plant_on_a_port_in_use_is_a_clean_error(capsys: pytest.CaptureFixtu
 
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        assert main(["sim", "plant", "--env", "metaworld", "--task", "reach-v3", "--port", str(port)]) == 1
+        assert main(["sim", "plant", "--env", "metaworld", "--task", "reach-v3", "--port", str(port),
+                     "--security", "none"]) == 1
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
 

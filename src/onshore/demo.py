@@ -178,6 +178,7 @@ def _serve_and_bridge(ws, c: Console, head, directory: Path) -> None:  # type: i
     from onshore.serve import Client, ServeError, service, tokens
     from onshore.serve.bridge import BridgeMap, run_bridge
     from onshore.serve.loading import load_served_model
+    from onshore.serve.opcua import Credentials, Security
     from onshore.serve.plant import PlantThread, SimPlant
     from onshore.serve.record import RecordOptions
     from onshore.workspace import models
@@ -198,10 +199,19 @@ def _serve_and_bridge(ws, c: Console, head, directory: Path) -> None:  # type: i
                              f'purposes = {json.dumps(list(eff.purposes))}\nexpires = {eff.expires.isoformat()}\n'
                              f'derived_models = "{eff.derived_models}"\n')
     record = RecordOptions(record_policy, MEMBERS[0].name, "kansai-line-1-run")
-    plant = SimPlant("metaworld", "pick-place-v3", seed=7, estop_at=50)
+    # the machine and its bridge belong to the member: their OPC UA certificates live in its folder
+    import secrets
+
+    member_dir = directory / "members" / MEMBERS[0].name
+    user = Credentials("line-1-bridge", secrets.token_urlsafe(16))
+    plant = SimPlant("metaworld", "pick-place-v3", seed=7, estop_at=50, security="sign-encrypt",
+                     pki=member_dir / "line-1-plc-pki", users={user.username: user.password})
     with service.start(ws, "consortium-tiny", "tokyo", port=0, record=record) as run, PlantThread(plant) as pt:
+        assert plant.certificate is not None
+        security = Security("sign-encrypt", member_dir / "line-1-bridge-pki", user, plant.certificate.cert)
         c.print(f"serving consortium-tiny (sha256 {run.served.digest[:16]}...) at tokyo on {run.url}; "
-                f"simulated arm ({plant.task_text!r}) behind OPC UA at {pt.endpoint}")
+                f"simulated arm ({plant.task_text!r}) behind OPC UA at {pt.endpoint} (Basic256Sha256 "
+                f"SignAndEncrypt, certificate pinned, user {user.username}; anonymous sessions may only read)")
         try:
             Client(run.url, None, "sawyer-metaworld")
             raise OnshoreError("demo expected a client without a token to be refused")
@@ -209,7 +219,7 @@ def _serve_and_bridge(ws, c: Console, head, directory: Path) -> None:  # type: i
             c.print(f"[red]refused[/] a client without a token: {escape(str(e))}")
         mapping = BridgeMap.from_toml(plant.write_map(directory / "line-1-map.toml"))
         report = asyncio.run(run_bridge(pt.endpoint, mapping, run.url, token, hz=40.0, steps=100,
-                                        say=lambda m: c.print(f"  bridge: {m}", markup=False)))
+                                        say=lambda m: c.print(f"  bridge: {m}", markup=False), security=security))
         lat = report.to_json()["latency_ms"]
         c.print(f"bridge: {report.steps} periods at {report.hz:g} Hz, {report.written} commands written, "
                 f"{report.deadline_misses} deadline miss(es), request-to-write p50 {lat['p50']:.1f} ms, "

@@ -6,11 +6,23 @@ and CA (its startup folder) to any server or client without touching the service
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from pathlib import Path
 from typing import Any
 
 from onshore.errors import UsageError, ValidationError
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and ``localhost`` only; anything else (0.0.0.0, a LAN address) is not: what
+    may go without transport security."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _readable(path: Path, option: str) -> str:

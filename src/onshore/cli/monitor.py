@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from onshore.cli import opcua as opc
 from onshore.cli.context import open_workspace
 from onshore.cli.inputs import usage
 from onshore.cli.output import console, esc, print_json
@@ -70,6 +71,10 @@ def run_command(
     frame_node: str | None = typer.Option(None, "--frame-node", help="A node counting control periods: one frame "
                                                                      "per count (else read at the control rate)."),
     steps: int | None = typer.Option(None, "--steps", help="Over OPC UA: stop after this many frames."),
+    security: str = opc.SECURITY,
+    pki: Path | None = opc.PKI,
+    credentials: Path | None = opc.CREDENTIALS,
+    server_cert: Path | None = opc.SERVER_CERT,
     json_: bool = JSON,
 ) -> None:
     """Watch a plant and raise alarms: the simulated Tennessee Eastman plant under its PI controller, or a plant
@@ -94,7 +99,8 @@ def run_command(
             if record is not None and record_as is None:
                 record = (record[0], record[1], f"{model}-monitor-opcua")
             r = run_opcua(ws, model, site, endpoint, map_file, steps=steps, seconds=seconds, frame_node=frame_node,
-                          purpose=purpose, record=record)
+                          purpose=purpose, record=record,
+                          security=opc.client_security(security, pki, credentials, server_cert))
         else:
             r = run_simulated(ws, model, site, task, seconds=seconds, seed=seed, purpose=purpose, record=record)
     out = {"frames": r.frames, "alarms": r.alarms, "first_alarm_frame": r.first_alarm,

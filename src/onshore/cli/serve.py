@@ -16,6 +16,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from onshore.cli import opcua as opc
 from onshore.cli.context import open_workspace
 from onshore.cli.inputs import usage
 from onshore.cli.output import console, err, esc, print_json, table
@@ -178,22 +179,30 @@ def opcua(
                                     help="Control rate (default: the embodiment's); a simulated plant may run faster."),
     seconds: float | None = typer.Option(None, "--seconds", help="Stop after this long (default: until Ctrl-C)."),
     steps: int | None = typer.Option(None, "--steps", help="Stop after this many control periods."),
+    security: str = opc.SECURITY,
+    pki: Path | None = opc.PKI,
+    credentials: Path | None = opc.CREDENTIALS,
+    server_cert: Path | None = opc.SERVER_CERT,
     json_: bool = JSON,
 ) -> None:
     """Drive a machine over OPC UA with a served policy, behind the safety envelope, at the control rate.
 
-    Example: onshore bridge opcua --endpoint opc.tcp://127.0.0.1:4840 --map line3.toml --server ws://127.0.0.1:7070
-    --token "$TOKEN"
+    The OPC UA session is Basic256Sha256 SignAndEncrypt unless --security says otherwise (none: loopback only).
+    Example: onshore bridge opcua --endpoint opc.tcp://plc.line3:4840 --map line3.toml --pki bridge-pki
+    --credentials bridge-user.toml --server ws://127.0.0.1:7070 --token "$TOKEN"
     """
     import asyncio
 
     from onshore.serve.bridge import BridgeMap, run_bridge
+    from onshore.serve.opcua import check_security
 
     if not endpoint.startswith("opc.tcp://"):
         raise ValidationError(f"--endpoint {endpoint!r} must start with opc.tcp://")
     for name, v in (("--seconds", seconds), ("--steps", steps), ("--hz", hz)):
         if v is not None and not v > 0:
             raise ValidationError(f"{name} must be positive, got {v}")
+    secured = opc.client_security(security, pki, credentials, server_cert)
+    check_security(endpoint, secured.mode)
     mapping = BridgeMap.from_toml(map_file)
 
     def say(msg: str) -> None:
@@ -205,7 +214,7 @@ def opcua(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await run_bridge(endpoint, mapping, server, token, hz, steps, seconds, stop, say)
+        return await run_bridge(endpoint, mapping, server, token, hz, steps, seconds, stop, say, secured)
 
     report = asyncio.run(main())
     if json_:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from onshore.cli import opcua as opc
 from onshore.cli.context import open_workspace
 from onshore.cli.inputs import usage
 from onshore.cli.output import console, esc, print_json
@@ -36,6 +37,10 @@ def shadow_command(
     frame_node: str | None = typer.Option(None, "--frame-node", help="A node counting control periods: one frame "
                                                                      "per count (else read at the control rate)."),
     steps: int | None = typer.Option(None, "--steps", help="Over OPC UA: stop after this many frames."),
+    security: str = opc.SECURITY,
+    pki: Path | None = opc.PKI,
+    credentials: Path | None = opc.CREDENTIALS,
+    server_cert: Path | None = opc.SERVER_CERT,
     json_: bool = typer.Option(False, "--json", help="Print JSON only, for scripts."),
 ) -> None:
     """Run MODEL beside the plant's controller; record states, the controller's actions (labels) and the model's
@@ -43,7 +48,7 @@ def shadow_command(
 
     Example: onshore shadow plant-base --site sakai --member setouchi-chemical --policy policy.toml --as shadow-r1
     --tasks base,idv-1 --drive model. Over OPC UA: --endpoint opc.tcp://plc.line2:4840 --map line2.toml
-    --frame-node "ns=2;s=frame" --steps 2000
+    --frame-node "nsu=urn:acme:line2;s=frame" --steps 2000 --pki shadow-pki
     """
     from onshore.serve.shadow import run_shadow, run_shadow_opcua
 
@@ -59,7 +64,8 @@ def shadow_command(
         with open_workspace() as ws:
             r = run_shadow_opcua(ws, model, site, endpoint, map_file, member=member, policy=policy, dataset=dataset,
                                  task=scenarios[0], steps=steps, seconds=seconds, frame_node=frame_node,
-                                 purpose=purpose)
+                                 purpose=purpose, security=opc.client_security(security, pki, credentials,
+                                                                                server_cert))
     else:
         with open_workspace() as ws:
             r = run_shadow(ws, model, site, scenarios, member=member, policy=policy, dataset=dataset,

@@ -83,25 +83,44 @@ def plant_command(
     seed: Annotated[int, typer.Option(metavar="N", help="Seed of the episode it plays.")] = 0,
     map_file: Annotated[Path | None, typer.Option(
         "--map", metavar="MAP.toml", help="Also write the bridge's map of this plant's nodes here.")] = None,
+    security: Annotated[str, typer.Option(
+        "--security", metavar="MODE",
+        help="sign-encrypt (Basic256Sha256 SignAndEncrypt only, the default), sign (Sign and SignAndEncrypt), or "
+             "none: no security, which must be asked for and only on a loopback --host.")] = "sign-encrypt",
+    pki: Annotated[Path | None, typer.Option(
+        "--pki", metavar="DIR", help="Folder of the plant's OPC UA certificate and key (made there on first use, "
+                                     "key mode 0600); needed unless --security none.")] = None,
+    users: Annotated[Path | None, typer.Option(
+        "--users", metavar="FILE", help="TOML [users] table of username = \"password\", readable by its owner only: "
+                                        "who may write. Anonymous sessions may only browse and read.")] = None,
 ) -> None:
     """Run a simulated machine behind a real OPC UA server, for 'onshore bridge opcua', until Ctrl-C.
 
-    One Double node per state channel (ns=2;s=state/I), a writable one per action channel
-    (action/I), an estop Boolean and estop_reset; the simulator steps one control period each
-    time the action nodes are written. Example: onshore sim plant --env metaworld --task reach-v3
-    --port 4840, then onshore bridge opcua --endpoint opc.tcp://127.0.0.1:4840/onshore/plant ...
+    Under Objects/plant, in namespace urn:onshore:sim-plant: a state folder with one AnalogItem node per state
+    channel, named by channel (with EngineeringUnits and EURange), an action folder with a writable one per action
+    channel, estop, estop_reset, alarm and frame; the simulator steps one control period each time the action nodes
+    are written. Example: onshore sim plant --env metaworld --task reach-v3 --port 4840 --pki plant-pki --users
+    plant-users.toml, then onshore bridge opcua --endpoint opc.tcp://127.0.0.1:4840/onshore/plant ...
     """
     import asyncio
     import signal
     import socket
 
+    from onshore.cli.inputs import usage
     from onshore.errors import OnshoreError
     from onshore.files import check_output_file
+    from onshore.serve.opcua import MODES, check_security, read_users
     from onshore.serve.plant import SimPlant
 
+    if security not in MODES:
+        raise usage(f"--security {security!r}: use one of {', '.join(MODES)}")
+    check_security(f"opc.tcp://{host}:{port}", security)
+    if users is not None and security == "none":
+        raise usage("--users needs --security sign or sign-encrypt: passwords never travel unencrypted")
     if map_file is not None:
         check_output_file(map_file, force=True, option="--map")
-    plant = SimPlant(env, task, seed)  # refuses an unknown env or task before anything listens
+    # refuses an unknown env or task, or a users file others may read, before anything listens
+    plant = SimPlant(env, task, seed, security=security, pki=pki, users=read_users(users) if users else None)
 
     def refuse(e: OSError) -> OnshoreError:
         return OnshoreError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or --host")
@@ -124,7 +143,10 @@ def plant_command(
         try:
             if map_file is not None:
                 plant.write_map(map_file)
-            err.print(esc(f"simulated {env} plant ({plant.task_text!r}) on {endpoint}"
+            cert = plant.certificate
+            err.print(esc(f"simulated {env} plant ({plant.task_text!r}) on {endpoint}, security {security}"
+                          + (f", certificate {cert.cert} (sha256 {cert.fingerprint()})" if cert else "")
+                          + ("" if security == "none" or users else "; no --users: nobody may write its nodes")
                           + (f"; its map is {map_file}" if map_file else "") + "; Ctrl-C stops it"), highlight=False)
             await stop.wait()
         finally:

@@ -23,18 +23,23 @@ holds the same way for the rest of the run, alarm raised (still reading the e-st
 button still latches), and the report's ``server_lost`` says why; it never exits leaving the
 last command on the machine. The limits it enforces are the registered embodiment's (the spec the
 server answers ``reset`` with); a map's ``embodiment_file`` may only narrow them. A node of the
-wrong data type is refused before the loop starts, naming the node.
+wrong data type, or one the server does not have, is refused before the loop starts, naming the
+node.
 
-The map (``MAP.toml``) names the embodiment, the task and the nodes::
+The session with the plant is secured as :mod:`onshore.serve.opcua` says (Basic256Sha256 with
+Sign or SignAndEncrypt, the bridge's application certificate, a user; ``none`` on loopback only).
+
+The map (``MAP.toml``) names the embodiment, the task and the nodes, each by ``ns=INDEX;...`` or,
+better, by namespace URI (``nsu=URI;...``), which survives a server that renumbers its namespaces::
 
     embodiment = "furnace-line-3"
     task = "keep zone temperatures"
     [nodes]
-    state = ["ns=2;s=state/0", ...]     # one per state channel, in the embodiment's order
-    action = ["ns=2;s=action/0", ...]   # one per action channel
-    estop = "ns=2;s=estop"              # optional Boolean: true latches the e-stop
-    estop_reset = "ns=2;s=estop_reset"  # optional Boolean: true clears a latched e-stop and the alarm
-    alarm = "ns=2;s=alarm"              # optional Boolean the bridge sets on a fault
+    state = ["nsu=urn:acme:line3;s=zone1_temp", ...]  # one per state channel, in the embodiment's order
+    action = ["nsu=urn:acme:line3;s=zone1_power", ...] # one per action channel
+    estop = "nsu=urn:acme:line3;s=estop"              # optional Boolean: true latches the e-stop
+    estop_reset = "nsu=urn:acme:line3;s=estop_reset"  # optional Boolean: true clears a latched e-stop, the alarm
+    alarm = "nsu=urn:acme:line3;s=alarm"              # optional Boolean the bridge sets on a fault
     [envelope]
     watchdog_periods = 3                # optional (default 3)
     safe_action = [0.0, 0.0]            # optional (default: hold on a fault; 0 clamped into the limits
@@ -61,6 +66,7 @@ import numpy as np
 from onshore.errors import OnshoreError, ValidationError
 from onshore.files import read_toml
 from onshore.serve import envelope as E
+from onshore.serve import opcua
 from onshore.serve.client import AsyncClient, ServeError
 from onshore.telemetry.embodiment import Embodiment
 
@@ -82,6 +88,14 @@ class BridgeMap:
     embodiment_file: Path | None = None
     alarm: str | None = None
     max_state_age_s: float | None = None
+    source: str = "the map"  # where it was read from, for messages
+
+    def node_ids(self) -> dict[str, list[str]]:
+        """The map's node ids by role (``state``, ``action``, ``estop``, ``estop_reset``, ``alarm``;
+        an optional role the map leaves out has none)."""
+        return {"state": list(self.state), "action": list(self.action),
+                **{role: [n] if n else [] for role, n in (("estop", self.estop), ("estop_reset", self.estop_reset),
+                                                           ("alarm", self.alarm))}}
 
     @classmethod
     def from_toml(cls, path: Path) -> BridgeMap:
@@ -112,6 +126,10 @@ class BridgeMap:
         for key in ("estop", "estop_reset", "alarm"):
             if key in nodes and not isinstance(nodes[key], str):
                 raise fail(f"[nodes] {key} must be a node id string")
+        for key in _NODE_KEYS:
+            for node_id in lists.get(key, [nodes.get(key)]):
+                if node_id is not None:
+                    opcua.parse_node_id(node_id, f"{path}: [nodes] {key}")
         wd = env.get("watchdog_periods", 3)
         if isinstance(wd, bool) or not isinstance(wd, int) or wd < 1:
             raise fail("[envelope] watchdog_periods must be a whole number >= 1")
@@ -129,7 +147,7 @@ class BridgeMap:
         return cls(data["embodiment"], data["task"], lists["state"], lists["action"], nodes.get("estop"),
                    nodes.get("estop_reset"), wd, tuple(float(x) for x in safe) if safe is not None else None,
                    (path.parent / emb_file) if emb_file else None, nodes.get("alarm"),
-                   float(age) if age is not None else None)
+                   float(age) if age is not None else None, str(path))
 
 
 @dataclass
@@ -177,7 +195,7 @@ async def _check_types(nodes: dict[str, list[Any]], ids: dict[str, list[str]]) -
             try:
                 vt = await node.read_data_type_as_variant_type()
             except Exception as e:
-                raise ValidationError(f"OPC UA node {node_id} ({role}) cannot be read: {e or type(e).__name__}; "
+                raise ValidationError(f"OPC UA node {node_id} ({role}) cannot be read: {str(e) or type(e).__name__}; "
                                       "check the node id in the map") from None
             if vt.name not in allowed[role]:
                 raise ValidationError(f"OPC UA node {node_id} ({role}) has data type {vt.name}; a {role} node must "
@@ -214,38 +232,35 @@ def _plant_fault(values: list[Any], names: list[str], max_age: float) -> str | N
 
 async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str | None, hz: float | None = None,
                      steps: int | None = None, seconds: float | None = None,
-                     stop: asyncio.Event | None = None, say: Callable[[str], None] | None = None) -> BridgeReport:
+                     stop: asyncio.Event | None = None, say: Callable[[str], None] | None = None,
+                     security: opcua.Security | None = None) -> BridgeReport:
     """Run the bridge until ``steps`` periods, ``seconds``, or ``stop`` is set; returns its report.
 
     ``hz`` overrides the embodiment's control rate (a simulated plant may run faster than real
-    time). Refused before the loop starts: an unreachable OPC UA server or policy server, a
-    refused token, node lists whose lengths differ from the embodiment's channels, a node of the
-    wrong data type, an embodiment the server does not serve, an ``embodiment_file`` that would
-    widen the registered limits. After that, nothing the plant or the server does ends the run
-    early: faults hold the safe action with the alarm raised (see the module docstring).
+    time). ``security`` secures the OPC UA session (default: ``none``, which is refused unless the
+    endpoint is on loopback). Refused before the loop starts: an unreachable OPC UA server or
+    policy server, a session the OPC UA server refuses (certificate, user), a refused token, a node
+    the OPC UA server does not have (naming it), node lists whose lengths differ from the
+    embodiment's channels, a node of the wrong data type, an embodiment the server does not serve,
+    an ``embodiment_file`` that would widen the registered limits. After that, nothing the plant
+    or the server does ends the run early: faults hold the safe action with the alarm raised (see the module docstring).
     """
-    from asyncua import Client as OpcClient
     from asyncua import ua
 
     say = say or (lambda _m: None)
     report = BridgeReport()
-    opc = OpcClient(endpoint, timeout=5)
-    try:
-        await opc.connect()
-    except Exception as e:
-        raise OnshoreError(f"cannot reach the OPC UA server at {endpoint}: {e or type(e).__name__}") from None
+    opc = await opcua.connect(endpoint, security or opcua.Security(), "bridge", say)
     policy = AsyncClient(server, token)
     try:
-        await policy.connect()
-        flag_ids = [n for n in (mapping.estop, mapping.estop_reset) if n]
-        state_nodes = [opc.get_node(n) for n in mapping.state]
-        action_nodes = [opc.get_node(n) for n in mapping.action]
-        flag_nodes = [opc.get_node(n) for n in flag_ids]
-        alarm_node = opc.get_node(mapping.alarm) if mapping.alarm else None
+        ids = mapping.node_ids()
+        found = await opcua.resolve(opc, ids, mapping.source)
+        state_nodes, action_nodes = found["state"], found["action"]
+        flag_nodes = found["estop"] + found["estop_reset"]  # read each period, in this order
+        alarm_node = found["alarm"][0] if found["alarm"] else None
         types = await _check_types(
-            {"state": state_nodes, "action": action_nodes, "flag": flag_nodes + ([alarm_node] if alarm_node else [])},
-            {"state": list(mapping.state), "action": list(mapping.action),
-             "flag": flag_ids + ([mapping.alarm] if mapping.alarm else [])})
+            {"state": state_nodes, "action": action_nodes, "flag": flag_nodes + found["alarm"]},
+            {"state": ids["state"], "action": ids["action"], "flag": ids["estop"] + ids["estop_reset"] + ids["alarm"]})
+        await policy.connect()
         initial = np.asarray(await opc.read_values(action_nodes), dtype=np.float64)
         ready = await policy.reset(mapping.embodiment, mapping.task, initial_action=initial.astype(np.float32))
         emb = Embodiment.from_dict(ready["spec"], source="the policy server's embodiment spec")
@@ -327,8 +342,16 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                 report.interventions[k] += 1
             if cmd.alarm and len(report.alarms) < 100 and (not report.alarms or report.alarms[-1] != cmd.alarm):
                 report.alarms.append(cmd.alarm)
-            await opc.write_values(action_nodes, [ua.Variant(float(x), vt)
-                                                  for x, vt in zip(cmd.action, types["action"], strict=True)])
+            try:
+                await opc.write_values(action_nodes, [ua.Variant(float(x), vt)
+                                                      for x, vt in zip(cmd.action, types["action"], strict=True)])
+            except ua.UaStatusCodeError as e:
+                name = ua.StatusCode(e.code).name
+                if "AccessDenied" in name or "NotWritable" in name:  # this session may not act: nothing written
+                    raise OnshoreError(f"the OPC UA server refused this session's write to the action nodes "
+                                       f"({name}): log in as a user who may write them (--credentials FILE, or "
+                                       f"{opcua.USER_ENV} and {opcua.PASSWORD_ENV})") from None
+                raise
             report.written += 1
 
         async def hold(why: str) -> None:
@@ -353,7 +376,7 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                     await read_flags()  # a button pressed now still moves the machine to the safe action
                 except Exception as e:  # a failed read: the hold goes on regardless
                     report.io_errors += 1
-                    say(f"OPC UA error: {e or type(e).__name__}")
+                    say(f"OPC UA error: {str(e) or type(e).__name__}")
                 await hold(f"policy server lost: {report.server_lost}; holding the safe action")
             else:
                 if pending is None:
@@ -377,7 +400,7 @@ async def run_bridge(endpoint: str, mapping: BridgeMap, server: str, token: str 
                     except Exception as e:  # a failed OPC UA read: this period has no state
                         report.io_errors += 1
                         report.deadline_misses += 1
-                        say(f"OPC UA error: {e or type(e).__name__}")
+                        say(f"OPC UA error: {str(e) or type(e).__name__}")
                         cmd = env.idle(loop.time())
                         if cmd is not None:
                             await write(cmd)

@@ -31,6 +31,7 @@ import numpy as np
 
 from onshore.errors import NotFoundError, ValidationError
 from onshore.eval import faults as FD
+from onshore.serve.opcua import Security
 from onshore.workspace import datasets
 from onshore.workspace.models import get_model, load_model_for
 from onshore.workspace.registry import get_embodiment, get_site
@@ -252,9 +253,11 @@ def run_simulated(ws: Workspace, model: str, site: str, task: str, *, seconds: f
 
 def run_opcua(ws: Workspace, model: str, site: str, endpoint: str, map_file: Path, *, steps: int | None = None,
               seconds: float | None = None, frame_node: str | None = None, poll_s: float = 0.005,
-              purpose: str | None = None, record: tuple[str, Path, str] | None = None) -> RunReport:
+              purpose: str | None = None, record: tuple[str, Path, str] | None = None,
+              security: Security | None = None) -> RunReport:
     """Watch a plant over OPC UA: the map's state nodes and its action nodes (the controller's
-    outputs, written by whatever controls the plant), for ``steps`` frames or ``seconds``.
+    outputs, written by whatever controls the plant), for ``steps`` frames or ``seconds``; the
+    session secured by ``security`` (an ``onshore.serve.opcua.Security``; default none, loopback only).
 
     With ``frame_node`` (a counter the PLC or the simulated plant advances once per control
     period), one frame is taken per new count and paired with the action that produced the next
@@ -279,7 +282,8 @@ def run_opcua(ws: Workspace, model: str, site: str, endpoint: str, map_file: Pat
         raise ValidationError(f"{map_file}: {len(mapping.state)} state and {len(mapping.action)} action nodes; "
                               f"{f.embodiment} has {spec.state_dim} and {spec.action_dim}")
     hz = get_embodiment(ws, f.embodiment).control_hz
-    rows = asyncio.run(_watch(endpoint, mapping, Monitor(loaded, f), hz, steps, seconds, frame_node, poll_s))
+    rows = asyncio.run(_watch(endpoint, mapping, Monitor(loaded, f), hz, steps, seconds, frame_node, poll_s,
+                              security))
     name = None
     if record is not None and rows:
         member, policy, name = record
@@ -293,14 +297,14 @@ def run_opcua(ws: Workspace, model: str, site: str, endpoint: str, map_file: Pat
 
 
 async def _watch(endpoint: str, mapping: Any, mon: Monitor, hz: float, steps: int | None, seconds: float | None,
-                 frame_node: str | None, poll_s: float) -> list[Watched]:
+                 frame_node: str | None, poll_s: float, security: Security | None = None) -> list[Watched]:
     from contextlib import aclosing
 
     from onshore.serve.watch import watch
 
     rows: list[Watched] = []
     async with aclosing(watch(endpoint, mapping, hz, steps=steps, seconds=seconds, frame_node=frame_node,
-                              poll_s=poll_s)) as frames:
+                              poll_s=poll_s, security=security)) as frames:
         async for f in frames:
             if f.gap:
                 mon.restart()  # a missed period: no residual across the gap

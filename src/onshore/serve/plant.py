@@ -1,8 +1,13 @@
 """A simulated machine behind a real OPC UA server: what the bridge is tested and demonstrated on.
 
 The plant is one of Onshore's simulators (a Meta-World task on the Sawyer arm, or the Tennessee
-Eastman process through tep-studio) exposed by an ``asyncua`` server: one Double node per state
-channel (``ns=N;s=state/I``), one writable Double node per action channel (``action/I``), an
+Eastman process through tep-studio) exposed by an ``asyncua`` server the way a plant engineer
+expects to browse one: an ApplicationUri of ``urn:HOST:onshore:sim-plant``, and under
+``Objects/plant`` (every BrowseName in the plant's own namespace ``urn:onshore:sim-plant``, never
+namespace 0) a ``state`` folder with one Double ``AnalogItemType`` node per state channel, named
+by the embodiment's channel (``ns=N;s=plant/state/reactor_pressure``), an ``action`` folder
+with one writable such node per action channel, each with its ``EngineeringUnits``
+(EUInformation, UNECE code where known) and ``EURange`` (the channel's limits) properties; an
 ``estop`` Boolean (the operator's button), ``estop_reset``, an ``alarm`` Boolean (the bridge
 raises it) and a ``frame`` counter. Like a PLC's scan cycle, it republishes its state every
 ``scan_s`` seconds with a fresh source timestamp. The plant
@@ -11,7 +16,16 @@ request that names any of them), then publishes the new state: a closed loop who
 bridge's. Its actuators start where the machine's own controller (the simulator's scripted
 expert) would put them, as a real machine's would be when a model takes over.
 
-:meth:`SimPlant.write_map` writes the bridge's MAP.toml for it. ``estop_at`` presses the e-stop
+Security (``security``): ``none`` (loopback only), or ``sign`` / ``sign-encrypt``, the weakest
+Basic256Sha256 mode the server offers (``sign`` offers both): its application certificate is
+made in ``pki`` on first use (see :mod:`onshore.serve.opcua`). With security on, ``users``
+(username -> password) may write; an anonymous session may browse and read but its writes to
+the action, e-stop, reset and alarm nodes are refused (``BadUserAccessDenied``) and step
+nothing. The simulated plant accepts any client's application certificate (a real PLC keeps a
+trust list of them): who may act is decided by the user.
+
+:meth:`SimPlant.write_map` writes the bridge's MAP.toml for it, naming nodes by namespace URI
+(``nsu=urn:onshore:sim-plant;s=...``). ``estop_at`` presses the e-stop
 button at that frame (for the demo and tests); ``fault`` (``nan``, ``bad`` or ``stale``) from
 frame ``fault_at`` on makes it publish NaN, a Bad status code, or stop updating its readings
 (their timestamps go stale), as a failing sensor or a hung PLC would.
@@ -32,7 +46,8 @@ from typing import Any
 import numpy as np
 import tomli_w
 
-from onshore.errors import OnshoreError
+from onshore.errors import OnshoreError, ValidationError
+from onshore.serve import opcua
 from onshore.sim import registry
 from onshore.sim.rollout import EpisodeSpec
 
@@ -58,10 +73,18 @@ class SimPlant:
     actions: list[np.ndarray] = field(default_factory=list)  # every action written, in order
     states: list[np.ndarray] = field(default_factory=list)  # every state published, the initial one first
     terminated: bool = False
+    security: str = "none"  # none (loopback only), sign or sign-encrypt: the weakest mode offered
+    pki: Path | None = None  # the folder of the server's application certificate (with security)
+    users: dict[str, str] | None = None  # username -> password: who may write (with security)
 
     def __post_init__(self) -> None:
         if self.fault not in (None, "nan", "bad", "stale"):
             raise OnshoreError(f"unknown plant fault {self.fault!r}; use nan, bad or stale")
+        if self.security not in opcua.MODES:
+            raise ValidationError(f"--security {self.security!r}: use one of {', '.join(opcua.MODES)}")
+        if self.security != "none" and self.pki is None:
+            raise ValidationError(f"--security {self.security} needs --pki DIR: the folder of the plant's OPC UA "
+                                  "certificate (made there on first use)")
         self.sim = registry.make_env(self.env)
         self.emb = self.sim.embodiment()
         tasks = registry.resolve_tasks(self.env, [self.task])
@@ -87,40 +110,61 @@ class SimPlant:
         self._frame: Any = None
         self._scan: asyncio.Task[None] | None = None
         self._alarm_value = False
+        self.certificate: opcua.AppCertificate | None = None  # the server's, with security on
         self.endpoint = ""
 
     async def start(self, host: str = "127.0.0.1", port: int | None = None) -> str:
-        """Start the OPC UA server; returns its endpoint ``opc.tcp://HOST:PORT/onshore/plant``."""
+        """Start the OPC UA server; returns its endpoint ``opc.tcp://HOST:PORT/onshore/plant``.
+        Refused: ``security`` none on a host that is not loopback."""
         from asyncua import Server, ua
         from asyncua.common.callback import CallbackType
 
         for name in ("asyncua", "asyncua.server", "asyncua.client"):
             logging.getLogger(name).setLevel(logging.ERROR)  # it warns about running without certificates
         port = port or free_port(host)
-        server = Server()
-        await server.init()
         self.endpoint = f"opc.tcp://{host}:{port}/onshore/plant"
+        opcua.check_security(self.endpoint, self.security)
+        server = Server(user_manager=_Users(self.users or {}, anonymous_acts=self.security == "none"))
+        await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name(f"Onshore simulated plant ({self.env})")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        uri = opcua.application_uri("sim-plant")
+        await server.set_application_uri(uri)
+        server.product_uri = "urn:onshore:sim-plant"
+        if self.security == "none":
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            assert self.pki is not None
+            cert = opcua.application_certificate(self.pki, "sim-plant", uri, [host])
+            self.certificate = cert
+            await server.load_certificate(str(cert.cert))
+            await server.load_private_key(str(cert.key))
+            server.set_security_policy(
+                [ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt]
+                + ([ua.SecurityPolicyType.Basic256Sha256_Sign] if self.security == "sign" else []),
+                permission_ruleset=_look_only_for_anonymous())  # anonymous sessions may look, never act
         ns = self._ns = await server.register_namespace(NAMESPACE)
-        obj = await server.nodes.objects.add_object(ns, "plant")
-        for i, v in enumerate(np.asarray(self.state, dtype=np.float64)):
-            self._state_nodes.append(await obj.add_variable(ua.NodeId(f"state/{i}", ns), f"state/{i}", float(v),
-                                                            ua.VariantType.Double))
-        for i, v in enumerate(self.initial_action):
-            node = await obj.add_variable(ua.NodeId(f"action/{i}", ns), f"action/{i}", float(v),
-                                          ua.VariantType.Double)
+        obj = await server.nodes.objects.add_object(ua.NodeId("plant", ns), ua.QualifiedName("plant", ns))
+        state = await obj.add_folder(ua.NodeId("plant/state", ns), ua.QualifiedName("state", ns))
+        action = await obj.add_folder(ua.NodeId("plant/action", ns), ua.QualifiedName("action", ns))
+        for ch, v in zip(self.emb.state, np.asarray(self.state, dtype=np.float64), strict=True):
+            self._state_nodes.append(await _analog(state, ns, "state", ch, float(v)))
+        for ch, v in zip(self.emb.action, self.initial_action, strict=True):
+            node = await _analog(action, ns, "action", ch, float(v))
             await node.set_writable()
             self._action_nodes.append(node)
             self._action_ids.add(node.nodeid)
-        self._estop = await obj.add_variable(ua.NodeId("estop", ns), "estop", False, ua.VariantType.Boolean)
-        await self._estop.set_writable()
-        reset = await obj.add_variable(ua.NodeId("estop_reset", ns), "estop_reset", False, ua.VariantType.Boolean)
-        await reset.set_writable()
-        self._alarm = await obj.add_variable(ua.NodeId("alarm", ns), "alarm", False, ua.VariantType.Boolean)
-        await self._alarm.set_writable()
-        self._frame = await obj.add_variable(ua.NodeId("frame", ns), "frame", 0, ua.VariantType.Int64)
+
+        async def flag(name: str, value: Any, vt: Any, writable: bool = True) -> Any:
+            node = await obj.add_variable(ua.NodeId(f"plant/{name}", ns), ua.QualifiedName(name, ns), value, vt)
+            if writable:
+                await node.set_writable()
+            return node
+
+        self._estop = await flag("estop", False, ua.VariantType.Boolean)
+        await flag("estop_reset", False, ua.VariantType.Boolean)
+        self._alarm = await flag("alarm", False, ua.VariantType.Boolean)
+        self._frame = await flag("frame", 0, ua.VariantType.Int64, writable=False)
         server.subscribe_server_callback(CallbackType.PostWrite, self._on_write)
         await server.start()
         self._server = server
@@ -167,7 +211,9 @@ class SimPlant:
     async def _on_write(self, event: Any, dispatcher: Any) -> None:
         from asyncua import ua
 
-        written = {wv.NodeId for wv in event.request_params.NodesToWrite}
+        results = event.response_params or []
+        written = {wv.NodeId for wv, ok in zip(event.request_params.NodesToWrite, results, strict=False)
+                   if ok.is_good()}  # a refused write (an anonymous session) steps nothing
         if not written & self._action_ids or self.terminated:
             return
         action = np.array([await n.read_value() for n in self._action_nodes], dtype=np.float64)
@@ -182,18 +228,82 @@ class SimPlant:
         if self.estop_at is not None and self.frames == self.estop_at:
             await self._estop.write_value(ua.Variant(True, ua.VariantType.Boolean))
 
-    def map_dict(self) -> dict[str, Any]:
-        node = f"ns={self._ns};s="
+    def node_id(self, name: str, nsu: bool = True) -> str:
+        """The node id of ``name`` (``estop``, ``frame``, ``state/CHANNEL``...): by namespace URI, or
+        with ``nsu=False`` by this server's namespace index (after ``start``)."""
+        return f"{f'nsu={NAMESPACE}' if nsu else f'ns={self._ns}'};s=plant/{name}"
+
+    def map_dict(self, nsu: bool = True) -> dict[str, Any]:
+        """The bridge's map of this plant: nodes by channel name, by namespace URI (``nsu=False``:
+        by namespace index, which needs ``start`` first)."""
+        def node(name: str) -> str:
+            return self.node_id(name, nsu)
+
         return {"embodiment": self.emb.name, "task": self.task_text,
-                "nodes": {"state": [f"{node}state/{i}" for i in range(self.emb.state_dim)],
-                          "action": [f"{node}action/{i}" for i in range(self.emb.action_dim)],
-                          "estop": f"{node}estop", "estop_reset": f"{node}estop_reset", "alarm": f"{node}alarm"},
+                "nodes": {"state": [node(f"state/{c.name}") for c in self.emb.state],
+                          "action": [node(f"action/{c.name}") for c in self.emb.action],
+                          "estop": node("estop"), "estop_reset": node("estop_reset"), "alarm": node("alarm")},
                 "envelope": {"watchdog_periods": 3, "safe_action": [float(x) for x in self.initial_action]}}
 
     def write_map(self, path: Path) -> Path:
-        """The bridge's MAP.toml for this plant (after ``start``: node ids need the namespace)."""
+        """The bridge's MAP.toml for this plant (nodes by namespace URI)."""
         Path(path).write_text(tomli_w.dumps(self.map_dict()))
         return Path(path)
+
+
+async def _analog(parent: Any, ns: int, role: str, ch: Any, value: float) -> Any:
+    """A Double ``AnalogItemType`` variable named by channel, with EngineeringUnits and EURange."""
+    from asyncua import ua
+
+    node = await parent.add_variable(ua.NodeId(f"plant/{role}/{ch.name}", ns), ua.QualifiedName(ch.name, ns), value,
+                                     ua.VariantType.Double)
+    await node.delete_reference(ua.NodeId(ua.ObjectIds.BaseDataVariableType), ua.ObjectIds.HasTypeDefinition,
+                                bidirectional=False)
+    await node.add_reference(ua.NodeId(ua.ObjectIds.AnalogItemType), ua.ObjectIds.HasTypeDefinition,
+                             bidirectional=False)
+    await node.add_property(ua.NodeId(f"plant/{role}/{ch.name}/EURange", ns), ua.QualifiedName("EURange", 0),
+                            ua.Range(Low=ch.low, High=ch.high), datatype=ua.NodeId(ua.ObjectIds.Range))
+    await node.add_property(ua.NodeId(f"plant/{role}/{ch.name}/EngineeringUnits", ns),
+                            ua.QualifiedName("EngineeringUnits", 0), opcua.eu_information(ch.unit),
+                            datatype=ua.NodeId(ua.ObjectIds.EUInformation))
+    return node
+
+
+class _Users:
+    """The plant's user manager: a listed user with the right password, or an anonymous session
+    (which may act only when ``anonymous_acts``: no security, on loopback); anyone else is refused
+    (``BadUserAccessDenied``)."""
+
+    def __init__(self, users: dict[str, str], anonymous_acts: bool) -> None:
+        self.users = dict(users)
+        self.anonymous_acts = anonymous_acts
+
+    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
+                 certificate: Any = None) -> Any:
+        import hmac
+
+        from asyncua.crypto.permission_rules import User, UserRole
+
+        if username is None:
+            return User(role=UserRole.User if self.anonymous_acts else UserRole.Anonymous)
+        want = self.users.get(username)
+        given = password.decode() if isinstance(password, bytes) else (password or "")
+        if want is not None and hmac.compare_digest(want.encode(), given.encode()):
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+def _look_only_for_anonymous() -> Any:
+    """asyncua's role rules, except that an anonymous session may browse, read and subscribe but
+    not write or call (asyncua's own rules let it do nothing at all once security is on)."""
+    from asyncua import ua
+    from asyncua.crypto.permission_rules import USER_TYPES, SimpleRoleRuleset, UserRole
+
+    rules = SimpleRoleRuleset()
+    acting = {ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary),
+              ua.NodeId(ua.ObjectIds.CallRequest_Encoding_DefaultBinary)}
+    rules._permission_dict[UserRole.Anonymous] = {ua.NodeId(t) for t in USER_TYPES} - acting
+    return rules
 
 
 class PlantThread:

@@ -35,6 +35,7 @@ import numpy as np
 
 from onshore.errors import ValidationError
 from onshore.serve import envelope as E
+from onshore.serve.opcua import Security
 from onshore.serve.record import ingest_frames
 from onshore.workspace.models import get_model, load_model_for
 from onshore.workspace.workspace import Workspace
@@ -129,7 +130,7 @@ def run_shadow(ws: Workspace, model: str, site: str, tasks: list[str], *, member
 def run_shadow_opcua(ws: Workspace, model: str, site: str, endpoint: str, map_file: Path, *, member: str,
                      policy: Path, dataset: str, task: str = "base", steps: int | None = None,
                      seconds: float | None = None, frame_node: str | None = None, poll_s: float = 0.005,
-                     purpose: str | None = None) -> ShadowReport:
+                     purpose: str | None = None, security: Security | None = None) -> ShadowReport:
     """Pure shadow mode on a plant over OPC UA: the plant's own controller writes its action nodes
     (they are the labels), the model proposes on every frame's state and moves nothing; the frames
     are read as ``onshore monitor`` reads them (:mod:`onshore.serve.watch`) and ingested as
@@ -178,7 +179,7 @@ def run_shadow_opcua(ws: Workspace, model: str, site: str, endpoint: str, map_fi
         rows: list[dict] = []
         agent.reset(text)
         async with aclosing(watch(endpoint, mapping, 1.0 / dt, steps=steps, seconds=seconds, frame_node=frame_node,
-                                  poll_s=poll_s)) as frames:
+                                  poll_s=poll_s, security=security)) as frames:
             async for f in frames:
                 if f.gap:
                     agent.reset(text)  # a missed period: the model's history starts again

@@ -6,7 +6,9 @@ With ``frame_node`` (a counter the PLC or the simulated plant advances once per 
 one frame is taken per new count and paired with the action then on the nodes, so nothing is
 sampled twice, and a count that jumps by more than one (a missed period) marks the next frame
 with ``gap`` so that a reader restarts whatever history it keeps. Without it, the nodes are read
-once per ``1 / hz``. Refused: an unreachable endpoint (``OnshoreError``, naming it).
+once per ``1 / hz``. The session is secured as :mod:`onshore.serve.opcua` says (a watcher only
+reads: an anonymous session does, where the server allows it). Refused: an unreachable endpoint
+(``OnshoreError``, naming it), a node the server does not have (naming it and its role).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from onshore.errors import OnshoreError
+from onshore.serve import opcua
 
 
 @dataclass(frozen=True)
@@ -32,21 +34,17 @@ class WatchedFrame:
 
 
 async def watch(endpoint: str, mapping: Any, hz: float, *, steps: int | None, seconds: float | None,
-                frame_node: str | None, poll_s: float = 0.005) -> AsyncIterator[WatchedFrame]:
+                frame_node: str | None, poll_s: float = 0.005,
+                security: opcua.Security | None = None) -> AsyncIterator[WatchedFrame]:
     """Yield up to ``steps`` frames, or frames for ``seconds`` of wall time (whichever ends first)."""
-    from asyncua import Client as OpcClient
-
     for logger in ("asyncua", "asyncua.client"):
         logging.getLogger(logger).setLevel(logging.ERROR)
-    opc = OpcClient(endpoint, timeout=5)
+    opc = await opcua.connect(endpoint, security or opcua.Security(), "watch")
     try:
-        await opc.connect()
-    except Exception as e:
-        raise OnshoreError(f"cannot reach the OPC UA server at {endpoint}: {e or type(e).__name__}") from None
-    try:
-        state_nodes = [opc.get_node(n) for n in mapping.state]
-        action_nodes = [opc.get_node(n) for n in mapping.action]
-        counter = [opc.get_node(frame_node)] if frame_node else []
+        found = await opcua.resolve(opc, {"state": list(mapping.state), "action": list(mapping.action),
+                                          "frame counter": [frame_node] if frame_node else []},
+                                    getattr(mapping, "source", "the map"))
+        state_nodes, action_nodes, counter = found["state"], found["action"], found["frame counter"]
         period = 1.0 / hz if frame_node is None else poll_s
         deadline = time.monotonic() + seconds if seconds is not None else None
         last_count: int | None = None

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 
 from onshore.errors import ValidationError
+from onshore.tls import is_loopback
 from onshore.workspace.workspace import LOG_ACTOR, Workspace
 
 #: The ledger entry that issues the dashboard's token (the newest one signed by the log counts).
@@ -48,16 +48,6 @@ def token_digest(ws: Workspace) -> str | None:
 def token_matches(digest: str, presented: str | None) -> bool:
     """Constant-time comparison of a presented token with the stored digest."""
     return presented is not None and hmac.compare_digest(digest, _digest(presented))
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and ``localhost`` only; anything else (0.0.0.0, a LAN address) is not."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def required_digest(ws: Workspace, host: str) -> str | None:
