@@ -74,8 +74,10 @@ def model(
     from onshore.attest.model_claim import attest_model
 
     check_output_file(out, force=True, option="-o")
+    from onshore.workspace.versions import resolve
+
     with open_workspace() as ws:
-        bundle = attest_model(ws, name)
+        bundle = attest_model(ws, resolve(ws, name))
     write_bundle(bundle, out)
     _, cosigs = _checkpoint_of(bundle)
     keyid = bundle["dsseEnvelope"]["signatures"][0]["keyid"]

@@ -39,6 +39,7 @@ from onshore.serve.record import Recorder, RecordOptions
 from onshore.serve.server import PolicyServer, ServerLimits
 from onshore.serve.tokens import TokenTable
 from onshore.workspace import models as wsm
+from onshore.workspace import versions
 from onshore.workspace.paths import RECORDING_SPOOL
 from onshore.workspace.registry import get_site
 from onshore.workspace.workspace import Workspace
@@ -270,14 +271,21 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
           loader: Callable[..., ServedModel] = load_served_model, purpose: str | None = None,
           protocol: str = "onshore", embodiment: str | None = None) -> Running:
     """Serve ``model`` at ``site`` on ``host:port`` (0: a free port) until ``stop()``; ``purpose``
-    defaults to the purpose the model was trained for. ``protocol``: ``"onshore"`` (its own,
+    defaults to the purpose the model was trained for. ``model`` is a reference: ``NAME`` (its
+    latest version), ``NAME@V`` or ``NAME@ALIAS``, resolved here once (``versions.resolve``); the
+    server serves that version, and its ledger entries name the version's id and the reference.
+    ``protocol``: ``"onshore"`` (its own,
     ``docs/serving.md``) or ``"openpi"`` (openpi-client's, every session acting for
     ``embodiment``, which may be left out when the model acts for one embodiment only).
 
     Refused: see :func:`load_served_model` (exit 3 for policy); a bad recording (see
     ``_check_record``); an unknown protocol, or an embodiment the model does not act for
-    (``ValidationError``); a port that cannot be bound (``OnshoreError``).
+    (``ValidationError``); an unknown or archived version (``versions.resolve``,
+    ``versions.check_usable``); a port that cannot be bound (``OnshoreError``).
     """
+    ref = model
+    model = versions.resolve(ws, ref)
+    versions.check_usable(ws, model, "serve")
     if protocol not in PROTOCOLS:
         raise ValidationError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if embodiment is not None and protocol != "openpi":
@@ -328,7 +336,7 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
     bound = started["port"]
     idx = ws.record("model.serve", f"site:{site}", {
         "event": "start", "model": model, "digest": served.digest, "files": served.files, "site": site,
-        "host": host, "port": bound, "purpose": served.purpose, "protocol": protocol,
+        "host": host, "port": bound, "purpose": served.purpose, "protocol": protocol, "ref": ref,
         "release_index": served.release_index,
         "embodiments": sorted(served.embodiments),
         "record": None if record is None else {"member": record.member, "policy": str(record.policy),

@@ -1,0 +1,209 @@
+"""Model versions under one name, aliases, tags and archiving (the model registry), on a real
+workspace: retraining a name makes its next version with its own lineage, policy, files and bundle;
+aliases are recorded decisions that serving follows; archived versions stay verifiable but are
+refused for serving and fine-tuning."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from _training import make_consortium
+from conftest import cosign_with_witnesses
+from onshore.attest.model_claim import attest_model
+from onshore.attest.trust import build_trust_root
+from onshore.attest.verify import verify_bundle
+from onshore.cli.app import main
+from onshore.errors import NotFoundError, ValidationError
+from onshore.model.text import HASHED
+from onshore.names import check_model_id
+from onshore.serve import service
+from onshore.train.loop import TrainConfig, TrainRequest, train
+from onshore.workspace import Workspace, models, registry, versions
+
+
+def fast(steps: int = 4) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=8, checkpoint_every=steps, log_every=2, precision="fp32",
+                       text_encoder=HASHED, warmup=1)
+
+
+@pytest.fixture
+def two_versions(tmp_path: Path, telemetry: dict[str, Path]) -> Iterator[Workspace]:
+    """pool v1 on arms + plant, then pool v2 (trained again under the same name) on arms alone."""
+    ws = make_consortium(tmp_path, telemetry)
+    first = train(ws, TrainRequest("pool", "sakai", "foundation-pretraining", ("arms", "plant"), size="tiny",
+                                   train=fast()))
+    second = train(ws, TrainRequest("pool", "sakai", "foundation-pretraining", ("arms",), size="tiny",
+                                    train=fast()))
+    assert first is not None and second is not None
+    assert (first.name, second.name) == ("pool", "pool@2")
+    yield ws
+    ws.close()
+
+
+def run(ws: Workspace, *args: str) -> int:
+    return main(["-w", str(ws.root), *args])
+
+
+def test_retraining_a_name_makes_a_version_with_its_own_lineage_and_bundle(two_versions: Workspace,
+                                                                            tmp_path: Path) -> None:
+    ws = two_versions
+    # each version: its own signed lineage, policy, folder and release entry
+    assert [d.name for d in models.lineage_datasets(ws, "pool")] == ["arms", "plant"]
+    assert [d.name for d in models.lineage_datasets(ws, "pool@2")] == ["arms"]
+    assert models.effective(ws, "pool@2").derived_models == "stop-serving"
+    v1, v2 = models.release_entry(ws, "pool"), models.release_entry(ws, "pool@2")
+    assert (v2["model"], v2["name"], v2["version"]) == ("pool@2", "pool", 2)
+    assert v1["files"] != v2["files"]
+    assert models.model_folder(ws, models.get_model(ws, "pool@2")).name == "pool@2"
+    assert "model/pool@2/dataset/arms/jurisdictions" in models.show_model(ws, "pool@2")["cedar"]
+    rows = models.list_models(ws)
+    assert [(r["name"], r["model_name"], r["version"]) for r in rows] == [("pool", "pool", 1),
+                                                                          ("pool@2", "pool", 2)]
+    # what people type: NAME is the latest, NAME@1 the first, NAME@latest the latest
+    assert versions.resolve(ws, "pool") == "pool@2"
+    assert versions.resolve(ws, "pool@1") == "pool"
+    assert versions.resolve(ws, "pool@latest") == "pool@2"
+    with pytest.raises(NotFoundError, match="no version 3; its versions are 1, 2"):
+        versions.resolve(ws, "pool@3")
+    with pytest.raises(NotFoundError, match="no alias 'production'"):
+        versions.resolve(ws, "pool@production")
+    for bad in ("pool@0", "pool@02", "pool@../x", "pool@Prod", "pool@a@b", "Pool"):
+        with pytest.raises(ValidationError):
+            versions.resolve(ws, bad)
+    assert run(ws, "model", "show", "pool@../x") == 1
+    assert run(ws, "model", "show", "pool@1", "--json") == 0
+
+    # a third run under the name is version 3, and its key custody and lock are per version
+    assert versions.next_id(ws, "pool") == "pool@3"
+    assert ws.keystore("site:sakai").has_key("model", "pool@2")
+    with pytest.raises(ValidationError, match="at most 64 characters"):
+        check_model_id("p" * 63 + "@2")
+
+    # both versions' bundles verify offline, each naming its own version
+    cosign_with_witnesses(ws, tmp_path / "witnesses", ("w1",))
+    trust = build_trust_root(ws)
+    for model in ("pool", "pool@2"):
+        report = verify_bundle(attest_model(ws, model), trust, min_witnesses=1)
+        assert report.ok, [c.to_json() for c in report.checks if not c.passed]
+        assert report.model == model
+    assert ws.verify_ledger().size == ws.ledger.size()
+
+
+def test_aliases_are_recorded_and_serving_follows_them(two_versions: Workspace) -> None:
+    ws = two_versions
+    out = versions.set_alias(ws, "pool", "production", 1)
+    entry = ws.ledger.get(out["ledger_index"]).entry
+    assert entry.kind == "model.alias" and entry.actor == "site:sakai"
+    assert entry.body == {"model": "pool", "name": "pool", "alias": "production", "version": 1, "previous": None,
+                          "site": "sakai"}
+    assert versions.resolve(ws, "pool@production") == "pool"
+    # moving it is a recorded decision naming where it pointed; the same move again records nothing
+    size = ws.ledger.size()
+    assert run(ws, "model", "alias", "pool", "production", "2") == 0
+    moved = ws.ledger.get(size).entry
+    assert moved.kind == "model.alias" and (moved.body["version"], moved.body["previous"]) == (2, 1)
+    assert run(ws, "model", "alias", "pool", "production", "2") == 0 and ws.ledger.size() == size + 1
+    assert versions.resolve(ws, "pool@production") == "pool@2"
+    assert models.show_model(ws, "pool@2")["aliases"] == ["production"]
+    # refused: unknown version, reserved or malformed alias, VERSION and --remove together
+    assert run(ws, "model", "alias", "pool", "production", "7") == 1
+    assert run(ws, "model", "alias", "pool", "latest", "1") == 1
+    assert run(ws, "model", "alias", "pool", "9lives", "1") == 1
+    assert run(ws, "model", "alias", "pool", "production", "1", "--remove") == 2
+    assert ws.ledger.size() == size + 1
+    # an alias entry signed by a site that did not train the version is not a registry action
+    ws.record("model.alias", "site:tokyo", {"model": "pool", "name": "pool", "alias": "production", "version": 1,
+                                            "previous": 2, "site": "sakai"})
+    assert versions.resolve(ws, "pool@production") == "pool@2"
+
+    # serving NAME@ALIAS loads the version the alias points at, and the ledger says both
+    models.copy_model(ws, "pool@2", "tokyo")
+    running = service.start(ws, "pool@production", "tokyo", port=0)
+    try:
+        assert running.served.name == "pool@2"
+        start = ws.ledger.get(running.start_index).entry.body
+        assert (start["model"], start["ref"]) == ("pool@2", "pool@production")
+        assert start["digest"] == models.release_entry(ws, "pool@2")["files"]["model.safetensors"]
+    finally:
+        running.stop()
+
+    # removing: recorded, and the alias no longer resolves
+    assert run(ws, "model", "alias", "pool", "production", "--remove") == 0
+    removed = ws.ledger.get(ws.ledger.size() - 1).entry.body
+    assert (removed["version"], removed["previous"], removed["model"]) == (None, 2, "pool@2")
+    with pytest.raises(NotFoundError):
+        versions.resolve(ws, "pool@production")
+    assert run(ws, "model", "alias", "pool", "production", "--remove") == 1
+
+
+def test_archived_versions_are_kept_verifiable_but_not_served_or_fine_tuned(two_versions: Workspace,
+                                                                             tmp_path: Path) -> None:
+    ws = two_versions
+    versions.set_alias(ws, "pool", "production", 2)
+    with pytest.raises(ValidationError, match="production of model 'pool' point at version 2"):
+        versions.archive(ws, "pool@2")
+    with pytest.raises(ValidationError, match="name the version to archive"):
+        versions.archive(ws, "pool")
+    versions.remove_alias(ws, "pool", "production")
+    assert run(ws, "model", "archive", "pool@2") == 0
+    entry = ws.ledger.get(ws.ledger.size() - 1).entry
+    assert entry.kind == "model.archive" and entry.actor == "site:sakai" and entry.body["archived"] is True
+    # NAME skips it; it is still listed and shown
+    assert versions.resolve(ws, "pool") == "pool"
+    assert [r["archived"] for r in models.list_models(ws)] == [False, True]
+    assert models.show_model(ws, "pool@2")["archived"] is True
+    # refused for serving, fine-tuning and aliases, before any decision is recorded
+    models.copy_model(ws, "pool@2", "tokyo")
+    size = ws.ledger.size()
+    with pytest.raises(ValidationError, match="archived"):
+        models.load_model_for(ws, "pool@2", "tokyo", "serve", "fine-tuning")
+    with pytest.raises(ValidationError, match="is archived"):
+        service.start(ws, "pool@2", "tokyo", port=0)
+    with pytest.raises(ValidationError, match="is archived"):
+        train(ws, TrainRequest("ft", "sakai", "fine-tuning", ("plant",), size="tiny", base="pool@2", train=fast()))
+    assert run(ws, "finetune", "pool@2", "--datasets", "plant", "--name", "ft", "--steps", "2") == 1
+    assert run(ws, "model", "alias", "pool", "production", "2") == 1
+    assert ws.ledger.size() == size
+    # still readable and verifiable
+    assert models.load_model_for(ws, "pool@2", "tokyo", "read", "fine-tuning").meta["site"] == "sakai"
+    cosign_with_witnesses(ws, tmp_path / "witnesses", ("w1",))
+    report = verify_bundle(attest_model(ws, "pool@2"), build_trust_root(ws), min_witnesses=1)
+    assert report.ok and report.model == "pool@2"
+    # every version archived: NAME alone says so; restoring brings it back
+    assert run(ws, "model", "archive", "pool@1") == 0
+    with pytest.raises(ValidationError, match="every version of model 'pool' is archived"):
+        versions.resolve(ws, "pool")
+    assert run(ws, "model", "archive", "pool@2", "--restore") == 0
+    assert versions.resolve(ws, "pool") == "pool@2"
+    assert run(ws, "model", "archive", "pool@2", "--restore") == 1
+
+
+def test_tags_and_description_are_recorded_per_version(two_versions: Workspace) -> None:
+    ws = two_versions
+    assert run(ws, "model", "tag", "pool", "--tag", "stage=pilot", "--tag", "line=furnace-3",
+               "--description", "Arms only, spring data") == 0
+    assert run(ws, "model", "tag", "pool@2", "--remove-tag", "line") == 0
+    info = models.show_model(ws, "pool@2")
+    assert info["tags"] == {"stage": "pilot"} and info["description"] == "Arms only, spring data"
+    assert models.show_model(ws, "pool")["tags"] == {}
+    size = ws.ledger.size()
+    for bad in (["--tag", "novalue"], ["--tag", "bad key=1"], ["--description", "two\nlines"], []):
+        assert run(ws, "model", "tag", "pool", *bad) in (1, 2), bad
+    assert ws.ledger.size() == size
+    listed = json.loads(json.dumps(models.list_models(ws)))
+    assert listed[1]["tags"] == {"stage": "pilot"}
+
+
+def test_a_name_too_long_for_a_version_suffix_is_refused(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "ws", "names")
+    try:
+        registry.add_site(ws, "sakai", "JP", "storage,compute")
+        assert versions.next_id(ws, "p" * 64) == "p" * 64  # a new name is version 1, its id the name itself
+        with pytest.raises(ValidationError, match="invalid model name"):
+            versions.next_id(ws, "pool@2")
+    finally:
+        ws.close()
