@@ -5,7 +5,9 @@ refused for serving and fine-tuning."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from onshore.model.text import HASHED
 from onshore.names import check_model_id
 from onshore.serve import service
 from onshore.train.loop import TrainConfig, TrainRequest, train
-from onshore.workspace import Workspace, models, registry, versions
+from onshore.workspace import Workspace, datasets, models, registry, versions
 
 
 def fast(steps: int = 4) -> TrainConfig:
@@ -207,3 +209,58 @@ def test_a_name_too_long_for_a_version_suffix_is_refused(tmp_path: Path) -> None
             versions.next_id(ws, "pool@2")
     finally:
         ws.close()
+
+
+def test_export_writes_a_model_card_that_the_hub_reads_and_whose_snippet_loads(two_versions: Workspace,
+                                                                              tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    ws = two_versions
+    models.record_eval(ws, "pool@2", "sakai", "metaworld", 7, {"reach-v3": {"success_rate": 0.25, "episodes": 4}})
+    versions.annotate(ws, "pool@2", {"stage": "pilot"}, description="Arms only | spring data")
+    dest = tmp_path / "export"
+    assert run(ws, "model", "export", "pool", "--site", "sakai", "--purpose", "fine-tuning", "--out", str(dest)) == 0
+    text = (dest / "README.md").read_text()
+    export = ws.ledger.get(ws.ledger.size() - 1).entry
+    assert export.kind == "model.export" and export.body["model"] == "pool@2"
+    assert export.body["card"] == hashlib.sha256(text.encode()).hexdigest()
+
+    card = ModelCard(text)  # the Hub's own parser of the YAML header
+    data = card.data.to_dict()
+    assert data["license"] == "other" and data["pipeline_tag"] == "robotics" and data["library_name"] == "onshore"
+    assert data["datasets"] == ["arms"]
+    assert {"jurisdiction:JP", "embodiment:sawyer-metaworld", "stage:pilot"} <= set(data["tags"])
+    (result,) = data["model-index"][0]["results"]
+    assert result["task"]["name"] == "reach-v3" and result["metrics"][0]["value"] == 0.25
+    body = card.text
+    assert "# pool (version 2)" in body and "Arms only | spring data" in body
+    assert "| pool@2 | arms | arm-maker | sawyer-metaworld |" in body
+    frames = sum(s["frames"] for s in datasets.show(ws, "arms")["shards"] if s["site"] == "sakai")
+    assert f"{frames:,} |" in body
+    assert "only in JP, at any site in those jurisdictions" in body and "must stop being served" in body
+    assert "| metaworld | 7 | reach-v3 | 0.250 | 4 | sakai |" in body
+
+    # the card's plain-PyTorch snippet runs as written in the export folder
+    snippet = body.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict[str, object] = {}
+    cwd = os.getcwd()
+    os.chdir(dest)
+    try:
+        exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - our own card, under test
+    finally:
+        os.chdir(cwd)
+    assert scope["action"].shape == (4,)  # type: ignore[attr-defined]
+    assert set(scope["state_dict"]) == {k for k in scope["loaded"].model.state_dict()}  # type: ignore[attr-defined]
+
+    # `onshore model card` prints the same card (without the tasks only the export knows) and refuses an overwrite
+    out = tmp_path / "card.md"
+    assert run(ws, "model", "card", "pool@latest", "-o", str(out)) == 0
+    assert out.read_text().split("## How to load")[0] == text.split("## How to load")[0]
+    assert run(ws, "model", "card", "pool", "-o", str(out)) == 1
+    # a folder holding a README.md is refused without --force, before anything is decided
+    size = ws.ledger.size()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "README.md").write_text("mine")
+    assert run(ws, "model", "export", "pool", "--site", "sakai", "--purpose", "fine-tuning", "--out", str(other)) == 1
+    assert ws.ledger.size() == size and (other / "README.md").read_text() == "mine"

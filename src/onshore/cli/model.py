@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from onshore.cli.context import open_workspace
-from onshore.cli.output import console, esc, print_json, table
+from onshore.cli.output import console, err, esc, print_json, table
 
 model_app = typer.Typer(help="Trained models and their versions: list, show lineage and policy, copy to a site, "
                              "export, model card, aliases, tags, archive.", no_args_is_help=True)
@@ -207,3 +207,28 @@ def archive(name: str = typer.Argument(..., help="The version: NAME@VERSION."),
         return
     console.print(f"{'restored' if restore else 'archived'} model [bold]{esc(out['name'])}[/] version "
                   f"{out['version']} (ledger entry {out['ledger_index']})")
+
+
+@model_app.command("card")
+def card(name: str = NAME,
+         out: Path | None = typer.Option(None, "-o", "--out", metavar="FILE", help="Write the card to FILE (default: "
+                                         "print it)."),
+         force: bool = typer.Option(False, "--force", help="Overwrite FILE.")) -> None:
+    """A model version's card (README.md in the Hugging Face model-card layout): its training data, where,
+    its effective policy in plain words, evaluations, intended use and limits, how to load it. 'onshore model
+    export' writes it beside the weights.
+
+    Example: onshore model card plant-base@production -o README.md
+    """
+    from onshore.files import check_output_file
+    from onshore.workspace import models, versions
+
+    if out is not None:
+        check_output_file(out, force, "--out")
+    with open_workspace() as ws:
+        text = models.model_card(ws, versions.resolve(ws, name))
+    if out is None:
+        print(text, end="")
+        return
+    out.write_text(text, encoding="utf-8")
+    err.print(f"wrote {esc(str(out))}")

@@ -36,7 +36,7 @@ from onshore.model import io
 from onshore.names import check_model_id
 from onshore.residency.modelpolicy import EffectivePolicy, LineageDataset, ModelStatus, effective_policy, model_status
 from onshore.residency.pdp import Decision, model_request
-from onshore.workspace import attempts, governance, keyservice, versions
+from onshore.workspace import attempts, governance, keyservice, modelcard, versions
 from onshore.workspace.paths import check_plaintext_destination
 from onshore.workspace.registry import get_site
 from onshore.workspace.workspace import Workspace
@@ -347,15 +347,38 @@ def copy_model(ws: Workspace, name: str, to_site: str, from_site: str | None = N
     return {"model": name, "from": source, "to": to_site, "files": len(written), "ledger_index": idx}
 
 
+def card_facts(ws: Workspace, name: str, tasks: list[str] | None = None) -> modelcard.CardFacts:
+    """What the model's card says (``modelcard.CardFacts``): ``show_model``, the frames of the shards
+    its release read per dataset, its ``model.eval`` entries, and ``tasks`` when the caller has them."""
+    info = show_model(ws, name)
+    frames: dict[str, int] = {}
+    with ws.catalog.connect() as conn:
+        for d in info["lineage"][0]["datasets"]:
+            rows = conn.execute(select(T.shards.c.sha256, T.shards.c.frames).where(
+                T.shards.c.dataset == d["dataset"])).all()
+            read = set(d["shards"])
+            frames[d["dataset"]] = sum(dict((h, int(n)) for h, n in rows if h in read).values())
+    evals = [{**e.entry.body, "index": e.index} for e in ws.ledger.entries(kinds=("model.eval",))
+             if e.entry.body.get("model") == name]
+    return modelcard.CardFacts(info, frames, evals, list(tasks or ()))
+
+
+def model_card(ws: Workspace, name: str, tasks: list[str] | None = None) -> str:
+    """The model version's card (``README.md``, Hugging Face layout): see ``modelcard``."""
+    return modelcard.render(card_facts(ws, name, tasks))
+
+
 def export_model(ws: Workspace, name: str, site: str, out: Path, purpose: str | None = None,
                  force: bool = False) -> dict[str, Any]:
-    """Write the model as plain ``model.safetensors`` + ``model.json`` into the folder ``out``.
+    """Write the model as plain ``model.safetensors`` + ``model.json`` into the folder ``out``, with
+    its card (``README.md``, ``model_card``: what it was trained on, where, its policy in plain
+    words, its evaluations, how to load it).
 
     Plaintext leaving the store: decided as ``export`` of the model at ``site`` (refused, exit 3,
     for a purpose or place a lineage dataset refuses, or a model under ``stop-serving``). ``out``
     is checked first: never inside a site's folder or the workspace's internals, and a folder
-    holding files only with ``force``. The export, with the files' SHA-256, is recorded as
-    ``model.export`` signed by the site.
+    holding files only with ``force``. The export, with the files' SHA-256 (and the card's, as
+    ``card``), is recorded as ``model.export`` signed by the site.
     """
     get_model(ws, name)
     out = Path(out)
@@ -366,15 +389,21 @@ def export_model(ws: Workspace, name: str, site: str, out: Path, purpose: str | 
         raise ValidationError(f"--out {out}: is not empty; choose a new folder or pass --force to overwrite")
     if not out.parent.is_dir():
         raise ValidationError(f"--out {out}: folder {out.parent} does not exist; create it first")
-    for plain in io.file_names(STEM):
+    for plain in (*io.file_names(STEM), modelcard.FILE):
         if (out / plain).exists():
             check_output_file(out / plain, force, "--out")
     opened = open_model(ws, name, site, "export", purpose)
-    digests = io.write_plain(out, opened.plaintexts())
+    plaintexts = opened.plaintexts()
+    meta = json.loads(plaintexts[f"{STEM}.json"])
+    card = model_card(ws, name, [str(t) for t in meta.get("tasks") or ()]).encode()
+    digests = io.write_plain(out, plaintexts)
+    card_digest = io.write_plain(out, {modelcard.FILE: card})[modelcard.FILE]
     idx = ws.record("model.export", f"site:{site}", {
         "model": name, "site": site, "jurisdiction": get_site(ws, site).jurisdiction, "purpose": purpose,
-        "decision_index": opened.decision_index, "release_index": opened.release_index, "files": digests})
-    return {"model": name, "site": site, "out": str(out), "files": digests, "ledger_index": idx}
+        "decision_index": opened.decision_index, "release_index": opened.release_index, "files": digests,
+        "card": card_digest})
+    return {"model": name, "site": site, "out": str(out), "files": digests, "card": card_digest,
+            "ledger_index": idx}
 
 
 def record_eval(ws: Workspace, name: str, site: str, env: str, seed: int, tasks: dict[str, Any]) -> int:
