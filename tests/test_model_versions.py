@@ -264,3 +264,42 @@ def test_export_writes_a_model_card_that_the_hub_reads_and_whose_snippet_loads(t
     (other / "README.md").write_text("mine")
     assert run(ws, "model", "export", "pool", "--site", "sakai", "--purpose", "fine-tuning", "--out", str(other)) == 1
     assert ws.ledger.size() == size and (other / "README.md").read_text() == "mine"
+
+
+def test_a_model_released_before_versions_existed_is_version_1_and_still_verifies(
+        tmp_path: Path, telemetry: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    ws = make_consortium(tmp_path, telemetry)
+    try:
+        # release entries as Onshore wrote them before versions: no name or version field
+        record = Workspace.record
+
+        def old_record(self: Workspace, kind: str, actor: str, body: dict, then=None) -> int:  # type: ignore[no-untyped-def, type-arg]
+            if kind == "model.release":
+                body = {k: v for k, v in body.items() if k not in ("name", "version")}
+            return record(self, kind, actor, body, then)
+
+        monkeypatch.setattr(Workspace, "record", old_record)
+        train(ws, TrainRequest("plant-base", "sakai", "foundation-pretraining", ("plant",), size="tiny",
+                               train=fast()))
+        monkeypatch.undo()
+        old = models.release_entry(ws, "plant-base")
+        assert "version" not in old and old["model"] == "plant-base"
+        before = ws.ledger.size()
+        # it is version 1 of its name: listed, resolved and served as before
+        assert versions.resolve(ws, "plant-base") == versions.resolve(ws, "plant-base@1") == "plant-base"
+        assert [(r["model_name"], r["version"]) for r in models.list_models(ws)] == [("plant-base", 1)]
+        assert ws.ledger.size() == before  # reading it wrote nothing
+        # training the name again makes version 2 beside it; the old entries are not rewritten
+        leaves = [e.leaf for e in ws.ledger.entries(end=before)]
+        second = train(ws, TrainRequest("plant-base", "sakai", "foundation-pretraining", ("plant", "arms"),
+                                        size="tiny", train=fast()))
+        assert second is not None and second.name == "plant-base@2"
+        assert [e.leaf for e in ws.ledger.entries(end=before)] == leaves
+        assert versions.resolve(ws, "plant-base") == "plant-base@2"
+        assert [d.name for d in models.lineage_datasets(ws, "plant-base")] == ["plant"]
+        cosign_with_witnesses(ws, tmp_path / "witnesses", ("w1",))
+        report = verify_bundle(attest_model(ws, "plant-base"), build_trust_root(ws), min_witnesses=1)
+        assert report.ok and report.model == "plant-base"
+        assert ws.verify_ledger().size == ws.ledger.size()
+    finally:
+        ws.close()
