@@ -198,6 +198,22 @@ def test_tags_and_description_are_recorded_per_version(two_versions: Workspace) 
     assert ws.ledger.size() == size
     listed = json.loads(json.dumps(models.list_models(ws)))
     assert listed[1]["tags"] == {"stage": "pilot"}
+    # the dashboard's model page shows the version, its siblings and its tags
+    from starlette.testclient import TestClient
+
+    from onshore.web.app import create_app
+
+    app = create_app(ws.root)
+    try:
+        with TestClient(app, base_url="http://127.0.0.1") as c:
+            page = c.get("/models/pool%402")
+            assert page.status_code == 200
+            assert "version 2 of pool" in page.text and "stage=pilot" in page.text
+            assert 'href="/models/pool">1</a>' in page.text and "Arms only, spring data" in page.text
+            assert c.get("/models/pool%402?format=json").json()["version"] == 2
+            assert c.get("/models/pool%40..?format=json").status_code in (400, 404)
+    finally:
+        app.state.workspace.close()
 
 
 def test_a_name_too_long_for_a_version_suffix_is_refused(tmp_path: Path) -> None:
