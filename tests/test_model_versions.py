@@ -8,9 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from _training import make_consortium
@@ -22,7 +24,8 @@ from onshore.cli.app import main
 from onshore.errors import NotFoundError, ValidationError
 from onshore.model.text import HASHED
 from onshore.names import check_model_id
-from onshore.serve import service
+from onshore.serve import service, tokens
+from onshore.serve.client import Client
 from onshore.train.loop import TrainConfig, TrainRequest, train
 from onshore.workspace import Workspace, datasets, models, registry, versions
 
@@ -48,6 +51,13 @@ def two_versions(tmp_path: Path, telemetry: dict[str, Path]) -> Iterator[Workspa
 
 def run(ws: Workspace, *args: str) -> int:
     return main(["-w", str(ws.root), *args])
+
+
+def _wait(condition: Callable[[], bool], seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def test_retraining_a_name_makes_a_version_with_its_own_lineage_and_bundle(two_versions: Workspace,
@@ -125,18 +135,47 @@ def test_aliases_are_recorded_and_serving_follows_them(two_versions: Workspace) 
     # serving NAME@ALIAS loads the version the alias points at, and the ledger says both
     models.copy_model(ws, "pool@2", "tokyo")
     running = service.start(ws, "pool@production", "tokyo", port=0)
+    token = tokens.issue(ws, "tokyo", "line-1")
+    running.server.tokens.refresh()
     try:
         assert running.served.name == "pool@2"
+        state = np.zeros(running.served.embodiments["sawyer-metaworld"].state_dim, dtype=np.float32)
         start = ws.ledger.get(running.start_index).entry.body
-        assert (start["model"], start["ref"]) == ("pool@2", "pool@production")
+        assert (start["model"], start["ref"], start["follows"]) == ("pool@2", "pool@production", True)
         assert start["digest"] == models.release_entry(ws, "pool@2")["files"]["model.safetensors"]
+        with Client(running.url, token, "sawyer-metaworld") as first:
+            first.reset("reach-v3")
+            first.act(state)
+            # the alias moves to a version this site does not hold: logged, serving goes on unchanged
+            versions.set_alias(ws, "pool", "production", 1)
+            follow = running.server.follow
+            assert follow is not None
+            _wait(lambda: follow.skipped == "pool")
+            assert running.server.served.name == "pool@2"
+            # once the site holds it, the server follows: new sessions get version 1, the connected one
+            # keeps version 2 and is not dropped
+            models.copy_model(ws, "pool", "tokyo")
+            _wait(lambda: running.server.served.name == "pool")
+            with Client(running.url, token, "sawyer-metaworld") as second:
+                assert second.info()["model"] == "pool"
+                second.reset("reach-v3")
+                second.act(state)
+            assert first.info()["model"] == "pool@2"
+            first.act(state)
+        followed = [e.entry for e in ws.ledger.entries(start=running.start_index, kinds=("model.serve",))
+                    if e.entry.body["event"] == "follow"]
+        assert [(e.body["model"], e.body["previous"], e.body["ref"], e.body["start_index"]) for e in followed] == \
+            [("pool", "pool@2", "pool@production", running.start_index)]
+        assert followed[0].actor == "site:tokyo"
     finally:
-        running.stop()
+        report = running.stop()
+    stop = ws.ledger.get(report.stop_index).entry.body
+    assert stop["model"] == "pool@2" and stop["followed_to"] == "pool" and stop["connections"] == 2
 
     # removing: recorded, and the alias no longer resolves
     assert run(ws, "model", "alias", "pool", "production", "--remove") == 0
     removed = ws.ledger.get(ws.ledger.size() - 1).entry.body
-    assert (removed["version"], removed["previous"], removed["model"]) == (None, 2, "pool@2")
+    assert (removed["version"], removed["previous"], removed["model"]) == (None, 1, "pool")
     with pytest.raises(NotFoundError):
         versions.resolve(ws, "pool@production")
     assert run(ws, "model", "alias", "pool", "production", "--remove") == 1

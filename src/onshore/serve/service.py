@@ -16,6 +16,14 @@ token); only then is ``serve`` re-decided, without recording, and only a deny is
 run stops by itself: its ``model.serve`` stop entry carries ``reason``. E-stops latched and reset
 through the server are recorded as ``model.serve`` entries (``event: estop`` / ``estop_reset``)
 with the client and who did it.
+
+Served as ``NAME@ALIAS`` (and not recording), the server follows the alias (:class:`Follow`):
+when it moves, the newly named version is loaded (decided and its key released, recorded), a
+``model.serve`` entry ``event: follow`` names it and the version it replaces, and sessions that
+connect from then on act with it. Sessions already connected keep their version to the end, so
+none is dropped; every version still served is re-decided by :class:`Recheck`, and a deny of any
+of them refuses the whole server (fail closed). With ``--record-policy`` the server stays on the
+version it started with, since the recording is provenance of one model.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from onshore.errors import LockTimeout, OnshoreError, ValidationError
-from onshore.names import check_name
+from onshore.names import check_name, parse_model_ref
 from onshore.residency.modelpolicy import EffectivePolicy, strictest_clause
 from onshore.residency.pdp import model_request
 from onshore.residency.policy import UsagePolicy, load_policy
@@ -126,6 +134,8 @@ class Running:
             body["record_failed"] = str(failure)[:500]
         if self.server.refusal is not None:
             body["reason"] = self.server.refusal
+        if self.server.served.name != self.served.name:  # an alias followed: the version served last
+            body["followed_to"] = self.server.served.name
         idx = self.ws.record("model.serve", f"site:{self.served.site}", body)
         self.report = StopReport(self.start_index, idx, st.connections, st.actions, st.refused, st.errors,
                                  dict(st.interventions), recorded, self.server.refusal)
@@ -203,6 +213,8 @@ class Recheck:
     ws: Workspace
     served: ServedModel
     pending: bool = False
+    #: versions served since (an alias followed): re-decided too, the first deny refuses everything
+    others: list[ServedModel] = field(default_factory=list)
     today: Callable[[], dt.date] = field(default=lambda: dt.datetime.now(dt.UTC).date())
     decided_for: dt.date | None = None
 
@@ -211,18 +223,22 @@ class Recheck:
         self.pending = self.ws.refresh() or self.pending or day != self.decided_for
         if not self.pending:
             return None
-        served = self.served
-        request = replace(model_request(f"site:{served.site}", "serve", served.name, served.site, served.purpose),
-                          today=day)
-        try:
-            decision = self.ws.pdp().decide(request)
-        except LockTimeout:
-            raise
-        except OnshoreError as e:
-            return f"serving {served.name} at {served.site} can no longer be decided: {e}"
+        decided: list[tuple[ServedModel, Any, Any]] = []
+        for served in (self.served, *self.others):
+            request = replace(model_request(f"site:{served.site}", "serve", served.name, served.site,
+                                            served.purpose), today=day)
+            try:
+                decision = self.ws.pdp().decide(request)
+            except LockTimeout:
+                raise
+            except OnshoreError as e:
+                return f"serving {served.name} at {served.site} can no longer be decided: {e}"
+            decided.append((served, request, decision))
         self.pending, self.decided_for = False, day
-        if decision.allowed:
+        refused = [(s, r, d) for s, r, d in decided if not d.allowed]
+        if not refused:
             return None
+        served, request, decision = refused[0]
         try:
             recorded = f"ledger entry {self.ws.record('decision', request.principal, decision.to_json())}"
         except Exception as e:  # fail closed: a deny that cannot be recorded (a busy ledger) still refuses
@@ -230,6 +246,71 @@ class Recheck:
             recorded = f"not recorded: {e}"
         return (f"serving {served.name} at {served.site} for {served.purpose!r} is refused now; deciding rule(s): "
                 f"{', '.join(decision.rules)} ({recorded})")
+
+
+@dataclass
+class Follow:
+    """Follows the alias ``ref`` (``NAME@ALIAS``) while serving: called by the server every
+    ``poll_s``, it looks at the registry only when the ledger grew, and when the alias names
+    another version it loads that one through ``loader`` (decided for ``serve`` at the site and its
+    key released, both recorded), adds it to ``recheck``, records ``model.serve`` ``event: follow``
+    (the version, the one it replaces, the reference) and returns it for new sessions. A version
+    that cannot be served here (refused, archived, not at this site, not acting for the openpi
+    embodiment) is logged and tried again only after an entry that may change that (a model copy,
+    an alias move, a site change; ``RETRY_KINDS``), never after the decisions its own try recorded;
+    serving goes on meanwhile."""
+
+    RETRY_KINDS = frozenset({"model.copy", "model.alias", "model.archive", "site.add"})
+
+    ws: Workspace
+    ref: str
+    site: str
+    purpose: str
+    current: str
+    recheck: Recheck
+    loader: Callable[..., ServedModel] = load_served_model
+    openpi_embodiment: str | None = None
+    start_index: int | None = None  # the run's start entry, once recorded
+    followed: list[str] = field(default_factory=list)
+    skipped: str | None = None  # the version the alias names that could not be served here
+    _seen: int = -1
+
+    def __call__(self) -> ServedModel | None:
+        if self._seen < 0:
+            size, kinds = self.ws.ledger.size(), set(self.RETRY_KINDS)
+        else:
+            size, kinds = self.ws.ledger.kinds_since(self._seen)
+        if size == self._seen:
+            return None
+        self._seen = size
+        if kinds & self.RETRY_KINDS:
+            self.skipped = None
+        try:
+            target = versions.resolve(self.ws, self.ref)
+        except OnshoreError as e:  # the alias removed, say: the current version stays
+            log.warning("alias %s no longer resolves (%s); serving %s still", self.ref, e, self.current)
+            return None
+        if target in (self.current, self.skipped):
+            return None
+        try:
+            versions.check_usable(self.ws, target, "serve")
+            served = self.loader(self.ws, target, self.site, self.purpose)
+            if self.openpi_embodiment is not None:
+                _openpi_embodiment(served, self.openpi_embodiment)
+        except OnshoreError as e:
+            log.warning("alias %s now names %s, which is not served here (%s); serving %s still", self.ref, target,
+                        e, self.current)
+            self.skipped = target
+            return None
+        previous, self.current, self.skipped = self.current, target, None
+        self.recheck.others.append(served)
+        self.followed.append(target)
+        self.ws.record("model.serve", f"site:{self.site}", {
+            "event": "follow", "model": target, "previous": previous, "ref": self.ref, "digest": served.digest,
+            "files": served.files, "site": self.site, "purpose": served.purpose,
+            "release_index": served.release_index, "start_index": self.start_index,
+            "embodiments": sorted(served.embodiments)})
+        return served
 
 
 def latched_estops(ws: Workspace, site: str) -> dict[tuple[str, str], str]:
@@ -299,13 +380,17 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
     recorder = Recorder(Path(get_site(ws, site).root) / RECORDING_SPOOL) if record is not None else None
     ws.refresh(force=True)  # what the load decided on is the baseline; later appends are news
 
-    def on_event(body: dict[str, Any]) -> None:
-        ws.record("model.serve", f"site:{site}", {**body, "model": model, "digest": served.digest, "site": site})
+    def on_event(body: dict[str, Any]) -> None:  # the body names the session's version
+        ws.record("model.serve", f"site:{site}", {"model": model, "digest": served.digest, **body, "site": site})
 
     from onshore.workspace.metrics import LedgerCollector
 
-    server = PolicyServer(served, tokens, limits, recorder, Recheck(ws, served), on_event, latched_estops(ws, site),
-                          openpi_embodiment=openpi_emb, metrics_extra=(LedgerCollector(ws),))
+    recheck = Recheck(ws, served)
+    follow = None
+    if parse_model_ref(ref).alias is not None and record is None:
+        follow = Follow(ws, ref, site, served.purpose, model, recheck, loader, openpi_emb)
+    server = PolicyServer(served, tokens, limits, recorder, recheck, on_event, latched_estops(ws, site),
+                          openpi_embodiment=openpi_emb, metrics_extra=(LedgerCollector(ws),), follow=follow)
     loop = asyncio.new_event_loop()
     started: dict[str, Any] = {}
     ready = threading.Event()
@@ -337,8 +422,11 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
     idx = ws.record("model.serve", f"site:{site}", {
         "event": "start", "model": model, "digest": served.digest, "files": served.files, "site": site,
         "host": host, "port": bound, "purpose": served.purpose, "protocol": protocol, "ref": ref,
+        "follows": follow is not None,
         "release_index": served.release_index,
         "embodiments": sorted(served.embodiments),
         "record": None if record is None else {"member": record.member, "policy": str(record.policy),
                                                "dataset": record.dataset}})
+    if follow is not None:
+        follow.start_index = idx
     return Running(ws, served, server, loop, thread, host, bound, idx, record)
