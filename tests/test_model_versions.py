@@ -27,7 +27,7 @@ from onshore.names import check_model_id
 from onshore.serve import service, tokens
 from onshore.serve.client import Client
 from onshore.train.loop import TrainConfig, TrainRequest, train
-from onshore.workspace import Workspace, datasets, models, registry, versions
+from onshore.workspace import Workspace, datasets, doctor, models, registry, versions
 
 
 def fast(steps: int = 4) -> TrainConfig:
@@ -103,6 +103,13 @@ def test_retraining_a_name_makes_a_version_with_its_own_lineage_and_bundle(two_v
         assert report.ok, [c.to_json() for c in report.checks if not c.passed]
         assert report.model == model
     assert ws.verify_ledger().size == ws.ledger.size()
+    report = doctor.run(ws)  # version folders, keys and locks are what doctor expects
+    assert report.ok and not report.findings, report.to_json()
+
+    # a withdrawal reaches each version through its own lineage: plant is only in version 1's
+    datasets.withdraw(ws, "plant", "chem")
+    assert [t["model"] for t in models.taints(ws, "pool")] == ["pool"] and models.taints(ws, "pool@2") == []
+    assert (models.status(ws, "pool").status, models.status(ws, "pool@2").status) == ("tainted", "ok")
 
 
 def test_aliases_are_recorded_and_serving_follows_them(two_versions: Workspace) -> None:
