@@ -251,14 +251,14 @@ class Recheck:
 @dataclass
 class Follow:
     """Follows the alias ``ref`` (``NAME@ALIAS``) while serving: called by the server every
-    ``poll_s``, it looks at the registry only when the ledger grew, and when the alias names
+    ``poll_s``, it looks at the registry only when an entry that can move the alias or make a
+    version servable here was appended (``RETRY_KINDS``), and when the alias names
     another version it loads that one through ``loader`` (decided for ``serve`` at the site and its
     key released, both recorded), adds it to ``recheck``, records ``model.serve`` ``event: follow``
     (the version, the one it replaces, the reference) and returns it for new sessions. A version
     that cannot be served here (refused, archived, not at this site, not acting for the openpi
-    embodiment) is logged and tried again only after an entry that may change that (a model copy,
-    an alias move, a site change; ``RETRY_KINDS``), never after the decisions its own try recorded;
-    serving goes on meanwhile."""
+    embodiment) is logged and tried again only after such an entry (a model copy, an alias move, a
+    site change), never after the decisions its own try recorded; serving goes on meanwhile."""
 
     RETRY_KINDS = frozenset({"model.copy", "model.alias", "model.archive", "site.add"})
 
@@ -283,17 +283,19 @@ class Follow:
         if size == self._seen:
             return None
         self._seen = size
-        if kinds & self.RETRY_KINDS:
-            self.skipped = None
+        if not kinds & self.RETRY_KINDS:  # decisions, serve events...: the alias cannot have moved
+            return None
+        self.skipped = None
         try:
-            target = versions.resolve(self.ws, self.ref)
+            reg = versions.read_registry(self.ws)
+            target = versions.resolve_in(reg, self.ref)
         except OnshoreError as e:  # the alias removed, say: the current version stays
             log.warning("alias %s no longer resolves (%s); serving %s still", self.ref, e, self.current)
             return None
         if target in (self.current, self.skipped):
             return None
         try:
-            versions.check_usable(self.ws, target, "serve")
+            versions.check_usable(self.ws, target, "serve", reg)
             served = self.loader(self.ws, target, self.site, self.purpose)
             if self.openpi_embodiment is not None:
                 _openpi_embodiment(served, self.openpi_embodiment)

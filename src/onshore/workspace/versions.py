@@ -189,11 +189,12 @@ def resolve(ws: Workspace, ref: str) -> str:
     return resolve_in(read_registry(ws), ref)
 
 
-def check_usable(ws: Workspace, model: str, action: str) -> None:
-    """Refuse ``action`` (serve, train) on an archived version, saying how to go on."""
+def check_usable(ws: Workspace, model: str, action: str, reg: Registry | None = None) -> None:
+    """Refuse ``action`` (serve, train) on an archived version, saying how to go on (``reg``: a
+    registry already read, else it is read here)."""
     if action not in REFUSED_WHEN_ARCHIVED:
         return
-    reg = read_registry(ws)
+    reg = reg or read_registry(ws)
     if model in reg.archived:
         name, version = split_id(model)
         verb = "served" if action == "serve" else "fine-tuned"
