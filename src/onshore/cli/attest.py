@@ -62,7 +62,8 @@ def dataset(
 
 @attest_app.command("model")
 def model(
-    name: str = typer.Argument(..., help="The model to attest."),
+    name: str = typer.Argument(..., help="The model to attest: NAME (its latest version), NAME@VERSION or "
+                                         "NAME@ALIAS."),
     out: Path = typer.Option(..., "-o", "--out", metavar="FILE", help="Where to write the bundle (JSON)."),
 ) -> None:
     """Sign where a model was trained and on whose data (its training site signs), for 'onshore verify'.
