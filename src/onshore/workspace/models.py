@@ -82,7 +82,6 @@ def ensure_tables(ws: Workspace) -> None:
 def check_unreleased(ws: Workspace, model: str) -> None:
     """Refuse a model id that the catalog or the ledger already holds (a version is released once)."""
     check_model_id(model)
-    ensure_tables(ws)
     with ws.catalog.connect() as conn:
         taken = conn.execute(select(T.models.c.name).where(T.models.c.name == model)).first()
     if taken or model in ws.ledger_governance().latest_release:

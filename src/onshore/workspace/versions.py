@@ -102,7 +102,6 @@ def read_registry(ws: Workspace) -> Registry:
     """The registry: versions from the catalog (and the signed releases, for numbering), the rest
     folded from the ledger's registry entries in order, each counted only when signed by the site
     that trained the version it names."""
-    ws.ensure_model_tables()
     reg = Registry()
     with ws.catalog.connect() as conn:
         for (model,) in conn.execute(select(T.models.c.name)):
