@@ -256,9 +256,13 @@ def test_kill_9_then_the_same_command_resumes_to_the_same_weights(consortium: Wo
         starts = [e.entry.body for e in w.ledger.entries(0, w.ledger.size(), kinds=["job.start"])
                   if e.entry.body["model"] == "killed"]
         assert [s["resumed_from_step"] for s in starts] == [0, info["resumed_from_step"]]
-    # a released model name cannot be trained again
+    # a released model name trained again makes its next version; the released one is untouched
     assert main(["-w", str(root), "train", "--site", "sakai", "--datasets", "arms", "--purpose",
-                 "foundation-pretraining", "--config", "tiny", "--steps", "5", "--name", "killed"]) == 1
+                 "foundation-pretraining", "--config", "tiny", "--steps", "5", "--name", "killed"]) == 0
+    with Workspace.open(root) as w:
+        assert [m["name"] for m in models.list_models(w) if m["model_name"] == "killed"] == ["killed", "killed@2"]
+        again = weights(w, "killed")
+        assert all(torch.equal(again[k], a[k]) for k in a)
 
 
 def test_windows_carry_the_action_applied_before_each_frame() -> None:

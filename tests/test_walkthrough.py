@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from onshore.workspace import Workspace, datasets, models
+from onshore.workspace import Workspace, datasets, models, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -186,7 +186,13 @@ def test_readme_walkthrough_runs_verbatim(tmp_path: Path) -> None:
         names = {d["name"] for d in datasets.list_datasets(ws)}
         assert {"arms", "plant", "my-cell"} <= names and len(names) == 4  # and the served run, recorded
         assert models.status(ws, "arms-base").status == "blocked"
-        assert {m["name"] for m in models.list_models(ws)} == {"arms-base", "plant-base", "my-cell-model"}
+        assert {m["name"] for m in models.list_models(ws)} == {"arms-base", "arms-base@2", "plant-base",
+                                                               "my-cell-model"}
+        # the alias the server was started with, and the archived second version
+        assert versions.resolve(ws, "arms-base@production") == versions.resolve(ws, "arms-base") == "arms-base"
+        starts = [e.entry.body for e in ws.ledger.entries(kinds=("model.serve",)) if e.entry.body["event"] == "start"]
+        assert [(b["model"], b["ref"]) for b in starts] == [("arms-base", "arms-base@production")]
+        assert models.show_model(ws, "arms-base@2")["archived"] is True
     assert "blocked" in text.split("curl -s")[-1]
     assert re.search(r"\d+ control periods at [\d.]+ Hz: [1-9]\d* commands written", text), "the bridge drove nothing"
 

@@ -62,7 +62,8 @@ def dataset(
 
 @attest_app.command("model")
 def model(
-    name: str = typer.Argument(..., help="The model to attest."),
+    name: str = typer.Argument(..., help="The model to attest: NAME (its latest version), NAME@VERSION or "
+                                         "NAME@ALIAS."),
     out: Path = typer.Option(..., "-o", "--out", metavar="FILE", help="Where to write the bundle (JSON)."),
 ) -> None:
     """Sign where a model was trained and on whose data (its training site signs), for 'onshore verify'.
@@ -74,8 +75,10 @@ def model(
     from onshore.attest.model_claim import attest_model
 
     check_output_file(out, force=True, option="-o")
+    from onshore.workspace.versions import resolve
+
     with open_workspace() as ws:
-        bundle = attest_model(ws, name)
+        bundle = attest_model(ws, resolve(ws, name))
     write_bundle(bundle, out)
     _, cosigs = _checkpoint_of(bundle)
     keyid = bundle["dsseEnvelope"]["signatures"][0]["keyid"]

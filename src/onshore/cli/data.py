@@ -212,9 +212,9 @@ def check(
         raise usage("--site is required for a model: every action on a model happens at a site")
     with open_workspace() as ws:
         if model is not None:
-            from onshore.workspace.models import get_model
+            from onshore.workspace.versions import resolve
 
-            get_model(ws, model)
+            model = resolve(ws, model)
             principal = principal or f"site:{site}"
             decision, index = ws.decide(model_request(principal, action, model, site, purpose))
         else:

@@ -108,9 +108,11 @@ def eval_command(
                         "policies allow")
         from onshore.sim import registry
         from onshore.workspace.models import policy_factory
+        from onshore.workspace.versions import resolve
 
         emb = registry.env_module(env).embodiment().name
         with open_workspace() as ws:
+            policy = resolve(ws, policy)  # NAME, NAME@V or NAME@ALIAS: the version, fixed for the run
             agent = policy_factory(ws, policy, site, emb, ensemble=ensemble)
     from onshore.sim.sensors import SensorOptions
 

@@ -87,17 +87,21 @@ def run_command(
 
     if (record_member is None) != (record_policy is None):
         raise usage("give --record-member and --record-policy together (who owns the alarms, under which policy)")
-    record = None
-    if record_member is not None and record_policy is not None:
-        record = (record_member, record_policy, record_as or f"{model}-monitor-{seed}-{task}")
     if (endpoint is None) != (map_file is None):
         raise usage("give --endpoint and --map together (where the plant is, and which nodes are what)")
+    from onshore.names import model_stem
+    from onshore.workspace.versions import resolve
+
     with open_workspace() as ws:
+        model = resolve(ws, model)  # NAME, NAME@V or NAME@ALIAS: the version, fixed for the run
+        record = None
+        if record_member is not None and record_policy is not None:
+            record = (record_member, record_policy, record_as or f"{model_stem(model)}-monitor-{seed}-{task}")
         if endpoint is not None and map_file is not None:
             from onshore.serve.monitor import run_opcua
 
             if record is not None and record_as is None:
-                record = (record[0], record[1], f"{model}-monitor-opcua")
+                record = (record[0], record[1], f"{model_stem(model)}-monitor-opcua")
             r = run_opcua(ws, model, site, endpoint, map_file, steps=steps, seconds=seconds, frame_node=frame_node,
                           purpose=purpose, record=record,
                           security=opc.client_security(security, pki, credentials, server_cert))

@@ -41,7 +41,8 @@ bridge_app = typer.Typer(no_args_is_help=True, help="Bridges between a machine's
 
 @serve_app.command("run")
 def run(
-    model: str = typer.Argument(..., help="The model to serve (see 'onshore model list')."),
+    model: str = typer.Argument(..., help="The model to serve: NAME (its latest version), NAME@VERSION or "
+                                          "NAME@ALIAS (followed while serving; see 'onshore model list')."),
     site: str = typer.Option(..., "--site", help="The serving site: every dataset of the model must allow serve "
                                                  "there."),
     purpose: str | None = typer.Option(None, "--purpose",

@@ -51,6 +51,7 @@ def shadow_command(
     --frame-node "nsu=urn:acme:line2;s=frame" --steps 2000 --pki shadow-pki
     """
     from onshore.serve.shadow import run_shadow, run_shadow_opcua
+    from onshore.workspace.versions import resolve
 
     if (endpoint is None) != (map_file is None):
         raise usage("give --endpoint and --map together (where the plant is, and which nodes are what)")
@@ -62,13 +63,13 @@ def shadow_command(
         if len(scenarios) != 1:
             raise usage("over OPC UA give one scenario in --tasks (the instruction the model is given)")
         with open_workspace() as ws:
-            r = run_shadow_opcua(ws, model, site, endpoint, map_file, member=member, policy=policy, dataset=dataset,
-                                 task=scenarios[0], steps=steps, seconds=seconds, frame_node=frame_node,
-                                 purpose=purpose, security=opc.client_security(security, pki, credentials,
-                                                                                server_cert))
+            r = run_shadow_opcua(ws, resolve(ws, model), site, endpoint, map_file, member=member, policy=policy,
+                                 dataset=dataset, task=scenarios[0], steps=steps, seconds=seconds,
+                                 frame_node=frame_node, purpose=purpose,
+                                 security=opc.client_security(security, pki, credentials, server_cert))
     else:
         with open_workspace() as ws:
-            r = run_shadow(ws, model, site, scenarios, member=member, policy=policy, dataset=dataset,
+            r = run_shadow(ws, resolve(ws, model), site, scenarios, member=member, policy=policy, dataset=dataset,
                            episodes=episodes, seconds=seconds, seed=seed, drive=drive, beta=beta, purpose=purpose)
     out = {"dataset": r.dataset, "episodes": r.episodes, "frames": r.frames, "model_applied": r.model_applied,
            "shutdowns": r.shutdowns, "mean_abs_gap": r.mean_abs_gap, "ledger_index": r.index}

@@ -161,7 +161,8 @@ TENSORBOARD = typer.Option(None, "--tensorboard", metavar="DIR",
 def train_command(
     site: str = typer.Option(..., "--site", help="The training site: data is read there only."),
     purpose: str = typer.Option(..., "--purpose", help="Purpose of the training, e.g. foundation-pretraining."),
-    name: str = typer.Option(..., "--name", help="Name of the new model."),
+    name: str = typer.Option(..., "--name", help="Name of the model: a new name makes version 1, an existing "
+                                                  "one its next version (NAME@2, ...)."),
     datasets: str | None = typer.Option(None, "--datasets", help="Comma-separated datasets."),
     all_granted: bool = typer.Option(False, "--all-granted", help="Every dataset at the site granted for this."),
     config: str = typer.Option("small", "--config",
@@ -204,9 +205,11 @@ def train_command(
 
 
 def finetune_command(
-    base: str = typer.Argument(..., help="The model to fine-tune."),
+    base: str = typer.Argument(..., help="The model to fine-tune: NAME (its latest version), NAME@VERSION or "
+                                         "NAME@ALIAS."),
     datasets: str = typer.Option(..., "--datasets", help="Comma-separated datasets to fine-tune on."),
-    name: str = typer.Option(..., "--name", help="Name of the new model."),
+    name: str = typer.Option(..., "--name", help="Name of the model: a new name makes version 1, an existing "
+                                                  "one its next version (NAME@2, ...)."),
     site: str | None = typer.Option(None, "--site", help="The training site (default: where BASE was trained)."),
     purpose: str = typer.Option("fine-tuning", "--purpose", help="Purpose of the fine-tuning."),
     freeze_trunk: bool = typer.Option(False, "--freeze-trunk", help="Train only stems, heads and task projection."),
@@ -222,9 +225,12 @@ def finetune_command(
     """Fine-tune a model on more data; a new machine type gets a fresh stem and head."""
     from onshore.train.loop import TrainRequest
     from onshore.workspace.models import get_model
+    from onshore.workspace.versions import check_usable, resolve
 
     names = _split(datasets)
     with open_workspace() as ws:
+        base = resolve(ws, base)  # the version, fixed once for the whole run
+        check_usable(ws, base, "train")
         row = get_model(ws, base)
     req = TrainRequest(name=name, site=site or row["site"], purpose=purpose, datasets=tuple(names),
                        weights=_weights(weights, names), size=row["size"], base=base,

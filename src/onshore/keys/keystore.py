@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from onshore.errors import IntegrityError, NotFoundError, ValidationError
-from onshore.names import check_name
+from onshore.names import check_resource_name
 
 IDENTITY_FILE = "identity.pem"
 KEK_FILE = "kek.bin"
@@ -110,7 +110,7 @@ class KeyStore:
         folder = RESOURCE_FOLDERS.get(kind)
         if folder is None:
             raise ValidationError(f"no key custody for a {kind!r}; use one of {', '.join(RESOURCE_FOLDERS)}")
-        return self.directory / folder / f"{check_name(name, kind)}.key"
+        return self.directory / folder / f"{check_resource_name(name, kind)}.key"
 
     def has_key(self, kind: str, name: str) -> bool:
         return self._key_path(kind, name).exists()

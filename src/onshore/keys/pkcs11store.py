@@ -34,7 +34,7 @@ from typing import Any
 
 from onshore.errors import IntegrityError, NotFoundError, OnshoreError, ValidationError
 from onshore.keys.keystore import RESOURCE_FOLDERS, KeyStore
-from onshore.names import check_name
+from onshore.names import check_resource_name
 
 CUSTODY_FILE = "custody.toml"
 SITE_KEK_LABEL = "onshore:site-kek"
@@ -196,7 +196,7 @@ class Pkcs11KeyStore(KeyStore):
     def label(kind: str, name: str) -> str:
         if kind not in RESOURCE_FOLDERS:
             raise ValidationError(f"no key custody for a {kind!r}; use one of {', '.join(RESOURCE_FOLDERS)}")
-        return f"onshore:{kind}:{check_name(name, kind)}"
+        return f"onshore:{kind}:{check_resource_name(name, kind)}"
 
     def serial(self) -> str:
         """The token's serial number, recorded in the ledger beside destroyed keys."""

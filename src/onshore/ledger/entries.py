@@ -30,7 +30,7 @@ KINDS = {
     "decision": ("decision",),
     "job": ("job.start", "job.end", "job.checkpoint", "job.abandoned"),
     "model": ("model.release", "model.copy", "model.export", "model.eval", "model.use", "model.attest", "model.taint",
-              "model.serve"),
+              "model.serve", "model.alias", "model.archive", "model.annotate"),
     "token": ("token.issue", "token.revoke"),
     "dashboard": ("dashboard.token",),
 }

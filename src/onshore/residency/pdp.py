@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onshore.errors import OnshoreError
-from onshore.names import check_name, parse_principal
+from onshore.names import check_name, check_resource_name, parse_principal
 from onshore.residency.policy import ACTIONS, day_number
 from onshore.residency.schema import validate_policy_set
 
@@ -113,7 +113,7 @@ def check_request(request: Request) -> None:
     parse_principal(request.principal)
     if request.resource not in _RESOURCE_TYPES:
         raise OnshoreError(f"unknown resource kind {request.resource!r}; use dataset or model")
-    check_name(request.dataset, request.resource)
+    check_resource_name(request.dataset, request.resource)
     if request.site is not None:
         check_name(request.site, "site")
     if request.purpose is not None:

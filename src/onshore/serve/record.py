@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from onshore.keys.envelope import new_data_key
 from onshore.keys.sealed import seal, unseal
+from onshore.names import model_stem
 from onshore.telemetry import frames as F
 from onshore.workspace.paths import SPOOL_LOCK
 
@@ -81,8 +82,8 @@ def _in_memory(blobs: list[tuple[str, bytes]], spare: Path) -> Iterator[list[Pat
 class RecordOptions:
     """Record the run as dataset(s) owned by ``member`` under the policy file ``policy``.
 
-    ``dataset`` names it (default ``MODEL-run-RUNID``); with several embodiments served, each
-    gets ``-EMBODIMENT`` appended."""
+    ``dataset`` names it (default ``MODEL-run-RUNID``, ``NAME-vV-run-RUNID`` for version V >= 2);
+    with several embodiments served, each gets ``-EMBODIMENT`` appended."""
 
     policy: Path
     member: str
@@ -182,7 +183,7 @@ class Recorder:
         from onshore.workspace import datasets
 
         out = []
-        base = options.dataset or f"{model}-run-{self.run_id}"
+        base = options.dataset or f"{model_stem(model)}-run-{self.run_id}"
         provenance = {"model": model, "site": site, "action": "serve", "recording": self.run_id}
         try:
             for emb, paths in sorted(self.files.items()):

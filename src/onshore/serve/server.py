@@ -98,6 +98,7 @@ class Session:
     auth: str | None = None
     ws: Any = None
     task: str | None = None  # the episode's task text (the openpi protocol starts one per prompt)
+    served: Any = None  # the model version this session acts with, fixed when it connects (ServedModel)
 
 
 @dataclass
@@ -118,17 +119,24 @@ class Stats:
 Recheck = Callable[[], "str | None"]
 #: Records a safety event (an e-stop latched or reset) with who did it; may block (a ledger write).
 EventSink = Callable[[dict[str, Any]], None]
+#: Polled with the recheck: a newer model version for sessions that connect from now on (an alias
+#: moved, loaded and decided), else None. May block (ledger reads, a model load).
+Follow = Callable[[], "ServedModel | None"]
 
 
 class PolicyServer:
     """Serves ``served`` to clients holding a live token of ``tokens.site``, while ``recheck``
-    (when given) does not refuse."""
+    (when given) does not refuse. With ``follow``, a newer version it returns is served to the
+    sessions that connect after it (``served`` is always the newest); a session keeps the version
+    it connected with until it disconnects, so following never drops or changes a session."""
 
     def __init__(self, served: ServedModel, tokens: TokenTable, limits: ServerLimits | None = None,
                  recorder: Recorder | None = None, recheck: Recheck | None = None,
                  on_event: EventSink | None = None, latched: dict[tuple[str, str], str] | None = None,
-                 openpi_embodiment: str | None = None, metrics_extra: tuple[Any, ...] = ()) -> None:
+                 openpi_embodiment: str | None = None, metrics_extra: tuple[Any, ...] = (),
+                 follow: Follow | None = None) -> None:
         self.served, self.tokens = served, tokens
+        self.follow = follow
         #: Set: speak openpi's protocol (:mod:`onshore.serve.openpi`), every session acting for this
         #: embodiment; None: Onshore's own protocol (:mod:`onshore.serve.wire`).
         self.openpi = openpi_embodiment
@@ -203,6 +211,16 @@ class PolicyServer:
                 if refusal:
                     await self.refuse_all(refusal)
                     return
+            if self.follow is not None:
+                try:
+                    newer = await asyncio.to_thread(self.follow)
+                except Exception:  # a busy ledger must not stop serving; the current version stays
+                    log.exception("following the model's alias failed; checking again shortly")
+                    newer = None
+                if newer is not None:
+                    log.info("serving %s to new sessions (was %s); %d session(s) keep theirs", newer.name,
+                             self.served.name, len(self._sessions))
+                    self.served = newer
             if self.tokens.stale() or time.monotonic() - refreshed >= 0.5:
                 try:
                     await asyncio.to_thread(self.tokens.refresh)
@@ -307,13 +325,14 @@ class PolicyServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         session = Session(getattr(ws, "onshore_client", "?"), _peer(ws), tokens=float(self.limits.burst),
-                          act_tokens=float(self.limits.act_burst), auth=getattr(ws, "onshore_auth", None), ws=ws)
+                          act_tokens=float(self.limits.act_burst), auth=getattr(ws, "onshore_auth", None), ws=ws,
+                          served=self.served)
         self._sessions.add(session)
         self.stats.connections += 1
         log.info("client %s connected from %s", session.client, session.peer)
         try:
             if self.openpi is not None:  # openpi clients wait for the server's metadata first
-                await ws.send(openpi.encode(self._openpi_metadata()))
+                await ws.send(openpi.encode(self._openpi_metadata(session)))
             async for frame in ws:
                 if self.refusal is not None:
                     await self._cut(session, "refused", self.refusal, f"serving refused: {self.refusal}")
@@ -389,10 +408,10 @@ class PolicyServer:
             return openpi.error_text(code, message)
         return wire.pack(wire.error(code, message))
 
-    def _openpi_metadata(self) -> dict[str, Any]:
-        emb = self.served.embodiments[self.openpi or ""]
-        return {"server": "onshore", "model": self.served.name, "digest": self.served.digest,
-                "site": self.served.site, "embodiment": emb.name, "state_dim": emb.state_dim,
+    def _openpi_metadata(self, s: Session) -> dict[str, Any]:
+        emb = s.served.embodiments[self.openpi or ""]
+        return {"server": "onshore", "model": s.served.name, "digest": s.served.digest,
+                "site": s.served.site, "embodiment": emb.name, "state_dim": emb.state_dim,
                 "action_dim": emb.action_dim, "control_hz": emb.control_hz, "action_horizon": 1,
                 "state_keys": list(openpi.STATE_KEYS), "prompt_key": openpi.PROMPT_KEY}
 
@@ -427,20 +446,22 @@ class PolicyServer:
         return False
 
     async def _on_info(self, s: Session, msg: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "info", "model": self.served.name, "digest": self.served.digest, "site": self.served.site,
-                "files": self.served.files,
+        served = s.served
+        return {"type": "info", "model": served.name, "digest": served.digest, "site": served.site,
+                "files": served.files,
                 "embodiments": {n: {"state_dim": e.state_dim, "action_dim": e.action_dim, "control_hz": e.control_hz}
-                                for n, e in self.served.embodiments.items()}}
+                                for n, e in served.embodiments.items()}}
 
     async def _on_reset(self, s: Session, msg: dict[str, Any]) -> dict[str, Any]:
         emb_name = wire.field(msg, "embodiment", str)
         task = wire.field(msg, "task", str)
         if len(task) > self.limits.max_task_chars:
             raise wire.WireError("bad_message", f"reset: task text over {self.limits.max_task_chars} characters")
-        emb = self.served.embodiments.get(emb_name)
+        served = s.served
+        emb = served.embodiments.get(emb_name)
         if emb is None:
-            raise wire.WireError("unknown_embodiment", f"model {self.served.name} does not act for embodiment "
-                                                       f"{emb_name!r}; it knows {', '.join(self.served.embodiments)}")
+            raise wire.WireError("unknown_embodiment", f"model {served.name} does not act for embodiment "
+                                                       f"{emb_name!r}; it knows {', '.join(served.embodiments)}")
         initial = msg.get("initial_action")
         init = None if initial is None else wire.decode_array(initial, "initial_action").reshape(-1)
         if init is not None and (init.shape != (emb.action_dim,) or not np.isfinite(init).all()):
@@ -449,7 +470,7 @@ class PolicyServer:
         def build() -> Any:
             from onshore.model.policy import ModelPolicy
 
-            p = ModelPolicy(self.served.loaded, emb_name)
+            p = ModelPolicy(served.loaded, emb_name)
             p.reset(task)
             return p
 
@@ -467,14 +488,14 @@ class PolicyServer:
         s.envelope = env
         if self.recorder is not None:
             s.episode = self.recorder.begin(emb_name, task, time.monotonic())
-        return {"type": "ready", "model": self.served.name, "digest": self.served.digest, "embodiment": emb_name,
+        return {"type": "ready", "model": served.name, "digest": served.digest, "embodiment": emb_name,
                 "state_dim": emb.state_dim, "action_dim": emb.action_dim, "control_hz": emb.control_hz,
                 "spec": emb.to_dict()}
 
     async def _on_act(self, s: Session, msg: dict[str, Any]) -> dict[str, Any]:
         if s.policy is None or s.envelope is None:
             raise wire.WireError("no_session", "act before reset: send reset with an embodiment and task first")
-        emb = self.served.embodiments[s.embodiment or ""]
+        emb = s.served.embodiments[s.embodiment or ""]
         state = wire.decode_array(wire.field(msg, "state", dict), "state").reshape(-1)
         if state.shape != (emb.state_dim,):
             raise wire.WireError("bad_state", f"state has {state.size} values; {emb.name} has {emb.state_dim} "
@@ -528,7 +549,8 @@ class PolicyServer:
     async def _event(self, s: Session, event: str, by: str, reason: str) -> None:
         if self.on_event is None:
             return
-        body = {"event": event, "client": s.client, "embodiment": s.embodiment, "by": by, "reason": reason}
+        body = {"event": event, "client": s.client, "embodiment": s.embodiment, "by": by, "reason": reason,
+                "model": s.served.name, "digest": s.served.digest}
         try:
             # submitted at once, on the loop, right after the latch changed: the ledger order is the latch's
             await asyncio.get_running_loop().run_in_executor(self._events, self.on_event, body)

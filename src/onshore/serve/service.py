@@ -16,6 +16,14 @@ token); only then is ``serve`` re-decided, without recording, and only a deny is
 run stops by itself: its ``model.serve`` stop entry carries ``reason``. E-stops latched and reset
 through the server are recorded as ``model.serve`` entries (``event: estop`` / ``estop_reset``)
 with the client and who did it.
+
+Served as ``NAME@ALIAS`` (and not recording), the server follows the alias (:class:`Follow`):
+when it moves, the newly named version is loaded (decided and its key released, recorded), a
+``model.serve`` entry ``event: follow`` names it and the version it replaces, and sessions that
+connect from then on act with it. Sessions already connected keep their version to the end, so
+none is dropped; every version still served is re-decided by :class:`Recheck`, and a deny of any
+of them refuses the whole server (fail closed). With ``--record-policy`` the server stays on the
+version it started with, since the recording is provenance of one model.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from onshore.errors import LockTimeout, OnshoreError, ValidationError
-from onshore.names import check_name
+from onshore.names import check_name, parse_model_ref
 from onshore.residency.modelpolicy import EffectivePolicy, strictest_clause
 from onshore.residency.pdp import model_request
 from onshore.residency.policy import UsagePolicy, load_policy
@@ -39,6 +47,7 @@ from onshore.serve.record import Recorder, RecordOptions
 from onshore.serve.server import PolicyServer, ServerLimits
 from onshore.serve.tokens import TokenTable
 from onshore.workspace import models as wsm
+from onshore.workspace import versions
 from onshore.workspace.paths import RECORDING_SPOOL
 from onshore.workspace.registry import get_site
 from onshore.workspace.workspace import Workspace
@@ -125,6 +134,8 @@ class Running:
             body["record_failed"] = str(failure)[:500]
         if self.server.refusal is not None:
             body["reason"] = self.server.refusal
+        if self.server.served.name != self.served.name:  # an alias followed: the version served last
+            body["followed_to"] = self.server.served.name
         idx = self.ws.record("model.serve", f"site:{self.served.site}", body)
         self.report = StopReport(self.start_index, idx, st.connections, st.actions, st.refused, st.errors,
                                  dict(st.interventions), recorded, self.server.refusal)
@@ -202,6 +213,8 @@ class Recheck:
     ws: Workspace
     served: ServedModel
     pending: bool = False
+    #: versions served since (an alias followed): re-decided too, the first deny refuses everything
+    others: list[ServedModel] = field(default_factory=list)
     today: Callable[[], dt.date] = field(default=lambda: dt.datetime.now(dt.UTC).date())
     decided_for: dt.date | None = None
 
@@ -210,18 +223,22 @@ class Recheck:
         self.pending = self.ws.refresh() or self.pending or day != self.decided_for
         if not self.pending:
             return None
-        served = self.served
-        request = replace(model_request(f"site:{served.site}", "serve", served.name, served.site, served.purpose),
-                          today=day)
-        try:
-            decision = self.ws.pdp().decide(request)
-        except LockTimeout:
-            raise
-        except OnshoreError as e:
-            return f"serving {served.name} at {served.site} can no longer be decided: {e}"
+        decided: list[tuple[ServedModel, Any, Any]] = []
+        for served in (self.served, *self.others):
+            request = replace(model_request(f"site:{served.site}", "serve", served.name, served.site,
+                                            served.purpose), today=day)
+            try:
+                decision = self.ws.pdp().decide(request)
+            except LockTimeout:
+                raise
+            except OnshoreError as e:
+                return f"serving {served.name} at {served.site} can no longer be decided: {e}"
+            decided.append((served, request, decision))
         self.pending, self.decided_for = False, day
-        if decision.allowed:
+        refused = [(s, r, d) for s, r, d in decided if not d.allowed]
+        if not refused:
             return None
+        served, request, decision = refused[0]
         try:
             recorded = f"ledger entry {self.ws.record('decision', request.principal, decision.to_json())}"
         except Exception as e:  # fail closed: a deny that cannot be recorded (a busy ledger) still refuses
@@ -229,6 +246,73 @@ class Recheck:
             recorded = f"not recorded: {e}"
         return (f"serving {served.name} at {served.site} for {served.purpose!r} is refused now; deciding rule(s): "
                 f"{', '.join(decision.rules)} ({recorded})")
+
+
+@dataclass
+class Follow:
+    """Follows the alias ``ref`` (``NAME@ALIAS``) while serving: called by the server every
+    ``poll_s``, it looks at the registry only when an entry that can move the alias or make a
+    version servable here was appended (``RETRY_KINDS``), and when the alias names
+    another version it loads that one through ``loader`` (decided for ``serve`` at the site and its
+    key released, both recorded), adds it to ``recheck``, records ``model.serve`` ``event: follow``
+    (the version, the one it replaces, the reference) and returns it for new sessions. A version
+    that cannot be served here (refused, archived, not at this site, not acting for the openpi
+    embodiment) is logged and tried again only after such an entry (a model copy, an alias move, a
+    site change), never after the decisions its own try recorded; serving goes on meanwhile."""
+
+    RETRY_KINDS = frozenset({"model.copy", "model.alias", "model.archive", "site.add"})
+
+    ws: Workspace
+    ref: str
+    site: str
+    purpose: str
+    current: str
+    recheck: Recheck
+    loader: Callable[..., ServedModel] = load_served_model
+    openpi_embodiment: str | None = None
+    start_index: int | None = None  # the run's start entry, once recorded
+    followed: list[str] = field(default_factory=list)
+    skipped: str | None = None  # the version the alias names that could not be served here
+    _seen: int = -1
+
+    def __call__(self) -> ServedModel | None:
+        if self._seen < 0:
+            size, kinds = self.ws.ledger.size(), set(self.RETRY_KINDS)
+        else:
+            size, kinds = self.ws.ledger.kinds_since(self._seen)
+        if size == self._seen:
+            return None
+        self._seen = size
+        if not kinds & self.RETRY_KINDS:  # decisions, serve events...: the alias cannot have moved
+            return None
+        self.skipped = None
+        try:
+            reg = versions.read_registry(self.ws)
+            target = versions.resolve_in(reg, self.ref)
+        except OnshoreError as e:  # the alias removed, say: the current version stays
+            log.warning("alias %s no longer resolves (%s); serving %s still", self.ref, e, self.current)
+            return None
+        if target in (self.current, self.skipped):
+            return None
+        try:
+            versions.check_usable(self.ws, target, "serve", reg)
+            served = self.loader(self.ws, target, self.site, self.purpose)
+            if self.openpi_embodiment is not None:
+                _openpi_embodiment(served, self.openpi_embodiment)
+        except OnshoreError as e:
+            log.warning("alias %s now names %s, which is not served here (%s); serving %s still", self.ref, target,
+                        e, self.current)
+            self.skipped = target
+            return None
+        previous, self.current, self.skipped = self.current, target, None
+        self.recheck.others.append(served)
+        self.followed.append(target)
+        self.ws.record("model.serve", f"site:{self.site}", {
+            "event": "follow", "model": target, "previous": previous, "ref": self.ref, "digest": served.digest,
+            "files": served.files, "site": self.site, "purpose": served.purpose,
+            "release_index": served.release_index, "start_index": self.start_index,
+            "embodiments": sorted(served.embodiments)})
+        return served
 
 
 def latched_estops(ws: Workspace, site: str) -> dict[tuple[str, str], str]:
@@ -270,14 +354,21 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
           loader: Callable[..., ServedModel] = load_served_model, purpose: str | None = None,
           protocol: str = "onshore", embodiment: str | None = None) -> Running:
     """Serve ``model`` at ``site`` on ``host:port`` (0: a free port) until ``stop()``; ``purpose``
-    defaults to the purpose the model was trained for. ``protocol``: ``"onshore"`` (its own,
+    defaults to the purpose the model was trained for. ``model`` is a reference: ``NAME`` (its
+    latest version), ``NAME@V`` or ``NAME@ALIAS``, resolved here once (``versions.resolve``); the
+    server serves that version, and its ledger entries name the version's id and the reference.
+    ``protocol``: ``"onshore"`` (its own,
     ``docs/serving.md``) or ``"openpi"`` (openpi-client's, every session acting for
     ``embodiment``, which may be left out when the model acts for one embodiment only).
 
     Refused: see :func:`load_served_model` (exit 3 for policy); a bad recording (see
     ``_check_record``); an unknown protocol, or an embodiment the model does not act for
-    (``ValidationError``); a port that cannot be bound (``OnshoreError``).
+    (``ValidationError``); an unknown or archived version (``versions.resolve``,
+    ``versions.check_usable``); a port that cannot be bound (``OnshoreError``).
     """
+    ref = model
+    model = versions.resolve(ws, ref)
+    versions.check_usable(ws, model, "serve")
     if protocol not in PROTOCOLS:
         raise ValidationError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if embodiment is not None and protocol != "openpi":
@@ -291,13 +382,17 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
     recorder = Recorder(Path(get_site(ws, site).root) / RECORDING_SPOOL) if record is not None else None
     ws.refresh(force=True)  # what the load decided on is the baseline; later appends are news
 
-    def on_event(body: dict[str, Any]) -> None:
-        ws.record("model.serve", f"site:{site}", {**body, "model": model, "digest": served.digest, "site": site})
+    def on_event(body: dict[str, Any]) -> None:  # the body names the session's version
+        ws.record("model.serve", f"site:{site}", {"model": model, "digest": served.digest, **body, "site": site})
 
     from onshore.workspace.metrics import LedgerCollector
 
-    server = PolicyServer(served, tokens, limits, recorder, Recheck(ws, served), on_event, latched_estops(ws, site),
-                          openpi_embodiment=openpi_emb, metrics_extra=(LedgerCollector(ws),))
+    recheck = Recheck(ws, served)
+    follow = None
+    if parse_model_ref(ref).alias is not None and record is None:
+        follow = Follow(ws, ref, site, served.purpose, model, recheck, loader, openpi_emb)
+    server = PolicyServer(served, tokens, limits, recorder, recheck, on_event, latched_estops(ws, site),
+                          openpi_embodiment=openpi_emb, metrics_extra=(LedgerCollector(ws),), follow=follow)
     loop = asyncio.new_event_loop()
     started: dict[str, Any] = {}
     ready = threading.Event()
@@ -328,9 +423,12 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
     bound = started["port"]
     idx = ws.record("model.serve", f"site:{site}", {
         "event": "start", "model": model, "digest": served.digest, "files": served.files, "site": site,
-        "host": host, "port": bound, "purpose": served.purpose, "protocol": protocol,
+        "host": host, "port": bound, "purpose": served.purpose, "protocol": protocol, "ref": ref,
+        "follows": follow is not None,
         "release_index": served.release_index,
         "embodiments": sorted(served.embodiments),
         "record": None if record is None else {"member": record.member, "policy": str(record.policy),
                                                "dataset": record.dataset}})
+    if follow is not None:
+        follow.start_index = idx
     return Running(ws, served, server, loop, thread, host, bound, idx, record)

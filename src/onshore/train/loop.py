@@ -2,7 +2,10 @@
 
 The order of a run, and what each step may touch:
 
-1. Check the request (names, sizes, weights); refuse a model name that exists.
+1. Check the request (names, sizes, weights). The run trains the next version of the name
+   (``versions.next_id``): ``NAME`` if the name is new, ``NAME@V`` after its highest version, and
+   everything below (folder, lock, keys, entries) uses that id; a fine-tune's ``base`` is a model
+   id too (an archived base is refused).
 2. Decide ``train`` at the site for the purpose for **every** dataset (each decision in the
    ledger); any refusal raises ``PolicyDenied`` (exit 3) naming each rule, before any key is
    released or byte read, and before any model folder exists. A fine-tune first decides
@@ -14,13 +17,14 @@ The order of a run, and what each step may touch:
 4. One pass over the shards for normalisation statistics, tasks and held-out windows; then the
    steps, streaming windows shard by shard (see :mod:`onshore.train.data`).
 5. Every ``checkpoint_every`` steps, a checkpoint (weights, EMA, optimizer, data position)
-   under ``SITE_ROOT/models/NAME/checkpoints/``, sealed with the job's key (wrapped under the
+   under ``SITE_ROOT/models/ID/checkpoints/``, sealed with the job's key (wrapped under the
    model's key in the site's custody, ``keyservice.checkpoint_key``), recorded as
-   ``job.checkpoint`` with its datasets. The run holds the lock ``locks/train.NAME.lock`` from
-   its first check to its end, so a second run of the name is refused before it writes
-   anything. Running the same request again after a crash or ``kill -9`` resumes from the newest
-   recorded checkpoint, opened through ``keyservice.release_checkpoint`` (decided and recorded
-   like any key release), and ends with the same weights as an uninterrupted run.
+   ``job.checkpoint`` with its datasets. The run holds the lock ``locks/train.ID.lock`` from
+   its first check to its end, so a second run of the name (which would train the same
+   version) is refused before it writes anything. Running the same request again after a crash
+   or ``kill -9`` resumes from the newest recorded checkpoint, opened through
+   ``keyservice.release_checkpoint`` (decided and recorded like any key release), and ends with
+   the same weights as an uninterrupted run.
 6. At the end: the EMA weights as ``model.safetensors`` + ``model.json``, sealed under a new
    data key for the artifact (``model/io.py``), ``metrics.csv``, ``loss.png``, ``job.end`` and
    ``model.release`` in the ledger, the model and its lineage in the catalog, the key wrapped for
@@ -68,7 +72,7 @@ from onshore.telemetry.embodiment import Embodiment
 from onshore.train import distributed as D
 from onshore.train.data import Mixer, Scan, normalise, scan
 from onshore.train.metrics import MetricsLog, plot_losses
-from onshore.workspace import attempts, keyservice, runs
+from onshore.workspace import attempts, keyservice, runs, versions
 from onshore.workspace import datasets as wsd
 from onshore.workspace import models as wsm
 from onshore.workspace.registry import get_embodiment, get_site
@@ -253,9 +257,10 @@ def _prologue(ws: Workspace, req: TrainRequest, world: D.World) -> dict[str, Any
     nothing is released; otherwise ``open_resident`` decides every dataset before releasing any,
     and only then is the base model's key released.
     """
-    wsm.check_new_name(ws, req.name)
     site = get_site(ws, req.site)
     if req.base is not None:
+        wsm.get_model(ws, req.base)
+        versions.check_usable(ws, req.base, "train")  # an archived base: refused before any decision
         _decide_base(ws, req)
     opened = wsd.open_resident(ws, list(req.datasets), req.site, req.purpose, "train")
     base_info = None
@@ -449,9 +454,11 @@ def train(ws: Workspace | None, req: TrainRequest, progress: Progress | None = N
           log: Callable[[str], None] | None = None) -> TrainResult | None:
     """Train as described in the module docstring; returns the result on rank 0 (None elsewhere).
 
-    ``ws`` is needed on rank 0 only (other ranks of a torchrun job may pass None). Refused
-    before any data is read: bad settings (``ValidationError``), an existing model name, a
-    dataset or base model that policy does not allow here (``PolicyDenied``, exit 3).
+    ``ws`` is needed on rank 0 only (other ranks of a torchrun job may pass None). ``req.name``
+    is a model name: the run releases its next version, whose id is the result's ``name``.
+    Refused before any data is read: bad settings (``ValidationError``), a run of the same name
+    in progress (``attempts.Busy``), an archived base, a dataset or base model that policy does
+    not allow here (``PolicyDenied``, exit 3).
     """
     req.train.check()
     if not req.datasets:
@@ -480,11 +487,16 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
         if ws is None:
             raise ValidationError("rank 0 needs a workspace")
         try:
-            # one run per model name, held to the end: a second run is refused before it writes anything
+            # the version this run releases; one run per version, held to the end: a second run of
+            # the name (the same next version) is refused before it writes anything
+            model = versions.next_id(ws, req.name)
             hold.enter_context(attempts.exclusive(
-                ws, runs.lock_key(req.name), f"model {req.name!r} is being trained by another process right now; "
+                ws, runs.lock_key(model), f"model {req.name!r} is being trained by another process right now; "
                 "wait for it to finish (a run that is killed can be resumed by rerunning its command)"))
+            wsm.check_unreleased(ws, model)  # released by a run that ended between next_id and the lock
+            req = replace(req, name=model)
             payload = _prologue(ws, req, world)
+            payload["model"] = model
             resume_path = _resume_point(ws, req, _claim_folder(Path(payload["folder"]), req))
             payload["resume"] = str(resume_path) if resume_path else None
             wrap = Path(payload["folder"]) / "checkpoints" / CHECKPOINT_KEY_FILE
@@ -501,6 +513,7 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
         cls = getattr(errors, kind, OnshoreError)
         raise PolicyDenied(msg, rules) if cls is PolicyDenied else cls(msg)
     assert payload is not None
+    req = replace(req, name=payload["model"])  # every rank trains the version rank 0 chose
     folder = Path(payload["folder"])
     resume_path = Path(payload["resume"]) if payload["resume"] else None
     sources = [wsd.ResidentDataset(d["name"], d["owner"], d["embodiment"], d["site"], Path(d["root"]), d["shards"],

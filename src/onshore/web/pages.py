@@ -22,7 +22,7 @@ from onshore.errors import NotFoundError
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger.entries import parse_leaf
 from onshore.ledger.log import StoredEntry, ledger_entries
-from onshore.names import is_name
+from onshore.names import is_model_id
 from onshore.residency.policy import cedar_hash, workspace_cedar
 from onshore.workspace import datasets, models, registry
 from onshore.workspace.workspace import Workspace
@@ -64,7 +64,7 @@ def mentioning(key: str, value: str) -> bytes | None:
     """A LIKE pattern for entries whose canonical JSON holds ``"key":"value"`` (RFC 8785 has no
     spaces), or None when ``value`` is not a plain name (then only the exact check in Python runs).
     A prefilter: callers still check the parsed entry, so a match elsewhere in the body is harmless."""
-    if not is_name(value):
+    if not is_model_id(value):  # a name, or a model version's NAME@V
         return None
     return f'%"{key}":"{value}"%'.encode()
 

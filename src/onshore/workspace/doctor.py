@@ -55,7 +55,7 @@ from onshore.errors import IntegrityError, OnshoreError
 from onshore.files import sha256_file
 from onshore.keys.keystore import RESOURCE_FOLDERS
 from onshore.ledger.entries import now_iso
-from onshore.names import is_name
+from onshore.names import is_model_id
 from onshore.store import shards as S
 from onshore.workspace import attempts, custody, governance, keyservice, runs
 from onshore.workspace import models as wsm
@@ -383,12 +383,12 @@ def _training_findings(ws: Workspace, out: DoctorReport, repair: bool) -> None:
         folders = sorted(p for p in (root / "models").glob("*") if p.is_dir())
         for folder in folders:
             name = folder.name
-            if is_name(name) and attempts.is_held(ws, runs.lock_key(name)):
+            if is_model_id(name) and attempts.is_held(ws, runs.lock_key(name)):
                 out.in_progress.append(f"training of model {name!r} at site {site!r}")
                 continue
             if (name, site) in wraps:
                 _released_model_findings(ws, out, site, folder, name, repair)
-            elif is_name(name) and name not in catalog_models and (folder / runs.RUN_FILE).is_file():
+            elif is_model_id(name) and name not in catalog_models and (folder / runs.RUN_FILE).is_file():
                 _unfinished_run(ws, out, site, folder, name, repair)
             else:
                 why = ("the catalog places model {!r} at other sites only" if name in catalog_models
@@ -494,7 +494,7 @@ def _model_key_findings(ws: Workspace, out: DoctorReport, repair: bool) -> None:
         store = ws.keystore(f"site:{site}")
         for key in sorted((store.directory / RESOURCE_FOLDERS["model"]).glob("*.key")):
             name = key.stem
-            if not is_name(name) or (name, site) in wraps or attempts.is_held(ws, runs.lock_key(name)) \
+            if not is_model_id(name) or (name, site) in wraps or attempts.is_held(ws, runs.lock_key(name)) \
                     or (root / "models" / name / runs.RUN_FILE).is_file():
                 continue
             _finding(out, Finding("model-keys", f"model {name!r} at {site!r}",

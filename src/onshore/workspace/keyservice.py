@@ -35,7 +35,7 @@ from onshore.errors import NotFoundError, OnshoreError, PolicyDenied, Validation
 from onshore.keys.envelope import new_data_key
 from onshore.ledger.entries import now_iso
 from onshore.ledger.log import AppendHook
-from onshore.names import check_name
+from onshore.names import check_model_id, check_name
 from onshore.residency.modelpolicy import STOP_SERVING_ACTIONS
 from onshore.residency.pdp import Decision, Request, model_request
 from onshore.workspace.workspace import Workspace
@@ -205,7 +205,7 @@ def wrap_model_for_site(ws: Workspace, conn: Any, model: str, site: str, data_ke
     or a copy target after an allow decision on the model. A custody key left at a copy target by
     a crashed attempt (no wrap in the catalog) is replaced. Refuses a site that already holds it.
     """
-    check_name(model, "model")
+    check_model_id(model)
     store = ws.keystore(f"site:{site}")
     held = conn.execute(select(T.model_key_wraps.c.site).where(
         T.model_key_wraps.c.model == model, T.model_key_wraps.c.site == site)).first()
@@ -228,7 +228,7 @@ def checkpoint_key(ws: Workspace, model: str, site: str, wrap_file: Path) -> byt
     the model's training lock, after every dataset of the job was decided and released at
     ``site``; a resume opens its key with :func:`release_checkpoint` instead.
     """
-    check_name(model, "model")
+    check_model_id(model)
     store = ws.keystore(f"site:{site}")
     if store.has_key("model", model):
         store.destroy_key("model", model)
@@ -250,7 +250,7 @@ def release_checkpoint(ws: Workspace, model: str, site: str, purpose: str, datas
     any of them (under every derived-model clause) refuses it (PolicyDenied, exit 3), and
     ``onshore doctor --repair`` removes it. Refuses (OnshoreError) a missing wrap or custody key.
     """
-    check_name(model, "model")
+    check_model_id(model)
     check_name(site, "site")
     if not datasets:
         raise ValidationError(f"checkpoint step {step} of model {model!r} names no dataset")
@@ -290,7 +290,7 @@ def release_model(ws: Workspace, model: str, site: str, action: str, purpose: st
     withdrawal's derived-model clause forbids ``action``; (OnshoreError) a site that does not hold the
     model or whose custody key is gone.
     """
-    check_name(model, "model")
+    check_model_id(model)
     check_name(site, "site")
     if (action == "copy") != (copy_to is not None):
         raise ValidationError("a key release for a copy names its target (copy_to), and only a copy does")

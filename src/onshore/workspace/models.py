@@ -11,6 +11,10 @@ artifact that the key service of a site releases only after that decision
 
 Withdrawal of a lineage dataset reaches the model: ``taint_entries`` are recorded with the
 withdrawal, and the dataset's derived-model clause decides what may still run (``model_status``).
+
+A model here is one *version*, named by its model id (``NAME`` for version 1, ``NAME@V`` after;
+``versions.py``): every function takes an id. What people type (``NAME``, ``NAME@V``,
+``NAME@ALIAS``) is turned into an id once, where a command starts, by ``versions.resolve``.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from onshore.errors import IntegrityError, NotFoundError, ValidationError
 from onshore.files import check_output_file
 from onshore.ledger.entries import now_iso
 from onshore.model import io
-from onshore.names import check_name
+from onshore.names import check_model_id
 from onshore.residency.modelpolicy import EffectivePolicy, LineageDataset, ModelStatus, effective_policy, model_status
 from onshore.residency.pdp import Decision, model_request
-from onshore.workspace import attempts, governance, keyservice
+from onshore.workspace import attempts, governance, keyservice, modelcard, versions
 from onshore.workspace.paths import check_plaintext_destination
 from onshore.workspace.registry import get_site
 from onshore.workspace.workspace import Workspace
@@ -46,12 +50,12 @@ STEM = "model"
 
 def artifact_context(name: str) -> str:
     """The context a released model's files are sealed under (``io.write_artifact``)."""
-    return f"model:{check_name(name, 'model')}"
+    return f"model:{check_model_id(name)}"
 
 
 @dataclass
 class ModelRelease:
-    """What a finished training job registers."""
+    """What a finished training job registers. ``name`` is the version's model id."""
 
     name: str
     site: str
@@ -70,23 +74,31 @@ class ModelRelease:
     sealed: dict[str, str] = field(default_factory=dict)  # sealed file name -> sha256 on disk
 
 
-def check_new_name(ws: Workspace, name: str) -> None:
-    """Refuse a bad model name or one already taken."""
-    check_name(name, "model")
+def check_unreleased(ws: Workspace, model: str) -> None:
+    """Refuse a model id that the catalog or the ledger already holds (a version is released once)."""
+    check_model_id(model)
     with ws.catalog.connect() as conn:
-        if conn.execute(select(T.models.c.name).where(T.models.c.name == name)).first():
-            raise ValidationError(f"model {name!r} already exists; choose a new --name (see 'onshore model list')")
+        taken = conn.execute(select(T.models.c.name).where(T.models.c.name == model)).first()
+    if taken or model in ws.ledger_governance().latest_release:
+        name, version = versions.split_id(model)
+        raise ValidationError(f"model {name!r} version {version} was released while this run started; run the "
+                              "command again to train the next version")
 
 
 def release(ws: Workspace, r: ModelRelease, data_key: bytes) -> int:
     """Record a finished model: catalog rows, a ``model.release`` ledger entry signed by the site,
-    and its data key wrapped for the training site (the only site that holds it so far)."""
+    and its data key wrapped for the training site (the only site that holds it so far).
+
+    ``r.name`` is the version's model id; the entry also names the model's name and version."""
+    check_model_id(r.name)
     with write_transaction(ws.catalog, "the catalog") as conn:
         # checked again in the write turn: two runs with the same --name race to here
         if conn.execute(select(T.models.c.name).where(T.models.c.name == r.name)).first():
             raise ValidationError(f"model {r.name!r} already exists; choose a new --name (see 'onshore model list')")
+        name, version = versions.split_id(r.name)
         idx = ws.record("model.release", f"site:{r.site}", {
-            "model": r.name, "site": r.site, "jurisdiction": get_site(ws, r.site).jurisdiction,
+            "model": r.name, "name": name, "version": version, "site": r.site,
+            "jurisdiction": get_site(ws, r.site).jurisdiction,
             "purpose": r.purpose, "base": r.base, "size": r.size, "files": r.files, "sealed": r.sealed,
             "steps": r.steps, "world_size": r.world_size, "parameters": r.parameters, "job": r.job,
             "datasets": [{k: d[k] for k in ("name", "owner", "shards", "decision_index")} for d in r.datasets]})
@@ -251,10 +263,12 @@ def open_model(ws: Workspace, name: str, site: str, action: str, purpose: str | 
     """Decide ``action`` on the model at ``site`` and release its key there (both recorded).
 
     Refuses (PolicyDenied, exit 3) what the model's Cedar denies, naming the lineage dataset's
-    rule; (OnshoreError) a site that does not hold the model. Files are not read here.
+    rule; (OnshoreError) a site that does not hold the model; (ValidationError) serving or
+    fine-tuning (``train``) an archived version, before anything is decided. Files are not read here.
     """
     row = get_model(ws, name)
     get_site(ws, site)
+    versions.check_usable(ws, name, action)
     body = release_entry(ws, name)
     rel = keyservice.release_model(ws, name, site, action, purpose)
     return OpenedModel(name, site, model_folder(ws, row, site), dict(body["files"]), dict(body.get("sealed") or {}),
@@ -323,15 +337,38 @@ def copy_model(ws: Workspace, name: str, to_site: str, from_site: str | None = N
     return {"model": name, "from": source, "to": to_site, "files": len(written), "ledger_index": idx}
 
 
+def card_facts(ws: Workspace, name: str, tasks: list[str] | None = None) -> modelcard.CardFacts:
+    """What the model's card says (``modelcard.CardFacts``): ``show_model``, the frames of the shards
+    its release read per dataset, its ``model.eval`` entries, and ``tasks`` when the caller has them."""
+    info = show_model(ws, name)
+    frames: dict[str, int] = {}
+    with ws.catalog.connect() as conn:
+        for d in info["lineage"][0]["datasets"]:
+            rows = conn.execute(select(T.shards.c.sha256, T.shards.c.frames).where(
+                T.shards.c.dataset == d["dataset"])).all()
+            read = set(d["shards"])
+            frames[d["dataset"]] = sum(dict((h, int(n)) for h, n in rows if h in read).values())
+    evals = [{**e.entry.body, "index": e.index} for e in ws.ledger.entries(kinds=("model.eval",))
+             if e.entry.body.get("model") == name]
+    return modelcard.CardFacts(info, frames, evals, list(tasks or ()))
+
+
+def model_card(ws: Workspace, name: str, tasks: list[str] | None = None) -> str:
+    """The model version's card (``README.md``, Hugging Face layout): see ``modelcard``."""
+    return modelcard.render(card_facts(ws, name, tasks))
+
+
 def export_model(ws: Workspace, name: str, site: str, out: Path, purpose: str | None = None,
                  force: bool = False) -> dict[str, Any]:
-    """Write the model as plain ``model.safetensors`` + ``model.json`` into the folder ``out``.
+    """Write the model as plain ``model.safetensors`` + ``model.json`` into the folder ``out``, with
+    its card (``README.md``, ``model_card``: what it was trained on, where, its policy in plain
+    words, its evaluations, how to load it).
 
     Plaintext leaving the store: decided as ``export`` of the model at ``site`` (refused, exit 3,
     for a purpose or place a lineage dataset refuses, or a model under ``stop-serving``). ``out``
     is checked first: never inside a site's folder or the workspace's internals, and a folder
-    holding files only with ``force``. The export, with the files' SHA-256, is recorded as
-    ``model.export`` signed by the site.
+    holding files only with ``force``. The export, with the files' SHA-256 (and the card's, as
+    ``card``), is recorded as ``model.export`` signed by the site.
     """
     get_model(ws, name)
     out = Path(out)
@@ -342,15 +379,21 @@ def export_model(ws: Workspace, name: str, site: str, out: Path, purpose: str | 
         raise ValidationError(f"--out {out}: is not empty; choose a new folder or pass --force to overwrite")
     if not out.parent.is_dir():
         raise ValidationError(f"--out {out}: folder {out.parent} does not exist; create it first")
-    for plain in io.file_names(STEM):
+    for plain in (*io.file_names(STEM), modelcard.FILE):
         if (out / plain).exists():
             check_output_file(out / plain, force, "--out")
     opened = open_model(ws, name, site, "export", purpose)
-    digests = io.write_plain(out, opened.plaintexts())
+    plaintexts = opened.plaintexts()
+    meta = json.loads(plaintexts[f"{STEM}.json"])
+    card = model_card(ws, name, [str(t) for t in meta.get("tasks") or ()]).encode()
+    digests = io.write_plain(out, plaintexts)
+    card_digest = io.write_plain(out, {modelcard.FILE: card})[modelcard.FILE]
     idx = ws.record("model.export", f"site:{site}", {
         "model": name, "site": site, "jurisdiction": get_site(ws, site).jurisdiction, "purpose": purpose,
-        "decision_index": opened.decision_index, "release_index": opened.release_index, "files": digests})
-    return {"model": name, "site": site, "out": str(out), "files": digests, "ledger_index": idx}
+        "decision_index": opened.decision_index, "release_index": opened.release_index, "files": digests,
+        "card": card_digest})
+    return {"model": name, "site": site, "out": str(out), "files": digests, "card": card_digest,
+            "ledger_index": idx}
 
 
 def record_eval(ws: Workspace, name: str, site: str, env: str, seed: int, tasks: dict[str, Any]) -> int:
@@ -382,7 +425,8 @@ def taints(ws: Workspace, name: str) -> list[dict[str, Any]]:
 
 
 def list_models(ws: Workspace) -> list[dict[str, Any]]:
-    """Every model: training site, purpose, size, datasets, the sites holding it and its status."""
+    """Every model version: its id (``name``), model name and version, training site, purpose, size,
+    datasets, the sites holding it, its status, its aliases and whether it is archived."""
     with ws.catalog.connect() as conn:
         rows = conn.execute(select(T.models.c.name, T.models.c.site, T.models.c.purpose, T.models.c.base,
                                    T.models.c.size, T.models.c.parameters, T.models.c.steps,
@@ -397,14 +441,22 @@ def list_models(ws: Workspace) -> list[dict[str, Any]]:
         sites.setdefault(m, []).append(s)
     lineages = ws.model_lineages(gov)
     today = dt.datetime.now(dt.UTC).date()
-    return [{**dict(r), "datasets": sorted(by_model.get(r["name"], [])), "sites": sorted(sites.get(r["name"], [])),
-             "status": model_status(lineages[r["name"]], today).label() if lineages.get(r["name"]) else "blocked"}
-            for r in rows]
+    reg = versions.read_registry(ws)
+    out = []
+    for r in rows:
+        m = r["name"]
+        info = reg.to_json(m)
+        out.append({**dict(r), "model_name": info["model_name"], "version": info["version"],
+                    "aliases": info["aliases"], "archived": info["archived"], "tags": info["tags"],
+                    "datasets": sorted(by_model.get(m, [])), "sites": sorted(sites.get(m, [])),
+                    "status": model_status(lineages[m], today).label() if lineages.get(m) else "blocked"})
+    return sorted(out, key=lambda x: (x["model_name"], x["version"]))
 
 
 def show_model(ws: Workspace, name: str) -> dict[str, Any]:
-    """Everything about a model: size, metrics, where its files sit, its lineage, effective policy,
-    status and taints."""
+    """Everything about a model version: size, metrics, where its files sit, its lineage, effective
+    policy, status and taints; its model name, version, the name's versions, its aliases, tags,
+    description and whether it is archived (``versions.Registry.to_json``)."""
     row = get_model(ws, name)
     site = get_site(ws, row["site"])
     folder = model_folder(ws, row)
@@ -422,7 +474,7 @@ def show_model(ws: Workspace, name: str) -> dict[str, Any]:
         "sites": sites_of(ws, name), "ledger_index": row["ledger_index"], "members": members,
         "lineage": lineage(ws, name), "effective_policy": effective(ws, name).to_json(),
         "status": status(ws, name).to_json(), "taints": taints(ws, name),
-        "cedar": cedar, "cedar_hash": chash,
+        "cedar": cedar, "cedar_hash": chash, **versions.read_registry(ws).to_json(name),
     }
 
 

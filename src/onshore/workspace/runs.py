@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from onshore.errors import IntegrityError
-from onshore.names import check_name
+from onshore.names import check_model_id
 from onshore.workspace.workspace import Workspace
 
 RUN_FILE = "run.json"
@@ -26,7 +26,7 @@ KEY_FILE = "key.wrap"  # the job key, wrapped under the model's key in the site'
 
 def lock_key(name: str) -> str:
     """The workspace lock a training run of model ``name`` holds from its first check to its end."""
-    return f"train.{check_name(name, 'model')}"
+    return f"train.{check_model_id(name)}"
 
 
 def sealed_checkpoints(folder: Path) -> list[Path]:

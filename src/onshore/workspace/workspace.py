@@ -40,7 +40,7 @@ FRESHNESS_S = 0.5
 #: Entry kinds that never change a rule, a lineage, a token or a status: appends of only these do
 #: not make a process drop what it derived from the ledger.
 RULE_NEUTRAL_KINDS = frozenset({"decision", "key.release", "data.attest", "model.attest", "model.eval",
-                                "job.checkpoint", "data.export", "model.export"})
+                                "job.checkpoint", "data.export", "model.export", "model.annotate"})
 
 
 def find_workspace(option: Path | None = None) -> Path:
