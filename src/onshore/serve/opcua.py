@@ -64,13 +64,7 @@ class Credentials:
         """Read ``username`` and ``password`` from a TOML file. Refused, naming the file: a file that
         the group or others may read (``chmod 600`` it), a missing field, an unknown field."""
         path = Path(path)
-        try:
-            mode = path.stat().st_mode
-        except FileNotFoundError:
-            raise ValidationError(f"{path}: no such credentials file") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ValidationError(f"{path}: a credentials file must be readable by its owner only "
-                                  f"(mode {stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'")
+        _owner_only(path, "credentials file")
         data = read_toml(path, "credentials")
         unknown = set(data) - {"username", "password"}
         if unknown:
@@ -138,10 +132,7 @@ def application_certificate(folder: Path, name: str, uri: str, hosts: list[str] 
         if not (cert_path.is_file() and key_path.is_file()):
             have, lack = (cert_path, key_path) if cert_path.exists() else (key_path, cert_path)
             raise ValidationError(f"{have} exists without {lack}; move it away to make a new pair")
-        mode = key_path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ValidationError(f"{key_path}: a private key must be readable by its owner only "
-                                  f"(mode {stat.S_IMODE(mode):04o}); run 'chmod 600 {key_path}'")
+        _owner_only(key_path, "private key")
         der = cert_path.read_bytes()
         try:
             cert = x509.load_der_x509_certificate(der)
@@ -376,17 +367,22 @@ def eu_information(unit: str) -> Any:
                             Description=ua.LocalizedText(unit))
 
 
+def _owner_only(path: Path, what: str) -> None:
+    """Refuse a secret file (``what``) that is missing or that its group or others may read."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ValidationError(f"{path}: no such {what}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValidationError(f"{path}: a {what} must be readable by its owner only "
+                              f"(mode {stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'")
+
+
 def read_users(path: Path) -> dict[str, str]:
     """A server's users, ``[users]`` username = "password" in a TOML file only its owner may read.
     Refused, naming the file: a file others may read, no users, a password that is not a string."""
     path = Path(path)
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ValidationError(f"{path}: no such users file") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ValidationError(f"{path}: a users file must be readable by its owner only "
-                              f"(mode {stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'")
+    _owner_only(path, "users file")
     data = read_toml(path, "users")
     users = data.get("users")
     if set(data) != {"users"} or not isinstance(users, dict) or not users:

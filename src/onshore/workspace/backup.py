@@ -29,11 +29,11 @@ import os
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import URL, Engine, inspect, make_url, select, update
 
@@ -50,6 +50,8 @@ from onshore.ledger.log import LEDGER_SCHEMA, Ledger, ledger_metadata
 from onshore.names import is_name
 from onshore.workspace.config import WorkspaceConfig
 from onshore.workspace.workspace import Workspace, catalog_url, ledger_url
+
+R = TypeVar("R")
 
 MANIFEST = "backup.json"
 FORMAT = "onshore-backup/1"
@@ -205,18 +207,8 @@ def backup(root: Path, out: Path) -> BackupReport:
                                           "elsewhere")
         postgres = catalog.dialect.name == "postgresql" or ledger_engine.dialect.name == "postgresql"
         pg_dump = _pg_tool("pg_dump", "back up a PostgreSQL catalog or ledger") if postgres else ""
-        created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
-        out.chmod(0o700)  # it holds every site's and member's keys
-        try:
-            return _backup(root, out, config, catalog, ledger_engine, pg_dump)
-        except BaseException:
-            if created:
-                shutil.rmtree(out, ignore_errors=True)
-            else:
-                for child in out.iterdir():
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-            raise
+        return _in_empty_folder(out, 0o700,  # it holds every site's and member's keys
+                                lambda: _backup(root, out, config, catalog, ledger_engine, pg_dump))
     finally:
         catalog.dispose()
         ledger_engine.dispose()
@@ -435,15 +427,23 @@ def restore(backup_dir: Path, root: Path, catalog: str | None = None, ledger: st
                                       "restore into an empty database")
         finally:
             engine.dispose()
-    created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
+    return _in_empty_folder(root, None, lambda: _restore(backup_dir, root, data, config, urls, psql))
+
+
+def _in_empty_folder(folder: Path, mode: int | None, work: Callable[[], R]) -> R:
+    """Run ``work``, which fills ``folder`` (made here if missing, checked empty by the caller);
+    if it fails, nothing it made is left: the folder goes if it was made here, else its contents."""
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    if mode is not None:
+        folder.chmod(mode)
     try:
-        return _restore(backup_dir, root, data, config, urls, psql)
+        return work()
     except BaseException:
         if created:
-            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
         else:
-            for child in root.iterdir():
+            for child in folder.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         raise
 
