@@ -488,7 +488,7 @@ def test_a_dataset_outlives_the_expiry_of_its_consent_request(dep: LocalConsorti
     policy = {"jurisdictions": ["JP"], "sites": [], "purposes": ["fine-tuning"], "expires": "2031-03-31",
               "derived_models": "keep", "redistribution": False}
     from onshore.ledger.entries import sign_entry
-    from onshore.parties.coordinator import consent_body
+    from onshore.parties.signed import consent_body
 
     entry = sign_entry("consent.grant", ROBOTICS,
                        consent_body("lasting", "kansai-robotics", UsagePolicy.from_json(policy)),

@@ -703,7 +703,7 @@ def decision_signer_problem(e: Entry, principal: str, trust: TrustRoot) -> str |
     req = e.body.get("signed_request")
     if not request_shape_ok(req):
         return "is signed by the log but carries no request signed by the principal"
-    key = trust.key_for(principal) if isinstance(req["party"], str) else None
+    key = trust.key_for(principal)
     if req["party"] != principal or req["op"] != "decide" or key is None or not request_signature_ok(req, key):
         return f"is signed by the log, but its request is not {principal}'s signed decide request"
     asked, decided = req["body"], e.body.get("request") if isinstance(e.body.get("request"), dict) else {}

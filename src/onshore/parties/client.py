@@ -18,9 +18,8 @@ from urllib.parse import urlencode, urlsplit
 from onshore.errors import OnshoreError, PolicyDenied
 from onshore.ledger.entries import sign_entry
 from onshore.ledger.subjects import subjects_of
-from onshore.parties.coordinator import consent_body
 from onshore.parties.kit import Kit
-from onshore.parties.signed import RequestRefused, sign_request
+from onshore.parties.signed import RequestRefused, consent_body, sign_request
 from onshore.residency.policy import UsagePolicy
 from onshore.tls import client_tls
 

@@ -50,6 +50,7 @@ from onshore.parties.signed import (
     RequestRefused,
     StaleLinks,
     check_signed,
+    consent_body,
     entry_from_json,
     sign_request,
 )
@@ -74,13 +75,6 @@ MAX_BODY_BYTES = MAX_BUNDLE_BYTES + (1 << 20)
 ENTRY_KINDS = {"site": ("data.ingest", "data.copy", "data.read", "key.release", "key.shred", "data.abandoned",
                         "data.attest"),
                "member": ("consent.grant", "consent.withdraw")}
-
-
-def consent_body(dataset: str, owner: str, policy: UsagePolicy) -> dict[str, Any]:
-    """The body of a member's consent.grant entry: what the embedded default records, so that a
-    deployment's bundles verify as the embedded default's do."""
-    return {"dataset": dataset, "owner": owner, "policy": policy.to_json(), "policy_hash": policy.hash,
-            "cedar_hash": cedar_hash(dataset_cedar(dataset, owner, policy, withdrawn=False))}
 
 
 class Coordinator:
@@ -166,7 +160,7 @@ class Coordinator:
         e = b.get("entry") or {}
         if e.get("kind") != "consent.grant" or e.get("body") != consent_body(name, owner, policy):
             raise RequestRefused("the consent.grant entry must be the request's dataset, owner, policy and the "
-                                 "policy's hashes (onshore.parties.coordinator.consent_body)")
+                                 "policy's hashes (onshore.parties.signed.consent_body)")
         with self._lock:
             if self._dataset(name) is not None:
                 raise RequestRefused(f"dataset {name!r} is registered already; choose another name")

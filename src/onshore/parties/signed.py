@@ -24,9 +24,10 @@ from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 from onshore.errors import OnshoreError, ValidationError
 from onshore.ledger.entries import Entry
 from onshore.ledger.requests import DEFAULT_TTL_S, request_shape_ok, request_signature_ok, sign_request
+from onshore.residency.policy import UsagePolicy, cedar_hash, dataset_cedar
 
 __all__ = ["DEFAULT_TTL_S", "MAX_TTL_S", "NonceBook", "PresignedKey", "RequestRefused", "StaleLinks", "check_decision",
-           "check_signed", "entry_from_json", "sign_request"]
+           "check_signed", "consent_body", "entry_from_json", "sign_request"]
 
 MAX_TTL_S = 300
 
@@ -124,3 +125,10 @@ def entry_from_json(d: Any) -> Entry:
         return Entry(d["kind"], d["actor"], d["time"], d["body"], d["sig"], links=d.get("links"))
     except (KeyError, TypeError, ValueError):
         raise ValidationError("not a ledger entry (fields v, kind, actor, time, body, sig, links)") from None
+
+
+def consent_body(dataset: str, owner: str, policy: UsagePolicy) -> dict[str, Any]:
+    """The body of a member's consent.grant entry: what the embedded default records, so that a
+    deployment's bundles verify as the embedded default's do."""
+    return {"dataset": dataset, "owner": owner, "policy": policy.to_json(), "policy_hash": policy.hash,
+            "cedar_hash": cedar_hash(dataset_cedar(dataset, owner, policy, withdrawn=False))}
