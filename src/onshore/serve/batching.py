@@ -156,8 +156,7 @@ class Batcher:
                 log.exception("a batch of %d act(s) failed", len(batch))
                 with self._stats_lock:
                     self._running -= len(batch)
-                for r in batch:
-                    _reply(r, _fail, e)
+                _reply(batch, _fail, [e] * len(batch))
                 continue
             ms = (time.perf_counter() - t0) * 1e3
             with self._stats_lock:
@@ -167,15 +166,27 @@ class Batcher:
                 st.requests += len(batch)
                 st.largest = max(st.largest, len(batch))
                 st.sizes[len(batch)] = st.sizes.get(len(batch), 0) + 1
-            for r, res in zip(batch, results, strict=True):
-                _reply(r, _done, (res, ms, len(batch)))
+            _reply(batch, _done, [(res, ms, len(batch)) for res in results])
 
 
-def _reply(r: _Request, fn: Callable[[asyncio.Future[Any], Any], None], value: Any) -> None:
-    try:
-        r.loop.call_soon_threadsafe(fn, r.future, value)
-    except RuntimeError:  # the loop closed meanwhile (the server stopped): nobody waits for it
-        pass
+def _reply(batch: list[_Request], fn: Callable[[asyncio.Future[Any], Any], None], values: list[Any]) -> None:
+    """Settle each request's future on its loop: one wake-up per loop for the whole batch.
+
+    Waking a loop is a write to its self-pipe under the GIL; one per request made the replies of a
+    batch of ten cost as much as a tenth of its forward pass."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for r, v in zip(batch, values, strict=True):
+        by_loop.setdefault(r.loop, []).append((r.future, v))
+    for loop, pairs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, fn, pairs)
+        except RuntimeError:  # the loop closed meanwhile (the server stopped): nobody waits for it
+            pass
+
+
+def _settle(fn: Callable[[asyncio.Future[Any], Any], None], pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for fut, value in pairs:
+        fn(fut, value)
 
 
 def _done(fut: asyncio.Future[Any], value: Any) -> None:
