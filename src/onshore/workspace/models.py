@@ -31,6 +31,7 @@ from onshore.catalog import schema as T
 from onshore.catalog.db import write_transaction
 from onshore.errors import IntegrityError, NotFoundError, ValidationError
 from onshore.files import check_output_file
+from onshore.i18n import N_, Message
 from onshore.ledger.entries import now_iso
 from onshore.model import io
 from onshore.names import check_model_id
@@ -120,7 +121,8 @@ def get_model(ws: Workspace, name: str) -> dict[str, Any]:
     with ws.catalog.connect() as conn:
         row = conn.execute(select(T.models).where(T.models.c.name == name)).mappings().first()
     if row is None:
-        raise NotFoundError(f"no model named {name!r}; see 'onshore model list'")
+        raise NotFoundError(Message(N_("no {kind} named {name!r}; see 'onshore {kind} list'"),
+                                    {"kind": "model", "name": name}))
     out = dict(row)
     for k in ("config", "files", "metrics"):
         out[k] = json.loads(out[k])
