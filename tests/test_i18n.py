@@ -19,7 +19,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from starlette.testclient import TestClient
 
-from conftest import EMBODIMENT_TOML, POLICY_JP, write_frames
+from conftest import EMBODIMENT_TOML, POLICY_JP, make_frames, write_frames
 from conftest import run_cli as run
 from onshore import i18n
 from onshore.cli.helptext import breakable
@@ -292,6 +292,34 @@ def test_common_errors_are_japanese_with_lang_ja_and_exactly_english_by_default(
     # the same through the environment, in a process of its own
     p = _onshore("-w", w, "embodiment", "add", str(missing), lang="ja_JP.UTF-8")
     assert p.returncode == 1 and p.stderr == f"エラー: {missing}: embodiment ファイルがありません\n"
+
+
+def test_a_telemetry_refusal_names_the_same_frame_and_channel_in_japanese(
+        refused_ws: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    table = make_frames()
+    state = np.array(table.column("observation.state").to_pylist(), dtype=np.float32)
+    state[5, 2] = 30.0  # o2_percent, whose limits are 0..25
+    table = table.set_column(table.column_names.index("observation.state"), "observation.state",
+                             pa.FixedSizeListArray.from_arrays(state.ravel(), 3).cast(pa.list_(pa.float32())))
+    bad = write_frames(tmp_path / "bad.parquet", table)
+    (tmp_path / "policy.toml").write_text(POLICY_JP)
+    args = ("-w", str(refused_ws), "dataset", "ingest", "o2-spike", str(bad), "--member", "steelco", "--site",
+            "sakai", "--policy", str(tmp_path / "policy.toml"), "--embodiment", "furnace-line-3")
+    code, _, err = run(capsys, *args)
+    assert code == 1 and err == (
+        f"error: {bad}: episode 0, frame 5: 'observation.state' channel 'o2_percent' is 30 percent, outside its "
+        "limits 0..25 percent (1 value(s) outside in this batch); repair the data or the embodiment's limits, or "
+        "ingest with --allow-out-of-limits to keep it (the count is recorded in the ledger)\n")
+    code, _, err = run(capsys, *args, "--lang", "ja")
+    assert code == 1 and err == (
+        f"エラー: {bad}: エピソード 0、フレーム 5: 'observation.state' のチャネル 'o2_percent' が 30 percent で、"
+        "制限範囲 0..25 percent の外です（このバッチで範囲外の値は 1 個）。"
+        "データかエンボディメントの制限値を修正するか、そのまま残す場合は --allow-out-of-limits を付けて"
+        "取り込んでください（範囲外の件数は台帳に記録されます）\n")
+    assert run(capsys, "-w", str(refused_ws), "dataset", "show", "o2-spike")[0] == 1  # nothing was ingested
 
 
 def test_onshore_upgrade_needed_is_said_in_japanese(refused_ws: Path, tmp_path: Path,
