@@ -69,6 +69,31 @@ def test_every_text_marked_in_the_source_is_in_the_catalogue() -> None:
     assert not missing, f"marked for translation but not in the catalogue (run 'make messages'): {missing}"
 
 
+def test_every_message_in_the_source_gives_exactly_its_placeholders() -> None:
+    """A template whose fields and values differ would fail while printing the error it carries."""
+    import ast
+
+    checked, wrong = 0, []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Message" and node.args):
+                continue
+            template = node.args[0]
+            if isinstance(template, ast.Call) and getattr(template.func, "id", None) == "N_":
+                template = template.args[0]
+            built = len(node.args) > 1 and not isinstance(node.args[1], ast.Dict)
+            if not isinstance(template, ast.Constant) or built:
+                continue  # a template or values made at run time: nothing to compare here
+            values = node.args[1] if len(node.args) > 1 else ast.Dict(keys=[], values=[])
+            assert isinstance(values, ast.Dict)
+            keys = {k.value for k in values.keys if isinstance(k, ast.Constant)}
+            fields = {name for _, name, _, _ in string.Formatter().parse(template.value) if name}
+            checked += 1
+            if keys != fields:
+                wrong.append((str(path.relative_to(PACKAGE)), node.lineno, sorted(keys ^ fields)))
+    assert checked > 80 and not wrong, wrong
+
+
 def _fields(text: str) -> set[str]:
     named = set(re.findall(r"%\((\w+)\)s", text))
     braces = {f"{{{name}!{conv}}}" if conv else f"{{{name}}}"
