@@ -342,6 +342,7 @@ def test_every_page_follows_accept_language_and_its_json_does_not(client: TestCl
     assert "<h2>各シャードの所在</h2>" in ds and "<h2>利用ポリシー</h2>" in ds
     assert ">データ所在バンドルを作成</button>" in ds
     assert '<span class="status status-active">有効</span>' in ds  # the class keeps the word
+    assert "<td>このデータで学習</td>" in ds and "<td>trained on it</td>" in client.get("/datasets/arms").text
     # rule ids, entry fields, names and Cedar are shown as they are in both languages
     en_ds = client.get("/datasets/arms").text
     for page in (ds, en_ds):

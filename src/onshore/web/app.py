@@ -42,6 +42,7 @@ from onshore.i18n import render as render_message
 from onshore.serve.metrics import CONTENT_TYPE
 from onshore.web import access, pages
 from onshore.web.graph import lineage_graph
+from onshore.workspace import models
 from onshore.workspace.metrics import LedgerCollector
 from onshore.workspace.workspace import Workspace
 
@@ -79,6 +80,19 @@ def _age(ctx: Context, seconds: int | None) -> str:
 
 
 @pass_context
+def _via(ctx: Context, via: str | None) -> str:
+    """How a model derives from a dataset (``models.derived_from``), in the page's language; any
+    other text as it is."""
+    tr = ctx["translator"]
+    prefix = models.VIA_FINE_TUNED.split("{", 1)[0]
+    if via == models.VIA_TRAINED:
+        return str(tr.gettext(via))
+    if via and via.startswith(prefix):
+        return render_message(Message(models.VIA_FINE_TUNED, {"base": via[len(prefix):]}), tr)
+    return via or ""
+
+
+@pass_context
 def _status(ctx: Context, label: str | None) -> str:
     """A status label in the page's language: its word translated, a value after it kept; any
     other text (a name, a word not in ``STATUS_WORDS``) as it is."""
@@ -103,6 +117,7 @@ def templates() -> Environment:
     env.filters["bytes"] = _fmt_bytes
     env.filters["age"] = _age
     env.filters["status"] = _status
+    env.filters["via"] = _via
     env.filters["q"] = lambda s: quote(str(s), safe="")
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str)
     return env

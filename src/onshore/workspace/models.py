@@ -47,6 +47,10 @@ if TYPE_CHECKING:
 
 #: The stem of a released model's files (``model.safetensors`` and ``model.json``, sealed).
 STEM = "model"
+#: How a model derives from a dataset (``derived_from``'s ``via``, also signed into ``model.taint``
+#: entries, so the words themselves never change; the dashboard shows them translated).
+VIA_TRAINED = N_("trained on it")
+VIA_FINE_TUNED = N_("fine-tuned from {base}")
 
 
 def artifact_context(name: str) -> str:
@@ -209,9 +213,9 @@ def derived_from(ws: Workspace, dataset: str) -> list[dict[str, Any]]:
     for model, index in indices.items():
         rel = governance.model_release(gov, model, index)
         if dataset in rel.datasets:
-            found[model] = "trained on it"
+            found[model] = VIA_TRAINED
         elif dataset in governance.signed_lineage(gov, model, index, indices):
-            found[model] = f"fine-tuned from {rel.base}"
+            found[model] = VIA_FINE_TUNED.format(base=rel.base)
     sites = {m: governance.model_release(gov, m, indices[m]).site for m in found}
     return [{"model": m, "site": sites[m], "via": how} for m, how in sorted(found.items())]
 
