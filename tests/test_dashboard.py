@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -291,6 +292,88 @@ def test_a_missing_required_option_exits_2(demo: tuple[Workspace, Path, Path], c
         err = capsys.readouterr().err
         assert ("Usage: onshore" in err or "--help" in err) and "Traceback" not in err, args
     assert demo[0].ledger.size() == before  # nothing decided, nothing recorded
+
+
+# -- the reader's language ---------------------------------------------------------------------
+
+JA = {"Accept-Language": "ja-JP,ja;q=0.9,en;q=0.5"}
+
+
+def _texts(html: str, tag: str) -> list[str]:
+    """The text of each ``tag`` element (tags inside stripped, whitespace collapsed)."""
+    found = re.findall(rf"<{tag}\b[^>]*>(.*?)</{tag}>", html, re.S)
+    return [" ".join(re.sub(r"<[^>]+>", " ", m).split()) for m in found]
+
+
+def _people_text(html: str) -> list[str]:
+    """What a person reads as words on a page: headings, buttons, labels and the column headings."""
+    heads = [th for block in re.findall(r"<thead>(.*?)</thead>", html, re.S) for th in _texts(block, "th")]
+    return [*_texts(html, "h1"), *_texts(html, "h2"), *_texts(html, "h3"), *_texts(html, "button"),
+            *_texts(html, "label"), *heads]
+
+
+def test_every_page_follows_accept_language_and_its_json_does_not(client: TestClient,
+                                                                   demo: tuple[Workspace, Path, Path]) -> None:
+    _, bundle, trust = demo
+    files = {"bundle": ("b.json", bundle.read_bytes()), "trust_root": ("t.json", trust.read_bytes())}
+    pages = {  # path: (the Japanese h1, the English h1)
+        "/datasets/arms": ("データセット arms 有効", "Dataset arms active"),
+        "/models/pool": ("モデル pool 正常", "Model pool ok"),
+        "/ledger": ("台帳", "Ledger"),
+        "/verify": ("データ所在バンドルの検証", "Verify a residency bundle"),
+    }
+    for path, (h1_ja, h1_en) in pages.items():
+        ja, en = client.get(path, headers=JA), client.get(path)
+        assert ja.status_code == en.status_code == 200, path
+        assert '<html lang="ja">' in ja.text and _texts(ja.text, "h1") == [h1_ja], path
+        assert _texts(en.text, "h1") == [h1_en], path
+        # every heading, button, label and column heading is in Japanese; '#' and 'sha256' are no words
+        for text in _people_text(ja.text):
+            assert text in ("#", "sha256") or re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", text), (path, text)
+        for text in _people_text(en.text):
+            assert not re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", text), (path, text)
+        # the JSON is the same whatever the language (the ledger's ages and background check aside)
+        if path != "/verify":
+            j_ja, j_en = client.get(path + "?format=json", headers=JA).json(), client.get(path + "?format=json").json()
+            keys = ("log", "size", "root", "origin") if path == "/ledger" else tuple(j_en)
+            assert j_ja.keys() == j_en.keys() and {k: j_ja[k] for k in keys} == {k: j_en[k] for k in keys}, path
+
+    ds = client.get("/datasets/arms", headers=JA).text
+    assert "<h2>各シャードの所在</h2>" in ds and "<h2>利用ポリシー</h2>" in ds
+    assert ">データ所在バンドルを作成</button>" in ds
+    assert '<span class="status status-active">有効</span>' in ds  # the class keeps the word
+    assert "<td>このデータで学習</td>" in ds and "<td>trained on it</td>" in client.get("/datasets/arms").text
+    # rule ids, entry fields, names and Cedar are shown as they are in both languages
+    en_ds = client.get("/datasets/arms").text
+    for page in (ds, en_ds):
+        assert '<td class="rule">dataset/arms/jurisdictions</td>' in page and "<td>ohio (US)</td>" in page
+        assert "permit (" in page and 'href="/ledger?site=tokyo"' in page
+    model = client.get("/models/pool", headers=JA).text
+    assert '<text class="col" x="' in model and ">学習サイト</text>" in model and ">メンバー</text>" in model
+    assert "<h2>実効ポリシー</h2>" in model and "<h2>系譜</h2>" in model
+    ledger = client.get("/ledger", headers=JA).text
+    assert "<h2>ウィットネス</h2>" in ledger and re.search(r"\(\d+ (秒|分|時間|日)前\)", ledger)
+    assert re.search(r"\(\d+ (s|min|h|d) ago\)", client.get("/ledger").text)
+    assert 'name="kind"' in ledger and ">絞り込み</button>" in ledger  # the query's fields stay as they are
+
+    # a verified bundle: the verdict, the status now and each check's result in Japanese
+    result = client.post("/verify", files=files, headers=JA, data={"min_witnesses": "1"})
+    assert result.status_code == 200
+    assert _texts(result.text, "h2")[0] == "検証済み: データセット arms、site:sakai が証明"
+    assert '<span class="status status-active" id="current-status">有効</span>' in result.text
+    assert "<strong>合格</strong>" in result.text and "<strong>pass</strong>" not in result.text
+    assert "<strong>pass</strong>" in client.post("/verify", files=files).text
+
+    # errors: the page in Japanese, the JSON in English
+    nf = client.get("/models/nope", headers=JA)
+    assert nf.status_code == 404 and _texts(nf.text, "h1") == ["表示できません"]
+    assert "model &#39;nope&#39; は見つかりません" in nf.text and "概要に戻る" in nf.text
+    bad = client.get("/ledger?before=x", headers=JA)
+    assert bad.status_code == 400 and f"before=&#39;x&#39;: 0 から {app_module.MAX_INT} までの整数" in bad.text
+    bad_json = client.get("/ledger?before=x&format=json", headers=JA)
+    assert bad_json.json()["error"] == f"before='x': give a whole number from 0 to {app_module.MAX_INT}"
+    missing = client.post("/verify", files={"bundle": ("b", b"{}")}, headers=JA)
+    assert missing.status_code == 400 and "フォーム項目 &#39;trust_root&#39;: ファイルを選んでください" in missing.text
 
 
 # -- real browser -------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from starlette.testclient import TestClient
 
-from conftest import EMBODIMENT_TOML, POLICY_JP, write_frames
+from conftest import EMBODIMENT_TOML, POLICY_JP, make_frames, write_frames
 from conftest import run_cli as run
 from onshore import i18n
 from onshore.cli.helptext import breakable
@@ -47,15 +47,51 @@ def test_committed_mo_is_what_the_po_compiles_to() -> None:
     assert JA_MO.read_bytes() == buf.getvalue(), "the .mo is stale: run 'make messages' and commit both"
 
 
-def test_every_msgid_in_the_po_still_occurs_in_the_source() -> None:
+def _extracted() -> set[str]:
+    """Every text the source marks for translation, as ``make messages`` extracts it (babel.cfg)."""
     with (ROOT / "babel.cfg").open() as f:
         method_map, options_map = parse_mapping_cfg(f)
-    extracted = {msg if isinstance(msg, str) else msg[0]
-                 for _, _, msg, _, _ in extract_from_dir(str(PACKAGE), method_map, options_map)}
+    return {msg if isinstance(msg, str) else msg[0]
+            for _, _, msg, _, _ in extract_from_dir(str(PACKAGE), method_map, options_map)}
+
+
+def test_every_msgid_in_the_po_still_occurs_in_the_source() -> None:
+    extracted = _extracted()
     # the extraction finds the kinds of text the catalogue is for
     assert {"error:", "Overview", "Datasets: ingest, copy, read, export, list, show, withdraw."} <= extracted
     stale = sorted(m.id for m in _catalog() if m.id and m.id not in extracted)
     assert not stale, f"msgids no longer in the source (run 'make messages'): {stale}"
+
+
+def test_every_text_marked_in_the_source_is_in_the_catalogue() -> None:
+    known = {m.id for m in _catalog() if m.id}
+    missing = sorted(_extracted() - known)
+    assert not missing, f"marked for translation but not in the catalogue (run 'make messages'): {missing}"
+
+
+def test_every_message_in_the_source_gives_exactly_its_placeholders() -> None:
+    """A template whose fields and values differ would fail while printing the error it carries."""
+    import ast
+
+    checked, wrong = 0, []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Message" and node.args):
+                continue
+            template = node.args[0]
+            if isinstance(template, ast.Call) and getattr(template.func, "id", None) == "N_":
+                template = template.args[0]
+            built = len(node.args) > 1 and not isinstance(node.args[1], ast.Dict)
+            if not isinstance(template, ast.Constant) or built:
+                continue  # a template or values made at run time: nothing to compare here
+            values = node.args[1] if len(node.args) > 1 else ast.Dict(keys=[], values=[])
+            assert isinstance(values, ast.Dict)
+            keys = {k.value for k in values.keys if isinstance(k, ast.Constant)}
+            fields = {name for _, name, _, _ in string.Formatter().parse(template.value) if name}
+            checked += 1
+            if keys != fields:
+                wrong.append((str(path.relative_to(PACKAGE)), node.lineno, sorted(keys ^ fields)))
+    assert checked > 80 and not wrong, wrong
 
 
 def _fields(text: str) -> set[str]:
@@ -222,6 +258,115 @@ def test_errors_and_help_summaries_in_japanese(refused_ws: Path, tmp_path: Path)
     assert "Datasets: ingest, copy" in _onshore("dataset", "--help").stdout
     bad = _onshore("--lang", "fr", "site", "list")
     assert bad.returncode == 2 and "en, ja" in bad.stderr
+
+
+def test_common_errors_are_japanese_with_lang_ja_and_exactly_english_by_default(
+        refused_ws: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    w = str(refused_ws)
+    missing = tmp_path / "missing.toml"
+    cases = [  # (arguments, the English line, the Japanese line)
+        (["-w", str(tmp_path), "site", "list"],
+         f"{tmp_path} is not an Onshore workspace (no onshore.toml); run 'onshore init' there, or point "
+         "-w/--workspace or ONSHORE_WORKSPACE at one",
+         f"{tmp_path} は Onshore のワークスペースではありません（onshore.toml がありません）。そこで 'onshore init' "
+         "を実行するか、-w/--workspace または ONSHORE_WORKSPACE でワークスペースを指定してください"),
+        (["-w", w, "site", "add", "Sakai_2", "--jurisdiction", "JP", "--roles", "storage"],
+         "invalid site name 'Sakai_2': use 1 to 64 lowercase letters, digits and '-', starting with a letter or "
+         "digit (no slashes, dots, spaces or control characters)",
+         "site の名前 'Sakai_2' は使えません。英小文字・数字・'-' で 1〜64 文字とし、英小文字か数字で始めてください"
+         "（スラッシュ、ドット、空白、制御文字は使えません）"),
+        (["-w", w, "site", "add", "sakai", "--jurisdiction", "JP", "--roles", "storage"],
+         "site 'sakai' already exists; see 'onshore site list'",
+         "site 'sakai' はすでにあります。'onshore site list' で確認してください"),
+        (["-w", w, "site", "add", "nara", "--jurisdiction", "jp", "--roles", "storage"],
+         "--jurisdiction: 'jp' is not an ISO 3166-1 alpha-2 country code such as 'JP' or 'US' (did you mean 'JP'?)",
+         "--jurisdiction: 'jp' は ISO 3166-1 alpha-2 の国コード（'JP'、'US' など）ではありません"
+         "（'JP' の誤りではありませんか）"),
+        (["-w", w, "site", "add", "nara", "--jurisdiction", "JP", "--roles", "storage,flying"],
+         "--roles 'storage,flying': use a comma-separated subset of storage, compute, serve",
+         "--roles 'storage,flying': storage, compute, serve の中からカンマ区切りで指定してください"),
+        (["-w", w, "embodiment", "add", str(missing)],
+         f"{missing}: no such embodiment file", f"{missing}: embodiment ファイルがありません"),
+        (["-w", w, "policy", "check", "--action", "copy", "--dataset", "furnace", "--site", "nowhere"],
+         "unknown site 'nowhere'; see 'onshore site list'",
+         "サイト 'nowhere' は登録されていません。'onshore site list' で確認してください"),
+        (["-w", w, "model", "show", "nope"],
+         "no model named 'nope'; see 'onshore model list'",
+         "model 'nope' は見つかりません。'onshore model list' で一覧を確認してください"),
+        (["-w", w, "dataset", "copy", "furnace", "--to", "sakai"],
+         "dataset 'furnace' is already at site 'sakai'", "dataset 'furnace' はすでにサイト 'sakai' にあります"),
+        (["-w", w, "dataset", "read", "furnace", "--site", "sakai", "--purpose", "fine-tuning",
+          "--out", str(tmp_path / "no-folder" / "f.parquet")],
+         f"--out {tmp_path / 'no-folder' / 'f.parquet'}: folder {tmp_path / 'no-folder'} does not exist; "
+         "create it first",
+         f"--out {tmp_path / 'no-folder' / 'f.parquet'}: フォルダ {tmp_path / 'no-folder'} がありません。"
+         "先に作成してください"),
+    ]
+    from onshore.workspace import Workspace
+
+    with Workspace.open(refused_ws) as ws:
+        before = ws.ledger.size()
+    for args, en, ja in cases:
+        code, _, err = run(capsys, *args)
+        assert code == 1 and err == f"error: {en}\n", args
+        code, _, err = run(capsys, *args, "--lang", "ja")
+        assert code == 1 and err == f"エラー: {ja}\n", args
+    with Workspace.open(refused_ws) as ws:
+        assert ws.ledger.size() == before  # refused before anything was decided or recorded
+    # the same through the environment, in a process of its own
+    p = _onshore("-w", w, "embodiment", "add", str(missing), lang="ja_JP.UTF-8")
+    assert p.returncode == 1 and p.stderr == f"エラー: {missing}: embodiment ファイルがありません\n"
+
+
+def test_a_telemetry_refusal_names_the_same_frame_and_channel_in_japanese(
+        refused_ws: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    table = make_frames()
+    state = np.array(table.column("observation.state").to_pylist(), dtype=np.float32)
+    state[5, 2] = 30.0  # o2_percent, whose limits are 0..25
+    table = table.set_column(table.column_names.index("observation.state"), "observation.state",
+                             pa.FixedSizeListArray.from_arrays(state.ravel(), 3).cast(pa.list_(pa.float32())))
+    bad = write_frames(tmp_path / "bad.parquet", table)
+    (tmp_path / "policy.toml").write_text(POLICY_JP)
+    args = ("-w", str(refused_ws), "dataset", "ingest", "o2-spike", str(bad), "--member", "steelco", "--site",
+            "sakai", "--policy", str(tmp_path / "policy.toml"), "--embodiment", "furnace-line-3")
+    code, _, err = run(capsys, *args)
+    assert code == 1 and err == (
+        f"error: {bad}: episode 0, frame 5: 'observation.state' channel 'o2_percent' is 30 percent, outside its "
+        "limits 0..25 percent (1 value(s) outside in this batch); repair the data or the embodiment's limits, or "
+        "ingest with --allow-out-of-limits to keep it (the count is recorded in the ledger)\n")
+    code, _, err = run(capsys, *args, "--lang", "ja")
+    assert code == 1 and err == (
+        f"エラー: {bad}: エピソード 0、フレーム 5: 'observation.state' のチャネル 'o2_percent' が 30 percent で、"
+        "制限範囲 0..25 percent の外です（このバッチで範囲外の値は 1 個）。"
+        "データかエンボディメントの制限値を修正するか、そのまま残す場合は --allow-out-of-limits を付けて"
+        "取り込んでください（範囲外の件数は台帳に記録されます）\n")
+    assert run(capsys, "-w", str(refused_ws), "dataset", "show", "o2-spike")[0] == 1  # nothing was ingested
+
+
+def test_onshore_upgrade_needed_is_said_in_japanese(refused_ws: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+    import sqlite3
+
+    from onshore.catalog.migrate import CATALOG
+
+    old = tmp_path / "old"
+    shutil.copytree(refused_ws, old)
+    with sqlite3.connect(old / "catalog.db") as db:  # as a workspace made by the previous version
+        db.execute(f"UPDATE {CATALOG.version_table} SET version_num = ?", (CATALOG.revisions[-2],))
+    where, was, head = f"sqlite:///{old / 'catalog.db'}", CATALOG.revisions[-2], CATALOG.head
+    code, _, err = run(capsys, "-w", str(old), "site", "list")
+    assert code == 1 and err == (f"error: the catalog ({where}) is at schema revision {was!r}; this version of "
+                                 f"Onshore needs {head!r}: run 'onshore upgrade' (it takes a backup first), then "
+                                 "run this command again\n")
+    code, _, err = run(capsys, "-w", str(old), "site", "list", "--lang", "ja")
+    assert code == 1 and err == (f"エラー: カタログ（{where}）のスキーマリビジョンは {was!r} ですが、このバージョンの "
+                                 f"Onshore には {head!r} が必要です。'onshore upgrade' を実行し（先にバックアップを"
+                                 "取ります）、その後このコマンドをもう一度実行してください\n")
 
 
 def test_in_process_cli_switches_language_per_call(refused_ws: Path, capsys: pytest.CaptureFixture[str],

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from onshore.errors import ValidationError
+from onshore.i18n import N_, Message
 
 
 def check_output_file(path: Path, force: bool = False, option: str = "--out") -> Path:
@@ -21,13 +22,17 @@ def check_output_file(path: Path, force: bool = False, option: str = "--out") ->
     path = Path(path)
     parent = path.parent
     if path.is_dir():
-        raise ValidationError(f"{option} {path}: is a folder; give a file name")
+        raise ValidationError(Message(N_("{option} {path}: is a folder; give a file name"),
+                                      {"option": option, "path": path}))
     if not parent.exists():
-        raise ValidationError(f"{option} {path}: folder {parent} does not exist; create it first")
+        raise ValidationError(Message(N_("{option} {path}: folder {parent} does not exist; create it first"),
+                                      {"option": option, "path": path, "parent": parent}))
     if not parent.is_dir():
-        raise ValidationError(f"{option} {path}: {parent} is a file, not a folder")
+        raise ValidationError(Message(N_("{option} {path}: {parent} is a file, not a folder"),
+                                      {"option": option, "path": path, "parent": parent}))
     if path.exists() and not force:
-        raise ValidationError(f"{option} {path}: already exists; choose a new name or pass --force to replace it")
+        raise ValidationError(Message(N_("{option} {path}: already exists; choose a new name or pass --force to "
+                                         "replace it"), {"option": option, "path": path}))
     return path
 
 
@@ -37,9 +42,9 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
     try:
         return tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise ValidationError(f"{path}: no such {what} file") from None
+        raise ValidationError(Message(N_("{path}: no such {what} file"), {"path": path, "what": what})) from None
     except tomllib.TOMLDecodeError as e:
-        raise ValidationError(f"{path}: not valid TOML ({e})") from None
+        raise ValidationError(Message(N_("{path}: not valid TOML ({error})"), {"path": path, "error": e})) from None
 
 
 def sha256_file(path: Path) -> str:

@@ -7,9 +7,11 @@ by phrase. Only words meant for people are translated: rule ids, dataset, site a
 JSON fields, ledger entry kinds, actions and Cedar stay as they are in every language.
 
 A message with fields is a ``Message``: a template with named ``str.format`` placeholders and the
-values to put in them. Library code raises errors carrying one (``OnshoreError.with_template``);
-a front end renders it in the reader's language with ``render``, the template translated, the
-values untouched (a value that is itself a ``Message`` is rendered the same way).
+values to put in them. Library code raises errors carrying one
+(``raise NotFoundError(Message(N_("no {kind} named {name!r}"), {"kind": ..., "name": ...}))``; the
+English text stays what an f-string would have made); a front end renders it in the reader's
+language with ``render``, the template translated, the values untouched (a value that is itself a
+``Message`` is rendered the same way, so a fragment such as a place or a hint is translated too).
 
 The language is chosen by the front end: the CLI from ``--lang`` or the environment
 (``language_from_env``), the dashboard from ``Accept-Language`` (``language_from_accept``). This

@@ -25,6 +25,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from onshore.errors import ValidationError
+from onshore.i18n import N_, Message
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 PRINCIPAL_KINDS = ("site", "member")
@@ -44,10 +45,10 @@ def check_name(name: str, what: str) -> str:
     Full match only: ``"sakai\\n"`` is refused, as are non-ASCII look-alikes of ASCII letters.
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValidationError(
-            f"invalid {what} name {name!r}: use 1 to 64 lowercase letters, digits and '-', "
-            "starting with a letter or digit (no slashes, dots, spaces or control characters)"
-        )
+        raise ValidationError(Message(
+            N_("invalid {what} name {name!r}: use 1 to 64 lowercase letters, digits and '-', "
+               "starting with a letter or digit (no slashes, dots, spaces or control characters)"),
+            {"what": what, "name": name}))
     return name
 
 
@@ -64,13 +65,13 @@ def parse_principal(principal: str, allow_log: bool = False) -> tuple[str, str]:
     if allow_log and principal == LOG_PRINCIPAL:
         return LOG_PRINCIPAL, ""
     if not isinstance(principal, str):
-        raise ValidationError(f"invalid principal {principal!r}: use site:NAME or member:NAME")
+        raise ValidationError(Message(N_("invalid principal {principal!r}: use site:NAME or member:NAME"),
+                                      {"principal": principal}))
     kind, sep, name = principal.partition(":")
     if not sep or kind not in PRINCIPAL_KINDS or not is_name(name):
-        raise ValidationError(
-            f"invalid principal {principal!r}: use site:NAME or member:NAME, where NAME is 1 to 64 "
-            "lowercase letters, digits and '-'"
-        )
+        raise ValidationError(Message(
+            N_("invalid principal {principal!r}: use site:NAME or member:NAME, where NAME is 1 to 64 "
+               "lowercase letters, digits and '-'"), {"principal": principal}))
     return kind, name
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from onshore.catalog.db import write_transaction
 from onshore.errors import OnshoreError
+from onshore.i18n import N_, Message
 
 
 class SchemaError(OnshoreError):
@@ -70,6 +71,10 @@ class Applied:
     steps: list[tuple[str, str]]
 
 
+#: ``SchemaLine.what`` of each store, marked for translation (error messages name the store).
+_STORE_NAMES = {"catalog": N_("the catalog"), "ledger": N_("the ledger")}
+
+
 def _display(url: Any) -> str:
     return url.render_as_string(hide_password=True)
 
@@ -93,13 +98,22 @@ def check(engine: Engine, line: SchemaLine) -> None:
     if stored == line.head:
         return
     where = _display(engine.url)
+    # the store as people read it, in their language ("the catalog"), for the messages below
+    what: Message | str = Message(_STORE_NAMES[line.name]) if line.name in _STORE_NAMES else line.what
     if stored is not None and stored not in line.revisions:
-        raise SchemaError(f"{line.what} ({where}) is at schema revision {stored!r}, which this version of Onshore "
-                          f"does not know (its newest is {line.head!r}): it was upgraded by a newer Onshore; "
-                          "install that version (or newer) to use this workspace")
-    made = "was made before schema revisions existed" if stored is None else f"is at schema revision {stored!r}"
-    raise SchemaError(f"{line.what} ({where}) {made}; this version of Onshore needs {line.head!r}: run "
-                      "'onshore upgrade' (it takes a backup first), then run this command again")
+        raise SchemaError(Message(
+            N_("{what} ({where}) is at schema revision {stored!r}, which this version of Onshore does not know "
+               "(its newest is {head!r}): it was upgraded by a newer Onshore; install that version (or newer) to "
+               "use this workspace"), {"what": what, "where": where, "stored": stored, "head": line.head}))
+    if stored is None:
+        raise SchemaError(Message(
+            N_("{what} ({where}) was made before schema revisions existed; this version of Onshore needs {head!r}: "
+               "run 'onshore upgrade' (it takes a backup first), then run this command again"),
+            {"what": what, "where": where, "head": line.head}))
+    raise SchemaError(Message(
+        N_("{what} ({where}) is at schema revision {stored!r}; this version of Onshore needs {head!r}: run "
+           "'onshore upgrade' (it takes a backup first), then run this command again"),
+        {"what": what, "where": where, "stored": stored, "head": line.head}))
 
 
 def alembic_config(conn: Connection, line: SchemaLine):  # type: ignore[no-untyped-def]

@@ -30,7 +30,7 @@ from onshore.cli.train import finetune_command, train_command
 from onshore.cli.upgrade import backup_command, reshred_command, restore_command, upgrade_command
 from onshore.cli.witness import trust_app, witness_app
 from onshore.errors import OnshoreError, UsageError
-from onshore.i18n import N_, language_from_env, render, translator
+from onshore.i18n import N_, Message, language_from_env, render, translator
 
 app = typer.Typer(
     name="onshore",
@@ -167,7 +167,7 @@ def hoist_workspace(args: list[str]) -> list[str]:
             break
         if a in _WS_FLAGS:
             if i + 1 == len(args):
-                raise UsageError(f"{a} needs a folder after it, e.g. {a} consortium")
+                raise UsageError(Message(N_("{flag} needs a folder after it, e.g. {flag} consortium"), {"flag": a}))
             front += [a, args[i + 1]]
             i += 2
             continue

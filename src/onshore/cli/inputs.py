@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from onshore.errors import IntegrityError, UsageError, ValidationError
+from onshore.i18n import N_, Message
 
 
 def usage(message: str) -> UsageError:
@@ -20,13 +21,16 @@ def read_input(path: Path, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
-        raise ValidationError(f"{path}: no such {what} file") from None
+        raise ValidationError(Message(N_("{path}: no such {what} file"), {"path": path, "what": what})) from None
     except IsADirectoryError:
-        raise ValidationError(f"{path}: is a folder, not a {what} file") from None
+        raise ValidationError(Message(N_("{path}: is a folder, not a {what} file"), {"path": path, "what": what})) \
+            from None
     except NotADirectoryError:
-        raise ValidationError(f"{path}: a part of this path is a file, not a folder") from None
+        raise ValidationError(Message(N_("{path}: a part of this path is a file, not a folder"), {"path": path})) \
+            from None
     except PermissionError:
-        raise ValidationError(f"{path}: permission denied reading the {what} file") from None
+        raise ValidationError(Message(N_("{path}: permission denied reading the {what} file"),
+                                      {"path": path, "what": what})) from None
 
 
 def read_text_input(path: Path, what: str) -> str:
@@ -34,7 +38,8 @@ def read_text_input(path: Path, what: str) -> str:
     try:
         return read_input(path, what).decode("utf-8")
     except UnicodeDecodeError:
-        raise ValidationError(f"{path}: not a {what} file (not UTF-8 text)") from None
+        raise ValidationError(Message(N_("{path}: not a {what} file (not UTF-8 text)"),
+                                      {"path": path, "what": what})) from None
 
 
 @contextmanager
@@ -43,6 +48,6 @@ def naming(path: Path) -> Iterator[None]:
     try:
         yield
     except (ValidationError, IntegrityError) as e:
-        if str(path) not in str(e):
-            e.args = (f"{path}: {e}", *e.args[1:])
+        if str(path) not in str(e):  # kept a Message, so the file's name does not cost the translation
+            e.args = (Message("{path}: {error}", {"path": path, "error": e.message}), *e.args[1:])
         raise

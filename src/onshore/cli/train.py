@@ -17,6 +17,7 @@ from onshore.cli.context import open_workspace
 from onshore.cli.inputs import usage
 from onshore.cli.output import console, err, esc, print_json
 from onshore.errors import ValidationError
+from onshore.i18n import N_, Message
 
 JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
 
@@ -195,7 +196,8 @@ def train_command(
         with open_workspace() as ws:
             names = granted_datasets(ws, site, purpose)
         if not names:
-            raise ValidationError(f"no dataset at site {site!r} is granted for training for {purpose!r}")
+            raise ValidationError(Message(N_("no dataset at site {site!r} is granted for training for {purpose!r}"),
+                                          {"site": site, "purpose": purpose}))
     req = TrainRequest(name=name, site=site, purpose=purpose, datasets=tuple(names), weights=_weights(weights, names),
                        size=config, train=_config(steps, batch_size, lr, warmup, checkpoint_every, holdout, seed,
                                                   precision, strategy, False, ema_decay, text_encoder,

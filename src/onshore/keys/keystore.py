@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from onshore.errors import IntegrityError, NotFoundError, ValidationError
+from onshore.i18n import N_, Message
 from onshore.names import check_resource_name
 
 IDENTITY_FILE = "identity.pem"
@@ -138,9 +139,10 @@ class KeyStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise NotFoundError(
-                f"{path}: no key for {kind} {name!r} in this site's custody; it was never placed here "
-                "or its key was destroyed when consent was withdrawn") from None
+            raise NotFoundError(Message(
+                N_("{path}: no key for {kind} {name!r} in this site's custody; it was never placed here "
+                   "or its key was destroyed when consent was withdrawn"),
+                {"path": path, "kind": kind, "name": name})) from None
         if len(data) != KEK_BYTES:
             raise IntegrityError(f"{path}: {kind} key has {len(data)} bytes, expected {KEK_BYTES}")
         return data

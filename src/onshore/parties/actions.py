@@ -16,6 +16,7 @@ import pyarrow.flight as fl
 import pyarrow.parquet as pq
 
 from onshore.errors import IntegrityError, NotFoundError, OnshoreError, PolicyDenied, ValidationError
+from onshore.i18n import N_, Message
 from onshore.names import check_name
 from onshore.parties.client import CoordinatorClient
 from onshore.parties.kit import Kit, trust_root
@@ -38,7 +39,8 @@ def _batches(files: Sequence[Path], schema: pa.Schema) -> Iterator[pa.RecordBatc
 def _site_call(kit: Kit, site: str) -> fl.FlightClient:
     info = kit.sites.get(site)
     if info is None:
-        raise NotFoundError(f"unknown site {site!r}; the consortium's sites are {', '.join(kit.sites)}")
+        raise NotFoundError(Message(N_("unknown site {site!r}; the consortium's sites are {sites}"),
+                                    {"site": site, "sites": ", ".join(kit.sites)}))
     return flight_client(kit, info.flight)
 
 
@@ -69,7 +71,7 @@ def ingest(kit: Kit, dataset: str, files: Sequence[Path], site: str, policy_file
         raise ValidationError("give at least one Parquet file to ingest")
     for f in files:
         if not f.is_file():
-            raise NotFoundError(f"{f}: no such file")
+            raise NotFoundError(Message(N_("{path}: no such file"), {"path": f}))
     try:
         schema = pq.ParquetFile(files[0]).schema_arrow
     except (OSError, pa.ArrowInvalid) as e:

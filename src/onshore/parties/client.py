@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from onshore.errors import OnshoreError, PolicyDenied
+from onshore.i18n import N_, Message
 from onshore.ledger.entries import sign_entry
 from onshore.ledger.subjects import subjects_of
 from onshore.parties.kit import Kit
@@ -124,7 +125,9 @@ class CoordinatorClient:
         decision = self._call("POST", "/v1/decide", request)
         if decision["body"]["decision"] != "allow":
             rules = decision["body"].get("rules", [])
-            raise PolicyDenied(f"{action} of {dataset} at {site} refused by {', '.join(rules)}", rules)
+            raise PolicyDenied(Message(N_("{action} of {dataset} at {site} refused by {rules}"),
+                                       {"action": action, "dataset": dataset, "site": site,
+                                        "rules": ", ".join(rules)}), rules)
         return request, decision
 
     def cosign(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from onshore.errors import NotFoundError, ValidationError
+from onshore.i18n import N_, Message
 from onshore.names import check_name
 from onshore.parties.kit import Kit, load_kit
 
@@ -57,6 +58,7 @@ def open_profile(name: str) -> Kit:
     """The member kit of profile ``name``, with its coordinator URL overridden when the profile says so."""
     p = _read().get(name)
     if p is None:
-        raise NotFoundError(f"no profile {name!r} in {profiles_path()}; add it with 'onshore profile add'")
+        raise NotFoundError(Message(N_("no profile {name!r} in {path}; add it with 'onshore profile add'"),
+                                    {"name": name, "path": profiles_path()}))
     kit = load_kit(Path(p["kit"]), "member")
     return dataclasses.replace(kit, coordinator_url=p["coordinator"]) if p.get("coordinator") else kit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 from onshore.errors import ValidationError
+from onshore.i18n import N_, Message
 
 
 @functools.cache
@@ -18,10 +19,11 @@ def codes() -> frozenset[str]:
 def check_jurisdiction(code: str, where: str = "jurisdiction") -> str:
     """Return ``code`` if it is an assigned ISO 3166-1 alpha-2 code (upper case); else raise."""
     if not isinstance(code, str) or code not in codes():
-        hint = f" (did you mean {code.upper()!r}?)" if isinstance(code, str) and code.upper() in codes() else ""
-        raise ValidationError(
-            f"{where}: {code!r} is not an ISO 3166-1 alpha-2 country code such as 'JP' or 'US'{hint}"
-        )
+        hint = (Message(N_(" (did you mean {code!r}?)"), {"code": code.upper()})
+                if isinstance(code, str) and code.upper() in codes() else "")
+        raise ValidationError(Message(
+            N_("{where}: {code!r} is not an ISO 3166-1 alpha-2 country code such as 'JP' or 'US'{hint}"),
+            {"where": where, "code": code, "hint": hint}))
     return code
 
 

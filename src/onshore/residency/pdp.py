@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onshore.errors import OnshoreError
+from onshore.i18n import N_, Message
 from onshore.names import check_name, check_resource_name, parse_principal
 from onshore.residency.policy import ACTIONS, day_number
 from onshore.residency.schema import validate_policy_set
@@ -112,7 +113,8 @@ def check_request(request: Request) -> None:
     """
     parse_principal(request.principal)
     if request.resource not in _RESOURCE_TYPES:
-        raise OnshoreError(f"unknown resource kind {request.resource!r}; use dataset or model")
+        raise OnshoreError(Message(N_("unknown resource kind {resource!r}; use dataset or model"),
+                                  {"resource": request.resource}))
     check_resource_name(request.dataset, request.resource)
     if request.site is not None:
         check_name(request.site, "site")
@@ -154,14 +156,16 @@ class PolicyDecisionPoint:
         if hit is not None:
             return hit
         if request.action not in ACTIONS:
-            raise OnshoreError(f"unknown action {request.action!r}; use one of {', '.join(ACTIONS)}")
+            raise OnshoreError(Message(N_("unknown action {action!r}; use one of {actions}"),
+                                      {"action": request.action, "actions": ", ".join(ACTIONS)}))
         check_request(request)
         context: dict[str, Any] = {"today": day_number(request.today)}
         site = None
         if request.site is not None:
             site = self._sites.get(request.site)
             if site is None:
-                raise OnshoreError(f"unknown site {request.site!r}; see 'onshore site list'")
+                raise OnshoreError(Message(N_("unknown site {site!r}; see 'onshore site list'"),
+                                           {"site": request.site}))
             context["site"] = {"__entity": {"type": "Onshore::Site", "id": site.name}}
         if request.purpose:
             context["purpose"] = request.purpose

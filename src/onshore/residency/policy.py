@@ -27,6 +27,7 @@ import rfc8785
 import tomli_w
 
 from onshore.errors import ValidationError
+from onshore.i18n import N_, Message
 from onshore.names import check_name, is_name
 from onshore.residency.jurisdictions import check_jurisdiction
 
@@ -93,7 +94,7 @@ def parse_policy(text: str, source: str = "<policy>") -> UsagePolicy:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ValidationError(f"{source}: not valid TOML ({e})") from None
+        raise ValidationError(Message(N_("{path}: not valid TOML ({error})"), {"path": source, "error": e})) from None
 
     def fail(field: str, msg: str) -> ValidationError:
         return ValidationError(f"{source}: field '{field}' {msg}")

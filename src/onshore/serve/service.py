@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from onshore.errors import LockTimeout, OnshoreError, ValidationError
+from onshore.i18n import N_, Message
 from onshore.names import check_name, parse_model_ref
 from onshore.residency.modelpolicy import EffectivePolicy, strictest_clause
 from onshore.residency.pdp import model_request
@@ -167,8 +168,9 @@ def _check_record(ws: Workspace, site: str, record: RecordOptions, model: str | 
             raise ValidationError(f"dataset {record.dataset!r} already exists; name the recording with a new "
                                   "--record-as")
     if "storage" not in get_site(ws, site).roles:
-        raise ValidationError(f"site {site!r} has no storage role, so a recording cannot be kept there; serve "
-                              "without --record-policy or at a site with roles serve,storage")
+        raise ValidationError(Message(N_("site {site!r} has no storage role, so a recording cannot be kept there; "
+                                         "serve without --record-policy or at a site with roles serve,storage"),
+                                      {"site": site}))
     if model is not None:
         looser = _looser_fields(policy, wsm.effective(ws, model),
                                 all(d.policy.redistribution for d in wsm.lineage_datasets(ws, model)))

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from onshore.errors import ValidationError
+from onshore.i18n import N_, Message
 from onshore.telemetry import frames as F
 from onshore.telemetry.embodiment import Embodiment
 from onshore.telemetry.lerobot import is_lerobot_v3, read_lerobot_v3
@@ -47,7 +48,8 @@ def _canonical(schema: pa.Schema) -> pa.Schema:
 def _open(path: Path) -> _Input:
     if path.is_dir():
         if not is_lerobot_v3(path):
-            raise ValidationError(f"{path}: a folder must be a LeRobotDataset v3.0 (meta/info.json missing)")
+            raise ValidationError(Message(N_("{path}: a folder must be a LeRobotDataset v3.0 (meta/info.json missing)"),
+                                          {"path": path}))
         table = read_lerobot_v3(path).table
         return _Input(path, table.schema, table.num_rows, table=table)
     try:
@@ -55,9 +57,10 @@ def _open(path: Path) -> _Input:
         # closed, and memory grows with the file (150 MB retained after 5M frames).
         pf = pq.ParquetFile(path, pre_buffer=False)
     except FileNotFoundError:
-        raise ValidationError(f"{path}: no such file") from None
+        raise ValidationError(Message(N_("{path}: no such file"), {"path": path})) from None
     except (OSError, pa.ArrowInvalid) as e:
-        raise ValidationError(f"{path}: not a readable Parquet file ({e})") from None
+        raise ValidationError(Message(N_("{path}: not a readable Parquet file ({error})"),
+                                      {"path": path, "error": e})) from None
     return _Input(path, pf.schema_arrow, pf.metadata.num_rows, parquet=pf)
 
 

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from onshore.errors import ValidationError
+from onshore.i18n import N_, Message
 from onshore.telemetry import frames as F
 from onshore.telemetry.embodiment import Channel, Embodiment
 
@@ -28,10 +29,10 @@ class TelemetryError(ValidationError):
 ALLOW_FLAG = "--allow-out-of-limits"
 
 
-def _where(source: str, table: pa.Table, row: int) -> str:
+def _where(source: str, table: pa.Table, row: int) -> Message:
     ep = table.column(F.EPISODE)[row].as_py()
     fr = table.column(F.FRAME)[row].as_py()
-    return f"{source}: episode {ep}, frame {fr}"
+    return Message(N_("{source}: episode {episode}, frame {frame}"), {"source": source, "episode": ep, "frame": fr})
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -45,12 +46,14 @@ def _cast(table: pa.Table, name: str, source: str) -> pa.Array:
     col = table.column(name)
     if col.null_count:
         row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise TelemetryError(f"{source}: column {name!r} is empty (null) at row {row}")
+        raise TelemetryError(Message(N_("{source}: column {name!r} is empty (null) at row {row}"),
+                                     {"source": source, "name": name, "row": row}))
     target = F.TYPES[name]
     if _is_text(col.type) and not _is_text(target):
         # Arrow would parse "0.1" into 0.1; numbers written as text are a bug in the writer.
-        raise TelemetryError(f"{source}: column {name!r} holds text ({col.type}), expected numbers ({target}); "
-                             "write it as numbers")
+        raise TelemetryError(Message(N_("{source}: column {name!r} holds text ({type}), expected numbers ({target}); "
+                                        "write it as numbers"),
+                                     {"source": source, "name": name, "type": col.type, "target": target}))
     try:
         return pc.cast(col, target, safe=True).combine_chunks()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
@@ -66,23 +69,25 @@ def _vectors(table: pa.Table, name: str, channels: tuple[Channel, ...], emb: Emb
     bad = np.flatnonzero(lengths != width)
     if bad.size:
         row = int(bad[0])
-        raise TelemetryError(
-            f"{_where(source, table, row)}: {name!r} has {lengths[row]} values but embodiment "
-            f"{emb.name!r} has {width} channels"
-        )
+        raise TelemetryError(Message(
+            N_("{where}: {name!r} has {count} values but embodiment {embodiment!r} has {width} channels"),
+            {"where": _where(source, table, row), "name": name, "count": lengths[row], "embodiment": emb.name,
+             "width": width}))
     if arr.values.null_count:
         flat_bad = int(np.flatnonzero(arr.values.is_null().to_numpy(zero_copy_only=False))[0])
         row, ch = divmod(flat_bad, width)
-        raise TelemetryError(f"{_where(source, table, row)}: {name!r} channel {channels[ch].name!r} is null")
+        raise TelemetryError(Message(N_("{where}: {name!r} channel {channel!r} is null"),
+                                     {"where": _where(source, table, row), "name": name,
+                                      "channel": channels[ch].name}))
     values = arr.flatten().to_numpy(zero_copy_only=False)
     finite = np.isfinite(values)
     if not finite.all():
         flat_bad = int(np.flatnonzero(~finite)[0])
         row, ch = divmod(flat_bad, width)
-        raise TelemetryError(
-            f"{_where(source, table, row)}: {name!r} channel {channels[ch].name!r} is {values[flat_bad]} "
-            "(NaN and Inf are refused; drop or repair the frame)"
-        )
+        raise TelemetryError(Message(
+            N_("{where}: {name!r} channel {channel!r} is {value} (NaN and Inf are refused; drop or repair the frame)"),
+            {"where": _where(source, table, row), "name": name, "channel": channels[ch].name,
+             "value": values[flat_bad]}))
     return values.reshape(-1, width)
 
 
@@ -94,12 +99,15 @@ def _outside(values: np.ndarray, channels: tuple[Channel, ...]) -> np.ndarray:
 
 
 def _limit_message(table: pa.Table, name: str, values: np.ndarray, mask: np.ndarray,
-                   channels: tuple[Channel, ...], source: str) -> str:
+                   channels: tuple[Channel, ...], source: str) -> Message:
     row, ch = (int(i) for i in np.argwhere(mask)[0])
     c = channels[ch]
     unit = f" {c.unit}" if c.unit else ""
-    return (f"{_where(source, table, row)}: {name!r} channel {c.name!r} is {float(values[row, ch]):g}{unit}, "
-            f"outside its limits {c.low:g}..{c.high:g}{unit} ({int(mask.sum())} value(s) outside in this batch)")
+    return Message(N_("{where}: {name!r} channel {channel!r} is {value:g}{unit}, outside its limits "
+                      "{low:g}..{high:g}{unit} ({count} value(s) outside in this batch)"),
+                   {"where": _where(source, table, row), "name": name, "channel": c.name,
+                    "value": float(values[row, ch]), "unit": unit, "low": c.low, "high": c.high,
+                    "count": int(mask.sum())})
 
 
 @dataclass
@@ -130,7 +138,8 @@ class FrameValidator:
         source, emb = self.source, self.emb
         missing = [c for c in F.REQUIRED if c not in table.column_names]
         if missing:
-            raise TelemetryError(f"{source}: missing column(s) {missing}; frame files need {list(F.REQUIRED)}")
+            raise TelemetryError(Message(N_("{source}: missing column(s) {missing}; frame files need {required}"),
+                                         {"source": source, "missing": missing, "required": list(F.REQUIRED)}))
         if table.num_rows == 0:
             return table
         cols = {name: _cast(table, name, source) if name in F.TYPES else table.column(name).combine_chunks()
@@ -151,14 +160,18 @@ class FrameValidator:
             finite = np.isfinite(values)
             if not finite.all():
                 row = int(np.flatnonzero(~finite)[0])
-                raise TelemetryError(f"{_where(source, table, row)}: {name!r} is {values[row]} (must be finite)")
+                raise TelemetryError(Message(N_("{where}: {name!r} is {value} (must be finite)"),
+                                             {"where": _where(source, table, row), "name": name,
+                                              "value": values[row]}))
         if (ep < 0).any() or (fr < 0).any():
             row = int(np.flatnonzero((ep < 0) | (fr < 0))[0])
-            raise TelemetryError(f"{_where(source, table, row)}: episode and frame indices must not be negative")
+            raise TelemetryError(Message(N_("{where}: episode and frame indices must not be negative"),
+                                         {"where": _where(source, table, row)}))
         if (ts < 0).any():
             row = int(np.flatnonzero(ts < 0)[0])
-            raise TelemetryError(f"{_where(source, table, row)}: timestamp {ts[row]} is negative; timestamps are "
-                                 "seconds since the episode began")
+            raise TelemetryError(Message(N_("{where}: timestamp {timestamp} is negative; timestamps are seconds "
+                                            "since the episode began"),
+                                         {"where": _where(source, table, row), "timestamp": ts[row]}))
 
         # Order, including the step from the previous batch's last frame to this one's first.
         if self._last is not None:
@@ -168,30 +181,34 @@ class FrameValidator:
         shift = 0 if self._last is None else 1
         back_ep = np.flatnonzero((ep[1:] < ep[:-1]) | ((ep[1:] == ep[:-1]) & (fr[1:] < fr[:-1])))
         if back_ep.size:
-            raise TelemetryError(f"{_where(source, table, int(back_ep[0]) + 1 - shift)}: frames are not in "
-                                 "(episode, frame) order")
+            raise TelemetryError(Message(N_("{where}: frames are not in (episode, frame) order"),
+                                         {"where": _where(source, table, int(back_ep[0]) + 1 - shift)}))
         same_ep = ep[1:] == ep[:-1]
         dup = np.flatnonzero(same_ep & (fr[1:] == fr[:-1]))
         if dup.size:
-            raise TelemetryError(f"{_where(source, table, int(dup[0]) + 1 - shift)}: this frame appears twice")
+            raise TelemetryError(Message(N_("{where}: this frame appears twice"),
+                                         {"where": _where(source, table, int(dup[0]) + 1 - shift)}))
         back = np.flatnonzero(same_ep & (ts[1:] <= ts[:-1]))
         if back.size:
             i = int(back[0]) + 1
-            raise TelemetryError(
-                f"{_where(source, table, i - shift)}: timestamp {ts[i]} does not increase "
-                f"(previous frame has {ts[i - 1]}); time must increase within an episode"
-            )
+            raise TelemetryError(Message(
+                N_("{where}: timestamp {timestamp} does not increase (previous frame has {previous}); time must "
+                   "increase within an episode"),
+                {"where": _where(source, table, i - shift), "timestamp": ts[i], "previous": ts[i - 1]}))
 
         bad_action = _outside(action, emb.action)
         if bad_action.any():
-            raise TelemetryError(_limit_message(table, F.ACTION, action, bad_action, emb.action, source)
-                                 + "; actions outside their limits are always refused")
+            raise TelemetryError(Message(N_("{limits}; actions outside their limits are always refused"),
+                                         {"limits": _limit_message(table, F.ACTION, action, bad_action, emb.action,
+                                                                   source)}))
         bad_state = _outside(state, emb.state)
         if bad_state.any():
             if not self.allow_out_of_limits:
-                raise TelemetryError(_limit_message(table, F.STATE, state, bad_state, emb.state, source)
-                                     + f"; repair the data or the embodiment's limits, or ingest with "
-                                     f"{ALLOW_FLAG} to keep it (the count is recorded in the ledger)")
+                raise TelemetryError(Message(
+                    N_("{limits}; repair the data or the embodiment's limits, or ingest with {flag} to keep it "
+                       "(the count is recorded in the ledger)"),
+                    {"limits": _limit_message(table, F.STATE, state, bad_state, emb.state, source),
+                     "flag": ALLOW_FLAG}))
             self.out_of_limits += int(bad_state.sum())
 
         self._last = (int(ep[-1]), int(fr[-1]), float(ts[-1]))
@@ -202,7 +219,7 @@ class FrameValidator:
     def finish(self) -> None:
         """Refuse an input that held no frames at all."""
         if self.frames == 0:
-            raise TelemetryError(f"{self.source}: no frames")
+            raise TelemetryError(Message(N_("{source}: no frames"), {"source": self.source}))
 
 
 @dataclass(frozen=True)

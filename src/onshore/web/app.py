@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from jinja2 import Environment, FileSystemLoader
+from jinja2 import Environment, FileSystemLoader, pass_context
+from jinja2.runtime import Context
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,11 +37,12 @@ from starlette.staticfiles import StaticFiles
 
 from onshore.encoding import b64encode
 from onshore.errors import NotFoundError, OnshoreError, ValidationError
-from onshore.i18n import language_from_accept, translator
+from onshore.i18n import N_, Message, language_from_accept, translator
 from onshore.i18n import render as render_message
 from onshore.serve.metrics import CONTENT_TYPE
 from onshore.web import access, pages
 from onshore.web.graph import lineage_graph
+from onshore.workspace import models
 from onshore.workspace.metrics import LedgerCollector
 from onshore.workspace.workspace import Workspace
 
@@ -59,13 +61,48 @@ def _fmt_bytes(n: int | None) -> str:
     return f"{v} B"
 
 
-def _age(seconds: int | None) -> str:
+_AGES = ((N_("{n} d ago"), 86400), (N_("{n} h ago"), 3600), (N_("{n} min ago"), 60), (N_("{n} s ago"), 1))
+
+#: Status words people read on the pages (``status`` filter); the CSS class and the JSON keep the
+#: word itself. A label may carry a value after the word ("must-retrain-by 2027-03-01").
+STATUS_WORDS = frozenset({N_("active"), N_("withdrawn"), N_("ok"), N_("tainted"), N_("must-retrain-by"),
+                          N_("blocked"), N_("pass"), N_("fail"), N_("not run")})
+
+
+@pass_context
+def _age(ctx: Context, seconds: int | None) -> str:
+    """How long ago, in the page's language ("3 h ago", "3 時間前")."""
+    tr = ctx["translator"]
     if seconds is None:
-        return "never"
-    for unit, n in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= n:
-            return f"{seconds // n} {unit} ago"
-    return f"{seconds} s ago"
+        return str(tr.gettext("never"))
+    template, n = next(((t, n) for t, n in _AGES if seconds >= n), _AGES[-1])
+    return render_message(Message(template, {"n": seconds // n}), tr)
+
+
+@pass_context
+def _via(ctx: Context, via: str | None) -> str:
+    """How a model derives from a dataset (``models.derived_from``), in the page's language; any
+    other text as it is."""
+    tr = ctx["translator"]
+    prefix = models.VIA_FINE_TUNED.split("{", 1)[0]
+    if via == models.VIA_TRAINED:
+        return str(tr.gettext(via))
+    if via and via.startswith(prefix):
+        return render_message(Message(models.VIA_FINE_TUNED, {"base": via[len(prefix):]}), tr)
+    return via or ""
+
+
+@pass_context
+def _status(ctx: Context, label: str | None) -> str:
+    """A status label in the page's language: its word translated, a value after it kept; any
+    other text (a name, a word not in ``STATUS_WORDS``) as it is."""
+    if not label:
+        return ""
+    tr = ctx["translator"]
+    word, sep, rest = str(label).partition(" ")
+    if label in STATUS_WORDS:
+        return str(tr.gettext(label))
+    return str(tr.gettext(word)) + sep + rest if word in STATUS_WORDS else str(label)
 
 
 def templates() -> Environment:
@@ -79,6 +116,8 @@ def templates() -> Environment:
     env.install_null_translations()  # type: ignore[attr-defined]  # added by the i18n extension
     env.filters["bytes"] = _fmt_bytes
     env.filters["age"] = _age
+    env.filters["status"] = _status
+    env.filters["via"] = _via
     env.filters["q"] = lambda s: quote(str(s), safe="")
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str)
     return env
@@ -156,14 +195,15 @@ def wants_json(request: Request) -> bool:
 
 
 def page_language(request: Request) -> dict[str, Any]:
-    """Template variables for the reader's language: ``lang`` and the gettext functions of jinja2.ext.i18n.
+    """Template variables for the reader's language: ``lang``, the gettext functions of jinja2.ext.i18n
+    and ``translator`` (what the ``age`` and ``status`` filters read).
 
     Passed with each render (never installed on the shared environment), so two requests in two
     languages at once each get their own.
     """
     lang = language_from_accept(request.headers.get("accept-language"))
     tr = translator(lang)
-    return {"lang": lang, "gettext": tr.gettext, "_": tr.gettext, "ngettext": tr.ngettext}
+    return {"lang": lang, "translator": tr, "gettext": tr.gettext, "_": tr.gettext, "ngettext": tr.ngettext}
 
 
 def create_app(root: Path, token_digest: str | None = None, host: str = "127.0.0.1") -> Starlette:
@@ -224,7 +264,7 @@ def create_app(root: Path, token_digest: str | None = None, host: str = "127.0.0
         name = request.path_params["file"]
         path = ws.reports_dir / name
         if "/" in name or not name.endswith(".png") or name.startswith(".") or not path.is_file():
-            raise NotFoundError(f"no report image {name!r} in the reports folder")
+            raise NotFoundError(Message(N_("no report image {name!r} in the reports folder"), {"name": name}))
         return FileResponse(path, media_type="image/png")
 
     async def ledger(request: Request) -> Response:
@@ -259,7 +299,7 @@ def create_app(root: Path, token_digest: str | None = None, host: str = "127.0.0
         for field in ("bundle", "trust_root"):
             part = form.get(field)
             if part is None or isinstance(part, str):
-                raise ValidationError(f"form field {field!r}: choose a file")
+                raise ValidationError(Message(N_("form field {field!r}: choose a file"), {"field": field}))
             blobs[field] = await part.read()  # in memory only: nothing of an upload is stored
         min_w = _int(str(form.get("min_witnesses") or "0"), "min_witnesses") or 0
         max_age_text = str(form.get("max_age") or "").strip()
@@ -315,7 +355,8 @@ def _int(text: str | None, field: str) -> int | None:
         return None
     assert text is not None
     if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_INT:
-        raise ValidationError(f"{field}={text[:40]!r}: give a whole number from 0 to {MAX_INT}")
+        raise ValidationError(Message(N_("{field}={text!r}: give a whole number from 0 to {max}"),
+                                      {"field": field, "text": text[:40], "max": MAX_INT}))
     return int(text)
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-COLUMNS = ("dataset", "member", "training site", "model", "fine-tuned")
+from onshore.i18n import N_
+
+#: Column headings, shown in the page's language (the template translates them).
+COLUMNS = (N_("dataset"), N_("member"), N_("training site"), N_("model"), N_("fine-tuned"))
 _W, _H, _GAP_X, _GAP_Y, _TOP = 170, 34, 60, 14, 34
 
 
@@ -51,7 +54,7 @@ def lineage_graph(info: dict[str, Any]) -> Graph:
         for d in level["datasets"]:
             dk, mk = f"d:{d['dataset']}", f"o:{d['owner']}"
             cols[0].setdefault(dk, (d["dataset"], d.get("embodiment", "")))
-            cols[1].setdefault(mk, (d["owner"], "member"))
+            cols[1].setdefault(mk, (d["owner"], N_("member")))  # translated by the template
             links.add((dk, mk))
             links.add((mk, site_key))
     for child in info.get("fine_tuned", []):

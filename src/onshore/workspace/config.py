@@ -9,6 +9,7 @@ from pathlib import Path
 import tomli_w
 
 from onshore.errors import ValidationError
+from onshore.i18n import N_, Message
 
 CONFIG_FILE = "onshore.toml"
 
@@ -35,17 +36,18 @@ class WorkspaceConfig:
     def read(cls, root: Path) -> WorkspaceConfig:
         path = Path(root) / CONFIG_FILE
         if Path(root).exists() and not Path(root).is_dir():
-            raise ValidationError(f"{root} is a file, not a workspace folder; point -w/--workspace or "
-                                  "ONSHORE_WORKSPACE at the folder that holds onshore.toml")
+            raise ValidationError(Message(N_("{root} is a file, not a workspace folder; point -w/--workspace or "
+                                             "ONSHORE_WORKSPACE at the folder that holds onshore.toml"),
+                                          {"root": root}))
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
-            raise ValidationError(
-                f"{root} is not an Onshore workspace (no {CONFIG_FILE}); run 'onshore init' there, "
-                "or point -w/--workspace or ONSHORE_WORKSPACE at one"
-            ) from None
+            raise ValidationError(Message(
+                N_("{root} is not an Onshore workspace (no {file}); run 'onshore init' there, "
+                   "or point -w/--workspace or ONSHORE_WORKSPACE at one"), {"root": root, "file": CONFIG_FILE}
+            )) from None
         except tomllib.TOMLDecodeError as e:
-            raise ValidationError(f"{path}: not valid TOML ({e})") from None
+            raise ValidationError(Message(N_("{path}: not valid TOML ({error})"), {"path": path, "error": e})) from None
         name = data.get("name")
         if not isinstance(name, str) or not name:
             raise ValidationError(f"{path}: field 'name' must be a non-empty string")

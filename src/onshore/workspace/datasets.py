@@ -23,6 +23,7 @@ from onshore.catalog.db import write_transaction
 from onshore.errors import IntegrityError, NotFoundError, OnshoreError, PolicyDenied, ValidationError
 from onshore.faults import crash_point
 from onshore.files import check_output_file, sha256_file
+from onshore.i18n import N_, Message
 from onshore.keys.envelope import new_data_key
 from onshore.ledger.entries import now_iso
 from onshore.names import check_name
@@ -62,11 +63,14 @@ def _check_policy_sites(ws: Workspace, policy: UsagePolicy, source: str) -> None
         try:
             site = get_site(ws, s)
         except NotFoundError:
-            raise ValidationError(f"{source}: field 'sites' names unknown site {s!r}") from None
+            raise ValidationError(Message(N_("{source}: field 'sites' names unknown site {site!r}"),
+                                          {"source": source, "site": s})) from None
         if site.jurisdiction not in policy.jurisdictions:
-            raise ValidationError(
-                f"{source}: field 'sites' names {s!r} in {site.jurisdiction}, outside the policy's "
-                f"jurisdictions {list(policy.jurisdictions)}"
+            raise ValidationError(Message(
+                N_("{source}: field 'sites' names {site!r} in {jurisdiction}, outside the policy's "
+                   "jurisdictions {jurisdictions}"),
+                {"source": source, "site": s, "jurisdiction": site.jurisdiction,
+                 "jurisdictions": list(policy.jurisdictions)})
             )
 
 
@@ -97,7 +101,7 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
     emb = get_embodiment(ws, embodiment)
     attempts.recover(ws)
     if _dataset_exists(ws, name):
-        raise ValidationError(f"dataset {name!r} already exists; ingest under a new name")
+        raise ValidationError(Message(N_("dataset {name!r} already exists; ingest under a new name"), {"name": name}))
     granted = ws.ledger_governance().grants.get(name)
     if granted is not None:  # the catalog lost the row; the name stays the first dataset's
         raise IntegrityError(f"dataset {name!r} already exists in the ledger (consent.grant, ledger entry "
@@ -209,7 +213,8 @@ def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None,
     held = _shards_at(ws, name)
     sources = sorted({s["site"] for s in held})
     if to_site in sources:
-        raise ValidationError(f"dataset {name!r} is already at site {to_site!r}")
+        raise ValidationError(Message(N_("dataset {name!r} is already at site {site!r}"),
+                                      {"name": name, "site": to_site}))
     attempt = attempts.prepare(ws, "copy", name, to_site, f"site:{to_site}")
     with attempts.guard(ws, attempt):
         if from_site is None:
@@ -217,7 +222,8 @@ def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None,
                 raise OnshoreError(f"dataset {name!r} has no shards to copy")
             from_site = sources[0]
         elif from_site not in sources:
-            raise ValidationError(f"dataset {name!r} has no shards at site {from_site!r}; it sits at {sources}")
+            raise ValidationError(Message(N_("dataset {name!r} has no shards at site {site!r}; it sits at {sources}"),
+                                      {"name": name, "site": from_site, "sources": sources}))
         source = get_site(ws, from_site)
         # the source site's key service decides (copy by the target, to the target) and records it;
         # its allow decision opens the attempt
@@ -235,8 +241,9 @@ def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None,
         with write_transaction(ws.catalog, "the catalog") as conn:
             status = conn.execute(select(T.datasets.c.status).where(T.datasets.c.name == name)).scalar()
             if status != "active":
-                raise PolicyDenied(f"dataset {name!r} was withdrawn while it was being copied; nothing was placed "
-                                   f"at {to_site!r}", [f"dataset/{name}/withdrawn"])
+                raise PolicyDenied(Message(N_("dataset {name!r} was withdrawn while it was being copied; nothing was "
+                                              "placed at {site!r}"), {"name": name, "site": to_site}),
+                                   [f"dataset/{name}/withdrawn"])
             if conn.execute(select(T.shards.c.id).where(T.shards.c.dataset == name,
                                                         T.shards.c.site == to_site)).first():
                 raise ValidationError(f"dataset {name!r} is already at site {to_site!r} (another copy finished first)")
@@ -266,7 +273,8 @@ def _open_for_read(ws: Workspace, name: str, site: str, purpose: str | None, act
     rel = keyservice.release(ws, name, site, action, purpose)  # decides, records, unwraps
     rows = _shards_at(ws, name, site)
     if not rows:
-        raise OnshoreError(f"dataset {name!r} has no shards at site {site!r}; see 'onshore dataset show {name}'")
+        raise OnshoreError(Message(N_("dataset {name!r} has no shards at site {site!r}; "
+                                      "see 'onshore dataset show {name}'"), {"name": name, "site": site}))
     return rows, Path(site_info.root), rel.key, rel.decision_index
 
 
@@ -489,7 +497,8 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
         with write_transaction(ws.catalog, "the catalog") as conn:
             status = conn.execute(select(T.datasets.c.status).where(T.datasets.c.name == name)).scalar()
             if status != "active":
-                raise ValidationError(f"dataset {name!r} was already withdrawn (by another command meanwhile)")
+                raise ValidationError(Message(N_("dataset {name!r} was already withdrawn "
+                                                 "(by another command meanwhile)"), {"name": name}))
             # the entries first, then the irreversible destruction of custody keys: a crash in
             # between is rolled forward (the ledger already says so), never left half-done
             sites = keyservice.key_sites(ws, conn, name)

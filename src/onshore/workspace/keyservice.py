@@ -32,6 +32,7 @@ from sqlalchemy import delete, insert, select, update
 
 from onshore.catalog import schema as T
 from onshore.errors import NotFoundError, OnshoreError, PolicyDenied, ValidationError
+from onshore.i18n import N_, Message
 from onshore.keys.envelope import new_data_key
 from onshore.ledger.entries import now_iso
 from onshore.ledger.log import AppendHook
@@ -73,10 +74,11 @@ def withdrawal_index(ws: Workspace, dataset: str) -> int | None:
 def _refuse_withdrawn(ws: Workspace, dataset: str, what: str) -> None:
     idx = withdrawal_index(ws, dataset)
     if idx is not None:
-        raise PolicyDenied(
-            f"refused: {what} of dataset {dataset!r}: consent was withdrawn (ledger entry {idx}) and its keys "
-            f"destroyed; the key service never handles it again, whatever the catalog says; "
-            f"deciding rule(s): {WITHDRAWN_RULE}", [WITHDRAWN_RULE])
+        raise PolicyDenied(Message(
+            N_("refused: {action} of dataset {dataset!r}: consent was withdrawn (ledger entry {index}) and its keys "
+               "destroyed; the key service never handles it again, whatever the catalog says; "
+               "deciding rule(s): {rules}"),
+            {"action": what, "dataset": dataset, "index": idx, "rules": WITHDRAWN_RULE}), [WITHDRAWN_RULE])
 
 
 def _refuse_withdrawn_lineage(ws: Workspace, model: str, action: str) -> None:
@@ -94,10 +96,11 @@ def _refuse_withdrawn_lineage(ws: Workspace, model: str, action: str) -> None:
             rule += "/withdrawn-retrain-by"
         else:
             continue
-        raise PolicyDenied(
-            f"refused: {action} of model {model!r}: dataset {d.name!r} of its lineage was withdrawn (ledger entry "
-            f"{d.withdrawn_index}) under {d.policy.derived_models}; the key service releases no key for it; "
-            f"deciding rule(s): {rule}", [rule])
+        raise PolicyDenied(Message(
+            N_("refused: {action} of model {model!r}: dataset {dataset!r} of its lineage was withdrawn (ledger entry "
+               "{index}) under {clause}; the key service releases no key for it; deciding rule(s): {rules}"),
+            {"action": action, "model": model, "dataset": d.name, "index": d.withdrawn_index,
+             "clause": d.policy.derived_models, "rules": rule}), [rule])
 
 
 def wrap_for_site(ws: Workspace, conn: Any, dataset: str, site: str, data_key: bytes) -> None:

@@ -31,6 +31,7 @@ from onshore.catalog import schema as T
 from onshore.catalog.db import write_transaction
 from onshore.errors import IntegrityError, NotFoundError, ValidationError
 from onshore.files import check_output_file
+from onshore.i18n import N_, Message
 from onshore.ledger.entries import now_iso
 from onshore.model import io
 from onshore.names import check_model_id
@@ -46,6 +47,10 @@ if TYPE_CHECKING:
 
 #: The stem of a released model's files (``model.safetensors`` and ``model.json``, sealed).
 STEM = "model"
+#: How a model derives from a dataset (``derived_from``'s ``via``, also signed into ``model.taint``
+#: entries, so the words themselves never change; the dashboard shows them translated).
+VIA_TRAINED = N_("trained on it")
+VIA_FINE_TUNED = N_("fine-tuned from {base}")
 
 
 def artifact_context(name: str) -> str:
@@ -120,7 +125,8 @@ def get_model(ws: Workspace, name: str) -> dict[str, Any]:
     with ws.catalog.connect() as conn:
         row = conn.execute(select(T.models).where(T.models.c.name == name)).mappings().first()
     if row is None:
-        raise NotFoundError(f"no model named {name!r}; see 'onshore model list'")
+        raise NotFoundError(Message(N_("no {kind} named {name!r}; see 'onshore {kind} list'"),
+                                    {"kind": "model", "name": name}))
     out = dict(row)
     for k in ("config", "files", "metrics"):
         out[k] = json.loads(out[k])
@@ -207,9 +213,9 @@ def derived_from(ws: Workspace, dataset: str) -> list[dict[str, Any]]:
     for model, index in indices.items():
         rel = governance.model_release(gov, model, index)
         if dataset in rel.datasets:
-            found[model] = "trained on it"
+            found[model] = VIA_TRAINED
         elif dataset in governance.signed_lineage(gov, model, index, indices):
-            found[model] = f"fine-tuned from {rel.base}"
+            found[model] = VIA_FINE_TUNED.format(base=rel.base)
     sites = {m: governance.model_release(gov, m, indices[m]).site for m in found}
     return [{"model": m, "site": sites[m], "via": how} for m, how in sorted(found.items())]
 

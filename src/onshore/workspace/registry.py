@@ -12,6 +12,7 @@ from sqlalchemy import func, insert, select, update
 from onshore.catalog import schema as T
 from onshore.catalog.db import write_transaction
 from onshore.errors import IntegrityError, ValidationError
+from onshore.i18n import N_, Message
 from onshore.keys.keystore import KeyStore, public_key_b64
 from onshore.ledger.checkpoint import CosignatureVerifier
 from onshore.ledger.entries import now_iso
@@ -38,7 +39,8 @@ def parse_roles(text: str) -> tuple[str, ...]:
     roles = tuple(sorted({r.strip() for r in text.split(",") if r.strip()}))
     bad = [r for r in roles if r not in ROLES]
     if not roles or bad:
-        raise ValidationError(f"--roles {text!r}: use a comma-separated subset of {', '.join(ROLES)}")
+        raise ValidationError(Message(N_("--roles {text!r}: use a comma-separated subset of {roles}"),
+                                      {"text": text, "roles": ", ".join(ROLES)}))
     return roles
 
 
@@ -59,7 +61,8 @@ def add_site(ws: Workspace, name: str, jurisdiction: str, roles: tuple[str, ...]
     check_text(operator, "--operator")
     roles = parse_roles(roles) if isinstance(roles, str) else parse_roles(",".join(roles))
     if _exists(ws, T.sites, name):
-        raise ValidationError(f"site {name!r} already exists; see 'onshore site list'")
+        raise ValidationError(Message(N_("{kind} {name!r} already exists; see 'onshore {kind} list'"),
+                                      {"kind": "site", "name": name}))
     site_root = check_site_root(ws, name, root)
     keys_dir = ws.keys_dir(f"site:{name}")
     if keys_dir.exists():
@@ -91,9 +94,9 @@ def set_site_jurisdiction(ws: Workspace, name: str, jurisdiction: str) -> Site:
     with write_transaction(ws.catalog, "the catalog") as conn:
         placed = conn.execute(select(func.count()).select_from(T.shards).where(T.shards.c.site == name)).scalar_one()
         if placed:
-            raise ValidationError(
-                f"site {name!r} holds {placed} shard(s): its jurisdiction cannot change once data is placed there"
-            )
+            raise ValidationError(Message(
+                N_("site {name!r} holds {placed} shard(s): its jurisdiction cannot change once data is placed there"),
+                {"name": name, "placed": placed}))
         conn.execute(update(T.sites).where(T.sites.c.name == name).values(jurisdiction=jurisdiction))
         ws.record("site.add", LOG_ACTOR, {
             "site": name, "jurisdiction": jurisdiction, "roles": row["roles"].split(","),
@@ -139,7 +142,8 @@ def add_member(ws: Workspace, name: str) -> dict[str, str]:
     """Register a member (a data-owning company) with its own Ed25519 key."""
     check_name(name, "member")
     if _exists(ws, T.members, name):
-        raise ValidationError(f"member {name!r} already exists; see 'onshore member list'")
+        raise ValidationError(Message(N_("{kind} {name!r} already exists; see 'onshore {kind} list'"),
+                                      {"kind": "member", "name": name}))
     keys_dir = ws.keys_dir(f"member:{name}")
     if keys_dir.exists():
         raise ValidationError(f"{keys_dir} exists but no member {name!r} is registered; move it away first")
@@ -223,7 +227,8 @@ def add_witness(ws: Workspace, name: str, vkey: str) -> dict[str, str]:
     except ValidationError as e:
         raise ValidationError(f"witness {name!r}: {e}") from None
     if _exists(ws, T.witnesses, name):
-        raise ValidationError(f"witness {name!r} already exists; see 'onshore witness list'")
+        raise ValidationError(Message(N_("{kind} {name!r} already exists; see 'onshore {kind} list'"),
+                                      {"kind": "witness", "name": name}))
     with write_transaction(ws.catalog, "the catalog") as conn:
         conn.execute(insert(T.witnesses).values(name=name, vkey=vkey, created_at=now_iso()))
         ws.record("key.create", LOG_ACTOR, {"witness": name, "vkey": vkey})

@@ -29,6 +29,7 @@ from sqlalchemy import select
 
 from onshore.catalog import schema as T
 from onshore.errors import NotFoundError, ValidationError
+from onshore.i18n import N_, Message
 from onshore.names import (
     LATEST,
     MAX_MODEL_ID,
@@ -148,7 +149,8 @@ def read_registry(ws: Workspace) -> Registry:
 def _versions_or_refuse(reg: Registry, name: str) -> dict[int, str]:
     found = reg.versions.get(name)
     if not found:
-        raise NotFoundError(f"no model named {name!r}; see 'onshore model list'")
+        raise NotFoundError(Message(N_("no {kind} named {name!r}; see 'onshore {kind} list'"),
+                                    {"kind": "model", "name": name}))
     return found
 
 
@@ -158,15 +160,18 @@ def resolve_in(reg: Registry, ref: str | ModelRef) -> str:
     found = _versions_or_refuse(reg, r.name)
     if r.version is not None:
         if r.version not in found:
-            raise NotFoundError(f"model {r.name!r} has no version {r.version}; its versions are "
-                                f"{', '.join(map(str, sorted(found)))} (see 'onshore model show {r.name}')")
+            raise NotFoundError(Message(N_("model {name!r} has no version {version}; its versions are {versions} "
+                                           "(see 'onshore model show {name}')"),
+                                        {"name": r.name, "version": r.version,
+                                         "versions": ", ".join(map(str, sorted(found)))}))
         return found[r.version]
     if r.alias is not None:
         version = reg.aliases.get(r.name, {}).get(r.alias)
         if version is None:
             known = ", ".join(sorted(reg.aliases.get(r.name, {}))) or "none"
-            raise NotFoundError(f"model {r.name!r} has no alias {r.alias!r} (its aliases: {known}); set one with "
-                                f"'onshore model alias {r.name} {r.alias} VERSION'")
+            raise NotFoundError(Message(N_("model {name!r} has no alias {alias!r} (its aliases: {known}); set one "
+                                           "with 'onshore model alias {name} {alias} VERSION'"),
+                                        {"name": r.name, "alias": r.alias, "known": known}))
         if version not in found:
             raise NotFoundError(f"alias {r.alias!r} of model {r.name!r} points at version {version}, which is not "
                                 "in the catalog; run 'onshore doctor'")

@@ -90,9 +90,11 @@ class Workspace:
         """
         root = Path(root)
         if root.exists() and not root.is_dir():
-            raise ValidationError(f"{root} is a file; give a new or empty folder for the workspace")
+            raise ValidationError(Message(N_("{root} is a file; give a new or empty folder for the workspace"),
+                                          {"root": root}))
         if (root / CONFIG_FILE).exists():
-            raise ValidationError(f"{root / CONFIG_FILE} exists: {root} is already a workspace")
+            raise ValidationError(Message(N_("{config} exists: {root} is already a workspace"),
+                                          {"config": root / CONFIG_FILE, "root": root}))
         check_text(name, "workspace name (--name)", allow_empty=False)
         if jurisdiction is not None:
             check_jurisdiction(jurisdiction, "--jurisdiction")
@@ -210,8 +212,8 @@ class Workspace:
         check_principal(actor, allow_log=True)
         registered = self.public_key(actor)
         if registered is None:
-            raise ValidationError(f"{actor} is not registered in this workspace; see 'onshore site list' "
-                                  "and 'onshore member list'")
+            raise ValidationError(Message(N_("{actor} is not registered in this workspace; see 'onshore site list' "
+                                             "and 'onshore member list'"), {"actor": actor}))
         if actor != LOG_ACTOR:
             # the catalog's key column is only a copy: the key the log registered is in the ledger
             gov = self.ledger_governance()
@@ -438,7 +440,8 @@ class Workspace:
         and its hash; NotFoundError for a model the catalog does not hold."""
         text = self._policy_parts(None, self.ledger_governance())[1].get(f"model:{name}")
         if text is None:
-            raise NotFoundError(f"no model named {name!r}; see 'onshore model list'")
+            raise NotFoundError(Message(N_("no {kind} named {name!r}; see 'onshore {kind} list'"),
+                                        {"kind": "model", "name": name}))
         return text, cedar_hash(text)
 
     def pdp(self, extra: tuple[str, str, UsagePolicy] | None = None) -> PolicyDecisionPoint:
