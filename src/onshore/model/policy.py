@@ -200,9 +200,9 @@ class ModelPolicyFactory:
     """Builds a :class:`ModelPolicy` in an evaluation worker (picklable: a folder, digests, a key).
 
     Each process opens the sealed files (or, with ``plaintext``, an export's plain files) once,
-    checking their digests, and runs torch on
-    ``threads`` threads (evaluation already runs one worker per core). ``key`` is the released
-    data key of the model artifact and ``context`` the artifact's context (``io.write_artifact``).
+    checking their digests, and runs torch on ``threads`` threads (evaluation already runs one
+    worker per core). ``key`` is the released data key of the model artifact and ``context`` the
+    artifact's context (``io.write_artifact``); an export has neither.
     """
 
     folder: str
