@@ -78,8 +78,9 @@ def run(
         None, "--embodiment", metavar="NAME",
         help="With --protocol openpi: the embodiment every session acts for (default: the model's only one)."),
 ) -> None:
-    """Serve MODEL at a site that holds it until Ctrl-C (exit 3, naming the dataset and rule, where its data
-    forbids it, also when that happens while it runs: a withdrawal, the site losing its serve role).
+    """Serve MODEL at a site that holds it, or an export folder (--from DIR) at a site its policy allows, until
+    Ctrl-C (exit 3, naming the dataset and rule, where its data forbids it, also when that happens while it runs: a
+    withdrawal, the site losing its serve role).
 
     Example: onshore serve consortium-tiny --site tokyo --port 7070 --record-policy run-policy.toml
     --record-member kansai-robotics
