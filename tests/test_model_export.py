@@ -88,8 +88,9 @@ def test_an_export_evaluates_serves_and_loads_in_plain_pytorch(exported: tuple[W
     # eval --policy ./pool-export at tokyo (JP, which does not hold the model's sealed files): decided as a
     # read of the model there, run in the real simulator, and recorded naming the folder
     size = ws.ledger.size()
+    # (two worker processes: each reads the folder itself and checks it against the ledger's digests)
     assert _cli(ws, root, "eval", "--env", "metaworld", "--tasks", "reach-v3", "--episodes", "2", "--seed", "5",
-                "--workers", "1", "--policy", "./pool-export", "--site", "tokyo", "--json") == 0
+                "--workers", "2", "--policy", "./pool-export", "--site", "tokyo", "--json") == 0
     from_folder = json.loads(capsys.readouterr().out)
     new = list(ws.ledger.entries(size, ws.ledger.size()))
     decision = next(e.entry for e in new if e.entry.kind == "decision")
