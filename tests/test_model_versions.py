@@ -27,7 +27,7 @@ from onshore.names import check_model_id
 from onshore.serve import service, tokens
 from onshore.serve.client import Client
 from onshore.train.loop import TrainConfig, TrainRequest, train
-from onshore.workspace import Workspace, datasets, doctor, models, registry, versions
+from onshore.workspace import Workspace, datasets, doctor, modelcard, models, registry, versions
 
 
 def fast(steps: int = 4) -> TrainConfig:
@@ -312,12 +312,13 @@ def test_export_writes_a_model_card_that_the_hub_reads_and_whose_snippet_loads(t
     finally:
         os.chdir(cwd)
     assert scope["action"].shape == (4,)  # type: ignore[attr-defined]
-    assert set(scope["state_dict"]) == {k for k in scope["loaded"].model.state_dict()}  # type: ignore[attr-defined]
+    assert set(scope["model"].state_dict()) == {  # type: ignore[attr-defined]
+        k.removeprefix("weights.") for k in scope["tensors"] if k.startswith("weights.")}  # type: ignore[attr-defined]
 
     # `onshore model card` prints the same card (without the tasks only the export knows) and refuses an overwrite
     out = tmp_path / "card.md"
     assert run(ws, "model", "card", "pool@latest", "-o", str(out)) == 0
-    assert out.read_text().split("## How to load")[0] == text.split("## How to load")[0]
+    assert out.read_text().split(modelcard.LOAD_HEADING)[0] == text.split(modelcard.LOAD_HEADING)[0]
     assert run(ws, "model", "card", "pool", "-o", str(out)) == 1
     # a folder holding a README.md is refused without --force, before anything is decided
     size = ws.ledger.size()

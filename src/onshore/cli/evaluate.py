@@ -51,8 +51,10 @@ def eval_command(
     episodes: Annotated[int, typer.Option(metavar="N", help="Episodes per task.")] = 10,
     seed: Annotated[int, typer.Option(metavar="N", help="Seed; the same seed gives the same episodes.")] = 0,
     policy: Annotated[str, typer.Option(
-        metavar="POLICY", help="Policy to evaluate: expert (the scripted expert), a trained model's name, or a "
-                               "policy server's URL (ws://HOST:PORT).")
+        metavar="POLICY", help="Policy to evaluate: expert (the scripted expert), a trained model (NAME, NAME@VERSION "
+                               "or NAME@ALIAS), a folder 'onshore model export' wrote (a path with a '/' or "
+                               "starting with '.', e.g. ./pool-export; checked against its manifest and the "
+                               "ledger), or a policy server's URL (ws://HOST:PORT).")
     ] = "expert",
     token: Annotated[str | None, typer.Option(
         metavar="TOKEN", help="Client token for a ws:// policy server (else $ONSHORE_SERVE_TOKEN).")] = None,
@@ -92,6 +94,7 @@ def eval_command(
         ws = workspace_path()
         reports = ws / "reports" if ws.is_dir() and (ws / CONFIG_FILE).exists() else None
     agent: Any = policy
+    export: str | None = None  # the export folder evaluated, if the policy is one
     served = policy.startswith(("ws://", "wss://"))
     if ensemble is not None and (served or policy == "expert"):
         raise ValidationError("--ensemble/--no-ensemble sets how a trained model acts; it does not apply to "
@@ -107,13 +110,18 @@ def eval_command(
             raise usage("--site is required to evaluate a model: it is loaded only where its data's "
                         "policies allow")
         from onshore.sim import registry
-        from onshore.workspace.models import policy_factory
+        from onshore.workspace.exportfolder import is_folder_ref
+        from onshore.workspace.models import export_policy_factory, policy_factory
         from onshore.workspace.versions import resolve
 
         emb = registry.env_module(env).embodiment().name
         with open_workspace() as ws:
-            policy = resolve(ws, policy)  # NAME, NAME@V or NAME@ALIAS: the version, fixed for the run
-            agent = policy_factory(ws, policy, site, emb, ensemble=ensemble)
+            if is_folder_ref(policy):  # checked against its manifest and the ledger, then decided
+                export = policy
+                agent, policy = export_policy_factory(ws, Path(policy), site, emb, ensemble=ensemble)
+            else:
+                policy = resolve(ws, policy)  # NAME, NAME@V or NAME@ALIAS: the version, fixed for the run
+                agent = policy_factory(ws, policy, site, emb, ensemble=ensemble)
     from onshore.sim.sensors import SensorOptions
 
     sensors = SensorOptions(noise=noise, quantize=quantize, bits=bits) if noise or quantize else None
@@ -125,7 +133,7 @@ def eval_command(
         from onshore.workspace.models import record_eval
 
         with open_workspace() as ws:  # the results join the ledger, for the model's attestation
-            record_eval(ws, policy, str(site), env, seed, summary(report)["tasks"])
+            record_eval(ws, policy, str(site), env, seed, summary(report)["tasks"], export)
     written = write_report(report, reports) if reports is not None else []
     if json_out:
         data = summary(report)

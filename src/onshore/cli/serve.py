@@ -26,10 +26,12 @@ JSON = typer.Option(False, "--json", help="Print JSON only, for scripts.")
 
 
 class RunByDefaultGroup(TyperGroup):
-    """``onshore serve MODEL ...`` runs ``onshore serve run MODEL ...`` (and ``monitor`` likewise)."""
+    """``onshore serve MODEL ...`` runs ``onshore serve run MODEL ...`` (and ``monitor`` likewise);
+    so does ``onshore serve --from DIR ...``, which names no model first."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+        if args and args[0] not in self.commands and (not args[0].startswith("-") or args[0] == "--from"
+                                                      or args[0].startswith("--from=")):
             args = ["run", *args]
         return super().parse_args(ctx, args)
 
@@ -41,8 +43,13 @@ bridge_app = typer.Typer(no_args_is_help=True, help="Bridges between a machine's
 
 @serve_app.command("run")
 def run(
-    model: str = typer.Argument(..., help="The model to serve: NAME (its latest version), NAME@VERSION or "
-                                          "NAME@ALIAS (followed while serving; see 'onshore model list')."),
+    model: str | None = typer.Argument(None, help="The model to serve: NAME (its latest version), NAME@VERSION or "
+                                                  "NAME@ALIAS (followed while serving; see 'onshore model list'). "
+                                                  "Leave it out with --from."),
+    from_: Path | None = typer.Option(
+        None, "--from", metavar="DIR",
+        help="Serve the model of a folder 'onshore model export' wrote, instead of MODEL: its files are checked "
+             "against its manifest and this workspace's ledger, then serving is decided as for MODEL."),
     site: str = typer.Option(..., "--site", help="The serving site: every dataset of the model must allow serve "
                                                  "there."),
     purpose: str | None = typer.Option(None, "--purpose",
@@ -71,11 +78,14 @@ def run(
         None, "--embodiment", metavar="NAME",
         help="With --protocol openpi: the embodiment every session acts for (default: the model's only one)."),
 ) -> None:
-    """Serve MODEL at a site that holds it until Ctrl-C (exit 3, naming the dataset and rule, where its data
-    forbids it, also when that happens while it runs: a withdrawal, the site losing its serve role).
+    """Serve MODEL at a site that holds it, or an export folder (--from DIR) at a site its policy allows, until
+    Ctrl-C (exit 3, naming the dataset and rule, where its data forbids it, also when that happens while it runs: a
+    withdrawal, the site losing its serve role).
 
     Example: onshore serve consortium-tiny --site tokyo --port 7070 --record-policy run-policy.toml
     --record-member kansai-robotics
+
+    Example (an export folder): onshore serve --from ./pool-export --site tokyo
     """
     import logging
 
@@ -85,6 +95,8 @@ def run(
     from onshore.serve.record import RecordOptions
     from onshore.serve.server import ServerLimits
 
+    if (model is None) == (from_ is None):
+        raise usage("give the MODEL to serve or --from DIR (a folder 'onshore model export' wrote), one of the two")
     if (record_policy is None) != (record_member is None):
         raise usage("give --record-policy and --record-member together (who owns the recording, "
                     "under which policy)")
@@ -101,12 +113,14 @@ def run(
     logging.getLogger("websockets").setLevel(logging.WARNING)
     record = RecordOptions(record_policy, record_member, record_as) if record_policy and record_member else None
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with open_workspace() as ws:
         running = service.start(ws, model, site, host, port, record,
                                 ServerLimits(infer_threads=threads, act_hz=act_hz, batch=batch), purpose=purpose,
-                                protocol=protocol, embodiment=embodiment)
-        err.print(f"serving [bold]{esc(model)}[/] (sha256 {running.served.digest[:16]}...) at {esc(site)} on "
+                                protocol=protocol, embodiment=embodiment, export=from_)
+        # set once serving: a refused start leaves this process's SIGTERM handling as it was
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        shown = model if from_ is None else f"{running.served.name} from {from_}"
+        err.print(f"serving [bold]{esc(shown)}[/] (sha256 {running.served.digest[:16]}...) at {esc(site)} on "
                   f"{esc(running.url)}{' (openpi protocol)' if protocol == 'openpi' else ''}; health at "
                   f"http://{esc(host)}:{running.port}/healthz; Ctrl-C stops",
                   highlight=False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,3 +169,53 @@ def write_plain(out: Path, plaintexts: dict[str, bytes]) -> dict[str, str]:
     for name, data in plaintexts.items():
         _atomic_write(out / name, data)
     return {name: hashlib.sha256(data).hexdigest() for name, data in plaintexts.items()}
+
+
+def read_plain_file(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of the plain file ``path``, read once and never through a symbolic link (``O_NOFOLLOW``).
+
+    Refuses (IntegrityError) a link, a non-regular file and, with ``limit``, one larger than
+    ``limit`` bytes; (NotFoundError) a missing file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise NotFoundError(f"{path}: file missing") from None
+    except OSError as e:  # ELOOP: a symbolic link
+        raise IntegrityError(f"{path}: not a plain file ({e.strerror}); files are never followed through "
+                             "links here") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise IntegrityError(f"{path}: not a regular file")
+        if limit is not None and st.st_size > limit:
+            raise IntegrityError(f"{path}: {st.st_size} bytes, more than the {limit} expected")
+        return f.read()
+
+
+def read_plain(folder: Path, expect: dict[str, str]) -> dict[str, bytes]:
+    """The bytes of each plaintext file ``expect`` names in ``folder`` (an export), after its digest check.
+
+    Each file is read once (:func:`read_plain_file`), so what was checked is what the caller uses.
+    Refuses (IntegrityError) a file whose SHA-256 differs from ``expect`` and a link or non-regular
+    file; (NotFoundError) a missing one.
+    """
+    out = {}
+    for name, want in expect.items():
+        path = Path(folder) / name
+        data = read_plain_file(path)
+        got = hashlib.sha256(data).hexdigest()
+        if got != want:
+            raise IntegrityError(f"{path}: SHA-256 {got} differs from the recorded {want}; the file was altered "
+                                 "or replaced")
+        out[name] = data
+    return out
+
+
+def load_plain(folder: Path, stem: str, expect: dict[str, str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Open an exported artifact's plaintext files (see :func:`read_plain`): tensors and the JSON."""
+    weights, doc = file_names(stem)
+    data = read_plain(folder, {n: expect.get(n, "") for n in (weights, doc)})
+    from safetensors.torch import load as load_bytes
+
+    return load_bytes(data[weights]), json.loads(data[doc])

@@ -199,9 +199,10 @@ _cache: dict[tuple[str, str], LoadedModel] = {}
 class ModelPolicyFactory:
     """Builds a :class:`ModelPolicy` in an evaluation worker (picklable: a folder, digests, a key).
 
-    Each process opens the sealed files once, checking their digests, and runs torch on
-    ``threads`` threads (evaluation already runs one worker per core). ``key`` is the released
-    data key of the model artifact and ``context`` the artifact's context (``io.write_artifact``).
+    Each process opens the sealed files (or, with ``plaintext``, an export's plain files) once,
+    checking their digests, and runs torch on ``threads`` threads (evaluation already runs one
+    worker per core). ``key`` is the released data key of the model artifact and ``context`` the
+    artifact's context (``io.write_artifact``); an export has neither.
     """
 
     folder: str
@@ -213,12 +214,16 @@ class ModelPolicyFactory:
     key: bytes = field(default=b"", repr=False)
     context: str = ""
     sealed: tuple[tuple[str, str], ...] = ()
+    plaintext: bool = False  # an export's plain files (no key), checked against ``digests`` all the same
 
     def __call__(self) -> ModelPolicy:
         torch.set_num_threads(self.threads)
         ident = (self.folder, dict(self.digests).get(f"{STEM}.safetensors", ""))
         loaded = _cache.get(ident)
         if loaded is None:
-            loaded = _cache[ident] = load(Path(self.folder), self.key, self.context, dict(self.digests),
-                                          dict(self.sealed) or None)
+            if self.plaintext:
+                loaded = _cache[ident] = build(*io.load_plain(Path(self.folder), STEM, dict(self.digests)))
+            else:
+                loaded = _cache[ident] = load(Path(self.folder), self.key, self.context, dict(self.digests),
+                                              dict(self.sealed) or None)
         return ModelPolicy(loaded, self.embodiment, self.ensemble)

@@ -43,12 +43,12 @@ from onshore.names import check_name, parse_model_ref
 from onshore.residency.modelpolicy import EffectivePolicy, strictest_clause
 from onshore.residency.pdp import model_request
 from onshore.residency.policy import UsagePolicy, load_policy
-from onshore.serve.loading import ServedModel, load_served_model
+from onshore.serve.loading import ServedModel, load_served_export, load_served_model
 from onshore.serve.record import Recorder, RecordOptions
 from onshore.serve.server import PolicyServer, ServerLimits
 from onshore.serve.tokens import TokenTable
+from onshore.workspace import exportfolder, versions
 from onshore.workspace import models as wsm
-from onshore.workspace import versions
 from onshore.workspace.paths import RECORDING_SPOOL
 from onshore.workspace.registry import get_site
 from onshore.workspace.workspace import Workspace
@@ -351,10 +351,10 @@ def _openpi_embodiment(served: ServedModel, embodiment: str | None) -> str:
     return embodiment
 
 
-def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: int = 7070,
+def start(ws: Workspace, model: str | None, site: str, host: str = "127.0.0.1", port: int = 7070,
           record: RecordOptions | None = None, limits: ServerLimits | None = None,
           loader: Callable[..., ServedModel] = load_served_model, purpose: str | None = None,
-          protocol: str = "onshore", embodiment: str | None = None) -> Running:
+          protocol: str = "onshore", embodiment: str | None = None, export: Path | None = None) -> Running:
     """Serve ``model`` at ``site`` on ``host:port`` (0: a free port) until ``stop()``; ``purpose``
     defaults to the purpose the model was trained for. ``model`` is a reference: ``NAME`` (its
     latest version), ``NAME@V`` or ``NAME@ALIAS``, resolved here once (``versions.resolve``); the
@@ -367,10 +367,23 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
     ``_check_record``); an unknown protocol, or an embodiment the model does not act for
     (``ValidationError``); an unknown or archived version (``versions.resolve``,
     ``versions.check_usable``); a port that cannot be bound (``OnshoreError``).
+
+    ``export`` (instead of ``model``, which is then None) serves the model of an export folder
+    (``onshore serve --from DIR``), loaded by :func:`load_served_export`: refused as that says
+    (a folder that differs from its manifest or the ledger, before anything is decided), then as
+    a model served by name. Its entries name the model's id and the folder; it follows no alias.
     """
-    ref = model
-    model = versions.resolve(ws, ref)
-    versions.check_usable(ws, model, "serve")
+    if (model is None) == (export is None):
+        raise ValidationError("serve either a model (NAME, NAME@VERSION or NAME@ALIAS) or an export folder "
+                              "(--from DIR), one of the two")
+    if export is not None:
+        ref = str(export)
+        model = exportfolder.read_manifest(export).model  # the layout only: the loader checks every byte
+    else:
+        assert model is not None
+        ref = model
+        model = versions.resolve(ws, ref)
+        versions.check_usable(ws, model, "serve")
     if protocol not in PROTOCOLS:
         raise ValidationError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if embodiment is not None and protocol != "openpi":
@@ -378,7 +391,7 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
                               "--embodiment is for --protocol openpi")
     if record is not None:
         _check_record(ws, site, record, model)
-    served = loader(ws, model, site, purpose)
+    served = load_served_export(ws, export, site, purpose) if export is not None else loader(ws, model, site, purpose)
     openpi_emb = _openpi_embodiment(served, embodiment) if protocol == "openpi" else None
     tokens = TokenTable(ws, site)
     recorder = Recorder(Path(get_site(ws, site).root) / RECORDING_SPOOL) if record is not None else None
@@ -391,7 +404,7 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
 
     recheck = Recheck(ws, served)
     follow = None
-    if parse_model_ref(ref).alias is not None and record is None:
+    if export is None and parse_model_ref(ref).alias is not None and record is None:
         follow = Follow(ws, ref, site, served.purpose, model, recheck, loader, openpi_emb)
     server = PolicyServer(served, tokens, limits, recorder, recheck, on_event, latched_estops(ws, site),
                           openpi_embodiment=openpi_emb, metrics_extra=(LedgerCollector(ws),), follow=follow)
@@ -428,6 +441,7 @@ def start(ws: Workspace, model: str, site: str, host: str = "127.0.0.1", port: i
         "host": host, "port": bound, "purpose": served.purpose, "protocol": protocol, "ref": ref,
         "follows": follow is not None,
         "release_index": served.release_index,
+        **({"export": served.export} if served.export is not None else {}),
         "embodiments": sorted(served.embodiments),
         "record": None if record is None else {"member": record.member, "policy": str(record.policy),
                                                "dataset": record.dataset}})

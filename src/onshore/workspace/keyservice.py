@@ -281,17 +281,14 @@ def release_checkpoint(ws: Workspace, model: str, site: str, purpose: str, datas
     return Release(key, decided[0][0], indices[0], index)
 
 
-def release_model(ws: Workspace, model: str, site: str, action: str, purpose: str | None = None,
-                  copy_to: str | None = None) -> Release:
-    """Unwrap the model's data key at ``site`` for ``action``, after deciding so itself; records both.
+def decide_model(ws: Workspace, model: str, site: str, action: str, purpose: str | None = None,
+                 copy_to: str | None = None) -> tuple[Decision, int]:
+    """Decide ``action`` on the model at ``site`` (recorded) and look again at the signed ledger's
+    withdrawals: what :func:`release_model` does before it unwraps anything, and all that a use of
+    an exported (plaintext) copy of the model needs, since no key is released for one.
 
-    The request is about the model (its Cedar: every lineage dataset's clauses and, for withdrawn
-    ones, their derived-model clause). For a copy, ``copy_to`` names the target, and the target's
-    copy is what is decided. Refuses (PolicyDenied, exit 3) whatever the decision point denies,
-    naming the rule (``model/MODEL/dataset/DATASET/CLAUSE``), and, read again from the signed ledger
-    after the decision, a lineage dataset (from the model's signed ``model.release`` entries) whose
-    withdrawal's derived-model clause forbids ``action``; (OnshoreError) a site that does not hold the
-    model or whose custody key is gone.
+    Refuses (PolicyDenied, exit 3) whatever the decision point denies, naming the rule, and a
+    lineage dataset whose withdrawal's derived-model clause forbids ``action``.
     """
     check_model_id(model)
     check_name(site, "site")
@@ -305,6 +302,22 @@ def release_model(ws: Workspace, model: str, site: str, action: str, purpose: st
     # As for datasets: a second look at the signed ledger, holding even when the decision point
     # this process compiled is older than a withdrawal another process just recorded.
     _refuse_withdrawn_lineage(ws, model, action)
+    return decision, decision_index
+
+
+def release_model(ws: Workspace, model: str, site: str, action: str, purpose: str | None = None,
+                  copy_to: str | None = None) -> Release:
+    """Unwrap the model's data key at ``site`` for ``action``, after deciding so itself; records both.
+
+    The request is about the model (its Cedar: every lineage dataset's clauses and, for withdrawn
+    ones, their derived-model clause). For a copy, ``copy_to`` names the target, and the target's
+    copy is what is decided. Refuses (PolicyDenied, exit 3) whatever the decision point denies,
+    naming the rule (``model/MODEL/dataset/DATASET/CLAUSE``), and, read again from the signed ledger
+    after the decision, a lineage dataset (from the model's signed ``model.release`` entries) whose
+    withdrawal's derived-model clause forbids ``action``; (OnshoreError) a site that does not hold the
+    model or whose custody key is gone.
+    """
+    decision, decision_index = decide_model(ws, model, site, action, purpose, copy_to)
     with ws.catalog.connect() as conn:
         row = conn.execute(select(T.model_key_wraps.c.wrapped).where(
             T.model_key_wraps.c.model == model, T.model_key_wraps.c.site == site)).first()

@@ -108,24 +108,41 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+#: The heading of the card's loading section (tests run the snippet under it).
+LOAD_HEADING = "## Load it in plain PyTorch"
+
+
 def _load_snippet(f: CardFacts) -> list[str]:
+    """Python that loads the export's weights into the network (a ``torch.nn.Module``) and computes
+    the first command of an episode exactly as Onshore's own ``ModelPolicy.act`` does."""
     info = f.info
     embodiment = next((d["embodiment"] for level in info["lineage"] for d in level["datasets"]
                        if d.get("embodiment")), "EMBODIMENT")
     task = f.tasks[0] if f.tasks else "TASK"
-    return ["```python", "import json", "", "import numpy as np", "from safetensors.torch import load_file", "",
-            "tensors = load_file(\"model.safetensors\")  # plain torch tensors: \"weights.<parameter>\", "
-            "\"task_vectors\"",
-            "meta = json.load(open(\"model.json\"))  # config, embodiments (widths, limits, statistics), tasks",
-            "state_dict = {k.removeprefix(\"weights.\"): v for k, v in tensors.items() if k.startswith(\"weights.\")}",
-            "", "# the network is Onshore's module (pip install onshore; no workspace and no keys are needed)",
-            "from onshore.model.policy import ModelPolicy, build", "",
-            "loaded = build(tensors, meta)  # loaded.model: a torch.nn.Module holding state_dict, in eval mode",
-            f"policy = ModelPolicy(loaded, {_q(embodiment)})",
-            f"policy.reset({_q(task)})",
-            f"spec = next(e for e in meta[\"embodiments\"] if e[\"name\"] == {_q(embodiment)})",
-            "action = policy.act(np.zeros(spec[\"state_dim\"], dtype=np.float32))  # one control step, in the "
-            "machine's units",
+    return ["```python", "import json", "", "import numpy as np", "import torch",
+            "from safetensors.torch import load_file", "",
+            "# the network's module; nothing else of Onshore (no workspace, no keys) is used",
+            "from onshore.model.network import EmbodimentSpec, FoundationModel, ModelConfig", "",
+            'tensors = load_file("model.safetensors")  # plain torch tensors: "weights.<parameter>", "task_vectors"',
+            'with open("model.json") as f:',
+            "    meta = json.load(f)  # config, embodiments (widths, limits, statistics), tasks",
+            'model = FoundationModel(ModelConfig.from_json(meta["config"]),',
+            '                        [EmbodimentSpec.from_json(e) for e in meta["embodiments"]])',
+            'model.load_state_dict({k.removeprefix("weights."): v for k, v in tensors.items() '
+            'if k.startswith("weights.")})',
+            "model.eval()", "",
+            f"embodiment, task = {_q(embodiment)}, {_q(task)}",
+            "spec = model.specs[embodiment]",
+            'task_vector = tensors["task_vectors"][meta["tasks"].index(task)][None]  # [1, text_dim]',
+            "state = np.zeros(spec.state_dim, dtype=np.float32)  # the machine's state now, in its units",
+            "k = model.config.history  # at an episode's start the history is the first state, k times",
+            "hist = torch.from_numpy(np.tile(spec.normalise_state(state), (k, 1)))[None]  # [1, k, state_dim]",
+            "feedback = ()",
+            "if model.config.action_feedback:  # trained with the actions applied before: none yet",
+            "    feedback = (torch.zeros(1, k, spec.action_dim), torch.zeros(1, k))",
+            "with torch.inference_mode():",
+            "    chunk, next_state = model.predict(embodiment, hist, task_vector, *feedback)  # [1, H, action_dim]",
+            "action = spec.unscale_action(np.clip(chunk[0, 0].numpy(), -1.0, 1.0))  # in the machine's units",
             "```"]
 
 
@@ -192,9 +209,21 @@ def render(f: CardFacts) -> str:
               "- The model is not a safety function; keep the machine's own interlocks.",
               "- An exported copy is plaintext: the effective policy above still binds whoever holds it, but "
               "outside Onshore's stores nothing enforces it.", ""]
-    lines += ["## How to load the weights", "",
-              "The export folder holds `model.safetensors` (weights, no pickle) and `model.json` (configuration "
-              "and embodiments). In plain PyTorch:", ""] + _load_snippet(f)
+    lines += [LOAD_HEADING, "",
+              "The export folder holds `model.safetensors` (weights, no pickle), `model.json` (configuration, "
+              "embodiments with their normalisation, tasks), this card, and `onshore-export.json` (the "
+              "manifest: the model version, its `model.release` and `model.export` ledger entries and every "
+              "file's SHA-256). The weights are plaintext: no decryption step. In plain PyTorch, one control "
+              "step at the start of an episode:", ""] + _load_snippet(f)
+    lines += ["", "This is the first command Onshore's own policy gives for that state and task. Over an episode, "
+              "keep the last `history` normalised states and blend the overlapping action chunks (ACT's temporal "
+              "ensembling), as `onshore.model.policy.ModelPolicy` does, and put the machine's safety envelope "
+              "after it.", "",
+              "With Onshore, at a site its effective policy allows, the folder is used as it is: "
+              "`onshore eval --env ENV --policy ./FOLDER --site SITE` and `onshore serve --from ./FOLDER --site "
+              "SITE`. Both check every file against the manifest and the workspace's signed ledger, and decide "
+              "the use like one of the model by name, before anything is loaded; keep the folder as exported "
+              "(no added, changed or linked files)."]
     lines += ["", "## Provenance", "",
               f"Where it was trained and on whose data is attested by its training site: `onshore attest model "
               f"{info['name']} -o bundle.json`, checked offline with `onshore verify bundle.json --trust-root "

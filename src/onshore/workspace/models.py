@@ -29,7 +29,7 @@ from sqlalchemy import insert, select
 
 from onshore.catalog import schema as T
 from onshore.catalog.db import write_transaction
-from onshore.errors import IntegrityError, NotFoundError, ValidationError
+from onshore.errors import IntegrityError, NotFoundError, OnshoreError, ValidationError
 from onshore.files import check_output_file
 from onshore.i18n import N_, Message
 from onshore.ledger.entries import now_iso
@@ -37,7 +37,7 @@ from onshore.model import io
 from onshore.names import check_model_id
 from onshore.residency.modelpolicy import EffectivePolicy, LineageDataset, ModelStatus, effective_policy, model_status
 from onshore.residency.pdp import Decision, model_request
-from onshore.workspace import attempts, governance, keyservice, modelcard, versions
+from onshore.workspace import attempts, exportfolder, governance, keyservice, modelcard, versions
 from onshore.workspace.paths import check_plaintext_destination
 from onshore.workspace.registry import get_site
 from onshore.workspace.workspace import Workspace
@@ -265,6 +265,26 @@ class OpenedModel:
         return io.read_plaintexts(self.folder, STEM, self.key, self.context, self.files, self.sealed)
 
 
+def _usable(ws: Workspace, name: str, site: str, action: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model's catalog row and signed release body, once the site exists and the version is not
+    archived for ``action``: what every use checks before it asks the decision point."""
+    row = get_model(ws, name)
+    get_site(ws, site)
+    versions.check_usable(ws, name, action)
+    return row, release_entry(ws, name)
+
+
+def decide_use(ws: Workspace, name: str, site: str, action: str, purpose: str | None = None
+               ) -> tuple[dict[str, Any], int]:
+    """The checks and the decision of :func:`open_model` without a key release: for an exported,
+    plaintext copy of the model (``workspace/exported.py``), which has no key to release. Refuses
+    exactly what ``open_model`` refuses before its key release; returns the model's signed
+    ``model.release`` body and the decision's ledger index."""
+    _, body = _usable(ws, name, site, action)
+    _, index = keyservice.decide_model(ws, name, site, action, purpose)
+    return body, index
+
+
 def open_model(ws: Workspace, name: str, site: str, action: str, purpose: str | None = None) -> OpenedModel:
     """Decide ``action`` on the model at ``site`` and release its key there (both recorded).
 
@@ -272,10 +292,7 @@ def open_model(ws: Workspace, name: str, site: str, action: str, purpose: str | 
     rule; (OnshoreError) a site that does not hold the model; (ValidationError) serving or
     fine-tuning (``train``) an archived version, before anything is decided. Files are not read here.
     """
-    row = get_model(ws, name)
-    get_site(ws, site)
-    versions.check_usable(ws, name, action)
-    body = release_entry(ws, name)
+    row, body = _usable(ws, name, site, action)
     rel = keyservice.release_model(ws, name, site, action, purpose)
     return OpenedModel(name, site, model_folder(ws, row, site), dict(body["files"]), dict(body.get("sealed") or {}),
                        rel.decision_index, rel.index, rel.key)
@@ -385,32 +402,116 @@ def export_model(ws: Workspace, name: str, site: str, out: Path, purpose: str | 
         raise ValidationError(f"--out {out}: is not empty; choose a new folder or pass --force to overwrite")
     if not out.parent.is_dir():
         raise ValidationError(f"--out {out}: folder {out.parent} does not exist; create it first")
-    for plain in (*io.file_names(STEM), modelcard.FILE):
+    for plain in (*exportfolder.FILES, exportfolder.MANIFEST):
         if (out / plain).exists():
             check_output_file(out / plain, force, "--out")
     opened = open_model(ws, name, site, "export", purpose)
     plaintexts = opened.plaintexts()
     meta = json.loads(plaintexts[f"{STEM}.json"])
     card = model_card(ws, name, [str(t) for t in meta.get("tasks") or ()]).encode()
+    (out / exportfolder.MANIFEST).unlink(missing_ok=True)  # a folder without one is an unfinished export
     digests = io.write_plain(out, plaintexts)
     card_digest = io.write_plain(out, {modelcard.FILE: card})[modelcard.FILE]
     idx = ws.record("model.export", f"site:{site}", {
         "model": name, "site": site, "jurisdiction": get_site(ws, site).jurisdiction, "purpose": purpose,
         "decision_index": opened.decision_index, "release_index": opened.release_index, "files": digests,
         "card": card_digest})
+    manifest = exportfolder.Manifest(name, int(get_model(ws, name)["ledger_index"]), idx, site, purpose,
+                                     {**digests, modelcard.FILE: card_digest})
+    exportfolder.write_manifest(out, manifest)
     return {"model": name, "site": site, "out": str(out), "files": digests, "card": card_digest,
-            "ledger_index": idx}
+            "manifest": exportfolder.MANIFEST, "ledger_index": idx}
 
 
-def record_eval(ws: Workspace, name: str, site: str, env: str, seed: int, tasks: dict[str, Any]) -> int:
+@dataclass
+class VerifiedExport:
+    """An export folder whose every file matched its manifest and the signed ledger: the model
+    version it holds, the plaintext digests of its weights and JSON (those of the ``model.release``
+    entry), and the bytes that were checked (``plaintexts``), which are the bytes to use."""
+
+    folder: Path
+    model: str
+    files: dict[str, str]
+    manifest: exportfolder.Manifest
+    plaintexts: dict[str, bytes] = field(repr=False)
+
+
+def verify_export(ws: Workspace, folder: Path) -> VerifiedExport:
+    """Check an export folder against the workspace's signed ledger; nothing is decided or recorded.
+
+    After the layout and manifest checks of ``exportfolder.read_manifest``, refuses
+    (IntegrityError): a manifest whose release index is not the ledger's ``model.release`` of its
+    model, or whose weights' and JSON's SHA-256 differ from that entry's; one whose export index is
+    not a ``model.export`` entry of the model recording those files and the card's SHA-256; and
+    any file whose bytes differ from the manifest (a tampered file). (NotFoundError) a model this
+    workspace never released (an export from another workspace is loaded in that one).
+    """
+    folder = Path(folder)
+    m = exportfolder.read_manifest(folder)
+    try:
+        row = get_model(ws, m.model)
+    except NotFoundError:
+        raise NotFoundError(f"{folder}: its manifest names model {m.model!r}, which this workspace never released; "
+                            "nothing was loaded. Load an export in the workspace it was exported from") from None
+    body = release_entry(ws, m.model)
+    weights = {n: m.files[n] for n in io.file_names(STEM)}
+    if int(row["ledger_index"]) != m.release_index:
+        raise IntegrityError(f"{folder}: its manifest cites ledger entry {m.release_index} as the release of "
+                             f"{m.model!r}, but the ledger released it in entry {row['ledger_index']}; nothing was "
+                             "loaded")
+    if dict(body["files"]) != weights:
+        raise IntegrityError(f"{folder}: the SHA-256 its manifest lists for {', '.join(weights)} differ from the "
+                             f"model.release ledger entry {m.release_index} of {m.model!r}; nothing was loaded")
+    try:
+        export = ws.ledger.get(m.export_index).entry
+    except OnshoreError:
+        export = None
+    if export is None or export.kind != "model.export" or export.body.get("model") != m.model \
+            or export.body.get("files") != weights or export.body.get("card") != m.files[modelcard.FILE]:
+        raise IntegrityError(f"{folder}: its manifest cites ledger entry {m.export_index}, which is not the "
+                             f"model.export of these files of {m.model!r}; nothing was loaded")
+    plaintexts = io.read_plain(folder, m.files)  # the bytes used from here on are the bytes checked
+    return VerifiedExport(folder, m.model, weights, m, plaintexts)
+
+
+def open_export(ws: Workspace, folder: Path, site: str, action: str, purpose: str | None = None
+                ) -> tuple[VerifiedExport, int]:
+    """Verify an export folder (``verify_export``) and decide ``action`` on its model at ``site``
+    as a use of the model by name is decided (``decide_use``: archived versions, the model's Cedar,
+    the ledger's withdrawals); returns it with the decision's ledger index. A refused folder
+    records nothing; a refused decision is recorded, as every decision is."""
+    verified = verify_export(ws, folder)
+    row = get_model(ws, verified.model)
+    _, index = decide_use(ws, verified.model, site, action, purpose or row["purpose"])
+    return verified, index
+
+
+def load_export_for(ws: Workspace, folder: Path, site: str, action: str = "read", purpose: str | None = None
+                    ) -> tuple[LoadedModel, VerifiedExport]:
+    """The model of an export folder ready to act at ``site`` for ``action``, after ``open_export``."""
+    from safetensors.torch import load as load_bytes
+
+    from onshore.model.policy import build  # torch only when a model is used
+
+    verified, _ = open_export(ws, folder, site, action, purpose)
+    weights, doc = io.file_names(STEM)
+    loaded = build(load_bytes(verified.plaintexts[weights]), json.loads(verified.plaintexts[doc]))
+    return loaded, verified
+
+
+def record_eval(ws: Workspace, name: str, site: str, env: str, seed: int, tasks: dict[str, Any],
+                export: str | None = None) -> int:
     """Record an evaluation's results (``model.eval`` signed by the site) for the model's attestation.
 
-    ``tasks``: {task: {"success_rate", "episodes", ...}} as ``onshore eval --json`` prints them.
+    ``tasks``: {task: {"success_rate", "episodes", ...}} as ``onshore eval --json`` prints them;
+    ``export``: the export folder evaluated, when it was one (named in the entry).
     """
     get_model(ws, name)
     get_site(ws, site)
-    return ws.record("model.eval", f"site:{site}", {"model": name, "site": site, "env": env, "seed": seed,
-                                                     "tasks": tasks})
+    body: dict[str, Any] = {"model": name, "site": site, "env": env, "seed": seed, "tasks": tasks}
+    if export is not None:
+        body["export"] = str(Path(export).resolve())
+    return ws.record("model.eval", f"site:{site}", body)
 
 
 def taint_entries(ws: Workspace, dataset: str, member: str, clause: str) -> list[tuple[str, str, dict[str, Any]]]:
@@ -496,12 +597,32 @@ def policy_factory(ws: Workspace, name: str, site: str, embodiment: str, purpose
     """
     from onshore.model.policy import ModelPolicyFactory  # torch only when a model is used
 
-    known = {d["embodiment"] for level in lineage(ws, name) for d in level["datasets"]}
-    if embodiment not in known:
-        raise ValidationError(f"model {name!r} knows embodiment(s) {', '.join(sorted(known))}, not {embodiment!r}; "
-                              "fine-tune it on data of that machine first ('onshore finetune')")
+    _check_embodiment(ws, name, embodiment)
     row = get_model(ws, name)
     opened = open_model(ws, name, site, "read", purpose or row["purpose"])
     return ModelPolicyFactory(str(opened.folder), tuple(sorted(opened.files.items())), embodiment,
                               label=f"model:{name}", ensemble=ensemble, key=opened.key, context=opened.context,
                               sealed=tuple(sorted(opened.sealed.items())))
+
+
+def _check_embodiment(ws: Workspace, name: str, embodiment: str) -> None:
+    known = {d["embodiment"] for level in lineage(ws, name) for d in level["datasets"]}
+    if embodiment not in known:
+        raise ValidationError(f"model {name!r} knows embodiment(s) {', '.join(sorted(known))}, not {embodiment!r}; "
+                              "fine-tune it on data of that machine first ('onshore finetune')")
+
+
+def export_policy_factory(ws: Workspace, folder: Path, site: str, embodiment: str, purpose: str | None = None,
+                          ensemble: bool | None = None):  # type: ignore[no-untyped-def]
+    """:func:`policy_factory` for an export folder: verified (``verify_export``), checked for the
+    embodiment, then decided as ``read`` of its model at ``site`` (``decide_use``, recorded).
+    Workers read the folder's plain files themselves and check them against the ledger's digests
+    again, so a file swapped after this check is refused there. Returns (factory, model id)."""
+    from onshore.model.policy import ModelPolicyFactory  # torch only when a model is used
+
+    verified = verify_export(ws, folder)
+    _check_embodiment(ws, verified.model, embodiment)
+    decide_use(ws, verified.model, site, "read", purpose or get_model(ws, verified.model)["purpose"])
+    factory = ModelPolicyFactory(str(Path(folder).resolve()), tuple(sorted(verified.files.items())), embodiment,
+                                 label=f"model:{verified.model}", ensemble=ensemble, plaintext=True)
+    return factory, verified.model
