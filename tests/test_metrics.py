@@ -104,6 +104,17 @@ def test_dashboard_metrics_behind_its_token_gate(ws: Workspace) -> None:
         assert got[("onshore_ledger_entries", ())] == ws.ledger.size()
         assert sum(v for k, v in got.items() if k[0] == "onshore_decisions_total") == \
             sum(decisions_in(ws).values())
+        # request latency by route template: two dataset pages count under one series
+        assert c.get("/datasets/no-such-one").status_code == 404
+        assert c.get("/datasets/nor-this-one?format=json").status_code == 404
+        assert c.get("/../../etc/passwd").status_code == 404
+        got = samples(c.get("/metrics").text)
+        page = (("method", "GET"), ("route", "/datasets/{name:str}"), ("status", "404"))
+        assert got[("onshore_dashboard_request_seconds_count", page)] == 2
+        assert got[("onshore_dashboard_request_seconds_sum", page)] > 0
+        assert got[("onshore_dashboard_request_seconds_count",
+                    (("method", "GET"), ("route", "/metrics"), ("status", "200")))] == 1
+        assert not [k for k in got if "passwd" in str(k)]  # a raw path never becomes a label
     app.state.workspace.close()
     from onshore.web import access
 

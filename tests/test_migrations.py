@@ -117,7 +117,7 @@ def test_an_older_revision_is_named_and_upgrade_moves_it_to_head(
     assert code == 1 and "is at schema revision 'catalog_0001'" in err and "onshore upgrade" in err
     code, out, _ = run_cli(capsys, "-w", str(tmp_path / "ws"), "upgrade", "--backup", str(tmp_path / "bk"))
     assert code == 0, out
-    assert "the catalog: catalog_0001 -> catalog_0002" in out and "the ledger: at ledger_0003, nothing to do" in out
+    assert "the catalog: catalog_0001 -> catalog_0002" in out and "the ledger: at ledger_0004, nothing to do" in out
     assert (tmp_path / "bk" / "backup.json").is_file()
     code, out, _ = run_cli(capsys, "-w", str(tmp_path / "ws"), "upgrade")
     assert code == 0 and "upgrade: nothing to do" in out

@@ -72,7 +72,7 @@ def test_an_old_workspace_upgrades_and_everything_in_it_works(old_root: Path, tm
     code, out, err = run_cli(capsys, "-w", str(old_root), "upgrade", "--backup", str(tmp_path / "before"))
     assert code == 0, err
     assert "no revision (made before revisions) -> catalog_0002" in out
-    assert "no revision (made before revisions) -> ledger_0003" in out
+    assert "no revision (made before revisions) -> ledger_0004" in out
     manifest = json.loads((tmp_path / "before" / "backup.json").read_text())
     assert manifest["revisions"] == {"catalog": None, "ledger": None}  # the backup is of the old workspace
 

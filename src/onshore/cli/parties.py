@@ -56,17 +56,20 @@ def coordinator_serve(kit: Path = typer.Argument(..., metavar="KIT", help="The c
     coordinator.serve(load_kit(kit, "coordinator"), db, port=port)
 
 
-def site_serve(kit: Path = typer.Argument(..., metavar="KIT", help="The site's startup kit.")) -> None:
+def site_serve(kit: Path = typer.Argument(..., metavar="KIT", help="The site's startup kit."),
+               metrics_port: int | None = typer.Option(None, "--metrics-port", min=1, max=65535,
+                                                       help="Also answer Prometheus scrapes on this port (HTTPS, "
+                                                            "consortium certificate required).")) -> None:
     """Serve a site node (Arrow Flight over mutual TLS) until stopped.
 
-    Example: onshore site serve kits/site-sakai
+    Example: onshore site serve kits/site-sakai --metrics-port 9701
     """
     from onshore.parties import site
     from onshore.parties.kit import load_kit
 
     k = load_kit(kit, "site")
     console.print(f"site {esc(k.name)} ({esc(k.sites[k.name].jurisdiction)}) at {esc(k.sites[k.name].flight)}")
-    site.serve(k)
+    site.serve(k, metrics_port)
 
 
 @party_app.command("ingest")

@@ -3,7 +3,9 @@
 Tables: ``ledger_entries`` (index, kind, actor, leaf bytes), ``ledger_nodes`` (a key made of
 level and index, hash; level 0 holds the leaf hashes) holding the hash of every complete subtree,
 ``ledger_checkpoints``, and ``ledger_heads`` (the newest entry about each subject, an index the
-append transaction keeps so that it can link the next entry about it: onshore.ledger.subjects).
+append transaction keeps so that it can link the next entry about it: onshore.ledger.subjects),
+``ledger_subject_index`` (every entry by subject) and an index of entries by kind, both kept by
+the append transaction, so that a listing about one dataset, or of a few kinds, reads only those.
 An append writes its leaf and the subtrees it completes, reading only the compact range (the
 right edge, kept in memory); roots and proofs read O(log n) stored nodes in one query. Entries
 and nodes are never updated or deleted; heads are replaced as subjects move on.
@@ -28,6 +30,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Engine,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -64,6 +67,10 @@ ledger_entries = Table(
     Column("actor", String(80), nullable=False),
     Column("leaf", LargeBinary, nullable=False),
 )
+# Entries by kind, oldest first: what ``entries(kinds=...)`` reads (the decision point's governance
+# scan, the key service's withdrawals...), so that such a scan reads the entries of those kinds and
+# not every leaf of the log. The database keeps it inside each append transaction.
+Index("ledger_entries_kind", ledger_entries.c.kind, ledger_entries.c.idx)
 
 ledger_nodes = Table(
     "ledger_nodes",
@@ -131,7 +138,7 @@ ledger_subject_index = Table(
 
 #: The ledger's line of schema revisions (onshore.catalog.migrate; scripts in ledger/revisions).
 LEDGER_SCHEMA = SchemaLine("ledger", "alembic_version_ledger", Path(__file__).parent / "revisions",
-                           ("ledger_0001", "ledger_0002", "ledger_0003"), "ledger_entries")
+                           ("ledger_0001", "ledger_0002", "ledger_0003", "ledger_0004"), "ledger_entries")
 
 
 def subject_index_rows(conn) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]

@@ -21,6 +21,11 @@ consortium certificate fails the handshake. Routes::
     GET  /v1/evidence?dataset=D       checkpoint, head note, chain and proofs for a site's attestation
     POST /v1/bundles                  site: hand in a residency bundle it signed
     GET  /v1/bundles?dataset=D        the newest bundle for D, for auditors (verified offline)
+    GET  /metrics                     Prometheus text: ledger size, checkpoint age, decisions by
+                                      outcome and rule, request latency by route (docs/monitoring.md)
+
+``/metrics`` is behind the same mutual TLS as every route: a scraper presents a consortium
+certificate (aggregate counts only, but they still say how busy each dataset's parties are).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Any
 from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, Text, insert, select, update
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from onshore.catalog.db import open_engine
@@ -471,7 +476,21 @@ def make_app(coord: Coordinator) -> Starlette:
                                 status_code=404)
         return JSONResponse(found)
 
-    return Starlette(routes=[
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from onshore.serve.metrics import CONTENT_TYPE, RouteTimer, request_histogram
+    from onshore.workspace.metrics import LedgerCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LedgerCollector(coord.ledger))
+    timings = request_histogram("onshore_coordinator", registry)
+
+    async def metrics(_: Request) -> Response:
+        import anyio.to_thread
+
+        return Response(await anyio.to_thread.run_sync(generate_latest, registry), media_type=CONTENT_TYPE)
+
+    app = Starlette(routes=[
         Route("/v1/health", health), Route("/v1/heads", heads), Route("/v1/checkpoint", checkpoint),
         Route("/v1/ledger", ledger), Route("/v1/evidence", evidence), Route("/v1/bundles", bundle),
         Route("/v1/bundles", handler(coord.store_bundle), methods=["POST"]),
@@ -481,7 +500,10 @@ def make_app(coord: Coordinator) -> Starlette:
         Route("/v1/entries", handler(coord.entries), methods=["POST"]),
         Route("/v1/withdraw", handler(coord.withdraw), methods=["POST"]),
         Route("/v1/cosign", handler(coord.cosign), methods=["POST"]),
+        Route("/metrics", metrics),
     ])
+    app.add_middleware(RouteTimer, routes=app.routes, histogram=timings)
+    return app
 
 
 def serve(kit: Kit, db_url: str | None = None, host: str | None = None, port: int | None = None) -> None:

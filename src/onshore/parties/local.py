@@ -63,10 +63,11 @@ class LocalConsortium:
     def kit(self, label: str) -> Kit:
         return self.kits[label]
 
-    def start(self, label: str, db_url: str | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(self, label: str, db_url: str | None = None, env: dict[str, str] | None = None,
+              extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         """Start the coordinator (``coordinator:coordinator``), a site (``site:NAME``) or a witness
-        (``witness:NAME``) as a process, with ``env`` added to its environment (tests: crash points)."""
+        (``witness:NAME``) as a process, with ``env`` added to its environment (tests: crash points)
+        and ``extra`` arguments after its serve command's own (``--metrics-port N``)."""
         kit = self.kits[label]
         if kit.kind == "witness":
             host, port = self.endpoint(label)
@@ -78,6 +79,7 @@ class LocalConsortium:
             args = ["site", "serve", str(kit.folder)]
         if db_url:
             args += ["--db", db_url]
+        args += list(extra)
         log = open(self.root / f"{label.replace(':', '-')}.log", "ab")  # noqa: SIM115 - owned by the child
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         proc = subprocess.Popen([sys.executable, "-m", "onshore", *args], stdout=log, stderr=log, env=env,

@@ -22,6 +22,11 @@ whatever the decision says.
 - ``DoAction("shred")``: the owner's withdrawal: the data key is destroyed (crypto-shredding),
   the shards deleted, a ``key.shred`` entry signed.
 - ``DoAction("health")``: liveness and what is stored.
+
+With ``onshore site serve --metrics-port N`` the node also answers Prometheus scrapes over HTTPS
+on its Flight host, behind the same mutual TLS (a consortium certificate): calls by method and
+outcome with their latency, frames and bytes ingested, copies sent and received, what it holds
+(``SiteMetrics``; docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -33,14 +38,18 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as fl
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text, delete, insert, select
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text, delete, func, insert, select
 
 from onshore.catalog.db import open_engine
 from onshore.errors import OnshoreError, PolicyDenied
@@ -53,6 +62,7 @@ from onshore.parties.client import CoordinatorClient
 from onshore.parties.kit import Kit
 from onshore.parties.signed import NonceBook, RequestRefused, check_decision, check_signed
 from onshore.residency.policy import UsagePolicy
+from onshore.serve.metrics import SiteMetrics
 from onshore.store.shards import (
     ShardInfo,
     ShardWriter,
@@ -143,6 +153,26 @@ def push(client: fl.FlightClient, command: dict[str, Any], batches: Iterator[pa.
     return json.loads(answer.to_pybytes()) if answer is not None else {}
 
 
+#: the Flight actions a node answers (a call's metrics label; any other is counted as unknown)
+ACTIONS = ("health", "pull", "copy", "shred")
+
+
+class HeldCollector(Collector):
+    """What a site holds, read from its database at scrape time."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        with self.engine.connect() as c:
+            datasets = c.execute(select(func.count()).select_from(site_datasets)).scalar_one()
+            frames, size = c.execute(select(func.coalesce(func.sum(site_shards.c.frames), 0),
+                                            func.coalesce(func.sum(site_shards.c.bytes), 0))).one()
+        yield GaugeMetricFamily("onshore_site_datasets", "Datasets stored here.", value=int(datasets))
+        yield GaugeMetricFamily("onshore_site_stored_frames", "Frames stored here.", value=int(frames))
+        yield GaugeMetricFamily("onshore_site_stored_bytes", "Bytes of encrypted shards stored here.", value=int(size))
+
+
 class SiteNode(fl.FlightServerBase):
     """The Flight server of one site (see the module docstring for what each call does)."""
 
@@ -161,6 +191,7 @@ class SiteNode(fl.FlightServerBase):
         self._pulls: dict[str, Any] = {}  # request nonce -> X25519 private key of a copy under way
         self._storing: set[str] = set()  # datasets whose DoPut is under way (reconcile leaves them)
         self._lock = threading.Lock()
+        self.metrics = SiteMetrics((HeldCollector(self.engine),))
         super().__init__(location or self.info.flight.replace("grpc+tls://", "grpc+tls://"),
                          tls_certificates=[fl.CertKeyPair(kit.cert.read_bytes(), kit.key.read_bytes())],
                          verify_client=True, root_certificates=kit.ca.read_bytes())
@@ -211,7 +242,24 @@ class SiteNode(fl.FlightServerBase):
             return c.execute(select(site_datasets).where(site_datasets.c.name == dataset)).first()
 
     # --- Flight
+    @contextmanager
+    def _timed(self, call: str) -> Iterator[None]:
+        """Observe one call's latency under ``call`` and its outcome (ok, refused, denied, error)."""
+        started, outcome = time.perf_counter(), "error"
+        try:
+            yield
+            outcome = "ok"
+        except fl.FlightServerError as e:
+            outcome = "denied" if DENIED in str(e) else "refused"
+            raise
+        finally:
+            self.metrics.call_seconds.labels(call, outcome).observe(time.perf_counter() - started)
+
     def do_put(self, context: Any, descriptor: fl.FlightDescriptor, reader: Any, writer: Any) -> None:
+        with self._timed("DoPut"):
+            self._do_put(descriptor, reader, writer)
+
+    def _do_put(self, descriptor: fl.FlightDescriptor, reader: Any, writer: Any) -> None:
         try:
             cmd = json.loads(descriptor.command)
             action = cmd.get("request", {}).get("body", {}).get("action") if isinstance(cmd, dict) else None
@@ -280,6 +328,8 @@ class SiteNode(fl.FlightServerBase):
             raise
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+        self.metrics.ingested_frames.inc(frames)
+        self.metrics.ingested_bytes.inc(sum(s.bytes for s in shards))
         return {"dataset": dataset, "site": self.kit.name, "frames": frames, "shards": len(shards), "entry": index}
 
     def _validator(self, cmd: dict[str, Any], dataset: str) -> tuple[Any, str]:
@@ -348,6 +398,8 @@ class SiteNode(fl.FlightServerBase):
             raise
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+        self.metrics.copies.labels("received").inc()
+        self.metrics.copied_bytes.labels("received").inc(sum(s.bytes for s in shards))
         return {"dataset": dataset, "site": self.kit.name, "frames": frames, "shards": len(shards), "entry": index}
 
     def reconcile(self, only: str | None = None) -> list[int]:
@@ -425,6 +477,10 @@ class SiteNode(fl.FlightServerBase):
         return first.schema, gen()
 
     def do_get(self, context: Any, ticket: fl.Ticket) -> fl.FlightDataStream:
+        with self._timed("DoGet"):
+            return self._do_get(ticket)
+
+    def _do_get(self, ticket: fl.Ticket) -> fl.FlightDataStream:
         try:
             cmd = json.loads(ticket.ticket)
             req, _, _ = self.authorize(cmd, "read", "site")
@@ -442,6 +498,10 @@ class SiteNode(fl.FlightServerBase):
                 ("shred", "the owner's withdrawal: destroy the data key and shards")]
 
     def do_action(self, context: Any, action: fl.Action) -> Iterator[bytes]:
+        with self._timed(f"DoAction:{action.type if action.type in ACTIONS else '(unknown)'}"):
+            return self._do_action(action)
+
+    def _do_action(self, action: fl.Action) -> Iterator[bytes]:
         try:
             if action.type == "health":
                 with self.engine.connect() as c:
@@ -528,6 +588,8 @@ class SiteNode(fl.FlightServerBase):
         # recorded once the destination holds the copy: a release for a copy that never landed
         # would be a claim no data.copy answers (a crash in between leaves the copy without it)
         self._release(cmd, "copy")
+        self.metrics.copies.labels("sent").inc()
+        self.metrics.copied_bytes.labels("sent").inc(sum(int(s.bytes) for s in shards))
         return answer
 
     def _release(self, cmd: dict[str, Any], action: str) -> int:
@@ -552,10 +614,18 @@ class SiteNode(fl.FlightServerBase):
         return {"dataset": dataset, "site": self.kit.name, "shredded": destroyed, "shards": len(shards)}
 
 
-def serve(kit: Kit) -> None:
+def serve(kit: Kit, metrics_port: int | None = None) -> None:
     """Run the site node until stopped; reconcile its entries with what it holds first (in the
-    background, so a coordinator that is still starting does not delay serving)."""
+    background, so a coordinator that is still starting does not delay serving). With
+    ``metrics_port``, Prometheus scrapes are answered over HTTPS on the Flight host and that port,
+    only to a client presenting a consortium certificate (mutual TLS, as every call)."""
     node = SiteNode(kit)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        host = kit.sites[kit.name].flight.rsplit("//", 1)[1].rsplit(":", 1)[0]
+        start_http_server(metrics_port, host, node.metrics.registry, certfile=str(kit.cert), keyfile=str(kit.key),
+                          client_cafile=str(kit.ca), client_auth_required=True)
 
     def reconcile() -> None:
         try:

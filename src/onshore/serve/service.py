@@ -407,7 +407,7 @@ def start(ws: Workspace, model: str | None, site: str, host: str = "127.0.0.1", 
     if export is None and parse_model_ref(ref).alias is not None and record is None:
         follow = Follow(ws, ref, site, served.purpose, model, recheck, loader, openpi_emb)
     server = PolicyServer(served, tokens, limits, recorder, recheck, on_event, latched_estops(ws, site),
-                          openpi_embodiment=openpi_emb, metrics_extra=(LedgerCollector(ws),), follow=follow)
+                          openpi_embodiment=openpi_emb, metrics_extra=(LedgerCollector(ws.ledger),), follow=follow)
     loop = asyncio.new_event_loop()
     started: dict[str, Any] = {}
     ready = threading.Event()

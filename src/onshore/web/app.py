@@ -39,7 +39,7 @@ from onshore.encoding import b64encode
 from onshore.errors import NotFoundError, OnshoreError, ValidationError
 from onshore.i18n import N_, Message, language_from_accept, translator
 from onshore.i18n import render as render_message
-from onshore.serve.metrics import CONTENT_TYPE
+from onshore.serve.metrics import CONTENT_TYPE, RouteTimer, request_histogram
 from onshore.web import access, pages
 from onshore.web.graph import lineage_graph
 from onshore.workspace import models
@@ -312,7 +312,8 @@ def create_app(root: Path, token_digest: str | None = None, host: str = "127.0.0
                       as_json={**out, "current_status": current})
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(ws))
+    registry.register(LedgerCollector(ws.ledger))
+    timings = request_histogram("onshore_dashboard", registry)
 
     async def metrics(request: Request) -> Response:
         """Prometheus text: the ledger's size, checkpoint lag and decisions by rule (behind the token gate)."""
@@ -339,6 +340,7 @@ def create_app(root: Path, token_digest: str | None = None, host: str = "127.0.0
     ], exception_handlers={OnshoreError: refuse_errors})
     app.state.workspace = ws
     app.state.verifier = verifier
+    app.add_middleware(RouteTimer, routes=app.routes, histogram=timings)  # innermost: what the pages cost
     if token_digest is not None:
         app.add_middleware(TokenGate, current=lambda: access.token_digest(ws))
     app.add_middleware(Guard, hosts=allowed_hosts(host))  # outermost: every response gets its headers

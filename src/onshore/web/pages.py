@@ -21,14 +21,16 @@ from onshore.encoding import b64encode
 from onshore.errors import NotFoundError
 from onshore.ledger import checkpoint as ckpt
 from onshore.ledger.entries import parse_leaf
-from onshore.ledger.log import StoredEntry, ledger_entries
+from onshore.ledger.log import StoredEntry, ledger_entries, ledger_subject_index
+from onshore.ledger.subjects import subjects_of
 from onshore.names import is_model_id
 from onshore.residency.policy import cedar_hash, workspace_cedar
 from onshore.workspace import datasets, models, registry
 from onshore.workspace.workspace import Workspace
 
-#: Entries scanned (newest first) for a dataset's or model's history on its page; older ones are on
-#: the ledger page, filtered by dataset. Keeps a page bounded on a ledger of millions of entries.
+#: Entries about a dataset or model read (newest first, through the ledger's subject index) for its
+#: page; older ones are on the ledger page, filtered by dataset. Keeps a page bounded for a dataset
+#: with millions of decisions.
 HISTORY_SCAN = 20_000
 
 
@@ -48,16 +50,14 @@ def entry_json(e: StoredEntry) -> dict[str, Any]:
     return {"index": e.index, **e.entry.to_json()}
 
 
-def entry_dataset(body: dict[str, Any]) -> str | None:
-    return body.get("dataset") or _request(body).get("dataset")
-
-
 def entry_site(body: dict[str, Any]) -> str | None:
     return body.get("site") or _request(body).get("site")
 
 
-def entry_model(body: dict[str, Any]) -> str | None:
-    return body.get("model") or _request(body).get("model")
+def is_about(e: StoredEntry, subject: str) -> bool:
+    """True when ``e`` is about ``subject`` (``dataset:NAME``, ``model:NAME``) as the ledger's subject
+    index and links count it (onshore.ledger.subjects): what a page or filter by dataset lists."""
+    return subject in subjects_of(e.entry.kind, e.entry.body)
 
 
 def mentioning(key: str, value: str) -> bytes | None:
@@ -70,11 +70,27 @@ def mentioning(key: str, value: str) -> bytes | None:
 
 
 def entries_newest_first(ws: Workspace, kinds: tuple[str, ...] | None = None, actor: str | None = None,
-                         before: int | None = None, like: tuple[bytes | None, ...] = ()
-                         ) -> Iterator[StoredEntry]:
+                         before: int | None = None, like: tuple[bytes | None, ...] = (),
+                         subject: str | None = None) -> Iterator[StoredEntry]:
     """Ledger entries from the newest back, parsed lazily. Kind, actor and ``like`` patterns (see
-    ``mentioning``; all must match) are applied in SQL, so that a page parses only candidates."""
-    q = select(ledger_entries.c.idx, ledger_entries.c.leaf)
+    ``mentioning``; all must match) are applied in SQL, so that a page parses only candidates.
+
+    With ``subject`` (``dataset:NAME``, ``model:NAME``), only the entries about it, found through the
+    ledger's subject index (filled in the append transaction): the query walks that index newest
+    first and reads only those leaves, so its cost follows the subject's entries, not the ledger's.
+    """
+    if subject is not None:
+        about = ledger_subject_index
+        q = select(ledger_entries.c.idx, ledger_entries.c.leaf).select_from(
+            about.join(ledger_entries, ledger_entries.c.idx == about.c.idx)).where(about.c.subject == subject)
+        if before is not None:
+            q = q.where(about.c.idx < before)
+        order = about.c.idx.desc()
+    else:
+        q = select(ledger_entries.c.idx, ledger_entries.c.leaf)
+        if before is not None:
+            q = q.where(ledger_entries.c.idx < before)
+        order = ledger_entries.c.idx.desc()
     sqlite = ws.ledger.engine.dialect.name == "sqlite"
     for pattern in like:
         if pattern is None:
@@ -86,10 +102,8 @@ def entries_newest_first(ws: Workspace, kinds: tuple[str, ...] | None = None, ac
         q = q.where(ledger_entries.c.kind.in_(list(kinds)))
     if actor:
         q = q.where(ledger_entries.c.actor == actor)
-    if before is not None:
-        q = q.where(ledger_entries.c.idx < before)
     with ws.ledger.engine.connect() as conn:
-        result = conn.execution_options(stream_results=True).execute(q.order_by(ledger_entries.c.idx.desc()))
+        result = conn.execution_options(stream_results=True).execute(q.order_by(order))
         for idx, leaf in result:
             leaf = bytes(leaf)
             yield StoredEntry(int(idx), parse_leaf(leaf), leaf)
@@ -182,12 +196,10 @@ def dataset(ws: Workspace, name: str) -> dict[str, Any]:
     cedar, digest = ws.dataset_policy(name)
     history: dict[str, list[dict[str, Any]]] = {v: [] for v in _DATA_KINDS.values()}
     decisions: list[dict[str, Any]] = []
-    for n, e in enumerate(entries_newest_first(ws, ("decision", *_DATA_KINDS),
-                                               like=(mentioning("dataset", name),))):
+    for n, e in enumerate(entries_newest_first(ws, ("decision", *_DATA_KINDS), subject=f"dataset:{name}")):
         if n >= HISTORY_SCAN:
             break
-        body = e.entry.body
-        if entry_dataset(body) != name:
+        if not is_about(e, f"dataset:{name}"):  # an edited index row shows nothing ('ledger verify' names it)
             continue
         if e.entry.kind == "decision":
             decisions.append(_decision_row(e))
@@ -211,10 +223,10 @@ def model(ws: Workspace, name: str) -> dict[str, Any]:
     children = [{"name": m["name"], "site": m["site"], "status": m["status"]}
                 for m in models.list_models(ws) if m["base"] == name]
     evals, starts, stops = [], [], {}
-    for n, e in enumerate(entries_newest_first(ws, ("model.eval", "model.serve"), like=(mentioning("model", name),))):
+    for n, e in enumerate(entries_newest_first(ws, ("model.eval", "model.serve"), subject=f"model:{name}")):
         if n >= HISTORY_SCAN:
             break
-        if entry_model(e.entry.body) != name:
+        if not is_about(e, f"model:{name}"):  # an edited index row shows nothing ('ledger verify' names it)
             continue
         row = {**e.entry.body, "index": e.index, "time": e.entry.time}
         if e.entry.kind == "model.eval":
@@ -279,7 +291,11 @@ def model_reports(ws: Workspace, name: str) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class LogFilter:
-    """The ledger page's filters; empty fields match everything. Times are ISO 8601 prefixes."""
+    """The ledger page's filters; empty fields match everything. Times are ISO 8601 prefixes.
+
+    ``dataset`` matches the entries about that dataset as the ledger's subject index counts them
+    (``body.dataset``; a decision's ``body.request.dataset``), ``site`` those naming the site
+    (``body.site`` or ``body.request.site``)."""
 
     kind: str = ""
     actor: str = ""
@@ -290,7 +306,7 @@ class LogFilter:
 
     def matches(self, e: StoredEntry) -> bool:
         b = e.entry.body
-        if self.dataset and entry_dataset(b) != self.dataset:
+        if self.dataset and not is_about(e, f"dataset:{self.dataset}"):
             return False
         if self.site and entry_site(b) != self.site:
             return False
@@ -306,8 +322,9 @@ def ledger_log(ws: Workspace, f: LogFilter, before: int | None, per_page: int = 
     """One page of entries, newest first, matching ``f``; ``next_before`` pages further back."""
     rows: list[dict[str, Any]] = []
     next_before = None
-    like = (mentioning("dataset", f.dataset) if f.dataset else None, mentioning("site", f.site) if f.site else None)
-    for e in entries_newest_first(ws, (f.kind,) if f.kind else None, f.actor or None, before, like):
+    like = (mentioning("site", f.site) if f.site else None,)
+    for e in entries_newest_first(ws, (f.kind,) if f.kind else None, f.actor or None, before, like,
+                                  subject=f"dataset:{f.dataset}" if f.dataset else None):
         if f.since and e.entry.time < f.since:
             break  # entries are appended in time order: nothing older can match
         if not f.matches(e):

@@ -10,11 +10,12 @@ catalog disagreeing with them is refused (IntegrityError), naming the catalog ro
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from onshore.errors import IntegrityError, OnshoreError, ValidationError
-from onshore.ledger.log import Ledger
+from onshore.ledger.log import Ledger, StoredEntry
 from onshore.residency.policy import UsagePolicy, parse_policy
 
 #: Closes the entries of an attempt that made nothing (the same kind as ``attempts.ABANDONED``,
@@ -90,44 +91,82 @@ def init_entry(ledger: Ledger) -> dict[str, Any]:
 
 def read_governance(ledger: Ledger) -> Governance:
     """Fold the ledger's governance entries: the latest ``site.add`` of a site wins (a jurisdiction
-    change is recorded as one)."""
-    init = init_entry(ledger)
-    gov = Governance(str(init.get("name")), init.get("jurisdiction"), str(init.get("log_public_key")),
-                     ledger.size())
-    found = list(ledger.entries(kinds=GOVERNANCE_KINDS))
-    # an abandoned entry always follows the entries it closes: those made no dataset or model
-    closed = {int(i) for e in found if e.entry.kind == ABANDONED for i in e.entry.body.get("closes", [])}
-    for e in found:
-        b, kind = e.entry.body, e.entry.kind
-        # a withdrawal is never undone: no attempt is closed after its withdrawal entry is
-        # appended (it is rolled forward), so a data.abandoned citing one voids nothing
-        if e.index in closed and kind != "consent.withdraw":
-            continue
-        if kind == "site.add" and e.entry.actor == "log":
-            gov.sites[b["site"]] = LedgerSite(b["site"], b["jurisdiction"], tuple(sorted(b["roles"])),
-                                              b["public_key"], e.index)
-        elif kind == "member.add" and e.entry.actor == "log":
-            gov.members[b["member"]] = b["public_key"]
-        elif kind == "consent.withdraw":
-            gov.withdrawn.setdefault(b["dataset"], e.index)
-        elif kind == "embodiment.add" and e.entry.actor == "log":
-            gov.embodiments.setdefault(b["embodiment"], (b["sha256"], e.index))
-        elif kind == "consent.grant" and e.entry.actor == f"member:{b.get('owner')}":
-            # A dataset's grant is its first live one: a later grant of the same name (an ingest
-            # after an insider deleted the catalog row) must not hand the models trained on the
-            # first dataset another owner's, or a looser, policy.
-            if b["dataset"] in gov.grants:
-                gov.reused.setdefault(f"dataset:{b['dataset']}", []).append(e.index)
+    change is recorded as one). Reads every governance entry; a long-running process keeps a
+    ``GovernanceReader`` instead, which reads only the entries appended since its last read."""
+    return GovernanceReader(ledger).read()
+
+
+class GovernanceReader:
+    """The governance of one ledger, read again on every ``read`` from what was appended since.
+
+    The ledger is append-only, so the governance entries already read stay as they were; each
+    ``read`` asks for the ledger's size and the governance entries from the last size read on (the
+    index of entries by kind: a few index probes, however many decisions the ledger holds), then
+    folds them all again (a data.abandoned entry can void earlier ones). Each grant's policy is
+    parsed once. Appends by other processes are seen by the next ``read``. A ledger that shrank
+    (replaced by an older copy) is read again from its start. Safe to share between threads.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._lock = threading.Lock()
+        self._init: dict[str, Any] | None = None
+        self._found: list[StoredEntry] = []
+        self._size = 0
+        self._policies: dict[int, UsagePolicy] = {}
+
+    def read(self) -> Governance:
+        with self._lock:
+            size = self.ledger.size()
+            if size < self._size or self._init is None:
+                self._init, self._found, self._size, self._policies = init_entry(self.ledger), [], 0, {}
+            if size > self._size:
+                self._found += self.ledger.entries(self._size, size, kinds=GOVERNANCE_KINDS)
+                self._size = size
+            return self._fold(self._init, size)
+
+    def _policy(self, body: dict[str, Any], index: int) -> UsagePolicy:
+        policy = self._policies.get(index)
+        if policy is None:
+            policy = self._policies[index] = _signed_policy(body, index)
+        return policy
+
+    def _fold(self, init: dict[str, Any], size: int) -> Governance:
+        gov = Governance(str(init.get("name")), init.get("jurisdiction"), str(init.get("log_public_key")), size)
+        found = self._found
+        # an abandoned entry always follows the entries it closes: those made no dataset or model
+        closed = {int(i) for e in found if e.entry.kind == ABANDONED for i in e.entry.body.get("closes", [])}
+        for e in found:
+            b, kind = e.entry.body, e.entry.kind
+            # a withdrawal is never undone: no attempt is closed after its withdrawal entry is
+            # appended (it is rolled forward), so a data.abandoned citing one voids nothing
+            if e.index in closed and kind != "consent.withdraw":
                 continue
-            gov.grants[b["dataset"]] = LedgerGrant(b["dataset"], b["owner"], _signed_policy(b, e.index), e.index)
-        elif kind == "model.release" and e.entry.actor == f"site:{b.get('site')}":
-            gov.releases[e.index] = LedgerRelease(b["model"], b["site"], b.get("base"),
-                                                  tuple(sorted({d["name"] for d in b.get("datasets") or ()})),
-                                                  e.index)
-            if b["model"] in gov.latest_release:
-                gov.reused.setdefault(f"model:{b['model']}", []).append(e.index)
-            gov.latest_release[b["model"]] = e.index
-    return gov
+            if kind == "site.add" and e.entry.actor == "log":
+                gov.sites[b["site"]] = LedgerSite(b["site"], b["jurisdiction"], tuple(sorted(b["roles"])),
+                                                  b["public_key"], e.index)
+            elif kind == "member.add" and e.entry.actor == "log":
+                gov.members[b["member"]] = b["public_key"]
+            elif kind == "consent.withdraw":
+                gov.withdrawn.setdefault(b["dataset"], e.index)
+            elif kind == "embodiment.add" and e.entry.actor == "log":
+                gov.embodiments.setdefault(b["embodiment"], (b["sha256"], e.index))
+            elif kind == "consent.grant" and e.entry.actor == f"member:{b.get('owner')}":
+                # A dataset's grant is its first live one: a later grant of the same name (an ingest
+                # after an insider deleted the catalog row) must not hand the models trained on the
+                # first dataset another owner's, or a looser, policy.
+                if b["dataset"] in gov.grants:
+                    gov.reused.setdefault(f"dataset:{b['dataset']}", []).append(e.index)
+                    continue
+                gov.grants[b["dataset"]] = LedgerGrant(b["dataset"], b["owner"], self._policy(b, e.index), e.index)
+            elif kind == "model.release" and e.entry.actor == f"site:{b.get('site')}":
+                gov.releases[e.index] = LedgerRelease(b["model"], b["site"], b.get("base"),
+                                                      tuple(sorted({d["name"] for d in b.get("datasets") or ()})),
+                                                      e.index)
+                if b["model"] in gov.latest_release:
+                    gov.reused.setdefault(f"model:{b['model']}", []).append(e.index)
+                gov.latest_release[b["model"]] = e.index
+        return gov
 
 
 def _signed_policy(body: dict[str, Any], index: int) -> UsagePolicy:

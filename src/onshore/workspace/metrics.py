@@ -3,7 +3,7 @@
 Read at scrape time by :class:`LedgerCollector` (registered in a server's own registry, never the
 process-wide one). Decisions are counted incrementally: each scrape reads only the ``decision``
 entries appended since the last, so a scrape does not grow with the ledger. Exposed by
-``onshore serve`` and ``onshore dashboard`` at ``/metrics`` (``docs/serving.md``).
+``onshore serve``, ``onshore dashboard`` and the coordinator at ``/metrics`` (``docs/monitoring.md``).
 """
 
 from __future__ import annotations
@@ -18,20 +18,21 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from onshore.ledger import checkpoint as ckpt
-from onshore.workspace.workspace import Workspace
+from onshore.ledger.log import Ledger
 
 
 class LedgerCollector(Collector):
-    """``onshore_ledger_*`` metrics of ``ws`` (safe to scrape from several threads)."""
+    """``onshore_ledger_*`` metrics of ``ledger`` (a workspace's, or the coordinator's; safe to
+    scrape from several threads)."""
 
-    def __init__(self, ws: Workspace) -> None:
-        self.ws = ws
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
         self._lock = threading.Lock()
         self._scanned = 0
         self._decisions: Counter[tuple[str, str]] = Counter()
 
     def _count_decisions(self, size: int) -> None:
-        for e in self.ws.ledger.entries(self._scanned, size, kinds=("decision",)):
+        for e in self.ledger.entries(self._scanned, size, kinds=("decision",)):
             body = e.entry.body
             outcome = str(body.get("decision", "?"))
             for rule in body.get("rules") or ["(none)"]:
@@ -40,14 +41,14 @@ class LedgerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            size = self.ws.ledger.size()
+            size = self.ledger.size()
             self._count_decisions(size)
             decisions = dict(self._decisions)
-        note = self.ws.ledger.checkpoint_note()
+        note = self.ledger.checkpoint_note()
         covered = ckpt.parse(note.split("\n\n", 1)[0] + "\n").size if note else 0
         age = 0.0
         if covered < size:  # how long the oldest entry no checkpoint covers has waited for one
-            first = next(self.ws.ledger.entries(covered, covered + 1), None)
+            first = next(self.ledger.entries(covered, covered + 1), None)
             if first is not None:
                 age = max(0.0, time.time() - datetime.fromisoformat(first.entry.time).timestamp())
         yield GaugeMetricFamily("onshore_ledger_entries", "Entries in the transparency ledger.", value=size)

@@ -72,6 +72,7 @@ class Workspace:
         self.catalog = catalog
         self.ledger = ledger
         self._pdp: PolicyDecisionPoint | None = None
+        self._governance = governance.GovernanceReader(ledger)
         self._keystores: dict[str, KeyStore] = {}
         self._signers: dict[str, Ed25519PrivateKey] = {}
         self._seen_size = -1  # the ledger size this process's derived state (decision point, ...) reflects
@@ -357,8 +358,9 @@ class Workspace:
         return self._init.get("jurisdiction")
 
     def ledger_governance(self) -> governance.Governance:
-        """Sites, members and withdrawals as the signed ledger records them (read each time)."""
-        return governance.read_governance(self.ledger)
+        """Sites, members and withdrawals as the signed ledger records them, as of now: each call
+        reads what was appended since the last (``governance.GovernanceReader``)."""
+        return self._governance.read()
 
     def site_facts(self, gov: governance.Governance | None = None) -> list[SiteFacts]:
         """Each site's jurisdiction and roles, from the ledger; refuses a catalog that disagrees."""
