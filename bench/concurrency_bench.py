@@ -177,7 +177,6 @@ def _coordinator_client(kit_dir: str, dataset: str, n: int, go: str, out: str) -
 def coordinator_decisions(srcs: list[Path], n: int, repeat: int, clients: tuple[int, ...] = (1, 8)) -> None:
     """Decisions/s through a coordinator per tree in ``srcs`` and client count, interleaved."""
     from conftest import POLICY_JP
-
     from onshore.parties.client import CoordinatorClient
     from onshore.parties.local import LocalConsortium
     from onshore.residency.policy import parse_policy
@@ -199,8 +198,9 @@ def coordinator_decisions(srcs: list[Path], n: int, repeat: int, clients: tuple[
                     go = dep.root / "go"
                     for f in [go, *outs, *(o.with_suffix(".json.ready") for o in outs)]:
                         f.unlink(missing_ok=True)
-                    procs = [subprocess.Popen([sys.executable, __file__, "--as-client", str(dep.kit("site:sakai").folder),
-                                               "d0", str(n // k), str(go), str(o)], env=env) for o in outs]
+                    kit = str(dep.kit("site:sakai").folder)
+                    procs = [subprocess.Popen([sys.executable, __file__, "--as-client", kit, "d0", str(n // k), str(go),
+                                               str(o)], env=env) for o in outs]
                     while not all(o.with_suffix(".json.ready").exists() for o in outs):
                         if any(p.poll() not in (None, 0) for p in procs):
                             raise SystemExit("a client process failed")

@@ -55,10 +55,17 @@ class CoordinatorClient:
             raw = resp.read()
             if resp.will_close:
                 self._drop()
-            return resp.status, json.loads(raw or b"null")
         except BaseException:
             self._drop()
             raise
+        try:
+            return resp.status, json.loads(raw or b"null")
+        except ValueError:  # a server error page, or not the coordinator at all: say what came back
+            said = f"HTTP {resp.status}: {raw[:200].decode('utf-8', 'replace')}"
+            if resp.status < 400:
+                raise OnshoreError(f"{self.kit.coordinator_url} answered with something other than JSON ({said}); "
+                                   "is that address the coordinator's?") from None
+            return resp.status, {"error": said}
 
     def _drop(self) -> None:
         conn, self._local.conn = getattr(self._local, "conn", None), None
@@ -82,12 +89,9 @@ class CoordinatorClient:
             try:
                 status, data = self._exchange(method, path, payload)
                 break
-            except (ConnectionError, TimeoutError, OSError, http.client.HTTPException, ValueError) as e:
-                if reused and not isinstance(e, (TimeoutError, ValueError)):
+            except (ConnectionError, TimeoutError, OSError, http.client.HTTPException) as e:
+                if reused and not isinstance(e, TimeoutError):
                     continue
-                if isinstance(e, ValueError):
-                    raise OnshoreError(f"the coordinator at {self.kit.coordinator_url} answered with something "
-                                       "other than JSON; is that address the coordinator's?") from None
                 if isinstance(e, ssl.SSLError):
                     raise OnshoreError(f"TLS handshake with the coordinator {self.kit.coordinator_url} failed: {e}; "
                                        "check that this kit's certificate is the consortium's") from None
