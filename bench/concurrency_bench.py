@@ -277,6 +277,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs of each decision figure (min / median / max)")
     ap.add_argument("--skip-mixed", action="store_true", help="only the decision and append figures")
     ap.add_argument("--postgres", help="a PostgreSQL server URL (default: start one if initdb is on PATH)")
+    ap.add_argument("--sqlite-only", action="store_true", help="no PostgreSQL figures")
     ap.add_argument("--coordinator", action="store_true",
                     help="only the decisions through a coordinator with 1 and 8 client processes")
     ap.add_argument("--src", type=Path, action="append",
@@ -297,7 +298,7 @@ def main() -> None:
         coordinator_decisions(srcs, args.decisions, args.repeat)
         print(f"load average now {os.getloadavg()[0]:.1f}")
         return
-    pg, server = _postgres(args)
+    pg, server = (None, None) if args.sqlite_only else _postgres(args)
     backends = [("sqlite", lambda: {})] + ([("postgresql", lambda: _pg_urls(pg))] if pg else [])
     try:
         for name, urls in backends:
