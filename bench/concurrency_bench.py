@@ -1,7 +1,8 @@
 """Many writers: mixed commands per second and lock-wait p99 with 1, 4 and 8 processes; decisions/s.
 
     .venv/bin/python bench/concurrency_bench.py [--seconds S] [--decisions N] [--repeat R] [--skip-mixed]
-                                                [--postgres URL]
+                                                [--postgres URL | --sqlite-only]
+    .venv/bin/python bench/concurrency_bench.py --coordinator [--decisions N] [--repeat R] [--src DIR]...
 
 Part 1 runs tests/_workload.py (ingest with same-name collisions, copy, read, policy check,
 checkpoint, withdraw; each a real library call as the CLI makes it) in 1, 4 and 8 worker
