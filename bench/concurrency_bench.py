@@ -1,7 +1,8 @@
 """Many writers: mixed commands per second and lock-wait p99 with 1, 4 and 8 processes; decisions/s.
 
     .venv/bin/python bench/concurrency_bench.py [--seconds S] [--decisions N] [--repeat R] [--skip-mixed]
-                                                [--postgres URL]
+                                                [--postgres URL | --sqlite-only]
+    .venv/bin/python bench/concurrency_bench.py --coordinator [--decisions N] [--repeat R] [--src DIR]...
 
 Part 1 runs tests/_workload.py (ingest with same-name collisions, copy, read, policy check,
 checkpoint, withdraw; each a real library call as the CLI makes it) in 1, 4 and 8 worker
@@ -14,6 +15,13 @@ transaction), and signed appends per second through ``Workspace.record``, each w
 8 writer threads in one process (their appends are group-committed) and 8 writer processes,
 beside the Ed25519 signing ceiling of one core; each figure R times, interleaved, min / median /
 max. Goal (issue 7): >= 10,000/s each where the ceiling allows.
+
+Part 3 (``--coordinator``) measures decisions per second through the coordinator of a
+consortium (issue 22): a coordinator process (``onshore coordinator serve``, SQLite) and 1, then
+8, client processes, each a site's ``CoordinatorClient.decide`` in a loop (a signed request over
+HTTPS with mutual TLS; Cedar, the log-signed decision entry and the signed decision back). With
+``--src DIR`` (repeatable) each round runs every given tree (its ``src`` folder: e.g. an export
+of main beside this one), interleaved, so a baseline and a change are measured side by side.
 Figures depend on the machine and on what else runs on it.
 """
 
@@ -150,6 +158,74 @@ def decisions(root: Path, n: int, repeat: int, urls: dict[str, str]) -> None:
         ws.verify_ledger()
 
 
+def _coordinator_client(kit_dir: str, dataset: str, n: int, go: str, out: str) -> None:
+    """One client process: ``n`` decisions through the coordinator once file ``go`` exists (every
+    client has warmed up by then: on a loaded machine starting 8 interpreters takes seconds)."""
+    from onshore.parties.client import CoordinatorClient
+    from onshore.parties.kit import load_kit
+
+    client = CoordinatorClient(load_kit(Path(kit_dir)), quiet=True)
+    client.decide("read", dataset, "sakai", "fine-tuning")  # warm up: imports, TLS context
+    Path(out + ".ready").touch()
+    while not Path(go).exists():
+        time.sleep(0.001)
+    t = time.time()
+    for _ in range(n):
+        client.decide("read", dataset, "sakai", "fine-tuning")
+    Path(out).write_text(json.dumps({"start": t, "end": time.time()}))
+
+
+def coordinator_decisions(srcs: list[Path], n: int, repeat: int, clients: tuple[int, ...] = (1, 8)) -> None:
+    """Decisions/s through a coordinator per tree in ``srcs`` and client count, interleaved."""
+    from conftest import POLICY_JP
+    from onshore.parties.client import CoordinatorClient
+    from onshore.parties.local import LocalConsortium
+    from onshore.residency.policy import parse_policy
+
+    deps: dict[Path, tuple[LocalConsortium, dict[str, str]]] = {}
+    try:
+        for src in srcs:
+            env = {**os.environ, "PYTHONPATH": str(src)}
+            dep = LocalConsortium.provision(Path(tempfile.mkdtemp(prefix="onshore-cb-coord-")) / "dep")
+            dep.start("coordinator:coordinator", env={"PYTHONPATH": str(src)})
+            deps[src] = (dep, env)
+            CoordinatorClient(dep.kit("member:kansai-robotics"), quiet=True).consent("d0", parse_policy(POLICY_JP))
+        got: dict[tuple[Path, int], list[float]] = {(s, k): [] for s in srcs for k in clients}
+        for _ in range(repeat):
+            for k in clients:
+                for src in srcs:
+                    dep, env = deps[src]
+                    outs = [dep.root / f"c{i}.json" for i in range(k)]
+                    go = dep.root / "go"
+                    for f in [go, *outs, *(o.with_suffix(".json.ready") for o in outs)]:
+                        f.unlink(missing_ok=True)
+                    kit = str(dep.kit("site:sakai").folder)
+                    procs = [subprocess.Popen([sys.executable, __file__, "--as-client", kit, "d0", str(n // k), str(go),
+                                               str(o)], env=env) for o in outs]
+                    while not all(o.with_suffix(".json.ready").exists() for o in outs):
+                        if any(p.poll() not in (None, 0) for p in procs):
+                            raise SystemExit("a client process failed")
+                        time.sleep(0.01)
+                    start_at = time.time()
+                    go.touch()
+                    if any(p.wait() != 0 for p in procs):
+                        raise SystemExit("a client process failed")
+                    ends = [json.loads(o.read_text())["end"] for o in outs]
+                    got[(src, k)].append(k * (n // k) / (max(ends) - start_at))
+        for k in clients:
+            for src in srcs:
+                xs = got[(src, k)]
+                label = f"decisions/s, {k} client process(es), {src}"
+                print(f"  {label:58s} {min(xs):8,.0f} / {statistics.median(xs):8,.0f} / {max(xs):8,.0f}")
+        for src in srcs:
+            dep, env = deps[src]
+            size = CoordinatorClient(dep.kit("site:sakai"), quiet=True).health()["ledger_size"]
+            print(f"  ledger of {src}: {size} entries")
+    finally:
+        for dep, _ in deps.values():
+            dep.stop()
+
+
 def ed25519_ceiling() -> float:
     """Signatures per second of one core over a decision entry's size (about 420 bytes)."""
     key, sample = Ed25519PrivateKey.generate(), b"x" * 420
@@ -202,9 +278,28 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs of each decision figure (min / median / max)")
     ap.add_argument("--skip-mixed", action="store_true", help="only the decision and append figures")
     ap.add_argument("--postgres", help="a PostgreSQL server URL (default: start one if initdb is on PATH)")
+    ap.add_argument("--sqlite-only", action="store_true", help="no PostgreSQL figures")
+    ap.add_argument("--coordinator", action="store_true",
+                    help="only the decisions through a coordinator with 1 and 8 client processes")
+    ap.add_argument("--src", type=Path, action="append",
+                    help="with --coordinator: an onshore src folder to measure (repeatable; default: this tree's)")
+    ap.add_argument("--as-client", nargs=5, metavar=("KIT", "DATASET", "N", "GO", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.as_client:
+        kit, dataset, n, go, out = args.as_client
+        _coordinator_client(kit, dataset, int(n), go, out)
+        return
     print(f"CPU cores: {os.cpu_count()}; load average now {os.getloadavg()[0]:.1f}")
-    pg, server = _postgres(args)
+    if args.coordinator:
+        srcs = [p.resolve() for p in (args.src or [ROOT / "src"])]
+        ceiling = [ed25519_ceiling() for _ in range(args.repeat)]
+        print(f"== coordinator (SQLite): {args.decisions} per run, {args.repeat} runs, min / median / max")
+        print(f"  {'Ed25519 signing alone, one core (the ceiling)':58s} {min(ceiling):8,.0f} / "
+              f"{statistics.median(ceiling):8,.0f} / {max(ceiling):8,.0f}")
+        coordinator_decisions(srcs, args.decisions, args.repeat)
+        print(f"load average now {os.getloadavg()[0]:.1f}")
+        return
+    pg, server = (None, None) if args.sqlite_only else _postgres(args)
     backends = [("sqlite", lambda: {})] + ([("postgresql", lambda: _pg_urls(pg))] if pg else [])
     try:
         for name, urls in backends:

@@ -11,6 +11,7 @@ import http.client
 import json
 import ssl
 import sys
+import threading
 import time
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -39,20 +40,59 @@ class CoordinatorClient:
         self._ctx: ssl.SSLContext | None = client_tls(kit.ca, kit.cert, kit.key)
         self._url = urlsplit(kit.coordinator_url)
         self._key = kit.keystore().identity()
+        self._local = threading.local()  # each thread's kept-open connection (a site serves in threads)
+
+    def _exchange(self, method: str, path: str, payload: bytes | None) -> tuple[int, Any]:
+        """One request on this thread's kept-open connection (opened here when there is none);
+        the connection is dropped on any error and when the server says it closes it."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPSConnection(self._url.hostname or "", self._url.port, timeout=30,
+                                               context=self._ctx)
+            self._local.conn = conn
+        try:
+            conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            raw = resp.read()
+            if resp.will_close:
+                self._drop()
+        except BaseException:
+            self._drop()
+            raise
+        try:
+            return resp.status, json.loads(raw or b"null")
+        except ValueError:  # a server error page, or not the coordinator at all: say what came back
+            said = f"HTTP {resp.status}: {raw[:200].decode('utf-8', 'replace')}"
+            if resp.status < 400:
+                raise OnshoreError(f"{self.kit.coordinator_url} answered with something other than JSON ({said}); "
+                                   "is that address the coordinator's?") from None
+            return resp.status, {"error": said}
+
+    def _drop(self) -> None:
+        conn, self._local.conn = getattr(self._local, "conn", None), None
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        """Close this thread's kept-open connection (others close with their threads)."""
+        self._drop()
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         deadline = time.monotonic() + self.wait_s
         told = False
+        payload = None if body is None else json.dumps(body).encode()
         while True:
-            conn = http.client.HTTPSConnection(self._url.hostname or "", self._url.port, timeout=30, context=self._ctx)
+            # A kept-open connection saves a mutual-TLS handshake per call (it cost ten times the
+            # decision itself: docs/benchmarks.md). The server may have closed it while it was idle:
+            # then the request is sent again at once on a new one. Sending a signed request twice is
+            # safe: the coordinator refuses a nonce it has seen, so nothing happens twice.
+            reused = getattr(self._local, "conn", None) is not None
             try:
-                conn.request(method, path, body=None if body is None else json.dumps(body),
-                             headers={"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                data = json.loads(resp.read() or b"null")
-                status = resp.status
+                status, data = self._exchange(method, path, payload)
                 break
             except (ConnectionError, TimeoutError, OSError, http.client.HTTPException) as e:
+                if reused and not isinstance(e, TimeoutError):
+                    continue
                 if isinstance(e, ssl.SSLError):
                     raise OnshoreError(f"TLS handshake with the coordinator {self.kit.coordinator_url} failed: {e}; "
                                        "check that this kit's certificate is the consortium's") from None
@@ -63,8 +103,6 @@ class CoordinatorClient:
                     print(f"waiting for the coordinator at {self.kit.coordinator_url} ({e})", file=sys.stderr)
                     told = True
                 time.sleep(0.2)
-            finally:
-                conn.close()
         if status == 409:
             from onshore.parties.signed import StaleLinks
             raise StaleLinks(data.get("error", "stale links"))

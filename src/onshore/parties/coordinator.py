@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, Text, insert, select, update
@@ -82,6 +83,15 @@ ENTRY_KINDS = {"site": ("data.ingest", "data.copy", "data.read", "key.release", 
                "member": ("consent.grant", "consent.withdraw")}
 
 
+@dataclass(frozen=True)
+class _Registry:
+    """What decisions read: the decision point over every dataset's policy, and each dataset's
+    owner, signed consent and withdrawn flag, from one read of the registry."""
+
+    pdp: PolicyDecisionPoint
+    datasets: dict[str, dict[str, Any]]
+
+
 class Coordinator:
     """The coordinator's state and rules, independent of HTTP (the routes call these methods)."""
 
@@ -97,7 +107,9 @@ class Coordinator:
         self.log_key = kit.keystore().identity()
         self.origin = f"onshore/{kit.consortium}"
         self._lock = threading.Lock()
-        self._pdp_cache: PolicyDecisionPoint | None = None  # rebuilt after consent or withdrawal
+        self._registry_cache: _Registry | None = None  # rebuilt after consent or withdrawal
+        self._registry_lock = threading.Lock()
+        self._generation = 0  # bumped by every change to the registry
 
     # --- helpers
     def _checked(self, req: Any, op: str) -> dict[str, Any]:
@@ -111,14 +123,26 @@ class Coordinator:
         return None if row is None else {"owner": row.owner, "consent": json.loads(row.consent),
                                          "withdrawn": bool(row.withdrawn)}
 
-    def _pdp(self) -> PolicyDecisionPoint:
-        pdp = self._pdp_cache
-        if pdp is None:
-            pdp = self._pdp_cache = self._build_pdp()
-        return pdp
+    def _registry(self) -> _Registry:
+        """The decision point and the registered datasets, read together and kept until a consent
+        or withdrawal changes them (``_invalidate``): a decision reads no database row. A
+        registry built while a change was being made is used for that one call, never kept."""
+        reg = self._registry_cache
+        if reg is None:
+            generation = self._generation
+            reg = self._build_registry()
+            with self._registry_lock:
+                if generation == self._generation:
+                    self._registry_cache = reg
+        return reg
 
-    def _build_pdp(self) -> PolicyDecisionPoint:
-        parts, hashes = [workspace_cedar(self.kit.jurisdiction)], {}
+    def _invalidate(self) -> None:
+        with self._registry_lock:
+            self._generation += 1
+            self._registry_cache = None
+
+    def _build_registry(self) -> _Registry:
+        parts, hashes, found = [workspace_cedar(self.kit.jurisdiction)], {}, {}
         with self.engine.connect() as c:
             rows = c.execute(select(datasets)).all()
         for r in rows:
@@ -133,8 +157,9 @@ class Coordinator:
             text = dataset_cedar(r.name, r.owner, policy, bool(r.withdrawn))
             parts.append(text)
             hashes[r.name] = cedar_hash(text)
+            found[r.name] = {"owner": r.owner, "consent": consent, "withdrawn": bool(r.withdrawn)}
         sites = [SiteFacts(s.name, s.jurisdiction, s.roles) for s in self.kit.sites.values()]
-        return PolicyDecisionPoint("".join(parts), sites, dataset_hashes=hashes)
+        return _Registry(PolicyDecisionPoint("".join(parts), sites, dataset_hashes=hashes), found)
 
     def _append_presigned(self, party: str, entry_json: Any, kinds: tuple[str, ...]) -> int:
         entry = entry_from_json(entry_json)
@@ -172,7 +197,7 @@ class Coordinator:
             index = self._append_presigned(req["party"], e, ENTRY_KINDS["member"])
             with self.engine.begin() as c:
                 c.execute(insert(datasets).values(name=name, owner=owner, consent=json.dumps(req), withdrawn=False))
-            self._pdp_cache = None
+            self._invalidate()
         return {"index": index}
 
     def add_embodiment(self, req: Any) -> dict[str, Any]:
@@ -215,22 +240,26 @@ class Coordinator:
         """Decide ``body`` (action, dataset, site, purpose) for the signing party; record the decision
         entry; return a decision signed by the coordinator, bound to the request's nonce, with the
         owner's signed consent so a site can check the policy itself."""
-        req = self._checked(req, "decide")
+        # signature and expiry here; the nonce is recorded in the decision's own append below
+        req = check_signed(req, self.kit.public_key, "decide")
         b = req["body"]
-        ds = self._dataset(b.get("dataset", ""))
+        reg = self._registry()
+        ds = reg.datasets.get(b.get("dataset", "")) if isinstance(b.get("dataset"), str) else None
         if ds is None:
             raise RequestRefused(f"unknown dataset {b.get('dataset')!r}; the owner registers it first")
         emb = self._embodiment(b["embodiment"]) if b.get("action") == "ingest" and b.get("embodiment") is not None \
             else None  # checked before anything is recorded
         try:
-            decision = self._pdp().decide(PdpRequest(req["party"], b.get("action", ""), b["dataset"], b.get("site"),
-                                                     b.get("purpose")))
+            decision = reg.pdp.decide(PdpRequest(req["party"], b.get("action", ""), b["dataset"], b.get("site"),
+                                                 b.get("purpose")))
         except (OnshoreError, KeyError) as e:
             raise RequestRefused(f"cannot decide: {e}") from None
         # the log key signs the decision; the request it answers rides along, so an auditor sees
-        # offline that the principal asked (attest/verify.py checks its signature)
+        # offline that the principal asked (attest/verify.py checks its signature). The request's
+        # nonce is recorded in the same transaction: a replay is refused and records nothing, and
+        # concurrent decisions from every client share one transaction (the ledger's group commit)
         index = self.ledger.append([Draft("decision", "log", {**decision.to_json(), "signed_request": req},
-                                          self.log_key)])[0]
+                                          self.log_key)], lambda conn, _: self.nonces.use_in(conn, req))[0]
         body = {"principal": req["party"], "site": b.get("site"), "action": b["action"], "dataset": b["dataset"],
                 "purpose": b.get("purpose"), "request_nonce": req["nonce"],
                 "decision": "allow" if decision.allowed else "deny", "rules": list(decision.rules),
@@ -282,7 +311,7 @@ class Coordinator:
             index = self._append_presigned(req["party"], e, ENTRY_KINDS["member"])
             with self.engine.begin() as c:
                 c.execute(update(datasets).where(datasets.c.name == name).values(withdrawn=True))
-            self._pdp_cache = None
+            self._invalidate()
         return {"index": index}
 
     def _check_withdraw_decision(self, index: Any, party: str, dataset: str) -> None:

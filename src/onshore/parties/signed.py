@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Column, Engine, Float, MetaData, String, Table, delete, insert
+from sqlalchemy import Column, Connection, Engine, Float, MetaData, String, Table, delete, insert
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
 from onshore.errors import OnshoreError, ValidationError
@@ -61,6 +61,9 @@ def check_signed(req: Any, key_for: Any, op: str | None = None, fresh: bool = Tr
     return req
 
 
+#: Seconds between two sweeps of expired nonces by ``NonceBook.use_in``.
+SWEEP_S = 10.0
+
 nonce_metadata = MetaData()
 nonces = Table("party_nonces", nonce_metadata, Column("nonce", String(64), primary_key=True),
                Column("party", String(200), nullable=False), Column("expires", Float, nullable=False))
@@ -72,6 +75,7 @@ class NonceBook:
     def __init__(self, engine: Engine) -> None:
         nonce_metadata.create_all(engine)
         self.engine = engine
+        self._swept_at = 0.0
 
     def use(self, req: dict[str, Any]) -> None:
         """Record ``req``'s nonce; refuses (RequestRefused) one seen before. Forgets expired ones."""
@@ -80,7 +84,29 @@ class NonceBook:
                 conn.execute(delete(nonces).where(nonces.c.expires < time.time() - 60))
                 conn.execute(insert(nonces).values(nonce=req["nonce"], party=req["party"], expires=req["expires"]))
         except SQLIntegrityError:
-            raise RequestRefused(f"replayed request: nonce {req['nonce']} by {req['party']} was used before") from None
+            raise _replayed(req) from None
+
+    def use_in(self, conn: Connection, req: dict[str, Any]) -> None:
+        """Record ``req``'s nonce inside ``conn``'s open write transaction on this book's database
+        (the coordinator's decision append, as a ``Ledger.append`` hook), so that the nonce and
+        the entry it paid for commit together or not at all. Refuses (RequestRefused) a nonce seen
+        before; the caller's transaction must then roll back. Forgets expired nonces at most every
+        ``SWEEP_S`` seconds (one DELETE per decision cost more than the insert)."""
+        cur = conn.connection.dbapi_connection.cursor()  # the hot path: the driver, not SQLAlchemy
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        now = time.time()
+        if now - self._swept_at > SWEEP_S:
+            cur.execute(f"DELETE FROM {nonces.name} WHERE expires < {mark}", (now - 60,))
+            self._swept_at = now
+        try:
+            cur.execute(f"INSERT INTO {nonces.name} (nonce, party, expires) VALUES ({mark}, {mark}, {mark})",
+                        (req["nonce"], req["party"], req["expires"]))
+        except conn.dialect.loaded_dbapi.IntegrityError:
+            raise _replayed(req) from None
+
+
+def _replayed(req: dict[str, Any]) -> RequestRefused:
+    return RequestRefused(f"replayed request: nonce {req['nonce']} by {req['party']} was used before")
 
 
 def check_decision(decision: Any, coordinator_key: Ed25519PublicKey, *, site: str, action: str,
