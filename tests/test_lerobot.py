@@ -127,7 +127,8 @@ def test_written_metadata_follows_v3_layout(tmp_path: Path) -> None:
     assert info["chunks_size"] == 1000 and info["data_files_size_in_mb"] == 0.001
     feats = info["features"]
     assert feats["observation.state"] == {"dtype": "float32", "shape": [3],
-                                          "names": ["joint_a", "joint_b", "gripper"]}
+                                          "names": ["joint_a", "joint_b", "gripper"],
+                                          "units": ["rad", "rad", "m"]}
     assert feats["action"]["names"] == ["dq_a", "dq_b"]
     assert feats["fault"] == {"dtype": "int64", "shape": [1], "names": None}
     assert feats["fault.label"]["dtype"] == "string"
