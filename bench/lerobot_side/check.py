@@ -3,8 +3,8 @@
 Usage: python check.py EXPORT_A EXPORT_B WORKDIR
 
 Feeds two Onshore LeRobot exports to LeRobot's own code and prints one JSON object of what it
-said: the metadata loader, ``dataset_to_policy_features``, ACT's and Diffusion's
-``validate_features``, a few real ACT training steps on the loaded frames, ``aggregate_datasets``
+said: the dataset card as huggingface_hub reads it, the metadata loader,
+``dataset_to_policy_features``, ACT's and Diffusion's ``validate_features``, a few real ACT training steps on the loaded frames, ``aggregate_datasets``
 of both exports, and ``delete_episodes`` (what ``lerobot-edit-dataset --operation.type
 delete_episodes`` runs). Every step is recorded with LeRobot's exception text if it refused.
 Written for lerobot 0.4.4; no code of LeRobot is copied here, only called.
@@ -47,6 +47,13 @@ def main(a: Path, b: Path, work: Path) -> dict[str, Any]:
     from lerobot.policies.factory import make_pre_post_processors
 
     out: dict[str, Any] = {"lerobot": lerobot_version, "torch": torch.__version__}
+
+    def card() -> dict[str, Any]:
+        from huggingface_hub import DatasetCard  # what the Hub and LeRobot's push_to_hub read
+
+        return {"data": DatasetCard.load(a / "README.md").data.to_dict()}
+
+    _step(out, "card", card)
     meta = _step(out, "metadata", lambda: LeRobotDatasetMetadata("onshore/a", root=a))
     if meta is None:
         return out

@@ -853,8 +853,9 @@ def write_lerobot_v3(table: pa.Table, embodiment: Embodiment, out: Path, *,
     ``observation.state`` and ``observation.environment_state`` by the embodiment's environment
     groups (``environment_channels``). ``provenance`` (see ``telemetry/provenance.py``) goes into
     ``meta/info.json``, every data file's Parquet metadata and a column of the episode metadata;
-    ``card(info)`` (given ``meta/info.json`` as written) into ``README.md``. Raises ``ValidationError`` before writing anything if the table does not fit (see
-    the module docstring).
+    ``card(info)`` (given ``meta/info.json`` as written) into ``README.md``. Raises
+    ``ValidationError`` before writing anything if the table does not fit (see the module
+    docstring).
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
