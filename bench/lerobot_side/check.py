@@ -4,9 +4,10 @@ Usage: python check.py EXPORT_A EXPORT_B WORKDIR
 
 Feeds two Onshore LeRobot exports to LeRobot's own code and prints one JSON object of what it
 said: the dataset card as huggingface_hub reads it, the metadata loader,
-``dataset_to_policy_features``, ACT's and Diffusion's ``validate_features``, a few real ACT training steps on the loaded frames, ``aggregate_datasets``
-of both exports, and ``delete_episodes`` (what ``lerobot-edit-dataset --operation.type
-delete_episodes`` runs). Every step is recorded with LeRobot's exception text if it refused.
+``dataset_to_policy_features``, ACT's and Diffusion's ``validate_features``, a few real ACT
+training steps on the loaded frames, ``aggregate_datasets`` of both exports, and
+``delete_episodes`` (what ``lerobot-edit-dataset --operation.type delete_episodes`` runs).
+Every step is recorded with LeRobot's exception text if it refused.
 Written for lerobot 0.4.4; no code of LeRobot is copied here, only called.
 """
 
