@@ -49,7 +49,8 @@ softhsm:
 demo: setup
 	$(BIN)/onshore demo
 
-test: setup-dev lerobot-venv
+test: setup-dev
+	$(MAKE) lerobot-venv  # after setup-dev: its import check reads .venv's packages
 	$(BIN)/python -m pytest -q
 
 # LeRobot itself, for tests/test_lerobot_real.py and bench/lerobot_bench.py: lerobot 0.4.4 requires
