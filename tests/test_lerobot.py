@@ -513,6 +513,9 @@ def test_environment_groups_become_environment_state_and_come_back_in_order(tmp_
     # Without it (any LeRobot dataset), the environment state is an extra column as LeRobot has it.
     plain = read_lerobot_v3(tmp_path / "ds")
     assert plain.state_names == ["hand_x", "gripper"]
+    guessed = embodiment_from_lerobot(plain)  # our units come back with the names
+    assert [(c.name, c.unit) for c in guessed.state] == [("hand_x", "m"), ("gripper", "1")]
+    assert [c.unit for c in guessed.action] == ["rad/s", "rad/s"]
     assert plain.table.column("observation.environment_state").to_pylist()[0] == pytest.approx(state[0, [1, 2, 4]])
     # Names that do not make up the embodiment's state leave the folder as it is.
     other = read_lerobot_v3(tmp_path / "ds", ["hand_x", "gripper", "obj_x", "obj_y", "elsewhere"])

@@ -579,8 +579,9 @@ def _limits(lo: float, hi: float) -> tuple[float, float]:
 def embodiment_from_lerobot(data: LeRobotData, name: str | None = None) -> Embodiment:
     """Guess an embodiment spec from a dataset that came without one.
 
-    Channel names are the feature ``names`` (``state_0``... where none are given); units are left
-    empty (LeRobot does not record them); ``control_hz`` is the dataset's fps. Limits are the
+    Channel names are the feature ``names`` (``state_0``... where none are given); units are the
+    feature's ``units`` where it has one string per name (Onshore's exports write them), else left
+    empty (LeRobot itself does not record them); ``control_hz`` is the dataset's fps. Limits are the
     observed range of each channel (``meta/stats.json`` min/max, or the frames themselves when
     the stats are missing or do not fit), widened on each side by 5% of that range (by 5% of the
     value, at least 0.001, for a channel that never moved), so that the data lies strictly inside
@@ -596,8 +597,11 @@ def embodiment_from_lerobot(data: LeRobotData, name: str | None = None) -> Embod
             raise ValidationError(f"{data.source or 'dataset'}: feature '{key}' repeats the channel "
                                   f"name {dup!r}; channel names must be unique")
         lo, hi = _observed_range(data, key, len(names))
-        return tuple(Channel(n, "", *_limits(float(a), float(b)))
-                     for n, a, b in zip(names, lo, hi, strict=True))
+        units = data.info["features"][key].get("units")
+        if not (isinstance(units, list) and len(units) == len(names) and all(isinstance(u, str) for u in units)):
+            units = [""] * len(names)
+        return tuple(Channel(n, u, *_limits(float(a), float(b)))
+                     for n, u, a, b in zip(names, units, lo, hi, strict=True))
 
     src = f" {data.source}" if data.source else ""
     return Embodiment(
