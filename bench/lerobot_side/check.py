@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -121,4 +122,9 @@ def main(a: Path, b: Path, work: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))))
+    work_dir = Path(sys.argv[3])
+    # Set before LeRobot and huggingface_hub are imported: nothing may reach the network, and their
+    # caches go into the work folder rather than the user's home.
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(work_dir / "hf-home"),
+                      HF_LEROBOT_HOME=str(work_dir / "lerobot-home"))
+    print(json.dumps(main(Path(sys.argv[1]), Path(sys.argv[2]), work_dir)))
