@@ -13,7 +13,7 @@ PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
 TORCH_INDEX ?=
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test setup setup-dev browser softhsm lint bench clean client-wheel messages
+.PHONY: demo test setup setup-dev browser softhsm lint bench clean client-wheel messages lerobot-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,33 @@ demo: setup
 	$(BIN)/onshore demo
 
 test: setup-dev
+	$(MAKE) lerobot-venv  # after setup-dev: its import check reads .venv's packages
 	$(BIN)/python -m pytest -q
+
+# LeRobot itself, for tests/test_lerobot_real.py and bench/lerobot_bench.py: lerobot 0.4.4 requires
+# torch<2.11 and its dependencies resolve a multi-GB CUDA torch, so it cannot join .venv. This
+# separate virtualenv gets lerobot and only the light packages its dataset and policy modules import,
+# each from PyPI by name with --no-deps (so pip never touches torch), and reads torch, numpy,
+# pyarrow, pandas... from .venv through a .pth file. PyPI's torchvision is built against CUDA torch:
+# bench/lerobot_side/torchvision_cpu.py skips its op registrations (LeRobot's code we run calls no
+# torchvision op). About 150 MB of wheels, once.
+LEROBOT_VENV := .lerobot-venv
+LEROBOT_PKGS := lerobot==0.4.4 torchvision==0.28.0 datasets==4.8.5 huggingface-hub==0.35.3 draccus==0.10.0 \
+	transformers==4.57.6 tokenizers==0.22.2 diffusers==0.35.2 accelerate==1.16.0 av==15.1.0 einops==0.8.2 \
+	termcolor==3.3.0 jsonlines==4.0.0 deepdiff==9.1.0 orderly-set==5.5.0 cachebox==6.2.10 dill==0.4.1 \
+	xxhash==4.1.0 multiprocess==0.70.19 requests==2.34.2 httpx==0.29.0 typing-inspect==0.9.0 \
+	mypy-extensions==1.2.0 mergedeep==1.3.4 pyserial==3.5 future==1.0.0
+
+lerobot-venv: $(LEROBOT_VENV)/.done
+
+$(LEROBOT_VENV)/.done: $(VENV)/.torch bench/lerobot_side/torchvision_cpu.py
+	rm -rf $(LEROBOT_VENV) && $(PYTHON) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/pip install --disable-pip-version-check -q --no-deps $(LEROBOT_PKGS)
+	sp=$$($(LEROBOT_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+	$(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > $$sp/zz_onshore_venv.pth && \
+	cp bench/lerobot_side/torchvision_cpu.py $$sp/ && echo 'import torchvision_cpu' > $$sp/torchvision_cpu.pth
+	$(LEROBOT_VENV)/bin/python -c 'import torch, lerobot.policies.act.modeling_act; print("lerobot", lerobot.__version__, "torch", torch.__version__)'
+	touch $@
 
 # The message catalogue (onshore.i18n, babel.cfg): extract what people read from the source and the
 # dashboard's templates, merge it into each language's .po (then translate the new entries there:
@@ -77,4 +103,4 @@ client-wheel: $(BIN)/python
 	$(BIN)/pip wheel --disable-pip-version-check -q --no-deps -w dist ./client
 
 clean:
-	rm -rf $(VENV) demo-workspace demo-parties .pytest_cache client/build src/onshore_client.egg-info
+	rm -rf $(VENV) $(LEROBOT_VENV) demo-workspace demo-parties .pytest_cache client/build src/onshore_client.egg-info

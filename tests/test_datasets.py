@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -319,6 +320,18 @@ def test_export_then_reingest_is_lossless(ws: Workspace, tmp_path: Path, policy_
     assert result["frames"] == 75 and (out / "meta" / "info.json").exists()
     entry = ws.ledger.get(result["ledger_index"]).entry
     assert entry.kind == "data.export" and entry.actor == "site:sakai" and "meta/info.json" in entry.body["files"]
+    # The dataset card (LeRobot's README with its YAML header), recorded with the other files.
+    card = (out / "README.md").read_text()
+    assert "README.md" in entry.body["files"]
+    header = card.split("---\n")[1].splitlines()
+    assert 'license: "other"' in header and '- "LeRobot"' in header and '- "robotics"' in header
+    assert 'task_categories:' in header and '  data_files: "data/*/*.parquet"' in header
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert f"onshore: {json.dumps(info['onshore'], sort_keys=True)}" in header
+    assert "It may be held and used only in JP, at any site there." in card
+    assert "It may be used only for foundation-pretraining and fine-tuning." in card
+    assert "| observation.state | float32 | [3] | zone1_temp (degC), zone2_temp (degC), o2_percent (percent) |" in card
+    assert "refuse this dataset as it is" in card  # furnace-line-3 names no environment groups
     datasets.ingest(ws, "again", "steelco", "tokyo", policy_file, "furnace-line-3", [out])
     a, b = datasets.read(ws, "furnace", "sakai"), datasets.read(ws, "again", "tokyo")
     for col in ("episode_index", "frame_index", "observation.state", "action", "task",

@@ -127,7 +127,8 @@ def test_written_metadata_follows_v3_layout(tmp_path: Path) -> None:
     assert info["chunks_size"] == 1000 and info["data_files_size_in_mb"] == 0.001
     feats = info["features"]
     assert feats["observation.state"] == {"dtype": "float32", "shape": [3],
-                                          "names": ["joint_a", "joint_b", "gripper"]}
+                                          "names": ["joint_a", "joint_b", "gripper"],
+                                          "units": ["rad", "rad", "m"]}
     assert feats["action"]["names"] == ["dq_a", "dq_b"]
     assert feats["fault"] == {"dtype": "int64", "shape": [1], "names": None}
     assert feats["fault.label"]["dtype"] == "string"
@@ -459,3 +460,136 @@ def test_task_indices_are_assigned_or_checked(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="column 'wrench' has lists of different lengths"):
         write_lerobot_v3(ragged, ARM, tmp_path / "z")
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+
+
+# ------------------------------------------------- what LeRobot's policies and tools need
+
+PICK = Embodiment(
+    name="pick-arm",
+    control_hz=10.0,
+    # robot and world channels interleaved on purpose: the export splits, the import restores
+    state=(Channel("hand_x", "m", -3.0, 3.0), Channel("obj_x", "m", -3.0, 3.0), Channel("obj_y", "m", -3.0, 3.0),
+           Channel("gripper", "1", -3.0, 3.0), Channel("goal_x", "m", -3.0, 3.0)),
+    action=(Channel("dq_a", "rad/s", -1.0, 1.0), Channel("dq_b", "rad/s", -1.0, 1.0)),
+    extra={"groups": {"hand": ["hand_x", "gripper"], "obj": ["obj_x", "obj_y"], "goal": ["goal_x"]},
+           "environment_groups": ["obj", "goal"]},
+)
+
+
+def pick_table(lengths=(6, 4)) -> pa.Table:
+    t = frame_table(lengths=lengths, extra=False)
+    rng = np.random.default_rng(3)
+    state = rng.uniform(-2, 2, (t.num_rows, 5)).astype(np.float32)
+    return t.set_column(t.column_names.index(F.STATE), F.STATE, pa.array(list(state), pa.list_(pa.float32())))
+
+
+def test_environment_groups_become_environment_state_and_come_back_in_order(tmp_path: Path) -> None:
+    from onshore.telemetry.provenance import episode_fingerprints
+
+    t = pick_table()
+    write_lerobot_v3(t, PICK, tmp_path / "ds")
+    feats = json.loads((tmp_path / "ds/meta/info.json").read_text())["features"]
+    # LeRobot's dataset_to_policy_features: observation.state is STATE, environment_state is ENV
+    assert feats["observation.state"] == {"dtype": "float32", "shape": [2], "names": ["hand_x", "gripper"],
+                                          "units": ["m", "1"]}
+    assert feats["observation.environment_state"] == {"dtype": "float32", "shape": [3],
+                                                      "names": ["obj_x", "obj_y", "goal_x"],
+                                                      "units": ["m", "m", "m"]}
+    assert feats["action"]["units"] == ["rad/s", "rad/s"]
+    data = pq.read_table(tmp_path / "ds/data/chunk-000/file-000.parquet")
+    assert data.schema.field("observation.environment_state").type == pa.list_(pa.float32(), 3)
+    state = np.array(t.column(F.STATE).to_pylist(), np.float32)
+    assert np.array_equal(np.array(data.column("observation.state").to_pylist()), state[:, [0, 3]])
+    assert np.array_equal(np.array(data.column("observation.environment_state").to_pylist()), state[:, [1, 2, 4]])
+    stats = json.loads((tmp_path / "ds/meta/stats.json").read_text())
+    assert len(stats["observation.environment_state"]["mean"]) == 3
+
+    # Against the embodiment the state is whole again, in its order: same values, same fingerprints.
+    back = read_lerobot_v3(tmp_path / "ds", [c.name for c in PICK.state])
+    assert back.state_names == [c.name for c in PICK.state]
+    assert "observation.environment_state" not in back.table.column_names
+    assert back.table.column(F.STATE).to_pylist() == t.column(F.STATE).to_pylist()
+    assert episode_fingerprints(back.table) == episode_fingerprints(t)
+    # Without it (any LeRobot dataset), the environment state is an extra column as LeRobot has it.
+    plain = read_lerobot_v3(tmp_path / "ds")
+    assert plain.state_names == ["hand_x", "gripper"]
+    guessed = embodiment_from_lerobot(plain)  # our units come back with the names
+    assert [(c.name, c.unit) for c in guessed.state] == [("hand_x", "m"), ("gripper", "1")]
+    assert [c.unit for c in guessed.action] == ["rad/s", "rad/s"]
+    assert plain.table.column("observation.environment_state").to_pylist()[0] == pytest.approx(state[0, [1, 2, 4]])
+    # Names that do not make up the embodiment's state leave the folder as it is.
+    other = read_lerobot_v3(tmp_path / "ds", ["hand_x", "gripper", "obj_x", "obj_y", "elsewhere"])
+    assert other.state_names == ["hand_x", "gripper"]
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"environment_groups": "obj"}, "must be a list of group names"),
+    ({"environment_groups": ["obj"]}, "has no 'extra.groups' table"),
+    ({"groups": {"obj": ["obj_x"]}, "environment_groups": ["objects"]}, "names group 'objects'"),
+    ({"groups": {"obj": ["obj_z"]}, "environment_groups": ["obj"]}, "channel 'obj_z', which is not a state"),
+    ({"groups": {"all": ["hand_x", "obj_x", "obj_y", "gripper", "goal_x"]}, "environment_groups": ["all"]},
+     "takes every state channel"),
+])
+def test_bad_environment_groups_are_refused_before_writing(tmp_path: Path, extra: dict, match: str) -> None:
+    emb = Embodiment(name="pick-arm", control_hz=10.0, state=PICK.state, action=PICK.action, extra=extra)
+    with pytest.raises(ValidationError, match=match):
+        write_lerobot_v3(pick_table(), emb, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_own_environment_state_column_clashes_with_environment_groups(tmp_path: Path) -> None:
+    t = pick_table()
+    t = t.append_column("observation.environment_state", pa.array([[0.0]] * t.num_rows, pa.list_(pa.float32())))
+    with pytest.raises(ValidationError, match="fills that feature from its environment groups"):
+        write_lerobot_v3(t, PICK, tmp_path / "ds")
+
+
+def test_fps_is_an_integer_when_the_rate_is_whole() -> None:
+    from onshore.telemetry.lerobot import lerobot_fps
+
+    assert lerobot_fps(80.00000000000001) == 80 and isinstance(lerobot_fps(80.00000000000001), int)
+    assert lerobot_fps(1 / (5 * 0.0025)) == 80 and isinstance(lerobot_fps(1 / (5 * 0.0025)), int)
+    assert lerobot_fps(12.5) == 12.5
+    assert lerobot_fps(1 / 1.8) == pytest.approx(0.5555555555555556)  # a slow plant keeps its rate
+
+
+def test_provenance_is_kept_per_episode_and_the_card_is_written(tmp_path: Path) -> None:
+    from onshore.telemetry.provenance import read_provenances
+
+    block = {"dataset": "arms", "owner": "steelco", "workspace": "w", "site": "sakai", "action": "export",
+             "decision_index": 4, "policy_hash": "0" * 64, "cedar_hash": "1" * 64}
+    seen: list[dict] = []
+
+    def card(info: dict) -> str:
+        seen.append(info)
+        return "---\nlicense: \"other\"\n---\n"
+
+    write_lerobot_v3(pick_table(), PICK, tmp_path / "ds", provenance=block, card=card)
+    assert (tmp_path / "ds/README.md").read_text() == "---\nlicense: \"other\"\n---\n"
+    assert seen[0] == json.loads((tmp_path / "ds/meta/info.json").read_text())
+    eps = pq.read_table(tmp_path / "ds/meta/episodes/chunk-000/file-000.parquet")
+    assert [json.loads(x) for x in eps.column("onshore/provenance").to_pylist()] == [block, block]
+    # A tool that rewrites info.json without our block (as aggregate_datasets does): still found.
+    info_path = tmp_path / "ds/meta/info.json"
+    info = json.loads(info_path.read_text())
+    del info["onshore"]
+    info_path.write_text(json.dumps(info))
+    assert read_provenances(tmp_path / "ds") == [block]
+    # A malformed episode block is refused, naming the file and column.
+    eps = eps.set_column(eps.column_names.index("onshore/provenance"), "onshore/provenance",
+                         pa.array(["{not json", "{not json"]))
+    pq.write_table(eps, tmp_path / "ds/meta/episodes/chunk-000/file-000.parquet")
+    with pytest.raises(ValidationError, match="file-000.parquet column 'onshore/provenance'"):
+        read_provenances(tmp_path / "ds")
+
+
+def test_metaworld_exports_objects_and_goal_as_environment_state() -> None:
+    from onshore.sim import metaworld
+    from onshore.telemetry.lerobot import environment_channels
+
+    emb = metaworld.embodiment()
+    env = environment_channels(emb)
+    robot = [c.name for i, c in enumerate(emb.state) if i not in env]
+    assert robot == ["hand_x", "hand_y", "hand_z", "gripper_open",
+                     "prev_hand_x", "prev_hand_y", "prev_hand_z", "prev_gripper_open"]
+    assert {emb.state[i].name.removeprefix("prev_").split("_")[0] for i in env} == {"obj1", "obj2", "goal"}

@@ -149,7 +149,10 @@ def embodiment() -> Embodiment:
         state=tuple(state),
         action=action,
         description="Rethink Sawyer arm with a two-finger gripper in Meta-World v3 (MuJoCo)",
-        extra={"groups": _state_groups(names)},
+        # Objects and the goal are the world the arm acts in: LeRobot exports them as
+        # observation.environment_state, the hand and gripper as observation.state.
+        extra={"groups": (groups := _state_groups(names)),
+               "environment_groups": [g for g in groups if not g.endswith("hand")]},
     )
 
 

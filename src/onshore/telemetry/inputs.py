@@ -45,12 +45,13 @@ def _canonical(schema: pa.Schema) -> pa.Schema:
     return pa.schema([pa.field(f.name, F.TYPES.get(f.name, f.type)) for f in schema])
 
 
-def _open(path: Path) -> _Input:
+def _open(path: Path, emb: Embodiment) -> _Input:
     if path.is_dir():
         if not is_lerobot_v3(path):
             raise ValidationError(Message(N_("{path}: a folder must be a LeRobotDataset v3.0 (meta/info.json missing)"),
                                           {"path": path}))
-        table = read_lerobot_v3(path).table
+        # An environment state our export split off is joined back in the embodiment's order.
+        table = read_lerobot_v3(path, [c.name for c in emb.state]).table
         return _Input(path, table.schema, table.num_rows, table=table)
     try:
         # pre_buffer off: with it, the reader keeps every column chunk it fetched until the file is
@@ -148,7 +149,7 @@ class InputStream:
 
 def open_inputs(paths: Sequence[Path], emb: Embodiment, allow_out_of_limits: bool = False) -> InputStream:
     """Open every input (footers only, LeRobot folders whole) and agree on one schema."""
-    inputs = [_open(Path(p)) for p in paths]
+    inputs = [_open(Path(p), emb) for p in paths]
     try:
         schema = pa.unify_schemas([_canonical(i.schema) for i in inputs], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:

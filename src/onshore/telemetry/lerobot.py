@@ -43,6 +43,24 @@ Choices made here, each on purpose:
   in float64 and the quantiles are exact (LeRobot estimates them from histograms and, over a
   whole dataset, keeps an envelope of per-episode quantiles), so values may differ from
   LeRobot's in the last digits or, for quantiles, a little more.
+* The robot's own channels go to ``observation.state`` and the channels of the groups the
+  embodiment names in ``extra.environment_groups`` (objects, goals: the world the robot acts in)
+  to ``observation.environment_state``, each in the embodiment's channel order, so that LeRobot's
+  ACT and Diffusion policies, which need an image or an environment state, accept the export.
+  ``read_lerobot_v3(..., state_names=...)`` puts the two back together in the embodiment's order
+  (so fingerprints and re-ingest are unchanged); without ``state_names`` an environment state is
+  returned as an extra column, as for any LeRobot dataset.
+* Every float vector feature carries ``units`` (one per name, from the embodiment) beside its
+  ``names``; LeRobot keeps feature entries whole. ``fps`` is an integer whenever the control rate
+  is whole (within float noise), as LeRobot writes it; a slower-than-1 Hz plant keeps its
+  fractional rate (LeRobot's loader and delta timestamps take it).
+* Provenance is written three times: the ``onshore`` block of ``meta/info.json`` and the Parquet
+  metadata of each data file (which LeRobot's tools drop when they rewrite a dataset), and a
+  ``onshore/provenance`` column of the episode metadata (one JSON block per episode), which
+  LeRobot's ``aggregate_datasets`` carries along with every episode. The fingerprint check on
+  ingest stays the backstop for tools that drop all three (``delete_episodes`` and
+  ``split_dataset`` rebuild episode rows from a fixed set of columns).
+* ``card``, when given, renders ``README.md`` (the Hugging Face dataset card) from the info.
 * Data files are cut when the next episode would take the file past ``data_file_size_mb``,
   estimated from in-memory (uncompressed) bytes; an episode is never split across files, and a
   file holds at least one episode. Files go ``file-000`` .. ``file-{chunks_size-1}`` in a chunk,
@@ -57,6 +75,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +89,7 @@ from onshore.errors import ValidationError
 from onshore.names import check_name
 from onshore.telemetry import frames as F
 from onshore.telemetry.embodiment import Channel, Embodiment
+from onshore.telemetry.provenance import EPISODE_COLUMN as PROVENANCE_EPISODE_COLUMN
 from onshore.telemetry.provenance import INFO_KEY as PROVENANCE_INFO_KEY
 from onshore.telemetry.provenance import with_provenance
 
@@ -82,6 +102,10 @@ DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_FILES_SIZE_MB = 200
 INDEX = "index"  # LeRobot's global frame index
+ENV_STATE = "observation.environment_state"
+CARD_PATH = "README.md"
+#: Embodiment ``extra`` key: names of ``extra.groups`` whose channels describe the environment.
+ENVIRONMENT_GROUPS = "environment_groups"
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 
 #: Margin added on each side of the observed range when limits are guessed from data.
@@ -283,11 +307,15 @@ def _to_list_type(col: pa.ChunkedArray, value_type: pa.DataType | None = None) -
     return col
 
 
-def read_lerobot_v3(folder: Path) -> LeRobotData:
+def read_lerobot_v3(folder: Path, state_order: list[str] | None = None) -> LeRobotData:
     """Read a LeRobotDataset v3.0 folder into a frame table; refuse what we cannot keep.
 
     Reads every data file the episode metadata points to, in episode order, and checks that the
     frames agree with that metadata. Raises ``ValidationError`` naming the file and field.
+    ``state_order`` (an embodiment's state channels): when ``observation.state`` and
+    ``observation.environment_state`` together name exactly these channels, they are joined
+    back into one ``observation.state`` in this order (what ``write_lerobot_v3`` split);
+    otherwise the environment state stays an extra column.
     """
     folder = Path(folder)
     info = _load_info(folder)
@@ -412,6 +440,13 @@ def read_lerobot_v3(folder: Path) -> LeRobotData:
         if name not in cols:
             cols[name] = _to_list_type(table.column(name))
     out = pa.table(cols)
+    env_ft = feats.get(ENV_STATE)
+    if state_order is not None and env_ft is not None and env_ft["dtype"].startswith("float") \
+            and len(env_ft["shape"]) == 1:
+        combined = state_names + _names(info, ENV_STATE, env_ft["shape"][0], "environment", info_path)
+        if len(set(combined)) == len(combined) and sorted(combined) == sorted(state_order):
+            out = _join_environment(out, combined, list(state_order))
+            state_names = list(state_order)
     _check_frames(out, lambda r: next(s[0] for s in spans if s[1] <= r < s[2]),
                   {F.STATE: state_names, F.ACTION: action_names}, _fail)
 
@@ -427,6 +462,35 @@ def read_lerobot_v3(folder: Path) -> LeRobotData:
     return LeRobotData(table=out, fps=float(info["fps"]), robot_type=info.get("robot_type"),
                        state_names=state_names, action_names=action_names, info=info, tasks=tasks,
                        stats=stats, source=folder)
+
+
+def _join_environment(table: pa.Table, combined: list[str], order: list[str]) -> pa.Table:
+    """``table`` with ``observation.environment_state`` joined into ``observation.state``.
+
+    ``combined`` names the channels of state then environment; the result has them in ``order``.
+    """
+    n = table.num_rows
+    parts = []
+    for key in (F.STATE, ENV_STATE):
+        col = table.column(key).combine_chunks()
+        if col.null_count:
+            r = int(np.nonzero(col.is_null().to_numpy(zero_copy_only=False))[0][0])
+            raise ValidationError(f"row {r}: column '{key}' is missing")
+        width = int(pc.max(pc.list_value_length(col)).as_py() or 0) if n else 0
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        if np.any(lengths != width):
+            raise ValidationError(f"column '{key}' has vectors of different widths")
+        parts.append(col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, width))
+    both = np.concatenate(parts, axis=1)
+    if both.shape[1] != len(combined):
+        raise ValidationError(f"columns '{F.STATE}' and '{ENV_STATE}' hold {both.shape[1]} values per "
+                              f"frame but their features name {len(combined)} channels")
+    pos = {name: i for i, name in enumerate(combined)}
+    values = np.ascontiguousarray(both[:, [pos[name] for name in order]]).reshape(-1)
+    state = pa.ListArray.from_arrays(pa.array(np.arange(0, n * len(order) + 1, len(order), dtype=np.int32)),
+                                     pa.array(values, pa.float32()))
+    table = table.set_column(table.column_names.index(F.STATE), F.STATE, state)
+    return table.drop_columns([ENV_STATE])
 
 
 def _check_frames(table: pa.Table, where, channel_names: dict[str, list[str]], fail) -> None:
@@ -515,8 +579,9 @@ def _limits(lo: float, hi: float) -> tuple[float, float]:
 def embodiment_from_lerobot(data: LeRobotData, name: str | None = None) -> Embodiment:
     """Guess an embodiment spec from a dataset that came without one.
 
-    Channel names are the feature ``names`` (``state_0``... where none are given); units are left
-    empty (LeRobot does not record them); ``control_hz`` is the dataset's fps. Limits are the
+    Channel names are the feature ``names`` (``state_0``... where none are given); units are the
+    feature's ``units`` where it has one string per name (Onshore's exports write them), else left
+    empty (LeRobot itself does not record them); ``control_hz`` is the dataset's fps. Limits are the
     observed range of each channel (``meta/stats.json`` min/max, or the frames themselves when
     the stats are missing or do not fit), widened on each side by 5% of that range (by 5% of the
     value, at least 0.001, for a channel that never moved), so that the data lies strictly inside
@@ -532,8 +597,11 @@ def embodiment_from_lerobot(data: LeRobotData, name: str | None = None) -> Embod
             raise ValidationError(f"{data.source or 'dataset'}: feature '{key}' repeats the channel "
                                   f"name {dup!r}; channel names must be unique")
         lo, hi = _observed_range(data, key, len(names))
-        return tuple(Channel(n, "", *_limits(float(a), float(b)))
-                     for n, a, b in zip(names, lo, hi, strict=True))
+        units = data.info["features"][key].get("units")
+        if not (isinstance(units, list) and len(units) == len(names) and all(isinstance(u, str) for u in units)):
+            units = [""] * len(names)
+        return tuple(Channel(n, u, *_limits(float(a), float(b)))
+                     for n, u, a, b in zip(names, units, lo, hi, strict=True))
 
     src = f" {data.source}" if data.source else ""
     return Embodiment(
@@ -597,6 +665,51 @@ def _numeric_matrix(col: pa.ChunkedArray | pa.Array, ft: dict[str, Any]) -> np.n
     return col.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(col), 1)
 
 
+def environment_channels(embodiment: Embodiment) -> list[int]:
+    """Indices of the state channels that describe the environment, in the embodiment's order.
+
+    They are the channels of the groups named in ``extra.environment_groups`` (each a key of
+    ``extra.groups``); none when the embodiment names no such groups. Refused (``ValidationError``
+    naming the embodiment and field): a malformed list, an unknown group or channel, or groups
+    that take every state channel (LeRobot's ``observation.state`` is the robot's own and must
+    keep at least one).
+    """
+    extra = embodiment.extra or {}
+    wanted = extra.get(ENVIRONMENT_GROUPS)
+    if wanted is None:
+        return []
+    where = f"embodiment {embodiment.name!r}: field 'extra.{ENVIRONMENT_GROUPS}'"
+    groups = extra.get("groups")
+    if not isinstance(wanted, list) or not all(isinstance(g, str) for g in wanted):
+        raise ValidationError(f"{where} must be a list of group names (keys of 'extra.groups')")
+    if not isinstance(groups, dict):
+        raise ValidationError(f"{where} names groups but the embodiment has no 'extra.groups' table")
+    index = {c.name: i for i, c in enumerate(embodiment.state)}
+    picked: set[int] = set()
+    for g in wanted:
+        chans = groups.get(g)
+        if not isinstance(chans, list):
+            raise ValidationError(f"{where} names group {g!r}, which 'extra.groups' does not have "
+                                  f"(groups: {', '.join(sorted(groups))})")
+        for c in chans:
+            if c not in index:
+                raise ValidationError(f"embodiment {embodiment.name!r}: group {g!r} names channel {c!r}, "
+                                      "which is not a state channel")
+            picked.add(index[c])
+    if len(picked) == len(embodiment.state):
+        raise ValidationError(f"{where} takes every state channel; leave the robot's own channels "
+                              "(LeRobot's observation.state) out of it")
+    return sorted(picked)
+
+
+def lerobot_fps(control_hz: float) -> int | float:
+    """LeRobot's ``fps``: an integer when the rate is whole (float noise such as 80.00000000001
+    included, so that ``aggregate_datasets``, which compares fps exactly, merges equal rates)."""
+    hz = float(control_hz)
+    near = round(hz)
+    return int(near) if near >= 1 and abs(hz - near) <= 1e-9 * hz else hz
+
+
 def _prepare(table: pa.Table, embodiment: Embodiment) -> tuple[pa.Table, dict[str, dict], list[str]]:
     """Validate and convert ``table`` to the stored data layout; return it, features and tasks."""
     missing = [c for c in F.REQUIRED if c not in table.column_names]
@@ -605,6 +718,11 @@ def _prepare(table: pa.Table, embodiment: Embodiment) -> tuple[pa.Table, dict[st
     if INDEX in table.column_names:
         raise ValidationError("frame table has a column 'index', a name LeRobot reserves for the "
                               "global frame index; rename it")
+    env = environment_channels(embodiment)
+    if env and ENV_STATE in table.column_names:
+        raise ValidationError(f"frame table has a column '{ENV_STATE}' but embodiment "
+                              f"{embodiment.name!r} fills that feature from its environment groups; "
+                              "rename the column")
     n = table.num_rows
     if n == 0:
         raise ValidationError("frame table has no frames; there is nothing to export")
@@ -674,9 +792,20 @@ def _prepare(table: pa.Table, embodiment: Embodiment) -> tuple[pa.Table, dict[st
     # Features: ours first, extras, then LeRobot's own index columns.
     features: dict[str, dict[str, Any]] = {}
     stored: dict[str, pa.ChunkedArray] = {}
-    for key, chans in ((F.STATE, embodiment.state), (F.ACTION, embodiment.action)):
-        features[key] = {"dtype": "float32", "shape": [len(chans)], "names": [c.name for c in chans]}
-        stored[key] = cols[key].cast(pa.list_(pa.float32(), len(chans)))
+    robot = sorted(set(range(len(embodiment.state))) - set(env))
+    state = cols[F.STATE].cast(pa.list_(pa.float32())).combine_chunks()
+    state_np = state.flatten().to_numpy(zero_copy_only=False).reshape(n, len(embodiment.state))
+    parts = [(F.STATE, robot), (ENV_STATE, env)] if env else [(F.STATE, robot)]
+    for key, idx in parts:
+        chans = [embodiment.state[i] for i in idx]
+        features[key] = {"dtype": "float32", "shape": [len(chans)], "names": [c.name for c in chans],
+                         "units": [c.unit for c in chans]}
+        values = pa.array(np.ascontiguousarray(state_np[:, idx]).reshape(-1), pa.float32())
+        stored[key] = pa.chunked_array([pa.FixedSizeListArray.from_arrays(values, len(chans))])
+    features[F.ACTION] = {"dtype": "float32", "shape": [len(embodiment.action)],
+                          "names": [c.name for c in embodiment.action],
+                          "units": [c.unit for c in embodiment.action]}
+    stored[F.ACTION] = cols[F.ACTION].cast(pa.list_(pa.float32(), len(embodiment.action)))
     for key, dtype in ((F.REWARD, "float32"), (F.DONE, "bool"), (F.SUCCESS, "bool")):
         if key in cols:
             features[key] = {"dtype": dtype, "shape": [1], "names": None}
@@ -718,15 +847,19 @@ def _tasks_table(tasks: list[str]) -> pa.Table:
 
 def write_lerobot_v3(table: pa.Table, embodiment: Embodiment, out: Path, *,
                      robot_type: str | None = None, chunks_size: int = 1000,
-                     data_file_size_mb: float = 100, provenance: dict[str, Any] | None = None) -> None:
+                     data_file_size_mb: float = 100, provenance: dict[str, Any] | None = None,
+                     card: Callable[[dict[str, Any]], str] | None = None) -> None:
     """Write ``table`` (our frame schema) as a complete LeRobotDataset v3.0 folder at ``out``.
 
     ``out`` must not exist or be an empty folder. Feature names are the embodiment's channel
     names, ``fps`` its ``control_hz`` (an integer when it is whole), ``robot_type`` defaults to
-    the embodiment's name. Extra columns are kept as features. ``provenance`` (see
-    ``telemetry/provenance.py``) goes into ``meta/info.json`` and every data file's Parquet
-    metadata. Raises ``ValidationError`` before writing anything if the table does not fit (see
-    the module docstring).
+    the embodiment's name. Extra columns are kept as features. State is split into
+    ``observation.state`` and ``observation.environment_state`` by the embodiment's environment
+    groups (``environment_channels``). ``provenance`` (see ``telemetry/provenance.py``) goes into
+    ``meta/info.json``, every data file's Parquet metadata and a column of the episode metadata;
+    ``card(info)`` (given ``meta/info.json`` as written) into ``README.md``. Raises
+    ``ValidationError`` before writing anything if the table does not fit (see the module
+    docstring).
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -786,10 +919,12 @@ def write_lerobot_v3(table: pa.Table, embodiment: Embodiment, out: Path, *,
     for c, v in stat_cols.items():
         episodes[c] = pa.array(v, pa.list_(pa.int64() if c.endswith("/count") else pa.float64()))
     n_eps = len(starts)
+    if provenance is not None:
+        block = json.dumps(provenance, sort_keys=True)
+        episodes[PROVENANCE_EPISODE_COLUMN] = pa.array([block] * n_eps, pa.string())
     episodes["meta/episodes/chunk_index"] = pa.array(np.zeros(n_eps, np.int64))
     episodes["meta/episodes/file_index"] = pa.array(np.zeros(n_eps, np.int64))
 
-    hz = float(embodiment.control_hz)
     info = {
         "codebase_version": CODEBASE_VERSION,
         "robot_type": robot_type if robot_type is not None else embodiment.name,
@@ -799,7 +934,7 @@ def write_lerobot_v3(table: pa.Table, embodiment: Embodiment, out: Path, *,
         "chunks_size": chunks_size,
         "data_files_size_in_mb": data_file_size_mb,
         "video_files_size_in_mb": VIDEO_FILES_SIZE_MB,
-        "fps": int(hz) if hz.is_integer() else hz,
+        "fps": lerobot_fps(embodiment.control_hz),
         "splits": {"train": f"0:{n_eps}"},
         "data_path": DATA_PATH,
         "video_path": None,
@@ -816,6 +951,8 @@ def write_lerobot_v3(table: pa.Table, embodiment: Embodiment, out: Path, *,
         (tmp / INFO_PATH).write_text(json.dumps(info, indent=4) + "\n")
         (tmp / STATS_PATH).write_text(json.dumps(dataset_stats, indent=4) + "\n")
         pq.write_table(_tasks_table(tasks), tmp / TASKS_PATH)
+        if card is not None:
+            (tmp / CARD_PATH).write_text(card(info))
         ep_path = tmp / EPISODES_PATH.format(chunk_index=0, file_index=0)
         ep_path.parent.mkdir(parents=True)
         pq.write_table(pa.table(episodes), ep_path, compression="snappy")

@@ -27,6 +27,8 @@ from onshore.telemetry import frames as F
 
 PARQUET_KEY = b"onshore.provenance"
 INFO_KEY = "onshore"
+#: Column of a LeRobot folder's episode metadata with each episode's block (JSON text).
+EPISODE_COLUMN = "onshore/provenance"
 FIELDS = ("dataset", "owner", "workspace", "site", "action", "decision_index", "policy_hash", "cedar_hash")
 _FINGERPRINT_HEX = 32  # 128 bits: collisions between honest episodes are not a practical concern
 
@@ -50,6 +52,39 @@ def _parse(raw: Any, where: str) -> dict[str, Any]:
             or not isinstance(block.get("owner"), str):
         raise ValidationError(f"{where}: the Onshore provenance block must name 'dataset' and 'owner'")
     return block
+
+
+def read_provenances(path: Path) -> list[dict[str, Any]]:
+    """Every distinct provenance block an input carries, in the order found.
+
+    A Parquet file has at most one. A LeRobot folder has its ``meta/info.json`` block and the
+    blocks of its episodes (the :data:`EPISODE_COLUMN` of ``meta/episodes/*/*.parquet``): a
+    folder LeRobot's ``aggregate_datasets`` merged from several exports keeps no info block but
+    each episode's, which may name different datasets. A block that is not valid is refused
+    (``ValidationError`` naming the file); a file that cannot be read is left to the readers.
+    """
+    path = Path(path)
+    found: list[dict[str, Any]] = []
+    first = read_provenance(path)
+    if first is not None:
+        found.append(first)
+    if not path.is_dir():
+        return found
+    seen = {json.dumps(b, sort_keys=True) for b in found}
+    for ep in sorted((path / "meta" / "episodes").glob("chunk-*/file-*.parquet")):
+        try:
+            if EPISODE_COLUMN not in pq.read_schema(ep).names:
+                continue
+            raws = pq.read_table(ep, columns=[EPISODE_COLUMN]).column(0).to_pylist()
+        except (OSError, pa.ArrowException):
+            continue  # the LeRobot reader names what is wrong with the file
+        for raw in dict.fromkeys(r for r in raws if r is not None):
+            block = _parse(raw, f"{ep} column {EPISODE_COLUMN!r}")
+            key = json.dumps(block, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                found.append(block)
+    return found
 
 
 def read_provenance(path: Path) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import insert, select, update
 
@@ -33,8 +34,8 @@ from onshore.store import shards as S
 from onshore.telemetry import frames as F
 from onshore.telemetry.inputs import open_inputs
 from onshore.telemetry.lerobot import write_lerobot_v3
-from onshore.telemetry.provenance import read_provenance, with_provenance
-from onshore.workspace import attempts, custody, keyservice
+from onshore.telemetry.provenance import read_provenances, with_provenance
+from onshore.workspace import attempts, custody, datasetcard, keyservice
 from onshore.workspace.lineage import check_redistribution
 from onshore.workspace.models import derived_from, taint_entries
 from onshore.workspace.paths import check_plaintext_destination
@@ -123,7 +124,7 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
             # Provenance blocks are read from the inputs' metadata now; fingerprints, which need
             # every frame, are checked once the stream has been read, before anything is published.
             check_redistribution(ws, member, [],
-                                 [(str(p), b) for p in inputs if (b := read_provenance(Path(p))) is not None])
+                                 [(str(p), b) for p in inputs for b in read_provenances(Path(p))])
             stream = open_inputs([Path(p) for p in inputs], emb, allow_out_of_limits)
             total = stream.total_frames
             # Validate and encrypt batch by batch into the attempt's staging folder: memory stays
@@ -462,11 +463,22 @@ def export(ws: Workspace, name: str, site: str, out: Path, fmt: str = "lerobot",
     emb = get_embodiment(ws, ws.row("dataset", name)["embodiment"])
     rows, root, key, decision_idx = _open_for_read(ws, name, site, purpose, "export")
     table = renumber_episodes(_read_all(rows, root, name, key))
-    write_lerobot_v3(table, emb, out, provenance=_provenance(ws, name, site, "export", decision_idx))
+    provenance = _provenance(ws, name, site, "export", decision_idx)
+    row = ws.row("dataset", name)
+    site_info = get_site(ws, site)
+    tasks = pc.unique(table.column(F.TASK)).to_pylist() if F.TASK in table.column_names else []
+
+    def card(info: dict[str, Any]) -> str:
+        return datasetcard.render(datasetcard.CardFacts(
+            dataset=name, owner=row["owner"], embodiment=emb.name, site=site, jurisdiction=site_info.jurisdiction,
+            policy=parse_policy(row["policy"]).to_json(), provenance=provenance, features=info["features"],
+            fps=info["fps"], episodes=info["total_episodes"], frames=info["total_frames"], tasks=tasks))
+
+    write_lerobot_v3(table, emb, out, provenance=provenance, card=card)
     files = sorted(p for p in out.rglob("*") if p.is_file())
     digests = {str(p.relative_to(out)): sha256_file(p) for p in files}
     idx = ws.record("data.export", f"site:{site}", {
-        "dataset": name, "site": site, "jurisdiction": get_site(ws, site).jurisdiction, "format": "lerobot-v3.0",
+        "dataset": name, "site": site, "jurisdiction": site_info.jurisdiction, "format": "lerobot-v3.0",
         "purpose": purpose, "decision_index": decision_idx, "frames": table.num_rows, "files": digests})
     return {"dataset": name, "site": site, "out": str(out), "frames": table.num_rows, "files": len(files),
             "ledger_index": idx}
