@@ -8,11 +8,14 @@ from a file only its owner may read or from ``ONSHORE_OPCUA_USER`` / ``ONSHORE_O
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from onshore.cli.inputs import usage
-from onshore.serve.opcua import MODES, Credentials, Security
+
+if TYPE_CHECKING:
+    from onshore.serve.opcua import Security
 
 SECURITY = typer.Option(
     "sign-encrypt", "--security", metavar="MODE",
@@ -35,6 +38,9 @@ SERVER_CERT = typer.Option(
 def client_security(mode: str, pki: Path | None, credentials: Path | None, server_cert: Path | None) -> Security:
     """The client's :class:`Security` from its options. Refused (naming the option): an unknown mode, a
     secured mode without ``--pki``, a credentials file others may read, half the environment pair."""
+    # imported here: the options above are on commands whose help must start fast
+    from onshore.serve.opcua import MODES, Credentials, Security
+
     if mode not in MODES:
         raise usage(f"--security {mode!r}: use one of {', '.join(MODES)}")
     creds = Credentials.from_file(credentials) if credentials is not None else Credentials.from_env()

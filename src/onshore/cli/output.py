@@ -14,7 +14,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 # soft_wrap: a long line is one line; a terminal wraps it, a file or a pipe keeps it whole.
@@ -60,6 +59,9 @@ class StageProgress:
     """
 
     def __init__(self, enabled: bool = True, unit: str = "frames") -> None:
+        # imported here: every command imports this module, few draw a bar (start-up time)
+        from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         done = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
         self._unit = "" if unit == "bytes" else f" ({unit})"
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), done, TimeElapsedColumn(),

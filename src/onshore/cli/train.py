@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from onshore.cli.context import open_workspace
 from onshore.cli.inputs import usage
@@ -70,6 +69,15 @@ def _run(request: Any, device: str | None, threads: int | None, json_: bool,
         torch.set_num_threads(threads)
     main = int(os.environ.get("RANK", "0")) == 0
     board = _tensorboard(tensorboard) if tensorboard is not None and main else None
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     ws = open_workspace()
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
