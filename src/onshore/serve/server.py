@@ -203,20 +203,14 @@ class PolicyServer:
         while self.refusal is None:
             await asyncio.sleep(self.limits.poll_s)
             if self.recheck is not None:
-                try:
-                    refusal = await asyncio.to_thread(self.recheck)
-                except Exception:  # a busy ledger must not stop serving; the last decision stands
-                    log.exception("re-checking the serve decision failed; checking again shortly")
-                    refusal = None
+                # a busy ledger must not stop serving: on a failure the last decision stands
+                refusal = await _off_loop(self.recheck, "re-checking the serve decision failed; checking again shortly")
                 if refusal:
                     await self.refuse_all(refusal)
                     return
             if self.follow is not None:
-                try:
-                    newer = await asyncio.to_thread(self.follow)
-                except Exception:  # a busy ledger must not stop serving; the current version stays
-                    log.exception("following the model's alias failed; checking again shortly")
-                    newer = None
+                # likewise: on a failure the current version stays
+                newer = await _off_loop(self.follow, "following the model's alias failed; checking again shortly")
                 if newer is not None:
                     log.info("serving %s to new sessions (was %s); %d session(s) keep theirs", newer.name,
                              self.served.name, len(self._sessions))
@@ -582,3 +576,12 @@ def _act_batch(policies: Any, states: Any) -> list[Any]:
 def _peer(connection: ServerConnection) -> str:
     addr = connection.remote_address
     return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else str(addr)
+
+
+async def _off_loop(fn: Callable[[], Any], failed: str) -> Any:
+    """``fn()`` on a worker thread; None, logged as ``failed``, when it raises (the poll tries again)."""
+    try:
+        return await asyncio.to_thread(fn)
+    except Exception:
+        log.exception(failed)
+        return None
