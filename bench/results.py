@@ -50,7 +50,7 @@ TEP_DISTURBANCES = ("idv-1", "idv-4", "idv-8")  # feed-ratio step, cooling-water
 TEP_SCENARIOS = ("base", *TEP_DISTURBANCES)
 NOISY = {"noise": 0.01, "quantize": True}  # the realistic-sensor setting of result 1
 
-SEED_MT10_EVAL, SEED_FEWSHOT_EVAL, SEED_TEP_EVAL = 9001, 9202, 9401  # telemetry seeds: 101, 202, 300-303, 401-402
+SEED_MT10_EVAL, SEED_FEWSHOT_EVAL, SEED_TEP_EVAL = 9001, 9202, 9401  # telemetry seeds: 101-102, 202, 300-303, 401-402
 
 POLICY = ('jurisdictions = ["JP"]\nsites = []\npurposes = ["foundation-pretraining", "fine-tuning"]\n'
           'expires = 2031-03-31\nderived_models = "keep"\n')
@@ -77,6 +77,7 @@ class Recipe:
     lr: float
     freeze_trunk: bool = False
     refit_stats: bool = False
+    cotrain: bool = False  # the demonstrations mixed with the split's 40 pre-training datasets
     why: str = ""
 
 
@@ -87,6 +88,16 @@ RECIPES = (
     Recipe("frozen", 1e-3, freeze_trunk=True,
            why="trunk frozen, stems, heads and task projection at lr 1e-3 (HPT's transfer setting)"),
 )
+
+
+# Tried after the first three recipes missed "pooled@3 >= own@10" by 4-5 points on two splits: it
+# joins the candidates, and the choice is made again among all four by the same held-out loss.
+COTRAIN_DEMO_WEIGHT = 1000.0  # one window of each pre-training dataset per batch, the other 24 demonstrations
+COTRAIN = Recipe("cotrain", 3e-4, cotrain=True,
+                 why="all weights at lr 3e-4, each batch of 64 holding 24 windows of the demonstrations and one of "
+                     "each of the 40 pre-training datasets (co-training, as openpi and Octo fine-tune), held-out "
+                     "loss on the demonstrations' episodes only")
+RECIPES_MORE = (*RECIPES, COTRAIN)
 
 
 def usable_tasks() -> list[str]:
@@ -160,6 +171,8 @@ def telemetry_plan() -> list[Telemetry]:
     plan = [Telemetry("mt10", "arm-maker", "metaworld", mt10, 50, 101),
             Telemetry("mt10-noisy", "arm-maker", "metaworld", mt10, 50, 101, **NOISY),
             Telemetry("mt10-noisy-clean", "arm-maker", "metaworld", mt10, 50, 101, **NOISY, expert_sees="exact"),
+            # a second recording of the same sensors (other episodes): the try of stage r1-noisy-clean-more
+            Telemetry("mt10-noisy-clean-2", "arm-maker", "metaworld", mt10, 50, 102, **NOISY, expert_sees="exact"),
             *(Telemetry(f"pool-{i}", f"pool-member-{i}", "metaworld", tuple(pre[i::4]), 50, 300 + i)
               for i in range(4)),
             # the same seed: the k-demo sets are the first k episodes of the 10-demo set
@@ -283,7 +296,8 @@ class Run:
     def train(self, name: str, datasets: list[str], *, steps: int, lr: float, purpose: str,
               weights: tuple[float, ...] = (), base: str | None = None,
               overrides: tuple[tuple[str, Any], ...] = (), size: str = SIZE, holdout: float = 0.0,
-              freeze_trunk: bool = False, refit_stats: bool = False, balance: bool = False) -> dict[str, Any]:
+              freeze_trunk: bool = False, refit_stats: bool = False, balance: bool = False,
+              holdout_from: tuple[str, ...] = ()) -> dict[str, Any]:
         """Train (or fine-tune ``base``) model ``name`` unless its summary exists; returns the summary."""
         import torch
 
@@ -297,7 +311,7 @@ class Run:
         b = self.budget
         tc = TrainConfig(steps=steps, batch_size=b.batch, lr=lr, warmup=min(100, steps // 10),
                          checkpoint_every=max(100, steps // 5), seed=0, holdout=holdout, freeze_trunk=freeze_trunk,
-                         refit_stats=refit_stats, balance=balance)
+                         refit_stats=refit_stats, balance=balance, holdout_from=holdout_from)
         req = TrainRequest(name=name, site=SITE, purpose=purpose, datasets=tuple(datasets), weights=weights,
                            size=size, train=tc, base=base, model_overrides=overrides)
         try:
@@ -321,9 +335,12 @@ class Run:
         cmd = ("onshore finetune " + base if base else f"onshore train --site {SITE} --config {size}") + \
             f" --datasets {','.join(datasets)} --purpose {purpose} --steps {steps} --batch-size {b.batch} " \
             f"--lr {lr:g} --warmup {tc.warmup} --threads {b.threads} --name {name}" + \
-            (f" --weights {','.join(f'{d}={w:g}' for d, w in zip(datasets, weights, strict=True))}" if weights else "")
+            (f" --weights {','.join(f'{d}={w:g}' for d, w in zip(datasets, weights, strict=True) if w != 1)}"
+             if any(w != 1 for w in weights) else "")  # the command line weighs an unnamed dataset 1
         cmd += "".join(f" --model-option {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides)
-        cmd += (f" --holdout {holdout:g}" if holdout else "") + (" --freeze-trunk" if freeze_trunk else "") + \
+        cmd += (f" --holdout {holdout:g}" if holdout else "") + \
+            (f" --holdout-from {','.join(holdout_from)}" if holdout_from else "") + \
+            (" --freeze-trunk" if freeze_trunk else "") + \
             (" --refit-stats" if refit_stats else "") + (" --balance-embodiments" if balance else "")
         summary = {"model": name, "base": base, "overrides": [list(o) for o in overrides], "datasets": datasets,
                    "size": size, "holdout": holdout, "freeze_trunk": freeze_trunk, "refit_stats": refit_stats,
@@ -455,6 +472,34 @@ def result1_noisy_clean_long(r: Run) -> None:
     assert first is not None
     if mean_success(val) > mean_success(first):
         r.evaluate("r1-noisy-clean-long", name, "metaworld", mt10, b.mt10_episodes, SEED_MT10_EVAL, noisy=True)
+    write_doc(r)
+
+
+NOISY_CLEAN_MORE = ("mt10-noisy-clean", "mt10-noisy-clean-2")
+
+
+def result1_noisy_clean_more(r: Run) -> None:
+    """After training longer did not help: the chosen history trained on twice the recordings (a second
+    50 episodes per task of the same sensors, seed 102) for twice the steps, so each window is seen as
+    often as the first model saw its own. Decided before it ran: it replaces the first model if its
+    validation mean is at least the first's (a tie on 100 validation episodes says nothing, and more
+    recordings of the same sensors is what a member would add), and only then is it evaluated on the
+    evaluation episodes; the first model's evaluation stays on the page either way."""
+    from onshore.sim.metaworld import DEFAULT_TASKS
+
+    b, mt10 = r.budget, list(DEFAULT_TASKS)
+    h = noisy_clean_choice(r)
+    assert h is not None, "run stage r1-noisy-clean first"
+    name = f"mt10-nc-h{h}-more"
+    r.train(name, list(NOISY_CLEAN_MORE), steps=len(NOISY_CLEAN_MORE) * b.steps, lr=b.lr,
+            purpose="foundation-pretraining", overrides=(("history", h),))
+    val = r.evaluate(f"r1nc-val-h{h}-more", name, "metaworld", mt10, NOISY_CLEAN_VAL_EPISODES, SEED_MT10_VAL,
+                     noisy=True)
+    first = _load(r.out, "eval", f"r1nc-val-h{h}")
+    assert first is not None
+    write_doc(r)
+    if mean_success(val) >= mean_success(first):
+        r.evaluate("r1-noisy-clean-more", name, "metaworld", mt10, b.mt10_episodes, SEED_MT10_EVAL, noisy=True)
     write_doc(r)
 
 
@@ -654,16 +699,44 @@ def split_base(split: int) -> str:
     return f"s{split}-pool-small"
 
 
-def split_recipe_choice(r: Run, split: int, k: int) -> Recipe | None:
+def split_recipe_choice(r: Run, split: int, k: int, recipes: tuple[Recipe, ...] = RECIPES) -> Recipe | None:
     """The recipe whose model (trained with a held-out part of the demonstrations) had the lowest
     held-out action loss (EMA weights); None until every recipe of (split, k) has trained."""
     losses = {}
-    for rc in RECIPES:
+    for rc in recipes:
         tr = _load(r.out, "train", f"s{split}-pft{k}-{rc.label}-val")
         if tr is None:
             return None
         losses[rc.label] = tr["metrics"]["heldout_action_loss_ema"]
-    return min(RECIPES, key=lambda rc: losses[rc.label])
+    return min(recipes, key=lambda rc: losses[rc.label])
+
+
+def cotrain_data(split: int, k: int) -> tuple[list[str], tuple[float, ...]]:
+    """The co-training recipe's datasets (the demonstrations first) and sampling weights."""
+    demos = split_demos(split, k)
+    pool = [task_dataset(t) for t in split_pretrain(split)]
+    return [demos, *pool], (COTRAIN_DEMO_WEIGHT, *(1.0 for _ in pool))
+
+
+def result2_splits_cotrain(r: Run) -> None:
+    """Per split and number of demonstrations: the co-training recipe with the same 0.3 holdout of the
+    demonstrations; if it has the lowest held-out action loss of the four recipes, it is fine-tuned
+    again on all demonstrations and evaluated on the split's evaluation episodes (seed 9301); else
+    the first choice stands and nothing more runs."""
+    b = r.budget
+    for s in r.splits:
+        ft = list(split_tasks(s))
+        for k in SPLIT_DEMOS:
+            data, weights = cotrain_data(s, k)
+            r.train(f"s{s}-pft{k}-cotrain-val", data, steps=b.finetune_steps, lr=COTRAIN.lr, purpose="fine-tuning",
+                    base=split_base(s), holdout=SPLIT_HOLDOUT, weights=weights, holdout_from=(data[0],))
+            write_doc(r)
+            if split_recipe_choice(r, s, k, RECIPES_MORE) == COTRAIN:
+                r.train(f"s{s}-pft{k}-cotrain", data, steps=b.finetune_steps, lr=COTRAIN.lr, purpose="fine-tuning",
+                        base=split_base(s), weights=weights)
+                r.evaluate(f"r2s-s{s}-pooled-{k}-cotrain", f"s{s}-pft{k}-cotrain", "metaworld", ft,
+                           SPLIT_EVAL_EPISODES, SEED_SPLIT_EVAL)
+                write_doc(r)
 
 
 def result2_splits_pooled(r: Run) -> None:
@@ -764,12 +837,14 @@ STAGES: dict[str, Callable[[Run], None]] = {"r1": result1, "r4": result4, "r2": 
                                            "r3-long": result3_long, "r2-confirm": result2_confirm,
                                            "r1-noisy-clean": result1_noisy_clean,
                                            "r1-noisy-clean-long": result1_noisy_clean_long,
+                                           "r1-noisy-clean-more": result1_noisy_clean_more,
                                            "r2s-pooled": result2_splits_pooled, "r2s-own": result2_splits_own,
+                                           "r2s-cotrain": result2_splits_cotrain,
                                            "r4-dagger": result4_dagger, "r3-balance": result3_balance}
 # The datasets each stage reads: a run of some stages generates and ingests only those.
 STAGE_DATA: dict[str, tuple[str, ...]] = {
     "r1": ("mt10",), "r1-noisy": ("mt10-noisy",), "r1-noisy-clean": ("mt10-noisy-clean",),
-    "r1-noisy-clean-long": ("mt10-noisy-clean",),
+    "r1-noisy-clean-long": ("mt10-noisy-clean",), "r1-noisy-clean-more": NOISY_CLEAN_MORE,
     "r2": ("pool-0", "pool-1", "pool-2", "pool-3", *(f"fewshot-{k}" for k in DEMOS)),
     "r2-confirm": ("pool-0", "pool-1", "pool-2", "pool-3", *(f"fewshot-{k}" for k in DEMOS)),
     "r3": ("mt10", "tep", "tep-idv"), "r3-long": ("mt10", "tep", "tep-idv"),
@@ -777,6 +852,8 @@ STAGE_DATA: dict[str, tuple[str, ...]] = {
     "r2s-pooled": (*(task_dataset(t) for t in usable_tasks()),
                    *(split_demos(s, k) for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS)),
     "r2s-own": tuple(split_demos(s, k) for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS),
+    "r2s-cotrain": (*(task_dataset(t) for t in usable_tasks()),
+                    *(split_demos(s, k) for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS)),
     "r4-dagger": ("tep", "tep-idv"), "r3-balance": ("mt10", "tep", "tep-idv")}
 
 
@@ -894,12 +971,43 @@ def split_section(r: Run) -> list[str]:
         ok = None if p3 is None or o10 is None else _overlap_ok(p3, o10)
         detail = "" if ok is None else f": pooled@3 {_pct(mean_success(p3))} against own@10 {_pct(mean_success(o10))}"
         w(f"Goal (pooled with 3 ≥ best own data with 10, within the interval): {_goal(ok)}{detail}.\n")
+        names_more: list[str] = []
+        if any(T(f"s{s}-pft{k}-cotrain-val") for k in SPLIT_DEMOS):
+            w(f"Tried after that (stage `r2s-cotrain`): the recipe `cotrain` ({COTRAIN.why}) joins the candidates "
+              "and the choice is made again by the same held-out loss; the chosen model is evaluated only if "
+              "`cotrain` wins.  ")
+            for k in SPLIT_DEMOS:
+                tr = T(f"s{s}-pft{k}-cotrain-val")
+                rc = split_recipe_choice(r, s, k, RECIPES_MORE)
+                if tr is None or rc is None:
+                    w(f"{k} demonstrations: pending.  ")
+                    continue
+                names_more.append(f"s{s}-pft{k}-cotrain-val")
+                line = (f"{k} demonstrations: `cotrain` {tr['metrics']['heldout_action_loss_ema']:.4f}, chosen "
+                        f"`{rc.label}`")
+                ev = E(f"r2s-s{s}-pooled-{k}-cotrain")
+                if rc == COTRAIN:
+                    names_more.append(f"s{s}-pft{k}-cotrain")
+                    line += (f"; evaluated: {_mean_row(ev)} (per task: " + ", ".join(
+                        f"{t} {_pct(ev['tasks'][t]['success_rate'])}" for t in tasks) + ")" if ev else
+                        "; evaluation pending")
+                    if ev is not None and k == 3 and best[10] is not None:
+                        line += (f"; goal pooled@3 ≥ own@10 {_goal(_overlap_ok(ev, best[10]))}: "
+                                 f"{_pct(mean_success(ev))} against {_pct(mean_success(best[10]))}")
+                    if ev is not None and best[k] is not None:
+                        line += (f"; against own@{k}: {_goal(_overlap_ok(ev, best[k]))} "
+                                 f"({_pct(mean_success(ev))} against {_pct(mean_success(best[k]))})")
+                else:
+                    line += " (the first choice stands; not evaluated)"
+                w(line + ".  ")
+            w("")
         names = [split_base(s), *(f"s{s}-pft{k}-{rc.label}-val" for k in SPLIT_DEMOS for rc in RECIPES),
                  *(n for k in SPLIT_DEMOS for n, _, _ in own_models(b, s, k))]
         for k in SPLIT_DEMOS:
             rc = split_recipe_choice(r, s, k)
             if rc:
                 names.append(f"s{s}-pft{k}-{rc.label}")
+        names += names_more
         done = [n for n in names if T(n)]
         for n in done:
             w(_train_line(T(n), n))
@@ -1033,13 +1141,28 @@ def write_doc(r: Run) -> None:
                  + ", ".join(f"{t} {_pct(nc_long['tasks'][t]['success_rate'])}" for t in DEFAULT_TASKS) + ")"
                  if nc_long is not None else "; not kept (the evaluation episodes were not run for it)")
               + ".  ")
+        val_more = E(f"r1nc-val-h{chosen}-more")
+        nc_more = E("r1-noisy-clean-more")
+        if val_more is not None:
+            w(f"Tried next (stage `r1-noisy-clean-more`): the {chosen}-frame model trained on twice the recordings "
+              "(`mt10-noisy-clean-2`: another 50 episodes per task of the same sensors, seed 102) for twice the "
+              "steps, to replace the first model if at least as good on the validation episodes (fixed before it "
+              f"ran): validation {_mean_row(val_more)} against {_mean_row(nc_vals[chosen])}"
+              + (f"; kept, and on the evaluation episodes: {_mean_row(nc_more)} ({100 * mean_success(nc_more):.1f}%, "
+                 f"goal {_goal(mean_success(nc_more) >= 0.9)}; per task: "
+                 + ", ".join(f"{t} {_pct(nc_more['tasks'][t]['success_rate'])}" for t in DEFAULT_TASKS) + ")"
+                 if nc_more is not None else "; not kept (the evaluation episodes were not run for it)")
+              + ".  ")
     if any(nc_vals.values()):
         w("")
         for h in NOISY_CLEAN_HISTORIES:
             w(_train_line(T(f"mt10-nc-h{h}"), f"mt10-nc-h{h}"))
         if chosen is not None and T(f"mt10-nc-h{chosen}-x{NOISY_CLEAN_LONG}"):
             w(_train_line(T(f"mt10-nc-h{chosen}-x{NOISY_CLEAN_LONG}"), f"mt10-nc-h{chosen}-x{NOISY_CLEAN_LONG}"))
-        extra = (E(f"r1nc-val-h{chosen}-x{NOISY_CLEAN_LONG}"), E("r1-noisy-clean-long")) if chosen else ()
+        if chosen is not None and T(f"mt10-nc-h{chosen}-more"):
+            w(_train_line(T(f"mt10-nc-h{chosen}-more"), f"mt10-nc-h{chosen}-more"))
+        extra = (E(f"r1nc-val-h{chosen}-x{NOISY_CLEAN_LONG}"), E("r1-noisy-clean-long"),
+                 E(f"r1nc-val-h{chosen}-more"), E("r1-noisy-clean-more")) if chosen else ()
         for ev in (*nc_vals.values(), nc, *extra):
             if ev:
                 w(f"- eval `{ev['key']}`: {ev['steps']} control steps in {ev['wall_s'] / 60:.1f} min  \n"

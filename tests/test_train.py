@@ -415,3 +415,39 @@ def test_training_with_balanced_embodiments_records_the_option(consortium: Works
     plain = train(ws, TrainRequest("plain", "sakai", "foundation-pretraining", ("arms", "plant"), size="tiny",
                                    train=fast()))
     assert plain is not None and plain.metrics["final_loss"] != r.metrics["final_loss"]  # another objective
+
+
+def test_holdout_from_holds_episodes_out_of_the_named_datasets_only(tmp_path: Path,
+                                                                     telemetry: dict[str, Path]) -> None:
+    from onshore.model.network import model_config
+
+    ws = make_consortium(tmp_path, telemetry, shard_frames=150)
+    try:
+        opened = datasets.open_resident(ws, ["arms", "plant"], "sakai", "foundation-pretraining", "train")
+        embs = {d.embodiment: get_embodiment(ws, d.embodiment) for d in opened}
+        cfg = model_config("tiny")
+        arms_alone = TD.scan(opened[:1], embs, cfg, 0.5)
+        arms_only = TD.scan(opened, embs, cfg, [0.5, 0.0])
+        frames = {d.name: d.frames for d in opened}
+        assert arms_only.train_windows["plant"] == frames["plant"]  # the plant holds nothing out
+        assert arms_only.train_windows["arms"] == arms_alone.train_windows["arms"] < frames["arms"]
+        assert set(arms_only.heldout) == {"sawyer-metaworld"}  # the held-out loss is the arms' alone
+        assert len(arms_only.heldout["sawyer-metaworld"]["task"]) == len(arms_alone.heldout["sawyer-metaworld"]["task"])
+        with pytest.raises(ValidationError, match="2 datasets"):
+            TD.scan(opened, embs, cfg, [0.5])
+        # through the trainer and the CLI: names checked before anything is decided or read
+        start = ws.ledger.size()
+        with pytest.raises(ValidationError, match="not among the datasets"):
+            train(ws, TrainRequest("h-bad", "sakai", "foundation-pretraining", ("arms", "plant"), size="tiny",
+                                   train=fast(4, holdout=0.3, holdout_from=("nope",))))
+        with pytest.raises(ValidationError, match="--holdout > 0"):
+            train(ws, TrainRequest("h-zero", "sakai", "foundation-pretraining", ("arms", "plant"), size="tiny",
+                                   train=fast(4, holdout_from=("arms",))))
+        assert ws.ledger.size() == start and not models_named(ws, "h-bad") and not models_named(ws, "h-zero")
+        assert main(["-w", str(ws.root), "train", "--site", "sakai", "--datasets", "arms,plant", "--purpose",
+                     "foundation-pretraining", "--config", "tiny", "--steps", "4", "--batch-size", "16",
+                     "--text-encoder", HASHED, "--holdout", "0.5", "--holdout-from", "arms", "--name", "h-arms"]) == 0
+        meta = models.load_model_for(ws, "h-arms", "sakai", "read", "foundation-pretraining").meta
+        assert meta["metrics"]["heldout_action_loss_ema"] > 0
+    finally:
+        ws.close()

@@ -134,14 +134,16 @@ def default_checkpoint_every(steps: int) -> int:
 
 def _config(steps: int, batch_size: int, lr: float, warmup: int, checkpoint_every: int | None, holdout: float,
             seed: int, precision: str, strategy: str, freeze_trunk: bool, ema_decay: float,
-            text_encoder: str, refit_stats: bool = False, balance: bool = False) -> Any:
+            text_encoder: str, refit_stats: bool = False, balance: bool = False,
+            holdout_from: tuple[str, ...] = ()) -> Any:
     from onshore.train.loop import TrainConfig
 
     return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                        checkpoint_every=checkpoint_every or default_checkpoint_every(steps), holdout=holdout,
                        seed=seed,
                        precision=precision, strategy=strategy, freeze_trunk=freeze_trunk, ema_decay=ema_decay,
-                       text_encoder=text_encoder, refit_stats=refit_stats, balance=balance)
+                       text_encoder=text_encoder, refit_stats=refit_stats, balance=balance,
+                       holdout_from=holdout_from)
 
 
 STEPS = typer.Option(2000, "--steps", help="Optimiser steps.")
@@ -152,6 +154,9 @@ CKPT = typer.Option(None, "--checkpoint-every",
                     help="Steps between checkpoints (default: 500; a run of 100-500 steps checkpoints at its "
                          "middle; a run under 100 steps writes none).")
 HOLDOUT = typer.Option(0.0, "--holdout", help="Fraction of episodes held out for a validation loss.")
+HOLDOUT_FROM = typer.Option(None, "--holdout-from",
+                            help="Comma-separated datasets that hold episodes out (default: every one), e.g. "
+                                 "the demonstrations when co-training them with a pool.")
 SEED = typer.Option(0, "--seed", help="Seed of initial weights and data order.")
 PRECISION = typer.Option("auto", "--precision",
                          help="auto (bf16 on GPUs that have it), bf16 (also CPUs with AVX512-BF16/AMX) or fp32.")
@@ -182,7 +187,8 @@ def train_command(
         help="Change one field of the size's config, e.g. history=32 or action_feedback=true (repeatable; "
              "see docs/training.md)."),
     weights: str | None = WEIGHTS, steps: int = STEPS, batch_size: int = BATCH, lr: float = LR,
-    warmup: int = WARMUP, checkpoint_every: int | None = CKPT, holdout: float = HOLDOUT, seed: int = SEED,
+    warmup: int = WARMUP, checkpoint_every: int | None = CKPT, holdout: float = HOLDOUT,
+    holdout_from: str | None = HOLDOUT_FROM, seed: int = SEED,
     precision: str = PRECISION, strategy: str = STRATEGY, device: str | None = DEVICE,
     threads: int | None = THREADS, ema_decay: float = EMA, text_encoder: str = ENCODER, json_: bool = JSON,
     tensorboard: Path | None = TENSORBOARD,
@@ -209,7 +215,7 @@ def train_command(
     req = TrainRequest(name=name, site=site, purpose=purpose, datasets=tuple(names), weights=_weights(weights, names),
                        size=config, train=_config(steps, batch_size, lr, warmup, checkpoint_every, holdout, seed,
                                                   precision, strategy, False, ema_decay, text_encoder,
-                                                  balance=balance),
+                                                  balance=balance, holdout_from=tuple(_split(holdout_from))),
                        model_overrides=overrides)
     _run(req, device, threads, json_, tensorboard)
 
@@ -227,7 +233,8 @@ def finetune_command(
         False, "--refit-stats", help="Refit the state normalisation on the fine-tune data (as openpi and Octo do), "
                                      "folded into the stem so that the base's function is unchanged at step 0."),
     weights: str | None = WEIGHTS, steps: int = STEPS, batch_size: int = BATCH, lr: float = LR,
-    warmup: int = WARMUP, checkpoint_every: int | None = CKPT, holdout: float = HOLDOUT, seed: int = SEED,
+    warmup: int = WARMUP, checkpoint_every: int | None = CKPT, holdout: float = HOLDOUT,
+    holdout_from: str | None = HOLDOUT_FROM, seed: int = SEED,
     precision: str = PRECISION, strategy: str = STRATEGY, device: str | None = DEVICE,
     threads: int | None = THREADS, ema_decay: float = EMA, json_: bool = JSON,
     tensorboard: Path | None = TENSORBOARD,
@@ -245,5 +252,6 @@ def finetune_command(
     req = TrainRequest(name=name, site=site or row["site"], purpose=purpose, datasets=tuple(names),
                        weights=_weights(weights, names), size=row["size"], base=base,
                        train=_config(steps, batch_size, lr, warmup, checkpoint_every, holdout, seed, precision,
-                                     strategy, freeze_trunk, ema_decay, row["config"]["text_encoder"], refit_stats))
+                                     strategy, freeze_trunk, ema_decay, row["config"]["text_encoder"], refit_stats,
+                                     holdout_from=tuple(_split(holdout_from))))
     _run(req, device, threads, json_, tensorboard)

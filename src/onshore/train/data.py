@@ -183,13 +183,24 @@ def _spec(emb: Embodiment, cfg: ModelConfig, s1: np.ndarray, s2: np.ndarray, n: 
                           tuple(mean.tolist()), tuple(std.tolist()), tuple(lo.tolist()), tuple(hi.tolist()))
 
 
+def per_source(holdout: float | Sequence[float], n: int) -> list[float]:
+    """One held-out fraction per source: a single number applies to all of them."""
+    if isinstance(holdout, int | float):
+        return [float(holdout)] * n
+    if len(holdout) != n:
+        raise ValidationError(f"{len(holdout)} held-out fractions for {n} datasets")
+    return [float(h) for h in holdout]
+
+
 def scan(sources: Sequence[ShardSource], embodiments: dict[str, Embodiment], cfg: ModelConfig,
-         holdout: float = 0.0, seed: int = 0, heldout_cap: int = 256,
+         holdout: float | Sequence[float] = 0.0, seed: int = 0, heldout_cap: int = 256,
          keep: dict[str, EmbodimentSpec] | None = None) -> Scan:
     """One pass over every shard: statistics per embodiment (unless ``keep`` has its spec already,
     as when fine-tuning), the sorted task list, window counts, and up to ``heldout_cap`` held-out
-    windows per dataset. Refuses a dataset with no training window."""
+    windows per dataset (``holdout``: one fraction, or one per source). Refuses a dataset with no
+    training window."""
     keep = keep or {}
+    fractions = per_source(holdout, len(sources))
     acc: dict[str, list[Any]] = {}
     tasks: set[str] = set()
     counts: dict[str, int] = {}
@@ -200,7 +211,7 @@ def scan(sources: Sequence[ShardSource], embodiments: dict[str, Embodiment], cfg
         left = heldout_cap
         for s_i in range(len(src.shards)):
             fr = read_frames(src.iter_shard(s_i), int(src.shards[s_i]["frames"]), src.name, emb.state_dim,
-                             emb.action_dim, {}, holdout)
+                             emb.action_dim, {}, fractions[d_i])
             tasks.update(fr.tasks)
             train = ~fr.held
             counts[src.name] += int(train.sum())
@@ -310,9 +321,11 @@ class Mixer:
 
     def __init__(self, sources: Sequence[ShardSource], embodiments: dict[str, Embodiment], weights: Sequence[float],
                  batch_size: int, scan_result: Scan, task_vectors: np.ndarray, cfg: ModelConfig, seed: int,
-                 holdout: float, rank: int = 0, world: int = 1) -> None:
+                 holdout: float | Sequence[float], rank: int = 0, world: int = 1) -> None:
         ids = {t: i for i, t in enumerate(scan_result.tasks)}
-        self.streams = [Stream(s, i, embodiments[s.embodiment], ids, seed, holdout) for i, s in enumerate(sources)]
+        fractions = per_source(holdout, len(sources))
+        self.streams = [Stream(s, i, embodiments[s.embodiment], ids, seed, fractions[i])
+                        for i, s in enumerate(sources)]
         self.counts = split_batch(batch_size, weights)
         self.batch_size = batch_size
         self.specs, self.task_vectors, self.cfg = scan_result.specs, task_vectors, cfg

@@ -100,6 +100,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     holdout: float = 0.0
+    # the datasets that hold episodes out (empty: every one): co-training on a pool beside a few
+    # demonstrations validates on the demonstrations alone, so its held-out loss compares with a
+    # fine-tune on the demonstrations only
+    holdout_from: tuple[str, ...] = ()
     precision: str = "auto"
     strategy: str = "ddp"
     freeze_trunk: bool = False
@@ -123,6 +127,8 @@ class TrainConfig:
                 raise ValidationError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
         if not 0 <= self.holdout < 1:
             raise ValidationError(f"--holdout must be in [0, 1), got {self.holdout}")
+        if self.holdout_from and not self.holdout > 0:
+            raise ValidationError("--holdout-from names the datasets that hold episodes out: give --holdout > 0 too")
         if not self.lr > 0 or not 0 <= self.ema_decay < 1 or self.warmup < 0:
             raise ValidationError("--lr must be > 0, --ema-decay in [0, 1), --warmup >= 0")
         if self.precision not in PRECISIONS:
@@ -148,14 +154,22 @@ class TrainRequest:
     def fingerprint(self) -> dict[str, Any]:
         """Everything that fixes the result: a rerun resumes only if this matches."""
         d = asdict(self)
-        if not self.train.balance:  # runs from before the option resume as they were
-            d["train"].pop("balance")
+        for opt in ("balance", "holdout_from"):  # runs from before an option resume as they were
+            if not getattr(self.train, opt):
+                d["train"].pop(opt)
+        if self.train.holdout_from:
+            d["train"]["holdout_from"] = list(self.train.holdout_from)
         d["datasets"], d["weights"] = list(self.datasets), list(self.weights_or_default())
         d["model_overrides"] = [list(x) for x in self.model_overrides]
         return d
 
     def weights_or_default(self) -> tuple[float, ...]:
         return self.weights or tuple(1.0 for _ in self.datasets)
+
+    def holdouts(self) -> tuple[float, ...]:
+        """The fraction of episodes each dataset holds out (see ``TrainConfig.holdout_from``)."""
+        tc = self.train
+        return tuple(tc.holdout if not tc.holdout_from or d in tc.holdout_from else 0.0 for d in self.datasets)
 
 
 @dataclass
@@ -465,6 +479,8 @@ def train(ws: Workspace | None, req: TrainRequest, progress: Progress | None = N
         raise ValidationError("name at least one dataset (--datasets) or use --all-granted")
     if req.weights and len(req.weights) != len(req.datasets):
         raise ValidationError("give one weight per dataset")
+    if unknown := sorted(set(req.train.holdout_from) - set(req.datasets)):
+        raise ValidationError(f"--holdout-from names {unknown}, which are not among the datasets trained on")
     check_model_options(req)  # a network these options cannot make: refused before anything is decided
     say = log or (lambda _m: None)
     world = D.setup(device)
@@ -543,7 +559,7 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
     if world.main:
         say("scanning the data for normalisation statistics ...")
         refit = {s.embodiment for s in sources} if tc.refit_stats else set()
-        scanned = scan(sources, embodiments, cfg, tc.holdout, tc.seed,
+        scanned = scan(sources, embodiments, cfg, req.holdouts(), tc.seed,
                        keep={n: sp for n, sp in keep.items() if n not in refit})
         for n in refit & set(keep):  # new state statistics; the base's groups and action scaling
             scanned.specs[n] = replace(keep[n], state_mean=scanned.specs[n].state_mean,
@@ -591,7 +607,7 @@ def _train(ws: Workspace | None, req: TrainRequest, world: D.World, progress: Pr
                                   foreach=True)
     ema = {n: p.detach().clone() for n, p in net.named_parameters()}
     mixer = Mixer(sources, embodiments, req.weights_or_default(), tc.batch_size, scanned, vectors, cfg, tc.seed,
-                  tc.holdout, world.rank, world.size)
+                  req.holdouts(), world.rank, world.size)
     start = 0
     if ckpt_meta is not None:
         model_state, optim_state, ema_full = _split_checkpoint(ckpt_tensors, ckpt_meta)  # type: ignore[arg-type]
