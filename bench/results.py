@@ -1126,7 +1126,8 @@ def write_doc(r: Run) -> None:
             w(f"| {t} | {_cell(exn, t)} | {_cell(nc, t)} |")
         w(f"| **mean** | {_mean_row(exn)} | {_mean_row(nc)} |\n")
         m = mean_success(nc)
-        w(f"Goal (mean ≥ 90% through noisy sensors, against the noisy expert's "
+        w(("First model: g" if E("r1-noisy-clean-more") else "G") + "oal (mean ≥ 90% through noisy sensors, against "
+          "the noisy expert's "
           f"{_pct(mean_success(exn)) if exn else '?'}): {_goal(m >= 0.9)}: {100 * m:.1f}% "
           f"({'+' if m >= .9 else ''}{100 * (m - .9):.1f} points against the goal); history needed: {chosen} "
           "frames.  ")
@@ -1149,7 +1150,7 @@ def write_doc(r: Run) -> None:
               "steps, to replace the first model if at least as good on the validation episodes (fixed before it "
               f"ran): validation {_mean_row(val_more)} against {_mean_row(nc_vals[chosen])}"
               + (f"; kept, and on the evaluation episodes: {_mean_row(nc_more)} ({100 * mean_success(nc_more):.1f}%, "
-                 f"goal {_goal(mean_success(nc_more) >= 0.9)}; per task: "
+                 f"goal {_goal(mean_success(nc_more) >= 0.9)} with this model; per task: "
                  + ", ".join(f"{t} {_pct(nc_more['tasks'][t]['success_rate'])}" for t in DEFAULT_TASKS) + ")"
                  if nc_more is not None else "; not kept (the evaluation episodes were not run for it)")
               + ".  ")
