@@ -31,7 +31,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -921,6 +921,15 @@ def _overlap_ok(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return _wilson(k, n)[1] >= mean_success(b)
 
 
+def _kept_tail(ev: dict[str, Any] | None, tasks: Sequence[str]) -> str:
+    """How a try that replaces a chosen model ends: its evaluation against the 90% goal, or not kept."""
+    if ev is None:
+        return "; not kept (the evaluation episodes were not run for it)"
+    m = mean_success(ev)
+    return (f"; kept, and on the evaluation episodes: {_mean_row(ev)} ({100 * m:.1f}%, goal {_goal(m >= 0.9)} with "
+            "this model; per task: " + ", ".join(f"{t} {_pct(ev['tasks'][t]['success_rate'])}" for t in tasks) + ")")
+
+
 def split_section(r: Run) -> list[str]:
     """Result 2s: the pooling claim on three splits, with the goals checked per split."""
     E = lambda k: _load(r.out, "eval", k)  # noqa: E731
@@ -1137,11 +1146,7 @@ def write_doc(r: Run) -> None:
             w(f"Tried after that miss (stage `r1-noisy-clean-long`): the {chosen}-frame model trained "
               f"{NOISY_CLEAN_LONG}x as long, kept only if better on the validation episodes: validation "
               f"{_mean_row(val_long)} against {_mean_row(nc_vals[chosen])}"
-              + (f"; kept, and on the evaluation episodes: {_mean_row(nc_long)} ({100 * mean_success(nc_long):.1f}%, "
-                 f"{_goal(mean_success(nc_long) >= 0.9)}; per task: "
-                 + ", ".join(f"{t} {_pct(nc_long['tasks'][t]['success_rate'])}" for t in DEFAULT_TASKS) + ")"
-                 if nc_long is not None else "; not kept (the evaluation episodes were not run for it)")
-              + ".  ")
+              + _kept_tail(nc_long, DEFAULT_TASKS) + ".  ")
         val_more = E(f"r1nc-val-h{chosen}-more")
         nc_more = E("r1-noisy-clean-more")
         if val_more is not None:
@@ -1149,11 +1154,7 @@ def write_doc(r: Run) -> None:
               "(`mt10-noisy-clean-2`: another 50 episodes per task of the same sensors, seed 102) for twice the "
               "steps, to replace the first model if at least as good on the validation episodes (fixed before it "
               f"ran): validation {_mean_row(val_more)} against {_mean_row(nc_vals[chosen])}"
-              + (f"; kept, and on the evaluation episodes: {_mean_row(nc_more)} ({100 * mean_success(nc_more):.1f}%, "
-                 f"goal {_goal(mean_success(nc_more) >= 0.9)} with this model; per task: "
-                 + ", ".join(f"{t} {_pct(nc_more['tasks'][t]['success_rate'])}" for t in DEFAULT_TASKS) + ")"
-                 if nc_more is not None else "; not kept (the evaluation episodes were not run for it)")
-              + ".  ")
+              + _kept_tail(nc_more, DEFAULT_TASKS) + ".  ")
     if any(nc_vals.values()):
         w("")
         for h in NOISY_CLEAN_HISTORIES:
