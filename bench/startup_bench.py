@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from _stats import interleaved, spread  # noqa: E402
+
 from conftest import POLICY_JP, build_consortium, write_frames  # noqa: E402
 
 COMMANDS = {"--help": ["--help"], "site list": ["site", "list"], "dataset list": ["dataset", "list"],

@@ -132,7 +132,8 @@ COMMANDS: dict[str, Lazy] = {
                   "Serve a model next to the machine: 'onshore serve MODEL --site S'; client tokens."),
     "bridge": Lazy("onshore.cli.serve", "bridge_app", "Bridges between a machine's controller and a policy server."),
     "monitor": Lazy("onshore.cli.monitor", "monitor_app",
-                    "Fault detection from a plant model: 'onshore monitor fit', then 'onshore monitor MODEL --site S'."),
+                    "Fault detection from a plant model: 'onshore monitor fit', then "
+                    "'onshore monitor MODEL --site S'."),
     "attest": Lazy("onshore.cli.attest", "attest_app",
                    "Residency attestations: signed claims an auditor verifies offline."),
     "dashboard": Lazy("onshore.cli.dashboard", "dashboard_app",

@@ -18,6 +18,7 @@ from difflib import get_close_matches
 from typing import Any
 
 import typer
+
 # Typer 0.29 carries its own copy of click: its commands, contexts and errors are these classes
 from typer._click.core import Command, Context
 from typer._click.exceptions import UsageError
