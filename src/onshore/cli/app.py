@@ -9,26 +9,11 @@ from typing import Any
 
 import typer
 
-from onshore.cli import context, sim
-from onshore.cli.attest import attest_app, verify_command
-from onshore.cli.dashboard import dashboard_app
-from onshore.cli.data import dataset_app, policy_app
-from onshore.cli.demo import demo_command
-from onshore.cli.doctor import doctor_command
-from onshore.cli.evaluate import eval_command
+from onshore.cli import context
 from onshore.cli.helptext import localize, tidy
 from onshore.cli.language import take_language
-from onshore.cli.ledger import ledger_app
-from onshore.cli.model import model_app
-from onshore.cli.monitor import monitor_app
+from onshore.cli.lazy import Lazy, LazyGroup, build_into
 from onshore.cli.output import console, err, esc
-from onshore.cli.parties import coordinator_app, party_app, profile_app, provision_command, site_serve
-from onshore.cli.registry import embodiment_app, member_app, site_app
-from onshore.cli.serve import bridge_app, serve_app
-from onshore.cli.shadow import shadow_command
-from onshore.cli.train import finetune_command, train_command
-from onshore.cli.upgrade import backup_command, reshred_command, restore_command, upgrade_command
-from onshore.cli.witness import trust_app, witness_app
 from onshore.errors import OnshoreError, UsageError
 from onshore.i18n import N_, Message, language_from_env, render, translator
 
@@ -39,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=LazyGroup,
 )
 
 
@@ -98,43 +84,84 @@ def init(
                       + (f" (rule: nothing outside {esc(jurisdiction)})" if jurisdiction else ""))
 
 
-app.add_typer(site_app, name="site")
-app.add_typer(member_app, name="member")
-app.add_typer(embodiment_app, name="embodiment")
-app.add_typer(dataset_app, name="dataset")
-app.add_typer(policy_app, name="policy")
-app.add_typer(ledger_app, name="ledger")
-app.add_typer(witness_app, name="witness")
-app.add_typer(trust_app, name="trust")
-app.add_typer(sim.app, name="sim")
-app.command("eval")(eval_command)
-app.command("train")(train_command)
-app.command("finetune")(finetune_command)
-app.add_typer(model_app, name="model")
-app.add_typer(serve_app, name="serve")
-app.add_typer(bridge_app, name="bridge")
-app.add_typer(monitor_app, name="monitor")
-app.command("shadow")(shadow_command)
-app.command("demo")(demo_command)
-app.add_typer(attest_app, name="attest")
-app.command("verify")(verify_command)
-app.command("doctor")(doctor_command)
-app.command("upgrade")(upgrade_command)
-app.command("backup")(backup_command)
-app.command("restore")(restore_command)
-app.command("reshred")(reshred_command)
-app.add_typer(dashboard_app, name="dashboard")
-app.command("provision")(provision_command)
-app.add_typer(coordinator_app, name="coordinator")
-site_app.command("serve")(site_serve)
-app.add_typer(party_app, name="party")
-app.add_typer(profile_app, name="profile")
+#: Every command but ``init``, in the order ``onshore --help`` lists them (Typer's: commands, then
+#: groups): where it lives and the first paragraph of its help as written there. A command's module
+#: is imported only when it runs (onshore.cli.lazy); tests/test_startup.py keeps this table true.
+COMMANDS: dict[str, Lazy] = {
+    "eval": Lazy("onshore.cli.evaluate", "eval_command",
+                 "Evaluate a policy in closed loop: success rate with a 95 % interval per task (TEP: IAE,\n"
+                 "constraint violations and shutdowns; a policy other than the PI controller is compared with it)."),
+    "train": Lazy("onshore.cli.train", "train_command",
+                  "Train a model at a site on granted data (refused with exit 3, naming the rule, before any read)."),
+    "finetune": Lazy("onshore.cli.train", "finetune_command",
+                     "Fine-tune a model on more data; a new machine type gets a fresh stem and head."),
+    "shadow": Lazy("onshore.cli.shadow", "shadow_command",
+                   "Run MODEL beside the plant's controller; record states, the controller's actions (labels) and "
+                   "the model's\nproposals as the owner's dataset, for 'onshore finetune MODEL --datasets DATASET'."),
+    "demo": Lazy("onshore.cli.demo", "demo_command",
+                 "Build a three-member consortium on simulator telemetry and prove where its data sat."),
+    "verify": Lazy("onshore.cli.attest", "verify_command",
+                   "Verify a residency bundle offline: no workspace, no network. Exit 0 only if every check passes."),
+    "doctor": Lazy("onshore.cli.doctor", "doctor_command",
+                   "Check the workspace; exit 1 while anything is left to do (each finding says what)."),
+    "upgrade": Lazy("onshore.cli.upgrade", "upgrade_command",
+                    "Bring the workspace's catalog and ledger to this version's schema, after taking a backup."),
+    "backup": Lazy("onshore.cli.upgrade", "backup_command",
+                   "Back the workspace up: catalog, ledger, key custody of every site and member, shards and models."),
+    "restore": Lazy("onshore.cli.upgrade", "restore_command",
+                    "Make a workspace (the -w folder, new or empty) from a backup; then run 'onshore doctor'."),
+    "reshred": Lazy("onshore.cli.upgrade", "reshred_command",
+                    "Destroy, in backups of this workspace, the keys of every dataset withdrawn since each was taken."),
+    "provision": Lazy("onshore.cli.parties", "provision_command",
+                      "Make the consortium CA and one startup kit per party (only that party's keys in each)."),
+    "site": Lazy("onshore.cli.registry", "site_app", "Sites: where data may sit, be computed on and served."),
+    "member": Lazy("onshore.cli.registry", "member_app", "Members: the companies that own datasets."),
+    "embodiment": Lazy("onshore.cli.registry", "embodiment_app", "Embodiments: machine types and their channels."),
+    "dataset": Lazy("onshore.cli.data", "dataset_app", "Datasets: ingest, copy, read, export, list, show, withdraw."),
+    "policy": Lazy("onshore.cli.data", "policy_app",
+                   "Usage policies: check what the policy decision point decides, show the Cedar."),
+    "ledger": Lazy("onshore.cli.ledger", "ledger_app", "The transparency ledger."),
+    "witness": Lazy("onshore.cli.witness", "witness_app",
+                    "Witnesses: cosign checkpoints that extend what they saw before."),
+    "trust": Lazy("onshore.cli.witness", "trust_app", "Trust roots: the public keys an auditor needs."),
+    "sim": Lazy("onshore.cli.sim", "app", "Simulated consortium members: generate telemetry from simulators."),
+    "model": Lazy("onshore.cli.model", "model_app",
+                  "Trained models and their versions: list, show lineage and policy, copy to a site, export, model "
+                  "card, aliases, tags, archive."),
+    "serve": Lazy("onshore.cli.serve", "serve_app",
+                  "Serve a model next to the machine: 'onshore serve MODEL --site S'; client tokens."),
+    "bridge": Lazy("onshore.cli.serve", "bridge_app", "Bridges between a machine's controller and a policy server."),
+    "monitor": Lazy("onshore.cli.monitor", "monitor_app",
+                    "Fault detection from a plant model: 'onshore monitor fit', then "
+                    "'onshore monitor MODEL --site S'."),
+    "attest": Lazy("onshore.cli.attest", "attest_app",
+                   "Residency attestations: signed claims an auditor verifies offline."),
+    "dashboard": Lazy("onshore.cli.dashboard", "dashboard_app",
+                      "The read-only residency dashboard (a local web page)."),
+    "coordinator": Lazy("onshore.cli.parties", "coordinator_app",
+                        "The coordinator: catalog, ledger and decisions for the consortium."),
+    "party": Lazy("onshore.cli.parties", "party_app",
+                  "Act as a party from its startup kit: ingest, copy, read, withdraw."),
+    "profile": Lazy("onshore.cli.parties", "profile_app", "Member profiles: a name for a member's startup kit."),
+}
+
+
+def root() -> LazyGroup:
+    """The click group behind ``app``: ``init`` built, every other command listed from ``COMMANDS`` and
+    built (help placeholders tidied) when it runs. A new group each call: ``main`` gives it the
+    reader's language."""
+    group: LazyGroup = typer.main.get_command(app)  # type: ignore[assignment]
+    group.lazy, group.build = COMMANDS, build_into(app)
+    return tidy(group)
 
 
 @functools.cache
 def command() -> Any:
-    """The click command tree behind ``app``, with help placeholders tidied (built once)."""
-    return tidy(typer.main.get_command(app))
+    """The whole click command tree behind ``app``, every command loaded and tidied (built once; for
+    tests and tools that walk it: ``main`` loads only the command it runs)."""
+    group = root()
+    group.prepare = tidy
+    return group.load_all()
 
 
 def _os_message(e: OSError) -> str:
@@ -191,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lang, args = take_language(sys.argv[1:] if argv is None else list(argv))
         tr = translator(lang)
-        localize(command(), tr)(args=hoist_workspace(args), prog_name="onshore")
+        group = root()
+        group.prepare = lambda c: localize(tidy(c), tr)
+        localize(group, tr)(args=hoist_workspace(args), prog_name="onshore")
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

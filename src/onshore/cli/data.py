@@ -141,10 +141,10 @@ def export(name: str = NAME,
 @dataset_app.command("list")
 def list_(json_: bool = JSON) -> None:
     """List datasets and where they sit."""
-    from onshore.workspace import datasets
+    from onshore.workspace import datasetinfo  # no Arrow: starts fast
 
     with open_workspace() as ws:
-        rows = datasets.list_datasets(ws)
+        rows = datasetinfo.list_datasets(ws)
     if json_:
         print_json(rows)
         return
@@ -156,10 +156,10 @@ def list_(json_: bool = JSON) -> None:
 @dataset_app.command("show")
 def show(name: str = NAME, json_: bool = JSON) -> None:
     """Show a dataset's policy and where every shard sits."""
-    from onshore.workspace import datasets
+    from onshore.workspace import datasetinfo  # no Arrow: starts fast
 
     with open_workspace() as ws:
-        d = datasets.show(ws, name)
+        d = datasetinfo.show(ws, name)
     if json_:
         print_json(d)
         return

@@ -165,3 +165,10 @@ def custody_migrate(
     console.print(f"site [bold]{esc(name)}[/] now keeps its keys in token {esc(token_label)} "
                   f"(serial {esc(result['token_serial'])}): {len(result['datasets'])} dataset and "
                   f"{len(result['models'])} model key(s) re-wrapped")
+
+
+# `onshore site serve KIT` runs a site node (onshore.cli.parties): registered here, last, so that the
+# site group is whole wherever it is built
+from onshore.cli.parties import site_serve  # noqa: E402
+
+site_app.command("serve")(site_serve)

@@ -11,8 +11,6 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-import cedarpy
-
 from onshore.errors import OnshoreError
 
 SCHEMA_FILE = "onshore.cedarschema"
@@ -26,6 +24,8 @@ def schema_text() -> str:
 
 def validation_errors(policy_text: str) -> list[str]:
     """Cedar's validation errors for ``policy_text`` against the schema (empty when it validates)."""
+    import cedarpy  # here, as in pdp: commands that only list never build a policy set
+
     result = cedarpy.validate_policies(policy_text, schema_text())
     return [] if result.validation_passed else [str(getattr(e, "error", e)) for e in result.errors]
 

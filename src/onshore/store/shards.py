@@ -15,13 +15,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from onshore.errors import IntegrityError
 from onshore.files import sha256_file
-from onshore.store.encryption import decryption_properties, encryption_properties, new_salt
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+# pyarrow (and the Parquet encryption built on it) is imported by the functions that write or read
+# shard bytes: the catalog's bookkeeping (paths, staging, publish) imports this module for commands
+# that only list, which must start in a fraction of a second (issue 22)
 
 ROW_GROUP_ROWS = 65536
 STAGING = ".staging"
@@ -113,6 +118,10 @@ class ShardWriter:
             _staged(self.stage, s.path).unlink(missing_ok=True)
 
     def _open(self) -> None:
+        import pyarrow.parquet as pq
+
+        from onshore.store.encryption import encryption_properties, new_salt
+
         self.stage.mkdir(parents=True, exist_ok=True)
         self._tmp = self.stage / f"{uuid.uuid4().hex}.tmp"
         self._salt = new_salt()
@@ -168,6 +177,10 @@ def read_shard(site_root: Path, rel: str, sha256: str, salt: str, dataset: str, 
     shard's AAD prefix, so any altered byte (or a shard swapped in from elsewhere) fails to
     decrypt; the digest is then computed only to say which it was.
     """
+    import pyarrow.parquet as pq
+
+    from onshore.store.encryption import decryption_properties
+
     path = Path(site_root) / rel
     props = decryption_properties(dataset_key, dataset, bytes.fromhex(salt))
     try:
@@ -179,6 +192,10 @@ def read_shard(site_root: Path, rel: str, sha256: str, salt: str, dataset: str, 
 def iter_shard_batches(site_root: Path, rel: str, sha256: str, salt: str, dataset: str,
                        dataset_key: bytes, batch_size: int = ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
     """Stream a shard's frames; authenticated as in ``read_shard``."""
+    import pyarrow.parquet as pq
+
+    from onshore.store.encryption import decryption_properties
+
     path = Path(site_root) / rel
     props = decryption_properties(dataset_key, dataset, bytes.fromhex(salt))
     try:

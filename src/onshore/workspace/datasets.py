@@ -36,6 +36,7 @@ from onshore.telemetry.inputs import open_inputs
 from onshore.telemetry.lerobot import write_lerobot_v3
 from onshore.telemetry.provenance import read_provenances, with_provenance
 from onshore.workspace import attempts, custody, datasetcard, keyservice
+from onshore.workspace.datasetinfo import list_datasets, shards_at, show  # noqa: F401 - offered here too
 from onshore.workspace.lineage import check_redistribution
 from onshore.workspace.models import derived_from, taint_entries
 from onshore.workspace.paths import check_plaintext_destination
@@ -190,14 +191,6 @@ def _dataset_exists(ws: Workspace, name: str, conn: Any = None) -> bool:
         return c.execute(q).first() is not None
 
 
-def _shards_at(ws: Workspace, name: str, site: str | None = None) -> list[dict[str, Any]]:
-    q = select(T.shards).where(T.shards.c.dataset == name)
-    if site is not None:
-        q = q.where(T.shards.c.site == site)
-    with ws.catalog.connect() as conn:
-        return [dict(r) for r in conn.execute(q.order_by(T.shards.c.id)).mappings()]
-
-
 def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None,
          progress: Progress | None = None) -> dict[str, Any]:
     """Copy a dataset's shards to ``to_site`` and wrap its key for that site.
@@ -211,7 +204,7 @@ def copy(ws: Workspace, name: str, to_site: str, from_site: str | None = None,
     ws.row("dataset", name)
     target = get_site(ws, to_site)
     attempts.recover(ws)
-    held = _shards_at(ws, name)
+    held = shards_at(ws, name)
     sources = sorted({s["site"] for s in held})
     if to_site in sources:
         raise ValidationError(Message(N_("dataset {name!r} is already at site {site!r}"),
@@ -272,7 +265,7 @@ def _open_for_read(ws: Workspace, name: str, site: str, purpose: str | None, act
     attempts.recover(ws)  # a withdrawal a crash left in the ledger only must take effect before any read
     site_info = get_site(ws, site)
     rel = keyservice.release(ws, name, site, action, purpose)  # decides, records, unwraps
-    rows = _shards_at(ws, name, site)
+    rows = shards_at(ws, name, site)
     if not rows:
         raise OnshoreError(Message(N_("dataset {name!r} has no shards at site {site!r}; "
                                       "see 'onshore dataset show {name}'"), {"name": name, "site": site}))
@@ -340,7 +333,7 @@ def open_resident(ws: Workspace, names: Sequence[str], site: str, purpose: str |
         detail = "; ".join(f"dataset {n!r}: rule(s) {', '.join(d.rules)} (ledger entry {i})" for n, d, i in refused)
         raise PolicyDenied(f"refused: {action} {where}: {detail}",
                            sorted({r for _, d, _ in refused for r in d.rules}))
-    held = {n: _shards_at(ws, n, site) for n in names}
+    held = {n: shards_at(ws, n, site) for n in names}
     missing = [n for n in names if not held[n]]
     if missing:
         raise OnshoreError(f"dataset(s) {', '.join(missing)} have no shards at site {site!r}; copy them there "
@@ -533,35 +526,3 @@ def withdraw(ws: Workspace, name: str, member: str) -> dict[str, Any]:
     ws.invalidate()
     return {"dataset": name, "shredded_at": sites, "derived_models": models, "derived_models_clause": clause,
             "ledger_indices": attempt.outcome}
-
-
-def list_datasets(ws: Workspace) -> list[dict[str, Any]]:
-    with ws.catalog.connect() as conn:
-        rows = conn.execute(select(T.datasets.c.name, T.datasets.c.owner, T.datasets.c.embodiment,
-                                   T.datasets.c.status, T.datasets.c.episodes, T.datasets.c.frames,
-                                   T.datasets.c.policy_hash, T.datasets.c.created_at)
-                            .order_by(T.datasets.c.name)).mappings().all()
-        placed = conn.execute(select(T.shards.c.dataset, T.shards.c.site).distinct()).all()
-    sites: dict[str, list[str]] = {}
-    for d, s in placed:
-        sites.setdefault(d, []).append(s)
-    return [{**dict(r), "sites": sorted(sites.get(r["name"], []))} for r in rows]
-
-
-def show(ws: Workspace, name: str) -> dict[str, Any]:
-    """Everything about a dataset: owner, policy, and where every shard sits."""
-    row = ws.row("dataset", name)
-    policy = parse_policy(row["policy"], f"dataset {name} policy")
-    with ws.catalog.connect() as conn:
-        wraps = [r[0] for r in conn.execute(select(T.key_wraps.c.site).where(T.key_wraps.c.dataset == name))]
-    shards = []
-    for s in _shards_at(ws, name):
-        site = get_site(ws, s["site"])
-        shards.append({"sha256": s["sha256"], "site": s["site"], "jurisdiction": site.jurisdiction,
-                       "path": str(Path(site.root) / s["path"]), "bytes": s["bytes"], "frames": s["frames"]})
-    return {
-        "name": name, "owner": row["owner"], "embodiment": row["embodiment"], "status": row["status"],
-        "episodes": row["episodes"], "frames": row["frames"], "created_at": row["created_at"],
-        "withdrawn_at": row["withdrawn_at"], "policy": policy.to_json(), "policy_hash": row["policy_hash"],
-        "key_held_at": sorted(wraps), "shards": shards,
-    }
