@@ -202,7 +202,8 @@ class Evaluation:
             raise ValueError("the evaluation was started for "
                              f"{'the expert' if self.expert else 'a policy other than the expert'}")
         env, episodes, specs, scorer = self.env, self.episodes, self.specs, _scorer(self.env)
-        jobs: list[tuple[EpisodeSpec, str | PolicyFactory, SensorOptions | None]] = [(s, policy, self.sensors) for s in specs]
+        jobs: list[tuple[EpisodeSpec, str | PolicyFactory, SensorOptions | None]] = [
+            (s, policy, self.sensors) for s in specs]
         if self.with_baseline:
             jobs += [(s, "expert", self.sensors) for s in specs]
         # each worker keeps to its own run of episodes and then helps the others one episode at a

@@ -166,13 +166,13 @@ class Workers:
 
     The processes start on threads of their own as soon as this object is made (the first
     ones through a forkserver that imports ``preload`` once: torch, MuJoCo, Meta-World), so
-    the caller goes on with its own set-up meanwhile. ``warm`` = ``(fn, items)``: each worker process runs ``fn``
-    over its share of ``items`` (:func:`shares`) as soon as it is up, before any work: e.g.
-    builds the environments and goal sets of the tasks it will run first. That is only an
-    optimisation: an error there is dropped (the real work meets it again). ``preload`` takes effect when this process's forkserver
-    starts (the first processes it makes). Use it as a context manager: leaving it stops the
-    processes (at once after an error or Ctrl-C). ``n`` = 1: no other process; the work runs in
-    the caller.
+    the caller goes on with its own set-up meanwhile. ``warm`` = ``(fn, items)``: each worker
+    process runs ``fn`` over its share of ``items`` (:func:`shares`) as soon as it is up, before
+    any work: e.g. builds the environments and goal sets of the tasks it will run first. That
+    is only an optimisation: an error there is dropped (the real work meets it again).
+    ``preload`` takes effect when this process's forkserver starts (the first processes it
+    makes). Use it as a context manager: leaving it stops the processes (at once after an
+    error or Ctrl-C). ``n`` = 1: no other process; the work runs in the caller.
     """
 
     def __init__(self, n: int, preload: Sequence[str] = (),
@@ -311,12 +311,13 @@ class Workers:
         sent: list[tuple[_Map, int]] = []  # items out to this process: (map, lo), in order
         while True:
             with self.cv:
-                while not self.closing and (job := self.job) is None and not sent:
+                while not self.closing and self.job is None and not sent:
                     self.cv.wait()
                 if self.closing and not sent:
                     return
+                job = self.job
                 # two out while plenty is left, so the process never waits for its next item
-                if job is not None and self.job is job:
+                if job is not None:
                     want = 2 if job.unclaimed() >= 2 * self.n else 1
                     while sum(1 for j, _ in sent if j is job) < want and (span := job.take(k)) is not None:
                         lo, hi = span
@@ -332,7 +333,7 @@ class Workers:
                 proc.join(timeout=1.0)
                 with self.cv:
                     died = RuntimeError(f"worker process {proc.pid} stopped (exit code {proc.exitcode}) "
-                                        "before finishing its episodes")
+                                        "before returning its results")
                     for j, s in sent:
                         j.put(s, [], died)
                     self.cv.notify_all()
@@ -351,16 +352,19 @@ class Workers:
         conn.close()
 
     def close(self, wait: bool = True) -> None:
-        """Stop the worker processes: let them finish what they hold (``wait``) or terminate them."""
+        """Stop the worker processes. Between maps they hold no work, so they stop at once; one
+        still warming up (a run this process finished alone) is terminated rather than waited
+        for, as is every one without ``wait`` (after an error or Ctrl-C). One still starting
+        (the forkserver importing) is told to stop as soon as it is up."""
         with self.cv:
             self.closing = True
             self.cv.notify_all()
         for t in self.drivers:
-            t.join(timeout=None if wait else 1.0)
-        for p in self.procs:
-            if isinstance(p, BaseException):
-                continue
-            p.join(timeout=5.0 if wait else 0.1)
+            t.join(timeout=1.0 if wait else 0.1)
+        with self.cv:
+            procs = [p for p in self.procs if not isinstance(p, BaseException)]
+        for p in procs:
+            p.join(timeout=1.0 if wait else 0.1)
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5.0)
