@@ -60,6 +60,10 @@ def workers_for(jobs: int, workers: int | None) -> int:
     return max(1, min(n, jobs))
 
 
+#: How long a map stopped early waits for the item this process's own thread is running.
+LOCAL_STOP_S = 10.0
+
+
 def shares(total: int, n: int) -> list[tuple[int, int]]:
     """The contiguous share ``[lo, hi)`` of ``total`` items each of ``n`` workers starts on
     (worker 0, this process, first); what ``Workers(warm=...)`` prepares each process for."""
@@ -260,6 +264,9 @@ class Workers:
                 job.limit = 0  # hand nothing more out
                 self.job = None
                 self.cv.notify_all()
+            # stopped early (an error, Ctrl-C): let this process's thread finish the item it holds, so
+            # the interpreter does not exit under it (torch and MuJoCo abort the process then)
+            local.join(timeout=LOCAL_STOP_S)
 
     def _local(self, job: _Map) -> None:
         """This process's part: items taken in turn with the worker processes."""
