@@ -122,6 +122,7 @@ def main() -> None:
     print(f"  control: a pure-Python loop, 2 processes against 1 in the same rounds: "
           f"{' / '.join(f'{c:.2f}x' for c in ceiling)} (what the machine's load left for a second process)")
     print("reports identical across worker counts: yes")
+    print(f"workspace: {ws} (rerun on it with --workspace {ws})")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,8 @@ def eval_command(
     Example: onshore eval --env metaworld --tasks pick-place-v3 --episodes 10 --name kansai-robotics
     """
     from onshore.eval.report import write_report
-    from onshore.eval.runner import evaluate
+    from onshore.eval.runner import Evaluation
+    from onshore.sim.sensors import SensorOptions
     from onshore.workspace.config import CONFIG_FILE
 
     if reports is None:
@@ -96,40 +97,43 @@ def eval_command(
     agent: Any = policy
     export: str | None = None  # the export folder evaluated, if the policy is one
     served = policy.startswith(("ws://", "wss://"))
-    if ensemble is not None and (served or policy == "expert"):
+    model = not served and policy != "expert"
+    if ensemble is not None and not model:
         raise ValidationError("--ensemble/--no-ensemble sets how a trained model acts; it does not apply to "
                               f"{'a policy server' if served else 'the expert'}")
-    if served:
-        from onshore.serve.client import ClientFactory
-        from onshore.sim import registry
-
-        agent = ClientFactory(policy, token, registry.env_module(env).embodiment().name, label=policy)
-        agent().close()  # refuse an unreachable server or a bad token before any episode runs
-    elif policy != "expert":
-        if site is None:
-            raise usage("--site is required to evaluate a model: it is loaded only where its data's "
-                        "policies allow")
-        from onshore.sim import registry
-        from onshore.workspace.exportfolder import is_folder_ref
-        from onshore.workspace.models import export_policy_factory, policy_factory
-        from onshore.workspace.versions import resolve
-
-        emb = registry.env_module(env).embodiment().name
-        with open_workspace() as ws:
-            if is_folder_ref(policy):  # checked against its manifest and the ledger, then decided
-                export = policy
-                agent, policy = export_policy_factory(ws, Path(policy), site, emb, ensemble=ensemble)
-            else:
-                policy = resolve(ws, policy)  # NAME, NAME@V or NAME@ALIAS: the version, fixed for the run
-                agent = policy_factory(ws, policy, site, emb, ensemble=ensemble)
-    from onshore.sim.sensors import SensorOptions
-
+    if model and site is None:
+        raise usage("--site is required to evaluate a model: it is loaded only where its data's "
+                    "policies allow")
     sensors = SensorOptions(noise=noise, quantize=quantize, bits=bits) if noise or quantize else None
-    with StageProgress(enabled=not json_out, unit="episodes") as bar:
-        report = evaluate(env, split_tasks(tasks), episodes, seed, policy=agent, workers=workers,
-                          progress=lambda done, total: bar.update(f"{env} eval", done, total), label=name,
-                          sensors=sensors)
-    if policy != "expert" and not served:  # a served model's uses are in its server's model.serve entries
+    # The worker processes start now (imports, environments, goal sets) while this process decides on
+    # and opens the model; what is evaluated is checked before anything is decided.
+    preload = ("onshore.model.policy",) if model else ("onshore.serve.client",) if served else ()
+    with Evaluation(env, split_tasks(tasks), episodes, seed, workers, sensors, expert=policy == "expert",
+                    preload=preload) as run:
+        if served:
+            from onshore.serve.client import ClientFactory
+            from onshore.sim import registry
+
+            agent = ClientFactory(policy, token, registry.env_module(env).embodiment().name, label=policy)
+            agent().close()  # refuse an unreachable server or a bad token before any episode runs
+        elif model:
+            from onshore.sim import registry
+            from onshore.workspace.exportfolder import is_folder_ref
+            from onshore.workspace.models import export_policy_factory, policy_factory
+            from onshore.workspace.versions import resolve
+
+            emb = registry.env_module(env).embodiment().name
+            with open_workspace() as ws:
+                if is_folder_ref(policy):  # checked against its manifest and the ledger, then decided
+                    export = policy
+                    agent, policy = export_policy_factory(ws, Path(policy), str(site), emb, ensemble=ensemble)
+                else:
+                    policy = resolve(ws, policy)  # NAME, NAME@V or NAME@ALIAS: the version, fixed for the run
+                    agent = policy_factory(ws, policy, str(site), emb, ensemble=ensemble)
+        with StageProgress(enabled=not json_out, unit="episodes") as bar:
+            report = run.run(agent, progress=lambda done, total: bar.update(f"{env} eval", done, total),
+                             label=name)
+    if model:  # a served model's uses are in its server's model.serve entries
         from onshore.workspace.models import record_eval
 
         with open_workspace() as ws:  # the results join the ledger, for the model's attestation
