@@ -132,10 +132,22 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
             # flat whatever the size of the inputs; a refusal midway leaves only staged files,
             # which the guard removes with the folder.
             writer = S.ShardWriter(stage, name, data_key, stream.schema, SHARD_FRAMES)
-            for batch in stream.batches():
-                writer.write(batch)
-                if progress:
-                    progress("validate + encrypt", stream.frames, max(total, stream.frames))
+            # Validation (Python and numpy, this thread) overlaps the writing of the batch before
+            # it (compression and encryption in Arrow, which releases the GIL, on a second thread):
+            # at most one batch is being written while the next is checked, so memory stays flat.
+            # Leaving the pool waits for that write, so a refusal never aborts a writer in use.
+            from concurrent.futures import Future, ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1, thread_name_prefix="ingest-write") as pool:
+                pending: Future[None] | None = None
+                for batch in stream.batches():
+                    if pending is not None:
+                        pending.result()  # a failed write stops the ingest here
+                    pending = pool.submit(writer.write, batch)
+                    if progress:
+                        progress("validate + encrypt", stream.frames, max(total, stream.frames))
+                if pending is not None:
+                    pending.result()
             written = writer.close()
             episodes, frames, out_of_limits = len(stream.episodes), stream.frames, stream.out_of_limits
             fingerprints = stream.fingerprints.result()
