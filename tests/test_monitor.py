@@ -239,7 +239,8 @@ def test_watching_over_opcua_computes_the_statistic_of_the_frames_the_plant_ran(
 
     from onshore.serve.plant import PlantThread, SimPlant
 
-    f = monitor.fit(plant, "plant-tiny", "sakai", "normal", window=5, far=0.05)
+    # a loose threshold, so that some of the few watched frames alarm
+    f = monitor.fit(plant, "plant-tiny", "sakai", "normal", window=5, far=0.45)
     sim = SimPlant("tep", "base", seed=2, scan_s=0.05)
     steps = 25
     with PlantThread(sim) as pt:
@@ -271,6 +272,11 @@ def test_watching_over_opcua_computes_the_statistic_of_the_frames_the_plant_ran(
         want.append(round(offline.step(plant_states[k], plant_actions[k])[1] * 1e6))
         prev = k
     assert np.allclose(table.column("monitor_score").to_pylist(), want, rtol=1e-3, atol=50)
+    # the first alarm is named by the plant's frame, as recorded and in the ledger, not by the row watched
+    alarms = table.column("alarm").to_pylist()
+    assert r.alarms == sum(alarms) > 0
+    assert r.first_alarm == next(k for k, a in zip(frames, alarms, strict=True) if a)
+    assert plant.ledger.get(r.index).entry.body["first_alarm"] == r.first_alarm
 
 
 def test_shadow_over_opcua_labels_are_the_plants_controller_outputs(plant: Workspace, tmp_path: Path,

@@ -289,7 +289,7 @@ def run_opcua(ws: Workspace, model: str, site: str, endpoint: str, map_file: Pat
         member, policy, name = record
         _ingest(ws, rows, f, member, policy, name, site, 1.0 / hz)
     alarms = sum(r.alarm for r in rows)
-    first = next((i for i, r in enumerate(rows) if r.alarm), None)
+    first = next((r.frame for r in rows if r.alarm), None)  # the plant's frame, as run_simulated reports it
     idx = ws.record("model.use", f"site:{site}", {
         "use": RUN, "model": model, "site": site, "fit_index": f.index, "endpoint": endpoint, "frames": len(rows),
         "alarms": alarms, "first_alarm": first, "dataset": name})
