@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from _workload import SHARED_NAMES, make_workspace
-from onshore.errors import PolicyDenied
+from onshore.errors import PolicyDenied, ValidationError
 from onshore.residency.pdp import Request
 from onshore.workspace import Workspace, datasets, doctor
 
@@ -90,3 +90,55 @@ def _new_db(url: str) -> str:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return name
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_ingest_that_loses_a_race_being_finished_is_refused_not_called_a_lost_row(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The winner is held between its ledger append and its catalog commit (where the grant is
+    visible without the row); the loser must wait for it and be refused as a lost race
+    (ValidationError), never told that the catalog lost a row (IntegrityError)."""
+    import threading
+
+    urls = {}
+    if backend == "postgresql":
+        urls = {"catalog_url": request.getfixturevalue("fresh_postgres_db")}
+        urls["ledger_url"] = request.getfixturevalue("postgres_url").rsplit("/", 1)[0] + "/" + _new_db(
+            request.getfixturevalue("postgres_url"))
+    ws_path = make_workspace(tmp_path, **urls)
+    held, go = threading.Event(), threading.Event()
+    real = datasets.crash_point
+
+    def pause(point: str) -> None:
+        if point == "ingest.ledgered" and not held.is_set():
+            held.set()
+            assert go.wait(60)
+        real(point)
+
+    monkeypatch.setattr(datasets, "crash_point", pause)
+    outcome: dict[str, object] = {}
+
+    def ingest(who: str) -> None:
+        with Workspace.open(ws_path) as ws:
+            try:
+                outcome[who] = datasets.ingest(ws, "dup", "steelco", "sakai", tmp_path / "policy.toml",
+                                               "furnace-line-3", [tmp_path / "frames.parquet"])
+            except Exception as e:  # noqa: BLE001 - the test inspects what each side met
+                outcome[who] = e
+
+    winner = threading.Thread(target=ingest, args=("winner",))
+    winner.start()
+    assert held.wait(60)
+    loser = threading.Thread(target=ingest, args=("loser",))
+    loser.start()
+    loser.join(1.0)  # the loser now waits for the winner's catalog turn
+    go.set()
+    winner.join(60)
+    loser.join(60)
+    assert isinstance(outcome["winner"], datasets.IngestResult), outcome["winner"]
+    lost = outcome["loser"]
+    assert isinstance(lost, ValidationError) and "already exists" in str(lost), repr(lost)
+    with Workspace.open(ws_path) as ws:
+        assert datasets.read(ws, "dup", "sakai").num_rows == 200
+        report = doctor.run(ws)
+        assert report.ok and not report.findings and not report.in_progress, report.to_json()

@@ -105,6 +105,8 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
     if _dataset_exists(ws, name):
         raise ValidationError(Message(N_("dataset {name!r} already exists; ingest under a new name"), {"name": name}))
     granted = ws.ledger_governance().grants.get(name)
+    if granted is not None and _finishing(ws, name):
+        raise ValidationError(Message(N_("dataset {name!r} already exists; ingest under a new name"), {"name": name}))
     if granted is not None:  # the catalog lost the row; the name stays the first dataset's
         raise IntegrityError(f"dataset {name!r} already exists in the ledger (consent.grant, ledger entry "
                              f"{granted.index}) but the catalog has no row datasets/{name}; a dataset name is never "
@@ -193,6 +195,17 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
     ws.invalidate()
     return IngestResult(name, site, written, episodes, frames, [attempt.decision_index, *attempt.outcome],
                         out_of_limits)
+
+
+def _finishing(ws: Workspace, name: str) -> bool:
+    """Whether another ingest of ``name`` was between its ledger append and its catalog commit.
+
+    An ingest appends its grant, then commits its catalog row, both in its catalog write turn;
+    a reader in between sees the grant without the row. Waiting for that turn and looking again
+    tells a same-name race that is finishing (a refusal) from a catalog that lost the row.
+    """
+    with write_transaction(ws.catalog, "the catalog") as conn:
+        return _dataset_exists(ws, name, conn)
 
 
 def _dataset_exists(ws: Workspace, name: str, conn: Any = None) -> bool:
