@@ -42,12 +42,7 @@ def _run_workers(ws_path: Path, tmp: Path, workers: int, seconds: float) -> list
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_many_writers_wait_their_turn(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    urls = {}
-    if backend == "postgresql":
-        urls = {"catalog_url": request.getfixturevalue("fresh_postgres_db")}
-        urls["ledger_url"] = request.getfixturevalue("postgres_url").rsplit("/", 1)[0] + "/" + _new_db(
-            request.getfixturevalue("postgres_url"))
-    ws_path = make_workspace(tmp_path, **urls)
+    ws_path = make_workspace(tmp_path, **_urls(backend, request))
     records = _run_workers(ws_path, tmp_path, WORKERS, SECONDS)
 
     crashes = [r for r in records if r.get("crash")]
@@ -81,6 +76,15 @@ def test_many_writers_wait_their_turn(backend: str, tmp_path: Path, request: pyt
         assert ws.decide(Request("site:ohio", "read", next(iter(ingested)), "ohio"))[0].allowed is False
 
 
+def _urls(backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """Catalog and ledger in two fresh PostgreSQL databases, or nothing (SQLite in the workspace)."""
+    if backend != "postgresql":
+        return {}
+    base = request.getfixturevalue("postgres_url")
+    return {"catalog_url": request.getfixturevalue("fresh_postgres_db"),
+            "ledger_url": base.rsplit("/", 1)[0] + "/" + _new_db(base)}
+
+
 def _new_db(url: str) -> str:
     import uuid
 
@@ -100,12 +104,7 @@ def test_an_ingest_that_loses_a_race_being_finished_is_refused_not_called_a_lost
     (ValidationError), never told that the catalog lost a row (IntegrityError)."""
     import threading
 
-    urls = {}
-    if backend == "postgresql":
-        urls = {"catalog_url": request.getfixturevalue("fresh_postgres_db")}
-        urls["ledger_url"] = request.getfixturevalue("postgres_url").rsplit("/", 1)[0] + "/" + _new_db(
-            request.getfixturevalue("postgres_url"))
-    ws_path = make_workspace(tmp_path, **urls)
+    ws_path = make_workspace(tmp_path, **_urls(backend, request))
     held, go = threading.Event(), threading.Event()
     real = datasets.crash_point
 
