@@ -141,3 +141,84 @@ def test_an_ingest_that_loses_a_race_being_finished_is_refused_not_called_a_lost
         assert datasets.read(ws, "dup", "sakai").num_rows == 200
         report = doctor.run(ws)
         assert report.ok and not report.findings and not report.in_progress, report.to_json()
+
+
+def _ingest(ws_path: Path, name: str) -> None:
+    with Workspace.open(ws_path) as ws:
+        inputs = ws_path.parent
+        datasets.ingest(ws, name, "steelco", "sakai", inputs / "policy.toml", "furnace-line-3",
+                        [inputs / "frames.parquet"])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_decision_that_reads_the_ledger_before_another_ingest_commits_is_no_integrity_alarm(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A decision point is built from the ledger and the catalog, read one after the other. A
+    dataset ingested completely between the two reads is in the catalog but was not yet in the
+    ledger read: that is a race, not a catalog row without a grant."""
+    import threading
+
+    ws_path = make_workspace(tmp_path, **_urls(backend, request))
+    _ingest(ws_path, "first")
+    held, go = threading.Event(), threading.Event()
+    with Workspace.open(ws_path) as ws:
+        real = ws.ledger_governance
+
+        def read_then_wait():  # type: ignore[no-untyped-def]
+            gov = real()
+            if not held.is_set():
+                held.set()
+                assert go.wait(60)
+            return gov
+
+        ws.ledger_governance = read_then_wait  # type: ignore[method-assign]
+        outcome: dict[str, object] = {}
+
+        def decide() -> None:
+            try:
+                outcome["first"] = ws.decide(Request("site:sakai", "read", "first", "sakai"))[0].allowed
+            except Exception as e:  # noqa: BLE001 - the test inspects it
+                outcome["first"] = e
+
+        t = threading.Thread(target=decide)
+        t.start()
+        assert held.wait(60)
+        _ingest(ws_path, "second")  # whole: ledger entries and catalog row, while the decision waits
+        go.set()
+        t.join(60)
+        assert outcome["first"] is True, outcome["first"]
+        assert ws.decide(Request("site:sakai", "read", "second", "sakai"))[0].allowed
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_decision_point_built_during_another_ingest_does_not_keep_refusing_its_dataset(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long-running process decides while another process's ingest is between its ledger append
+    and its catalog commit; once that commit lands, the new dataset is decided by its own policy,
+    not refused by a decision point cached without it."""
+    import threading
+
+    ws_path = make_workspace(tmp_path, **_urls(backend, request))
+    _ingest(ws_path, "first")
+    held, go = threading.Event(), threading.Event()
+    real = datasets.crash_point
+
+    def pause(point: str) -> None:
+        if point == "ingest.ledgered" and not held.is_set():
+            held.set()
+            assert go.wait(60)
+        real(point)
+
+    monkeypatch.setattr(datasets, "crash_point", pause)
+    with Workspace.open(ws_path) as server:
+        assert server.decide(Request("site:sakai", "read", "first", "sakai"))[0].allowed
+        t = threading.Thread(target=_ingest, args=(ws_path, "second"))
+        t.start()
+        assert held.wait(60)
+        assert server.decide(Request("site:sakai", "read", "first", "sakai"))[0].allowed  # in the window
+        assert not server.decide(Request("site:sakai", "read", "second", "sakai"))[0].allowed  # not committed
+        go.set()
+        t.join(60)
+        second = server.decide(Request("site:sakai", "read", "second", "sakai"))[0]
+        assert second.allowed and second.rules == ("dataset/second/grant",), second
+        assert not server.decide(Request("site:ohio", "read", "second", "ohio"))[0].allowed

@@ -221,7 +221,6 @@ def check_signed_rules(ws: Workspace) -> list[Finding]:
     Decisions already use the signed values (or refuse the row); this names every disagreement at
     once, with the row and the entry, so that a person can restore the catalog. Changes nothing.
     """
-    gov = ws.ledger_governance()
     found: list[Finding] = []
     restore = "restore the catalog from a backup taken after this entry; decisions refuse the row until then"
 
@@ -245,6 +244,9 @@ def check_signed_rules(ws: Workspace) -> list[Finding]:
         # the dashboard's token digest is a dashboard.token entry now (web/access.py); older
         # catalogs kept it in this settings row, which opens nothing any more
         dashboard_row = conn.execute(select(T.settings.c.value).where(T.settings.c.key == DASHBOARD_SETTING)).scalar()
+    # read after the catalog: an entry is appended before its row commits, so every row read has
+    # its entry in this read (read before, a command finishing in between would look like a finding)
+    gov = ws.ledger_governance()
     for name, owner, text in datasets:
         try:
             governance.check_catalog_dataset(gov, name, owner, text)

@@ -540,8 +540,8 @@ def list_models(ws: Workspace) -> list[dict[str, Any]]:
                                    T.models.c.world_size, T.models.c.created_at)
                             .order_by(T.models.c.name)).mappings().all()
         held = conn.execute(select(T.model_key_wraps.c.model, T.model_key_wraps.c.site)).all()
-    gov = ws.ledger_governance()
     indices = _release_indices(ws)
+    gov = ws.ledger_governance()  # after the catalog: see Workspace._governance_after
     by_model = {m: list(governance.model_release(gov, m, i).datasets) for m, i in indices.items()}
     sites: dict[str, list[str]] = {}
     for m, s in held:

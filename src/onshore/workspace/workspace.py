@@ -362,12 +362,24 @@ class Workspace:
         reads what was appended since the last (``governance.GovernanceReader``)."""
         return self._governance.read()
 
+    def _governance_after(self, gov: governance.Governance | None, behind: Callable[[governance.Governance], bool]
+                          ) -> governance.Governance:
+        """``gov``, or the ledger read again when ``behind(gov)``: the catalog rows just read hold
+        something ``gov`` does not.
+
+        Every command appends its signed entry before it commits the catalog rows it is about, so
+        the ledger read after a catalog read holds the entry of every row read. A ``gov`` read
+        before the catalog may not (another process committed in between), and that is a race,
+        not a catalog that disagrees with the ledger.
+        """
+        return self.ledger_governance() if gov is None or behind(gov) else gov
+
     def site_facts(self, gov: governance.Governance | None = None) -> list[SiteFacts]:
         """Each site's jurisdiction and roles, from the ledger; refuses a catalog that disagrees."""
-        gov = gov or self.ledger_governance()
         with self.catalog.connect() as conn:
             rows = conn.execute(select(T.sites.c.name, T.sites.c.jurisdiction, T.sites.c.roles,
                                        T.sites.c.public_key)).all()
+        gov = self._governance_after(gov, lambda g: any(r[0] not in g.sites for r in rows))
         governance.check_catalog_sites(gov, [tuple(r) for r in rows])
         return [SiteFacts(s.name, s.jurisdiction, s.roles) for s in (gov.sites[r[0]] for r in rows)]
 
@@ -377,9 +389,9 @@ class Workspace:
 
         IntegrityError when a model row cites an entry that is not its ``model.release``.
         """
-        gov = gov or self.ledger_governance()
         with self.catalog.connect() as conn:
             indices = {n: int(i) for n, i in conn.execute(select(T.models.c.name, T.models.c.ledger_index))}
+        gov = self._governance_after(gov, lambda g: any(i not in g.releases for i in indices.values()))
         out: dict[str, list[LineageDataset]] = {}
         for model, index in indices.items():
             names = governance.signed_lineage(gov, model, index, indices)
@@ -398,6 +410,7 @@ class Workspace:
         with self.catalog.connect() as conn:
             rows = conn.execute(select(T.datasets.c.name, T.datasets.c.owner, T.datasets.c.policy,
                                        T.datasets.c.status).order_by(T.datasets.c.name)).all()
+        gov = self._governance_after(gov, lambda g: any(r[0] not in g.grants for r in rows))
         for name, owner, text, status in rows:
             grant = governance.check_catalog_dataset(gov, name, owner, text)
             # the status column can only narrow: a withdrawal is the ledger's, whatever the row says
@@ -409,13 +422,24 @@ class Workspace:
                       ) -> tuple[str, dict[str, str]]:
         """The workspace rules' Cedar text, and each dataset's (by name) and model's (by
         ``model:NAME``) own Cedar text."""
+        rules, texts, _ = self._policy_read(extra, gov)
+        return rules, texts
+
+    def _policy_read(self, extra: tuple[str, str, UsagePolicy] | None, gov: governance.Governance
+                     ) -> tuple[str, dict[str, str], bool]:
+        """``_policy_parts``, and whether the catalog read had caught up with the ledger read after
+        it: every live grant has its dataset row and every release its model row."""
         texts = self._dataset_texts(gov)
+        datasets = set(texts)
         if extra is not None:
             texts[extra[0]] = dataset_cedar(extra[0], extra[1], extra[2], withdrawn=False)
-        for model, lineage in sorted(self.model_lineages(gov).items()):
+        lineages = self.model_lineages(gov)
+        for model, lineage in sorted(lineages.items()):
             if lineage:
                 texts[f"model:{model}"] = model_cedar(model, lineage)
-        return workspace_cedar(self.jurisdiction), texts
+        after = self.ledger_governance()
+        caught_up = set(after.grants) <= datasets and set(after.latest_release) <= set(lineages)
+        return workspace_cedar(self.jurisdiction), texts, caught_up
 
     def policy_text(self, extra: tuple[str, str, UsagePolicy] | None = None,
                     gov: governance.Governance | None = None) -> str:
@@ -455,10 +479,13 @@ class Workspace:
         self.refresh(force=True)
         if extra is not None or self._pdp is None:
             gov = self.ledger_governance()
-            rules, texts = self._policy_parts(extra, gov)
+            rules, texts, caught_up = self._policy_read(extra, gov)
             pdp = PolicyDecisionPoint("\n".join([rules, *texts.values()]), self.site_facts(gov),
                                       dataset_hashes={n: cedar_hash(t) for n, t in texts.items()})
-            if extra is not None:
+            # An ingest or release in another process appends its entries, then commits its
+            # catalog row: a decision point built in between lacks the row's policy, and no later
+            # entry would make refresh() drop it. So it serves this decision and is built again.
+            if extra is not None or not caught_up:
                 return pdp
             self._pdp = pdp
         return self._pdp
