@@ -222,3 +222,52 @@ def test_a_decision_point_built_during_another_ingest_does_not_keep_refusing_its
         second = server.decide(Request("site:sakai", "read", "second", "sakai"))[0]
         assert second.allowed and second.rules == ("dataset/second/grant",), second
         assert not server.decide(Request("site:ohio", "read", "second", "ohio"))[0].allowed
+
+
+def test_a_decision_point_built_during_another_release_does_not_keep_refusing_the_new_model(tmp_path: Path) -> None:
+    """The same for a model: decided on while another process's release is between its ledger
+    append and its catalog commit, the server then decides the new version by its lineage."""
+    import threading
+
+    from onshore.keys.envelope import new_data_key
+    from onshore.workspace import models, versions
+
+    def release(ws: Workspace, name: str) -> None:
+        models.release(ws, models.ModelRelease(
+            name=name, site="sakai", purpose="fine-tuning", size="tiny", config={}, folder=f"models/{name}",
+            files={}, parameters=1, steps=1, world_size=1, metrics={},
+            datasets=[{"name": "first", "owner": "steelco", "embodiment": "furnace-line-3", "weight": 1.0,
+                       "shards": [], "decision_index": 0}]), new_data_key())
+
+    ws_path = make_workspace(tmp_path)
+    _ingest(ws_path, "first")
+    with Workspace.open(ws_path) as ws:
+        v1 = versions.next_id(ws, "plant")
+        release(ws, v1)
+    held, go = threading.Event(), threading.Event()
+    names: list[str] = []
+
+    def release_v2() -> None:
+        with Workspace.open(ws_path) as other:
+            real = other.record
+
+            def record_then_wait(*a, **k):  # type: ignore[no-untyped-def]
+                index = real(*a, **k)
+                held.set()
+                assert go.wait(60)
+                return index
+
+            other.record = record_then_wait  # type: ignore[method-assign]
+            names.append(versions.next_id(other, "plant"))
+            release(other, names[0])
+
+    with Workspace.open(ws_path) as server:
+        assert models.decide(server, v1, "serve", "tokyo", "fine-tuning")[0].allowed
+        t = threading.Thread(target=release_v2)
+        t.start()
+        assert held.wait(60)
+        assert models.decide(server, v1, "serve", "tokyo", "fine-tuning")[0].allowed  # in the window
+        go.set()
+        t.join(60)
+        v2 = models.decide(server, names[0], "serve", "tokyo", "fine-tuning")[0]
+        assert v2.allowed and v2.rules == (f"model/{names[0]}/grant",), v2
