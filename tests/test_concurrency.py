@@ -271,3 +271,59 @@ def test_a_decision_point_built_during_another_release_does_not_keep_refusing_th
         t.join(60)
         v2 = models.decide(server, names[0], "serve", "tokyo", "fine-tuning")[0]
         assert v2.allowed and v2.rules == (f"model/{names[0]}/grant",), v2
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_decision_during_a_site_change_waits_for_it_instead_of_calling_the_catalog_edited(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A role change appends its site.add entry, then commits the site's row. Every running
+    server re-decides when it sees that entry, so it may well decide in between, where the catalog
+    still shows the old roles: that must not read as a catalog edited against the ledger (which
+    would stop the server). The decision waits for the change and is the one made after it."""
+    import threading
+
+    from onshore.workspace import registry
+
+    ws_path = make_workspace(tmp_path, **_urls(backend, request))
+    _ingest(ws_path, "first")
+    held, go = threading.Event(), threading.Event()
+
+    def change_roles() -> None:
+        with Workspace.open(ws_path) as admin:
+            real = admin.record
+
+            def record_then_wait(*a, **k):  # type: ignore[no-untyped-def]
+                index = real(*a, **k)
+                held.set()
+                assert go.wait(60)
+                return index
+
+            admin.record = record_then_wait  # type: ignore[method-assign]
+            registry.set_site_roles(admin, "tokyo", "storage,serve")  # compute withdrawn
+
+    train = Request("site:tokyo", "train", "first", "tokyo", "foundation-pretraining")
+    with Workspace.open(ws_path) as server:
+        assert server.decide(train)[0].allowed
+        t = threading.Thread(target=change_roles)
+        t.start()
+        assert held.wait(60)
+        outcome: dict[str, object] = {}
+
+        def decide() -> None:
+            try:
+                outcome["train"] = server.decide(train)[0]
+            except Exception as e:  # noqa: BLE001 - the test inspects it
+                outcome["train"] = e
+
+        d = threading.Thread(target=decide)
+        d.start()
+        d.join(1.0)
+        assert d.is_alive()  # waiting for the change to commit
+        go.set()
+        t.join(60)
+        d.join(60)
+    decision = outcome["train"]
+    assert not isinstance(decision, Exception), decision
+    assert not decision.allowed and decision.rules == ("workspace/role-compute",), decision  # type: ignore[attr-defined]
+    with Workspace.open(ws_path) as fresh:
+        assert fresh.decide(train)[0].rules == decision.rules  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ LOCK_TIMEOUT_VAR = "ONSHORE_LOCK_TIMEOUT"
 _IMMEDIATE = "onshore_immediate"
 
 _waited = [0.0]  # seconds this process's write transactions spent waiting for their turn
+_turns = threading.local()  # .held: the (database, store) write turns this thread is inside
 
 
 def seconds_waited() -> float:
@@ -131,11 +133,47 @@ def write_transaction(engine: Engine, what: str) -> Iterator[Connection]:
         if turn is not None:
             _take_turn(turn, started + limit, timed_out)
         _waited[0] += time.monotonic() - started
-        with engine.connect() as conn, _transaction(conn, what, limit, timed_out):
+        with engine.connect() as conn, _transaction(conn, what, limit, timed_out), _inside(engine, what):
             yield conn
     finally:
         if turn is not None:
             turn.close()  # releases the flock
+
+
+@contextmanager
+def settled_read(engine: Engine, what: str) -> Iterator[Connection]:
+    """A connection to read ``what`` when no other writer is between its steps.
+
+    A command appends its ledger entry and then commits its catalog rows, both in the catalog's
+    write turn, so a reader can see the entry without the rows. Read in a write turn, which waits
+    for the writer in progress to commit; a thread already inside that turn reads directly (no
+    other writer can be in progress, and waiting for itself would never end). For the rare read
+    that found the two disagreeing: what still disagrees here is no race.
+    """
+    if (str(engine.url), what) in _held():
+        with engine.connect() as conn:
+            yield conn
+        return
+    with write_transaction(engine, what) as conn:
+        yield conn
+
+
+def _held() -> set[tuple[str, str]]:
+    if not hasattr(_turns, "held"):
+        _turns.held = set()
+    return _turns.held  # type: ignore[no-any-return]
+
+
+@contextmanager
+def _inside(engine: Engine, what: str) -> Iterator[None]:
+    key = (str(engine.url), what)
+    outer = key in _held()
+    _held().add(key)
+    try:
+        yield
+    finally:
+        if not outer:
+            _held().discard(key)
 
 
 class Writer:

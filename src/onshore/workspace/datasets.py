@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import insert, select, update
 
 from onshore.catalog import schema as T
-from onshore.catalog.db import write_transaction
+from onshore.catalog.db import settled_read, write_transaction
 from onshore.errors import IntegrityError, NotFoundError, OnshoreError, PolicyDenied, ValidationError
 from onshore.faults import crash_point
 from onshore.files import check_output_file, sha256_file
@@ -198,13 +198,10 @@ def ingest(ws: Workspace, name: str, member: str, site: str, policy_path: Path, 
 
 
 def _finishing(ws: Workspace, name: str) -> bool:
-    """Whether another ingest of ``name`` was between its ledger append and its catalog commit.
-
-    An ingest appends its grant, then commits its catalog row, both in its catalog write turn;
-    a reader in between sees the grant without the row. Waiting for that turn and looking again
-    tells a same-name race that is finishing (a refusal) from a catalog that lost the row.
-    """
-    with write_transaction(ws.catalog, "the catalog") as conn:
+    """Whether another ingest of ``name`` was between its ledger append and its catalog commit:
+    looking again once it has committed (``settled_read``) tells a same-name race that is
+    finishing (a refusal) from a catalog that lost the row."""
+    with settled_read(ws.catalog, "the catalog") as conn:
         return _dataset_exists(ws, name, conn)
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, insert, select
 
 from onshore.catalog import migrate
 from onshore.catalog import schema as T
-from onshore.catalog.db import open_engine, write_transaction
+from onshore.catalog.db import open_engine, settled_read, write_transaction
 from onshore.catalog.schema import metadata as catalog_metadata
 from onshore.errors import IntegrityError, NotFoundError, PolicyDenied, ValidationError
 from onshore.i18n import N_, Message
@@ -377,11 +377,23 @@ class Workspace:
     def site_facts(self, gov: governance.Governance | None = None) -> list[SiteFacts]:
         """Each site's jurisdiction and roles, from the ledger; refuses a catalog that disagrees."""
         with self.catalog.connect() as conn:
-            rows = conn.execute(select(T.sites.c.name, T.sites.c.jurisdiction, T.sites.c.roles,
-                                       T.sites.c.public_key)).all()
+            rows = self._site_rows(conn)
         gov = self._governance_after(gov, lambda g: any(r[0] not in g.sites for r in rows))
-        governance.check_catalog_sites(gov, [tuple(r) for r in rows])
+        try:
+            governance.check_catalog_sites(gov, rows)
+        except IntegrityError:
+            # A site change appends its site.add entry, then commits the row: read both again
+            # once no writer is in progress; only what still disagrees is the catalog's.
+            with settled_read(self.catalog, "the catalog") as conn:
+                rows = self._site_rows(conn)
+            gov = self.ledger_governance()
+            governance.check_catalog_sites(gov, rows)
         return [SiteFacts(s.name, s.jurisdiction, s.roles) for s in (gov.sites[r[0]] for r in rows)]
+
+    @staticmethod
+    def _site_rows(conn: Any) -> list[tuple[str, str, str, str]]:
+        return [tuple(r) for r in conn.execute(select(T.sites.c.name, T.sites.c.jurisdiction, T.sites.c.roles,
+                                                      T.sites.c.public_key))]  # type: ignore[misc]
 
     def model_lineages(self, gov: governance.Governance | None = None) -> dict[str, list[LineageDataset]]:
         """Every catalog model's lineage datasets, with the policies their owners signed and their
