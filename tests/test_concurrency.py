@@ -315,15 +315,22 @@ def test_a_decision_during_a_site_change_waits_for_it_instead_of_calling_the_cat
             except Exception as e:  # noqa: BLE001 - the test inspects it
                 outcome["train"] = e
 
-        d = threading.Thread(target=decide)
+        def check() -> None:
+            with Workspace.open(ws_path) as ops:
+                outcome["doctor"] = doctor.check_signed_rules(ops)
+
+        d, c = threading.Thread(target=decide), threading.Thread(target=check)
         d.start()
+        c.start()
         d.join(1.0)
         assert d.is_alive()  # waiting for the change to commit
         go.set()
         t.join(60)
         d.join(60)
+        c.join(60)
     decision = outcome["train"]
     assert not isinstance(decision, Exception), decision
+    assert outcome["doctor"] == [], outcome["doctor"]  # nor does doctor call the row edited
     assert not decision.allowed and decision.rules == ("workspace/role-compute",), decision  # type: ignore[attr-defined]
     with Workspace.open(ws_path) as fresh:
         assert fresh.decide(train)[0].rules == decision.rules  # type: ignore[attr-defined]

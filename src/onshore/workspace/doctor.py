@@ -43,6 +43,8 @@ from __future__ import annotations
 import json
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,7 @@ from typing import Any
 from sqlalchemy import inspect, select
 
 from onshore.catalog import schema as T
-from onshore.catalog.db import write_transaction
+from onshore.catalog.db import settled_read, write_transaction
 from onshore.errors import IntegrityError, OnshoreError
 from onshore.files import sha256_file
 from onshore.keys.keystore import RESOURCE_FOLDERS
@@ -220,14 +222,23 @@ def check_signed_rules(ws: Workspace) -> list[Finding]:
 
     Decisions already use the signed values (or refuse the row); this names every disagreement at
     once, with the row and the entry, so that a person can restore the catalog. Changes nothing.
+    A command in progress elsewhere may be between its entry and its rows, so what is found is
+    looked at again once no writer is in progress (``settled_read``), as decisions do.
     """
+    found = _signed_rule_findings(ws, ws.catalog.connect)
+    if found:
+        found = _signed_rule_findings(ws, lambda: settled_read(ws.catalog, "the catalog"))
+    return found
+
+
+def _signed_rule_findings(ws: Workspace, connect: Callable[[], AbstractContextManager[Any]]) -> list[Finding]:
     found: list[Finding] = []
     restore = "restore the catalog from a backup taken after this entry; decisions refuse the row until then"
 
     def finding(subject: str, problem: str) -> None:
         found.append(Finding("signed-rules", subject, problem, restore, False))
 
-    with ws.catalog.connect() as conn:
+    with connect() as conn:
         datasets = conn.execute(select(T.datasets.c.name, T.datasets.c.owner, T.datasets.c.policy)).all()
         models = {r["name"]: dict(r) for r in conn.execute(select(T.models.c.name, T.models.c.base,
                                                                    T.models.c.ledger_index)).mappings()}
