@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -102,19 +103,8 @@ def test_an_ingest_that_loses_a_race_being_finished_is_refused_not_called_a_lost
     """The winner is held between its ledger append and its catalog commit (where the grant is
     visible without the row); the loser must wait for it and be refused as a lost race
     (ValidationError), never told that the catalog lost a row (IntegrityError)."""
-    import threading
-
     ws_path = make_workspace(tmp_path, **_urls(backend, request))
-    held, go = threading.Event(), threading.Event()
-    real = datasets.crash_point
-
-    def pause(point: str) -> None:
-        if point == "ingest.ledgered" and not held.is_set():
-            held.set()
-            assert go.wait(60)
-        real(point)
-
-    monkeypatch.setattr(datasets, "crash_point", pause)
+    held, go = _hold_first_ingest_after_its_entries(monkeypatch)
     outcome: dict[str, object] = {}
 
     def ingest(who: str) -> None:
@@ -143,6 +133,36 @@ def test_an_ingest_that_loses_a_race_being_finished_is_refused_not_called_a_lost
         assert report.ok and not report.findings and not report.in_progress, report.to_json()
 
 
+def _hold_first_ingest_after_its_entries(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make the first ingest in this process stop at ``ingest.ledgered`` (grant appended, catalog
+    row not committed) until the second event is set; the first is set when it gets there."""
+    held, go = threading.Event(), threading.Event()
+    real = datasets.crash_point
+
+    def pause(point: str) -> None:
+        if point == "ingest.ledgered" and not held.is_set():
+            held.set()
+            assert go.wait(60)
+        real(point)
+
+    monkeypatch.setattr(datasets, "crash_point", pause)
+    return held, go
+
+
+def _hold_after_its_entry(ws: Workspace, held: threading.Event, go: threading.Event) -> None:
+    """Make ``ws``'s next command stop right after appending its ledger entry (its catalog rows
+    not yet committed): set ``held``, then wait for ``go``."""
+    real = ws.record
+
+    def record_then_wait(*a, **k):  # type: ignore[no-untyped-def]
+        index = real(*a, **k)
+        held.set()
+        assert go.wait(60)
+        return index
+
+    ws.record = record_then_wait  # type: ignore[method-assign]
+
+
 def _ingest(ws_path: Path, name: str) -> None:
     with Workspace.open(ws_path) as ws:
         inputs = ws_path.parent
@@ -156,8 +176,6 @@ def test_a_decision_that_reads_the_ledger_before_another_ingest_commits_is_no_in
     """A decision point is built from the ledger and the catalog, read one after the other. A
     dataset ingested completely between the two reads is in the catalog but was not yet in the
     ledger read: that is a race, not a catalog row without a grant."""
-    import threading
-
     ws_path = make_workspace(tmp_path, **_urls(backend, request))
     _ingest(ws_path, "first")
     held, go = threading.Event(), threading.Event()
@@ -196,20 +214,9 @@ def test_a_decision_point_built_during_another_ingest_does_not_keep_refusing_its
     """A long-running process decides while another process's ingest is between its ledger append
     and its catalog commit; once that commit lands, the new dataset is decided by its own policy,
     not refused by a decision point cached without it."""
-    import threading
-
     ws_path = make_workspace(tmp_path, **_urls(backend, request))
     _ingest(ws_path, "first")
-    held, go = threading.Event(), threading.Event()
-    real = datasets.crash_point
-
-    def pause(point: str) -> None:
-        if point == "ingest.ledgered" and not held.is_set():
-            held.set()
-            assert go.wait(60)
-        real(point)
-
-    monkeypatch.setattr(datasets, "crash_point", pause)
+    held, go = _hold_first_ingest_after_its_entries(monkeypatch)
     with Workspace.open(ws_path) as server:
         assert server.decide(Request("site:sakai", "read", "first", "sakai"))[0].allowed
         t = threading.Thread(target=_ingest, args=(ws_path, "second"))
@@ -227,8 +234,6 @@ def test_a_decision_point_built_during_another_ingest_does_not_keep_refusing_its
 def test_a_decision_point_built_during_another_release_does_not_keep_refusing_the_new_model(tmp_path: Path) -> None:
     """The same for a model: decided on while another process's release is between its ledger
     append and its catalog commit, the server then decides the new version by its lineage."""
-    import threading
-
     from onshore.keys.envelope import new_data_key
     from onshore.workspace import models, versions
 
@@ -249,15 +254,7 @@ def test_a_decision_point_built_during_another_release_does_not_keep_refusing_th
 
     def release_v2() -> None:
         with Workspace.open(ws_path) as other:
-            real = other.record
-
-            def record_then_wait(*a, **k):  # type: ignore[no-untyped-def]
-                index = real(*a, **k)
-                held.set()
-                assert go.wait(60)
-                return index
-
-            other.record = record_then_wait  # type: ignore[method-assign]
+            _hold_after_its_entry(other, held, go)
             names.append(versions.next_id(other, "plant"))
             release(other, names[0])
 
@@ -280,8 +277,6 @@ def test_a_decision_during_a_site_change_waits_for_it_instead_of_calling_the_cat
     server re-decides when it sees that entry, so it may well decide in between, where the catalog
     still shows the old roles: that must not read as a catalog edited against the ledger (which
     would stop the server). The decision waits for the change and is the one made after it."""
-    import threading
-
     from onshore.workspace import registry
 
     ws_path = make_workspace(tmp_path, **_urls(backend, request))
@@ -290,15 +285,7 @@ def test_a_decision_during_a_site_change_waits_for_it_instead_of_calling_the_cat
 
     def change_roles() -> None:
         with Workspace.open(ws_path) as admin:
-            real = admin.record
-
-            def record_then_wait(*a, **k):  # type: ignore[no-untyped-def]
-                index = real(*a, **k)
-                held.set()
-                assert go.wait(60)
-                return index
-
-            admin.record = record_then_wait  # type: ignore[method-assign]
+            _hold_after_its_entry(admin, held, go)
             registry.set_site_roles(admin, "tokyo", "storage,serve")  # compute withdrawn
 
     train = Request("site:tokyo", "train", "first", "tokyo", "foundation-pretraining")
