@@ -67,6 +67,9 @@ SEED_TASK_DATA, SEED_SPLIT_DEMOS, SEED_SPLIT_EVAL = 500, 700, 9301  # 500-544, 7
 SPLIT_EVAL_EPISODES = 50
 SPLIT_HOLDOUT = 0.3  # of the fine-tune demonstrations' episodes, for choosing a recipe
 SPLIT_MLP_LR = 1e-3
+# How a model acts (stage r2s-acting): temporal ensembling (the config's default) or the newest
+# chunk's first action, chosen per model on closed-loop validation episodes of their own seed.
+SEED_SPLIT_VAL, SPLIT_VAL_EPISODES = 9311, 20  # per task; never an evaluation seed
 
 
 @dataclass(frozen=True)
@@ -764,6 +767,55 @@ def result2_splits_pooled(r: Run) -> None:
             write_doc(r)
 
 
+def pooled_choice(r: Run, split: int, k: int) -> str | None:
+    """The pooled model of (split, k) as chosen by held-out loss, co-training included once it ran."""
+    more = _load(r.out, "train", f"s{split}-pft{k}-cotrain-val") is not None
+    rc = split_recipe_choice(r, split, k, RECIPES_MORE if more else RECIPES)
+    return None if rc is None else f"s{split}-pft{k}-{rc.label}"
+
+
+def split_best_own(r: Run, split: int, k: int) -> str | None:
+    """The own-data model of (split, k) with the highest mean success on the evaluation episodes
+    (the comparison the goals make, which flatters own data); None until all are evaluated."""
+    evs = [(n, _load(r.out, "eval", f"r2s-{n}")) for n, _, _ in own_models(r.budget, split, k)]
+    if any(ev is None for _, ev in evs):
+        return None
+    return max(evs, key=lambda x: mean_success(x[1]))[0]  # type: ignore[arg-type]
+
+
+def acting_models(r: Run, split: int) -> list[str]:
+    """The two models of the comparison pooled@3 against best own@10, when both are known."""
+    models = [pooled_choice(r, split, 3), split_best_own(r, split, 10)]
+    return [m for m in models if m is not None]
+
+
+def acting_choice(r: Run, split: int, model: str) -> bool | None:
+    """True: ensembled (the default, and the choice on a tie); False: the newest chunk, when it
+    succeeded more often on the validation episodes; None until both validations ran."""
+    ens = _load(r.out, "eval", f"r2s-s{split}-val-{model}-ensembled")
+    new = _load(r.out, "eval", f"r2s-s{split}-val-{model}-newest")
+    if ens is None or new is None:
+        return None
+    return not mean_success(new) > mean_success(ens)
+
+
+def result2_splits_acting(r: Run) -> None:
+    """Per split, for both models of the comparison pooled@3 against best own@10: act ensembled or
+    on the newest chunk, chosen on validation episodes (seed 9311, 20 per task; a tie keeps the
+    default); a model whose choice is the newest chunk is evaluated that way on the evaluation
+    episodes (seed 9301). Fixed before any of it ran; the evaluation episodes choose nothing."""
+    for s in r.splits:
+        ft = list(split_tasks(s))
+        for model in acting_models(r, s):
+            for tag, ensemble in (("ensembled", True), ("newest", False)):
+                r.evaluate(f"r2s-s{s}-val-{model}-{tag}", model, "metaworld", ft, SPLIT_VAL_EPISODES,
+                           SEED_SPLIT_VAL, ensemble=ensemble)
+            if acting_choice(r, s, model) is False:
+                r.evaluate(f"r2s-s{s}-{model}-newest", model, "metaworld", ft, SPLIT_EVAL_EPISODES, SEED_SPLIT_EVAL,
+                           ensemble=False)
+            write_doc(r)
+
+
 def own_models(b: Budget, split: int, k: int) -> list[tuple[str, str, float]]:
     """(model name, size, lr) of the own-data baselines of (split, k): the transformer at each lr, the MLP."""
     return [*((f"s{split}-own{k}-lr{lr_tag(lr)}", SIZE, lr) for lr in b.own_lrs),
@@ -840,6 +892,7 @@ STAGES: dict[str, Callable[[Run], None]] = {"r1": result1, "r4": result4, "r2": 
                                            "r1-noisy-clean-more": result1_noisy_clean_more,
                                            "r2s-pooled": result2_splits_pooled, "r2s-own": result2_splits_own,
                                            "r2s-cotrain": result2_splits_cotrain,
+                                           "r2s-acting": result2_splits_acting,
                                            "r4-dagger": result4_dagger, "r3-balance": result3_balance}
 # The datasets each stage reads: a run of some stages generates and ingests only those.
 STAGE_DATA: dict[str, tuple[str, ...]] = {
@@ -854,7 +907,7 @@ STAGE_DATA: dict[str, tuple[str, ...]] = {
     "r2s-own": tuple(split_demos(s, k) for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS),
     "r2s-cotrain": (*(task_dataset(t) for t in usable_tasks()),
                     *(split_demos(s, k) for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS)),
-    "r4-dagger": ("tep", "tep-idv"), "r3-balance": ("mt10", "tep", "tep-idv")}
+    "r2s-acting": (), "r4-dagger": ("tep", "tep-idv"), "r3-balance": ("mt10", "tep", "tep-idv")}
 
 
 # ---- docs/results.md ------------------------------------------------------------------------------
@@ -1010,6 +1063,7 @@ def split_section(r: Run) -> list[str]:
                     line += " (the first choice stands; not evaluated)"
                 w(line + ".  ")
             w("")
+        _acting_paragraph(r, s, w)
         names = [split_base(s), *(f"s{s}-pft{k}-{rc.label}-val" for k in SPLIT_DEMOS for rc in RECIPES),
                  *(n for k in SPLIT_DEMOS for n, _, _ in own_models(b, s, k))]
         for k in SPLIT_DEMOS:
@@ -1031,6 +1085,42 @@ def split_section(r: Run) -> list[str]:
       "--fewshot-episodes 20 --tep-episodes 3 --stages r2s-pooled,r2s-own` (finished JSONs are skipped; "
       "`--splits 0` for one split).\n")
     return L
+
+
+def _acting_paragraph(r: Run, s: int, w: Callable[[str], None]) -> None:
+    """Stage r2s-acting's lines for split ``s``: each model's validation, choice and evaluation,
+    and the goal pooled@3 against own@10 with both acting as chosen."""
+    E = lambda k: _load(r.out, "eval", k)  # noqa: E731
+    models = acting_models(r, s)
+    if not any(E(f"r2s-s{s}-val-{m}-ensembled") for m in models):
+        return
+    w(f"Tried after that (stage `r2s-acting`): how the two models of the last goal act, temporal ensembling "
+      f"(the default) or the newest chunk's first action, chosen per model on validation episodes (seed "
+      f"{SEED_SPLIT_VAL}, {SPLIT_VAL_EPISODES} per task; a tie keeps the default); a model that chooses the newest "
+      "chunk is evaluated that way on the evaluation episodes.  ")
+    chosen: dict[str, dict[str, Any] | None] = {}
+    for m in models:
+        ens, new = E(f"r2s-s{s}-val-{m}-ensembled"), E(f"r2s-s{s}-val-{m}-newest")
+        pick = acting_choice(r, s, m)
+        line = (f"`{m}`: validation ensembled {_mean_row(ens) if ens else 'pending'}, newest chunk "
+                f"{_mean_row(new) if new else 'pending'}")
+        if pick is None:
+            w(line + ".  ")
+            continue
+        if pick:
+            chosen[m] = E(f"r2s-{m}") if m.startswith(f"s{s}-own") else None
+            w(line + "; keeps ensembling (its evaluation above stands).  ")
+            continue
+        ev = chosen[m] = E(f"r2s-s{s}-{m}-newest")
+        w(line + "; acts on the newest chunk: evaluation " + (_mean_row(ev) if ev else "pending") + ".  ")
+    p3, o10 = pooled_choice(r, s, 3), split_best_own(r, s, 10)
+    if p3 in chosen and chosen[p3] is None:  # kept ensembling: its evaluation is the pooled one above
+        chosen[p3] = E(f"r2s-s{s}-pooled-3-cotrain") if p3.endswith("cotrain") else E(f"r2s-s{s}-pooled-3")
+    a, b = chosen.get(p3 or ""), chosen.get(o10 or "")
+    if a is not None and b is not None:
+        w(f"Goal (pooled with 3 ≥ best own data with 10, within the interval), each acting as chosen: "
+          f"{_goal(_overlap_ok(a, b))}: pooled@3 {_pct(mean_success(a))} against own@10 {_pct(mean_success(b))}.")
+    w("")
 
 
 def write_doc(r: Run) -> None:
