@@ -783,13 +783,19 @@ def split_best_own(r: Run, split: int, k: int) -> str | None:
     return max(evs, key=lambda x: mean_success(x[1]))[0]  # type: ignore[arg-type]
 
 
-def acting_models(r: Run, split: int, more: bool = False) -> list[str]:
-    """The two models of the comparison pooled@3 against best own@10 (stage r2s-acting, fixed
-    before it ran); with ``more``, the other two of the split's goals, pooled@10 and best own@3
-    (stage r2s-acting-more, added after r2s-acting had shown split 2's own@10 gaining 27 points
-    on validation, so that every goal of the split is checked with every model acting as chosen)."""
-    pairs = ((3, 10),) if not more else ((10, 3),)
-    models = [m for p, o in pairs for m in (pooled_choice(r, split, p), split_best_own(r, split, o))]
+def acting_models(r: Run, split: int, which: str = "first") -> list[str]:
+    """The models whose way of acting a stage chooses. ``first``: the two of the comparison
+    pooled@3 against best own@10 (stage r2s-acting, fixed before it ran). ``more``: the other two
+    of the split's goals, pooled@10 and best own@3 (r2s-acting-more, added after r2s-acting had
+    shown split 2's own@10 gaining 27 points on validation). ``all``: both pooled models and every
+    own-data model (r2s-acting-all, fixed before it ran), so that the best own model is picked
+    among models that each act as chosen, not chosen first and made to act better after."""
+    if which == "all":
+        models = [pooled_choice(r, split, k) for k in SPLIT_DEMOS]
+        models += [n for k in SPLIT_DEMOS for n, _, _ in own_models(r.budget, split, k)]
+    else:
+        pairs = ((3, 10),) if which == "first" else ((10, 3),)
+        models = [m for p, o in pairs for m in (pooled_choice(r, split, p), split_best_own(r, split, o))]
     return [m for m in models if m is not None]
 
 
@@ -808,18 +814,24 @@ def result2_splits_acting(r: Run) -> None:
     on the newest chunk, chosen on validation episodes (seed 9311, 20 per task; a tie keeps the
     default); a model whose choice is the newest chunk is evaluated that way on the evaluation
     episodes (seed 9301). Fixed before any of it ran; the evaluation episodes choose nothing."""
-    _acting(r, more=False)
+    _acting(r, "first")
 
 
 def result2_splits_acting_more(r: Run) -> None:
     """The same choice and evaluation for the split's other two models, pooled@10 and best own@3."""
-    _acting(r, more=True)
+    _acting(r, "more")
 
 
-def _acting(r: Run, more: bool) -> None:
+def result2_splits_acting_all(r: Run) -> None:
+    """The same choice and evaluation for every own-data model of the split (and the pooled ones,
+    already done); the goals are then checked against the best own model as each acts as chosen."""
+    _acting(r, "all")
+
+
+def _acting(r: Run, which: str) -> None:
     for s in r.splits:
         ft = list(split_tasks(s))
-        for model in acting_models(r, s, more):
+        for model in acting_models(r, s, which):
             for tag, ensemble in (("ensembled", True), ("newest", False)):
                 r.evaluate(f"r2s-s{s}-val-{model}-{tag}", model, "metaworld", ft, SPLIT_VAL_EPISODES,
                            SEED_SPLIT_VAL, ensemble=ensemble)
@@ -907,6 +919,7 @@ STAGES: dict[str, Callable[[Run], None]] = {"r1": result1, "r4": result4, "r2": 
                                            "r2s-cotrain": result2_splits_cotrain,
                                            "r2s-acting": result2_splits_acting,
                                            "r2s-acting-more": result2_splits_acting_more,
+                                           "r2s-acting-all": result2_splits_acting_all,
                                            "r4-dagger": result4_dagger, "r3-balance": result3_balance}
 # The datasets each stage reads: a run of some stages generates and ingests only those.
 STAGE_DATA: dict[str, tuple[str, ...]] = {
@@ -921,7 +934,8 @@ STAGE_DATA: dict[str, tuple[str, ...]] = {
     "r2s-own": tuple(split_demos(s, k) for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS),
     "r2s-cotrain": (*(task_dataset(t) for t in usable_tasks()),
                     *(split_demos(s, k) for s in range(len(SPLIT_SEEDS)) for k in SPLIT_DEMOS)),
-    "r2s-acting": (), "r2s-acting-more": (), "r4-dagger": ("tep", "tep-idv"), "r3-balance": ("mt10", "tep", "tep-idv")}
+    "r2s-acting": (), "r2s-acting-more": (), "r2s-acting-all": (),
+    "r4-dagger": ("tep", "tep-idv"), "r3-balance": ("mt10", "tep", "tep-idv")}
 
 
 # ---- docs/results.md ------------------------------------------------------------------------------
@@ -1103,40 +1117,53 @@ def split_section(r: Run) -> list[str]:
 
 
 def _acting_paragraph(r: Run, s: int, w: Callable[[str], None]) -> None:
-    """Stages r2s-acting(-more)'s lines for split ``s``: each model's validation, choice and
-    evaluation, and the split's goals again with every model acting as chosen."""
+    """Stages r2s-acting, -more and -all's lines for split ``s``: each model's validation, choice
+    and evaluation, and the split's goals again with every model acting as chosen."""
     E = lambda k: _load(r.out, "eval", k)  # noqa: E731
-    first, more = acting_models(r, s), acting_models(r, s, more=True)
+    first = acting_models(r, s)
     if not any(E(f"r2s-s{s}-val-{m}-ensembled") for m in first):
         return
+    models = list(dict.fromkeys(first + acting_models(r, s, "more") + acting_models(r, s, "all")))
     w(f"Tried after that (stage `r2s-acting`, fixed before it ran): how the two models of the last goal act, "
       f"temporal ensembling (the default) or the newest chunk's first action, chosen per model on validation "
       f"episodes (seed {SEED_SPLIT_VAL}, {SPLIT_VAL_EPISODES} per task; a tie keeps the default); a model that "
       "chooses the newest chunk is evaluated that way on the evaluation episodes. Stage `r2s-acting-more`, added "
       "after split 2's own@10 model gained 27 points on validation by acting on the newest chunk, makes the same "
-      "choice for the other two models, so that every goal below compares models acting as chosen.  ")
-    as_chosen: dict[str, dict[str, Any] | None] = {}
-    for m in first + more:
+      "choice for the other two models. Stage `r2s-acting-all`, fixed before it ran, makes it for every own-data "
+      "model, and the best own model is then picked among them as each acts as chosen.  ")
+    as_chosen: dict[str, dict[str, Any]] = {}
+    for m in models:
         ens, new = E(f"r2s-s{s}-val-{m}-ensembled"), E(f"r2s-s{s}-val-{m}-newest")
         pick = acting_choice(r, s, m)
         line = (f"`{m}`: validation ensembled {_mean_row(ens) if ens else 'pending'}, newest chunk "
                 f"{_mean_row(new) if new else 'pending'}")
+        ev = None
         if pick is None:
             w(line + ".  ")
         elif pick:
-            as_chosen[m] = E(f"r2s-{m}") if m.startswith(f"s{s}-own") else E(
+            ev = E(f"r2s-{m}") if m.startswith(f"s{s}-own") else E(
                 f"r2s-s{s}-pooled-{_demos_of(m)}" + ("-cotrain" if m.endswith("-cotrain") else ""))
             w(line + "; keeps ensembling (its evaluation above stands).  ")
         else:
-            ev = as_chosen[m] = E(f"r2s-s{s}-{m}-newest")
+            ev = E(f"r2s-s{s}-{m}-newest")
             w(line + "; acts on the newest chunk: evaluation " + (_mean_row(ev) if ev else "pending") + ".  ")
+        if ev is not None:
+            as_chosen[m] = ev
     pooled = {k: as_chosen.get(pooled_choice(r, s, k) or "") for k in SPLIT_DEMOS}
-    own = {k: as_chosen.get(split_best_own(r, s, k) or "") for k in SPLIT_DEMOS}
+    own: dict[int, tuple[str, dict[str, Any]] | None] = {}
+    for k in SPLIT_DEMOS:
+        names = [n for n, _, _ in own_models(r.budget, s, k)]
+        if all(n in as_chosen for n in names):  # r2s-acting-all: the best of all, each as chosen
+            best = max(names, key=lambda n: mean_success(as_chosen[n]))
+            own[k] = (f"the best of all own@{k} models as chosen, `{best}`", as_chosen[best])
+        else:
+            m = split_best_own(r, s, k) or ""
+            own[k] = (f"`{m}`", as_chosen[m]) if m in as_chosen else None
     for label, a, b in [*((f"pooled ≥ best own data at {k} demonstrations", pooled[k], own[k]) for k in SPLIT_DEMOS),
                         ("pooled with 3 ≥ best own data with 10", pooled[3], own[10])]:
         if a is not None and b is not None:
-            w(f"Goal ({label}, within the interval), each acting as chosen: {_goal(_overlap_ok(a, b))}: "
-              f"{_pct(mean_success(a))} against {_pct(mean_success(b))}.  ")
+            w(f"Goal ({label}, within the interval), each acting as chosen, against {b[0]}: "
+              f"{_goal(_overlap_ok(a, b[1]))}: {_pct(mean_success(a))} against {_pct(mean_success(b[1]))}.  ")
     w("")
 
 
