@@ -1111,8 +1111,8 @@ def split_section(r: Run) -> list[str]:
     w("Resume or extend: `PYTHONPATH=src python bench/results.py --ws /work/results-ws-pool --data /work/results-data "
       "--steps 4000 --finetune-steps 1000 --own-lrs 3e-4,1e-3,3e-3 --mt10-episodes 50 --joint-mt10-episodes 50 "
       "--fewshot-episodes 20 --tep-episodes 3 --stages r2s-pooled,r2s-own` (finished JSONs are skipped; "
-      "`--splits 0` for one split); then, the same way, `--stages r2s-cotrain`, `--stages r2s-acting` and "
-      "`--stages r2s-acting-more` (these three ran with `--splits 1,2`).\n")
+      "`--splits 0` for one split); then, the same way, `--stages r2s-cotrain`, `--stages r2s-acting`, "
+      "`--stages r2s-acting-more` and `--stages r2s-acting-all` (these four ran with `--splits 1,2`).\n")
     return L
 
 
