@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from _hold import hold_after_its_entry
 from _workload import SHARED_NAMES, make_workspace
 from onshore.errors import PolicyDenied, ValidationError
 from onshore.residency.pdp import Request
@@ -149,20 +150,6 @@ def _hold_first_ingest_after_its_entries(monkeypatch: pytest.MonkeyPatch) -> tup
     return held, go
 
 
-def _hold_after_its_entry(ws: Workspace, held: threading.Event, go: threading.Event) -> None:
-    """Make ``ws``'s next command stop right after appending its ledger entry (its catalog rows
-    not yet committed): set ``held``, then wait for ``go``."""
-    real = ws.record
-
-    def record_then_wait(*a, **k):  # type: ignore[no-untyped-def]
-        index = real(*a, **k)
-        held.set()
-        assert go.wait(60)
-        return index
-
-    ws.record = record_then_wait  # type: ignore[method-assign]
-
-
 def _ingest(ws_path: Path, name: str) -> None:
     with Workspace.open(ws_path) as ws:
         inputs = ws_path.parent
@@ -254,7 +241,7 @@ def test_a_decision_point_built_during_another_release_does_not_keep_refusing_th
 
     def release_v2() -> None:
         with Workspace.open(ws_path) as other:
-            _hold_after_its_entry(other, held, go)
+            hold_after_its_entry(other, held, go)
             names.append(versions.next_id(other, "plant"))
             release(other, names[0])
 
@@ -285,7 +272,7 @@ def test_a_decision_during_a_site_change_waits_for_it_instead_of_calling_the_cat
 
     def change_roles() -> None:
         with Workspace.open(ws_path) as admin:
-            _hold_after_its_entry(admin, held, go)
+            hold_after_its_entry(admin, held, go)
             registry.set_site_roles(admin, "tokyo", "storage,serve")  # compute withdrawn
 
     train = Request("site:tokyo", "train", "first", "tokyo", "foundation-pretraining")

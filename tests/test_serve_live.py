@@ -120,6 +120,41 @@ def test_a_revoked_token_is_refused_within_a_second_then_losing_the_serve_role_s
     assert main(["-w", str(ws.root), "site", "roles", "tokyo", "--roles", "storage,compute,serve"]) == 0
 
 
+def test_a_site_change_elsewhere_does_not_stop_a_running_server(live_ws: Workspace) -> None:
+    """Another site's roles change while the server runs. The server re-decides as soon as it sees
+    the change's ledger entry, which is before the change's catalog row commits; held there for a
+    while, it must wait for the change, not take the stale row for an edited catalog and stop."""
+    from _hold import hold_after_its_entry
+    from onshore.workspace import registry
+
+    ws = live_ws
+    token = tokens.issue(ws, "tokyo", "line-5")
+    server = serve(ws)
+    start = ws.ledger.size()
+    try:
+        acting = Acting(Client(server.url, token, EMBODIMENT))
+        time.sleep(0.5)
+        assert acting.error is None and acting.acts > 0
+        held, go = threading.Event(), threading.Event()
+        with Workspace.open(ws.root) as admin:
+            hold_after_its_entry(admin, held, go)
+            change = threading.Thread(target=registry.set_site_roles, args=(admin, "ohio", "storage,compute,serve"))
+            change.start()
+            assert held.wait(30)
+            time.sleep(1.5)  # the server polls every 0.25 s: it sees the entry and re-decides in the window
+            go.set()
+            change.join(30)
+        before = acting.acts
+        time.sleep(1.0)
+        assert acting.error is None and acting.acts > before, acting.error
+        assert server.proc.poll() is None
+    finally:
+        server.proc.kill()
+        server.proc.wait(30)
+    assert not [b for b in _after(ws, start, "model.serve") if b["event"] == "stop"]
+    assert main(["-w", str(ws.root), "site", "roles", "ohio", "--roles", "storage,compute"]) == 0
+
+
 def test_a_withdrawal_under_stop_serving_stops_a_running_server_within_two_seconds(live_ws: Workspace) -> None:
     ws = live_ws
     token = tokens.issue(ws, "tokyo", "line-4")
