@@ -941,8 +941,12 @@ STAGE_DATA: dict[str, tuple[str, ...]] = {
 # ---- docs/results.md ------------------------------------------------------------------------------
 
 def _load(out: Path, kind: str, key: str) -> dict[str, Any] | None:
-    p = out / kind / f"{key}.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    return _read_json(out / kind / f"{key}.json")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A summary this script (or bench/fault_bench.py) wrote, or None before it has run."""
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _pct(x: float) -> str:
@@ -1049,8 +1053,7 @@ def split_section(r: Run) -> list[str]:
             w(f"Recipes with {k} demonstrations, held-out action loss: " + ", ".join(
                 f"`{rc.label}` {tr['metrics']['heldout_action_loss_ema']:.4f}" if tr else f"`{rc.label}` pending"
                 for rc, tr in vals) + ".  ")
-        own = {k: [e for n, _, _ in own_models(b, s, k) if (e := E(f"r2s-{n}"))] for k in SPLIT_DEMOS}
-        best = {k: max(v, key=mean_success) if len(v) == len(own_models(b, s, k)) else None for k, v in own.items()}
+        best = {k: E(f"r2s-{n}") if (n := split_best_own(r, s, k)) else None for k in SPLIT_DEMOS}
         pooled = {k: E(f"r2s-s{s}-pooled-{k}") for k in SPLIT_DEMOS}
         for k in SPLIT_DEMOS:
             p, o = pooled[k], best[k]
@@ -1141,8 +1144,7 @@ def _acting_paragraph(r: Run, s: int, w: Callable[[str], None]) -> None:
         if pick is None:
             w(line + ".  ")
         elif pick:
-            ev = E(f"r2s-{m}") if m.startswith(f"s{s}-own") else E(
-                f"r2s-s{s}-pooled-{_demos_of(m)}" + ("-cotrain" if m.endswith("-cotrain") else ""))
+            ev = _ensembled_evaluation(r, s, m)
             w(line + "; keeps ensembling (its evaluation above stands).  ")
         else:
             ev = E(f"r2s-s{s}-{m}-newest")
@@ -1167,9 +1169,13 @@ def _acting_paragraph(r: Run, s: int, w: Callable[[str], None]) -> None:
     w("")
 
 
-def _demos_of(model: str) -> int:
-    """3 or 10, from a pooled model's name ``sS-pftK-RECIPE``."""
-    return int(model.split("-")[1].removeprefix("pft"))
+def _ensembled_evaluation(r: Run, s: int, model: str) -> dict[str, Any] | None:
+    """The evaluation ``model`` of split ``s`` had acting as first evaluated (ensembled): an own-data
+    model's own, or the chosen pooled model's (of its co-training stage when that recipe won)."""
+    for k in SPLIT_DEMOS:
+        if model == pooled_choice(r, s, k):
+            return _load(r.out, "eval", f"r2s-s{s}-pooled-{k}" + ("-cotrain" if model.endswith("-cotrain") else ""))
+    return _load(r.out, "eval", f"r2s-{model}")
 
 
 def write_doc(r: Run) -> None:
@@ -1553,7 +1559,7 @@ def _dagger_section(r: Run, w: Callable[[str], None]) -> None:
 
 def _faults_section(out: Path, w: Callable[[str], None]) -> None:
     """Result 5 from faults.json, which bench/fault_bench.py writes (its own protocol and seeds)."""
-    res = _faults_json(out / "faults.json")
+    res = _read_json(out / "faults.json")
     if res is None:
         return
     methods = res["methods"]
@@ -1602,7 +1608,7 @@ def _faults_section(out: Path, w: Callable[[str], None]) -> None:
 
 def _faults_confirmation(out: Path, w: Callable[[str], None]) -> None:
     """The pre-registered confirmation of result 5 on fault episodes no design choice has seen."""
-    res = _faults_json(out / "faults-seed505.json")
+    res = _read_json(out / "faults-seed505.json")
     if res is None:
         return
     methods = res["methods"]
@@ -1622,11 +1628,6 @@ def _faults_confirmation(out: Path, w: Callable[[str], None]) -> None:
       f"alarms on unseen normal operation, thresholds set by the same rule: {methods[model]['far_test']:.2%} "
       f"against {best}'s {methods[best]['far_test']:.2%}. Per-fault figures are in "
       "`docs/results/faults-seed505.json`.\n")
-
-
-def _faults_json(path: Path) -> dict[str, Any] | None:
-    """What bench/fault_bench.py wrote, or None before it has run."""
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _model_against_pca(methods: dict[str, Any]) -> tuple[str, str, float, float]:
