@@ -28,7 +28,17 @@ LOCK_TIMEOUT_VAR = "ONSHORE_LOCK_TIMEOUT"
 _IMMEDIATE = "onshore_immediate"
 
 _waited = [0.0]  # seconds this process's write transactions spent waiting for their turn
-_turns = threading.local()  # .held: the (database, store) write turns this thread is inside
+
+
+class _Turns(threading.local):
+    """Per thread: the (database, store) write turns it is inside (``settled_read`` must not wait
+    for a turn its own thread holds)."""
+
+    def __init__(self) -> None:
+        self.held: set[tuple[str, str]] = set()
+
+
+_turns = _Turns()
 
 
 def seconds_waited() -> float:
@@ -150,7 +160,7 @@ def settled_read(engine: Engine, what: str) -> Iterator[Connection]:
     other writer can be in progress, and waiting for itself would never end). For the rare read
     that found the two disagreeing: what still disagrees here is no race.
     """
-    if (str(engine.url), what) in _held():
+    if (str(engine.url), what) in _turns.held:
         with engine.connect() as conn:
             yield conn
         return
@@ -158,22 +168,16 @@ def settled_read(engine: Engine, what: str) -> Iterator[Connection]:
         yield conn
 
 
-def _held() -> set[tuple[str, str]]:
-    if not hasattr(_turns, "held"):
-        _turns.held = set()
-    return _turns.held  # type: ignore[no-any-return]
-
-
 @contextmanager
 def _inside(engine: Engine, what: str) -> Iterator[None]:
     key = (str(engine.url), what)
-    outer = key in _held()
-    _held().add(key)
+    outer = key in _turns.held
+    _turns.held.add(key)
     try:
         yield
     finally:
         if not outer:
-            _held().discard(key)
+            _turns.held.discard(key)
 
 
 class Writer:

@@ -431,16 +431,10 @@ class Workspace:
         return texts
 
     def _policy_parts(self, extra: tuple[str, str, UsagePolicy] | None, gov: governance.Governance
-                      ) -> tuple[str, dict[str, str]]:
-        """The workspace rules' Cedar text, and each dataset's (by name) and model's (by
-        ``model:NAME``) own Cedar text."""
-        rules, texts, _ = self._policy_read(extra, gov)
-        return rules, texts
-
-    def _policy_read(self, extra: tuple[str, str, UsagePolicy] | None, gov: governance.Governance
-                     ) -> tuple[str, dict[str, str], bool]:
-        """``_policy_parts``, and whether the catalog read had caught up with the ledger read after
-        it: every live grant has its dataset row and every release its model row."""
+                      ) -> tuple[str, dict[str, str], bool]:
+        """The workspace rules' Cedar text; each dataset's (by name) and model's (by ``model:NAME``)
+        own Cedar text; and whether the catalog read had caught up with the ledger read after it
+        (every live grant has its dataset row and every release its model row)."""
         texts = self._dataset_texts(gov)
         datasets = set(texts)
         if extra is not None:
@@ -460,7 +454,7 @@ class Workspace:
         The workspace rule comes from the ledger's ``workspace.init``, and a dataset is withdrawn
         when the ledger says so, whatever the catalog's status column says.
         """
-        rules, texts = self._policy_parts(extra, gov or self.ledger_governance())
+        rules, texts, _ = self._policy_parts(extra, gov or self.ledger_governance())
         return "\n".join([rules, *texts.values()])
 
     def dataset_policy(self, name: str) -> tuple[str, str]:
@@ -491,7 +485,7 @@ class Workspace:
         self.refresh(force=True)
         if extra is not None or self._pdp is None:
             gov = self.ledger_governance()
-            rules, texts, caught_up = self._policy_read(extra, gov)
+            rules, texts, caught_up = self._policy_parts(extra, gov)
             pdp = PolicyDecisionPoint("\n".join([rules, *texts.values()]), self.site_facts(gov),
                                       dataset_hashes={n: cedar_hash(t) for n, t in texts.items()})
             # An ingest or release in another process appends its entries, then commits its
