@@ -378,12 +378,13 @@ class Workspace:
         """Each site's jurisdiction and roles, from the ledger; refuses a catalog that disagrees."""
         with self.catalog.connect() as conn:
             rows = self._site_rows(conn)
-        gov = self._governance_after(gov, lambda g: any(r[0] not in g.sites for r in rows))
+        gov = gov or self.ledger_governance()
         try:
             governance.check_catalog_sites(gov, rows)
         except IntegrityError:
-            # A site change appends its site.add entry, then commits the row: read both again
-            # once no writer is in progress; only what still disagrees is the catalog's.
+            # A site added or changed appends its site.add entry, then commits the row (and ``gov``
+            # may have been read before this catalog read): read both again once no writer is in
+            # progress; only what still disagrees is the catalog's.
             with settled_read(self.catalog, "the catalog") as conn:
                 rows = self._site_rows(conn)
             gov = self.ledger_governance()
