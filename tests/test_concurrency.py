@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from _hold import hold_after_its_entry
+from _hold import hold_after_its_entry, hold_after_its_ledger_read, hold_first_ingest_after_its_entries
 from _workload import SHARED_NAMES, make_workspace
 from onshore.errors import PolicyDenied, ValidationError
 from onshore.residency.pdp import Request
@@ -105,16 +105,14 @@ def test_an_ingest_that_loses_a_race_being_finished_is_refused_not_called_a_lost
     visible without the row); the loser must wait for it and be refused as a lost race
     (ValidationError), never told that the catalog lost a row (IntegrityError)."""
     ws_path = make_workspace(tmp_path, **_urls(backend, request))
-    held, go = _hold_first_ingest_after_its_entries(monkeypatch)
+    held, go = hold_first_ingest_after_its_entries(monkeypatch)
     outcome: dict[str, object] = {}
 
     def ingest(who: str) -> None:
-        with Workspace.open(ws_path) as ws:
-            try:
-                outcome[who] = datasets.ingest(ws, "dup", "steelco", "sakai", tmp_path / "policy.toml",
-                                               "furnace-line-3", [tmp_path / "frames.parquet"])
-            except Exception as e:  # noqa: BLE001 - the test inspects what each side met
-                outcome[who] = e
+        try:
+            outcome[who] = _ingest(ws_path, "dup")
+        except Exception as e:  # noqa: BLE001 - the test inspects what each side met
+            outcome[who] = e
 
     winner = threading.Thread(target=ingest, args=("winner",))
     winner.start()
@@ -134,27 +132,11 @@ def test_an_ingest_that_loses_a_race_being_finished_is_refused_not_called_a_lost
         assert report.ok and not report.findings and not report.in_progress, report.to_json()
 
 
-def _hold_first_ingest_after_its_entries(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
-    """Make the first ingest in this process stop at ``ingest.ledgered`` (grant appended, catalog
-    row not committed) until the second event is set; the first is set when it gets there."""
-    held, go = threading.Event(), threading.Event()
-    real = datasets.crash_point
-
-    def pause(point: str) -> None:
-        if point == "ingest.ledgered" and not held.is_set():
-            held.set()
-            assert go.wait(60)
-        real(point)
-
-    monkeypatch.setattr(datasets, "crash_point", pause)
-    return held, go
-
-
-def _ingest(ws_path: Path, name: str) -> None:
+def _ingest(ws_path: Path, name: str) -> datasets.IngestResult:
     with Workspace.open(ws_path) as ws:
         inputs = ws_path.parent
-        datasets.ingest(ws, name, "steelco", "sakai", inputs / "policy.toml", "furnace-line-3",
-                        [inputs / "frames.parquet"])
+        return datasets.ingest(ws, name, "steelco", "sakai", inputs / "policy.toml", "furnace-line-3",
+                               [inputs / "frames.parquet"])
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -167,16 +149,7 @@ def test_a_decision_that_reads_the_ledger_before_another_ingest_commits_is_no_in
     _ingest(ws_path, "first")
     held, go = threading.Event(), threading.Event()
     with Workspace.open(ws_path) as ws:
-        real = ws.ledger_governance
-
-        def read_then_wait():  # type: ignore[no-untyped-def]
-            gov = real()
-            if not held.is_set():
-                held.set()
-                assert go.wait(60)
-            return gov
-
-        ws.ledger_governance = read_then_wait  # type: ignore[method-assign]
+        hold_after_its_ledger_read(ws, held, go)
         outcome: dict[str, object] = {}
 
         def decide() -> None:
@@ -195,6 +168,53 @@ def test_a_decision_that_reads_the_ledger_before_another_ingest_commits_is_no_in
         assert ws.decide(Request("site:sakai", "read", "second", "sakai"))[0].allowed
 
 
+def _release(ws: Workspace, name: str) -> None:
+    """Record a model version trained on dataset ``first`` (the registry rows and ledger entry a
+    finished training run leaves, without the training)."""
+    from onshore.keys.envelope import new_data_key
+    from onshore.workspace import models
+
+    models.release(ws, models.ModelRelease(
+        name=name, site="sakai", purpose="fine-tuning", size="tiny", config={}, folder=f"models/{name}",
+        files={}, parameters=1, steps=1, world_size=1, metrics={},
+        datasets=[{"name": "first", "owner": "steelco", "embodiment": "furnace-line-3", "weight": 1.0,
+                   "shards": [], "decision_index": 0}]), new_data_key())
+
+
+@pytest.mark.parametrize("committed", ["model", "site"])
+def test_a_decision_that_reads_the_ledger_before_a_release_or_a_new_site_commits_is_no_integrity_alarm(
+        committed: str, tmp_path: Path) -> None:
+    """The same read order for the catalog's models and sites: a model released, or a site added,
+    completely between a decision's ledger read and its catalog read is a race, not a catalog row
+    that no signed entry registers."""
+    from onshore.workspace import registry, versions
+
+    ws_path = make_workspace(tmp_path)
+    _ingest(ws_path, "first")
+    held, go = threading.Event(), threading.Event()
+    with Workspace.open(ws_path) as ws:
+        hold_after_its_ledger_read(ws, held, go)
+        outcome: dict[str, object] = {}
+
+        def decide() -> None:
+            try:
+                outcome["first"] = ws.decide(Request("site:sakai", "read", "first", "sakai"))[0].allowed
+            except Exception as e:  # noqa: BLE001 - the test inspects it
+                outcome["first"] = e
+
+        t = threading.Thread(target=decide)
+        t.start()
+        assert held.wait(60)
+        with Workspace.open(ws_path) as other:  # whole: ledger entry and catalog row, while the decision waits
+            if committed == "model":
+                _release(other, versions.next_id(other, "plant"))
+            else:
+                registry.add_site(other, "nagoya", "JP", "storage,compute")
+        go.set()
+        t.join(60)
+        assert outcome["first"] is True, outcome["first"]
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_decision_point_built_during_another_ingest_does_not_keep_refusing_its_dataset(
         backend: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -203,7 +223,7 @@ def test_a_decision_point_built_during_another_ingest_does_not_keep_refusing_its
     not refused by a decision point cached without it."""
     ws_path = make_workspace(tmp_path, **_urls(backend, request))
     _ingest(ws_path, "first")
-    held, go = _hold_first_ingest_after_its_entries(monkeypatch)
+    held, go = hold_first_ingest_after_its_entries(monkeypatch)
     with Workspace.open(ws_path) as server:
         assert server.decide(Request("site:sakai", "read", "first", "sakai"))[0].allowed
         t = threading.Thread(target=_ingest, args=(ws_path, "second"))
@@ -221,21 +241,13 @@ def test_a_decision_point_built_during_another_ingest_does_not_keep_refusing_its
 def test_a_decision_point_built_during_another_release_does_not_keep_refusing_the_new_model(tmp_path: Path) -> None:
     """The same for a model: decided on while another process's release is between its ledger
     append and its catalog commit, the server then decides the new version by its lineage."""
-    from onshore.keys.envelope import new_data_key
     from onshore.workspace import models, versions
-
-    def release(ws: Workspace, name: str) -> None:
-        models.release(ws, models.ModelRelease(
-            name=name, site="sakai", purpose="fine-tuning", size="tiny", config={}, folder=f"models/{name}",
-            files={}, parameters=1, steps=1, world_size=1, metrics={},
-            datasets=[{"name": "first", "owner": "steelco", "embodiment": "furnace-line-3", "weight": 1.0,
-                       "shards": [], "decision_index": 0}]), new_data_key())
 
     ws_path = make_workspace(tmp_path)
     _ingest(ws_path, "first")
     with Workspace.open(ws_path) as ws:
         v1 = versions.next_id(ws, "plant")
-        release(ws, v1)
+        _release(ws, v1)
     held, go = threading.Event(), threading.Event()
     names: list[str] = []
 
@@ -243,7 +255,7 @@ def test_a_decision_point_built_during_another_release_does_not_keep_refusing_th
         with Workspace.open(ws_path) as other:
             hold_after_its_entry(other, held, go)
             names.append(versions.next_id(other, "plant"))
-            release(other, names[0])
+            _release(other, names[0])
 
     with Workspace.open(ws_path) as server:
         assert models.decide(server, v1, "serve", "tokyo", "fine-tuning")[0].allowed
