@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,28 @@ def _ingest(ws_path: Path, name: str) -> datasets.IngestResult:
                                [inputs / "frames.parquet"])
 
 
+def _decide_while(ws: Workspace, commit: Callable[[], object]) -> object:
+    """``ws`` decides a read of ``first`` while ``commit`` runs whole between the decision's ledger
+    read and its catalog read; what the decision said (allowed or not), or what it raised."""
+    held, go = threading.Event(), threading.Event()
+    hold_after_its_ledger_read(ws, held, go)
+    outcome: dict[str, object] = {}
+
+    def decide() -> None:
+        try:
+            outcome["first"] = ws.decide(Request("site:sakai", "read", "first", "sakai"))[0].allowed
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            outcome["first"] = e
+
+    t = threading.Thread(target=decide)
+    t.start()
+    assert held.wait(60)
+    commit()
+    go.set()
+    t.join(60)
+    return outcome["first"]
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_decision_that_reads_the_ledger_before_another_ingest_commits_is_no_integrity_alarm(
         backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -147,24 +170,10 @@ def test_a_decision_that_reads_the_ledger_before_another_ingest_commits_is_no_in
     ledger read: that is a race, not a catalog row without a grant."""
     ws_path = make_workspace(tmp_path, **_urls(backend, request))
     _ingest(ws_path, "first")
-    held, go = threading.Event(), threading.Event()
     with Workspace.open(ws_path) as ws:
-        hold_after_its_ledger_read(ws, held, go)
-        outcome: dict[str, object] = {}
-
-        def decide() -> None:
-            try:
-                outcome["first"] = ws.decide(Request("site:sakai", "read", "first", "sakai"))[0].allowed
-            except Exception as e:  # noqa: BLE001 - the test inspects it
-                outcome["first"] = e
-
-        t = threading.Thread(target=decide)
-        t.start()
-        assert held.wait(60)
-        _ingest(ws_path, "second")  # whole: ledger entries and catalog row, while the decision waits
-        go.set()
-        t.join(60)
-        assert outcome["first"] is True, outcome["first"]
+        # whole: ledger entries and catalog row, while the decision waits
+        first = _decide_while(ws, lambda: _ingest(ws_path, "second"))
+        assert first is True, first
         assert ws.decide(Request("site:sakai", "read", "second", "sakai"))[0].allowed
 
 
@@ -191,28 +200,17 @@ def test_a_decision_that_reads_the_ledger_before_a_release_or_a_new_site_commits
 
     ws_path = make_workspace(tmp_path)
     _ingest(ws_path, "first")
-    held, go = threading.Event(), threading.Event()
-    with Workspace.open(ws_path) as ws:
-        hold_after_its_ledger_read(ws, held, go)
-        outcome: dict[str, object] = {}
 
-        def decide() -> None:
-            try:
-                outcome["first"] = ws.decide(Request("site:sakai", "read", "first", "sakai"))[0].allowed
-            except Exception as e:  # noqa: BLE001 - the test inspects it
-                outcome["first"] = e
-
-        t = threading.Thread(target=decide)
-        t.start()
-        assert held.wait(60)
-        with Workspace.open(ws_path) as other:  # whole: ledger entry and catalog row, while the decision waits
+    def commit() -> None:  # whole: ledger entry and catalog row, while the decision waits
+        with Workspace.open(ws_path) as other:
             if committed == "model":
                 _release(other, versions.next_id(other, "plant"))
             else:
                 registry.add_site(other, "nagoya", "JP", "storage,compute")
-        go.set()
-        t.join(60)
-        assert outcome["first"] is True, outcome["first"]
+
+    with Workspace.open(ws_path) as ws:
+        first = _decide_while(ws, commit)
+        assert first is True, first
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
